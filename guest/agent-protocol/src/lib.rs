@@ -1,0 +1,18 @@
+//! The `coffer.agent.v1` protocol: the one definition of the API between the host runtime and
+//! `coffer-agent` (see `PROTOCOL.md` beside this crate for what each call does and what is trusted).
+//!
+//! Features: `client` generates `agent_client::AgentClient` (host side), `server` generates
+//! `agent_server::{Agent, AgentServer}` (guest side). Messages are always available.
+#![forbid(unsafe_code)]
+
+/// Generated messages and (per feature) client/server stubs of `coffer.agent.v1`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("coffer.agent.v1");
+}
+
+/// The vsock port the agent listens on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The agent's version, reported by `CreateSandbox` and `GetGuestDetails`.
+pub const PROTOCOL_PACKAGE: &str = "coffer.agent.v1";

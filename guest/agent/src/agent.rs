@@ -1,0 +1,691 @@
+//! The agent's request path: decode (in `request`) → [`Gate::authorize`] → one exhaustive
+//! dispatch. Sandbox and container state live here.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use coffer_agent_protocol::v1 as pb;
+use oci_spec::runtime::{Process as OciProcess, Spec};
+use tokio::sync::{Mutex, broadcast};
+
+use crate::cgroup;
+use crate::error::AgentError;
+use crate::oci::OciRuntime;
+use crate::policy::{Gate, Permit};
+use crate::process::{OutputStream, Process, StdioPipes};
+use crate::reaper::Reaper;
+use crate::request::{AgentRequest, Id, OutputKind, ProcessRef, RootfsSource};
+use crate::rootfs;
+
+/// Agent configuration, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where containers, uploads and runtime state live.
+    pub state_dir: PathBuf,
+    /// The agent binary, re-executed for OCI runtime operations.
+    pub helper_exe: PathBuf,
+    /// Running as the guest's PID 1 (may set the hostname and power off).
+    pub is_init: bool,
+    /// Largest accepted rootfs upload, bytes.
+    pub max_rootfs_bytes: u64,
+}
+
+/// What a dispatched request produced; the service layer turns it into the RPC's response type.
+#[derive(Debug)]
+pub enum Reply {
+    /// No payload.
+    Empty,
+    /// `CreateSandbox`.
+    Sandbox(pb::CreateSandboxResponse),
+    /// `UploadRootfs`.
+    Uploaded(pb::UploadRootfsResponse),
+    /// `StartContainer`.
+    Started(pb::StartContainerResponse),
+    /// `StatsContainer`.
+    Stats(pb::StatsContainerResponse),
+    /// `WaitProcess`.
+    Exited(pb::WaitProcessResponse),
+    /// `WriteStdin`.
+    Written(pb::WriteStdinResponse),
+    /// `ReadStdout`/`ReadStderr`.
+    Output(OutputStream),
+    /// `GetGuestDetails`.
+    Details(pb::GuestDetails),
+    /// `GetOOMEvent`.
+    Oom(pb::OomEvent),
+}
+
+#[derive(Debug)]
+struct Container {
+    id: Id,
+    bundle: PathBuf,
+    init: Process,
+    started: std::sync::atomic::AtomicBool,
+    execs: StdMutex<HashMap<Id, Arc<Process>>>,
+}
+
+impl Container {
+    fn running(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::SeqCst) && self.init.exited().is_none()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sandbox: Option<Id>,
+    containers: HashMap<Id, Arc<Container>>,
+}
+
+/// The agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    gate: Gate,
+    oci: OciRuntime,
+    state: Mutex<State>,
+    /// Ids being created, uploaded or removed right now (never held across an await).
+    busy: StdMutex<HashSet<Id>>,
+    oom: broadcast::Sender<Id>,
+}
+
+/// Removes an id from the busy set when dropped.
+struct BusyGuard<'a> {
+    busy: &'a StdMutex<HashSet<Id>>,
+    id: Id,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+impl Agent {
+    /// Builds the agent; `reaper` must already be running.
+    pub fn new(config: AgentConfig, gate: Gate, reaper: Reaper) -> Result<Arc<Self>, AgentError> {
+        for dir in ["containers", "uploads", "oci", "scratch"] {
+            let path = config.state_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| AgentError::io("create", &path, e))?;
+        }
+        let oci = OciRuntime::new(
+            config.helper_exe.clone(),
+            config.state_dir.join("oci"),
+            config.state_dir.join("scratch"),
+            reaper,
+        );
+        let (oom, _) = broadcast::channel(64);
+        let agent = Arc::new(Self {
+            config,
+            gate,
+            oci,
+            state: Mutex::new(State::default()),
+            busy: StdMutex::new(HashSet::new()),
+            oom,
+        });
+        tokio::spawn(watch_oom(Arc::downgrade(&agent)));
+        Ok(agent)
+    }
+
+    /// The single entry point for every request: authorize, then dispatch.
+    pub async fn handle(&self, request: AgentRequest) -> Result<Reply, AgentError> {
+        let permit = self.gate.authorize(&request)?;
+        self.dispatch(permit, request).await
+    }
+
+    async fn dispatch(&self, _permit: Permit, request: AgentRequest) -> Result<Reply, AgentError> {
+        match request {
+            AgentRequest::CreateSandbox {
+                sandbox_id,
+                hostname,
+            } => self.create_sandbox(sandbox_id, hostname).await,
+            AgentRequest::DestroySandbox { power_off } => self.destroy_sandbox(power_off).await,
+            AgentRequest::UploadRootfs {
+                container,
+                first,
+                body,
+            } => self.upload_rootfs(container, first, body).await,
+            AgentRequest::CreateContainer {
+                container,
+                spec,
+                rootfs,
+            } => self.create_container(container, *spec, rootfs).await,
+            AgentRequest::StartContainer { container } => self.start_container(container).await,
+            AgentRequest::RemoveContainer { container, force } => {
+                self.remove_container(container, force).await
+            }
+            AgentRequest::StatsContainer { container } => {
+                let c = self.container(&container).await?;
+                let s = cgroup::stats(c.id.as_str());
+                Ok(Reply::Stats(pb::StatsContainerResponse {
+                    cpu_usage_ns: s.cpu_usage_ns,
+                    memory_usage_bytes: s.memory_usage_bytes,
+                    memory_limit_bytes: s.memory_limit_bytes,
+                    pids_current: s.pids_current,
+                    oom_kills: s.oom_kills,
+                }))
+            }
+            AgentRequest::ExecProcess { process, spec } => self.exec_process(process, *spec).await,
+            AgentRequest::WaitProcess { process } => {
+                let rx = self.process(&process).await?.exit.clone();
+                let exit = Process::wait(rx).await?;
+                Ok(Reply::Exited(pb::WaitProcessResponse {
+                    exit_status: exit.status(),
+                    signal: match exit {
+                        crate::reaper::Exit::Signal(s) => s,
+                        crate::reaper::Exit::Code(_) => 0,
+                    },
+                }))
+            }
+            AgentRequest::SignalProcess {
+                process,
+                signal,
+                all,
+            } => {
+                if all {
+                    let c = self.container(&process.container).await?;
+                    self.oci.kill_all(c.id.as_str(), signal as i32).await?;
+                } else {
+                    self.process(&process).await?.signal(signal)?;
+                }
+                Ok(Reply::Empty)
+            }
+            AgentRequest::WriteStdin { process, data } => {
+                let p = self.process(&process).await?;
+                let written = p.io.write_stdin(&data).await?;
+                Ok(Reply::Written(pb::WriteStdinResponse {
+                    written: written as u64,
+                }))
+            }
+            AgentRequest::CloseStdin { process } => {
+                self.process(&process).await?.io.close_stdin();
+                Ok(Reply::Empty)
+            }
+            AgentRequest::ReadOutput { process, kind } => {
+                let p = self.process(&process).await?;
+                Ok(Reply::Output(p.io.output(kind == OutputKind::Stderr)?))
+            }
+            AgentRequest::TtyWinResize { process, .. } => {
+                self.process(&process).await?;
+                Err(AgentError::FailedPrecondition(format!(
+                    "process {process} has no terminal"
+                )))
+            }
+            AgentRequest::GetGuestDetails => Ok(Reply::Details(self.guest_details().await)),
+            AgentRequest::GetOomEvent => {
+                let mut rx = self.oom.subscribe();
+                let id = rx
+                    .recv()
+                    .await
+                    .map_err(|e| AgentError::Internal(format!("oom channel: {e}")))?;
+                Ok(Reply::Oom(pb::OomEvent {
+                    container_id: id.to_string(),
+                }))
+            }
+        }
+    }
+
+    async fn require_sandbox(&self) -> Result<(), AgentError> {
+        if self.state.lock().await.sandbox.is_some() {
+            Ok(())
+        } else {
+            Err(AgentError::NoSandbox)
+        }
+    }
+
+    async fn container(&self, id: &Id) -> Result<Arc<Container>, AgentError> {
+        let state = self.state.lock().await;
+        if state.sandbox.is_none() {
+            return Err(AgentError::NoSandbox);
+        }
+        state
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::ContainerNotFound(id.to_string()))
+    }
+
+    /// Looks a process up; the init process is borrowed through its container.
+    async fn process(&self, r: &ProcessRef) -> Result<ProcessHandle, AgentError> {
+        let c = self.container(&r.container).await?;
+        match &r.exec {
+            None => Ok(ProcessHandle::Init(c)),
+            Some(exec) => c
+                .execs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(exec)
+                .cloned()
+                .map(ProcessHandle::Exec)
+                .ok_or_else(|| AgentError::ProcessNotFound {
+                    container_id: r.container.to_string(),
+                    exec_id: exec.to_string(),
+                }),
+        }
+    }
+
+    /// Marks `id` busy (being created/uploaded/removed); refuses if it already is.
+    async fn claim(&self, id: &Id, kind: &'static str) -> Result<BusyGuard<'_>, AgentError> {
+        self.require_sandbox().await?;
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        if !busy.insert(id.clone()) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "{kind} {id} has another operation in progress"
+            )));
+        }
+        Ok(BusyGuard {
+            busy: &self.busy,
+            id: id.clone(),
+        })
+    }
+
+    async fn create_sandbox(&self, id: Id, hostname: Option<String>) -> Result<Reply, AgentError> {
+        let mut state = self.state.lock().await;
+        if let Some(existing) = &state.sandbox {
+            return Err(AgentError::SandboxExists(existing.to_string()));
+        }
+        if self.config.is_init {
+            let name = hostname.as_deref().unwrap_or("coffer");
+            nix::unistd::sethostname(name)
+                .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
+        }
+        tracing::info!(sandbox_id = %id, "sandbox created");
+        state.sandbox = Some(id);
+        Ok(Reply::Sandbox(pb::CreateSandboxResponse {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn destroy_sandbox(&self, power_off: bool) -> Result<Reply, AgentError> {
+        let ids: Vec<Id> = {
+            let state = self.state.lock().await;
+            if state.sandbox.is_none() {
+                return Err(AgentError::NoSandbox);
+            }
+            state.containers.keys().cloned().collect()
+        };
+        for id in ids {
+            if let Err(err) = self.remove_container(id.clone(), true).await {
+                tracing::warn!(container_id = %id, %err, "removing container during destroy");
+            }
+        }
+        self.state.lock().await.sandbox = None;
+        tracing::info!("sandbox destroyed");
+        if power_off && self.config.is_init {
+            tokio::spawn(async {
+                // Let the reply reach the host first.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::init::power_off();
+            });
+        }
+        Ok(Reply::Empty)
+    }
+
+    fn upload_dir(&self, id: &Id) -> PathBuf {
+        self.config.state_dir.join("uploads").join(id.as_str())
+    }
+
+    fn bundle_dir(&self, id: &Id) -> PathBuf {
+        self.config.state_dir.join("containers").join(id.as_str())
+    }
+
+    async fn upload_rootfs(
+        &self,
+        id: Id,
+        first: Bytes,
+        mut body: tonic::Streaming<pb::RootfsChunk>,
+    ) -> Result<Reply, AgentError> {
+        let _busy = self.claim(&id, "container").await?;
+        if self.state.lock().await.containers.contains_key(&id) || self.upload_dir(&id).exists() {
+            return Err(AgentError::AlreadyExists {
+                kind: "rootfs upload",
+                id: id.to_string(),
+            });
+        }
+        let partial = self
+            .config
+            .state_dir
+            .join("uploads")
+            .join(format!("{id}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(|e| AgentError::io("create", &partial, e))?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let dest = partial.clone();
+        let unpacker =
+            tokio::task::spawn_blocking(move || rootfs::unpack(ChannelReader::new(rx), &dest));
+        let max = self.config.max_rootfs_bytes;
+        let mut total = first.len() as u64;
+        let feed: Result<(), AgentError> = async {
+            if !first.is_empty() && tx.send(first).await.is_err() {
+                return Ok(());
+            }
+            while let Some(chunk) = body
+                .message()
+                .await
+                .map_err(|s| AgentError::InvalidArgument(format!("rootfs stream: {}", s.message())))?
+            {
+                total += chunk.data.len() as u64;
+                if total > max {
+                    return Err(AgentError::ResourceExhausted(format!(
+                        "rootfs larger than {max} bytes"
+                    )));
+                }
+                if tx.send(chunk.data.into()).await.is_err() {
+                    // The unpacker stopped early; its error is reported below.
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let unpacked = unpacker
+            .await
+            .map_err(|e| AgentError::Internal(format!("unpack task: {e}")));
+        let result = match (feed, unpacked) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(Err(reason))) => Err(AgentError::Rootfs {
+                container_id: id.to_string(),
+                reason,
+            }),
+            (Ok(()), Ok(Ok(done))) => Ok(done),
+        };
+        match result {
+            Ok(done) => {
+                let final_dir = self.upload_dir(&id);
+                std::fs::rename(&partial, &final_dir)
+                    .map_err(|e| AgentError::io("rename", &final_dir, e))?;
+                tracing::info!(container_id = %id, bytes = total, entries = done.entries, "rootfs uploaded");
+                Ok(Reply::Uploaded(pb::UploadRootfsResponse {
+                    bytes: total,
+                    entries: done.entries,
+                }))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&partial);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_container(
+        &self,
+        id: Id,
+        mut spec: Spec,
+        rootfs: RootfsSource,
+    ) -> Result<Reply, AgentError> {
+        let _busy = self.claim(&id, "container").await?;
+        if self.state.lock().await.containers.contains_key(&id) {
+            return Err(AgentError::AlreadyExists {
+                kind: "container",
+                id: id.to_string(),
+            });
+        }
+        let bundle = self.bundle_dir(&id);
+        let result = self.build_container(&id, &mut spec, rootfs, &bundle).await;
+        match result {
+            Ok(container) => {
+                self.state
+                    .lock()
+                    .await
+                    .containers
+                    .insert(id.clone(), Arc::new(container));
+                tracing::info!(container_id = %id, "container created");
+                Ok(Reply::Empty)
+            }
+            Err(err) => {
+                // Leave nothing half-done: runtime state, cgroup and bundle go.
+                let _ = self.oci.delete(id.as_str(), true).await;
+                let _ = std::fs::remove_dir_all(&bundle);
+                Err(err)
+            }
+        }
+    }
+
+    async fn build_container(
+        &self,
+        id: &Id,
+        spec: &mut Spec,
+        rootfs: RootfsSource,
+        bundle: &Path,
+    ) -> Result<Container, AgentError> {
+        let rootfs_dir = bundle.join("rootfs");
+        match rootfs {
+            RootfsSource::Uploaded => {
+                let upload = self.upload_dir(id);
+                if !upload.is_dir() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "no rootfs was uploaded for container {id}"
+                    )));
+                }
+                std::fs::create_dir_all(bundle).map_err(|e| AgentError::io("create", bundle, e))?;
+                std::fs::rename(&upload, &rootfs_dir)
+                    .map_err(|e| AgentError::io("rename", &rootfs_dir, e))?;
+            }
+        }
+        let mut root = spec.root().clone().unwrap_or_default();
+        root.set_path(rootfs_dir.clone());
+        spec.set_root(Some(root));
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_cgroups_path(Some(PathBuf::from(cgroup::relative_path(id.as_str()))));
+        }
+        let config = bundle.join("config.json");
+        let json = serde_json::to_vec(spec)
+            .map_err(|e| AgentError::Internal(format!("serialize spec: {e}")))?;
+        std::fs::write(&config, json).map_err(|e| AgentError::io("write", &config, e))?;
+
+        let pipes = StdioPipes::new()?;
+        let pid = self.oci.create(id.as_str(), bundle, pipes.child).await?;
+        let exited = self.oci_reaper_watch(pid);
+        Ok(Container {
+            id: id.clone(),
+            bundle: bundle.to_path_buf(),
+            init: Process::new(pid, pipes.io, exited),
+            started: false.into(),
+            execs: StdMutex::new(HashMap::new()),
+        })
+    }
+
+    fn oci_reaper_watch(&self, pid: u32) -> tokio::sync::oneshot::Receiver<crate::reaper::Exit> {
+        self.oci.reaper().watch(pid)
+    }
+
+    async fn start_container(&self, id: Id) -> Result<Reply, AgentError> {
+        let c = self.container(&id).await?;
+        if c.started.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {id} was already started"
+            )));
+        }
+        self.oci.start(id.as_str()).await?;
+        c.started.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(container_id = %id, pid = c.init.pid, "container started");
+        Ok(Reply::Started(pb::StartContainerResponse { pid: c.init.pid }))
+    }
+
+    async fn exec_process(&self, r: ProcessRef, process: OciProcess) -> Result<Reply, AgentError> {
+        let c = self.container(&r.container).await?;
+        let exec = r
+            .exec
+            .clone()
+            .ok_or_else(|| AgentError::InvalidArgument("exec_id is required".into()))?;
+        if !c.running() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        {
+            let execs = c.execs.lock().unwrap_or_else(PoisonError::into_inner);
+            if execs.contains_key(&exec) {
+                return Err(AgentError::AlreadyExists {
+                    kind: "process",
+                    id: r.to_string(),
+                });
+            }
+        }
+        let file = c.bundle.join(format!("exec-{exec}.json"));
+        let json = serde_json::to_vec(&process)
+            .map_err(|e| AgentError::Internal(format!("serialize process: {e}")))?;
+        std::fs::write(&file, json).map_err(|e| AgentError::io("write", &file, e))?;
+        let pipes = StdioPipes::new()?;
+        let pid = self.oci.exec(c.id.as_str(), &file, pipes.child).await;
+        let _ = std::fs::remove_file(&file);
+        let pid = pid?;
+        let exited = self.oci_reaper_watch(pid);
+        let proc = Arc::new(Process::new(pid, pipes.io, exited));
+        let mut execs = c.execs.lock().unwrap_or_else(PoisonError::into_inner);
+        if execs.contains_key(&exec) {
+            // Lost a race with an identical request: ours is already running, so stop it.
+            let _ = proc.signal(nix::sys::signal::Signal::SIGKILL);
+            return Err(AgentError::AlreadyExists {
+                kind: "process",
+                id: r.to_string(),
+            });
+        }
+        execs.insert(exec, proc);
+        tracing::info!(process = %r, pid, "process started");
+        Ok(Reply::Empty)
+    }
+
+    async fn remove_container(&self, id: Id, force: bool) -> Result<Reply, AgentError> {
+        let c = self.container(&id).await?;
+        let _busy = self.claim(&id, "container").await?;
+        if c.init.exited().is_none() {
+            if !force && c.started.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {id} is running; stop it or remove with force"
+                )));
+            }
+            self.oci
+                .kill_all(id.as_str(), nix::sys::signal::Signal::SIGKILL as i32)
+                .await
+                .or_else(|e| match c.init.exited() {
+                    Some(_) => Ok(()),
+                    None => Err(e),
+                })?;
+            let rx = c.init.exit.clone();
+            tokio::time::timeout(Duration::from_secs(10), Process::wait(rx))
+                .await
+                .map_err(|_| {
+                    AgentError::Runtime(format!("container {id} did not die after SIGKILL"))
+                })??;
+        }
+        self.oci.delete(id.as_str(), true).await?;
+        std::fs::remove_dir_all(&c.bundle)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| AgentError::io("remove", &c.bundle, e))?;
+        self.state.lock().await.containers.remove(&id);
+        tracing::info!(container_id = %id, "container removed");
+        Ok(Reply::Empty)
+    }
+
+    async fn guest_details(&self) -> pb::GuestDetails {
+        let uts = nix::sys::utsname::uname().ok();
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| {
+                    let rest = l.strip_prefix("MemTotal:")?;
+                    rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                })
+            })
+            .unwrap_or(0);
+        pb::GuestDetails {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            kernel_release: uts
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            memory_total_bytes: mem * 1024,
+            online_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            cgroup_version: cgroup::version().into(),
+            sandbox_id: self
+                .state
+                .lock()
+                .await
+                .sandbox
+                .as_ref()
+                .map(Id::to_string)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Either a container's init process or one of its exec'd processes.
+enum ProcessHandle {
+    Init(Arc<Container>),
+    Exec(Arc<Process>),
+}
+
+impl std::ops::Deref for ProcessHandle {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        match self {
+            Self::Init(c) => &c.init,
+            Self::Exec(p) => p,
+        }
+    }
+}
+
+/// Polls the OOM counters of live containers and broadcasts increments.
+async fn watch_oom(agent: std::sync::Weak<Agent>) {
+    let mut seen: HashMap<Id, u64> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(agent) = agent.upgrade() else { return };
+        let ids: Vec<Id> = agent.state.lock().await.containers.keys().cloned().collect();
+        seen.retain(|id, _| ids.contains(id));
+        for id in ids {
+            let Some(count) = cgroup::oom_kills(id.as_str()) else {
+                continue;
+            };
+            let last = seen.insert(id.clone(), count).unwrap_or(0);
+            if count > last {
+                tracing::warn!(container_id = %id, oom_kills = count, "container hit its memory limit");
+                let _ = agent.oom.send(id);
+            }
+        }
+    }
+}
+
+/// Adapts a channel of chunks into a blocking reader for the tar unpacker.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}

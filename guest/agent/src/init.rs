@@ -1,0 +1,224 @@
+//! PID 1 duties in the guest: leave the initramfs for a tmpfs root (so containers can
+//! `pivot_root`), mount the kernel filesystems, load the kernel modules the image lists, and power
+//! the VM off when the agent is done. All of it runs before the async runtime starts.
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+use thiserror::Error;
+
+/// Written into the new root so the re-executed init knows it already switched.
+const SWITCHED_MARKER: &str = "/.coffer-root";
+/// The image's module load order, one absolute path per line.
+const MODULE_LIST: &str = "/etc/coffer/modules";
+/// Printed on the console once the guest is ready to serve (benchmarks and probes look for it).
+pub const READY_MARKER: &str = "coffer-agent: ready";
+
+/// A failure while bringing the guest up.
+#[derive(Debug, Error)]
+pub enum InitError {
+    /// A mount failed.
+    #[error("mount {target}: {source}")]
+    Mount {
+        /// Mount point.
+        target: String,
+        /// Cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// Copying the initramfs into the tmpfs root failed.
+    #[error("copy {path}: {source}")]
+    Copy {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// switch_root failed.
+    #[error("switch root: {0}")]
+    SwitchRoot(#[source] nix::Error),
+    /// Re-executing init failed.
+    #[error("re-exec /init: {0}")]
+    Exec(#[source] std::io::Error),
+    /// Loading a kernel module failed.
+    #[error("load module {module}: {source}")]
+    Module {
+        /// Module path.
+        module: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn do_mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    let _ = std::fs::create_dir_all(target);
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|source| InitError::Mount {
+        target: target.into(),
+        source,
+    })
+}
+
+/// Brings the guest up as PID 1. On the first run (inside the initramfs) it copies the root into a
+/// tmpfs and re-executes itself there, so it only returns in the second run.
+pub fn boot() -> Result<(), InitError> {
+    if !Path::new(SWITCHED_MARKER).exists() {
+        switch_to_tmpfs()?;
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    do_mount("proc", "/proc", "proc", nosuid, None)?;
+    do_mount("sysfs", "/sys", "sysfs", nosuid, None)?;
+    do_mount("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    do_mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    do_mount("shm", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
+    do_mount("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    do_mount("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
+    load_modules()?;
+    Ok(())
+}
+
+fn copy_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
+    move |source| InitError::Copy {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Copies `src` (a directory) into `dst`, preserving modes, ownership and symlinks.
+fn copy_tree(src: &Path, dst: &Path, skip: &[&Path]) -> Result<(), InitError> {
+    for entry in std::fs::read_dir(src).map_err(copy_err(src))? {
+        let entry = entry.map_err(copy_err(src))?;
+        let from = entry.path();
+        if skip.contains(&from.as_path()) {
+            continue;
+        }
+        let to = dst.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&from).map_err(copy_err(&from))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to).map_err(copy_err(&to))?;
+            copy_tree(&from, &to, skip)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&from).map_err(copy_err(&from))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(copy_err(&to))?;
+        } else if ft.is_file() {
+            std::fs::copy(&from, &to).map_err(copy_err(&to))?;
+            // Free the initramfs copy as we go.
+            let _ = std::fs::remove_file(&from);
+        } else {
+            continue;
+        }
+        if !ft.is_symlink() {
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(copy_err(&to))?;
+            let _ = std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()));
+        }
+    }
+    Ok(())
+}
+
+fn switch_to_tmpfs() -> Result<(), InitError> {
+    let new_root = Path::new("/newroot");
+    do_mount("tmpfs", "/newroot", "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+    let skip = [
+        new_root,
+        Path::new("/proc"),
+        Path::new("/sys"),
+        Path::new("/dev"),
+    ];
+    copy_tree(Path::new("/"), new_root, &skip)?;
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        let path = new_root.join(dir);
+        std::fs::create_dir_all(&path).map_err(copy_err(&path))?;
+    }
+    let marker = new_root.join(SWITCHED_MARKER.trim_start_matches('/'));
+    std::fs::write(&marker, b"").map_err(copy_err(&marker))?;
+    nix::unistd::chdir(new_root).map_err(InitError::SwitchRoot)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(InitError::SwitchRoot)?;
+    nix::unistd::chroot(".").map_err(InitError::SwitchRoot)?;
+    nix::unistd::chdir("/").map_err(InitError::SwitchRoot)?;
+    let err = std::process::Command::new("/init")
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(InitError::Exec(err))
+}
+
+/// `name.param=value` entries of the kernel command line for module `name`, as modprobe passes them.
+fn module_params(cmdline: &str, module: &str) -> String {
+    let prefix = format!("{module}.");
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(&prefix))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn load_modules() -> Result<(), InitError> {
+    let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
+        return Ok(());
+    };
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ko"))
+            .unwrap_or(path)
+            .replace('-', "_");
+        let params = module_params(&cmdline, &name);
+        let module_err = |source: std::io::Error| InitError::Module {
+            module: path.into(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(module_err)?;
+        let params = CString::new(params).map_err(|e| module_err(std::io::Error::other(e)))?;
+        match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(module_err(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Syncs and powers the VM off. Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // reboot(2) only returns on failure; PID 1 must not exit, so wait for the host to kill us.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_params_come_from_the_cmdline() {
+        let cmdline = "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11 quiet";
+        assert_eq!(
+            module_params(cmdline, "virtio_mmio"),
+            "device=512@0xfeb00e00:12 device=512@0xfeb00c00:11"
+        );
+        assert_eq!(module_params(cmdline, "vsock"), "");
+    }
+}

@@ -1,0 +1,540 @@
+//! Decoding: every RPC becomes exactly one variant of [`AgentRequest`], validated here and nowhere
+//! else. Handlers and the policy only ever see these typed values.
+
+use std::fmt;
+
+use coffer_agent_protocol::v1 as pb;
+use oci_spec::runtime::{Process, Spec};
+use tonic::Streaming;
+
+use crate::error::AgentError;
+
+/// Longest accepted container or exec id.
+pub const MAX_ID_LEN: usize = 64;
+/// Largest accepted OCI spec or process document.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+/// Largest single stdin write.
+pub const MAX_STDIN_CHUNK: usize = 1024 * 1024;
+
+/// A validated container or exec id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, so it is safe as a path
+/// component and a cgroup name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(String);
+
+impl Id {
+    /// Validates `raw` as an id; `what` names the field in the error.
+    pub fn parse(what: &str, raw: &str) -> Result<Self, AgentError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_ID_LEN
+            && raw.as_bytes()[0].is_ascii_alphanumeric()
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(AgentError::InvalidArgument(format!(
+                "{what} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,{}}}",
+                MAX_ID_LEN - 1
+            )))
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Names one process: a container's init process (`exec: None`) or an exec'd process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProcessRef {
+    /// The container.
+    pub container: Id,
+    /// The exec id, `None` for the init process.
+    pub exec: Option<Id>,
+}
+
+impl ProcessRef {
+    fn parse(container_id: &str, exec_id: &str) -> Result<Self, AgentError> {
+        Ok(Self {
+            container: Id::parse("container_id", container_id)?,
+            exec: if exec_id.is_empty() {
+                None
+            } else {
+                Some(Id::parse("exec_id", exec_id)?)
+            },
+        })
+    }
+}
+
+impl fmt::Display for ProcessRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.exec {
+            Some(exec) => write!(f, "{}/{}", self.container, exec),
+            None => write!(f, "{}", self.container),
+        }
+    }
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsSource {
+    /// The tar stream uploaded for this container id with `UploadRootfs`.
+    Uploaded,
+}
+
+/// Which output stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Standard output (or the terminal).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Every request the agent serves, decoded and validated. Adding an RPC means adding a variant here,
+/// which the policy gate and the dispatcher must then handle (their `match`es are exhaustive).
+#[derive(Debug)]
+pub enum AgentRequest {
+    /// `CreateSandbox`.
+    CreateSandbox {
+        /// Sandbox id.
+        sandbox_id: Id,
+        /// Hostname for the guest; `None` keeps the default.
+        hostname: Option<String>,
+    },
+    /// `DestroySandbox`.
+    DestroySandbox {
+        /// Power the guest off afterwards.
+        power_off: bool,
+    },
+    /// `UploadRootfs`: the header chunk decoded; the remaining chunks follow in `body`.
+    UploadRootfs {
+        /// Target container id.
+        container: Id,
+        /// Bytes of the first chunk.
+        first: bytes::Bytes,
+        /// The rest of the stream.
+        body: Streaming<pb::RootfsChunk>,
+    },
+    /// `CreateContainer`.
+    CreateContainer {
+        /// Container id.
+        container: Id,
+        /// The parsed OCI runtime spec.
+        spec: Box<Spec>,
+        /// Rootfs source.
+        rootfs: RootfsSource,
+    },
+    /// `StartContainer`.
+    StartContainer {
+        /// Container id.
+        container: Id,
+    },
+    /// `RemoveContainer`.
+    RemoveContainer {
+        /// Container id.
+        container: Id,
+        /// Kill first if still running.
+        force: bool,
+    },
+    /// `StatsContainer`.
+    StatsContainer {
+        /// Container id.
+        container: Id,
+    },
+    /// `ExecProcess`.
+    ExecProcess {
+        /// Target container and new exec id.
+        process: ProcessRef,
+        /// The parsed OCI process.
+        spec: Box<Process>,
+    },
+    /// `WaitProcess`.
+    WaitProcess {
+        /// The process.
+        process: ProcessRef,
+    },
+    /// `SignalProcess`.
+    SignalProcess {
+        /// The process.
+        process: ProcessRef,
+        /// The signal.
+        signal: nix::sys::signal::Signal,
+        /// All processes of the container.
+        all: bool,
+    },
+    /// `WriteStdin`.
+    WriteStdin {
+        /// The process.
+        process: ProcessRef,
+        /// The bytes.
+        data: bytes::Bytes,
+    },
+    /// `CloseStdin`.
+    CloseStdin {
+        /// The process.
+        process: ProcessRef,
+    },
+    /// `ReadStdout` / `ReadStderr`.
+    ReadOutput {
+        /// The process.
+        process: ProcessRef,
+        /// Which stream.
+        kind: OutputKind,
+    },
+    /// `TtyWinResize`.
+    TtyWinResize {
+        /// The process.
+        process: ProcessRef,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        columns: u16,
+    },
+    /// `GetGuestDetails`.
+    GetGuestDetails,
+    /// `GetOOMEvent`.
+    GetOomEvent,
+}
+
+impl AgentRequest {
+    /// The RPC name, for logs and policy reasons.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CreateSandbox { .. } => "CreateSandbox",
+            Self::DestroySandbox { .. } => "DestroySandbox",
+            Self::UploadRootfs { .. } => "UploadRootfs",
+            Self::CreateContainer { .. } => "CreateContainer",
+            Self::StartContainer { .. } => "StartContainer",
+            Self::RemoveContainer { .. } => "RemoveContainer",
+            Self::StatsContainer { .. } => "StatsContainer",
+            Self::ExecProcess { .. } => "ExecProcess",
+            Self::WaitProcess { .. } => "WaitProcess",
+            Self::SignalProcess { .. } => "SignalProcess",
+            Self::WriteStdin { .. } => "WriteStdin",
+            Self::CloseStdin { .. } => "CloseStdin",
+            Self::ReadOutput {
+                kind: OutputKind::Stdout,
+                ..
+            } => "ReadStdout",
+            Self::ReadOutput {
+                kind: OutputKind::Stderr,
+                ..
+            } => "ReadStderr",
+            Self::TtyWinResize { .. } => "TtyWinResize",
+            Self::GetGuestDetails => "GetGuestDetails",
+            Self::GetOomEvent => "GetOOMEvent",
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, AgentError> {
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(AgentError::InvalidArgument(format!(
+            "{what} is larger than {MAX_SPEC_BYTES} bytes"
+        )));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| AgentError::InvalidArgument(format!("{what} is not a valid document: {e}")))
+}
+
+fn parse_signal(raw: u32) -> Result<nix::sys::signal::Signal, AgentError> {
+    i32::try_from(raw)
+        .ok()
+        .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+        .ok_or_else(|| AgentError::InvalidArgument(format!("unknown signal {raw}")))
+}
+
+fn parse_dimension(what: &str, raw: u32) -> Result<u16, AgentError> {
+    u16::try_from(raw)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| AgentError::InvalidArgument(format!("{what} must be in 1..=65535")))
+}
+
+fn parse_hostname(raw: &str) -> Result<Option<String>, AgentError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let ok = raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(Some(raw.to_owned()))
+    } else {
+        Err(AgentError::InvalidArgument(
+            "hostname must be at most 64 characters of [A-Za-z0-9.-]".into(),
+        ))
+    }
+}
+
+fn validate_spec(spec: &Spec) -> Result<(), AgentError> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| AgentError::InvalidArgument("oci spec has no process".into()))?;
+    validate_process(process)
+}
+
+fn validate_process(process: &Process) -> Result<(), AgentError> {
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err(AgentError::InvalidArgument("process args are empty".into())),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(AgentError::InvalidArgument(
+            "process cwd must be an absolute path".into(),
+        ));
+    }
+    if process.terminal() == Some(true) {
+        return Err(AgentError::InvalidArgument(
+            "terminal processes are not supported by this agent yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Decoding of each unary protobuf request into [`AgentRequest`].
+pub trait Decode {
+    /// Validates into the typed request.
+    fn decode(self) -> Result<AgentRequest, AgentError>;
+}
+
+impl Decode for pb::CreateSandboxRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::CreateSandbox {
+            sandbox_id: Id::parse("sandbox_id", &self.sandbox_id)?,
+            hostname: parse_hostname(&self.hostname)?,
+        })
+    }
+}
+
+impl Decode for pb::DestroySandboxRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::DestroySandbox {
+            power_off: self.power_off,
+        })
+    }
+}
+
+impl Decode for pb::CreateContainerRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        let container = Id::parse("container_id", &self.container_id)?;
+        let spec: Spec = parse_json("oci_spec_json", &self.oci_spec_json)?;
+        validate_spec(&spec)?;
+        let rootfs = match self.rootfs {
+            Some(pb::create_container_request::Rootfs::Uploaded(_)) => RootfsSource::Uploaded,
+            None => return Err(AgentError::InvalidArgument("rootfs source is missing".into())),
+        };
+        Ok(AgentRequest::CreateContainer {
+            container,
+            spec: Box::new(spec),
+            rootfs,
+        })
+    }
+}
+
+impl Decode for pb::StartContainerRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::StartContainer {
+            container: Id::parse("container_id", &self.container_id)?,
+        })
+    }
+}
+
+impl Decode for pb::RemoveContainerRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::RemoveContainer {
+            container: Id::parse("container_id", &self.container_id)?,
+            force: self.force,
+        })
+    }
+}
+
+impl Decode for pb::StatsContainerRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::StatsContainer {
+            container: Id::parse("container_id", &self.container_id)?,
+        })
+    }
+}
+
+impl Decode for pb::ExecProcessRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        let process = ProcessRef::parse(&self.container_id, &self.exec_id)?;
+        if process.exec.is_none() {
+            return Err(AgentError::InvalidArgument("exec_id is required".into()));
+        }
+        let spec: Process = parse_json("oci_process_json", &self.oci_process_json)?;
+        validate_process(&spec)?;
+        Ok(AgentRequest::ExecProcess {
+            process,
+            spec: Box::new(spec),
+        })
+    }
+}
+
+impl Decode for pb::WaitProcessRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::WaitProcess {
+            process: ProcessRef::parse(&self.container_id, &self.exec_id)?,
+        })
+    }
+}
+
+impl Decode for pb::SignalProcessRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        let process = ProcessRef::parse(&self.container_id, &self.exec_id)?;
+        if self.all && process.exec.is_some() {
+            return Err(AgentError::InvalidArgument(
+                "all applies to the container's init process only".into(),
+            ));
+        }
+        Ok(AgentRequest::SignalProcess {
+            process,
+            signal: parse_signal(self.signal)?,
+            all: self.all,
+        })
+    }
+}
+
+impl Decode for pb::WriteStdinRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        if self.data.len() > MAX_STDIN_CHUNK {
+            return Err(AgentError::InvalidArgument(format!(
+                "stdin chunk larger than {MAX_STDIN_CHUNK} bytes"
+            )));
+        }
+        Ok(AgentRequest::WriteStdin {
+            process: ProcessRef::parse(&self.container_id, &self.exec_id)?,
+            data: self.data.into(),
+        })
+    }
+}
+
+impl Decode for pb::CloseStdinRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::CloseStdin {
+            process: ProcessRef::parse(&self.container_id, &self.exec_id)?,
+        })
+    }
+}
+
+impl Decode for pb::TtyWinResizeRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::TtyWinResize {
+            process: ProcessRef::parse(&self.container_id, &self.exec_id)?,
+            rows: parse_dimension("rows", self.rows)?,
+            columns: parse_dimension("columns", self.columns)?,
+        })
+    }
+}
+
+impl Decode for pb::GetGuestDetailsRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::GetGuestDetails)
+    }
+}
+
+impl Decode for pb::GetOomEventRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::GetOomEvent)
+    }
+}
+
+/// Decodes `ReadStdout`/`ReadStderr`, which share a message type.
+pub fn decode_read_output(
+    req: pb::ReadOutputRequest,
+    kind: OutputKind,
+) -> Result<AgentRequest, AgentError> {
+    Ok(AgentRequest::ReadOutput {
+        process: ProcessRef::parse(&req.container_id, &req.exec_id)?,
+        kind,
+    })
+}
+
+/// Decodes the header of an `UploadRootfs` stream: the first chunk must name the container.
+pub async fn decode_upload(
+    mut body: Streaming<pb::RootfsChunk>,
+) -> Result<AgentRequest, AgentError> {
+    let first = body
+        .message()
+        .await
+        .map_err(|s| AgentError::InvalidArgument(format!("rootfs stream: {}", s.message())))?
+        .ok_or_else(|| AgentError::InvalidArgument("rootfs stream is empty".into()))?;
+    Ok(AgentRequest::UploadRootfs {
+        container: Id::parse("container_id", &first.container_id)?,
+        first: first.data.into(),
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_path_safe() {
+        for bad in ["", "..", ".", "-x", "a/b", "a b", "é", &"a".repeat(65)] {
+            assert!(Id::parse("container_id", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "c0", "pod_1.web-2", &"a".repeat(64)] {
+            assert_eq!(Id::parse("container_id", good).unwrap().as_str(), good);
+        }
+    }
+
+    #[test]
+    fn malformed_spec_is_invalid_argument() {
+        let req = pb::CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec_json: b"{not json".to_vec(),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        };
+        let err = req.decode().unwrap_err();
+        assert!(matches!(err, AgentError::InvalidArgument(_)), "{err}");
+    }
+
+    #[test]
+    fn spec_without_args_is_rejected() {
+        let spec = r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":[]},"root":{"path":"rootfs"}}"#;
+        let req = pb::CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec_json: spec.as_bytes().to_vec(),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        };
+        assert!(matches!(
+            req.decode().unwrap_err(),
+            AgentError::InvalidArgument(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_signal_is_rejected() {
+        let req = pb::SignalProcessRequest {
+            container_id: "c".into(),
+            exec_id: String::new(),
+            signal: 4096,
+            all: false,
+        };
+        assert!(req.decode().is_err());
+    }
+}
