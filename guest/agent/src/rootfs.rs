@@ -59,7 +59,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, String> {
         }
         let inside = entry
             .unpack_in(dest)
-            .map_err(|e| format!("unpacking {}: {e}", name.display()))?;
+            .map_err(|e| format!("unpacking {}: {}", name.display(), error_chain(&e)))?;
         if !inside {
             return Err(format!("entry {} escapes the rootfs", name.display()));
         }
@@ -69,6 +69,17 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, String> {
         }
     }
     Ok(done)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -86,6 +97,9 @@ mod tests {
         h.set_size(size);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h
     }
 

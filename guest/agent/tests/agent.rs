@@ -1,0 +1,323 @@
+//! The agent without a VM: the real `coffer-agent` binary serves on a unix socket and runs real
+//! containers on this host (as root), through the same code path as in the guest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use coffer_agent_protocol::v1 as pb;
+use coffer_agent_protocol::v1::agent_client::AgentClient;
+use hyper_util::rt::TokioIo;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+struct AgentProc {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn busybox() -> PathBuf {
+    let p = PathBuf::from("/bin/busybox");
+    assert!(
+        p.exists(),
+        "/bin/busybox is missing: run tests/setup.sh (installs busybox-static)"
+    );
+    p
+}
+
+/// A tar of a minimal busybox rootfs.
+fn rootfs_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, name, std::io::empty()).unwrap();
+    };
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "work"] {
+        dir(&mut b, d, if d == "tmp" { 0o1777 } else { 0o755 });
+    }
+    b.append_path_with_name(busybox(), "bin/busybox").unwrap();
+    for applet in ["sh", "echo", "cat", "sleep", "id", "pwd", "env", "true", "kill", "ls"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(passwd.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, "etc/passwd", &passwd[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn spec(args: &[&str]) -> Vec<u8> {
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().unwrap();
+    process.set_terminal(Some(false));
+    process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    process.set_env(Some(vec![
+        "PATH=/bin".into(),
+        "GREETING=hi there".into(),
+    ]));
+    spec.set_process(Some(process));
+    serde_json::to_vec(&spec).unwrap()
+}
+
+fn process_json(args: &[&str]) -> Vec<u8> {
+    let spec: oci_spec::runtime::Spec = serde_json::from_slice(&spec(args)).unwrap();
+    serde_json::to_vec(spec.process().as_ref().unwrap()).unwrap()
+}
+
+async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "agent tests run real containers and must run as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("COFFER_LOG", "debug")
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "agent did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = connect(&sock).await;
+    let mut client = AgentClient::new(channel);
+    client
+        .create_sandbox(pb::CreateSandboxRequest {
+            sandbox_id: "test".into(),
+            hostname: String::new(),
+        })
+        .await
+        .unwrap();
+    (AgentProc { child, dir }, client)
+}
+
+async fn connect(sock: &Path) -> Channel {
+    let sock = sock.to_path_buf();
+    Endpoint::try_from("http://agent")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                tokio::net::UnixStream::connect(sock)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+async fn upload(client: &mut AgentClient<Channel>, id: &str) {
+    let tar = rootfs_tar();
+    let mut chunks = vec![pb::RootfsChunk {
+        container_id: id.into(),
+        data: Vec::new(),
+    }];
+    for c in tar.chunks(64 * 1024) {
+        chunks.push(pb::RootfsChunk {
+            container_id: String::new(),
+            data: c.to_vec(),
+        });
+    }
+    client
+        .upload_rootfs(futures::stream::iter(chunks))
+        .await
+        .unwrap();
+}
+
+async fn create(client: &mut AgentClient<Channel>, id: &str, args: &[&str]) {
+    upload(client, id).await;
+    client
+        .create_container(pb::CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: spec(args),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        })
+        .await
+        .unwrap();
+}
+
+async fn read_all(client: &mut AgentClient<Channel>, id: &str, exec: &str, stderr: bool) -> String {
+    let req = pb::ReadOutputRequest {
+        container_id: id.into(),
+        exec_id: exec.into(),
+    };
+    let mut stream = if stderr {
+        client.read_stderr(req).await.unwrap().into_inner()
+    } else {
+        client.read_stdout(req).await.unwrap().into_inner()
+    };
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        out.extend(chunk.data);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+async fn wait(client: &mut AgentClient<Channel>, id: &str, exec: &str) -> i32 {
+    client
+        .wait_process(pb::WaitProcessRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .exit_status
+}
+
+async fn run(client: &mut AgentClient<Channel>, id: &str, args: &[&str]) -> (String, i32) {
+    create(client, id, args).await;
+    let mut reader = client.clone();
+    let idc = id.to_owned();
+    let out = tokio::spawn(async move { read_all(&mut reader, &idc, "", false).await });
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+    let status = wait(client, id, "").await;
+    let out = out.await.unwrap();
+    remove(client, id).await;
+    (out, status)
+}
+
+async fn remove(client: &mut AgentClient<Channel>, id: &str) {
+    client
+        .remove_container(pb::RemoveContainerRequest {
+            container_id: id.into(),
+            force: true,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_and_report_status() {
+    let (agent, mut c) = start_agent().await;
+
+    let (out, status) = run(&mut c, "echo", &["echo", "hello"]).await;
+    assert_eq!((out.as_str(), status), ("hello\n", 0));
+
+    let (_, status) = run(&mut c, "exit7", &["sh", "-c", "exit 7"]).await;
+    assert_eq!(status, 7);
+
+    let (out, _) = run(&mut c, "envcwd", &["sh", "-c", "echo $GREETING; pwd; id -u"]).await;
+    assert_eq!(out, "hi there\n/\n0\n");
+
+    // stdin round trip
+    create(&mut c, "cat", &["cat"]).await;
+    let mut reader = c.clone();
+    let out = tokio::spawn(async move { read_all(&mut reader, "cat", "", false).await });
+    c.start_container(pb::StartContainerRequest { container_id: "cat".into() }).await.unwrap();
+    c.write_stdin(pb::WriteStdinRequest { container_id: "cat".into(), exec_id: String::new(), data: b"round trip\n".to_vec() }).await.unwrap();
+    c.close_stdin(pb::CloseStdinRequest { container_id: "cat".into(), exec_id: String::new() }).await.unwrap();
+    assert_eq!(wait(&mut c, "cat", "").await, 0);
+    assert_eq!(out.await.unwrap(), "round trip\n");
+    remove(&mut c, "cat").await;
+
+    // exec into a running container, then signal its init
+    // (PID 1 of a pid namespace ignores signals it has no handler for, so trap TERM.)
+    create(&mut c, "sleeper", &["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.1; done"]).await;
+    c.start_container(pb::StartContainerRequest { container_id: "sleeper".into() }).await.unwrap();
+    c.exec_process(pb::ExecProcessRequest { container_id: "sleeper".into(), exec_id: "e1".into(), oci_process_json: process_json(&["sh", "-c", "echo from exec; exit 3"]) }).await.unwrap();
+    assert_eq!(read_all(&mut c, "sleeper", "e1", false).await, "from exec\n");
+    assert_eq!(wait(&mut c, "sleeper", "e1").await, 3);
+    let stats = c.stats_container(pb::StatsContainerRequest { container_id: "sleeper".into() }).await.unwrap().into_inner();
+    assert!(stats.pids_current >= 1, "{stats:?}");
+    c.signal_process(pb::SignalProcessRequest { container_id: "sleeper".into(), exec_id: String::new(), signal: 15, all: false }).await.unwrap();
+    assert_eq!(wait(&mut c, "sleeper", "").await, 42);
+
+    // exec into the stopped container is refused
+    let err = c.exec_process(pb::ExecProcessRequest { container_id: "sleeper".into(), exec_id: "e2".into(), oci_process_json: process_json(&["true"]) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    remove(&mut c, "sleeper").await;
+
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
+    let (agent, mut c) = start_agent().await;
+
+    let err = c.start_container(pb::StartContainerRequest { container_id: "nope".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("nope"), "{}", err.message());
+
+    let err = c.start_container(pb::StartContainerRequest { container_id: "../etc".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let err = c.create_container(pb::CreateContainerRequest {
+        container_id: "bad".into(),
+        oci_spec_json: b"{\"ociVersion\": 1".to_vec(),
+        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(pb::UploadedRootfs {})),
+    }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let err = c.create_container(pb::CreateContainerRequest {
+        container_id: "norootfs".into(),
+        oci_spec_json: spec(&["true"]),
+        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(pb::UploadedRootfs {})),
+    }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    create(&mut c, "dup", &["sleep", "100"]).await;
+    let err = c.create_container(pb::CreateContainerRequest {
+        container_id: "dup".into(),
+        oci_spec_json: spec(&["true"]),
+        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(pb::UploadedRootfs {})),
+    }).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = c.exec_process(pb::ExecProcessRequest { container_id: "dup".into(), exec_id: "x".into(), oci_process_json: process_json(&["true"]) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "exec before start: {err:?}");
+    remove(&mut c, "dup").await;
+
+    let err = c.create_sandbox(pb::CreateSandboxRequest { sandbox_id: "again".into(), hostname: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    let err = c.signal_process(pb::SignalProcessRequest { container_id: "x".into(), exec_id: String::new(), signal: 999, all: false }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Still serving, and nothing was left behind by the failures.
+    let (out, status) = run(&mut c, "after", &["echo", "still here"]).await;
+    assert_eq!((out.as_str(), status), ("still here\n", 0));
+    let state = agent.dir.path().join("state");
+    for sub in ["containers", "uploads", "oci"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(sub)).unwrap().collect();
+        assert!(left.is_empty(), "{sub} not empty: {left:?}");
+    }
+    drop(agent);
+}
