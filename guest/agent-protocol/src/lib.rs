@@ -16,3 +16,10 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The agent's version, reported by `CreateSandbox` and `GetGuestDetails`.
 pub const PROTOCOL_PACKAGE: &str = "coffer.agent.v1";
+
+/// Printed on the guest console by `coffer-agent` as soon as it runs as PID 1 (boot probes wait for
+/// it).
+pub const GUEST_INIT_MARKER: &str = "coffer-agent: init";
+
+/// Printed on the guest console once the agent listens (boot benchmarks wait for it).
+pub const GUEST_READY_MARKER: &str = "coffer-agent: ready";

@@ -149,8 +149,12 @@ impl Agent {
             AgentRequest::UploadRootfs {
                 container,
                 first,
+                first_is_last,
                 body,
-            } => self.upload_rootfs(container, first, body).await,
+            } => {
+                self.upload_rootfs(container, first, first_is_last, body)
+                    .await
+            }
             AgentRequest::CreateContainer {
                 container,
                 spec,
@@ -339,6 +343,7 @@ impl Agent {
         &self,
         id: Id,
         first: Bytes,
+        first_is_last: bool,
         mut body: tonic::Streaming<pb::RootfsChunk>,
     ) -> Result<Reply, AgentError> {
         let _busy = self.claim(&id, "container").await?;
@@ -363,14 +368,19 @@ impl Agent {
         let max = self.config.max_rootfs_bytes;
         let mut total = first.len() as u64;
         let feed: Result<(), AgentError> = async {
+            let mut last = first_is_last;
             if !first.is_empty() && tx.send(first).await.is_err() {
                 return Ok(());
             }
-            while let Some(chunk) = body
-                .message()
-                .await
-                .map_err(|s| AgentError::InvalidArgument(format!("rootfs stream: {}", s.message())))?
-            {
+            while let Some(chunk) = body.message().await.map_err(|s| {
+                AgentError::InvalidArgument(format!("rootfs stream: {}", s.message()))
+            })? {
+                if last {
+                    return Err(AgentError::InvalidArgument(
+                        "rootfs stream continues after its last chunk".into(),
+                    ));
+                }
+                last = chunk.last;
                 total += chunk.data.len() as u64;
                 if total > max {
                     return Err(AgentError::ResourceExhausted(format!(
@@ -379,10 +389,16 @@ impl Agent {
                 }
                 if tx.send(chunk.data.into()).await.is_err() {
                     // The unpacker stopped early; its error is reported below.
-                    break;
+                    return Ok(());
                 }
             }
-            Ok(())
+            if last {
+                Ok(())
+            } else {
+                Err(AgentError::InvalidArgument(
+                    "rootfs stream ended without its last chunk (truncated)".into(),
+                ))
+            }
         }
         .await;
         drop(tx);
@@ -508,7 +524,9 @@ impl Agent {
         self.oci.start(id.as_str()).await?;
         c.started.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(container_id = %id, pid = c.init.pid, "container started");
-        Ok(Reply::Started(pb::StartContainerResponse { pid: c.init.pid }))
+        Ok(Reply::Started(pb::StartContainerResponse {
+            pid: c.init.pid,
+        }))
     }
 
     async fn exec_process(&self, r: ProcessRef, process: OciProcess) -> Result<Reply, AgentError> {
@@ -598,7 +616,11 @@ impl Agent {
             .and_then(|m| {
                 m.lines().find_map(|l| {
                     let rest = l.strip_prefix("MemTotal:")?;
-                    rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
                 })
             })
             .unwrap_or(0);
@@ -646,7 +668,14 @@ async fn watch_oom(agent: std::sync::Weak<Agent>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(agent) = agent.upgrade() else { return };
-        let ids: Vec<Id> = agent.state.lock().await.containers.keys().cloned().collect();
+        let ids: Vec<Id> = agent
+            .state
+            .lock()
+            .await
+            .containers
+            .keys()
+            .cloned()
+            .collect();
         seen.retain(|id, _| ids.contains(id));
         for id in ids {
             let Some(count) = cgroup::oom_kills(id.as_str()) else {

@@ -83,7 +83,11 @@ pub fn stats(container_id: &str) -> Stats {
             memory_usage_bytes: read_u64(&v1("memory", container_id, "memory.usage_in_bytes"))
                 .unwrap_or(0),
             // v1 reports "unlimited" as a huge page-rounded number.
-            memory_limit_bytes: if limit >= i64::MAX as u64 / 2 { 0 } else { limit },
+            memory_limit_bytes: if limit >= i64::MAX as u64 / 2 {
+                0
+            } else {
+                limit
+            },
             pids_current: read_u64(&v1("pids", container_id, "pids.current")).unwrap_or(0),
             oom_kills: oom_kills(container_id).unwrap_or(0),
         }
@@ -95,7 +99,10 @@ pub fn oom_kills(container_id: &str) -> Option<u64> {
     if is_v2() {
         read_key(&v2(container_id, "memory.events"), "oom_kill")
     } else {
-        read_key(&v1("memory", container_id, "memory.oom_control"), "oom_kill")
+        read_key(
+            &v1("memory", container_id, "memory.oom_control"),
+            "oom_kill",
+        )
     }
 }
 

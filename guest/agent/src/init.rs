@@ -14,8 +14,9 @@ use thiserror::Error;
 const SWITCHED_MARKER: &str = "/.coffer-root";
 /// The image's module load order, one absolute path per line.
 const MODULE_LIST: &str = "/etc/coffer/modules";
-/// Printed on the console once the guest is ready to serve (benchmarks and probes look for it).
-pub const READY_MARKER: &str = "coffer-agent: ready";
+pub use coffer_agent_protocol::{
+    GUEST_INIT_MARKER as INIT_MARKER, GUEST_READY_MARKER as READY_MARKER,
+};
 
 /// A failure while bringing the guest up.
 #[derive(Debug, Error)]
@@ -78,7 +79,13 @@ pub fn boot() -> Result<(), InitError> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     do_mount("proc", "/proc", "proc", nosuid, None)?;
     do_mount("sysfs", "/sys", "sysfs", nosuid, None)?;
-    do_mount("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    do_mount(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     do_mount(
         "devpts",
         "/dev/pts",
@@ -87,8 +94,20 @@ pub fn boot() -> Result<(), InitError> {
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
     do_mount("shm", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
-    do_mount("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
-    do_mount("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    do_mount(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    do_mount(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
     load_modules()?;
     Ok(())
@@ -136,7 +155,13 @@ fn copy_tree(src: &Path, dst: &Path, skip: &[&Path]) -> Result<(), InitError> {
 
 fn switch_to_tmpfs() -> Result<(), InitError> {
     let new_root = Path::new("/newroot");
-    do_mount("tmpfs", "/newroot", "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+    do_mount(
+        "tmpfs",
+        "/newroot",
+        "tmpfs",
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
     let skip = [
         new_root,
         Path::new("/proc"),

@@ -18,7 +18,9 @@ enum Listen {
 
 fn parse_listen(s: &str) -> Result<Listen, String> {
     if let Some(port) = s.strip_prefix("vsock:") {
-        port.parse().map(Listen::Vsock).map_err(|e| format!("vsock port: {e}"))
+        port.parse()
+            .map(Listen::Vsock)
+            .map_err(|e| format!("vsock port: {e}"))
     } else if let Some(path) = s.strip_prefix("unix:") {
         Ok(Listen::Unix(PathBuf::from(path)))
     } else {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(oci::helper_main(args)).unwrap_or(1));
     }
     if is_init {
+        eprintln!("{}", init::INIT_MARKER);
         if let Err(err) = init::boot() {
             eprintln!("coffer-agent: guest init failed: {err}");
             init::power_off();
@@ -105,10 +108,11 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         };
         let agent = Agent::new(config, Gate::new(Box::new(OpenPolicy)), reaper)?;
         let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -148,7 +148,8 @@ fn run_op(root: &Path, op: HelperOp) -> Result<HelperResult, String> {
             Ok(HelperResult::Pid(pid.as_raw()))
         }
         HelperOp::KillAll { id, signal } => {
-            let signal = libcontainer::signal::Signal::try_from(signal).map_err(|e| e.to_string())?;
+            let signal =
+                libcontainer::signal::Signal::try_from(signal).map_err(|e| e.to_string())?;
             load(&id)?.kill(signal, true).map_err(err)?;
             Ok(HelperResult::Done)
         }
@@ -201,12 +202,14 @@ impl OciRuntime {
         &self.reaper
     }
 
-    async fn run(&self, args: &[&str], stdio: Option<ChildStdio>) -> Result<Option<u32>, AgentError> {
-        let result = self.scratch.join(format!(
-            "helper-{}-{}.json",
-            std::process::id(),
-            next_seq()
-        ));
+    async fn run(
+        &self,
+        args: &[&str],
+        stdio: Option<ChildStdio>,
+    ) -> Result<Option<u32>, AgentError> {
+        let result =
+            self.scratch
+                .join(format!("helper-{}-{}.json", std::process::id(), next_seq()));
         let mut cmd = Command::new(&self.exe);
         cmd.arg("oci")
             .arg("--root")
@@ -252,7 +255,12 @@ impl OciRuntime {
     }
 
     /// Creates container `id` from `bundle`; returns the init pid (waiting for `start`).
-    pub async fn create(&self, id: &str, bundle: &Path, stdio: ChildStdio) -> Result<u32, AgentError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: ChildStdio,
+    ) -> Result<u32, AgentError> {
         let bundle = bundle.to_string_lossy();
         self.run(&["create", "--id", id, "--bundle", &bundle], Some(stdio))
             .await?
@@ -265,7 +273,12 @@ impl OciRuntime {
     }
 
     /// Executes the process described by `process_json` in container `id`; returns its pid.
-    pub async fn exec(&self, id: &str, process_json: &Path, stdio: ChildStdio) -> Result<u32, AgentError> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        process_json: &Path,
+        stdio: ChildStdio,
+    ) -> Result<u32, AgentError> {
         let process = process_json.to_string_lossy();
         self.run(&["exec", "--id", id, "--process", &process], Some(stdio))
             .await?

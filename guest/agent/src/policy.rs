@@ -88,9 +88,7 @@ mod tests {
     #[test]
     fn denial_names_the_rpc_and_reason() {
         let gate = Gate::new(Box::new(DenyAll));
-        let err = gate
-            .authorize(&AgentRequest::GetGuestDetails)
-            .unwrap_err();
+        let err = gate.authorize(&AgentRequest::GetGuestDetails).unwrap_err();
         assert_eq!(
             err.to_string(),
             "GetGuestDetails denied by policy: GetGuestDetails is not listed"

@@ -73,9 +73,7 @@ impl ProcessIo {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
-            .ok_or_else(|| {
-                AgentError::FailedPrecondition("stdin is closed or busy".into())
-            })?;
+            .ok_or_else(|| AgentError::FailedPrecondition("stdin is closed or busy".into()))?;
         let result = sender.write_all(data).await;
         *self.stdin.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
         match result {
@@ -121,16 +119,17 @@ impl OutputSlot {
                 AgentError::FailedPrecondition("another reader is attached to this stream".into())
             })?;
         let slot = self.clone();
-        let stream = futures::stream::unfold(Some(ReadGuard { rx: Some(rx), slot }), |guard| async {
-            let mut guard = guard?;
-            let rx = guard.rx.as_mut()?;
-            let mut buf = BytesMut::with_capacity(OUTPUT_CHUNK);
-            match rx.read_buf(&mut buf).await {
-                Ok(0) => None,
-                Ok(_) => Some((Ok(buf.freeze()), Some(guard))),
-                Err(e) => Some((Err(e), None)),
-            }
-        });
+        let stream =
+            futures::stream::unfold(Some(ReadGuard { rx: Some(rx), slot }), |guard| async {
+                let mut guard = guard?;
+                let rx = guard.rx.as_mut()?;
+                let mut buf = BytesMut::with_capacity(OUTPUT_CHUNK);
+                match rx.read_buf(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(_) => Some((Ok(buf.freeze()), Some(guard))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
         Ok(OutputStream(Box::pin(stream)))
     }
 }
@@ -210,7 +209,11 @@ impl Process {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
         match nix::sys::signal::kill(pid, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(AgentError::io("signal", format!("pid {}", self.pid), e.into())),
+            Err(e) => Err(AgentError::io(
+                "signal",
+                format!("pid {}", self.pid),
+                e.into(),
+            )),
         }
     }
 }

@@ -59,8 +59,8 @@ impl Reaper {
             loop {
                 task.reap_all();
                 // A periodic sweep as well, in case a signal is lost while the handler is re-armed.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sigchld.recv())
-                    .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), sigchld.recv()).await;
             }
         });
         Ok(reaper)

@@ -127,6 +127,8 @@ pub enum AgentRequest {
         container: Id,
         /// Bytes of the first chunk.
         first: bytes::Bytes,
+        /// Whether the first chunk is also the last.
+        first_is_last: bool,
         /// The rest of the stream.
         body: Streaming<pb::RootfsChunk>,
     },
@@ -339,7 +341,11 @@ impl Decode for pb::CreateContainerRequest {
         validate_spec(&spec)?;
         let rootfs = match self.rootfs {
             Some(pb::create_container_request::Rootfs::Uploaded(_)) => RootfsSource::Uploaded,
-            None => return Err(AgentError::InvalidArgument("rootfs source is missing".into())),
+            None => {
+                return Err(AgentError::InvalidArgument(
+                    "rootfs source is missing".into(),
+                ));
+            }
         };
         Ok(AgentRequest::CreateContainer {
             container,
@@ -480,6 +486,7 @@ pub async fn decode_upload(
     Ok(AgentRequest::UploadRootfs {
         container: Id::parse("container_id", &first.container_id)?,
         first: first.data.into(),
+        first_is_last: first.last,
         body,
     })
 }
@@ -513,7 +520,8 @@ mod tests {
 
     #[test]
     fn spec_without_args_is_rejected() {
-        let spec = r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":[]},"root":{"path":"rootfs"}}"#;
+        let spec =
+            r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":[]},"root":{"path":"rootfs"}}"#;
         let req = pb::CreateContainerRequest {
             container_id: "c1".into(),
             oci_spec_json: spec.as_bytes().to_vec(),

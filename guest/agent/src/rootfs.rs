@@ -31,10 +31,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, String> {
             .path()
             .map_err(|e| format!("entry name: {e}"))?
             .into_owned();
-        if name
-            .components()
-            .any(|c| matches!(c, Component::ParentDir))
-        {
+        if name.components().any(|c| matches!(c, Component::ParentDir)) {
             return Err(format!("entry {} has a '..' component", name.display()));
         }
         let kind = entry.header().entry_type();
@@ -49,7 +46,9 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, String> {
         if let Some(target) = entry.link_name().map_err(|e| format!("link name: {e}"))? {
             if kind.is_hard_link()
                 && (target.is_absolute()
-                    || target.components().any(|c| matches!(c, Component::ParentDir)))
+                    || target
+                        .components()
+                        .any(|c| matches!(c, Component::ParentDir)))
             {
                 return Err(format!(
                     "hard link {} points outside the rootfs",
@@ -118,7 +117,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = unpack(&data[..], dir.path()).unwrap();
         assert_eq!(n.entries, 1);
-        assert_eq!(std::fs::read(dir.path().join("bin/hello")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(dir.path().join("bin/hello")).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ macro_rules! unary {
 }
 
 impl AgentService {
-    async fn output(&self, req: pb::ReadOutputRequest, kind: OutputKind) -> Result<Response<OutputChunks>, Status> {
+    async fn output(
+        &self,
+        req: pb::ReadOutputRequest,
+        kind: OutputKind,
+    ) -> Result<Response<OutputChunks>, Status> {
         match self.agent.handle(decode_read_output(req, kind)?).await? {
             Reply::Output(stream) => Ok(Response::new(Box::pin(stream.map(|chunk| {
                 chunk
@@ -72,55 +76,111 @@ impl pb::agent_server::Agent for AgentService {
     type ReadStdoutStream = OutputChunks;
     type ReadStderrStream = OutputChunks;
 
-    async fn create_sandbox(&self, r: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::CreateSandboxResponse>, Status> {
+    async fn create_sandbox(
+        &self,
+        r: Request<pb::CreateSandboxRequest>,
+    ) -> Result<Response<pb::CreateSandboxResponse>, Status> {
         unary!(self, r, Sandbox)
     }
-    async fn destroy_sandbox(&self, r: Request<pb::DestroySandboxRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn destroy_sandbox(
+        &self,
+        r: Request<pb::DestroySandboxRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn upload_rootfs(&self, r: Request<Streaming<pb::RootfsChunk>>) -> Result<Response<pb::UploadRootfsResponse>, Status> {
-        reply!(self.agent.handle(decode_upload(r.into_inner()).await?).await?, Uploaded)
+    async fn upload_rootfs(
+        &self,
+        r: Request<Streaming<pb::RootfsChunk>>,
+    ) -> Result<Response<pb::UploadRootfsResponse>, Status> {
+        reply!(
+            self.agent
+                .handle(decode_upload(r.into_inner()).await?)
+                .await?,
+            Uploaded
+        )
     }
-    async fn create_container(&self, r: Request<pb::CreateContainerRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn create_container(
+        &self,
+        r: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn start_container(&self, r: Request<pb::StartContainerRequest>) -> Result<Response<pb::StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        r: Request<pb::StartContainerRequest>,
+    ) -> Result<Response<pb::StartContainerResponse>, Status> {
         unary!(self, r, Started)
     }
-    async fn remove_container(&self, r: Request<pb::RemoveContainerRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_container(
+        &self,
+        r: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn stats_container(&self, r: Request<pb::StatsContainerRequest>) -> Result<Response<pb::StatsContainerResponse>, Status> {
+    async fn stats_container(
+        &self,
+        r: Request<pb::StatsContainerRequest>,
+    ) -> Result<Response<pb::StatsContainerResponse>, Status> {
         unary!(self, r, Stats)
     }
-    async fn exec_process(&self, r: Request<pb::ExecProcessRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn exec_process(
+        &self,
+        r: Request<pb::ExecProcessRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn wait_process(&self, r: Request<pb::WaitProcessRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+    async fn wait_process(
+        &self,
+        r: Request<pb::WaitProcessRequest>,
+    ) -> Result<Response<pb::WaitProcessResponse>, Status> {
         unary!(self, r, Exited)
     }
-    async fn signal_process(&self, r: Request<pb::SignalProcessRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn signal_process(
+        &self,
+        r: Request<pb::SignalProcessRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn write_stdin(&self, r: Request<pb::WriteStdinRequest>) -> Result<Response<pb::WriteStdinResponse>, Status> {
+    async fn write_stdin(
+        &self,
+        r: Request<pb::WriteStdinRequest>,
+    ) -> Result<Response<pb::WriteStdinResponse>, Status> {
         unary!(self, r, Written)
     }
-    async fn close_stdin(&self, r: Request<pb::CloseStdinRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn close_stdin(
+        &self,
+        r: Request<pb::CloseStdinRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn read_stdout(&self, r: Request<pb::ReadOutputRequest>) -> Result<Response<OutputChunks>, Status> {
+    async fn read_stdout(
+        &self,
+        r: Request<pb::ReadOutputRequest>,
+    ) -> Result<Response<OutputChunks>, Status> {
         self.output(r.into_inner(), OutputKind::Stdout).await
     }
-    async fn read_stderr(&self, r: Request<pb::ReadOutputRequest>) -> Result<Response<OutputChunks>, Status> {
+    async fn read_stderr(
+        &self,
+        r: Request<pb::ReadOutputRequest>,
+    ) -> Result<Response<OutputChunks>, Status> {
         self.output(r.into_inner(), OutputKind::Stderr).await
     }
-    async fn tty_win_resize(&self, r: Request<pb::TtyWinResizeRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn tty_win_resize(
+        &self,
+        r: Request<pb::TtyWinResizeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         unary!(self, r, Empty)
     }
-    async fn get_guest_details(&self, r: Request<pb::GetGuestDetailsRequest>) -> Result<Response<pb::GuestDetails>, Status> {
+    async fn get_guest_details(
+        &self,
+        r: Request<pb::GetGuestDetailsRequest>,
+    ) -> Result<Response<pb::GuestDetails>, Status> {
         unary!(self, r, Details)
     }
-    async fn get_oom_event(&self, r: Request<pb::GetOomEventRequest>) -> Result<Response<pb::OomEvent>, Status> {
+    async fn get_oom_event(
+        &self,
+        r: Request<pb::GetOomEventRequest>,
+    ) -> Result<Response<pb::OomEvent>, Status> {
         unary!(self, r, Oom)
     }
 }

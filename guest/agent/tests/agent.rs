@@ -49,7 +49,9 @@ fn rootfs_tar() -> Vec<u8> {
         dir(&mut b, d, if d == "tmp" { 0o1777 } else { 0o755 });
     }
     b.append_path_with_name(busybox(), "bin/busybox").unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "id", "pwd", "env", "true", "kill", "ls"] {
+    for applet in [
+        "sh", "echo", "cat", "sleep", "id", "pwd", "env", "true", "kill", "ls",
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -57,7 +59,8 @@ fn rootfs_tar() -> Vec<u8> {
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(0);
-        b.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
     }
     let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n";
     let mut h = tar::Header::new_gnu();
@@ -75,10 +78,7 @@ fn spec(args: &[&str]) -> Vec<u8> {
     let mut process = spec.process().clone().unwrap();
     process.set_terminal(Some(false));
     process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-    process.set_env(Some(vec![
-        "PATH=/bin".into(),
-        "GREETING=hi there".into(),
-    ]));
+    process.set_env(Some(vec!["PATH=/bin".into(), "GREETING=hi there".into()]));
     spec.set_process(Some(process));
     serde_json::to_vec(&spec).unwrap()
 }
@@ -142,13 +142,20 @@ async fn upload(client: &mut AgentClient<Channel>, id: &str) {
     let mut chunks = vec![pb::RootfsChunk {
         container_id: id.into(),
         data: Vec::new(),
+        last: false,
     }];
     for c in tar.chunks(64 * 1024) {
         chunks.push(pb::RootfsChunk {
             container_id: String::new(),
             data: c.to_vec(),
+            last: false,
         });
     }
+    chunks.push(pb::RootfsChunk {
+        container_id: String::new(),
+        data: Vec::new(),
+        last: true,
+    });
     client
         .upload_rootfs(futures::stream::iter(chunks))
         .await
@@ -235,34 +242,96 @@ async fn containers_run_and_report_status() {
     let (_, status) = run(&mut c, "exit7", &["sh", "-c", "exit 7"]).await;
     assert_eq!(status, 7);
 
-    let (out, _) = run(&mut c, "envcwd", &["sh", "-c", "echo $GREETING; pwd; id -u"]).await;
+    let (out, _) = run(
+        &mut c,
+        "envcwd",
+        &["sh", "-c", "echo $GREETING; pwd; id -u"],
+    )
+    .await;
     assert_eq!(out, "hi there\n/\n0\n");
 
     // stdin round trip
     create(&mut c, "cat", &["cat"]).await;
     let mut reader = c.clone();
     let out = tokio::spawn(async move { read_all(&mut reader, "cat", "", false).await });
-    c.start_container(pb::StartContainerRequest { container_id: "cat".into() }).await.unwrap();
-    c.write_stdin(pb::WriteStdinRequest { container_id: "cat".into(), exec_id: String::new(), data: b"round trip\n".to_vec() }).await.unwrap();
-    c.close_stdin(pb::CloseStdinRequest { container_id: "cat".into(), exec_id: String::new() }).await.unwrap();
+    c.start_container(pb::StartContainerRequest {
+        container_id: "cat".into(),
+    })
+    .await
+    .unwrap();
+    c.write_stdin(pb::WriteStdinRequest {
+        container_id: "cat".into(),
+        exec_id: String::new(),
+        data: b"round trip\n".to_vec(),
+    })
+    .await
+    .unwrap();
+    c.close_stdin(pb::CloseStdinRequest {
+        container_id: "cat".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
     assert_eq!(wait(&mut c, "cat", "").await, 0);
     assert_eq!(out.await.unwrap(), "round trip\n");
     remove(&mut c, "cat").await;
 
     // exec into a running container, then signal its init
     // (PID 1 of a pid namespace ignores signals it has no handler for, so trap TERM.)
-    create(&mut c, "sleeper", &["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.1; done"]).await;
-    c.start_container(pb::StartContainerRequest { container_id: "sleeper".into() }).await.unwrap();
-    c.exec_process(pb::ExecProcessRequest { container_id: "sleeper".into(), exec_id: "e1".into(), oci_process_json: process_json(&["sh", "-c", "echo from exec; exit 3"]) }).await.unwrap();
-    assert_eq!(read_all(&mut c, "sleeper", "e1", false).await, "from exec\n");
+    create(
+        &mut c,
+        "sleeper",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+        ],
+    )
+    .await;
+    c.start_container(pb::StartContainerRequest {
+        container_id: "sleeper".into(),
+    })
+    .await
+    .unwrap();
+    c.exec_process(pb::ExecProcessRequest {
+        container_id: "sleeper".into(),
+        exec_id: "e1".into(),
+        oci_process_json: process_json(&["sh", "-c", "echo from exec; exit 3"]),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        read_all(&mut c, "sleeper", "e1", false).await,
+        "from exec\n"
+    );
     assert_eq!(wait(&mut c, "sleeper", "e1").await, 3);
-    let stats = c.stats_container(pb::StatsContainerRequest { container_id: "sleeper".into() }).await.unwrap().into_inner();
+    let stats = c
+        .stats_container(pb::StatsContainerRequest {
+            container_id: "sleeper".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(stats.pids_current >= 1, "{stats:?}");
-    c.signal_process(pb::SignalProcessRequest { container_id: "sleeper".into(), exec_id: String::new(), signal: 15, all: false }).await.unwrap();
+    c.signal_process(pb::SignalProcessRequest {
+        container_id: "sleeper".into(),
+        exec_id: String::new(),
+        signal: 15,
+        all: false,
+    })
+    .await
+    .unwrap();
     assert_eq!(wait(&mut c, "sleeper", "").await, 42);
 
     // exec into the stopped container is refused
-    let err = c.exec_process(pb::ExecProcessRequest { container_id: "sleeper".into(), exec_id: "e2".into(), oci_process_json: process_json(&["true"]) }).await.unwrap_err();
+    let err = c
+        .exec_process(pb::ExecProcessRequest {
+            container_id: "sleeper".into(),
+            exec_id: "e2".into(),
+            oci_process_json: process_json(&["true"]),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     remove(&mut c, "sleeper").await;
 
@@ -273,42 +342,105 @@ async fn containers_run_and_report_status() {
 async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     let (agent, mut c) = start_agent().await;
 
-    let err = c.start_container(pb::StartContainerRequest { container_id: "nope".into() }).await.unwrap_err();
+    let err = c
+        .start_container(pb::StartContainerRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("nope"), "{}", err.message());
 
-    let err = c.start_container(pb::StartContainerRequest { container_id: "../etc".into() }).await.unwrap_err();
+    let err = c
+        .start_container(pb::StartContainerRequest {
+            container_id: "../etc".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    let err = c.create_container(pb::CreateContainerRequest {
-        container_id: "bad".into(),
-        oci_spec_json: b"{\"ociVersion\": 1".to_vec(),
-        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(pb::UploadedRootfs {})),
-    }).await.unwrap_err();
+    let err = c
+        .create_container(pb::CreateContainerRequest {
+            container_id: "bad".into(),
+            oci_spec_json: b"{\"ociVersion\": 1".to_vec(),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    let err = c.create_container(pb::CreateContainerRequest {
-        container_id: "norootfs".into(),
-        oci_spec_json: spec(&["true"]),
-        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(pb::UploadedRootfs {})),
-    }).await.unwrap_err();
+    let err = c
+        .create_container(pb::CreateContainerRequest {
+            container_id: "norootfs".into(),
+            oci_spec_json: spec(&["true"]),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     create(&mut c, "dup", &["sleep", "100"]).await;
-    let err = c.create_container(pb::CreateContainerRequest {
-        container_id: "dup".into(),
-        oci_spec_json: spec(&["true"]),
-        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(pb::UploadedRootfs {})),
-    }).await.unwrap_err();
+    let err = c
+        .create_container(pb::CreateContainerRequest {
+            container_id: "dup".into(),
+            oci_spec_json: spec(&["true"]),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    let err = c.exec_process(pb::ExecProcessRequest { container_id: "dup".into(), exec_id: "x".into(), oci_process_json: process_json(&["true"]) }).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "exec before start: {err:?}");
+    let err = c
+        .exec_process(pb::ExecProcessRequest {
+            container_id: "dup".into(),
+            exec_id: "x".into(),
+            oci_process_json: process_json(&["true"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "exec before start: {err:?}"
+    );
     remove(&mut c, "dup").await;
 
-    let err = c.create_sandbox(pb::CreateSandboxRequest { sandbox_id: "again".into(), hostname: String::new() }).await.unwrap_err();
+    // A rootfs stream that ends without its last chunk is discarded as truncated.
+    let tar = rootfs_tar();
+    let err = c
+        .upload_rootfs(futures::stream::iter(vec![pb::RootfsChunk {
+            container_id: "trunc".into(),
+            data: tar[..tar.len() / 2].to_vec(),
+            last: false,
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("truncated"), "{}", err.message());
+
+    let err = c
+        .create_sandbox(pb::CreateSandboxRequest {
+            sandbox_id: "again".into(),
+            hostname: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
-    let err = c.signal_process(pb::SignalProcessRequest { container_id: "x".into(), exec_id: String::new(), signal: 999, all: false }).await.unwrap_err();
+    let err = c
+        .signal_process(pb::SignalProcessRequest {
+            container_id: "x".into(),
+            exec_id: String::new(),
+            signal: 999,
+            all: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Still serving, and nothing was left behind by the failures.

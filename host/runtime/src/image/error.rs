@@ -100,6 +100,13 @@ pub enum ImageError {
     /// An initramfs path was added twice, or as both a file and a directory.
     #[error("initramfs entry {name} is added twice or is both a directory and a file")]
     DuplicateEntry { name: String },
+    /// `guest-image.json` of an existing image could not be parsed.
+    #[error("{path} is not a guest image manifest")]
+    InvalidManifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     /// `guest-image.json` could not be serialised.
     #[error("failed to serialise {path}")]
     Manifest {

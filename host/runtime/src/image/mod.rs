@@ -293,6 +293,22 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
     Ok(manifest.image)
 }
 
+/// Loads the image previously built into `out_dir` (no rebuild, no re-hash).
+pub fn load(out_dir: &Path) -> Result<GuestImage, ImageError> {
+    let path = out_dir.join(MANIFEST);
+    let bytes = read(&path)?;
+    let recorded: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::InvalidManifest {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(GuestImage {
+        vmlinux: out_dir.join(VMLINUX),
+        initramfs: out_dir.join(INITRAMFS),
+        ..recorded.image
+    })
+}
+
 /// Returns the recorded image if the manifest matches `inputs_digest` and both artifacts still hash
 /// to the recorded digests. Any mismatch or unreadable file means "rebuild".
 fn reuse(

@@ -1,0 +1,78 @@
+//! `coffer`: parse → tracing → run one subcommand. Exit codes: a container's own exit status for
+//! `sandbox run`; 125 when Coffer itself fails; 130 when interrupted.
+
+mod image;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for failures of Coffer itself (not of the container's command).
+pub const EXIT_COFFER_FAILED: u8 = 125;
+/// Exit code after Ctrl-C / SIGTERM.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about = "Coffer: confidential VM sandboxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sandboxes: one VM each.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// The guest image (kernel + initramfs with coffer-agent).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Boot a sandbox, run CMD in a container made from a rootfs directory, tear down.
+    Run(run::RunArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the guest image reproducibly and print the sha256 of each artifact.
+    Build(image::BuildArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("coffer: starting the async runtime: {err}");
+            return ExitCode::from(EXIT_COFFER_FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sandbox(SandboxCommand::Run(args)) => run::run(args).await,
+            Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("coffer: {err:#}");
+            ExitCode::from(EXIT_COFFER_FAILED)
+        }
+    }
+}

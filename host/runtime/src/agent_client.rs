@@ -1,0 +1,88 @@
+//! The host's connection to `coffer-agent`: gRPC over hybrid vsock, retried until the agent
+//! listens or a deadline passes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use coffer_agent_protocol::AGENT_VSOCK_PORT;
+use coffer_agent_protocol::v1 as pb;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The generated client over a tonic channel.
+pub type AgentClient = pb::agent_client::AgentClient<Channel>;
+
+/// Largest message exchanged with the agent.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Interval between connection attempts while the guest boots.
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why the agent could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The deadline passed; the last error says why.
+    #[error("agent did not answer within {waited:?} (last error: {last})")]
+    Timeout {
+        /// How long we tried.
+        waited: Duration,
+        /// The last failure.
+        last: String,
+    },
+}
+
+fn endpoint() -> Endpoint {
+    Endpoint::from_static("http://coffer-agent")
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+}
+
+/// Builds a client whose connections go through the hybrid-vsock socket `uds`.
+pub async fn connect_once(uds: PathBuf) -> Result<AgentClient, tonic::transport::Error> {
+    let channel = endpoint()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let uds = uds.clone();
+            async move {
+                crate::vsock::connect(&uds, AGENT_VSOCK_PORT)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await?;
+    Ok(pb::agent_client::AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Connects to the agent, retrying every 50 ms until it answers `GetGuestDetails` or `deadline`.
+pub async fn connect(
+    uds: PathBuf,
+    deadline: Instant,
+) -> Result<(AgentClient, pb::GuestDetails), ConnectError> {
+    let started = Instant::now();
+    let mut last: String;
+    loop {
+        match connect_once(uds.clone()).await {
+            Ok(mut client) => match client
+                .get_guest_details(pb::GetGuestDetailsRequest {})
+                .await
+            {
+                Ok(details) => return Ok((client, details.into_inner())),
+                Err(status) => last = format!("GetGuestDetails: {}", status.message()),
+            },
+            Err(err) => {
+                last = std::error::Error::source(&err)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| err.to_string());
+            }
+        }
+        if Instant::now() + RETRY_INTERVAL > deadline {
+            return Err(ConnectError::Timeout {
+                waited: started.elapsed(),
+                last,
+            });
+        }
+        tokio::time::sleep(RETRY_INTERVAL).await;
+    }
+}

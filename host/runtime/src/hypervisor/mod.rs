@@ -1,0 +1,107 @@
+//! The hypervisor abstraction: a backend launches a VM from a [`VmSpec`] and hands back a [`Vm`]
+//! the sandbox owns. QEMU ([`qemu`]) is the backend today; TEE launch configuration plugs in here.
+
+pub mod qemu;
+pub mod qmp;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Sandbox id (for logs and process names).
+    pub id: String,
+    /// Private working directory for sockets and logs; must exist.
+    pub dir: PathBuf,
+    /// Uncompressed kernel (PVH-bootable vmlinux).
+    pub kernel: PathBuf,
+    /// Initramfs with the agent as /init.
+    pub initrd: PathBuf,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Extra kernel command-line parameters.
+    pub kernel_params: Vec<String>,
+}
+
+/// Hypervisor failures.
+#[derive(Debug, Error)]
+pub enum HypervisorError {
+    /// A helper or VMM binary could not be started.
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM or its vsock backend exited during launch.
+    #[error("{what} exited during launch ({status}); log: {log}")]
+    EarlyExit {
+        /// Which process.
+        what: &'static str,
+        /// Its exit status.
+        status: String,
+        /// Where its output is.
+        log: PathBuf,
+    },
+    /// A launch step did not finish in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The monitor (QMP) failed.
+    #[error("monitor: {0}")]
+    Monitor(#[source] std::io::Error),
+    /// Local file handling failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The accelerator configuration cannot work on this host.
+    #[error("accelerator: {0}")]
+    Accel(String),
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    /// Human-readable status of the VMM process, e.g. `killed by signal 9`.
+    pub status: String,
+    /// Whether the VMM exited on request (graceful shutdown) rather than on its own.
+    pub requested: bool,
+}
+
+/// A backend that launches VMs.
+pub trait Hypervisor: Send + Sync {
+    /// The VM handle type.
+    type Vm: Vm;
+    /// Launches a VM; returns once the VMM runs (not when the guest is ready).
+    fn launch(
+        &self,
+        spec: &VmSpec,
+    ) -> impl Future<Output = Result<Self::Vm, HypervisorError>> + Send;
+}
+
+/// A running VM.
+pub trait Vm: Send + 'static {
+    /// The hybrid-vsock unix socket leading to guest vsock ports.
+    fn vsock_socket(&self) -> &Path;
+    /// The guest console log.
+    fn console_log(&self) -> &Path;
+    /// Resolves when the VMM process has exited (cancel-safe).
+    fn wait_exit(&mut self) -> impl Future<Output = VmExit> + Send;
+    /// The VMM's view of the guest run state (e.g. `running`).
+    fn status(&mut self) -> impl Future<Output = Result<String, HypervisorError>> + Send;
+    /// Stops the VM (gracefully, then forcibly) and every helper process; idempotent.
+    fn shutdown(&mut self) -> impl Future<Output = VmExit> + Send;
+}

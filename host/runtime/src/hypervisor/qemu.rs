@@ -1,0 +1,625 @@
+//! The QEMU backend. The argv is a pure function of typed configuration ([`argv`]), so it is
+//! unit-tested without booting anything. A launch starts `vhost-device-vsock` (the hybrid-vsock
+//! backend), then QEMU with a `vhost-user-vsock` device, a QMP socket and the console in a file.
+//! Both processes get their own process group (a terminal's Ctrl-C reaches only the runtime, which
+//! then tears down in order) and are killed if their handle is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+
+use super::qmp::Qmp;
+use super::{Hypervisor, HypervisorError, Vm, VmExit, VmSpec};
+
+/// Machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// `microvm`: virtio-mmio only, fastest boot.
+    #[default]
+    Microvm,
+    /// `q35`: PCI; what confidential launches use.
+    Q35,
+}
+
+/// Accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelMode {
+    /// KVM if a probe boot under KVM succeeds on this host, else TCG.
+    #[default]
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// Hardware virtualization; fails if unavailable.
+    Kvm,
+}
+
+/// A resolved accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// TCG.
+    Tcg,
+    /// KVM.
+    Kvm,
+}
+
+/// QEMU backend configuration. Defaults suit this project's test hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuConfig {
+    /// QEMU binary (default `qemu-system-x86_64` from `PATH`).
+    pub binary: PathBuf,
+    /// vhost-user vsock backend binary (default `vhost-device-vsock` from `PATH`).
+    pub vhost_vsock_binary: PathBuf,
+    /// Machine type (default microvm).
+    pub machine: Machine,
+    /// Accelerator (default auto).
+    pub accel: AccelMode,
+    /// Where the KVM probe result is cached (default: none, probe every time).
+    pub probe_cache: Option<PathBuf>,
+    /// How long a launch step (backend socket, QMP) may take.
+    pub launch_timeout_secs: u64,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: "qemu-system-x86_64".into(),
+            vhost_vsock_binary: "vhost-device-vsock".into(),
+            machine: Machine::Microvm,
+            accel: AccelMode::Auto,
+            probe_cache: None,
+            launch_timeout_secs: 10,
+        }
+    }
+}
+
+/// Files of one VM inside its working directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    /// vhost-user socket between QEMU and the vsock backend.
+    pub vhost_socket: PathBuf,
+    /// Hybrid-vsock socket the host connects to.
+    pub vsock_socket: PathBuf,
+    /// QMP socket.
+    pub qmp_socket: PathBuf,
+    /// Guest console.
+    pub console_log: PathBuf,
+    /// QEMU's own stderr.
+    pub qemu_log: PathBuf,
+    /// vhost-device-vsock's output.
+    pub vhost_log: PathBuf,
+}
+
+impl VmPaths {
+    /// The paths under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            vhost_socket: dir.join("vhost.sock"),
+            vsock_socket: dir.join("vm.vsock"),
+            qmp_socket: dir.join("qmp.sock"),
+            console_log: dir.join("console.log"),
+            qemu_log: dir.join("qemu.log"),
+            vhost_log: dir.join("vhost.log"),
+        }
+    }
+}
+
+/// The guest CID given to every VM (each VM has its own backend, so CIDs never collide).
+pub const GUEST_CID: u32 = 3;
+
+/// Base kernel command line.
+fn kernel_cmdline(machine: Machine, tsc_khz: Option<u64>, extra: &[String]) -> String {
+    let mut params = vec![
+        "console=ttyS0".to_owned(),
+        "quiet".into(),
+        "panic=-1".into(),
+        "rdinit=/init".into(),
+        "cryptomgr.notests".into(),
+    ];
+    if machine == Machine::Microvm {
+        // Without these the kernel hangs calibrating the TSC on microvm.
+        if let Some(khz) = tsc_khz {
+            params.push(format!("tsc_early_khz={khz}"));
+        }
+        params.push("tsc=reliable".into());
+    }
+    params.extend(extra.iter().cloned());
+    params.join(" ")
+}
+
+/// QEMU's argv (without the binary) for `spec`.
+pub fn argv(
+    spec: &VmSpec,
+    machine: Machine,
+    accel: Accel,
+    paths: &VmPaths,
+    tsc_khz: Option<u64>,
+) -> Vec<String> {
+    let mem = format!("{}M", spec.memory_mib);
+    let machine_arg = match machine {
+        Machine::Microvm => "microvm,memory-backend=mem,rtc=on".to_owned(),
+        Machine::Q35 => "q35,memory-backend=mem".to_owned(),
+    };
+    let (accel_arg, cpu) = match accel {
+        Accel::Tcg => ("tcg", "max"),
+        Accel::Kvm => ("kvm", "host"),
+    };
+    let vsock_device = match machine {
+        Machine::Microvm => "vhost-user-vsock-device,chardev=vsock",
+        Machine::Q35 => "vhost-user-vsock-pci,chardev=vsock",
+    };
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("coffer-{}", spec.id),
+        "-machine".into(),
+        machine_arg,
+        "-accel".into(),
+        accel_arg.into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        mem.clone(),
+        // vhost-user needs guest memory shared with the backend: without share=on vsock fails
+        // silently.
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", paths.console_log.display()),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initrd.display().to_string(),
+        "-append".into(),
+        kernel_cmdline(machine, tsc_khz, &spec.kernel_params),
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", paths.vhost_socket.display()),
+        "-device".into(),
+        vsock_device.into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", paths.qmp_socket.display()),
+    ];
+    if machine == Machine::Q35 {
+        args.extend(["-vga".into(), "none".into()]);
+    }
+    args
+}
+
+/// The host TSC frequency in kHz, from `/proc/cpuinfo` (`cpu MHz`).
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if k.trim() != "cpu MHz" {
+            return None;
+        }
+        let mhz: f64 = v.trim().parse().ok()?;
+        Some((mhz * 1000.0).round() as u64)
+    })
+}
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    config: QemuConfig,
+}
+
+impl Qemu {
+    /// A backend with `config`.
+    pub fn new(config: QemuConfig) -> Self {
+        Self { config }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.launch_timeout_secs.max(1))
+    }
+
+    /// Resolves [`AccelMode`] for `spec`: KVM is used only when a probe boot under KVM reaches the
+    /// agent's init marker. The result is cached in `probe_cache` when configured.
+    pub async fn resolve_accel(&self, spec: &VmSpec) -> Result<Accel, HypervisorError> {
+        match self.config.accel {
+            AccelMode::Tcg => return Ok(Accel::Tcg),
+            AccelMode::Kvm => {
+                return if kvm_openable() {
+                    Ok(Accel::Kvm)
+                } else {
+                    Err(HypervisorError::Accel("/dev/kvm is not usable".into()))
+                };
+            }
+            AccelMode::Auto => {}
+        }
+        if !kvm_openable() {
+            return Ok(Accel::Tcg);
+        }
+        let key = format!("{}|{}", self.config.binary.display(), spec.kernel.display());
+        if let Some(cache) = &self.config.probe_cache {
+            if let Ok(text) = std::fs::read_to_string(cache) {
+                if let Some(found) = text.strip_prefix(&format!("{key}\n")) {
+                    match found.trim() {
+                        "kvm" => return Ok(Accel::Kvm),
+                        "tcg" => return Ok(Accel::Tcg),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let accel = if self.probe_kvm(spec).await {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+        tracing::info!(?accel, "accelerator probe finished");
+        if let Some(cache) = &self.config.probe_cache {
+            let word = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+            let _ = std::fs::write(cache, format!("{key}\n{word}\n"));
+        }
+        Ok(accel)
+    }
+
+    async fn probe_kvm(&self, spec: &VmSpec) -> bool {
+        let Ok(dir) = tempdir_in(&spec.dir, "kvm-probe") else {
+            return false;
+        };
+        let console = dir.join("console.log");
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.args([
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-smp",
+            "1",
+            "-m",
+            "256M",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-vga",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initrd)
+        .arg("-append")
+        .arg("console=ttyS0 quiet panic=-1 rdinit=/init")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+        let ok = match cmd.spawn() {
+            Ok(mut child) => {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let mut seen = false;
+                while Instant::now() < deadline && !seen {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    seen = std::fs::read_to_string(&console)
+                        .map(|c| c.contains(coffer_agent_protocol::GUEST_INIT_MARKER))
+                        .unwrap_or(false);
+                }
+                let _ = child.kill().await;
+                seen
+            }
+            Err(_) => false,
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        ok
+    }
+
+    async fn wait_for_socket(
+        &self,
+        path: &Path,
+        child: &mut Child,
+        what: &'static str,
+        log: &Path,
+    ) -> Result<(), HypervisorError> {
+        let deadline = Instant::now() + self.timeout();
+        while !path.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(HypervisorError::EarlyExit {
+                    what,
+                    status: describe(status),
+                    log: log.to_path_buf(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(HypervisorError::Timeout(what));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+fn kvm_openable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn tempdir_in(parent: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn log_file(path: &Path) -> Result<std::fs::File, HypervisorError> {
+    std::fs::File::create(path).map_err(|source| HypervisorError::Io {
+        op: "create",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+impl Hypervisor for Qemu {
+    type Vm = QemuVm;
+
+    async fn launch(&self, spec: &VmSpec) -> Result<QemuVm, HypervisorError> {
+        let accel = self.resolve_accel(spec).await?;
+        let paths = VmPaths::new(&spec.dir);
+        let mut vhost = Command::new(&self.config.vhost_vsock_binary)
+            .arg("--vm")
+            .arg(format!(
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
+                paths.vhost_socket.display(),
+                paths.vsock_socket.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log_file(&paths.vhost_log)?)
+            .stderr(log_file(&paths.vhost_log.with_extension("err"))?)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| HypervisorError::Spawn {
+                binary: self.config.vhost_vsock_binary.clone(),
+                source,
+            })?;
+        self.wait_for_socket(
+            &paths.vhost_socket,
+            &mut vhost,
+            "vhost-device-vsock",
+            &paths.vhost_log,
+        )
+        .await?;
+
+        let args = argv(spec, self.config.machine, accel, &paths, host_tsc_khz());
+        tracing::debug!(?args, "starting qemu");
+        let mut qemu = Command::new(&self.config.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log_file(&paths.qemu_log)?)
+            .stderr(log_file(&paths.qemu_log.with_extension("err"))?)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| HypervisorError::Spawn {
+                binary: self.config.binary.clone(),
+                source,
+            })?;
+        let qemu_err = paths.qemu_log.with_extension("err");
+        self.wait_for_socket(&paths.qmp_socket, &mut qemu, "qemu", &qemu_err)
+            .await?;
+        let qmp = tokio::time::timeout(self.timeout(), Qmp::connect(&paths.qmp_socket))
+            .await
+            .map_err(|_| HypervisorError::Timeout("QMP"))?
+            .map_err(HypervisorError::Monitor)?;
+        tracing::info!(sandbox_id = %spec.id, ?accel, pid = qemu.id(), "qemu started");
+        Ok(QemuVm {
+            qemu,
+            vhost,
+            qmp: Some(qmp),
+            paths,
+            exit: None,
+        })
+    }
+}
+
+/// A VM run by QEMU.
+#[derive(Debug)]
+pub struct QemuVm {
+    qemu: Child,
+    vhost: Child,
+    qmp: Option<Qmp>,
+    paths: VmPaths,
+    exit: Option<VmExit>,
+}
+
+impl QemuVm {
+    /// QEMU's pid (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.qemu.id()
+    }
+
+    /// The VM's files.
+    pub fn paths(&self) -> &VmPaths {
+        &self.paths
+    }
+
+    async fn stop_vhost(&mut self) {
+        let _ = self.vhost.start_kill();
+        let _ = self.vhost.wait().await;
+    }
+}
+
+impl Vm for QemuVm {
+    fn vsock_socket(&self) -> &Path {
+        &self.paths.vsock_socket
+    }
+
+    fn console_log(&self) -> &Path {
+        &self.paths.console_log
+    }
+
+    async fn wait_exit(&mut self) -> VmExit {
+        if let Some(exit) = &self.exit {
+            return exit.clone();
+        }
+        let status = self
+            .qemu
+            .wait()
+            .await
+            .map(describe)
+            .unwrap_or_else(|e| format!("wait failed: {e}"));
+        let exit = VmExit {
+            status,
+            requested: false,
+        };
+        self.stop_vhost().await;
+        self.exit = Some(exit.clone());
+        exit
+    }
+
+    async fn status(&mut self) -> Result<String, HypervisorError> {
+        match &mut self.qmp {
+            Some(qmp) => qmp.status().await.map_err(HypervisorError::Monitor),
+            None => Err(HypervisorError::Monitor(std::io::Error::other(
+                "monitor closed",
+            ))),
+        }
+    }
+
+    async fn shutdown(&mut self) -> VmExit {
+        if let Some(exit) = &self.exit {
+            return exit.clone();
+        }
+        if let Some(mut qmp) = self.qmp.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), qmp.execute("quit")).await;
+        }
+        let status = match tokio::time::timeout(Duration::from_secs(5), self.qemu.wait()).await {
+            Ok(Ok(status)) => describe(status),
+            _ => {
+                let _ = self.qemu.start_kill();
+                self.qemu
+                    .wait()
+                    .await
+                    .map(describe)
+                    .unwrap_or_else(|e| format!("wait failed: {e}"))
+            }
+        };
+        self.stop_vhost().await;
+        let exit = VmExit {
+            status,
+            requested: true,
+        };
+        self.exit = Some(exit.clone());
+        exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "s1".into(),
+            dir: "/run/coffer/s1".into(),
+            kernel: "/img/vmlinux".into(),
+            initrd: "/img/initramfs".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel_params: vec!["coffer.debug=0".into()],
+        }
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn microvm_tcg_argv() {
+        let paths = VmPaths::new(Path::new("/run/coffer/s1"));
+        let args = argv(
+            &spec(),
+            Machine::Microvm,
+            Accel::Tcg,
+            &paths,
+            Some(2_450_000),
+        );
+        assert_eq!(
+            value_of(&args, "-machine"),
+            ["microvm,memory-backend=mem,rtc=on"]
+        );
+        assert_eq!(value_of(&args, "-accel"), ["tcg"]);
+        assert_eq!(value_of(&args, "-cpu"), ["max"]);
+        assert_eq!(value_of(&args, "-m"), ["512M"]);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
+        assert_eq!(
+            value_of(&args, "-device"),
+            ["vhost-user-vsock-device,chardev=vsock"]
+        );
+        assert_eq!(
+            value_of(&args, "-chardev"),
+            ["socket,id=vsock,path=/run/coffer/s1/vhost.sock"]
+        );
+        let append = value_of(&args, "-append")[0];
+        assert!(
+            append.contains("tsc_early_khz=2450000 tsc=reliable"),
+            "{append}"
+        );
+        assert!(append.ends_with("coffer.debug=0"), "{append}");
+        assert!(args.contains(&"-nodefaults".to_owned()));
+        assert!(args.contains(&"-no-reboot".to_owned()));
+    }
+
+    #[test]
+    fn q35_kvm_argv() {
+        let paths = VmPaths::new(Path::new("/d"));
+        let args = argv(&spec(), Machine::Q35, Accel::Kvm, &paths, None);
+        assert_eq!(value_of(&args, "-machine"), ["q35,memory-backend=mem"]);
+        assert_eq!(value_of(&args, "-accel"), ["kvm"]);
+        assert_eq!(value_of(&args, "-cpu"), ["host"]);
+        assert_eq!(
+            value_of(&args, "-device"),
+            ["vhost-user-vsock-pci,chardev=vsock"]
+        );
+        assert!(!value_of(&args, "-append")[0].contains("tsc"));
+    }
+
+    #[test]
+    fn config_rejects_unknown_keys() {
+        let err = serde_json::from_str::<QemuConfig>(r#"{"binary":"q","bogus":1}"#).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let cfg: QemuConfig = serde_json::from_str(r#"{"machine":"q35","accel":"tcg"}"#).unwrap();
+        assert_eq!((cfg.machine, cfg.accel), (Machine::Q35, AccelMode::Tcg));
+    }
+}

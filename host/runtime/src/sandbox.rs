@@ -1,0 +1,342 @@
+//! A sandbox: one VM, its agent connection, and the task that owns them.
+//!
+//! [`Sandbox::start`] launches the VM, waits for the agent (racing the VM's own exit, so a VM that
+//! dies during boot fails fast), and sends `CreateSandbox`. From then on one supervisor task owns the
+//! VM: it notices an unexpected VMM exit at once (publishing [`SandboxState::Failed`]) and performs
+//! the ordered teardown on [`Sandbox::stop`] or when the handle is dropped. Every file of the
+//! sandbox lives in `state_root/sandboxes/<id>` and is removed at the end; only the console log of a
+//! failed sandbox is kept, in `state_root/logs/`, and named in the error.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use coffer_agent_protocol::v1 as pb;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::agent_client::{self, AgentClient};
+use crate::hypervisor::{Hypervisor, HypervisorError, Vm, VmSpec};
+
+/// Sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Sandbox id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+    pub id: String,
+    /// Runtime state root (e.g. `/run/coffer`).
+    pub state_root: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// How long the agent may take to answer after launch.
+    pub boot_timeout: Duration,
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxState {
+    /// The agent answers.
+    Ready,
+    /// The VM went away on its own; the message says how.
+    Failed(String),
+    /// Stopped on request.
+    Stopped,
+}
+
+/// Sandbox failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The id is not acceptable.
+    #[error("invalid sandbox id {0:?}")]
+    InvalidId(String),
+    /// A sandbox with this id exists.
+    #[error("sandbox {0} already exists")]
+    Exists(String),
+    /// Local state could not be written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VM could not be launched.
+    #[error("launching the VM: {0}")]
+    Launch(#[source] HypervisorError),
+    /// The VM exited before the agent answered.
+    #[error("the VM exited during boot ({status}); console log: {console}")]
+    DiedDuringBoot {
+        /// VMM exit status.
+        status: String,
+        /// Kept console log.
+        console: PathBuf,
+    },
+    /// The agent did not answer in time.
+    #[error("the guest agent did not answer within {timeout:?} ({last}); console log: {console}")]
+    AgentTimeout {
+        /// The deadline.
+        timeout: Duration,
+        /// Last connection error.
+        last: String,
+        /// Kept console log.
+        console: PathBuf,
+    },
+    /// An agent call failed.
+    #[error("agent {call}: {message}")]
+    Agent {
+        /// The RPC.
+        call: &'static str,
+        /// gRPC status message.
+        message: String,
+    },
+    /// The sandbox is gone.
+    #[error("sandbox {id} is not running: {reason}")]
+    NotRunning {
+        /// Id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+enum Command {
+    Stop(oneshot::Sender<()>),
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    agent: AgentClient,
+    details: pb::GuestDetails,
+    state: watch::Receiver<SandboxState>,
+    commands: mpsc::Sender<Command>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stop")
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The directory of sandbox `id` under `state_root`.
+pub fn sandbox_dir(state_root: &Path, id: &str) -> PathBuf {
+    state_root.join("sandboxes").join(id)
+}
+
+/// Keeps the console log of a failed sandbox in `state_root/logs/` and removes its directory.
+fn retire(state_root: &Path, id: &str, dir: &Path, console: &Path, keep_console: bool) -> PathBuf {
+    let kept = state_root.join("logs").join(format!("{id}-console.log"));
+    if keep_console {
+        let _ = std::fs::create_dir_all(state_root.join("logs"));
+        if std::fs::rename(console, &kept).is_err() {
+            let _ = std::fs::copy(console, &kept);
+        }
+    }
+    if let Err(err) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), %err, "removing sandbox directory");
+    }
+    kept
+}
+
+impl Sandbox {
+    /// Boots a sandbox on `hypervisor` and waits for its agent.
+    pub async fn start<H: Hypervisor>(
+        hypervisor: &H,
+        config: SandboxConfig,
+    ) -> Result<Self, SandboxError> {
+        if !valid_id(&config.id) {
+            return Err(SandboxError::InvalidId(config.id));
+        }
+        let id = config.id.clone();
+        let dir = sandbox_dir(&config.state_root, &id);
+        if dir.exists() {
+            return Err(SandboxError::Exists(id));
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let spec = VmSpec {
+            id: id.clone(),
+            dir: dir.clone(),
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            kernel_params: Vec::new(),
+        };
+        let launched = Instant::now();
+        let mut vm = match hypervisor.launch(&spec).await {
+            Ok(vm) => vm,
+            Err(err) => {
+                retire(
+                    &config.state_root,
+                    &id,
+                    &dir,
+                    &dir.join("console.log"),
+                    false,
+                );
+                return Err(SandboxError::Launch(err));
+            }
+        };
+        let console = vm.console_log().to_path_buf();
+        let deadline = launched + config.boot_timeout;
+        let connected = tokio::select! {
+            r = agent_client::connect(vm.vsock_socket().to_path_buf(), deadline) => Some(r),
+            _ = vm.wait_exit() => None,
+        };
+        let (mut agent, details) = match connected {
+            Some(Ok(c)) => c,
+            Some(Err(agent_client::ConnectError::Timeout { last, .. })) => {
+                vm.shutdown().await;
+                let console = retire(&config.state_root, &id, &dir, &console, true);
+                return Err(SandboxError::AgentTimeout {
+                    timeout: config.boot_timeout,
+                    last,
+                    console,
+                });
+            }
+            None => {
+                let exit = vm.wait_exit().await;
+                let console = retire(&config.state_root, &id, &dir, &console, true);
+                return Err(SandboxError::DiedDuringBoot {
+                    status: exit.status,
+                    console,
+                });
+            }
+        };
+        tracing::info!(sandbox_id = %id, ready_ms = launched.elapsed().as_millis() as u64, kernel = %details.kernel_release, "agent ready");
+        if let Err(status) = agent
+            .create_sandbox(pb::CreateSandboxRequest {
+                sandbox_id: id.clone(),
+                hostname: String::new(),
+            })
+            .await
+        {
+            vm.shutdown().await;
+            retire(&config.state_root, &id, &dir, &console, false);
+            return Err(SandboxError::Agent {
+                call: "CreateSandbox",
+                message: status.message().to_owned(),
+            });
+        }
+
+        let (state_tx, state) = watch::channel(SandboxState::Ready);
+        let (commands, mut rx) = mpsc::channel::<Command>(4);
+        let state_root = config.state_root.clone();
+        let task_id = id.clone();
+        let task_dir = dir.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                exit = vm.wait_exit() => {
+                    let kept = retire(&state_root, &task_id, &task_dir, &console, true);
+                    tracing::error!(sandbox_id = %task_id, status = %exit.status, "VM exited unexpectedly");
+                    let _ = state_tx.send(SandboxState::Failed(format!(
+                        "the VM exited unexpectedly ({}); console log: {}",
+                        exit.status,
+                        kept.display()
+                    )));
+                    // Keep the channel open until the handle goes away, answering stops at once.
+                    while let Some(Command::Stop(reply)) = rx.recv().await {
+                        let _ = reply.send(());
+                    }
+                }
+                cmd = rx.recv() => {
+                    let exit = vm.shutdown().await;
+                    retire(&state_root, &task_id, &task_dir, &console, false);
+                    tracing::info!(sandbox_id = %task_id, status = %exit.status, "sandbox stopped");
+                    let _ = state_tx.send(SandboxState::Stopped);
+                    if let Some(Command::Stop(reply)) = cmd {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            id,
+            dir,
+            agent,
+            details,
+            state,
+            commands,
+            task: Some(task),
+        })
+    }
+
+    /// Sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The sandbox's private directory on the host.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A client for the sandbox's agent (cheap to clone).
+    pub fn agent(&self) -> AgentClient {
+        self.agent.clone()
+    }
+
+    /// What the agent reported when it came up.
+    pub fn guest_details(&self) -> &pb::GuestDetails {
+        &self.details
+    }
+
+    /// Watches the sandbox state (changes to `Failed` the moment the VM dies).
+    pub fn state(&self) -> watch::Receiver<SandboxState> {
+        self.state.clone()
+    }
+
+    /// Resolves with the failure message when the VM dies unexpectedly.
+    pub async fn failed(&self) -> String {
+        let mut state = self.state.clone();
+        loop {
+            if let SandboxState::Failed(msg) = &*state.borrow_and_update() {
+                return msg.clone();
+            }
+            if state.changed().await.is_err() {
+                return "sandbox supervisor ended".into();
+            }
+        }
+    }
+
+    /// Tears the sandbox down: asks the agent to remove its containers, stops the VM and every
+    /// helper process, and removes the sandbox's files.
+    pub async fn stop(mut self) {
+        if *self.state.borrow() == SandboxState::Ready {
+            let destroy = self
+                .agent
+                .destroy_sandbox(pb::DestroySandboxRequest { power_off: false });
+            if let Err(err) = tokio::time::timeout(Duration::from_secs(5), destroy).await {
+                tracing::warn!(sandbox_id = %self.id, %err, "DestroySandbox timed out");
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! OCI runtime specs for the containers the CLI runs: runc's defaults (mount, pid, ipc, uts and
+//! network namespaces; masked and read-only paths; default capabilities and rlimits) with the
+//! user's command, environment, working directory and user.
+
+use oci_spec::runtime::{Process, Spec, User};
+
+/// What to run and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// Command and arguments.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries added to the default `PATH`/`TERM`.
+    pub env: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        Self {
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// Default environment of a container process.
+pub const DEFAULT_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+];
+
+/// The OCI `process` for `opts` (no terminal).
+pub fn process(opts: &ProcessOptions) -> Process {
+    let mut process = Process::default();
+    process.set_terminal(Some(false));
+    process.set_args(Some(opts.args.clone()));
+    let mut env: Vec<String> = DEFAULT_ENV
+        .iter()
+        .filter(|d| {
+            let key = d.split('=').next().unwrap_or_default();
+            !opts.env.iter().any(|e| e.split('=').next() == Some(key))
+        })
+        .map(|s| (*s).to_owned())
+        .collect();
+    env.extend(opts.env.iter().cloned());
+    process.set_env(Some(env));
+    process.set_cwd(opts.cwd.clone().into());
+    let mut user = User::default();
+    user.set_uid(opts.uid);
+    user.set_gid(opts.gid);
+    process.set_user(user);
+    process
+}
+
+/// A container spec running `opts`, with a read-write root.
+pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
+    let mut spec = Spec::default();
+    spec.set_process(Some(process(opts)));
+    spec.set_hostname(Some(hostname.to_owned()));
+    if let Some(mut root) = spec.root().clone() {
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults_and_user_is_set() {
+        let opts = ProcessOptions {
+            args: vec!["id".into()],
+            env: vec!["PATH=/bin".into(), "A=b".into()],
+            cwd: "/work".into(),
+            uid: 1000,
+            gid: 100,
+        };
+        let spec = container(&opts, "h");
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(
+            p.env().as_ref().unwrap(),
+            &["HOME=/root", "PATH=/bin", "A=b"]
+        );
+        assert_eq!(p.cwd().to_str(), Some("/work"));
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 100));
+        assert_eq!(p.terminal(), Some(false));
+        let ns: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert_eq!(ns.len(), 5, "{ns:?}");
+    }
+}
