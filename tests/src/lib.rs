@@ -1,1 +1,179 @@
+//! Shared harness of the end-to-end suites: locating the built binaries, building the guest image
+//! once, making a busybox rootfs, named cases with a closing `N passed, N failed` line, and leak
+//! checks (processes, runtime state).
+//!
+//! The suites need real components: `qemu-system-x86_64`, `vhost-device-vsock`, Debian's kernel and
+//! `busybox-static`. `tests/setup.sh` installs them; a missing one is a failure, never a skip.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use coffer_runtime::image::{self, GuestImage, GuestImageSpec};
+
+/// The directory holding the workspace's binaries (`coffer`, `coffer-agent`) for this build.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<triple>/<profile>/deps/<test> → target/<triple>/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <profile>/deps")
+        .to_path_buf();
+    for bin in ["coffer", "coffer-agent"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: build the workspace first (`cargo build --workspace` with the same profile)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// Path of the `coffer` CLI.
+pub fn coffer() -> PathBuf {
+    bin_dir().join("coffer")
+}
+
+/// Checks that a required host tool is installed; panics naming the setup script otherwise.
+pub fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{name} is not installed: run tests/setup.sh");
+}
+
+/// Builds (or reuses, keyed by its inputs) the guest image for this build's agent, in
+/// `<profile>/coffer-test-image`.
+pub fn guest_image() -> GuestImage {
+    require_tool("qemu-system-x86_64");
+    require_tool("vhost-device-vsock");
+    let bins = bin_dir();
+    let spec = GuestImageSpec::detect(bins.join("coffer-agent"))
+        .expect("no guest kernel: run tests/setup.sh (installs linux-image-amd64)");
+    let out = bins.join("coffer-test-image");
+    image::build(&spec, &out).expect("building the guest image")
+}
+
+/// Writes a busybox rootfs into `dir`.
+pub fn busybox_rootfs(dir: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: run tests/setup.sh (busybox-static)"
+    );
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "work"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "echo", "cat", "sleep", "id", "pwd", "env", "true", "false", "ls", "head", "tr", "wc",
+    ] {
+        let link = dir.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).expect("symlink");
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .expect("passwd");
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Entries left in `state_root/sandboxes`.
+pub fn leftover_sandboxes(state_root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state_root.join("sandboxes"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs named cases in order and prints a `N passed, N failed` closing line. Returns the exit code.
+pub struct Suite {
+    name: &'static str,
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Suite {
+    /// A new suite.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            passed: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Records the outcome of one case.
+    pub fn record(&mut self, case: &str, started: Instant, result: anyhow::Result<()>) {
+        let ms = started.elapsed().as_millis();
+        match result {
+            Ok(()) => {
+                println!("case {}::{case} ... ok ({ms} ms)", self.name);
+                self.passed += 1;
+            }
+            Err(err) => {
+                println!("case {}::{case} ... FAILED ({ms} ms): {err:#}", self.name);
+                self.failed.push(case.to_owned());
+            }
+        }
+    }
+
+    /// Prints the summary; the process exit code.
+    pub fn finish(self) -> std::process::ExitCode {
+        if !self.failed.is_empty() {
+            println!("failed cases: {}", self.failed.join(", "));
+        }
+        println!(
+            "{}: {} passed, {} failed",
+            self.name,
+            self.passed,
+            self.failed.len()
+        );
+        if self.failed.is_empty() && self.passed > 0 {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `f` as case `name` of `suite`.
+#[macro_export]
+macro_rules! case {
+    ($suite:expr, $name:literal, $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result: anyhow::Result<()> = $body;
+        $suite.record($name, started, result);
+    }};
+}

@@ -165,13 +165,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let outcome = tokio::select! {
         r = run_container(sandbox.agent(), &args.rootfs, &opts, args.interactive) => match r {
             Ok(status) => Ok(status),
-            Err(err) => {
-                // An RPC failing because the VM died is reported as the VM's death.
-                match sandbox.state().borrow().clone() {
-                    coffer_runtime::sandbox::SandboxState::Failed(msg) => Err(anyhow::anyhow!(msg)),
-                    _ => Err(err),
-                }
-            }
+            // An RPC failing because the VM died is reported as the VM's death, which the
+            // supervisor notices within moments of the RPC.
+            Err(err) => match tokio::time::timeout(Duration::from_secs(2), sandbox.failed()).await {
+                Ok(msg) => Err(anyhow::anyhow!(msg)),
+                Err(_) => Err(err),
+            },
         },
         msg = sandbox.failed() => Err(anyhow::anyhow!(msg)),
         _ = &mut interrupted => {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what Coffer's build, tests and demo need on a Debian 12 machine, idempotently.
+# Run as root. Only the package registries (Debian, crates.io) are used.
+set -euo pipefail
+
+need_apt=()
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt+=(busybox-static)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The hybrid-vsock backend (vhost-user vsock device) QEMU talks to.
+if ! command -v vhost-device-vsock >/dev/null; then
+    echo "setup: installing vhost-device-vsock 0.3.0 (cargo install, ~3 min)"
+    cargo install --locked --quiet vhost-device-vsock --version 0.3.0
+fi
+
+for tool in qemu-system-x86_64 protoc vhost-device-vsock; do
+    command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }
+done
+echo "setup: ok ($(qemu-system-x86_64 --version | head -n1); $(ls /boot/vmlinuz-* | tail -n1))"

@@ -1,0 +1,272 @@
+//! One real VM (QEMU, TCG unless a KVM probe boot succeeds), booted once and shared by every case:
+//! containers, stdio, exec, signals, env/cwd/user, stats and OOM events through the agent API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use coffer_agent_protocol::v1 as pb;
+use coffer_runtime::agent_client::AgentClient;
+use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
+use coffer_runtime::rootfs::{self, ContainerRootfs};
+use coffer_runtime::sandbox::{Sandbox, SandboxConfig};
+use coffer_runtime::spec::{self, ProcessOptions};
+use coffer_tests::{
+    Suite, busybox_rootfs, case, guest_image, leftover_sandboxes, processes_mentioning,
+};
+use oci_spec::runtime::Spec;
+
+struct Env {
+    agent: AgentClient,
+    rootfs: std::path::PathBuf,
+}
+
+fn opts(args: &[&str]) -> ProcessOptions {
+    ProcessOptions {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..ProcessOptions::default()
+    }
+}
+
+impl Env {
+    async fn create(&self, id: &str, spec: Spec) -> anyhow::Result<()> {
+        let mut agent = self.agent.clone();
+        let source = rootfs::deliver(
+            &mut agent,
+            id,
+            &ContainerRootfs::HostDirectory(self.rootfs.clone()),
+        )
+        .await?;
+        agent
+            .create_container(pb::CreateContainerRequest {
+                container_id: id.into(),
+                oci_spec_json: serde_json::to_vec(&spec)?,
+                rootfs: Some(source),
+            })
+            .await
+            .context("CreateContainer")?;
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> anyhow::Result<()> {
+        self.agent
+            .clone()
+            .start_container(pb::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .context("StartContainer")?;
+        Ok(())
+    }
+
+    fn read(&self, id: &str, exec: &str) -> tokio::task::JoinHandle<anyhow::Result<String>> {
+        let mut agent = self.agent.clone();
+        let req = pb::ReadOutputRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+        };
+        tokio::spawn(async move {
+            let mut stream = agent.read_stdout(req).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                out.extend(chunk.data);
+            }
+            Ok(String::from_utf8(out)?)
+        })
+    }
+
+    async fn wait(&self, id: &str, exec: &str) -> anyhow::Result<i32> {
+        Ok(self
+            .agent
+            .clone()
+            .wait_process(pb::WaitProcessRequest {
+                container_id: id.into(),
+                exec_id: exec.into(),
+            })
+            .await
+            .context("WaitProcess")?
+            .into_inner()
+            .exit_status)
+    }
+
+    async fn remove(&self, id: &str) -> anyhow::Result<()> {
+        self.agent
+            .clone()
+            .remove_container(pb::RemoveContainerRequest {
+                container_id: id.into(),
+                force: true,
+            })
+            .await
+            .context("RemoveContainer")?;
+        Ok(())
+    }
+
+    /// Creates, starts and waits for a container; returns (stdout, status).
+    async fn run(&self, id: &str, o: ProcessOptions) -> anyhow::Result<(String, i32)> {
+        self.create(id, spec::container(&o, "coffer")).await?;
+        let out = self.read(id, "");
+        self.start(id).await?;
+        let status = self.wait(id, "").await?;
+        let out = tokio::time::timeout(Duration::from_secs(10), out).await???;
+        self.remove(id).await?;
+        Ok((out, status))
+    }
+}
+
+fn main() -> ExitCode {
+    let image = guest_image();
+    let work = tempfile::tempdir().expect("tempdir");
+    let rootfs_dir = work.path().join("rootfs");
+    busybox_rootfs(&rootfs_dir);
+    let state = work.path().join("state");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut suite = Suite::new("vm");
+    rt.block_on(async {
+        let qemu = Qemu::new(QemuConfig {
+            probe_cache: Some(work.path().join("accel-probe")),
+            ..QemuConfig::default()
+        });
+        let config = SandboxConfig {
+            id: "vm-suite".into(),
+            state_root: state.clone(),
+            kernel: image.vmlinux.clone(),
+            initrd: image.initramfs.clone(),
+            vcpus: 1,
+            memory_mib: 512,
+            boot_timeout: Duration::from_secs(60),
+        };
+        let started = std::time::Instant::now();
+        let sandbox = match Sandbox::start(&qemu, config).await {
+            Ok(s) => s,
+            Err(err) => {
+                suite.record("boot", started, Err(anyhow::anyhow!(err)));
+                return;
+            }
+        };
+        suite.record("boot", started, Ok(()));
+        let env = Env { agent: sandbox.agent(), rootfs: rootfs_dir.clone() };
+
+        case!(suite, "guest_details", async {
+            let d = sandbox.guest_details();
+            ensure!(d.kernel_release == image.kernel_release, "kernel {:?}", d.kernel_release);
+            ensure!(d.cgroup_version == "v2", "cgroup {:?}", d.cgroup_version);
+            ensure!(d.sandbox_id.is_empty() || d.sandbox_id == "vm-suite");
+            Ok(())
+        }.await);
+
+        case!(suite, "echo_hello", async {
+            let (out, status) = env.run("echo", opts(&["echo", "hello"])).await?;
+            ensure!(out == "hello\n" && status == 0, "{out:?} {status}");
+            Ok(())
+        }.await);
+
+        case!(suite, "exit_status_7", async {
+            let (_, status) = env.run("exit7", opts(&["sh", "-c", "exit 7"])).await?;
+            ensure!(status == 7, "status {status}");
+            Ok(())
+        }.await);
+
+        case!(suite, "env_cwd_user", async {
+            let o = ProcessOptions {
+                args: vec!["sh".into(), "-c".into(), "echo $GREETING; pwd; id -u; id -g".into()],
+                env: vec!["GREETING=hello from env".into()],
+                cwd: "/tmp".into(),
+                uid: 65534,
+                gid: 65534,
+            };
+            let (out, status) = env.run("envcwd", o).await?;
+            ensure!(out == "hello from env\n/tmp\n65534\n65534\n" && status == 0, "{out:?} {status}");
+            Ok(())
+        }.await);
+
+        case!(suite, "stdin_round_trip", async {
+            env.create("cat", spec::container(&opts(&["cat"]), "coffer")).await?;
+            let out = env.read("cat", "");
+            env.start("cat").await?;
+            let mut agent = env.agent.clone();
+            agent.write_stdin(pb::WriteStdinRequest { container_id: "cat".into(), exec_id: String::new(), data: b"through the VM and back\n".to_vec() }).await?;
+            agent.close_stdin(pb::CloseStdinRequest { container_id: "cat".into(), exec_id: String::new() }).await?;
+            let status = env.wait("cat", "").await?;
+            let out = out.await??;
+            env.remove("cat").await?;
+            ensure!(out == "through the VM and back\n" && status == 0, "{out:?} {status}");
+            Ok(())
+        }.await);
+
+        case!(suite, "exec_signal_and_stats", async {
+            let script = "trap 'echo got TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done";
+            env.create("svc", spec::container(&opts(&["sh", "-c", script]), "coffer")).await?;
+            let init_out = env.read("svc", "");
+            env.start("svc").await?;
+            let mut agent = env.agent.clone();
+            agent.exec_process(pb::ExecProcessRequest {
+                container_id: "svc".into(),
+                exec_id: "probe".into(),
+                oci_process_json: serde_json::to_vec(&spec::process(&opts(&["sh", "-c", "echo exec says hi; exit 3"])))?,
+            }).await.context("ExecProcess")?;
+            let exec_out = env.read("svc", "probe").await??;
+            let exec_status = env.wait("svc", "probe").await?;
+            ensure!(exec_out == "exec says hi\n" && exec_status == 3, "{exec_out:?} {exec_status}");
+            let stats = agent.stats_container(pb::StatsContainerRequest { container_id: "svc".into() }).await?.into_inner();
+            ensure!(stats.pids_current >= 1 && stats.memory_usage_bytes > 0, "{stats:?}");
+            agent.signal_process(pb::SignalProcessRequest { container_id: "svc".into(), exec_id: String::new(), signal: 15, all: false }).await?;
+            let status = env.wait("svc", "").await?;
+            let out = init_out.await??;
+            ensure!(status == 42 && out == "ready\ngot TERM\n", "{out:?} {status}");
+            let err = agent.exec_process(pb::ExecProcessRequest {
+                container_id: "svc".into(),
+                exec_id: "late".into(),
+                oci_process_json: serde_json::to_vec(&spec::process(&opts(&["true"])))?,
+            }).await.err().context("exec into a stopped container must fail")?;
+            ensure!(err.code() == tonic::Code::FailedPrecondition, "{err:?}");
+            env.remove("svc").await?;
+            Ok(())
+        }.await);
+
+        case!(suite, "sigkill_reports_137", async {
+            env.create("victim", spec::container(&opts(&["sleep", "1000"]), "coffer")).await?;
+            env.start("victim").await?;
+            env.agent.clone().signal_process(pb::SignalProcessRequest { container_id: "victim".into(), exec_id: String::new(), signal: 9, all: false }).await?;
+            let status = env.wait("victim", "").await?;
+            env.remove("victim").await?;
+            ensure!(status == 137, "status {status}");
+            Ok(())
+        }.await);
+
+        case!(suite, "oom_event", async {
+            let mut s = spec::container(&opts(&["sh", "-c", "x=0123456789; while true; do x=$x$x; done"]), "coffer");
+            let linux = s.linux_mut().as_mut().context("linux section")?;
+            let mut resources = linux.resources().clone().unwrap_or_default();
+            let mut memory = resources.memory().clone().unwrap_or_default();
+            memory.set_limit(Some(32 * 1024 * 1024));
+            memory.set_swap(Some(32 * 1024 * 1024));
+            resources.set_memory(Some(memory));
+            linux.set_resources(Some(resources));
+            let mut agent = env.agent.clone();
+            let oom = tokio::spawn(async move { agent.get_oom_event(pb::GetOomEventRequest {}).await });
+            env.create("hog", s).await?;
+            env.start("hog").await?;
+            let status = env.wait("hog", "").await?;
+            let event = tokio::time::timeout(Duration::from_secs(10), oom).await???.into_inner();
+            env.remove("hog").await?;
+            ensure!(status == 137, "status {status}");
+            ensure!(event.container_id == "hog", "{event:?}");
+            Ok(())
+        }.await);
+
+        let dir = sandbox.dir().to_path_buf();
+        sandbox.stop().await;
+        case!(suite, "teardown_leaves_nothing", async {
+            let procs = processes_mentioning(&dir.display().to_string());
+            ensure!(procs.is_empty(), "processes left: {procs:?}");
+            let left = leftover_sandboxes(&state);
+            ensure!(left.is_empty(), "state left: {left:?}");
+            Ok(())
+        }.await);
+    });
+    suite.finish()
+}
