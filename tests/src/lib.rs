@@ -118,6 +118,7 @@ pub fn leftover_sandboxes(state_root: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs named cases in order and prints a `N passed, N failed` closing line. Returns the exit code.
+#[derive(Debug)]
 pub struct Suite {
     name: &'static str,
     passed: usize,

@@ -35,7 +35,7 @@ fn busybox() -> PathBuf {
 /// A tar of a minimal busybox rootfs.
 fn rootfs_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
+    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(mode);

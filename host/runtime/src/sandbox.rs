@@ -322,20 +322,28 @@ impl Sandbox {
 
     /// Tears the sandbox down: asks the agent to remove its containers, stops the VM and every
     /// helper process, and removes the sandbox's files.
-    pub async fn stop(mut self) {
-        if *self.state.borrow() == SandboxState::Ready {
-            let destroy = self
-                .agent
-                .destroy_sandbox(pb::DestroySandboxRequest { power_off: false });
+    pub async fn stop(self) {
+        let Self {
+            id,
+            mut agent,
+            state,
+            commands,
+            task,
+            ..
+        } = self;
+        if *state.borrow() == SandboxState::Ready {
+            let destroy = agent.destroy_sandbox(pb::DestroySandboxRequest { power_off: false });
             if let Err(err) = tokio::time::timeout(Duration::from_secs(5), destroy).await {
-                tracing::warn!(sandbox_id = %self.id, %err, "DestroySandbox timed out");
+                tracing::warn!(sandbox_id = %id, %err, "DestroySandbox timed out");
             }
         }
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(tx)).await.is_ok() {
+        if commands.send(Command::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        if let Some(task) = self.task.take() {
+        // Closing the command channel ends the supervisor.
+        drop(commands);
+        if let Some(task) = task {
             let _ = task.await;
         }
     }
