@@ -2,6 +2,8 @@
 //! launch→/init-marker for bare QEMU on the same kernel, initramfs and flags (minus the vsock device
 //! and monitor, which bare QEMU has no use for). Runs interleaved, prints both medians and the
 //! ratio. Run with `cargo bench -p coffer-tests --bench boot [-- RUNS]`.
+// Test harness code: a failed expectation is a test failure.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

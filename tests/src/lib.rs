@@ -4,6 +4,8 @@
 //!
 //! The suites need real components: `qemu-system-x86_64`, `vhost-device-vsock`, Debian's kernel and
 //! `busybox-static`. `tests/setup.sh` installs them; a missing one is a failure, never a skip.
+// Test harness code: a failed expectation is a test failure.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

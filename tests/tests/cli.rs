@@ -1,6 +1,8 @@
 //! The `coffer` CLI end to end, each case booting its own real VM: output and exit status, stdin,
 //! env/workdir/user, QEMU killed with SIGKILL, an agent that never answers in time, Ctrl-C, and
 //! the reproducible guest image build.
+// Test harness code: a failed expectation is a test failure.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

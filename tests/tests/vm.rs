@@ -1,5 +1,7 @@
 //! One real VM (QEMU, TCG unless a KVM probe boot succeeds), booted once and shared by every case:
 //! containers, stdio, exec, signals, env/cwd/user, stats and OOM events through the agent API.
+// Test harness code: a failed expectation is a test failure.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -241,7 +243,7 @@ fn main() -> ExitCode {
             let mut s = spec::container(&opts(&["sh", "-c", "x=0123456789; while true; do x=$x$x; done"]), "coffer");
             let linux = s.linux_mut().as_mut().context("linux section")?;
             let mut resources = linux.resources().clone().unwrap_or_default();
-            let mut memory = resources.memory().clone().unwrap_or_default();
+            let mut memory = (*resources.memory()).unwrap_or_default();
             memory.set_limit(Some(32 * 1024 * 1024));
             memory.set_swap(Some(32 * 1024 * 1024));
             resources.set_memory(Some(memory));

@@ -344,7 +344,7 @@ impl Agent {
         id: Id,
         first: Bytes,
         first_is_last: bool,
-        mut body: tonic::Streaming<pb::RootfsChunk>,
+        mut body: Box<tonic::Streaming<pb::RootfsChunk>>,
     ) -> Result<Reply, AgentError> {
         let _busy = self.claim(&id, "container").await?;
         if self.state.lock().await.containers.contains_key(&id) || self.upload_dir(&id).exists() {

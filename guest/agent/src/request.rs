@@ -130,7 +130,7 @@ pub enum AgentRequest {
         /// Whether the first chunk is also the last.
         first_is_last: bool,
         /// The rest of the stream.
-        body: Streaming<pb::RootfsChunk>,
+        body: Box<Streaming<pb::RootfsChunk>>,
     },
     /// `CreateContainer`.
     CreateContainer {
@@ -487,7 +487,7 @@ pub async fn decode_upload(
         container: Id::parse("container_id", &first.container_id)?,
         first: first.data.into(),
         first_is_last: first.last,
-        body,
+        body: Box::new(body),
     })
 }
 

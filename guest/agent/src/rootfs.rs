@@ -43,18 +43,17 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, String> {
             tracing::debug!(entry = %name.display(), "skipping special file");
             continue;
         }
-        if let Some(target) = entry.link_name().map_err(|e| format!("link name: {e}"))? {
-            if kind.is_hard_link()
-                && (target.is_absolute()
-                    || target
-                        .components()
-                        .any(|c| matches!(c, Component::ParentDir)))
-            {
-                return Err(format!(
-                    "hard link {} points outside the rootfs",
-                    name.display()
-                ));
-            }
+        if let Some(target) = entry.link_name().map_err(|e| format!("link name: {e}"))?
+            && kind.is_hard_link()
+            && (target.is_absolute()
+                || target
+                    .components()
+                    .any(|c| matches!(c, Component::ParentDir)))
+        {
+            return Err(format!(
+                "hard link {} points outside the rootfs",
+                name.display()
+            ));
         }
         let inside = entry
             .unpack_in(dest)

@@ -1,6 +1,9 @@
 //! The agent without a VM: the real `coffer-agent` binary serves on a unix socket and runs real
 //! containers on this host (as root), through the same code path as in the guest.
 
+// Test helpers: a failed expectation is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

@@ -244,16 +244,19 @@ impl Qemu {
             return Ok(Accel::Tcg);
         }
         let key = format!("{}|{}", self.config.binary.display(), spec.kernel.display());
-        if let Some(cache) = &self.config.probe_cache {
-            if let Ok(text) = std::fs::read_to_string(cache) {
-                if let Some(found) = text.strip_prefix(&format!("{key}\n")) {
-                    match found.trim() {
-                        "kvm" => return Ok(Accel::Kvm),
-                        "tcg" => return Ok(Accel::Tcg),
-                        _ => {}
-                    }
-                }
-            }
+        let cached = self
+            .config
+            .probe_cache
+            .as_ref()
+            .and_then(|cache| std::fs::read_to_string(cache).ok())
+            .and_then(|text| {
+                text.strip_prefix(&format!("{key}\n"))
+                    .map(|found| found.trim().to_owned())
+            });
+        match cached.as_deref() {
+            Some("kvm") => return Ok(Accel::Kvm),
+            Some("tcg") => return Ok(Accel::Tcg),
+            _ => {}
         }
         let accel = if self.probe_kvm(spec).await {
             Accel::Kvm
