@@ -16,24 +16,26 @@ use coffer_runtime::image::{self, GuestImage, GuestImageSpec};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<triple>/<profile>/deps/<test> → target/<triple>/<profile>
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .expect("test binary lives in <profile>/deps")
-        .to_path_buf();
-    for bin in ["coffer", "coffer-agent"] {
-        assert!(
-            dir.join(bin).exists(),
-            "{} is missing: build the workspace first (`cargo build --workspace` with the same profile)",
-            dir.join(bin).display()
-        );
-    }
-    dir
+        .to_path_buf()
+}
+
+/// Path of the workspace binary `name` of this build profile; panics if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace` with the same profile)",
+        path.display()
+    );
+    path
 }
 
 /// Path of the `coffer` CLI.
 pub fn coffer() -> PathBuf {
-    bin_dir().join("coffer")
+    bin("coffer")
 }
 
 /// Checks that a required host tool is installed; panics naming the setup script otherwise.
@@ -49,10 +51,9 @@ pub fn require_tool(name: &str) {
 pub fn guest_image() -> GuestImage {
     require_tool("qemu-system-x86_64");
     require_tool("vhost-device-vsock");
-    let bins = bin_dir();
-    let spec = GuestImageSpec::detect(bins.join("coffer-agent"))
+    let spec = GuestImageSpec::detect(bin("coffer-agent"))
         .expect("no guest kernel: run tests/setup.sh (installs linux-image-amd64)");
-    let out = bins.join("coffer-test-image");
+    let out = bin_dir().join("coffer-test-image");
     image::build(&spec, &out).expect("building the guest image")
 }
 

@@ -14,9 +14,9 @@ use tokio::sync::{Mutex, broadcast};
 
 use crate::cgroup;
 use crate::error::AgentError;
-use crate::oci::OciRuntime;
+use crate::oci::{ChildIo, OciRuntime};
 use crate::policy::{Gate, Permit};
-use crate::process::{OutputStream, Process, StdioPipes};
+use crate::process::{OutputStream, Process, ProcessIo, StdioPipes};
 use crate::reaper::Reaper;
 use crate::request::{AgentRequest, Id, OutputKind, ProcessRef, RootfsSource};
 use crate::rootfs;
@@ -215,11 +215,13 @@ impl Agent {
                 let p = self.process(&process).await?;
                 Ok(Reply::Output(p.io.output(kind == OutputKind::Stderr)?))
             }
-            AgentRequest::TtyWinResize { process, .. } => {
-                self.process(&process).await?;
-                Err(AgentError::FailedPrecondition(format!(
-                    "process {process} has no terminal"
-                )))
+            AgentRequest::TtyWinResize {
+                process,
+                rows,
+                columns,
+            } => {
+                self.process(&process).await?.io.resize(rows, columns)?;
+                Ok(Reply::Empty)
             }
             AgentRequest::GetGuestDetails => Ok(Reply::Details(self.guest_details().await)),
             AgentRequest::GetOomEvent => {
@@ -498,16 +500,58 @@ impl Agent {
             .map_err(|e| AgentError::Internal(format!("serialize spec: {e}")))?;
         std::fs::write(&config, json).map_err(|e| AgentError::io("write", &config, e))?;
 
-        let pipes = StdioPipes::new()?;
-        let pid = self.oci.create(id.as_str(), bundle, pipes.child).await?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let (child, pending) = self.prepare_io(terminal)?;
+        let pid = match self.oci.create(id.as_str(), bundle, child).await {
+            Ok(pid) => pid,
+            Err(err) => {
+                pending.abandon();
+                return Err(err);
+            }
+        };
         let exited = self.oci_reaper_watch(pid);
+        // On failure the caller deletes the container, which kills the waiting init.
+        let io = pending.ready().await?;
         Ok(Container {
             id: id.clone(),
             bundle: bundle.to_path_buf(),
-            init: Process::new(pid, pipes.io, exited),
+            init: Process::new(pid, io, exited),
             started: false.into(),
             execs: StdMutex::new(HashMap::new()),
         })
+    }
+
+    /// Stdio for a new process: pipes, or a console socket on which the runtime will hand over
+    /// the master of a new pseudo-terminal.
+    fn prepare_io(&self, terminal: bool) -> Result<(ChildIo, PendingIo), AgentError> {
+        if !terminal {
+            let pipes = StdioPipes::new()?;
+            return Ok((ChildIo::Pipes(pipes.child), PendingIo::Pipes(pipes.io)));
+        }
+        let path = self
+            .config
+            .state_dir
+            .join("scratch")
+            .join(format!("console-{}.sock", next_console()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| AgentError::io("bind console socket", &path, e))?;
+        let master = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await?;
+            let stream = stream.into_std()?;
+            stream.set_nonblocking(false)?;
+            tokio::task::spawn_blocking(move || receive_fd(&stream))
+                .await
+                .map_err(std::io::Error::other)?
+        });
+        Ok((
+            ChildIo::Console(path.clone()),
+            PendingIo::Console { path, master },
+        ))
     }
 
     fn oci_reaper_watch(&self, pid: u32) -> tokio::sync::oneshot::Receiver<crate::reaper::Exit> {
@@ -554,12 +598,28 @@ impl Agent {
         let json = serde_json::to_vec(&process)
             .map_err(|e| AgentError::Internal(format!("serialize process: {e}")))?;
         std::fs::write(&file, json).map_err(|e| AgentError::io("write", &file, e))?;
-        let pipes = StdioPipes::new()?;
-        let pid = self.oci.exec(c.id.as_str(), &file, pipes.child).await;
+        let (child, pending) = self.prepare_io(process.terminal().unwrap_or(false))?;
+        let pid = self.oci.exec(c.id.as_str(), &file, child).await;
         let _ = std::fs::remove_file(&file);
-        let pid = pid?;
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(err) => {
+                pending.abandon();
+                return Err(err);
+            }
+        };
         let exited = self.oci_reaper_watch(pid);
-        let proc = Arc::new(Process::new(pid, pipes.io, exited));
+        let io = match pending.ready().await {
+            Ok(io) => io,
+            Err(err) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(err);
+            }
+        };
+        let proc = Arc::new(Process::new(pid, io, exited));
         let mut execs = c.execs.lock().unwrap_or_else(PoisonError::into_inner);
         if execs.contains_key(&exec) {
             // Lost a race with an identical request: ours is already running, so stop it.
@@ -644,6 +704,75 @@ impl Agent {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// A new process's stdio on the agent's side, before the process exists.
+enum PendingIo {
+    Pipes(ProcessIo),
+    Console {
+        path: PathBuf,
+        master: tokio::task::JoinHandle<std::io::Result<std::os::fd::OwnedFd>>,
+    },
+}
+
+impl PendingIo {
+    /// The process's stdio once it runs (for a terminal: once the master arrived).
+    async fn ready(self) -> Result<ProcessIo, AgentError> {
+        match self {
+            Self::Pipes(io) => Ok(io),
+            Self::Console { path, master } => {
+                let got = tokio::time::timeout(Duration::from_secs(10), master).await;
+                let _ = std::fs::remove_file(&path);
+                let fd = match got {
+                    Ok(Ok(Ok(fd))) => fd,
+                    Ok(Ok(Err(e))) => return Err(AgentError::io("receive terminal", &path, e)),
+                    Ok(Err(e)) => return Err(AgentError::Internal(format!("console task: {e}"))),
+                    Err(_) => {
+                        return Err(AgentError::Runtime(
+                            "the container runtime never sent the terminal".into(),
+                        ));
+                    }
+                };
+                ProcessIo::terminal(fd)
+            }
+        }
+    }
+
+    /// Gives up on a process that was never created.
+    fn abandon(self) {
+        if let Self::Console { path, master } = self {
+            master.abort();
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn next_console() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Receives one file descriptor (SCM_RIGHTS) from `socket`.
+fn receive_fd(socket: &std::os::unix::net::UnixStream) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut data = [0u8; 4096];
+    rustix::net::recvmsg(
+        socket,
+        &mut [std::io::IoSliceMut::new(&mut data)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message
+            && let Some(fd) = fds.next()
+        {
+            return Ok(fd);
+        }
+    }
+    Err(std::io::Error::other("no file descriptor received"))
 }
 
 /// Either a container's init process or one of its exec'd processes.

@@ -42,6 +42,9 @@ enum HelperOp {
         id: String,
         #[arg(long)]
         bundle: PathBuf,
+        /// Unix socket to receive the pty master on (terminal processes).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
     },
     /// Start a created container.
     Start {
@@ -54,6 +57,9 @@ enum HelperOp {
         id: String,
         #[arg(long)]
         process: PathBuf,
+        /// Unix socket to receive the pty master on (terminal processes).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
     },
     /// Signal every process of a container.
     KillAll {
@@ -104,18 +110,37 @@ fn stdio_fds() -> Result<(OwnedFd, OwnedFd, OwnedFd), String> {
     ))
 }
 
+/// Terminal processes get the console socket (libcontainer sends the pty master there); others get
+/// the helper's own stdio, which the agent set to the process's pipes.
+fn with_stdio(
+    builder: ContainerBuilder,
+    console_socket: Option<PathBuf>,
+) -> Result<ContainerBuilder, String> {
+    Ok(match console_socket {
+        Some(socket) => builder.with_console_socket(Some(socket)),
+        None => {
+            let (i, o, e) = stdio_fds()?;
+            builder.with_stdin(i).with_stdout(o).with_stderr(e)
+        }
+    })
+}
+
 fn run_op(root: &Path, op: HelperOp) -> Result<HelperResult, String> {
     let err = |e: libcontainer::error::LibcontainerError| e.to_string();
     let load = |id: &str| Container::load(root.join(id)).map_err(err);
     match op {
-        HelperOp::Create { id, bundle } => {
-            let (i, o, e) = stdio_fds()?;
-            let container = ContainerBuilder::new(id, SyscallType::default())
-                .with_root_path(root)
-                .map_err(err)?
-                .with_stdin(i)
-                .with_stdout(o)
-                .with_stderr(e)
+        HelperOp::Create {
+            id,
+            bundle,
+            console_socket,
+        } => {
+            let builder = with_stdio(
+                ContainerBuilder::new(id, SyscallType::default())
+                    .with_root_path(root)
+                    .map_err(err)?,
+                console_socket,
+            )?;
+            let container = builder
                 .validate_id()
                 .map_err(err)?
                 .as_init(bundle)
@@ -132,14 +157,18 @@ fn run_op(root: &Path, op: HelperOp) -> Result<HelperResult, String> {
             load(&id)?.start().map_err(err)?;
             Ok(HelperResult::Done)
         }
-        HelperOp::Exec { id, process } => {
-            let (i, o, e) = stdio_fds()?;
-            let pid = ContainerBuilder::new(id, SyscallType::default())
-                .with_root_path(root)
-                .map_err(err)?
-                .with_stdin(i)
-                .with_stdout(o)
-                .with_stderr(e)
+        HelperOp::Exec {
+            id,
+            process,
+            console_socket,
+        } => {
+            let builder = with_stdio(
+                ContainerBuilder::new(id, SyscallType::default())
+                    .with_root_path(root)
+                    .map_err(err)?,
+                console_socket,
+            )?;
+            let pid = builder
                 .as_tenant()
                 .with_process(Some(process))
                 .with_detach(true)
@@ -163,6 +192,15 @@ fn run_op(root: &Path, op: HelperOp) -> Result<HelperResult, String> {
             Ok(HelperResult::Done)
         }
     }
+}
+
+/// How a new container process gets its stdio.
+#[derive(Debug)]
+pub enum ChildIo {
+    /// These pipe ends become its stdin, stdout and stderr.
+    Pipes(ChildStdio),
+    /// It gets a pseudo-terminal whose master is sent to this unix socket.
+    Console(PathBuf),
 }
 
 /// Standard streams handed to a new container process.
@@ -202,11 +240,7 @@ impl OciRuntime {
         &self.reaper
     }
 
-    async fn run(
-        &self,
-        args: &[&str],
-        stdio: Option<ChildStdio>,
-    ) -> Result<Option<u32>, AgentError> {
+    async fn run(&self, args: &[&str], stdio: Option<ChildIo>) -> Result<Option<u32>, AgentError> {
         let result =
             self.scratch
                 .join(format!("helper-{}-{}.json", std::process::id(), next_seq()));
@@ -219,13 +253,16 @@ impl OciRuntime {
             .args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(ChildIo::Console(socket)) = &stdio {
+            cmd.arg("--console-socket").arg(socket);
+        }
         match stdio {
-            Some(s) => {
+            Some(ChildIo::Pipes(s)) => {
                 cmd.stdin(Stdio::from(s.stdin))
                     .stdout(Stdio::from(s.stdout))
                     .stderr(Stdio::from(s.stderr));
             }
-            None => {
+            Some(ChildIo::Console(_)) | None => {
                 cmd.stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
@@ -255,12 +292,7 @@ impl OciRuntime {
     }
 
     /// Creates container `id` from `bundle`; returns the init pid (waiting for `start`).
-    pub async fn create(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: ChildStdio,
-    ) -> Result<u32, AgentError> {
+    pub async fn create(&self, id: &str, bundle: &Path, stdio: ChildIo) -> Result<u32, AgentError> {
         let bundle = bundle.to_string_lossy();
         self.run(&["create", "--id", id, "--bundle", &bundle], Some(stdio))
             .await?
@@ -277,7 +309,7 @@ impl OciRuntime {
         &self,
         id: &str,
         process_json: &Path,
-        stdio: ChildStdio,
+        stdio: ChildIo,
     ) -> Result<u32, AgentError> {
         let process = process_json.to_string_lossy();
         self.run(&["exec", "--id", id, "--process", &process], Some(stdio))

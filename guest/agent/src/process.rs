@@ -1,6 +1,6 @@
 //! A process the agent started in a container: its stdio pipes and its exit status.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -45,6 +45,7 @@ impl StdioPipes {
                 stdin: Mutex::new(Some(pipe::Sender::from_owned_fd(in_w).map_err(wrap)?)),
                 stdout: OutputSlot::new(pipe::Receiver::from_owned_fd(out_r).map_err(wrap)?),
                 stderr: OutputSlot::new(pipe::Receiver::from_owned_fd(err_r).map_err(wrap)?),
+                terminal: None,
             },
             child: ChildStdio {
                 stdin: in_r,
@@ -61,9 +62,52 @@ pub struct ProcessIo {
     stdin: Mutex<Option<pipe::Sender>>,
     stdout: OutputSlot,
     stderr: OutputSlot,
+    /// The pseudo-terminal master, for processes with a terminal.
+    terminal: Option<OwnedFd>,
 }
 
 impl ProcessIo {
+    /// Stdio through a pseudo-terminal whose master the container runtime handed over: stdin and
+    /// stdout are the terminal, stderr is empty (a terminal has one output stream).
+    pub fn terminal(master: OwnedFd) -> Result<Self, AgentError> {
+        let wrap = |e: std::io::Error| AgentError::io("register terminal", "pty", e);
+        // O_NONBLOCK lives on the open file description, so the duplicates share it.
+        nix::fcntl::fcntl(
+            master.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| wrap(e.into()))?;
+        let writer = master.try_clone().map_err(wrap)?;
+        let resize = master.try_clone().map_err(wrap)?;
+        let (empty_r, empty_w) = pipe_pair()?;
+        drop(empty_w);
+        Ok(Self {
+            // A pty master is not a FIFO; the unchecked constructors only need non-blocking mode.
+            stdin: Mutex::new(Some(
+                pipe::Sender::from_owned_fd_unchecked(writer).map_err(wrap)?,
+            )),
+            stdout: OutputSlot::new(pipe::Receiver::from_owned_fd_unchecked(master).map_err(wrap)?),
+            stderr: OutputSlot::new(pipe::Receiver::from_owned_fd(empty_r).map_err(wrap)?),
+            terminal: Some(resize),
+        })
+    }
+
+    /// Sets the terminal's window size.
+    pub fn resize(&self, rows: u16, columns: u16) -> Result<(), AgentError> {
+        let fd = self
+            .terminal
+            .as_ref()
+            .ok_or_else(|| AgentError::FailedPrecondition("the process has no terminal".into()))?;
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: columns,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(fd, size)
+            .map_err(|e| AgentError::io("resize terminal", "pty", e.into()))
+    }
+
     /// Writes `data` to the process's stdin.
     pub async fn write_stdin(&self, data: &[u8]) -> Result<usize, AgentError> {
         // Take the sender out for the duration of the write so the std mutex is not held across
@@ -127,6 +171,8 @@ impl OutputSlot {
                 match rx.read_buf(&mut buf).await {
                     Ok(0) => None,
                     Ok(_) => Some((Ok(buf.freeze()), Some(guard))),
+                    // A pty master reads EIO once the last slave descriptor closed: its EOF.
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => None,
                     Err(e) => Some((Err(e), None)),
                 }
             });

@@ -303,11 +303,6 @@ fn validate_process(process: &Process) -> Result<(), AgentError> {
             "process cwd must be an absolute path".into(),
         ));
     }
-    if process.terminal() == Some(true) {
-        return Err(AgentError::InvalidArgument(
-            "terminal processes are not supported by this agent yet".into(),
-        ));
-    }
     Ok(())
 }
 

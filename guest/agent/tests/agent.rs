@@ -77,9 +77,13 @@ fn rootfs_tar() -> Vec<u8> {
 }
 
 fn spec(args: &[&str]) -> Vec<u8> {
+    spec_with_terminal(args, false)
+}
+
+fn spec_with_terminal(args: &[&str], terminal: bool) -> Vec<u8> {
     let mut spec = oci_spec::runtime::Spec::default();
     let mut process = spec.process().clone().unwrap();
-    process.set_terminal(Some(false));
+    process.set_terminal(Some(terminal));
     process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
     process.set_env(Some(vec!["PATH=/bin".into(), "GREETING=hi there".into()]));
     spec.set_process(Some(process));
@@ -338,6 +342,68 @@ async fn containers_run_and_report_status() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     remove(&mut c, "sleeper").await;
 
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_processes_get_a_pty_that_resizes() {
+    let (agent, mut c) = start_agent().await;
+    upload(&mut c, "tty").await;
+    c.create_container(pb::CreateContainerRequest {
+        container_id: "tty".into(),
+        oci_spec_json: spec_with_terminal(
+            &["sh", "-c", "read x; stty size; test -t 0 && echo is-a-tty"],
+            true,
+        ),
+        rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+            pb::UploadedRootfs {},
+        )),
+    })
+    .await
+    .unwrap();
+    let mut reader = c.clone();
+    let out = tokio::spawn(async move { read_all(&mut reader, "tty", "", false).await });
+    c.start_container(pb::StartContainerRequest {
+        container_id: "tty".into(),
+    })
+    .await
+    .unwrap();
+    c.tty_win_resize(pb::TtyWinResizeRequest {
+        container_id: "tty".into(),
+        exec_id: String::new(),
+        rows: 40,
+        columns: 100,
+    })
+    .await
+    .unwrap();
+    c.write_stdin(pb::WriteStdinRequest {
+        container_id: "tty".into(),
+        exec_id: String::new(),
+        data: b"go\n".to_vec(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(wait(&mut c, "tty", "").await, 0);
+    let out = out.await.unwrap();
+    assert!(out.contains("40 100\r\n"), "{out:?}");
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    // The terminal has one output stream; stderr is empty.
+    assert_eq!(read_all(&mut c, "tty", "", true).await, "");
+    remove(&mut c, "tty").await;
+
+    // A process without a terminal cannot be resized.
+    create(&mut c, "notty", &["sleep", "100"]).await;
+    let err = c
+        .tty_win_resize(pb::TtyWinResizeRequest {
+            container_id: "notty".into(),
+            exec_id: String::new(),
+            rows: 1,
+            columns: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    remove(&mut c, "notty").await;
     drop(agent);
 }
 
