@@ -69,7 +69,8 @@ pub fn busybox_rootfs(dir: &Path) {
     }
     std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
     for applet in [
-        "sh", "echo", "cat", "sleep", "id", "pwd", "env", "true", "false", "ls", "head", "tr", "wc",
+        "sh", "echo", "cat", "sleep", "id", "pwd", "env", "true", "false", "ls", "head", "tr",
+        "wc", "grep", "hostname", "stty", "test",
     ] {
         let link = dir.join("bin").join(applet);
         if !link.exists() {

@@ -152,6 +152,12 @@ fn main() -> ExitCode {
         suite.record("boot", started, Ok(()));
         let env = Env { agent: sandbox.agent(), rootfs: rootfs_dir.clone() };
 
+        case!(suite, "qmp_status_running", async {
+            let status = sandbox.vm_status().await?;
+            ensure!(status == "running", "QMP status {status:?}");
+            Ok(())
+        }.await);
+
         case!(suite, "guest_details", async {
             let d = sandbox.guest_details();
             ensure!(d.kernel_release == image.kernel_release, "kernel {:?}", d.kernel_release);
@@ -182,6 +188,25 @@ fn main() -> ExitCode {
             };
             let (out, status) = env.run("envcwd", o).await?;
             ensure!(out == "hello from env\n/tmp\n65534\n65534\n" && status == 0, "{out:?} {status}");
+            Ok(())
+        }.await);
+
+        case!(suite, "isolation_defaults", async {
+            // The OCI defaults the CLI uses: own pid/uts/net namespaces, masked (/dev/null bound over
+            // /proc/kcore) and read-only (/proc/sys) paths, the minimal default capability set
+            // (AUDIT_WRITE, KILL, NET_BIND_SERVICE), RLIMIT_NOFILE 1024.
+            let script = concat!(
+                "echo pid=$$; echo host=$(hostname); echo net=$(ls /sys/class/net | tr '\\n' ' ');",
+                "echo nofile=$(ulimit -n);",
+                "grep CapEff /proc/self/status | tr -d '\\t';",
+                "test -c /proc/kcore && echo kcore=masked || echo kcore=visible;",
+                "(echo 1 > /proc/sys/kernel/domainname) 2>/dev/null && echo procsys=writable || echo procsys=readonly;",
+            );
+            let (out, status) = env.run("iso", opts(&["sh", "-c", script])).await?;
+            ensure!(status == 0, "status {status}: {out}");
+            for want in ["pid=1\n", "host=coffer\n", "net=lo\n", "nofile=1024\n", "CapEff:0000000020000420\n", "kcore=masked\n", "procsys=readonly\n"] {
+                ensure!(out.contains(want), "missing {want:?} in {out:?}");
+            }
             Ok(())
         }.await);
 

@@ -107,6 +107,7 @@ pub enum SandboxError {
 
 enum Command {
     Stop(oneshot::Sender<()>),
+    Status(oneshot::Sender<Result<String, String>>),
 }
 
 /// A running sandbox.
@@ -123,7 +124,10 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Stop")
+        f.write_str(match self {
+            Self::Stop(_) => "Stop",
+            Self::Status(_) => "Status",
+        })
     }
 }
 
@@ -246,27 +250,46 @@ impl Sandbox {
         let task_id = id.clone();
         let task_dir = dir.clone();
         let task = tokio::spawn(async move {
-            tokio::select! {
-                exit = vm.wait_exit() => {
-                    let kept = retire(&state_root, &task_id, &task_dir, &console, true);
-                    tracing::error!(sandbox_id = %task_id, status = %exit.status, "VM exited unexpectedly");
-                    let _ = state_tx.send(SandboxState::Failed(format!(
-                        "the VM exited unexpectedly ({}); console log: {}",
-                        exit.status,
-                        kept.display()
-                    )));
-                    // Keep the channel open until the handle goes away, answering stops at once.
-                    while let Some(Command::Stop(reply)) = rx.recv().await {
-                        let _ = reply.send(());
+            loop {
+                tokio::select! {
+                    exit = vm.wait_exit() => {
+                        let kept = retire(&state_root, &task_id, &task_dir, &console, true);
+                        tracing::error!(sandbox_id = %task_id, status = %exit.status, "VM exited unexpectedly");
+                        let _ = state_tx.send(SandboxState::Failed(format!(
+                            "the VM exited unexpectedly ({}); console log: {}",
+                            exit.status,
+                            kept.display()
+                        )));
+                        // Answer until the handle goes away.
+                        while let Some(cmd) = rx.recv().await {
+                            match cmd {
+                                Command::Stop(reply) => {
+                                    let _ = reply.send(());
+                                }
+                                Command::Status(reply) => {
+                                    let _ = reply.send(Err(format!("VM exited ({})", exit.status)));
+                                }
+                            }
+                        }
+                        return;
                     }
-                }
-                cmd = rx.recv() => {
-                    let exit = vm.shutdown().await;
-                    retire(&state_root, &task_id, &task_dir, &console, false);
-                    tracing::info!(sandbox_id = %task_id, status = %exit.status, "sandbox stopped");
-                    let _ = state_tx.send(SandboxState::Stopped);
-                    if let Some(Command::Stop(reply)) = cmd {
-                        let _ = reply.send(());
+                    cmd = rx.recv() => {
+                        let reply = match cmd {
+                            Some(Command::Status(reply)) => {
+                                let _ = reply.send(vm.status().await.map_err(|e| e.to_string()));
+                                continue;
+                            }
+                            Some(Command::Stop(reply)) => Some(reply),
+                            None => None,
+                        };
+                        let exit = vm.shutdown().await;
+                        retire(&state_root, &task_id, &task_dir, &console, false);
+                        tracing::info!(sandbox_id = %task_id, status = %exit.status, "sandbox stopped");
+                        let _ = state_tx.send(SandboxState::Stopped);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                        return;
                     }
                 }
             }
@@ -305,6 +328,22 @@ impl Sandbox {
     /// Watches the sandbox state (changes to `Failed` the moment the VM dies).
     pub fn state(&self) -> watch::Receiver<SandboxState> {
         self.state.clone()
+    }
+
+    /// The VMM's view of the VM (QMP `query-status`), e.g. `running`.
+    pub async fn vm_status(&self) -> Result<String, SandboxError> {
+        let not_running = |reason: String| SandboxError::NotRunning {
+            id: self.id.clone(),
+            reason,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| not_running("supervisor ended".into()))?;
+        rx.await
+            .map_err(|_| not_running("supervisor ended".into()))?
+            .map_err(not_running)
     }
 
     /// Resolves with the failure message when the VM dies unexpectedly.
