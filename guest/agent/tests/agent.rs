@@ -96,6 +96,19 @@ fn process_json(args: &[&str]) -> Vec<u8> {
 }
 
 async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
+    let (agent, mut client) = start_bare_agent().await;
+    client
+        .create_sandbox(pb::CreateSandboxRequest {
+            sandbox_id: "test".into(),
+            hostname: String::new(),
+        })
+        .await
+        .unwrap();
+    (agent, client)
+}
+
+/// An agent that has not been asked to create its sandbox yet.
+async fn start_bare_agent() -> (AgentProc, AgentClient<Channel>) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "agent tests run real containers and must run as root"
@@ -117,15 +130,7 @@ async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let channel = connect(&sock).await;
-    let mut client = AgentClient::new(channel);
-    client
-        .create_sandbox(pb::CreateSandboxRequest {
-            sandbox_id: "test".into(),
-            hostname: String::new(),
-        })
-        .await
-        .unwrap();
-    (AgentProc { child, dir }, client)
+    (AgentProc { child, dir }, AgentClient::new(channel))
 }
 
 async fn connect(sock: &Path) -> Channel {
@@ -407,6 +412,67 @@ async fn terminal_processes_get_a_pty_that_resizes() {
     drop(agent);
 }
 
+/// AGT-ORD: container requests before CreateSandbox are refused; after DestroySandbox too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_outside_a_sandbox_are_refused() {
+    let (agent, mut c) = start_bare_agent().await;
+    let err = c
+        .create_container(pb::CreateContainerRequest {
+            container_id: "early".into(),
+            oci_spec_json: spec(&["true"]),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("sandbox not created"),
+        "{}",
+        err.message()
+    );
+    // Guest details are available before the sandbox exists.
+    c.get_guest_details(pb::GetGuestDetailsRequest {})
+        .await
+        .unwrap();
+
+    c.create_sandbox(pb::CreateSandboxRequest {
+        sandbox_id: "s".into(),
+        hostname: String::new(),
+    })
+    .await
+    .unwrap();
+    create(&mut c, "left-running", &["sleep", "100"]).await;
+    c.start_container(pb::StartContainerRequest {
+        container_id: "left-running".into(),
+    })
+    .await
+    .unwrap();
+    // DestroySandbox removes the running container; later requests are refused again.
+    c.destroy_sandbox(pb::DestroySandboxRequest { power_off: false })
+        .await
+        .unwrap();
+    let err = c
+        .start_container(pb::StartContainerRequest {
+            container_id: "left-running".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let state = agent.dir.path().join("state");
+    for sub in ["containers", "uploads", "oci"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(sub)).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "{sub} not empty after DestroySandbox: {left:?}"
+        );
+    }
+    drop(agent);
+}
+
+/// AGT-00 / AGT-ORD: malformed input, unknown and duplicate ids, wrong states — each a clear gRPC
+/// error, nothing left behind, and the agent keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     let (agent, mut c) = start_agent().await;
