@@ -321,6 +321,15 @@ impl Agent {
                 tracing::warn!(container_id = %id, %err, "removing container during destroy");
             }
         }
+        // Rootfs uploads never claimed by a container go too.
+        let uploads = self.config.state_dir.join("uploads");
+        if let Ok(entries) = std::fs::read_dir(&uploads) {
+            for entry in entries.flatten() {
+                if let Err(err) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), %err, "removing unused upload");
+                }
+            }
+        }
         self.state.lock().await.sandbox = None;
         tracing::info!("sandbox destroyed");
         if power_off && self.config.is_init {

@@ -449,7 +449,9 @@ async fn requests_outside_a_sandbox_are_refused() {
     })
     .await
     .unwrap();
-    // DestroySandbox removes the running container; later requests are refused again.
+    // An upload no container claimed.
+    upload(&mut c, "unclaimed").await;
+    // DestroySandbox removes the running container and the upload; later requests are refused.
     c.destroy_sandbox(pb::DestroySandboxRequest { power_off: false })
         .await
         .unwrap();
