@@ -23,12 +23,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn bare(spec: &VmSpec, accel: Accel) -> anyhow::Result<Duration> {
     let paths = VmPaths::new(&spec.dir);
     let full = argv(spec, Machine::Microvm, accel, &paths, host_tsc_khz());
-    // Drop the vsock chardev/device and the monitor.
+    // Drop the vsock chardev/device and the monitor; the console goes straight to a file.
     let mut args = Vec::new();
     let mut it = full.into_iter();
     while let Some(a) = it.next() {
         if matches!(a.as_str(), "-chardev" | "-device" | "-qmp") {
             it.next();
+            continue;
+        }
+        if a == "-serial" {
+            it.next();
+            args.push(a);
+            args.push(format!("file:{}", paths.console_log.display()));
             continue;
         }
         args.push(a);

@@ -105,7 +105,14 @@ mod tests {
             .map(|n| n.typ())
             .collect();
         use oci_spec::runtime::LinuxNamespaceType as Ns;
-        for want in [Ns::Pid, Ns::Network, Ns::Ipc, Ns::Uts, Ns::Mount, Ns::Cgroup] {
+        for want in [
+            Ns::Pid,
+            Ns::Network,
+            Ns::Ipc,
+            Ns::Uts,
+            Ns::Mount,
+            Ns::Cgroup,
+        ] {
             assert!(ns.contains(&want), "{want:?} missing from {ns:?}");
         }
     }

@@ -1,6 +1,8 @@
 //! The QEMU backend. The argv is a pure function of typed configuration ([`argv`]), so it is
 //! unit-tested without booting anything. A launch starts `vhost-device-vsock` (the hybrid-vsock
-//! backend), then QEMU with a `vhost-user-vsock` device, a QMP socket and the console in a file.
+//! backend), then QEMU with a `vhost-user-vsock` device, a QMP socket and the serial console on a
+//! socket the runtime copies into `console.log` up to a size limit (a guest flooding its console must
+//! not fill the host's disk).
 //! Both processes get their own process group (a terminal's Ctrl-C reaches only the runtime, which
 //! then tears down in order) and are killed if their handle is dropped.
 
@@ -64,6 +66,8 @@ pub struct QemuConfig {
     pub probe_cache: Option<PathBuf>,
     /// How long a launch step (backend socket, QMP) may take.
     pub launch_timeout_secs: u64,
+    /// Most bytes of guest console output kept in `console.log`; the rest is discarded.
+    pub console_log_limit_bytes: u64,
 }
 
 impl Default for QemuConfig {
@@ -75,6 +79,7 @@ impl Default for QemuConfig {
             accel: AccelMode::Auto,
             probe_cache: None,
             launch_timeout_secs: 10,
+            console_log_limit_bytes: 1 << 20,
         }
     }
 }
@@ -88,7 +93,9 @@ pub struct VmPaths {
     pub vsock_socket: PathBuf,
     /// QMP socket.
     pub qmp_socket: PathBuf,
-    /// Guest console.
+    /// Guest console as QEMU serves it.
+    pub console_socket: PathBuf,
+    /// Guest console as kept (bounded).
     pub console_log: PathBuf,
     /// QEMU's own stderr.
     pub qemu_log: PathBuf,
@@ -103,6 +110,7 @@ impl VmPaths {
             vhost_socket: dir.join("vhost.sock"),
             vsock_socket: dir.join("vm.vsock"),
             qmp_socket: dir.join("qmp.sock"),
+            console_socket: dir.join("console.sock"),
             console_log: dir.join("console.log"),
             qemu_log: dir.join("qemu.log"),
             vhost_log: dir.join("vhost.log"),
@@ -176,8 +184,13 @@ pub fn argv(
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=console,path={},server=on,wait=off",
+            paths.console_socket.display()
+        ),
         "-serial".into(),
-        format!("file:{}", paths.console_log.display()),
+        "chardev:console".into(),
         "-kernel".into(),
         spec.kernel.display().to_string(),
         "-initrd".into(),
@@ -439,6 +452,28 @@ impl Hypervisor for Qemu {
             .await
             .map_err(|_| HypervisorError::Timeout("QMP"))?
             .map_err(HypervisorError::Monitor)?;
+        self.wait_for_socket(&paths.console_socket, &mut qemu, "qemu", &qemu_err)
+            .await?;
+        let console = tokio::net::UnixStream::connect(&paths.console_socket)
+            .await
+            .map_err(|source| HypervisorError::Io {
+                op: "connect",
+                path: paths.console_socket.clone(),
+                source,
+            })?;
+        let log = tokio::fs::File::create(&paths.console_log)
+            .await
+            .map_err(|source| HypervisorError::Io {
+                op: "create",
+                path: paths.console_log.clone(),
+                source,
+            })?;
+        let limit = self.config.console_log_limit_bytes;
+        tokio::spawn(async move {
+            if let Err(err) = copy_bounded(console, log, limit).await {
+                tracing::debug!(%err, "console copy ended");
+            }
+        });
         tracing::info!(sandbox_id = %spec.id, ?accel, pid = qemu.id(), "qemu started");
         Ok(QemuVm {
             qemu,
@@ -448,6 +483,41 @@ impl Hypervisor for Qemu {
             exit: None,
         })
     }
+}
+
+/// Copies `from` into `to` until EOF, keeping at most `limit` bytes; the rest is read and dropped
+/// (so the guest never blocks on its console) after one truncation notice.
+pub async fn copy_bounded<R, W>(mut from: R, mut to: W, limit: u64) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut kept = 0u64;
+    let mut truncated = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = usize::try_from(limit.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take > 0 {
+            to.write_all(&buf[..take]).await?;
+            to.flush().await?;
+            kept += take as u64;
+        }
+        if take < n && !truncated {
+            truncated = true;
+            to.write_all(
+                format!("\n[coffer: console log truncated at {limit} bytes]\n").as_bytes(),
+            )
+            .await?;
+            to.flush().await?;
+        }
+    }
+    Ok(kept)
 }
 
 /// A VM run by QEMU.
@@ -592,8 +662,12 @@ mod tests {
         );
         assert_eq!(
             value_of(&args, "-chardev"),
-            ["socket,id=vsock,path=/run/coffer/s1/vhost.sock"]
+            [
+                "socket,id=console,path=/run/coffer/s1/console.sock,server=on,wait=off",
+                "socket,id=vsock,path=/run/coffer/s1/vhost.sock"
+            ]
         );
+        assert_eq!(value_of(&args, "-serial"), ["chardev:console"]);
         let append = value_of(&args, "-append")[0];
         assert!(
             append.contains("tsc_early_khz=2450000 tsc=reliable"),
@@ -616,6 +690,27 @@ mod tests {
             ["vhost-user-vsock-pci,chardev=vsock"]
         );
         assert!(!value_of(&args, "-append")[0].contains("tsc"));
+    }
+
+    #[tokio::test]
+    async fn vmm04_console_output_is_bounded() {
+        let (mut guest, host) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for _ in 0..1000 {
+                guest.write_all(&[b'x'; 100]).await.unwrap();
+            }
+        });
+        let mut log = Vec::new();
+        let kept = copy_bounded(host, &mut log, 1000).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(kept, 1000);
+        let text = String::from_utf8(log).unwrap();
+        assert!(text.starts_with(&"x".repeat(1000)));
+        assert!(
+            text.ends_with("[coffer: console log truncated at 1000 bytes]\n"),
+            "{text}"
+        );
     }
 
     #[test]
