@@ -36,6 +36,9 @@ pub use service::AgentService;
 /// Largest gRPC message the agent accepts (rootfs chunks, stdin writes, specs).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most concurrent RPCs on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
 /// A connection accepted on any transport (vsock or unix).
 #[derive(Debug)]
 pub struct Conn<T>(pub T);
@@ -88,6 +91,11 @@ where
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
+        // Bounded: the peer is untrusted (AGT-00). Long-lived streams (output, waits, OOM events)
+        // count against the stream limit, hence its generous size.
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming.map(|c| c.map(Conn)), shutdown)
