@@ -135,8 +135,25 @@ impl Agent {
 
     /// The single entry point for every request: authorize, then dispatch.
     pub async fn handle(&self, request: AgentRequest) -> Result<Reply, AgentError> {
-        let permit = self.gate.authorize(&request)?;
+        let state = self.policy_state().await;
+        let permit = self.gate.authorize(&request, &state)?;
         self.dispatch(permit, request).await
+    }
+
+    /// What the policy knows about the sandbox: its containers, in id order.
+    async fn policy_state(&self) -> coffer_policies::SandboxState {
+        let state = self.state.lock().await;
+        let mut containers: Vec<_> = state
+            .containers
+            .values()
+            .map(|c| coffer_policies::ContainerState {
+                id: c.id.to_string(),
+                image_digest: None,
+                started: c.started.load(std::sync::atomic::Ordering::SeqCst),
+            })
+            .collect();
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        coffer_policies::SandboxState { containers }
     }
 
     async fn dispatch(&self, _permit: Permit, request: AgentRequest) -> Result<Reply, AgentError> {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod init;
 pub mod oci;
 pub mod policy;
+pub mod policy_input;
 pub mod process;
 pub mod reaper;
 pub mod request;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use coffer_agent::policy::{Gate, OpenPolicy};
+use coffer_agent::policy::{Gate, RegoPolicy};
 use coffer_agent::reaper::Reaper;
 use coffer_agent::{Agent, AgentConfig, init, oci};
 
@@ -37,6 +37,9 @@ struct Cli {
     /// State directory (containers, uploads, runtime state).
     #[arg(long, default_value = "/run/coffer")]
     state_dir: PathBuf,
+    /// Rego policy file (package coffer.policy). Default: the built-in sandbox.rego.
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Largest rootfs upload, bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_rootfs_bytes: u64,
@@ -97,16 +100,24 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         if !is_init {
             nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
         }
-        tracing::warn!(
-            "no policy engine in this build: every request is allowed (sandbox mode only)"
-        );
+        // A policy that cannot be loaded means no service: never a fallback policy.
+        let policy = match &cli.policy {
+            Some(path) => {
+                let source = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading policy {}", path.display()))?;
+                RegoPolicy::load(&path.display().to_string(), &source, None)
+            }
+            None => RegoPolicy::sandbox_default(),
+        }
+        .context("loading the agent policy")?;
+        tracing::info!(policy = policy.name(), "policy loaded");
         let config = AgentConfig {
             state_dir: cli.state_dir,
             helper_exe: std::env::current_exe().context("locating the agent binary")?,
             is_init,
             max_rootfs_bytes: cli.max_rootfs_bytes,
         };
-        let agent = Agent::new(config, Gate::new(Box::new(OpenPolicy)), reaper)?;
+        let agent = Agent::new(config, Gate::new(Box::new(policy)), reaper)?;
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -1,12 +1,13 @@
 //! The single authorization point. Every decoded [`AgentRequest`] passes [`Gate::authorize`] before
 //! anything happens; the dispatcher only accepts a [`Permit`], which nothing else can construct.
 //!
-//! Until the policy engine lands (issue #5) the only policy is [`OpenPolicy`], which allows every
-//! request and says so loudly at start-up. It is the sandbox-mode behaviour; confidential mode does
-//! not exist without the engine.
+//! The policy is Rego evaluated by `coffer-policies` ([`RegoPolicy`]) on a typed input built from the
+//! request and the sandbox state; any evaluation problem is a denial. Sandbox mode defaults to the
+//! shipped `sandbox.rego`; confidential mode will take its policy from measured initdata (issue #5).
 
 use std::fmt;
 
+use coffer_policies as pol;
 use thiserror::Error;
 
 use crate::request::AgentRequest;
@@ -21,19 +22,43 @@ pub struct Denied {
     pub reason: String,
 }
 
-/// A policy decides each request.
+/// A policy decides each request, given the sandbox state.
 pub trait Policy: Send + Sync + fmt::Debug {
     /// Allow (`Ok`) or deny with a reason.
-    fn decide(&self, request: &AgentRequest) -> Result<(), String>;
+    fn decide(&self, request: &AgentRequest, state: &pol::SandboxState) -> Result<(), String>;
 }
 
-/// Allows every request. The spine's default until the policy engine exists.
-#[derive(Debug, Default)]
-pub struct OpenPolicy;
+/// A Rego policy evaluated by the `coffer-policies` engine.
+#[derive(Debug, Clone)]
+pub struct RegoPolicy {
+    engine: pol::Engine,
+    name: String,
+}
 
-impl Policy for OpenPolicy {
-    fn decide(&self, _request: &AgentRequest) -> Result<(), String> {
-        Ok(())
+impl RegoPolicy {
+    /// Loads `source` (with optional policy data) under a name for logs.
+    pub fn load(name: &str, source: &str, data: Option<&str>) -> Result<Self, pol::PolicyError> {
+        Ok(Self {
+            engine: pol::Engine::new(source, data, pol::Limits::default())?,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The shipped sandbox-mode policy.
+    pub fn sandbox_default() -> Result<Self, pol::PolicyError> {
+        Self::load("sandbox.rego (built in)", pol::SANDBOX_POLICY, None)
+    }
+
+    /// The name it was loaded under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Policy for RegoPolicy {
+    fn decide(&self, request: &AgentRequest, state: &pol::SandboxState) -> Result<(), String> {
+        let input = pol::PolicyInput::new(crate::policy_input::request(request), state.clone());
+        self.engine.decide(&input).into_result()
     }
 }
 
@@ -55,9 +80,13 @@ impl Gate {
         Self { policy }
     }
 
-    /// Decides `request`; the returned permit is required to dispatch it.
-    pub fn authorize(&self, request: &AgentRequest) -> Result<Permit, Denied> {
-        match self.policy.decide(request) {
+    /// Decides `request` in `state`; the returned permit is required to dispatch it.
+    pub fn authorize(
+        &self,
+        request: &AgentRequest,
+        state: &pol::SandboxState,
+    ) -> Result<Permit, Denied> {
+        match self.policy.decide(request, state) {
             Ok(()) => {
                 tracing::debug!(rpc = request.name(), "allowed");
                 Ok(Permit { _private: () })
@@ -76,11 +105,12 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{Id, RootfsSource};
 
     #[derive(Debug)]
     struct DenyAll;
     impl Policy for DenyAll {
-        fn decide(&self, request: &AgentRequest) -> Result<(), String> {
+        fn decide(&self, request: &AgentRequest, _: &pol::SandboxState) -> Result<(), String> {
             Err(format!("{} is not listed", request.name()))
         }
     }
@@ -88,16 +118,53 @@ mod tests {
     #[test]
     fn denial_names_the_rpc_and_reason() {
         let gate = Gate::new(Box::new(DenyAll));
-        let err = gate.authorize(&AgentRequest::GetGuestDetails).unwrap_err();
+        let err = gate
+            .authorize(
+                &AgentRequest::GetGuestDetails,
+                &pol::SandboxState::default(),
+            )
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "GetGuestDetails denied by policy: GetGuestDetails is not listed"
         );
     }
 
+    fn create_with(spec: oci_spec::runtime::Spec) -> AgentRequest {
+        AgentRequest::CreateContainer {
+            container: Id::parse("container_id", "c1").unwrap(),
+            spec: Box::new(spec),
+            rootfs: RootfsSource::Uploaded,
+        }
+    }
+
     #[test]
-    fn open_policy_allows() {
-        let gate = Gate::new(Box::new(OpenPolicy));
-        assert!(gate.authorize(&AgentRequest::GetOomEvent).is_ok());
+    fn sandbox_policy_allows_plain_requests_and_default_containers() {
+        let gate = Gate::new(Box::new(RegoPolicy::sandbox_default().unwrap()));
+        let state = pol::SandboxState::default();
+        assert!(gate.authorize(&AgentRequest::GetOomEvent, &state).is_ok());
+        let spec = oci_spec::runtime::Spec::default();
+        gate.authorize(&create_with(spec), &state).unwrap();
+    }
+
+    /// AGT-CC: OCI hooks run as guest root; the sandbox policy refuses them.
+    #[test]
+    fn sandbox_policy_refuses_hooks() {
+        let gate = Gate::new(Box::new(RegoPolicy::sandbox_default().unwrap()));
+        let mut spec = oci_spec::runtime::Spec::default();
+        let hook = oci_spec::runtime::HookBuilder::default()
+            .path("/bin/sh")
+            .build()
+            .unwrap();
+        let hooks = oci_spec::runtime::HooksBuilder::default()
+            .prestart(vec![hook])
+            .build()
+            .unwrap();
+        spec.set_hooks(Some(hooks));
+        let err = gate
+            .authorize(&create_with(spec), &pol::SandboxState::default())
+            .unwrap_err();
+        assert_eq!(err.rpc, "CreateContainer");
+        assert!(err.reason.contains("hook"), "{}", err.reason);
     }
 }

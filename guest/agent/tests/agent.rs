@@ -109,13 +109,24 @@ async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
 
 /// An agent that has not been asked to create its sandbox yet.
 async fn start_bare_agent() -> (AgentProc, AgentClient<Channel>) {
+    start_agent_with_policy(None).await
+}
+
+/// An agent using the Rego policy `policy` (default: the built-in sandbox policy).
+async fn start_agent_with_policy(policy: Option<&str>) -> (AgentProc, AgentClient<Channel>) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "agent tests run real containers and must run as root"
     );
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer-agent"));
+    if let Some(policy) = policy {
+        let path = dir.path().join("policy.rego");
+        std::fs::write(&path, policy).unwrap();
+        cmd.arg("--policy").arg(path);
+    }
+    let child = cmd
         .arg("--listen")
         .arg(format!("unix:{}", sock.display()))
         .arg("--state-dir")
@@ -410,6 +421,79 @@ async fn terminal_processes_get_a_pty_that_resizes() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     remove(&mut c, "notty").await;
     drop(agent);
+}
+
+const DENY_EXEC: &str = r#"
+package coffer.policy
+import rego.v1
+default decision := {"allow": true, "reason": "allowed"}
+decision := {"allow": false, "reason": "ExecProcess: exec is not allowed here"} if {
+    input.request.kind == "ExecProcess"
+}
+"#;
+
+/// The gate is in the request path: a policy denial is PERMISSION_DENIED with the policy's reason,
+/// nothing runs, and the agent keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_denials_are_enforced() {
+    let (agent, mut c) = start_agent_with_policy(Some(DENY_EXEC)).await;
+    c.create_sandbox(pb::CreateSandboxRequest {
+        sandbox_id: "p".into(),
+        hostname: String::new(),
+    })
+    .await
+    .unwrap();
+    create(&mut c, "svc", &["sleep", "100"]).await;
+    c.start_container(pb::StartContainerRequest {
+        container_id: "svc".into(),
+    })
+    .await
+    .unwrap();
+    let err = c
+        .exec_process(pb::ExecProcessRequest {
+            container_id: "svc".into(),
+            exec_id: "e".into(),
+            oci_process_json: process_json(&["touch", "/tmp/ran"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "ExecProcess denied by policy: ExecProcess: exec is not allowed here"
+    );
+    let err = c
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "svc".into(),
+            exec_id: "e".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "the denied exec must not exist");
+    remove(&mut c, "svc").await;
+    drop(agent);
+}
+
+/// INI-01 (agent side): a policy that does not load means the agent never serves — no fallback.
+#[test]
+fn a_broken_policy_means_no_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.rego");
+    std::fs::write(&policy, "package coffer.policy\ndecision := {").unwrap();
+    let sock = dir.path().join("agent.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!sock.exists(), "the agent listened despite a broken policy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("loading the agent policy"), "{stderr}");
 }
 
 /// AGT-ORD: container requests before CreateSandbox are refused; after DestroySandbox too.

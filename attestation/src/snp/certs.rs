@@ -1,0 +1,399 @@
+//! The AMD certificate chain: ARK (self-signed) → ASK / ASVK → VCEK / VLEK, with the AMD roots
+//! embedded per processor generation. All AMD certificates are signed with RSASSA-PSS
+//! (SHA-384, MGF1-SHA-384, 48-byte salt); the VCEK/VLEK carries an ECDSA P-384 key.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use p384::ecdsa::VerifyingKey as P384VerifyingKey;
+use rsa::pkcs1::{DecodeRsaPublicKey, RsaPssParams};
+use rsa::signature::Verifier;
+use sha2::Sha384;
+use x509_cert::Certificate;
+use x509_cert::der::asn1::{ObjectIdentifier, OctetStringRef};
+use x509_cert::der::{Decode, Encode};
+
+use super::error::SnpError;
+use super::report::Generation;
+
+const MILAN_PEM: &[u8] = include_bytes!("roots/trustee-milan_ask_ark_asvk.pem");
+const GENOA_PEM: &[u8] = include_bytes!("roots/trustee-genoa_ask_ark_asvk.pem");
+const TURIN_PEM: &[u8] = include_bytes!("roots/trustee-turin_ask_ark_asvk.pem");
+
+const OID_RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_MGF1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.8");
+const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+/// AMD VCEK/VLEK extension OIDs (AMD "VCEK certificate and KDS interface specification").
+pub mod oids {
+    /// Boot loader SPL.
+    pub const BOOTLOADER: &str = "1.3.6.1.4.1.3704.1.3.1";
+    /// TEE SPL.
+    pub const TEE: &str = "1.3.6.1.4.1.3704.1.3.2";
+    /// SNP firmware SPL.
+    pub const SNP: &str = "1.3.6.1.4.1.3704.1.3.3";
+    /// Microcode SPL.
+    pub const MICROCODE: &str = "1.3.6.1.4.1.3704.1.3.8";
+    /// FMC SPL (Turin).
+    pub const FMC: &str = "1.3.6.1.4.1.3704.1.3.9";
+    /// Hardware ID (chip_id); VCEK only.
+    pub const HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
+}
+
+/// The role of a certificate in the AMD chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRole {
+    /// AMD Root Key (self-signed).
+    Ark,
+    /// AMD SEV Key (signs VCEKs).
+    Ask,
+    /// AMD SEV VLEK Key (signs VLEKs).
+    Asvk,
+    /// Versioned Chip Endorsement Key.
+    Vcek,
+    /// Versioned Loaded Endorsement Key.
+    Vlek,
+}
+
+impl fmt::Display for CertRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ark => "ARK",
+            Self::Ask => "ASK",
+            Self::Asvk => "ASVK",
+            Self::Vcek => "VCEK",
+            Self::Vlek => "VLEK",
+        })
+    }
+}
+
+fn format_err(role: CertRole, reason: impl fmt::Display) -> SnpError {
+    SnpError::CertificateFormat {
+        role,
+        reason: reason.to_string(),
+    }
+}
+
+/// The embedded AMD ARK, ASK and ASVK of one generation.
+#[derive(Debug, Clone)]
+pub struct AmdRoots {
+    /// The generation these roots belong to.
+    pub generation: Generation,
+    ark: Certificate,
+    ask: Certificate,
+    asvk: Certificate,
+}
+
+impl AmdRoots {
+    /// Loads the embedded roots of `generation` (the files under `src/snp/roots/`).
+    pub fn embedded(generation: Generation) -> Result<Self, SnpError> {
+        let pem = match generation {
+            Generation::Milan => MILAN_PEM,
+            Generation::Genoa => GENOA_PEM,
+            Generation::Turin => TURIN_PEM,
+        };
+        let certs = Certificate::load_pem_chain(pem).map_err(|e| format_err(CertRole::Ark, e))?;
+        let (mut ark, mut ask, mut asvk) = (None, None, None);
+        for cert in certs {
+            let subject = cert.tbs_certificate.subject.to_string();
+            let slot = if subject.contains("CN=ARK-") {
+                &mut ark
+            } else if subject.contains("CN=SEV-VLEK-") {
+                &mut asvk
+            } else if subject.contains("CN=SEV-") {
+                &mut ask
+            } else {
+                return Err(format_err(
+                    CertRole::Ark,
+                    format!("unexpected embedded certificate {subject}"),
+                ));
+            };
+            *slot = Some(cert);
+        }
+        let missing = |role| {
+            format_err(
+                role,
+                format!("missing from embedded {} roots", generation.name()),
+            )
+        };
+        Ok(Self {
+            generation,
+            ark: ark.ok_or_else(|| missing(CertRole::Ark))?,
+            ask: ask.ok_or_else(|| missing(CertRole::Ask))?,
+            asvk: asvk.ok_or_else(|| missing(CertRole::Asvk))?,
+        })
+    }
+
+    /// Checks that the ARK is self-signed and signs the ASK and ASVK, all valid at `now`.
+    pub fn verify(&self, now: SystemTime) -> Result<(), SnpError> {
+        self.verify_path(CertRole::Ask, now)?;
+        self.verify_path(CertRole::Asvk, now)
+    }
+
+    /// Checks the ARK (self-signed) and one intermediate ([`CertRole::Ask`] or
+    /// [`CertRole::Asvk`]) signed by it, both valid at `now`.
+    pub fn verify_path(&self, intermediate: CertRole, now: SystemTime) -> Result<(), SnpError> {
+        let cert = match intermediate {
+            CertRole::Ask => &self.ask,
+            CertRole::Asvk => &self.asvk,
+            other => return Err(format_err(other, "not an AMD intermediate")),
+        };
+        if self.ark.tbs_certificate.subject != self.ark.tbs_certificate.issuer {
+            return Err(format_err(CertRole::Ark, "ARK is not self-issued"));
+        }
+        check_validity(&self.ark, CertRole::Ark, now)?;
+        verify_signed_by(&self.ark, CertRole::Ark, &self.ark, CertRole::Ark)?;
+        check_validity(cert, intermediate, now)?;
+        if cert.tbs_certificate.issuer != self.ark.tbs_certificate.subject {
+            return Err(format_err(intermediate, "not issued by the ARK"));
+        }
+        verify_signed_by(cert, intermediate, &self.ark, CertRole::Ark)
+    }
+}
+
+/// TCB values from the VCEK/VLEK extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertTcb {
+    /// FMC SPL (Turin only).
+    pub fmc: Option<u8>,
+    /// Boot loader SPL.
+    pub bootloader: u8,
+    /// TEE SPL.
+    pub tee: u8,
+    /// SNP SPL.
+    pub snp: u8,
+    /// Microcode SPL.
+    pub microcode: u8,
+}
+
+/// A VCEK or VLEK whose chain to an embedded ARK was verified.
+#[derive(Debug, Clone)]
+pub struct EndorsementKey {
+    /// [`CertRole::Vcek`] or [`CertRole::Vlek`].
+    pub role: CertRole,
+    /// Generation of the chain it verified against.
+    pub generation: Generation,
+    /// TCB extensions.
+    pub tcb: CertTcb,
+    /// hwID extension (64 bytes on Milan/Genoa, 8 on Turin); `None` for a VLEK.
+    pub hw_id: Option<Vec<u8>>,
+    /// The P-384 key that signs reports.
+    pub key: P384VerifyingKey,
+}
+
+/// Verifies a VCEK/VLEK (DER) against the embedded roots at `now`: the issuer picks the
+/// generation and ASK (VCEK) or ASVK (VLEK); the whole chain must verify and be valid at `now`.
+pub fn verify_endorsement_key(
+    leaf_der: &[u8],
+    now: SystemTime,
+) -> Result<EndorsementKey, SnpError> {
+    let leaf = Certificate::from_der(leaf_der).map_err(|e| format_err(CertRole::Vcek, e))?;
+    let issuer = &leaf.tbs_certificate.issuer;
+    for generation in Generation::ALL {
+        let roots = AmdRoots::embedded(generation)?;
+        let (role, intermediate, intermediate_role) =
+            if *issuer == roots.ask.tbs_certificate.subject {
+                (CertRole::Vcek, &roots.ask, CertRole::Ask)
+            } else if *issuer == roots.asvk.tbs_certificate.subject {
+                (CertRole::Vlek, &roots.asvk, CertRole::Asvk)
+            } else {
+                continue;
+            };
+        roots.verify_path(intermediate_role, now)?;
+        check_validity(&leaf, role, now)?;
+        verify_signed_by(&leaf, role, intermediate, intermediate_role)?;
+        return endorsement_key(&leaf, role, generation);
+    }
+    Err(SnpError::UnknownIssuer {
+        issuer: issuer.to_string(),
+    })
+}
+
+fn endorsement_key(
+    leaf: &Certificate,
+    role: CertRole,
+    generation: Generation,
+) -> Result<EndorsementKey, SnpError> {
+    let spki = &leaf.tbs_certificate.subject_public_key_info;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+    if spki.algorithm.oid != OID_EC_PUBLIC_KEY || curve != Some(OID_SECP384R1) {
+        return Err(format_err(role, "public key is not ECDSA P-384"));
+    }
+    let key = P384VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
+        .map_err(|e| format_err(role, e))?;
+    let ext = |oid: &'static str| -> Option<&[u8]> {
+        let wanted = ObjectIdentifier::new(oid).ok()?;
+        leaf.tbs_certificate
+            .extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id == wanted)
+            .map(|e| e.extn_value.as_bytes())
+    };
+    let spl = |oid: &'static str| -> Result<u8, SnpError> {
+        let value = ext(oid).ok_or(SnpError::MissingExtension { oid })?;
+        u8::from_der(value).map_err(|e| format_err(role, format!("extension {oid}: {e}")))
+    };
+    let tcb = CertTcb {
+        fmc: if generation == Generation::Turin {
+            Some(spl(oids::FMC)?)
+        } else {
+            None
+        },
+        bootloader: spl(oids::BOOTLOADER)?,
+        tee: spl(oids::TEE)?,
+        snp: spl(oids::SNP)?,
+        microcode: spl(oids::MICROCODE)?,
+    };
+    let hw_id = match role {
+        CertRole::Vcek => {
+            let raw = ext(oids::HW_ID).ok_or(SnpError::MissingExtension { oid: oids::HW_ID })?;
+            // KDS encodes the value raw; some issuers wrap it in a DER OCTET STRING.
+            let value = match raw.len() {
+                8 | 64 => raw,
+                _ => OctetStringRef::from_der(raw)
+                    .map_err(|e| format_err(role, format!("hwID: {e}")))?
+                    .as_bytes(),
+            };
+            if !matches!(value.len(), 8 | 64) {
+                return Err(format_err(role, format!("hwID has {} bytes", value.len())));
+            }
+            Some(value.to_vec())
+        }
+        _ => None,
+    };
+    Ok(EndorsementKey {
+        role,
+        generation,
+        tcb,
+        hw_id,
+        key,
+    })
+}
+
+fn check_validity(cert: &Certificate, role: CertRole, now: SystemTime) -> Result<(), SnpError> {
+    let validity = &cert.tbs_certificate.validity;
+    let not_before = validity.not_before.to_system_time();
+    let not_after = validity.not_after.to_system_time();
+    if now < not_before || now > not_after {
+        return Err(SnpError::CertificateValidity {
+            role,
+            now,
+            not_before,
+            not_after,
+        });
+    }
+    Ok(())
+}
+
+/// Verifies `cert`'s RSASSA-PSS (SHA-384, MGF1-SHA-384, salt 48) signature with `issuer`'s RSA key.
+fn verify_signed_by(
+    cert: &Certificate,
+    role: CertRole,
+    issuer: &Certificate,
+    issuer_role: CertRole,
+) -> Result<(), SnpError> {
+    let alg = &cert.signature_algorithm;
+    if alg.oid != OID_RSASSA_PSS || *alg != cert.tbs_certificate.signature {
+        return Err(format_err(
+            role,
+            format!("signature algorithm {} is not RSASSA-PSS", alg.oid),
+        ));
+    }
+    let params_der = alg
+        .parameters
+        .as_ref()
+        .ok_or_else(|| format_err(role, "RSASSA-PSS without parameters"))?
+        .to_der()
+        .map_err(|e| format_err(role, e))?;
+    let params = RsaPssParams::from_der(&params_der).map_err(|e| format_err(role, e))?;
+    let mgf_hash = params.mask_gen.parameters.map(|p| p.oid);
+    if params.hash.oid != OID_SHA384
+        || params.mask_gen.oid != OID_MGF1
+        || mgf_hash != Some(OID_SHA384)
+        || params.salt_len != 48
+    {
+        return Err(format_err(
+            role,
+            "RSASSA-PSS parameters are not SHA-384/MGF1-SHA-384/48",
+        ));
+    }
+    let spki = &issuer.tbs_certificate.subject_public_key_info;
+    if spki.algorithm.oid != OID_RSA_ENCRYPTION && spki.algorithm.oid != OID_RSASSA_PSS {
+        return Err(format_err(issuer_role, "public key is not RSA"));
+    }
+    let key = rsa::RsaPublicKey::from_pkcs1_der(spki.subject_public_key.raw_bytes())
+        .map_err(|e| format_err(issuer_role, e))?;
+    let verifier = rsa::pss::VerifyingKey::<Sha384>::new_with_salt_len(key, 48);
+    let signature_bytes = cert
+        .signature
+        .as_bytes()
+        .ok_or_else(|| format_err(role, "signature has unused bits"))?;
+    let signature =
+        rsa::pss::Signature::try_from(signature_bytes).map_err(|e| format_err(role, e))?;
+    let tbs = cert
+        .tbs_certificate
+        .to_der()
+        .map_err(|e| format_err(role, e))?;
+    verifier
+        .verify(&tbs, &signature)
+        .map_err(|_| SnpError::CertificateSignature {
+            role,
+            issuer: issuer_role,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(unix: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(unix)
+    }
+
+    #[test]
+    fn kbs05_embedded_roots_verify_for_every_generation() {
+        for generation in Generation::ALL {
+            let roots = AmdRoots::embedded(generation).unwrap();
+            roots.verify(at(1_767_225_600)).unwrap(); // 2026-01-01
+        }
+    }
+
+    #[test]
+    fn kbs05_ask_from_other_generation_rejected() {
+        let mut milan = AmdRoots::embedded(Generation::Milan).unwrap();
+        let genoa = AmdRoots::embedded(Generation::Genoa).unwrap();
+        milan.ask = genoa.ask;
+        assert!(milan.verify(at(1_767_225_600)).is_err());
+    }
+
+    #[test]
+    fn roots_rejected_before_validity() {
+        let roots = AmdRoots::embedded(Generation::Milan).unwrap();
+        let err = roots.verify(at(0)).unwrap_err();
+        assert!(matches!(err, SnpError::CertificateValidity { .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_leaf_is_a_format_error() {
+        let err = verify_endorsement_key(b"not a certificate", SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SnpError::CertificateFormat {
+                    role: CertRole::Vcek,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

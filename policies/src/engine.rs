@@ -1,0 +1,669 @@
+//! The engine: one Rego policy (plus optional data) loaded once, then one [`Engine::decide`] per
+//! request. Every failure mode of evaluation is a denial (INV-5); only loading returns errors.
+
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{LimitError, PolicyLengthConfig, Value};
+use thiserror::Error;
+
+use crate::input::PolicyInput;
+
+/// The package every policy must declare.
+pub const POLICY_PACKAGE: &str = "coffer.policy";
+/// The rule the engine evaluates.
+pub const DECISION_RULE: &str = "data.coffer.policy.decision";
+/// Longest reason passed on to the caller; longer ones are cut at a character boundary.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+const POLICY_SOURCE_NAME: &str = "policy.rego";
+/// How many interpreter work units pass between two clock reads.
+const TIMER_CHECK_INTERVAL: u32 = 1;
+
+/// Resource ceilings for loading and evaluating a policy (INV-9, POL-02).
+///
+/// regorus 0.14 enforces the evaluation time limit cooperatively: the interpreter checks a
+/// wall-clock deadline as it iterates, so loops and comprehensions stop at the deadline. A single
+/// builtin call is not interrupted. regorus's memory limit needs its `allocator-memory-limits`
+/// feature, which replaces the process allocator and is process-global, so it is not used here;
+/// memory is instead bounded through the input, data and policy size caps plus the time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest policy source, checked before parsing. Default 1 MiB.
+    pub max_policy_bytes: usize,
+    /// Largest policy data JSON, checked before parsing. Default 4 MiB.
+    pub max_data_bytes: usize,
+    /// Largest serialized input per decision. Default 4 MiB (the agent caps an OCI spec at 1 MiB).
+    pub max_input_bytes: usize,
+    /// Wall-clock budget of one evaluation. Default 250 ms.
+    pub max_eval_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_policy_bytes: 1024 * 1024,
+            max_data_bytes: 4 * 1024 * 1024,
+            max_input_bytes: 4 * 1024 * 1024,
+            max_eval_time: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Why a policy could not be loaded. A caller that cannot load its policy must refuse to serve; it
+/// must never fall back to another policy.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// A limit is zero.
+    #[error("invalid limits: {0} must be non-zero")]
+    InvalidLimits(&'static str),
+    /// The policy source is over [`Limits::max_policy_bytes`].
+    #[error("policy is {size} bytes, over the limit of {limit}")]
+    PolicyTooLarge {
+        /// Source size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The data JSON is over [`Limits::max_data_bytes`].
+    #[error("policy data is {size} bytes, over the limit of {limit}")]
+    DataTooLarge {
+        /// Data size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The policy does not parse.
+    #[error("policy does not parse: {message}")]
+    Parse {
+        /// regorus's message, with the location.
+        message: String,
+    },
+    /// The policy declares another package.
+    #[error("policy declares package {found}, expected data.{POLICY_PACKAGE}")]
+    WrongPackage {
+        /// The declared package.
+        found: String,
+    },
+    /// The policy has no `decision` rule.
+    #[error("policy has no rule {DECISION_RULE}")]
+    NoDecisionRule,
+    /// The data document is not valid JSON or conflicts with the policy.
+    #[error("policy data is invalid: {message}")]
+    Data {
+        /// regorus's message.
+        message: String,
+    },
+    /// A function of the policy can call itself (POL-02; see the `recursion` module).
+    #[error("policy function recursion {cycle} is not allowed")]
+    Recursion {
+        /// The call cycle, e.g. `f → g → f`.
+        cycle: String,
+    },
+    /// The policy parses but cannot be compiled (e.g. unsafe variables).
+    #[error("policy does not compile: {message}")]
+    Compile {
+        /// regorus's message, with the location.
+        message: String,
+    },
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Why; always non-empty for a denial. Names the rule or field, never the whole request.
+    pub reason: String,
+}
+
+impl Decision {
+    fn allow(reason: String) -> Self {
+        Self {
+            allowed: true,
+            reason,
+        }
+    }
+
+    fn deny(reason: impl Into<String>) -> Self {
+        Self {
+            allowed: false,
+            reason: truncate(reason.into()),
+        }
+    }
+
+    /// `Ok(())` when allowed, otherwise the reason: the shape of the agent's policy gate.
+    pub fn into_result(self) -> Result<(), String> {
+        if self.allowed {
+            Ok(())
+        } else {
+            Err(self.reason)
+        }
+    }
+}
+
+/// A loaded policy. Cheap to share: [`Engine::decide`] takes `&self` and evaluates on a private
+/// copy of the prepared interpreter, so one engine serves any number of threads and no decision can
+/// observe another's evaluation state.
+#[derive(Clone)]
+pub struct Engine {
+    prepared: regorus::Engine,
+    limits: Limits,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads `policy_rego` (package [`POLICY_PACKAGE`], rule `decision`) and optional `data_json`
+    /// (becomes `data`), checking sizes before parsing and compiling the policy once.
+    pub fn new(
+        policy_rego: &str,
+        data_json: Option<&str>,
+        limits: Limits,
+    ) -> Result<Self, PolicyError> {
+        let max_policy_bytes = NonZeroUsize::new(limits.max_policy_bytes)
+            .ok_or(PolicyError::InvalidLimits("max_policy_bytes"))?;
+        if limits.max_data_bytes == 0 {
+            return Err(PolicyError::InvalidLimits("max_data_bytes"));
+        }
+        if limits.max_input_bytes == 0 {
+            return Err(PolicyError::InvalidLimits("max_input_bytes"));
+        }
+        if limits.max_eval_time.is_zero() {
+            return Err(PolicyError::InvalidLimits("max_eval_time"));
+        }
+        if policy_rego.len() > limits.max_policy_bytes {
+            return Err(PolicyError::PolicyTooLarge {
+                size: policy_rego.len(),
+                limit: limits.max_policy_bytes,
+            });
+        }
+        if let Some(data) = data_json
+            && data.len() > limits.max_data_bytes
+        {
+            return Err(PolicyError::DataTooLarge {
+                size: data.len(),
+                limit: limits.max_data_bytes,
+            });
+        }
+
+        let mut engine = regorus::Engine::new();
+        engine.set_strict_builtin_errors(true);
+        engine.set_policy_length_config(PolicyLengthConfig {
+            max_file_bytes: max_policy_bytes,
+            ..PolicyLengthConfig::default()
+        });
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: limits.max_eval_time,
+            check_interval: NonZeroU32::MIN.saturating_add(TIMER_CHECK_INTERVAL - 1),
+        });
+
+        let package = engine
+            .add_policy(POLICY_SOURCE_NAME.to_owned(), policy_rego.to_owned())
+            .map_err(|e| PolicyError::Parse {
+                message: e.to_string(),
+            })?;
+        if package != format!("data.{POLICY_PACKAGE}") {
+            return Err(PolicyError::WrongPackage { found: package });
+        }
+        let ast = engine
+            .get_ast_as_json()
+            .and_then(|ast| Ok(serde_json::from_str(&ast)?))
+            .map_err(|e| PolicyError::Compile {
+                message: e.to_string(),
+            })?;
+        if let Some(cycle) = crate::recursion::find_function_cycle(&ast) {
+            return Err(PolicyError::Recursion { cycle });
+        }
+        let declared = engine
+            .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "decision")
+            .map_err(|e| PolicyError::Compile {
+                message: e.to_string(),
+            })?;
+        if !declared {
+            return Err(PolicyError::NoDecisionRule);
+        }
+        if let Some(data) = data_json {
+            engine.add_data_json(data).map_err(|e| PolicyError::Data {
+                message: e.to_string(),
+            })?;
+        }
+        // Analyse and schedule the policy once; every decision clones the prepared interpreter.
+        engine
+            .eval_query("true".to_owned(), false)
+            .map_err(|e| PolicyError::Compile {
+                message: e.to_string(),
+            })?;
+
+        Ok(Self {
+            prepared: engine,
+            limits,
+        })
+    }
+
+    /// The limits this engine enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Decides one request. Never fails: any problem with the input, the evaluation or the policy's
+    /// result is a denial whose reason names the cause (INV-5).
+    pub fn decide(&self, input: &PolicyInput) -> Decision {
+        let json = match serde_json::to_string(input) {
+            Ok(json) => json,
+            Err(e) => return Decision::deny(format!("policy error: input not encodable: {e}")),
+        };
+        if json.len() > self.limits.max_input_bytes {
+            return Decision::deny(format!(
+                "policy input is {} bytes, over the limit of {}",
+                json.len(),
+                self.limits.max_input_bytes
+            ));
+        }
+        match Value::from_json_str(&json) {
+            Ok(value) => self.decide_value(value),
+            Err(e) => Decision::deny(format!("policy error: input not decodable: {e}")),
+        }
+    }
+
+    /// Evaluates [`DECISION_RULE`] on an already converted input.
+    fn decide_value(&self, input: Value) -> Decision {
+        let mut engine = self.prepared.clone();
+        engine.set_input(input);
+        match engine.eval_rule(DECISION_RULE.to_owned()) {
+            Ok(result) => interpret(&result),
+            Err(e) => {
+                let limit = e.downcast_ref::<LimitError>().copied().or_else(|| {
+                    e.chain()
+                        .find_map(|cause| cause.downcast_ref::<LimitError>().copied())
+                });
+                let message = one_line(&e.to_string());
+                match limit {
+                    Some(limit) => Decision::deny(format!("policy limit exceeded: {limit}")),
+                    // regorus sometimes re-renders a limit error into a located message.
+                    None if message.contains(TIME_LIMIT_MESSAGE) => {
+                        Decision::deny(format!("policy limit exceeded: {message}"))
+                    }
+                    None => Decision::deny(format!("policy error: {message}")),
+                }
+            }
+        }
+    }
+}
+
+/// Checks the shape `{"allow": bool, "reason": string}` of a decision value.
+fn interpret(result: &Value) -> Decision {
+    let object = match result {
+        Value::Undefined => {
+            return Decision::deny(format!(
+                "policy result undefined: {DECISION_RULE} has no value for this request"
+            ));
+        }
+        Value::Object(object) => object,
+        other => {
+            return Decision::deny(format!(
+                "policy result invalid: {DECISION_RULE} is {}, expected an object",
+                type_name(other)
+            ));
+        }
+    };
+    let mut allow = None;
+    let mut reason = None;
+    for (key, value) in object.iter() {
+        match (key, value) {
+            (Value::String(k), Value::Bool(b)) if k.as_ref() == "allow" => allow = Some(*b),
+            (Value::String(k), Value::String(s)) if k.as_ref() == "reason" => {
+                reason = Some(s.to_string());
+            }
+            (Value::String(k), other) if k.as_ref() == "allow" || k.as_ref() == "reason" => {
+                return Decision::deny(format!(
+                    "policy result invalid: {DECISION_RULE}.{k} is {}",
+                    type_name(other)
+                ));
+            }
+            (Value::String(k), _) => {
+                return Decision::deny(format!(
+                    "policy result invalid: {DECISION_RULE} has unexpected field {k:?}"
+                ));
+            }
+            (other, _) => {
+                return Decision::deny(format!(
+                    "policy result invalid: {DECISION_RULE} has a {} key",
+                    type_name(other)
+                ));
+            }
+        }
+    }
+    match (allow, reason) {
+        (None, _) => Decision::deny(format!(
+            "policy result invalid: {DECISION_RULE} has no field \"allow\""
+        )),
+        (Some(true), reason) => Decision::allow(truncate(reason.unwrap_or_default())),
+        (Some(false), Some(reason)) if !reason.trim().is_empty() => Decision::deny(reason),
+        (Some(false), _) => Decision::deny(format!(
+            "policy result invalid: {DECISION_RULE} denies without a reason"
+        )),
+    }
+}
+
+/// regorus's rendering of [`LimitError::TimeLimitExceeded`].
+const TIME_LIMIT_MESSAGE: &str = "execution exceeded time limit";
+
+/// regorus errors carry multi-line source excerpts; a reason is one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Set(_) => "a set",
+        Value::Object(_) => "an object",
+        Value::Undefined => "undefined",
+    }
+}
+
+fn truncate(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Request, SandboxState};
+
+    const ALLOW_ALL: &str = r#"
+package coffer.policy
+
+decision := {"allow": true, "reason": ""}
+"#;
+
+    fn simple_input() -> PolicyInput {
+        PolicyInput::new(Request::GetGuestDetails, SandboxState::default())
+    }
+
+    fn decide_json(policy: &str, input_json: &str) -> Decision {
+        let engine = Engine::new(policy, None, Limits::default()).unwrap();
+        engine.decide_value(Value::from_json_str(input_json).unwrap())
+    }
+
+    #[test]
+    fn engine_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Engine>();
+    }
+
+    /// INV-5: every malformed result shape is a denial with a reason naming the problem.
+    #[test]
+    fn inv5_result_shape_table() {
+        let cases: &[(&str, &str)] = &[
+            ("true", "is a boolean, expected an object"),
+            ("\"allow\"", "is a string, expected an object"),
+            ("[1]", "is an array, expected an object"),
+            ("{}", "has no field \"allow\""),
+            ("{\"allow\": \"true\"}", "decision.allow is a string"),
+            ("{\"allow\": 1}", "decision.allow is a number"),
+            ("{\"allow\": false}", "denies without a reason"),
+            (
+                "{\"allow\": false, \"reason\": \" \"}",
+                "denies without a reason",
+            ),
+            (
+                "{\"allow\": false, \"reason\": 7}",
+                "decision.reason is a number",
+            ),
+            (
+                "{\"allow\": true, \"reason\": \"\", \"ops\": []}",
+                "unexpected field \"ops\"",
+            ),
+            ("{1: true}", "has a a number key"),
+        ];
+        for (value, expected) in cases {
+            let policy = format!("package coffer.policy\n\ndecision := {value}\n");
+            let decision = decide_json(&policy, "{}");
+            assert!(!decision.allowed, "{value} allowed");
+            assert!(
+                decision.reason.starts_with("policy result invalid: ")
+                    && decision.reason.contains(expected),
+                "{value}: {}",
+                decision.reason
+            );
+        }
+    }
+
+    #[test]
+    fn denial_reason_comes_from_the_policy() {
+        let policy = r#"
+package coffer.policy
+
+decision := {"allow": false, "reason": sprintf("%s is not listed", [input.request.kind])}
+"#;
+        let engine = Engine::new(policy, None, Limits::default()).unwrap();
+        let decision = engine.decide(&simple_input());
+        assert_eq!(
+            decision,
+            Decision {
+                allowed: false,
+                reason: "GetGuestDetails is not listed".into()
+            }
+        );
+        assert_eq!(
+            decision.into_result(),
+            Err("GetGuestDetails is not listed".into())
+        );
+    }
+
+    #[test]
+    fn long_reasons_are_truncated() {
+        let policy = r#"
+package coffer.policy
+
+decision := {"allow": false, "reason": concat("", [x | some _ in numbers.range(1, 2000); x := "é"])}
+"#;
+        let decision = decide_json(policy, "{}");
+        assert!(!decision.allowed);
+        assert!(decision.reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
+        assert!(decision.reason.ends_with('…'));
+    }
+
+    #[test]
+    fn data_document_is_visible() {
+        let policy = r#"
+package coffer.policy
+
+default decision := {"allow": false, "reason": "kind not listed in data.allowed"}
+
+decision := {"allow": true, "reason": ""} if input.request.kind in data.allowed
+"#;
+        let engine = Engine::new(
+            policy,
+            Some(r#"{"allowed": ["GetGuestDetails"]}"#),
+            Limits::default(),
+        )
+        .unwrap();
+        assert!(engine.decide(&simple_input()).allowed);
+        let other = PolicyInput::new(Request::GetOomEvent, SandboxState::default());
+        assert_eq!(
+            engine.decide(&other).reason,
+            "kind not listed in data.allowed"
+        );
+    }
+
+    #[test]
+    fn input_over_the_limit_is_denied() {
+        let limits = Limits {
+            max_input_bytes: 16,
+            ..Limits::default()
+        };
+        let engine = Engine::new(ALLOW_ALL, None, limits).unwrap();
+        let decision = engine.decide(&simple_input());
+        assert!(!decision.allowed);
+        assert!(
+            decision.reason.starts_with("policy input is ")
+                && decision.reason.ends_with("over the limit of 16"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn load_errors_table() {
+        let zero_time = Limits {
+            max_eval_time: Duration::ZERO,
+            ..Limits::default()
+        };
+        let cases: Vec<(&str, Option<&str>, Limits, &str)> = vec![
+            (
+                "package coffer.policy\ndecision := ",
+                None,
+                Limits::default(),
+                "policy does not parse",
+            ),
+            (
+                "package other\ndecision := {\"allow\": true}",
+                None,
+                Limits::default(),
+                "expected data.coffer.policy",
+            ),
+            (
+                "package coffer.policy\nallow := true",
+                None,
+                Limits::default(),
+                "has no rule data.coffer.policy.decision",
+            ),
+            (
+                ALLOW_ALL,
+                Some("{not json"),
+                Limits::default(),
+                "policy data is invalid",
+            ),
+            (
+                ALLOW_ALL,
+                Some("[]"),
+                Limits {
+                    max_data_bytes: 1,
+                    ..Limits::default()
+                },
+                "policy data is 2 bytes, over the limit of 1",
+            ),
+            (ALLOW_ALL, None, zero_time, "max_eval_time must be non-zero"),
+            (
+                "package coffer.policy\ndecision := {\"allow\": true} if { x }",
+                None,
+                Limits::default(),
+                "policy does not",
+            ),
+        ];
+        for (policy, data, limits, expected) in cases {
+            let err = Engine::new(policy, data, limits).unwrap_err().to_string();
+            assert!(err.contains(expected), "{policy:?}: {err}");
+        }
+    }
+
+    /// POL-01: under strict builtin errors a builtin given the wrong type is an evaluation error, so
+    /// `not startswith(<number>, …)` cannot turn into "allow" the way an undefined result would.
+    #[test]
+    fn pol01_type_confusion_under_negation_with_builtin_is_denied() {
+        let policy = r#"
+package coffer.policy
+
+default decision := {"allow": false, "reason": "no rule allows this request"}
+
+decision := {"allow": true, "reason": ""} if {
+    not startswith(input.request.process.args[0], "/bin/evil")
+}
+"#;
+        for arg in ["5", "null", "{\"a\": 1}", "[\"/bin/evil\"]"] {
+            let input = format!(r#"{{"request": {{"process": {{"args": [{arg}]}}}}}}"#);
+            let decision = decide_json(policy, &input);
+            assert!(!decision.allowed, "args[0] = {arg} allowed");
+            assert!(
+                decision.reason.starts_with("policy error: "),
+                "{arg}: {}",
+                decision.reason
+            );
+        }
+        let decision = decide_json(policy, r#"{"request": {"process": {"args": ["/bin/ok"]}}}"#);
+        assert!(decision.allowed, "{}", decision.reason);
+        let decision = decide_json(
+            policy,
+            r#"{"request": {"process": {"args": ["/bin/evil"]}}}"#,
+        );
+        assert_eq!(decision.reason, "no rule allows this request");
+    }
+
+    /// POL-01, documented outcome: `==` is not a builtin and compares values of different types as
+    /// unequal without error, so `not x == "y"` holds for a non-string `x`. Policies must not
+    /// negate comparisons on fields whose type they have not checked; the typed input (every field
+    /// has one JSON type per schema version) is what keeps this from being reachable through the
+    /// agent.
+    #[test]
+    fn pol01_negated_equality_on_wrong_type_is_true() {
+        let policy = r#"
+package coffer.policy
+
+default decision := {"allow": false, "reason": "args[0] is x"}
+
+decision := {"allow": true, "reason": ""} if not input.request.process.args[0] == "x"
+"#;
+        let decision = decide_json(policy, r#"{"request": {"process": {"args": [5]}}}"#);
+        assert!(decision.allowed, "{}", decision.reason);
+        let decision = decide_json(policy, r#"{"request": {"process": {"args": ["x"]}}}"#);
+        assert_eq!(decision.reason, "args[0] is x");
+    }
+}
+
+#[cfg(test)]
+mod sandbox_policy_tests {
+    use super::*;
+
+    /// INV-5: `sandbox.rego` denies kinds and versions the typed input cannot even express (raw
+    /// JSON input, reachable only through a future input adapter).
+    #[test]
+    fn inv5_sandbox_policy_denies_unknown_kind_and_version() {
+        let engine = Engine::new(crate::SANDBOX_POLICY, None, Limits::default()).unwrap();
+        let cases = [
+            (
+                r#"{"version": 1, "request": {"kind": "SetPolicy"}}"#,
+                "SetPolicy is not an RPC this policy knows",
+            ),
+            (
+                r#"{"version": 1, "request": {}}"#,
+                "<missing kind> is not an RPC this policy knows",
+            ),
+            (
+                r#"{"version": 2, "request": {"kind": "GetGuestDetails"}}"#,
+                "unsupported policy input version 2, expected 1",
+            ),
+            (
+                r#"{"request": {"kind": "GetGuestDetails"}}"#,
+                "unsupported policy input version null, expected 1",
+            ),
+        ];
+        for (input, reason) in cases {
+            let decision = engine.decide_value(Value::from_json_str(input).unwrap());
+            assert!(!decision.allowed, "{input} allowed");
+            assert_eq!(decision.reason, reason, "{input}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Builders shared by the integration tests: one well-formed request per RPC.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use coffer_policies::{
+    Capabilities, ContainerState, CreateContainer, Mount, Namespace, NamespaceType, PolicyInput,
+    Process, Request, Rootfs, RootfsSource, SandboxState, User,
+};
+
+pub fn process(args: &[&str]) -> Process {
+    Process {
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        cwd: "/".into(),
+        user: User {
+            uid: 1000,
+            gid: 1000,
+        },
+        terminal: false,
+        capabilities: Capabilities {
+            bounding: vec!["CAP_CHOWN".into()],
+            effective: vec!["CAP_CHOWN".into()],
+            permitted: vec!["CAP_CHOWN".into()],
+            inheritable: vec![],
+            ambient: vec![],
+        },
+        no_new_privileges: true,
+    }
+}
+
+pub fn mount(destination: &str, source: &str, kind: &str, options: &[&str]) -> Mount {
+    Mount {
+        destination: destination.into(),
+        source: source.into(),
+        kind: kind.into(),
+        options: options.iter().map(|o| (*o).to_owned()).collect(),
+    }
+}
+
+/// The mounts of `runc spec`'s default configuration: standard kernel filesystems, no binds.
+pub fn default_mounts() -> Vec<Mount> {
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "shm",
+            "tmpfs",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup2",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ]
+}
+
+pub fn new_namespaces() -> Vec<Namespace> {
+    [
+        NamespaceType::Pid,
+        NamespaceType::Network,
+        NamespaceType::Ipc,
+        NamespaceType::Uts,
+        NamespaceType::Mount,
+        NamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|kind| Namespace { kind, path: None })
+    .collect()
+}
+
+/// A CreateContainer the sandbox policy allows.
+pub fn create_container() -> CreateContainer {
+    CreateContainer {
+        container_id: "c1".into(),
+        rootfs: Rootfs {
+            source: RootfsSource::Uploaded,
+            image: None,
+        },
+        process: process(&["/bin/sh", "-c", "echo hi"]),
+        namespaces: new_namespaces(),
+        mounts: default_mounts(),
+        devices: vec![],
+        hooks_present: false,
+        sysctls: BTreeMap::from([("net.ipv4.ip_forward".to_owned(), "0".to_owned())]),
+        masked_paths: vec!["/proc/kcore".into()],
+        readonly_paths: vec!["/proc/sys".into()],
+    }
+}
+
+/// One well-formed request of every RPC, in [`Request::NAMES`] order.
+pub fn one_of_each() -> Vec<Request> {
+    let c = || "c1".to_owned();
+    vec![
+        Request::CreateSandbox {
+            sandbox_id: "sb".into(),
+            hostname: Some("pod".into()),
+        },
+        Request::DestroySandbox,
+        Request::UploadRootfs { container_id: c() },
+        Request::CreateContainer(Box::new(create_container())),
+        Request::StartContainer { container_id: c() },
+        Request::RemoveContainer {
+            container_id: c(),
+            force: true,
+        },
+        Request::StatsContainer { container_id: c() },
+        Request::ExecProcess {
+            container_id: c(),
+            exec_id: "e1".into(),
+            process: Box::new(process(&["/bin/ls", "-l"])),
+        },
+        Request::WaitProcess {
+            container_id: c(),
+            exec_id: None,
+        },
+        Request::SignalProcess {
+            container_id: c(),
+            exec_id: None,
+            signal: "SIGTERM".into(),
+            all: true,
+        },
+        Request::WriteStdin {
+            container_id: c(),
+            exec_id: Some("e1".into()),
+        },
+        Request::CloseStdin {
+            container_id: c(),
+            exec_id: Some("e1".into()),
+        },
+        Request::ReadStdout {
+            container_id: c(),
+            exec_id: None,
+        },
+        Request::ReadStderr {
+            container_id: c(),
+            exec_id: Some("e1".into()),
+        },
+        Request::TtyWinResize {
+            container_id: c(),
+            exec_id: Some("e1".into()),
+        },
+        Request::GetGuestDetails,
+        Request::GetOomEvent,
+    ]
+}
+
+pub fn state() -> SandboxState {
+    SandboxState {
+        containers: vec![ContainerState {
+            id: "c1".into(),
+            image_digest: Some(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+            ),
+            started: true,
+        }],
+    }
+}
+
+pub fn input(request: Request) -> PolicyInput {
+    PolicyInput::new(request, state())
+}

@@ -1,0 +1,196 @@
+//! `sandbox.rego`, table-driven: every RPC is allowed in its ordinary form; CreateContainer with
+//! hooks, bind mounts of guest paths or joined namespaces is denied with a precise reason (AGT-CC).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test-only file: panics are failures
+
+mod common;
+
+use coffer_policies::{
+    CreateContainer, Engine, Limits, Namespace, NamespaceType, Request, SANDBOX_POLICY,
+};
+use common::{create_container, input, mount, one_of_each};
+
+fn engine() -> Engine {
+    Engine::new(SANDBOX_POLICY, None, Limits::default()).unwrap()
+}
+
+fn create(edit: impl FnOnce(&mut CreateContainer)) -> Request {
+    let mut c = create_container();
+    edit(&mut c);
+    Request::CreateContainer(Box::new(c))
+}
+
+#[test]
+fn one_of_each_covers_every_rpc() {
+    let names: Vec<_> = one_of_each().iter().map(Request::name).collect();
+    assert_eq!(names, Request::NAMES);
+}
+
+#[test]
+fn allows_every_rpc_in_ordinary_form() {
+    let engine = engine();
+    for request in one_of_each() {
+        let name = request.name();
+        let decision = engine.decide(&input(request));
+        assert!(decision.allowed, "{name} denied: {}", decision.reason);
+        assert_eq!(decision.reason, "", "{name}");
+    }
+}
+
+#[test]
+fn allow_table() {
+    let cases: Vec<(&str, Request)> = vec![
+        (
+            "no mounts, no namespaces",
+            create(|c| {
+                c.mounts.clear();
+                c.namespaces.clear();
+            }),
+        ),
+        (
+            "empty namespace path means a new namespace",
+            create(|c| {
+                c.namespaces.push(Namespace {
+                    kind: NamespaceType::User,
+                    path: Some(String::new()),
+                });
+            }),
+        ),
+        (
+            "non-bind filesystem with a host-looking source",
+            create(|c| {
+                c.mounts.push(mount("/data", "/dev/vdb", "ext4", &["rw"]));
+            }),
+        ),
+        (
+            "option merely containing the word bind",
+            create(|c| {
+                c.mounts.push(mount(
+                    "/run",
+                    "tmpfs",
+                    "tmpfs",
+                    &["nobinding", "rbind-like"],
+                ));
+            }),
+        ),
+        (
+            "image rootfs",
+            create(|c| {
+                c.rootfs.source = coffer_policies::RootfsSource::Image;
+                c.rootfs.image = Some("registry.example/app@sha256:00".into());
+            }),
+        ),
+        (
+            "exec as root with a terminal",
+            Request::ExecProcess {
+                container_id: "c1".into(),
+                exec_id: "e2".into(),
+                process: Box::new({
+                    let mut p = common::process(&["sh"]);
+                    p.user.uid = 0;
+                    p.terminal = true;
+                    p
+                }),
+            },
+        ),
+    ];
+    let engine = engine();
+    for (name, request) in cases {
+        let decision = engine.decide(&input(request));
+        assert!(decision.allowed, "{name}: {}", decision.reason);
+    }
+}
+
+/// AGT-CC: hooks, host binds (incl. rbind and binds disguised as kernel filesystems) and joined
+/// namespaces, each with the exact reason.
+#[test]
+fn agt_cc_deny_table() {
+    let cases: Vec<(&str, Request, &str)> = vec![
+        (
+            "hooks",
+            create(|c| c.hooks_present = true),
+            "CreateContainer: OCI hooks are present (they would run as guest root)",
+        ),
+        (
+            "bind type",
+            create(|c| c.mounts.push(mount("/mnt", "/host", "bind", &[]))),
+            "CreateContainer: mount /host → /mnt is a bind mount of a host path",
+        ),
+        (
+            "rbind option",
+            create(|c| c.mounts.push(mount("/mnt", "/", "none", &["rbind", "rw"]))),
+            "CreateContainer: mount / → /mnt is a bind mount of a host path",
+        ),
+        (
+            "bind option",
+            create(|c| {
+                c.mounts
+                    .push(mount("/etc/hosts", "/etc/hosts", "", &["bind", "ro"]))
+            }),
+            "CreateContainer: mount /etc/hosts → /etc/hosts is a bind mount of a host path",
+        ),
+        (
+            "rbind disguised as proc (MS_BIND ignores the type)",
+            create(|c| c.mounts.push(mount("/proc", "/", "proc", &["rbind"]))),
+            "CreateContainer: mount / → /proc is a bind mount of a host path",
+        ),
+        (
+            "bind of a TEE device disguised as tmpfs",
+            create(|c| {
+                c.mounts
+                    .push(mount("/dev/x", "/dev/sev-guest", "tmpfs", &["bind"]))
+            }),
+            "CreateContainer: mount /dev/sev-guest → /dev/x is a bind mount of a host path",
+        ),
+        (
+            "bind of the agent socket directory",
+            create(|c| {
+                c.mounts
+                    .push(mount("/a", "/run/coffer", "bind", &["rbind", "rshared"]))
+            }),
+            "CreateContainer: mount /run/coffer → /a is a bind mount of a host path",
+        ),
+        (
+            "host network namespace",
+            create(|c| c.namespaces[1].path = Some("/proc/1/ns/net".into())),
+            "CreateContainer: network namespace joins the existing namespace /proc/1/ns/net (host namespace)",
+        ),
+        (
+            "host pid namespace",
+            create(|c| c.namespaces[0].path = Some("/proc/1/ns/pid".into())),
+            "CreateContainer: pid namespace joins the existing namespace /proc/1/ns/pid (host namespace)",
+        ),
+        (
+            "several denials are all reported, sorted",
+            create(|c| {
+                c.hooks_present = true;
+                c.namespaces[2].path = Some("/proc/1/ns/ipc".into());
+                c.mounts.push(mount("/b", "/srv", "bind", &[]));
+            }),
+            "CreateContainer: OCI hooks are present (they would run as guest root); \
+             CreateContainer: ipc namespace joins the existing namespace /proc/1/ns/ipc (host namespace); \
+             CreateContainer: mount /srv → /b is a bind mount of a host path",
+        ),
+    ];
+    let engine = engine();
+    for (name, request, reason) in cases {
+        let decision = engine.decide(&input(request));
+        assert!(!decision.allowed, "{name} allowed");
+        assert_eq!(decision.reason, reason, "{name}");
+    }
+}
+
+#[test]
+fn decisions_are_consistent_across_threads() {
+    let engine = engine();
+    let bad = create(|c| c.hooks_present = true);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    assert!(engine.decide(&input(Request::GetGuestDetails)).allowed);
+                    assert!(!engine.decide(&input(bad.clone())).allowed);
+                }
+            });
+        }
+    });
+}
