@@ -110,12 +110,17 @@ fn stdio_fds() -> Result<(OwnedFd, OwnedFd, OwnedFd), String> {
     ))
 }
 
-/// Terminal processes get the console socket (libcontainer sends the pty master there); others get
-/// the helper's own stdio, which the agent set to the process's pipes.
-fn with_stdio(
-    builder: ContainerBuilder,
+/// A builder for container `id` whose new process gets its stdio from here: terminal processes
+/// get the console socket (libcontainer sends the pty master there); others get the helper's own
+/// stdio, which the agent set to the process's pipes.
+fn builder(
+    root: &Path,
+    id: String,
     console_socket: Option<PathBuf>,
 ) -> Result<ContainerBuilder, String> {
+    let builder = ContainerBuilder::new(id, SyscallType::default())
+        .with_root_path(root)
+        .map_err(|e| e.to_string())?;
     Ok(match console_socket {
         Some(socket) => builder.with_console_socket(Some(socket)),
         None => {
@@ -134,13 +139,7 @@ fn run_op(root: &Path, op: HelperOp) -> Result<HelperResult, String> {
             bundle,
             console_socket,
         } => {
-            let builder = with_stdio(
-                ContainerBuilder::new(id, SyscallType::default())
-                    .with_root_path(root)
-                    .map_err(err)?,
-                console_socket,
-            )?;
-            let container = builder
+            let container = builder(root, id, console_socket)?
                 .validate_id()
                 .map_err(err)?
                 .as_init(bundle)
@@ -162,13 +161,7 @@ fn run_op(root: &Path, op: HelperOp) -> Result<HelperResult, String> {
             process,
             console_socket,
         } => {
-            let builder = with_stdio(
-                ContainerBuilder::new(id, SyscallType::default())
-                    .with_root_path(root)
-                    .map_err(err)?,
-                console_socket,
-            )?;
-            let pid = builder
+            let pid = builder(root, id, console_socket)?
                 .as_tenant()
                 .with_process(Some(process))
                 .with_detach(true)
