@@ -223,6 +223,13 @@ fn load_modules() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Seconds since boot (CLOCK_BOOTTIME), for boot-time markers.
+pub fn uptime() -> String {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| format!("{}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000))
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// Syncs and powers the VM off. Never returns.
 pub fn power_off() -> ! {
     nix::unistd::sync();

@@ -61,11 +61,12 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(oci::helper_main(args)).unwrap_or(1));
     }
     if is_init {
-        eprintln!("{}", init::INIT_MARKER);
+        eprintln!("{} (uptime {})", init::INIT_MARKER, init::uptime());
         if let Err(err) = init::boot() {
             eprintln!("coffer-agent: guest init failed: {err}");
             init::power_off();
         }
+        eprintln!("coffer-agent: guest up (uptime {})", init::uptime());
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -136,7 +137,7 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
                 let listener = tokio_vsock::VsockListener::bind(addr)
                     .with_context(|| format!("binding vsock port {port}"))?;
                 tracing::info!(port, "listening on vsock");
-                eprintln!("{}", init::READY_MARKER);
+                eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
                 coffer_agent::serve(agent, listener.incoming(), shutdown).await?;
             }
             Listen::Unix(path) => {
@@ -144,7 +145,7 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
                 let listener = tokio::net::UnixListener::bind(&path)
                     .with_context(|| format!("binding {}", path.display()))?;
                 tracing::info!(path = %path.display(), "listening on unix socket");
-                eprintln!("{}", init::READY_MARKER);
+                eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
                 coffer_agent::serve(agent, incoming, shutdown).await?;
             }
