@@ -4,7 +4,7 @@
 # replaces this once attestation, image-rs and policy land; see issue #8.)
 set -euo pipefail
 cd "$(dirname "$0")"
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 bash tests/setup.sh
 cargo build --workspace --locked

@@ -4,7 +4,7 @@
 # suites against real VMs. Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 bash tests/setup.sh
 

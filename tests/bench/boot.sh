@@ -4,7 +4,7 @@
 # Usage: tests/bench/boot.sh [RUNS]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 bash tests/setup.sh >/dev/null
 cargo build --release --locked -p coffer-agent
 cargo bench --locked -p coffer-tests --bench boot -- "${1:-5}"
