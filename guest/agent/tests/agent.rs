@@ -474,6 +474,194 @@ async fn policy_denials_are_enforced() {
     drop(agent);
 }
 
+const DENY_ALL: &str = r#"
+package coffer.policy
+import rego.v1
+decision := {"allow": false, "reason": sprintf("%s is not allowed", [input.request.kind])}
+"#;
+
+/// INV-5 / AGT-00: every RPC of the protocol passes the gate. The list of RPCs is read from the
+/// .proto itself, so an RPC added to the protocol without a gate check here fails this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_passes_the_gate() {
+    let proto = include_str!("../../agent-protocol/proto/coffer/agent/v1/agent.proto");
+    let declared: std::collections::BTreeSet<String> = proto
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .map(|l| l.split('(').next().unwrap().trim().to_owned())
+        .collect();
+
+    let (agent, mut c) = start_agent_with_policy(Some(DENY_ALL)).await;
+    let mut checked = std::collections::BTreeSet::new();
+    let mut expect_denied = |rpc: &str, result: Result<(), tonic::Status>| {
+        let err = result.expect_err(rpc);
+        assert_eq!(err.code(), Code::PermissionDenied, "{rpc}: {err:?}");
+        assert!(
+            err.message()
+                .starts_with(&format!("{rpc} denied by policy")),
+            "{rpc}: {}",
+            err.message()
+        );
+        checked.insert(rpc.to_owned());
+    };
+    let (cid, eid) = (String::from("c"), String::from("e"));
+    expect_denied(
+        "CreateSandbox",
+        c.create_sandbox(pb::CreateSandboxRequest {
+            sandbox_id: "s".into(),
+            hostname: String::new(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "DestroySandbox",
+        c.destroy_sandbox(pb::DestroySandboxRequest { power_off: false })
+            .await
+            .map(drop),
+    );
+    expect_denied(
+        "UploadRootfs",
+        c.upload_rootfs(futures::stream::iter(vec![pb::RootfsChunk {
+            container_id: cid.clone(),
+            data: Vec::new(),
+            last: true,
+        }]))
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "CreateContainer",
+        c.create_container(pb::CreateContainerRequest {
+            container_id: cid.clone(),
+            oci_spec_json: spec(&["true"]),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "StartContainer",
+        c.start_container(pb::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "RemoveContainer",
+        c.remove_container(pb::RemoveContainerRequest {
+            container_id: cid.clone(),
+            force: true,
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "StatsContainer",
+        c.stats_container(pb::StatsContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "ExecProcess",
+        c.exec_process(pb::ExecProcessRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+            oci_process_json: process_json(&["true"]),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "WaitProcess",
+        c.wait_process(pb::WaitProcessRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "SignalProcess",
+        c.signal_process(pb::SignalProcessRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+            signal: 15,
+            all: false,
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "WriteStdin",
+        c.write_stdin(pb::WriteStdinRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+            data: b"x".to_vec(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "CloseStdin",
+        c.close_stdin(pb::CloseStdinRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "ReadStdout",
+        c.read_stdout(pb::ReadOutputRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "ReadStderr",
+        c.read_stderr(pb::ReadOutputRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "TtyWinResize",
+        c.tty_win_resize(pb::TtyWinResizeRequest {
+            container_id: cid.clone(),
+            exec_id: eid.clone(),
+            rows: 24,
+            columns: 80,
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
+        "GetGuestDetails",
+        c.get_guest_details(pb::GetGuestDetailsRequest {})
+            .await
+            .map(drop),
+    );
+    expect_denied(
+        "GetOOMEvent",
+        c.get_oom_event(pb::GetOomEventRequest {}).await.map(drop),
+    );
+    assert_eq!(
+        checked, declared,
+        "every RPC declared in agent.proto must be checked here"
+    );
+    drop(agent);
+}
+
 /// INI-01 (agent side): a policy that does not load means the agent never serves — no fallback.
 #[test]
 fn a_broken_policy_means_no_service() {
