@@ -162,7 +162,9 @@ fn main() -> ExitCode {
             let d = sandbox.guest_details();
             ensure!(d.kernel_release == image.kernel_release, "kernel {:?}", d.kernel_release);
             ensure!(d.cgroup_version == "v2", "cgroup {:?}", d.cgroup_version);
-            ensure!(d.sandbox_id.is_empty() || d.sandbox_id == "vm-suite");
+            // Reported before CreateSandbox at connect time; asked again now, the sandbox exists.
+            let now = env.agent.clone().get_guest_details(pb::GetGuestDetailsRequest {}).await?.into_inner();
+            ensure!(now.sandbox_id == "vm-suite", "sandbox id {:?}", now.sandbox_id);
             Ok(())
         }.await);
 

@@ -531,16 +531,6 @@ pub struct QemuVm {
 }
 
 impl QemuVm {
-    /// QEMU's pid (while it runs).
-    pub fn pid(&self) -> Option<u32> {
-        self.qemu.id()
-    }
-
-    /// The VM's files.
-    pub fn paths(&self) -> &VmPaths {
-        &self.paths
-    }
-
     async fn stop_vhost(&mut self) {
         let _ = self.vhost.start_kill();
         let _ = self.vhost.wait().await;
