@@ -9,6 +9,13 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt+=(busybox-static)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+# image-rs tests: a real registry, real image tools (skopeo, umoci), htpasswd, openssl and gpg.
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v umoci >/dev/null || need_apt+=(umoci)
+command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v gpg >/dev/null || need_apt+=(gnupg)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}"
