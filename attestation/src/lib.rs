@@ -1,8 +1,15 @@
 //! Coffer attestation: verification of confidential-computing evidence.
 //!
-//! Today this crate verifies **AMD SEV-SNP** evidence ([`snp`]): report parsing, the AMD
-//! certificate chain to embedded roots, the report signature, TCB/chip binding and the
-//! relying party's policy. The KBS client, the broker and TDX come later (issue #3).
+//! [`snp`] verifies **AMD SEV-SNP** reports (AMD chain to embedded roots, signature, TCB/chip
+//! binding, policy); [`tdx`] verifies **Intel TDX** quotes (DCAP chain and collateral, TD
+//! attributes, reference values, CCEL replay).
+//!
+//! [`attester`] produces evidence (configfs-tsm SNP/TDX, opt-in sample); [`kbs`] is the KBS protocol
+//! v0.4.0: wire types, report_data binding, the RCAR client and the `coffer-kbs` broker (feature
+//! `server`, on by default; the guest builds without it).
 #![forbid(unsafe_code)]
 
+pub mod attester;
+pub mod kbs;
 pub mod snp;
+pub mod tdx;

@@ -1,0 +1,299 @@
+//! `coffer-kbs` configuration (TOML). Unknown keys are refused; every default is documented here
+//! and in the reference file `attestation/coffer-kbs.toml`. Loaded once, validated, passed down.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Configuration failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown keys.
+    #[error("invalid config {path}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A semantic check failed.
+    #[error("invalid config: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener and transport.
+    pub http: HttpConfig,
+    /// Attestation tokens.
+    pub token: TokenConfig,
+    /// Admin API authentication.
+    pub admin: AdminConfig,
+    /// Session store.
+    pub sessions: SessionConfig,
+    /// Resource storage.
+    pub resources: ResourceConfig,
+    /// Resource policy.
+    pub policy: PolicyConfig,
+    /// Evidence verification.
+    pub attestation: AttestationConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS. Default false (explicit opt-in, logged loudly).
+    pub insecure_http: bool,
+    /// PEM certificate chain for HTTPS (required unless `insecure_http`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (required unless `insecure_http`).
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body in bytes (evidence, uploads). Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            insecure_http: false,
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[token]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// `iss` of issued tokens, checked on bearer tokens. Default `coffer-kbs`.
+    pub issuer: String,
+    /// Token lifetime in seconds. Default 300.
+    pub lifetime_secs: u64,
+    /// P-256 PKCS#8 PEM signing key. Default: a fresh key per start (tokens die with the process).
+    pub signing_key: Option<PathBuf>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "coffer-kbs".into(),
+            lifetime_secs: 300,
+            signing_key: None,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// P-256 SPKI PEM public key that verifies admin ES256 JWTs. Default none (admin disabled).
+    pub public_key: Option<PathBuf>,
+    /// Accept admin requests without a token. Default false (development only, logged loudly).
+    pub insecure_allow_anonymous: bool,
+}
+
+/// `[sessions]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Most sessions held at once. Default 10000.
+    pub max: usize,
+    /// Session (and challenge) lifetime in seconds. Default 300; at most 300.
+    pub ttl_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max: 10_000,
+            ttl_secs: 300,
+        }
+    }
+}
+
+/// `[resources]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceConfig {
+    /// Resource directory. Default `/var/lib/coffer-kbs/resources`.
+    pub dir: PathBuf,
+}
+
+impl Default for ResourceConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/coffer-kbs/resources"),
+        }
+    }
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Rego file with `package policy`. Default: the shipped policy (affirming, non-sample).
+    pub file: Option<PathBuf>,
+}
+
+/// `[attestation]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationConfig {
+    /// Accept development-only sample evidence. Default false.
+    pub allow_sample: bool,
+    /// `[attestation.snp]`
+    pub snp: SnpConfig,
+    /// `[attestation.tdx]`
+    pub tdx: TdxConfig,
+}
+
+/// `[attestation.snp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnpConfig {
+    /// Offline VCEK store (`<chip_id hex>.der`). Default none (certificate table only).
+    pub vcek_dir: Option<PathBuf>,
+    /// Minimum report version. Default 2.
+    pub min_report_version: u32,
+    /// Accept the DEBUG policy bit. Default false.
+    pub allow_debug: bool,
+    /// Accept MIGRATE_MA. Default false.
+    pub allow_migrate_ma: bool,
+    /// Accept VLEK-signed reports. Default false.
+    pub allow_vlek: bool,
+    /// Accepted launch measurements (hex, 48 bytes). Default none: evidence is `warning`.
+    pub measurements: Vec<String>,
+}
+
+impl Default for SnpConfig {
+    fn default() -> Self {
+        Self {
+            vcek_dir: None,
+            min_report_version: crate::snp::REPORT_VERSION_MIN,
+            allow_debug: false,
+            allow_migrate_ma: false,
+            allow_vlek: false,
+            measurements: Vec::new(),
+        }
+    }
+}
+
+/// `[attestation.tdx]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TdxConfig {
+    /// Collateral JSON file or directory of `<FMSPC>.json`. Default none: TDX refused.
+    pub collateral: Option<PathBuf>,
+    /// Accept MIGRATABLE TDs. Default false.
+    pub allow_migratable: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: &str| {
+            Err(ConfigError::Invalid {
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.http.insecure_http && (self.http.tls_cert.is_none() || self.http.tls_key.is_none())
+        {
+            return invalid(
+                "https needs http.tls_cert and http.tls_key (or set http.insecure_http)",
+            );
+        }
+        if self.http.max_body_bytes == 0 || self.http.max_body_bytes > 64 * 1024 * 1024 {
+            return invalid("http.max_body_bytes must be in 1..=64 MiB");
+        }
+        if self.sessions.max == 0 || self.sessions.ttl_secs == 0 || self.sessions.ttl_secs > 300 {
+            return invalid("sessions.max must be > 0 and sessions.ttl_secs in 1..=300");
+        }
+        if self.token.lifetime_secs == 0 || self.token.issuer.is_empty() {
+            return invalid("token.lifetime_secs must be > 0 and token.issuer non-empty");
+        }
+        self.snp_measurements()?;
+        Ok(())
+    }
+
+    /// The configured SNP measurements, decoded.
+    pub fn snp_measurements(&self) -> Result<Vec<[u8; 48]>, ConfigError> {
+        parse_measurements(&self.attestation.snp.measurements).map_err(|reason| {
+            ConfigError::Invalid {
+                reason: format!("attestation.snp.measurements: {reason}"),
+            }
+        })
+    }
+}
+
+/// Decodes 48-byte hex measurements.
+pub fn parse_measurements(hexes: &[String]) -> Result<Vec<[u8; 48]>, String> {
+    hexes
+        .iter()
+        .map(|h| {
+            hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 48]>::try_from(b).ok())
+                .ok_or_else(|| format!("{h:?} is not 48 bytes of hex"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_config_parses_and_unknown_keys_fail() {
+        let text = include_str!("../../../coffer-kbs.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert!(!c.attestation.allow_sample);
+        assert!(toml::from_str::<Config>("[http]\nlisten_typo = 1\n").is_err());
+        assert!(toml::from_str::<Config>("bogus = true\n").is_err());
+    }
+
+    #[test]
+    fn https_required_unless_explicit() {
+        let c: Config = toml::from_str("").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[http]\ninsecure_http = true\n").unwrap();
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! Broker errors and their one mapping to HTTP: like Trustee, every refusal is HTTP 401 with a
+//! problem JSON `{type, detail}`; the detail names the category, never internals (those are
+//! logged).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::super::types::{ERROR_TYPE_PREFIX, ErrorInformation};
+use super::verify::VerifyError;
+use crate::kbs::jwe::JweError;
+use crate::kbs::jwt::JwtError;
+use crate::kbs::path::PathError;
+
+/// Everything the broker can refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum KbsError {
+    /// The request body is not the expected JSON.
+    #[error("malformed {what} request")]
+    BadRequest {
+        /// Which request.
+        what: &'static str,
+        /// Decoder error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The client speaks another protocol version.
+    #[error("protocol version {found} is not supported (expected 0.4.0)")]
+    Version {
+        /// Version sent.
+        found: String,
+    },
+    /// The TEE is not accepted by this broker.
+    #[error("tee {tee} is not enabled on this broker")]
+    TeeDisabled {
+        /// The TEE.
+        tee: &'static str,
+    },
+    /// The session store is full.
+    #[error("too many sessions")]
+    TooManySessions,
+    /// No, unknown, expired or already-used session cookie on `/attest` (KBS-01).
+    #[error("no valid challenge for this session")]
+    NoChallenge,
+    /// `runtime-data.nonce` is not this session's nonce (KBS-01).
+    #[error("nonce does not match the challenge")]
+    NonceMismatch,
+    /// The TEE public key is unusable.
+    #[error("invalid tee public key")]
+    TeeKey(#[source] JweError),
+    /// Init-data is malformed or too large.
+    #[error("invalid init-data: {reason}")]
+    InitData {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Evidence verification failed.
+    #[error("evidence verification failed")]
+    Verify(#[source] VerifyError),
+    /// No token or cookie on a resource request.
+    #[error("attestation token not found")]
+    TokenNotFound,
+    /// The bearer token does not verify.
+    #[error("attestation token rejected")]
+    Token(#[source] JwtError),
+    /// The resource policy denied the request (or failed: deny).
+    #[error("access denied by policy")]
+    PolicyDeny,
+    /// The resource path is invalid.
+    #[error("invalid resource path")]
+    Path(#[source] PathError),
+    /// No such resource.
+    #[error("resource not found")]
+    ResourceNotFound,
+    /// Admin authentication failed.
+    #[error("admin authentication failed")]
+    AdminAuth {
+        /// Why.
+        reason: String,
+    },
+    /// A policy or reference value upload was refused.
+    #[error("invalid admin request: {reason}")]
+    AdminRequest {
+        /// Why.
+        reason: String,
+    },
+    /// Storage or encryption failed on the broker side.
+    #[error("internal error")]
+    Internal {
+        /// What failed (logged, not sent).
+        reason: String,
+    },
+}
+
+impl KbsError {
+    /// The problem-type suffix (Trustee's names where Trustee has one).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. }
+            | Self::Version { .. }
+            | Self::TeeDisabled { .. }
+            | Self::TooManySessions
+            | Self::NoChallenge
+            | Self::NonceMismatch
+            | Self::TeeKey(_)
+            | Self::InitData { .. }
+            | Self::Verify(_) => "AttestationError",
+            Self::TokenNotFound => "TokenNotFound",
+            Self::Token(_) => "JwtVerificationFailed",
+            Self::PolicyDeny => "PolicyDeny",
+            Self::Path(_) => "InvalidRequest",
+            Self::ResourceNotFound => "ResourceNotFound",
+            Self::AdminAuth { .. } => "AdminAuth",
+            Self::AdminRequest { .. } => "InvalidRequest",
+            Self::Internal { .. } => "InternalError",
+        }
+    }
+
+    /// The problem JSON sent to the client.
+    pub fn info(&self) -> ErrorInformation {
+        ErrorInformation {
+            error_type: format!("{ERROR_TYPE_PREFIX}{}", self.kind()),
+            detail: self.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for KbsError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal { reason } => tracing::error!(%reason, "kbs internal error"),
+            other => {
+                let chain = error_chain(other);
+                tracing::info!(kind = other.kind(), error = %chain, "kbs request refused");
+            }
+        }
+        let status = match self {
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        json_response(status, &self.info())
+    }
+}
+
+/// A JSON reply (`content-type: application/json`).
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `error: cause: cause` for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

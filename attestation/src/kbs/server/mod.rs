@@ -1,0 +1,720 @@
+//! `coffer-kbs`: a Trustee-compatible key broker (KBS protocol 0.4.0).
+//!
+//! Endpoints: `POST /kbs/v0/auth`, `POST /kbs/v0/attest`, `GET /kbs/v0/resource/<repo>/<type>/<tag>`;
+//! admin (ES256 JWT against the configured key, or anonymous only when explicitly enabled):
+//! `POST /kbs/v0/resource/<repo>/<type>/<tag>` (raw bytes), `POST /kbs/v0/resource-policy`
+//! (`{"policy": base64url(rego)}`, as Trustee's client sends), `POST /kbs/v0/reference-values`
+//! (`{"snp_measurements": [hex]}`); `GET /health`, `GET /metrics` (Prometheus).
+//!
+//! Request path: decode (bounded body) → validate into typed values → authenticate (session /
+//! token / admin key) → authorize (verifier, resource policy) → act. Every refusal is one
+//! [`KbsError`] → HTTP 401 problem JSON; internals are logged, not sent.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod session;
+pub mod store;
+pub mod verify;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use p256::ecdsa::VerifyingKey;
+use serde_json::{Map, Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+use self::config::{Config, parse_measurements};
+use self::error::{KbsError, json_response};
+use self::metrics::Metrics;
+use self::policy::ResourcePolicy;
+use self::session::{Attested, SessionStore};
+use self::store::ResourceStore;
+use self::verify::{EvidenceVerifier, SnpSettings, TdxSettings, digest_init_data};
+use super::binding;
+use super::jwe;
+use super::jwt::{self, TokenSigner};
+use super::path::ResourcePath;
+use super::types::{
+    Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Request, SESSION_COOKIE, TeePubKey,
+};
+
+const RESOURCE_PREFIX: &str = "/kbs/v0/resource/";
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Failures building the broker or its TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A key or certificate file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// File.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key is not usable.
+    #[error("key {what} is invalid")]
+    Key {
+        /// Which key.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: jwt::JwtError,
+    },
+    /// The resource policy does not compile.
+    #[error("resource policy is invalid")]
+    Policy(#[source] policy::PolicyError),
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// TLS certificate or key rejected.
+    #[error("tls configuration: {reason}")]
+    Tls {
+        /// Cause.
+        reason: String,
+    },
+}
+
+struct Inner {
+    sessions: SessionStore,
+    verifier: EvidenceVerifier,
+    signer: TokenSigner,
+    verifying_key: VerifyingKey,
+    issuer: String,
+    token_lifetime: u64,
+    policy: RwLock<ResourcePolicy>,
+    store: ResourceStore,
+    admin_key: Option<VerifyingKey>,
+    admin_anonymous: bool,
+    metrics: Metrics,
+    max_body: usize,
+}
+
+/// The broker state; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("issuer", &self.inner.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(path: &std::path::Path) -> Result<String, BrokerError> {
+    std::fs::read_to_string(path).map_err(|source| BrokerError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Broker {
+    /// Builds the broker from a validated configuration.
+    pub fn from_config(config: &Config) -> Result<Self, BrokerError> {
+        config.validate()?;
+        let signer = match &config.token.signing_key {
+            Some(path) => TokenSigner::from_pkcs8_pem(&read_file(path)?).map_err(|source| {
+                BrokerError::Key {
+                    what: "token.signing_key",
+                    source,
+                }
+            })?,
+            None => TokenSigner::generate(),
+        };
+        let admin_key = match &config.admin.public_key {
+            Some(path) => Some(jwt::verifying_key_from_pem(&read_file(path)?).map_err(
+                |source| BrokerError::Key {
+                    what: "admin.public_key",
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        if config.admin.insecure_allow_anonymous {
+            tracing::warn!("admin API accepts ANONYMOUS requests (insecure_allow_anonymous)");
+        }
+        let policy = match &config.policy.file {
+            Some(path) => ResourcePolicy::new(&read_file(path)?),
+            None => ResourcePolicy::default_policy(),
+        }
+        .map_err(BrokerError::Policy)?;
+        let snp = &config.attestation.snp;
+        let snp_settings = SnpSettings {
+            policy: crate::snp::SnpPolicy {
+                min_report_version: snp.min_report_version,
+                allow_debug: snp.allow_debug,
+                allow_migrate_ma: snp.allow_migrate_ma,
+                allow_vlek: snp.allow_vlek,
+                allowed_measurements: config.snp_measurements()?,
+                ..crate::snp::SnpPolicy::default()
+            },
+            vcek_dir: snp.vcek_dir.clone(),
+        };
+        let tdx_settings = TdxSettings {
+            policy: crate::tdx::TdxPolicy {
+                allow_migratable: config.attestation.tdx.allow_migratable,
+                ..crate::tdx::TdxPolicy::default()
+            },
+            collateral: config.attestation.tdx.collateral.clone(),
+        };
+        let verifying_key = signer.verifying_key();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sessions: SessionStore::new(
+                    config.sessions.max,
+                    Duration::from_secs(config.sessions.ttl_secs),
+                ),
+                verifier: EvidenceVerifier::new(
+                    config.attestation.allow_sample,
+                    snp_settings,
+                    tdx_settings,
+                ),
+                signer,
+                verifying_key,
+                issuer: config.token.issuer.clone(),
+                token_lifetime: config.token.lifetime_secs,
+                policy: RwLock::new(policy),
+                store: ResourceStore::new(&config.resources.dir, config.http.max_body_bytes),
+                admin_key,
+                admin_anonymous: config.admin.insecure_allow_anonymous,
+                metrics: Metrics::default(),
+                max_body: config.http.max_body_bytes,
+            }),
+        })
+    }
+
+    /// The key that verifies this broker's tokens.
+    pub fn token_verifying_key(&self) -> VerifyingKey {
+        self.inner.verifying_key
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/kbs/v0/auth", post(auth))
+            .route("/kbs/v0/attest", post(attest))
+            .route(
+                "/kbs/v0/resource/{*path}",
+                get(get_resource).post(set_resource),
+            )
+            .route("/kbs/v0/resource-policy", post(set_policy))
+            .route("/kbs/v0/reference-values", post(set_reference_values))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .layer(DefaultBodyLimit::max(self.inner.max_body))
+            .with_state(self.clone())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find_map(|(k, v)| (k == SESSION_COOKIE).then_some(v))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn set_cookie(id: &str, ttl: Duration) -> Option<HeaderValue> {
+    let expires = httpdate::fmt_http_date(SystemTime::now() + ttl);
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Expires={expires}")).ok()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, KbsError> {
+    serde_json::from_slice(body).map_err(|source| KbsError::BadRequest { what, source })
+}
+
+async fn auth(State(broker): State<Broker>, body: Bytes) -> Result<Response, KbsError> {
+    let b = &broker.inner;
+    let request: Request = parse("auth", &body)?;
+    if request.version != PROTOCOL_VERSION {
+        return Err(KbsError::Version {
+            found: request.version,
+        });
+    }
+    if !b.verifier.enabled(request.tee) {
+        return Err(KbsError::TeeDisabled {
+            tee: request.tee.as_str(),
+        });
+    }
+    let session = b.sessions.create(request.tee)?;
+    Metrics::inc(&b.metrics.auth);
+    let challenge = Challenge {
+        nonce: session.nonce,
+        extra_params: Value::String(String::new()),
+    };
+    let mut reply = json_response(StatusCode::OK, &challenge);
+    if let Some(v) = set_cookie(&session.id, session.ttl) {
+        reply.headers_mut().insert(SET_COOKIE, v);
+    }
+    Ok(reply)
+}
+
+async fn attest(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, KbsError> {
+    let b = &broker.inner;
+    let id = cookie(&headers).ok_or(KbsError::NoChallenge)?.to_owned();
+    let (tee, nonce) = b.sessions.begin_attest(&id)?;
+    let outcome = broker.appraise(tee, nonce.as_str(), &body);
+    match outcome {
+        Ok((token, attested)) => {
+            b.sessions.finish_attest(&id, Some(attested));
+            Metrics::inc(&b.metrics.attest_ok);
+            let mut reply = json_response(StatusCode::OK, &AttestationToken { token });
+            if let Some(v) = set_cookie(&id, Duration::from_secs(b.token_lifetime)) {
+                reply.headers_mut().insert(SET_COOKIE, v);
+            }
+            Ok(reply)
+        }
+        Err(e) => {
+            b.sessions.finish_attest(&id, None);
+            Metrics::inc(&b.metrics.attest_refused);
+            Err(e)
+        }
+    }
+}
+
+impl Broker {
+    /// Verifies one `/attest` body for a session opened for `tee` with `nonce`; returns the
+    /// signed token and the session's attested state.
+    fn appraise(
+        &self,
+        tee: super::types::Tee,
+        nonce: &str,
+        body: &[u8],
+    ) -> Result<(String, Attested), KbsError> {
+        let b = &self.inner;
+        let attestation: Attestation = parse("attest", body)?;
+        if attestation.runtime_data.nonce != nonce {
+            return Err(KbsError::NonceMismatch);
+        }
+        jwe::validate_tee_pubkey(&attestation.runtime_data.tee_pubkey).map_err(KbsError::TeeKey)?;
+        let additional = &attestation.tee_evidence.additional_evidence;
+        let binding = binding::report_data(&attestation.runtime_data, additional);
+        let init = attestation
+            .init_data
+            .as_ref()
+            .map(digest_init_data)
+            .transpose()
+            .map_err(|reason| KbsError::InitData { reason })?;
+        let appraisal = b
+            .verifier
+            .verify(
+                tee,
+                &attestation.tee_evidence.primary_evidence,
+                &binding,
+                init.as_ref(),
+                SystemTime::now(),
+            )
+            .map_err(KbsError::Verify)?;
+        let now = now_unix();
+        let mut annotated = Map::new();
+        annotated.insert("tee".into(), json!(tee.as_str()));
+        annotated.insert(tee.as_str().into(), appraisal.tee_claims);
+        annotated.insert("report_data".into(), json!(B64.encode(binding)));
+        annotated.insert(
+            "runtime_data_claims".into(),
+            binding::runtime_data_claims(&attestation.runtime_data, additional),
+        );
+        annotated.insert(
+            "init_data".into(),
+            init.as_ref()
+                .map_or(Value::Null, |d| json!(hex::encode(&d.digest))),
+        );
+        annotated.insert(
+            "init_data_claims".into(),
+            init.map_or(Value::Null, |d| d.claims),
+        );
+        let claims = json!({
+            "iss": b.issuer,
+            "iat": now,
+            "exp": now + b.token_lifetime,
+            "eat_profile": "tag:github.com,2024:confidential-containers/Trustee",
+            "ear.verifier-id": {
+                "developer": "coffer",
+                "build": concat!("coffer-kbs ", env!("CARGO_PKG_VERSION")),
+            },
+            "submods": {"cpu0": {
+                "ear.status": appraisal.status.as_str(),
+                "ear.appraisal-policy-id": "coffer",
+                "ear.veraison.annotated-evidence": annotated,
+            }},
+        });
+        let token = b.signer.sign(&claims).map_err(|e| KbsError::Internal {
+            reason: format!("token signing: {e}"),
+        })?;
+        let claims = match claims {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        Ok((
+            token,
+            Attested {
+                claims: Arc::new(claims),
+                tee_pubkey: attestation.runtime_data.tee_pubkey,
+            },
+        ))
+    }
+
+    /// Claims and TEE key of the requester: an attested cookie session, else a bearer token.
+    fn requester(&self, headers: &HeaderMap) -> Result<Attested, KbsError> {
+        let b = &self.inner;
+        if let Some(attested) = cookie(headers).and_then(|id| b.sessions.attested(id)) {
+            return Ok(attested);
+        }
+        let token = bearer(headers).ok_or(KbsError::TokenNotFound)?;
+        let claims = jwt::verify(token, &b.verifying_key, now_unix(), Some(&b.issuer))
+            .map_err(KbsError::Token)?;
+        let tee_pubkey: TeePubKey = claims
+            .get("submods")
+            .and_then(|s| s.get("cpu0"))
+            .and_then(|c| c.get("ear.veraison.annotated-evidence"))
+            .and_then(|a| a.get("runtime_data_claims"))
+            .and_then(|r| r.get("tee-pubkey"))
+            .cloned()
+            .and_then(|k| serde_json::from_value(k).ok())
+            .ok_or(KbsError::TokenNotFound)?;
+        Ok(Attested {
+            claims: Arc::new(claims),
+            tee_pubkey,
+        })
+    }
+
+    fn admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
+        let b = &self.inner;
+        let result = match (bearer(headers), &b.admin_key) {
+            (Some(token), Some(key)) => jwt::verify(token, key, now_unix(), None)
+                .map(|_| ())
+                .map_err(|e| KbsError::AdminAuth {
+                    reason: e.to_string(),
+                }),
+            (None, _) if b.admin_anonymous => {
+                tracing::warn!("anonymous admin request accepted (insecure_allow_anonymous)");
+                Ok(())
+            }
+            (Some(_), None) => Err(KbsError::AdminAuth {
+                reason: "no admin key configured".into(),
+            }),
+            (None, _) => Err(KbsError::AdminAuth {
+                reason: "no admin token".into(),
+            }),
+        };
+        Metrics::inc(if result.is_ok() {
+            &b.metrics.admin_ok
+        } else {
+            &b.metrics.admin_refused
+        });
+        result
+    }
+}
+
+fn resource_path(uri: &Uri) -> Result<ResourcePath, KbsError> {
+    uri.path()
+        .strip_prefix(RESOURCE_PREFIX)
+        .ok_or(KbsError::ResourceNotFound)?
+        .parse()
+        .map_err(KbsError::Path)
+}
+
+async fn get_resource(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, KbsError> {
+    let result = broker.release(&headers, &uri);
+    let m = &broker.inner.metrics;
+    Metrics::inc(if result.is_ok() {
+        &m.resource_released
+    } else {
+        &m.resource_refused
+    });
+    result
+}
+
+impl Broker {
+    fn release(&self, headers: &HeaderMap, uri: &Uri) -> Result<Response, KbsError> {
+        let b = &self.inner;
+        let path = resource_path(uri)?;
+        let requester = self.requester(headers)?;
+        let allowed = b
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .allows(&requester.claims, &path.to_string());
+        if !allowed {
+            return Err(KbsError::PolicyDeny);
+        }
+        let plaintext = b
+            .store
+            .read(&path)
+            .map_err(|e| KbsError::Internal {
+                reason: e.to_string(),
+            })?
+            .ok_or(KbsError::ResourceNotFound)?;
+        let jwe =
+            jwe::encrypt(&requester.tee_pubkey, &plaintext).map_err(|e| KbsError::Internal {
+                reason: format!("jwe: {e}"),
+            })?;
+        Ok(json_response(StatusCode::OK, &jwe))
+    }
+}
+
+async fn set_resource(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, KbsError> {
+    broker.admin(&headers)?;
+    let path = resource_path(&uri)?;
+    broker
+        .inner
+        .store
+        .write(&path, &body)
+        .map_err(|e| KbsError::AdminRequest {
+            reason: e.to_string(),
+        })?;
+    tracing::info!(%path, "resource set");
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyUpload {
+    policy: String,
+}
+
+async fn set_policy(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, KbsError> {
+    broker.admin(&headers)?;
+    let upload: PolicyUpload = parse("resource-policy", &body)?;
+    let source = B64URL
+        .decode(upload.policy.trim_end_matches('='))
+        .or_else(|_| B64.decode(&upload.policy))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| KbsError::AdminRequest {
+            reason: "policy is not base64 of utf-8 rego".into(),
+        })?;
+    let policy = ResourcePolicy::new(&source).map_err(|e| KbsError::AdminRequest {
+        reason: e.to_string(),
+    })?;
+    *broker
+        .inner
+        .policy
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = policy;
+    tracing::info!("resource policy replaced");
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceValuesUpload {
+    snp_measurements: Vec<String>,
+}
+
+async fn set_reference_values(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, KbsError> {
+    broker.admin(&headers)?;
+    let upload: ReferenceValuesUpload = parse("reference-values", &body)?;
+    let measurements = parse_measurements(&upload.snp_measurements)
+        .map_err(|reason| KbsError::AdminRequest { reason })?;
+    let count = measurements.len();
+    broker.inner.verifier.set_snp_measurements(measurements);
+    tracing::info!(count, "snp reference measurements replaced");
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+async fn metrics(State(broker): State<Broker>) -> Response {
+    let text = broker.inner.metrics.render(broker.inner.sessions.len());
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// Builds a rustls server configuration from PEM files (certificate chain, private key).
+pub fn tls_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, BrokerError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| BrokerError::Tls {
+        reason: e.to_string(),
+    };
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| tls(&e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls(&e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| tls(&e))?;
+    Ok(Arc::new(config))
+}
+
+/// TLS-terminating listener for axum: handshakes run in their own tasks (bounded by a timeout)
+/// so a slow client cannot stall accepts.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    acceptor_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor_task.abort();
+    }
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let acceptor_task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            rx,
+            local,
+            acceptor_task,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves `broker` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// HTTPS when `tls` is given; plain HTTP only when the caller passes `None` explicitly.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    broker: Broker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let left = broker.inner.sessions.sweep();
+                tracing::debug!(sessions = left, "expired sessions swept");
+            }
+        })
+    };
+    let router = broker.router();
+    let result = match tls {
+        Some(config) => {
+            tracing::info!(addr = ?listener.local_addr().ok(), "coffer-kbs serving https");
+            axum::serve(TlsListener::new(listener, config)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            tracing::warn!(addr = ?listener.local_addr().ok(), "coffer-kbs serving PLAIN HTTP");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    sweeper.abort();
+    result
+}

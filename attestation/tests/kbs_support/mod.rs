@@ -1,0 +1,243 @@
+//! Test harness: a real `coffer-kbs` (library `serve`) on a loopback port, over HTTP or HTTPS
+//! with a freshly generated CA (rcgen), with an admin key and a token signing key the tests hold.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use coffer_attestation::attester::{Attester, SampleAttester};
+use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KbsClient, KeyKind};
+use coffer_attestation::kbs::jwe::TeeKeyPair;
+use coffer_attestation::kbs::jwt::TokenSigner;
+use coffer_attestation::kbs::server::config::Config;
+use coffer_attestation::kbs::server::{Broker, serve, tls_config_from_pem};
+use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+/// A policy that releases to any attested requester (like Trustee's allow-all upload).
+pub const ALLOW_ALL: &str = "package policy\nimport rego.v1\ndefault allow := false\nallow if { data.plugin == \"resource\" }\n";
+
+pub struct Options {
+    pub tls: bool,
+    pub allow_sample: bool,
+    pub policy: Option<&'static str>,
+    pub ttl_secs: u64,
+    pub max_sessions: usize,
+    pub max_body: usize,
+    pub anonymous_admin: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tls: false,
+            allow_sample: true,
+            policy: Some(ALLOW_ALL),
+            ttl_secs: 300,
+            max_sessions: 10_000,
+            max_body: 1024 * 1024,
+            anonymous_admin: false,
+        }
+    }
+}
+
+pub struct TestKbs {
+    pub url: String,
+    pub broker: Broker,
+    pub dir: tempfile::TempDir,
+    pub ca_pem: Option<Vec<u8>>,
+    /// Holds the admin private key.
+    pub admin: TokenSigner,
+    /// Holds the broker's token signing key (to forge tokens in tests).
+    pub token_key: p256::SecretKey,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestKbs {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn tls_material() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "coffer test ca");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ])));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (
+        cert.pem().into_bytes(),
+        key.serialize_pem().into_bytes(),
+        ca.pem().into_bytes(),
+    )
+}
+
+/// The RSA-3072 fixture key (see tests/fixtures/README.md).
+pub fn rsa_fixture_key() -> TeeKeyPair {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa3072-tee-key.pem"
+    ))
+    .unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let key = TeeKeyPair::from_pkcs8_der(&der).unwrap();
+    assert!(matches!(key, TeeKeyPair::Rsa(_)));
+    key
+}
+
+pub async fn start(opts: Options) -> TestKbs {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = TokenSigner::generate();
+    let admin_pub = admin
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    std::fs::write(dir.path().join("admin.pub"), admin_pub).unwrap();
+    let token_key = p256::SecretKey::random(&mut rand_core::OsRng);
+    std::fs::write(
+        dir.path().join("token.key"),
+        token_key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let mut policy_line = String::new();
+    if let Some(p) = opts.policy {
+        std::fs::write(dir.path().join("policy.rego"), p).unwrap();
+        policy_line = format!("[policy]\nfile = {:?}\n", dir.path().join("policy.rego"));
+    }
+    let toml = format!(
+        "[http]\ninsecure_http = {insecure}\nmax_body_bytes = {max_body}\n\
+         [token]\nsigning_key = {token:?}\n\
+         [admin]\npublic_key = {admin:?}\ninsecure_allow_anonymous = {anon}\n\
+         [sessions]\nmax = {max}\nttl_secs = {ttl}\n\
+         [resources]\ndir = {res:?}\n{policy_line}\
+         [attestation]\nallow_sample = {sample}\n",
+        insecure = !opts.tls,
+        max_body = opts.max_body,
+        token = dir.path().join("token.key"),
+        admin = dir.path().join("admin.pub"),
+        anon = opts.anonymous_admin,
+        max = opts.max_sessions,
+        ttl = opts.ttl_secs,
+        res = dir.path().join("resources"),
+        sample = opts.allow_sample,
+    );
+    let mut config: Config = toml::from_str(&toml).unwrap();
+    if opts.tls {
+        config.http.tls_cert = Some(dir.path().join("tls.crt"));
+        config.http.tls_key = Some(dir.path().join("tls.key"));
+    }
+    let broker = Broker::from_config(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tls, ca_pem, scheme) = if opts.tls {
+        let (cert, key, ca) = tls_material();
+        (
+            Some(tls_config_from_pem(&cert, &key).unwrap()),
+            Some(ca),
+            "https",
+        )
+    } else {
+        (None, None, "http")
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, tls, broker.clone(), async move {
+        let _ = rx.await;
+    }));
+    TestKbs {
+        url: format!("{scheme}://127.0.0.1:{port}"),
+        broker,
+        dir,
+        ca_pem,
+        admin,
+        token_key,
+        shutdown: Some(tx),
+    }
+}
+
+impl TestKbs {
+    pub fn client_config(&self, key: KeyKind, auth: AuthMode) -> ClientConfig {
+        let mut c = ClientConfig::new(&self.url);
+        c.ca_cert_pem = self.ca_pem.clone();
+        c.key = key;
+        c.auth = auth;
+        if key == KeyKind::Rsa {
+            c.pregenerated_key = Some(Arc::new(rsa_fixture_key()));
+        }
+        c
+    }
+
+    pub fn sample_client(&self, key: KeyKind, auth: AuthMode) -> KbsClient {
+        let attester: Arc<dyn Attester> = Arc::new(SampleAttester::new());
+        KbsClient::new(self.client_config(key, auth), attester).unwrap()
+    }
+
+    /// Stores a resource directly in the broker's directory.
+    pub fn put(&self, path: &str, bytes: &[u8]) {
+        let file = self.dir.path().join("resources").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.admin
+            .sign(&serde_json::json!({"iat": now(), "exp": now() + 60}))
+            .unwrap()
+    }
+
+    /// A signer holding the broker's own token key.
+    pub fn token_signer(&self) -> TokenSigner {
+        TokenSigner::from_pkcs8_pem(&self.token_key.to_pkcs8_pem(LineEnding::LF).unwrap()).unwrap()
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false);
+        if let Some(ca) = &self.ca_pem {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap());
+        }
+        b.build().unwrap()
+    }
+}
+
+/// Sends raw bytes over TCP (HTTP only) and returns the status code and body, so that paths
+/// reach the server exactly as written (no client-side normalization).
+pub async fn raw_request(url: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
