@@ -1,0 +1,37 @@
+//! Guest-side OCI image pull, verification, ocicrypt decryption and safe unpacking.
+//!
+//! Model: everything that comes from a registry is hostile until checked.
+//! [`pull`] resolves a reference (Docker defaults, mirrors, `@sha256:` pinning, index →
+//! `linux/amd64`), fetches the bounded manifest and config, obtains layer keys for encrypted
+//! layers (JWE recipients or a [`KeyUnwrapper`]) before any download, then downloads layers in
+//! parallel into a content-addressed [`BlobStore`] (digest and size verified before a blob is
+//! published; one download per blob for concurrent pulls) and applies them in order into a
+//! staging root: blob digest, ocicrypt HMAC, decompression bounds, diff_id and the safe
+//! [`unpack`] rules are all checked before the staging root is renamed to the destination.
+//! A failed pull leaves no destination and no unverified blob.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod decrypt;
+pub mod digest;
+pub mod gpg;
+pub mod manifest;
+pub mod policy;
+mod pull;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
+pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};
+pub use decrypt::{
+    DecryptError, Decryptor, EncryptError, KeyUnwrapper, LocalKek, PrivateKey, PublicKey,
+    Recipients, WrappedKey, encrypt_layout,
+};
+pub use digest::Digest;
+pub use policy::{Policy, PolicyError};
+pub use pull::{
+    ProgressEvent, ProgressSink, PullError, PullOptions, PulledImage, PulledLayer, pull,
+};
+pub use store::BlobStore;
+pub use unpack::{DevicePolicy, UnpackError, UnpackPolicy};

@@ -1,0 +1,347 @@
+//! Talking to registries through `oci-client`: source selection (mirrors, insecure hosts),
+//! authentication, bounded manifest/config fetches and streamed blob downloads into the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::config::{Credential, Credentials, RegistriesConfig};
+use crate::digest::Digest;
+use crate::manifest::{ACCEPTED_MANIFESTS, Descriptor};
+use crate::store::{BlobStore, Slot, StoreError};
+
+/// Why talking to a registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The image reference does not parse.
+    #[error("invalid image reference {reference:?}")]
+    Reference {
+        /// The reference as given.
+        reference: String,
+        /// The parser's complaint.
+        #[source]
+        source: oci_client::ParseError,
+    },
+    /// A CA file could not be read.
+    #[error("reading CA file {path:?}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry request failed (network, HTTP status, auth).
+    #[error("registry request for {what} of {reference} failed")]
+    Request {
+        /// What was fetched.
+        what: &'static str,
+        /// From where.
+        reference: String,
+        /// The client's error.
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    /// A download broke off mid-stream.
+    #[error("download of {digest} broke off")]
+    Stream {
+        /// The blob.
+        digest: Digest,
+        /// The transport error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document exceeded its size limit.
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// Which document.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// The manifest's digest is not the pinned one (or the one the index names).
+    #[error("manifest digest {actual} does not match {expected}")]
+    ManifestDigest {
+        /// Pinned or indexed digest.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// Storing the blob failed (includes digest and size mismatches).
+    #[error("storing blob")]
+    Store(#[from] StoreError),
+    /// Every source (mirrors, then the registry) failed; the last error is the source.
+    #[error("no source could serve {reference}")]
+    AllSourcesFailed {
+        /// The reference.
+        reference: String,
+        /// The last failure.
+        #[source]
+        source: Box<RegistryError>,
+    },
+}
+
+/// A place an image can be fetched from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The reference, rewritten to a mirror host where applicable.
+    pub reference: Reference,
+    auth: RegistryAuth,
+}
+
+/// A configured registry client.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    lookaside: reqwest::Client,
+    config: Arc<RegistriesConfig>,
+    credentials: Arc<Credentials>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a Docker-style reference (`alpine` → `docker.io/library/alpine:latest`).
+pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
+    reference
+        .parse::<Reference>()
+        .map_err(|source| RegistryError::Reference {
+            reference: reference.to_owned(),
+            source,
+        })
+}
+
+impl Registry {
+    /// Builds a client: HTTPS with the extra CAs, plain HTTP only for hosts marked insecure.
+    pub fn new(config: RegistriesConfig, credentials: Credentials) -> Result<Self, RegistryError> {
+        let mut extra = Vec::new();
+        let mut lookaside = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(60));
+        for path in &config.ca_files {
+            let data = std::fs::read(path).map_err(|source| RegistryError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&data).map_err(|e| RegistryError::CaFile {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            lookaside = lookaside.add_root_certificate(cert);
+            extra.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let insecure = config.insecure_hosts();
+        for host in &insecure {
+            tracing::warn!(registry = %host, "INSECURE: plain HTTP enabled for this registry");
+        }
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            extra_root_certificates: extra,
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        });
+        let lookaside = lookaside.build().map_err(|e| RegistryError::CaFile {
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(Self {
+            client,
+            lookaside,
+            config: Arc::new(config),
+            credentials: Arc::new(credentials),
+        })
+    }
+
+    /// The HTTP client for lookaside signature storage (same extra CAs).
+    pub(crate) fn lookaside_client(&self) -> &reqwest::Client {
+        &self.lookaside
+    }
+
+    /// The lookaside base configured for `host`.
+    pub(crate) fn lookaside_for(&self, host: &str) -> Option<&str> {
+        self.config.entry(host).and_then(|e| e.lookaside.as_deref())
+    }
+
+    fn auth_for(&self, host: &str) -> RegistryAuth {
+        match self.credentials.get(host) {
+            Some(Credential::Basic { username, password }) => {
+                RegistryAuth::Basic(username.clone(), password.as_str().to_owned())
+            }
+            Some(Credential::Bearer(token)) => RegistryAuth::Bearer(token.as_str().to_owned()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// The sources for `reference`: configured mirrors in order, then the registry itself.
+    pub fn sources(&self, reference: &Reference) -> Vec<Source> {
+        let mut out = Vec::new();
+        if let Some(entry) = self.config.entry(reference.registry()) {
+            for mirror in &entry.mirrors {
+                let rewritten = match reference.digest() {
+                    Some(d) => Reference::with_digest(
+                        mirror.host.clone(),
+                        reference.repository().to_owned(),
+                        d.to_owned(),
+                    ),
+                    None => Reference::with_tag(
+                        mirror.host.clone(),
+                        reference.repository().to_owned(),
+                        reference.tag().unwrap_or("latest").to_owned(),
+                    ),
+                };
+                out.push(Source {
+                    auth: self.auth_for(&mirror.host),
+                    reference: rewritten,
+                });
+            }
+        }
+        out.push(Source {
+            auth: self.auth_for(reference.registry()),
+            reference: reference.clone(),
+        });
+        out
+    }
+
+    /// Fetches the manifest bytes of `reference` from `source` (bounded), checks them against
+    /// `expected` (a pinned or indexed digest) and returns them with their digest.
+    pub async fn manifest(
+        &self,
+        source: &Source,
+        reference: &Reference,
+        expected: Option<&Digest>,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &source.auth, ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|source| RegistryError::Request {
+                what: "manifest",
+                reference: reference.whole(),
+                source,
+            })?;
+        if bytes.len() as u64 > limit {
+            return Err(RegistryError::TooLarge {
+                what: "manifest",
+                limit,
+            });
+        }
+        let actual = Digest::of(&bytes);
+        if let Some(expected) = expected
+            && *expected != actual
+        {
+            return Err(RegistryError::ManifestDigest {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok((bytes, actual))
+    }
+
+    /// Downloads a small blob (the config) into memory, verified and bounded.
+    pub async fn small_blob(
+        &self,
+        source: &Source,
+        descriptor: &Descriptor,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if descriptor.size > limit {
+            return Err(RegistryError::TooLarge { what, limit });
+        }
+        let mut stream = self.blob_stream(source, descriptor, what).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| RegistryError::Stream {
+                digest: descriptor.digest.clone(),
+                source,
+            })?;
+            if (out.len() + chunk.len()) as u64 > descriptor.size {
+                return Err(StoreError::SizeMismatch {
+                    digest: descriptor.digest.clone(),
+                    expected: descriptor.size,
+                    actual: (out.len() + chunk.len()) as u64,
+                }
+                .into());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        let actual = Digest::of(&out);
+        if actual != descriptor.digest || out.len() as u64 != descriptor.size {
+            return Err(StoreError::DigestMismatch {
+                expected: descriptor.digest.clone(),
+                actual,
+            }
+            .into());
+        }
+        Ok(out)
+    }
+
+    async fn blob_stream(
+        &self,
+        source: &Source,
+        descriptor: &Descriptor,
+        what: &'static str,
+    ) -> Result<oci_client::client::SizedStream, RegistryError> {
+        let desc = OciDescriptor {
+            media_type: descriptor.media_type.clone(),
+            digest: descriptor.digest.to_string(),
+            size: i64::try_from(descriptor.size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        };
+        // Make sure a token exists for this repository before the blob request.
+        self.client
+            .store_auth_if_needed(source.reference.resolve_registry(), &source.auth)
+            .await;
+        self.client
+            .pull_blob_stream(&source.reference, &desc)
+            .await
+            .map_err(|err| RegistryError::Request {
+                what,
+                reference: source.reference.whole(),
+                source: err,
+            })
+    }
+
+    /// Makes sure the layer blob is in `store`, downloading it at most once per store.
+    /// Returns whether this call downloaded it. `progress` gets the bytes received.
+    pub async fn layer_blob(
+        &self,
+        source: &Source,
+        descriptor: &Descriptor,
+        store: &BlobStore,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<bool, RegistryError> {
+        let mut writer = match store.slot(&descriptor.digest, descriptor.size).await? {
+            Slot::Present(_) => return Ok(false),
+            Slot::Vacant(writer) => writer,
+        };
+        let mut stream = self.blob_stream(source, descriptor, "layer").await?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| RegistryError::Stream {
+                digest: descriptor.digest.clone(),
+                source,
+            })?;
+            writer.write(&chunk).await?;
+            progress(writer.written());
+        }
+        writer.finish().await?;
+        Ok(true)
+    }
+}
