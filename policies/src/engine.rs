@@ -1,8 +1,10 @@
 //! The engine: one Rego policy (plus optional data) loaded once, then one [`Engine::decide`] per
 //! request. Every failure mode of evaluation is a denial (INV-5); only loading returns errors.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
@@ -110,6 +112,11 @@ pub enum PolicyError {
     },
 }
 
+/// Most entries a decision may record on a container.
+pub const MAX_RECORD_ENTRIES: usize = 16;
+/// Longest key or value a decision may record.
+pub const MAX_RECORD_BYTES: usize = 256;
+
 /// The outcome of one decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -117,13 +124,19 @@ pub struct Decision {
     pub allowed: bool,
     /// Why; always non-empty for a denial. Names the rule or field, never the whole request.
     pub reason: String,
+    /// State update: facts to record on the container an allowed `CreateContainer` creates (e.g.
+    /// which policy entry admitted it). The caller applies them only if the request succeeds, and
+    /// later inputs show them as `state.containers[].record`. Always empty for other requests and
+    /// for denials.
+    pub record: BTreeMap<String, String>,
 }
 
 impl Decision {
-    fn allow(reason: String) -> Self {
+    fn allow(reason: String, record: BTreeMap<String, String>) -> Self {
         Self {
             allowed: true,
             reason,
+            record,
         }
     }
 
@@ -131,6 +144,7 @@ impl Decision {
         Self {
             allowed: false,
             reason: truncate(reason.into()),
+            record: BTreeMap::new(),
         }
     }
 
@@ -144,12 +158,19 @@ impl Decision {
     }
 }
 
-/// A loaded policy. Cheap to share: [`Engine::decide`] takes `&self` and evaluates on a private
-/// copy of the prepared interpreter, so one engine serves any number of threads and no decision can
-/// observe another's evaluation state.
+/// Idle interpreters kept for reuse (one per concurrent decision, up to this many).
+const MAX_IDLE_INTERPRETERS: usize = 8;
+
+/// The optional rule listing problems with the policy data, evaluated once at load.
+pub const DATA_PROBLEMS_RULE: &str = "data.coffer.policy.data_problems";
+
+/// A loaded policy. Cheap to share: [`Engine::decide`] takes `&self` and evaluates on an
+/// interpreter no other decision is using at the time (a pooled copy of the prepared one), so one
+/// engine serves any number of threads and no decision can observe another's evaluation state.
 #[derive(Clone)]
 pub struct Engine {
-    prepared: regorus::Engine,
+    prepared: Arc<regorus::Engine>,
+    idle: Arc<Mutex<Vec<regorus::Engine>>>,
     limits: Limits,
 }
 
@@ -236,15 +257,17 @@ impl Engine {
                 message: e.to_string(),
             })?;
         }
-        // Analyse and schedule the policy once; every decision clones the prepared interpreter.
+        // Analyse and schedule the policy once; decisions reuse prepared interpreters.
         engine
             .eval_query("true".to_owned(), false)
             .map_err(|e| PolicyError::Compile {
                 message: e.to_string(),
             })?;
+        check_data(&mut engine)?;
 
         Ok(Self {
-            prepared: engine,
+            prepared: Arc::new(engine),
+            idle: Arc::new(Mutex::new(Vec::new())),
             limits,
         })
     }
@@ -257,10 +280,16 @@ impl Engine {
     /// Decides one request. Never fails: any problem with the input, the evaluation or the policy's
     /// result is a denial whose reason names the cause (INV-5).
     pub fn decide(&self, input: &PolicyInput) -> Decision {
-        let json = match serde_json::to_string(input) {
-            Ok(json) => json,
-            Err(e) => return Decision::deny(format!("policy error: input not encodable: {e}")),
-        };
+        match serde_json::to_string(input) {
+            Ok(json) => self.decide_json(&json),
+            Err(e) => Decision::deny(format!("policy error: input not encodable: {e}")),
+        }
+    }
+
+    /// Decides an input given as JSON text (for tools such as `coffer policy eval`; the agent uses
+    /// [`Engine::decide`]). The text is not checked against the [`PolicyInput`] schema: the policy
+    /// sees it as it is, so policies must deny what they do not recognise.
+    pub fn decide_json(&self, json: &str) -> Decision {
         if json.len() > self.limits.max_input_bytes {
             return Decision::deny(format!(
                 "policy input is {} bytes, over the limit of {}",
@@ -268,17 +297,34 @@ impl Engine {
                 self.limits.max_input_bytes
             ));
         }
-        match Value::from_json_str(&json) {
-            Ok(value) => self.decide_value(value),
-            Err(e) => Decision::deny(format!("policy error: input not decodable: {e}")),
+        let value = match Value::from_json_str(json) {
+            Ok(value) => value,
+            Err(e) => return Decision::deny(format!("policy error: input not decodable: {e}")),
+        };
+        let is_create = value["request"]["kind"] == Value::from("CreateContainer");
+        let decision = self.decide_value(value);
+        if decision.allowed && !decision.record.is_empty() && !is_create {
+            return Decision::deny(format!(
+                "policy result invalid: {DECISION_RULE}.record is only valid for CreateContainer"
+            ));
         }
+        decision
     }
 
     /// Evaluates [`DECISION_RULE`] on an already converted input.
     fn decide_value(&self, input: Value) -> Decision {
-        let mut engine = self.prepared.clone();
+        // An idle interpreter, or a fresh copy of the prepared one. regorus clears its evaluation
+        // state at the start of every `eval_rule`, so nothing of one decision reaches the next.
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut engine = idle.unwrap_or_else(|| (*self.prepared).clone());
         engine.set_input(input);
-        match engine.eval_rule(DECISION_RULE.to_owned()) {
+        let result = engine.eval_rule(DECISION_RULE.to_owned());
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_INTERPRETERS
+        {
+            idle.push(engine);
+        }
+        match result {
             Ok(result) => interpret(&result),
             Err(e) => {
                 let limit = e.downcast_ref::<LimitError>().copied().or_else(|| {
@@ -317,12 +363,21 @@ fn interpret(result: &Value) -> Decision {
     };
     let mut allow = None;
     let mut reason = None;
+    let mut record = BTreeMap::new();
     for (key, value) in object.iter() {
         match (key, value) {
             (Value::String(k), Value::Bool(b)) if k.as_ref() == "allow" => allow = Some(*b),
             (Value::String(k), Value::String(s)) if k.as_ref() == "reason" => {
                 reason = Some(s.to_string());
             }
+            (Value::String(k), value) if k.as_ref() == "record" => match parse_record(value) {
+                Ok(r) => record = r,
+                Err(problem) => {
+                    return Decision::deny(format!(
+                        "policy result invalid: {DECISION_RULE}.record {problem}"
+                    ));
+                }
+            },
             (Value::String(k), other) if k.as_ref() == "allow" || k.as_ref() == "reason" => {
                 return Decision::deny(format!(
                     "policy result invalid: {DECISION_RULE}.{k} is {}",
@@ -346,12 +401,78 @@ fn interpret(result: &Value) -> Decision {
         (None, _) => Decision::deny(format!(
             "policy result invalid: {DECISION_RULE} has no field \"allow\""
         )),
-        (Some(true), reason) => Decision::allow(truncate(reason.unwrap_or_default())),
+        (Some(true), reason) => Decision::allow(truncate(reason.unwrap_or_default()), record),
         (Some(false), Some(reason)) if !reason.trim().is_empty() => Decision::deny(reason),
         (Some(false), _) => Decision::deny(format!(
             "policy result invalid: {DECISION_RULE} denies without a reason"
         )),
     }
+}
+
+/// Checks `record`: an object of at most [`MAX_RECORD_ENTRIES`] string pairs, each at most
+/// [`MAX_RECORD_BYTES`].
+fn parse_record(value: &Value) -> Result<BTreeMap<String, String>, String> {
+    let Value::Object(object) = value else {
+        return Err(format!("is {}, expected an object", type_name(value)));
+    };
+    if object.len() > MAX_RECORD_ENTRIES {
+        return Err(format!("has more than {MAX_RECORD_ENTRIES} entries"));
+    }
+    let mut record = BTreeMap::new();
+    for (key, value) in object.iter() {
+        let (Value::String(k), Value::String(v)) = (key, value) else {
+            return Err("must map strings to strings".into());
+        };
+        if k.len() > MAX_RECORD_BYTES || v.len() > MAX_RECORD_BYTES {
+            return Err(format!("entries are limited to {MAX_RECORD_BYTES} bytes"));
+        }
+        record.insert(k.to_string(), v.to_string());
+    }
+    Ok(record)
+}
+
+/// Evaluates [`DATA_PROBLEMS_RULE`] if the policy declares it: a set of strings, each a problem
+/// with the policy data. Any problem (or a result of another shape) fails the load, so malformed
+/// data can never be read leniently at decision time.
+fn check_data(engine: &mut regorus::Engine) -> Result<(), PolicyError> {
+    let declared = engine
+        .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "data_problems")
+        .map_err(|e| PolicyError::Compile {
+            message: e.to_string(),
+        })?;
+    if !declared {
+        return Ok(());
+    }
+    engine.set_input(Value::new_object());
+    let result = engine
+        .eval_rule(DATA_PROBLEMS_RULE.to_owned())
+        .map_err(|e| PolicyError::Data {
+            message: one_line(&e.to_string()),
+        })?;
+    let problems: Vec<String> = match &result {
+        Value::Undefined => return Ok(()),
+        Value::Set(set) => set
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => s.to_string(),
+                other => format!("{other}"),
+            })
+            .collect(),
+        other => {
+            return Err(PolicyError::Data {
+                message: format!(
+                    "{DATA_PROBLEMS_RULE} is {}, expected a set",
+                    type_name(other)
+                ),
+            });
+        }
+    };
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(PolicyError::Data {
+        message: truncate(problems.join("; ")),
+    })
 }
 
 /// regorus's rendering of [`LimitError::TimeLimitExceeded`].
@@ -464,7 +585,8 @@ decision := {"allow": false, "reason": sprintf("%s is not listed", [input.reques
             decision,
             Decision {
                 allowed: false,
-                reason: "GetGuestDetails is not listed".into()
+                reason: "GetGuestDetails is not listed".into(),
+                record: BTreeMap::new(),
             }
         );
         assert_eq!(

@@ -364,6 +364,8 @@ pub struct ContainerState {
     pub image_digest: Option<String>,
     /// Whether it has been started.
     pub started: bool,
+    /// What the decision that admitted it recorded ([`crate::Decision::record`]).
+    pub record: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -10,13 +10,19 @@
 //! * **Policy.** One module in package `coffer.policy` (Rego v1 syntax) declaring a rule
 //!   `decision`, plus an optional JSON data document that becomes `data`.
 //! * **Result.** The engine evaluates `data.coffer.policy.decision`, which must be exactly
-//!   `{"allow": <bool>, "reason": <string>}`; `reason` may be omitted only when `allow` is true and
-//!   must otherwise be non-empty. The reason should name the rule and the offending field.
+//!   `{"allow": <bool>, "reason": <string>}` plus an optional `"record": {<string>: <string>}`;
+//!   `reason` may be omitted only when `allow` is true and must otherwise be non-empty. The reason
+//!   should name the rule and the offending field. `record` is the decision's state update: on an
+//!   allowed `CreateContainer` the agent stores it on the new container if (and only if) creation
+//!   succeeds, and later inputs show it in `state.containers[].record` (at most
+//!   [`MAX_RECORD_ENTRIES`] entries of [`MAX_RECORD_BYTES`]); on any other request it is invalid.
 //!
 //! # Fail closed (INV-5)
 //!
 //! Loading ([`Engine::new`]) fails on an oversized, unparsable or uncompilable policy, a recursive
-//! function (regorus would overflow the stack), a wrong package, a missing `decision` rule, or invalid data; a caller that cannot load its policy must
+//! function (regorus would overflow the stack), a wrong package, a missing `decision` rule, invalid
+//! data, or — when the policy declares the optional rule `data_problems` (a set of strings,
+//! [`DATA_PROBLEMS_RULE`]) — any problem that rule reports about its data; a caller that cannot load its policy must
 //! refuse to serve. Once loaded, [`Engine::decide`] never errors: each of the following is a denial
 //! whose reason names the cause, and no caller can turn it into an allow:
 //!
@@ -28,22 +34,28 @@
 //! | evaluation time limit exceeded ([`Limits::max_eval_time`]) | `policy limit exceeded` |
 //! | serialized input over [`Limits::max_input_bytes`] | `policy input is` |
 //!
-//! The engine is built with regorus's `std` and `arc` features only: no network, time, random or
-//! regex builtins are available to policies. See [`Limits`] for what regorus 0.14 can and cannot
+//! The engine is built with regorus's `std`, `arc` and `regex` features only: no network, time or
+//! random builtins are available to policies. Regular expressions use the `regex` crate, whose
+//! matching time is linear in the input (no catastrophic backtracking). See [`Limits`] for what regorus 0.14 can and cannot
 //! bound.
 //!
 //! # Shipped policies
 //!
 //! [`SANDBOX_POLICY`] (`sandbox.rego`) is the non-confidential default: it allows the API but
 //! refuses containers with OCI hooks, bind mounts of guest paths, or joined (host) namespaces.
+//! [`CONFIDENTIAL_POLICY`] (`confidential.rego`) is the confidential-mode default: it admits only
+//! what its policy data lists (schema in `POLICY-DATA.md`). Initdata ([`initdata`]) carries the
+//! policy a sandbox actually enforces.
 #![forbid(unsafe_code)]
 
 mod engine;
+pub mod initdata;
 mod input;
 mod recursion;
 
 pub use engine::{
-    DECISION_RULE, Decision, Engine, Limits, MAX_REASON_BYTES, POLICY_PACKAGE, PolicyError,
+    DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits, MAX_REASON_BYTES,
+    MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,
 };
 pub use input::{
     Capabilities, ContainerState, CreateContainer, Device, INPUT_VERSION, Mount, Namespace,
@@ -52,3 +64,7 @@ pub use input::{
 
 /// The sandbox-mode (non-confidential) default policy, `policies/sandbox.rego`.
 pub const SANDBOX_POLICY: &str = include_str!("../sandbox.rego");
+
+/// The confidential-mode default policy, `policies/confidential.rego`; its data document follows
+/// `policies/POLICY-DATA.md`.
+pub const CONFIDENTIAL_POLICY: &str = include_str!("../confidential.rego");

@@ -186,6 +186,7 @@ pub fn state() -> SandboxState {
                 "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
             ),
             started: true,
+            record: BTreeMap::new(),
         }],
     }
 }

@@ -1,0 +1,267 @@
+//! Decision latency of the shipped confidential policy: median and p99 for `CreateContainer`
+//! against a 10-container policy and for a simple request, and decisions per second on one thread.
+//! Goals (issue #5): ≤50 µs median CreateContainer, ≤10 µs median simple request.
+//!
+//! `cargo bench -p coffer-policies --bench decide`
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use coffer_policies::{
+    CONFIDENTIAL_POLICY, Capabilities, ContainerState, CreateContainer, Engine, Limits, Mount,
+    Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState,
+    User,
+};
+use serde_json::json;
+
+const ENTRIES: usize = 10;
+
+fn image(i: usize) -> String {
+    format!(
+        "registry.example/app{i}@sha256:{}",
+        format!("{i:x}").repeat(64).get(..64).unwrap().to_owned()
+    )
+}
+
+fn data() -> serde_json::Value {
+    let containers: Vec<_> = (0..ENTRIES)
+        .map(|i| {
+            json!({
+                "name": format!("c{i}"),
+                "image": image(i),
+                "args": ["/app/server", "--id", i.to_string()],
+                "env": ["PATH=/usr/local/bin:/usr/bin:/bin", format!("ID={i}")],
+                "env_names_any_value": ["HOSTNAME"],
+                "cwd": "/app",
+                "user": {"uid": 1000, "gid": 1000},
+                "exec": [["/app/health"]],
+                "logs": true
+            })
+        })
+        .collect();
+    json!({ "containers": containers })
+}
+
+fn mount(destination: &str, kind: &str, options: &[&str]) -> Mount {
+    Mount {
+        destination: destination.into(),
+        source: kind.into(),
+        kind: kind.into(),
+        options: options.iter().map(|o| (*o).to_owned()).collect(),
+    }
+}
+
+/// The CreateContainer for the last entry (the policy has to consider every entry's image).
+fn create() -> PolicyInput {
+    let i = ENTRIES - 1;
+    let caps: Vec<String> = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    let request = CreateContainer {
+        container_id: "ctr".into(),
+        rootfs: Rootfs {
+            source: RootfsSource::Image,
+            image: Some(image(i)),
+        },
+        process: Process {
+            args: vec!["/app/server".into(), "--id".into(), i.to_string()],
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                format!("ID={i}"),
+                "HOSTNAME=pod".into(),
+            ],
+            cwd: "/app".into(),
+            user: User {
+                uid: 1000,
+                gid: 1000,
+            },
+            terminal: false,
+            capabilities: Capabilities {
+                bounding: caps.clone(),
+                effective: caps.clone(),
+                permitted: caps,
+                inheritable: vec![],
+                ambient: vec![],
+            },
+            no_new_privileges: true,
+        },
+        namespaces: [
+            NamespaceType::Pid,
+            NamespaceType::Network,
+            NamespaceType::Ipc,
+            NamespaceType::Uts,
+            NamespaceType::Mount,
+        ]
+        .into_iter()
+        .map(|kind| Namespace { kind, path: None })
+        .collect(),
+        mounts: vec![
+            mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755"]),
+            mount("/dev/pts", "devpts", &["nosuid", "noexec"]),
+            mount("/dev/shm", "tmpfs", &["nosuid", "noexec", "nodev"]),
+            mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        ],
+        devices: vec![],
+        hooks_present: false,
+        sysctls: BTreeMap::new(),
+        masked_paths: [
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/sys/firmware",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+        readonly_paths: [
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+    };
+    PolicyInput::new(Request::CreateContainer(Box::new(request)), state())
+}
+
+fn state() -> SandboxState {
+    SandboxState {
+        containers: (0..3)
+            .map(|i| ContainerState {
+                id: format!("running{i}"),
+                image_digest: None,
+                started: true,
+                record: BTreeMap::from([("entry".to_owned(), format!("c{i}"))]),
+            })
+            .collect(),
+    }
+}
+
+fn measure(engine: &Engine, input: &PolicyInput, runs: usize) -> Vec<Duration> {
+    for _ in 0..runs / 10 {
+        assert!(engine.decide(input).allowed);
+    }
+    let mut samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let decision = engine.decide(input);
+            let took = started.elapsed();
+            assert!(decision.allowed, "{}", decision.reason);
+            took
+        })
+        .collect();
+    samples.sort();
+    samples
+}
+
+fn report(name: &str, samples: &[Duration], goal_us: u128) {
+    let median = samples[samples.len() / 2];
+    let p99 = samples[samples.len() * 99 / 100];
+    let total: Duration = samples.iter().sum();
+    let per_second = samples.len() as f64 / total.as_secs_f64();
+    println!(
+        "{name}: median {} µs, p99 {} µs, {per_second:.0} decisions/s (goal: median ≤ {goal_us} µs → {})",
+        median.as_micros(),
+        p99.as_micros(),
+        if median.as_micros() <= goal_us {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+#[allow(dead_code)]
+fn profile() {
+    let input = serde_json::to_string(&create()).unwrap();
+    let mut e = regorus::Engine::new();
+    e.add_policy("p.rego".into(), CONFIDENTIAL_POLICY.into())
+        .unwrap();
+    e.add_data_json(&data().to_string()).unwrap();
+    e.set_input_json(&input).unwrap();
+    for rule in [
+        "kind",
+        "candidates",
+        "problems",
+        "matching",
+        "denials",
+        "decision",
+    ] {
+        let r = format!("data.coffer.policy.{rule}");
+        let _ = e.eval_rule(r.clone()).unwrap();
+        let t = Instant::now();
+        for _ in 0..200 {
+            let _ = e.eval_rule(r.clone()).unwrap();
+        }
+        println!("{rule}: {} µs", t.elapsed().as_micros() / 200);
+    }
+}
+
+fn main() {
+    if std::env::var_os("PROFILE").is_some() {
+        profile();
+        return;
+    }
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2000);
+    let engine = Engine::new(
+        CONFIDENTIAL_POLICY,
+        Some(&data().to_string()),
+        Limits::default(),
+    )
+    .expect("policy loads");
+    let create = create();
+    let decision = engine.decide(&create);
+    assert!(decision.allowed, "{}", decision.reason);
+    assert_eq!(decision.record.get("entry").map(String::as_str), Some("c9"));
+    report(
+        &format!("CreateContainer, {ENTRIES}-container policy"),
+        &measure(&engine, &create, runs),
+        50,
+    );
+    let simple = PolicyInput::new(Request::GetGuestDetails, state());
+    report("GetGuestDetails", &measure(&engine, &simple, runs), 10);
+    let stdout = PolicyInput::new(
+        Request::ReadStdout {
+            container_id: "running1".into(),
+            exec_id: None,
+        },
+        state(),
+    );
+    report(
+        "ReadStdout (entry lookup)",
+        &measure(&engine, &stdout, runs),
+        10,
+    );
+    if std::env::var_os("TRIVIAL").is_some() {
+        let trivial = Engine::new(
+            "package coffer.policy\ndecision := {\"allow\": true}\n",
+            Some(&data().to_string()),
+            Limits::default(),
+        )
+        .unwrap();
+        report(
+            "trivial policy, CreateContainer",
+            &measure(&trivial, &create, runs),
+            10,
+        );
+        report(
+            "trivial policy, GetGuestDetails",
+            &measure(&trivial, &simple, runs),
+            10,
+        );
+    }
+}

@@ -1,0 +1,463 @@
+# Coffer confidential-mode policy: the default when the sandbox runs in a TEE.
+#
+# Contract (see the coffer-policies crate docs): input schema version 1, one decision per request in
+# data.coffer.policy.decision = {"allow": bool, "reason": string[, "record": {string: string}]}.
+#
+# The host is untrusted: it sends every request. This policy admits only what the pod owner listed
+# in the policy data (schema: policies/POLICY-DATA.md), which arrives with the policy in measured
+# initdata:
+#   - CreateContainer only from an image pinned by digest and listed, with exactly the listed
+#     argv, user, working directory and terminal setting, environment drawn from the listed values,
+#     no capabilities beyond the default set plus the listed ones, no_new_privileges unless listed,
+#     fresh mount and pid namespaces and no joined namespace unless listed, only the standard kernel
+#     filesystems plus the listed mounts, no devices, sysctls or relaxed masked/read-only paths
+#     unless listed, and never OCI hooks. An admitted container is recorded with its entry's name.
+#   - Root filesystems uploaded by the host are refused: images are pulled inside the guest.
+#   - ExecProcess only for argv listed for the container's entry, compared argument by argument,
+#     without a terminal, as the entry's user.
+#   - Reading the init process's stdout/stderr only when the entry allows logs; writing its stdin
+#     only when the entry allows stdin.
+# Protocol v1 has no network-mutating or policy-replacing RPC; any kind this policy does not know
+# (SetPolicy, SetIPTables, ...) is denied. With no policy data every container is refused.
+package coffer.policy
+
+import rego.v1
+
+known_kinds := {
+	"CreateSandbox",
+	"DestroySandbox",
+	"UploadRootfs",
+	"CreateContainer",
+	"StartContainer",
+	"RemoveContainer",
+	"StatsContainer",
+	"ExecProcess",
+	"WaitProcess",
+	"SignalProcess",
+	"WriteStdin",
+	"CloseStdin",
+	"ReadStdout",
+	"ReadStderr",
+	"TtyWinResize",
+	"GetGuestDetails",
+	"GetOOMEvent",
+}
+
+# containerd's default capabilities for unprivileged containers, without CAP_NET_RAW.
+default_capabilities := {
+	"CAP_AUDIT_WRITE",
+	"CAP_CHOWN",
+	"CAP_DAC_OVERRIDE",
+	"CAP_FOWNER",
+	"CAP_FSETID",
+	"CAP_KILL",
+	"CAP_MKNOD",
+	"CAP_NET_BIND_SERVICE",
+	"CAP_SETFCAP",
+	"CAP_SETGID",
+	"CAP_SETPCAP",
+	"CAP_SETUID",
+	"CAP_SYS_CHROOT",
+}
+
+# Kernel filesystems every container may have, by [type, destination]. Never bind mounts.
+standard_mounts := {
+	["proc", "/proc"],
+	["tmpfs", "/dev"],
+	["devpts", "/dev/pts"],
+	["tmpfs", "/dev/shm"],
+	["shm", "/dev/shm"],
+	["mqueue", "/dev/mqueue"],
+	["sysfs", "/sys"],
+	["cgroup", "/sys/fs/cgroup"],
+	["cgroup2", "/sys/fs/cgroup"],
+}
+
+# Filesystems that must be mounted read-only when present.
+read_only_types := {"sysfs", "cgroup", "cgroup2"}
+
+required_masked_paths := {
+	"/proc/acpi",
+	"/proc/kcore",
+	"/proc/keys",
+	"/proc/latency_stats",
+	"/proc/sched_debug",
+	"/proc/scsi",
+	"/proc/timer_list",
+	"/proc/timer_stats",
+	"/sys/firmware",
+}
+
+required_readonly_paths := {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+
+bind_options := {"bind", "rbind"}
+
+kind := object.get(input, ["request", "kind"], "<missing kind>")
+
+req := input.request
+
+# The listed containers. (Read as data.containers, never through object.get(data, ...): that would
+# materialise the whole data tree, this policy's own rules included, on every decision.)
+default entries := []
+
+entries := data.containers
+
+# --- decision ---------------------------------------------------------------------------------
+
+# Requests with nothing to check beyond their kind (the agent checks that the container or process
+# exists). They are decided without evaluating any other rule.
+plain_kinds := {
+	"CreateSandbox",
+	"DestroySandbox",
+	"StartContainer",
+	"RemoveContainer",
+	"StatsContainer",
+	"WaitProcess",
+	"SignalProcess",
+	"TtyWinResize",
+	"GetGuestDetails",
+	"GetOOMEvent",
+}
+
+plain if {
+	input.version == 1
+	kind in plain_kinds
+}
+
+decision := {"allow": true, "reason": ""} if plain
+
+decision := {"allow": false, "reason": concat("; ", sort(denials))} if {
+	not plain
+	count(denials) > 0
+}
+
+decision := {"allow": true, "reason": "", "record": {"entry": admitted_entry}} if {
+	not plain
+	count(denials) == 0
+	kind == "CreateContainer"
+}
+
+decision := {"allow": true, "reason": ""} if {
+	not plain
+	count(denials) == 0
+	kind != "CreateContainer"
+}
+
+# --- every request ------------------------------------------------------------------------------
+
+denials contains msg if {
+	not input.version == 1
+	msg := sprintf("unsupported policy input version %v, expected 1", [object.get(input, "version", null)])
+}
+
+denials contains msg if {
+	not kind in known_kinds
+	msg := sprintf("%v is not an RPC this policy allows", [kind])
+}
+
+# Problems with the policy data. The engine evaluates this rule once when it loads the policy and
+# refuses to load on any problem, so malformed data is never read leniently.
+data_problems contains "containers must be an array" if not is_array(entries)
+
+data_problems contains msg if {
+	some i, e in entries
+	not is_string(e.name)
+	msg := sprintf("containers[%d].name must be a string", [i])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	not pinned(object.get(e, "image", null))
+	msg := sprintf("containers[%d].image must be a reference pinned by digest (…@sha256:<64 hex>)", [i])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	not string_array(object.get(e, "args", null))
+	msg := sprintf("containers[%d].args must be an array of strings", [i])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	some field in ["env", "env_names_any_value", "capabilities", "host_namespaces"]
+	not string_array(object.get(e, field, []))
+	msg := sprintf("containers[%d].%s must be an array of strings", [i, field])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	some field in ["mounts", "devices", "exec"]
+	not is_array(object.get(e, field, []))
+	msg := sprintf("containers[%d].%s must be an array", [i, field])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	some field in ["terminal", "logs", "stdin", "allow_privilege_escalation"]
+	not is_boolean(object.get(e, field, false))
+	msg := sprintf("containers[%d].%s must be a boolean", [i, field])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	some j, other in entries
+	i < j
+	e.name == other.name
+	msg := sprintf("container name %v is listed twice", [e.name])
+}
+
+pinned(ref) if {
+	is_string(ref)
+	regex.match(`^[^@ \t\n]+@sha256:[0-9a-f]{64}$`, ref)
+}
+
+string_array(value) if {
+	is_array(value)
+	every v in value {
+		is_string(v)
+	}
+}
+
+# --- host-supplied root filesystems -------------------------------------------------------------
+
+denials contains "UploadRootfs: root filesystems from the host are not allowed in confidential mode (images are pulled in the guest)" if {
+	kind == "UploadRootfs"
+}
+
+# --- CreateContainer ----------------------------------------------------------------------------
+
+denials contains msg if {
+	kind == "CreateContainer"
+	req.rootfs.source != "image"
+	msg := sprintf("CreateContainer %s: root filesystem source %v is not allowed in confidential mode, only pulled images", [req.container_id, req.rootfs.source])
+}
+
+denials contains msg if {
+	kind == "CreateContainer"
+	req.hooks_present != false
+	msg := sprintf("CreateContainer %s: OCI hooks are present (they would run as guest root)", [req.container_id])
+}
+
+denials contains msg if {
+	kind == "CreateContainer"
+	req.rootfs.source == "image"
+	not pinned(req.rootfs.image)
+	msg := sprintf("CreateContainer %s: image %v is not pinned by digest", [req.container_id, req.rootfs.image])
+}
+
+denials contains msg if {
+	kind == "CreateContainer"
+	pinned(req.rootfs.image)
+	count(candidates) == 0
+	msg := sprintf("CreateContainer %s: image %s is not listed in the policy data", [req.container_id, req.rootfs.image])
+}
+
+denials contains msg if {
+	kind == "CreateContainer"
+	count(candidates) > 0
+	count(matching) == 0
+	some e in candidates
+	problems := sort({p | some [name, p] in problems; name == e.name})
+	msg := sprintf("CreateContainer %s: policy entry %v: %s", [req.container_id, e.name, concat(", ", problems)])
+}
+
+candidates contains e if {
+	kind == "CreateContainer"
+	some e in entries
+	e.image == req.rootfs.image
+}
+
+matching contains e.name if {
+	some e in candidates
+	count({p | some [name, p] in problems; name == e.name}) == 0
+}
+
+# Deterministic when several entries admit the same request.
+admitted_entry := sort(matching)[0]
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	req.process.args != e.args
+	msg := sprintf("args %v differ from %v", [req.process.args, e.args])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	some msg in process_problems(req.process, e)
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	some ns in req.namespaces
+	ns.path != null
+	not ns.type in object.get(e, "host_namespaces", [])
+	msg := sprintf("%s namespace joins the existing namespace %v", [ns.type, ns.path])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	some required in ["mount", "pid"]
+	not required in {ns.type | some ns in req.namespaces}
+	not required in object.get(e, "host_namespaces", [])
+	msg := sprintf("no new %s namespace (the guest's own would be shared)", [required])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	some m in req.mounts
+	not mount_allowed(m, e)
+	msg := sprintf("mount %s (type %v, source %v) is not allowed", [m.destination, m.type, m.source])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	some d in req.devices
+	not d in object.get(e, "devices", [])
+	msg := sprintf("device %s is not listed", [d.path])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	some key, value in req.sysctls
+	object.get(object.get(e, "sysctls", {}), key, null) != value
+	msg := sprintf("sysctl %s=%s is not listed", [key, value])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	missing := required_masked_paths - {p | some p in req.masked_paths}
+	count(missing) > 0
+	msg := sprintf("masked paths %v are not masked", [sort(missing)])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	missing := required_readonly_paths - {p | some p in req.readonly_paths}
+	count(missing) > 0
+	msg := sprintf("paths %v are not read-only", [sort(missing)])
+}
+
+mount_allowed(m, e) if m in object.get(e, "mounts", [])
+
+mount_allowed(m, _) if {
+	[m.type, m.destination] in standard_mounts
+	not is_bind(m)
+	not writable_read_only_type(m)
+}
+
+writable_read_only_type(m) if {
+	m.type in read_only_types
+	not "ro" in m.options
+}
+
+is_bind(m) if m.type == "bind"
+
+is_bind(m) if {
+	some option in m.options
+	option in bind_options
+}
+
+# Problems of a process against an entry (shared by CreateContainer and ExecProcess).
+process_problems(p, e) := {msg |
+	some check in [
+		user_problem(p, e),
+		cwd_problem(p, e),
+		privilege_problem(p, e),
+	]
+	some msg in check
+} | capability_problems(p, e) | env_problems(p, e)
+
+user_problem(p, e) := {sprintf("user %v differs from %v", [p.user, expected])} if {
+	expected := object.get(e, "user", {"uid": 0, "gid": 0})
+	p.user != expected
+} else := set()
+
+cwd_problem(p, e) := {sprintf("working directory %v differs from %v", [p.cwd, expected])} if {
+	expected := object.get(e, "cwd", "/")
+	p.cwd != expected
+} else := set()
+
+privilege_problem(p, e) := {"no_new_privileges is off"} if {
+	p.no_new_privileges != true
+	object.get(e, "allow_privilege_escalation", false) != true
+} else := set()
+
+capability_problems(p, e) := {sprintf("capability %s (%s set) is not allowed", [cap, set_name]) |
+	some set_name, caps in p.capabilities
+	some cap in caps
+	not cap in default_capabilities
+	not cap in object.get(e, "capabilities", [])
+}
+
+env_problems(p, e) := {sprintf("environment variable %v is not listed", [name]) |
+	some var in p.env
+	not env_allowed(var, e)
+	name := split(var, "=")[0]
+}
+
+env_allowed(var, e) if var in object.get(e, "env", [])
+
+env_allowed(var, e) if {
+	contains(var, "=")
+	split(var, "=")[0] in object.get(e, "env_names_any_value", [])
+}
+
+problems contains [e.name, msg] if {
+	some e in candidates
+	req.process.terminal != object.get(e, "terminal", false)
+	msg := sprintf("terminal %v differs from %v", [req.process.terminal, object.get(e, "terminal", false)])
+}
+
+# --- requests about an existing container -------------------------------------------------------
+
+# The policy entry that admitted a container, via the record its CreateContainer left.
+entry_of(container_id) := e if {
+	some c in input.state.containers
+	c.id == container_id
+	some e in entries
+	e.name == object.get(c.record, "entry", null)
+}
+
+denials contains msg if {
+	kind == "ExecProcess"
+	not entry_of(req.container_id)
+	msg := sprintf("ExecProcess %s: container %s was not admitted by a policy entry", [req.exec_id, req.container_id])
+}
+
+denials contains msg if {
+	kind == "ExecProcess"
+	e := entry_of(req.container_id)
+	not req.process.args in object.get(e, "exec", [])
+	msg := sprintf("ExecProcess %s: argv %v is not listed for policy entry %v", [req.exec_id, req.process.args, e.name])
+}
+
+denials contains msg if {
+	kind == "ExecProcess"
+	req.process.terminal != false
+	msg := sprintf("ExecProcess %s: a terminal is not allowed", [req.exec_id])
+}
+
+denials contains msg if {
+	kind == "ExecProcess"
+	e := entry_of(req.container_id)
+	some problem in process_problems(req.process, e)
+	msg := sprintf("ExecProcess %s: %s", [req.exec_id, problem])
+}
+
+output_kinds := {"ReadStdout", "ReadStderr"}
+
+input_kinds := {"WriteStdin", "CloseStdin"}
+
+denials contains msg if {
+	kind in output_kinds
+	req.exec_id == null
+	not object.get(entry_of(req.container_id), "logs", false) == true
+	msg := sprintf("%s: output of container %s is not readable (its policy entry does not allow logs)", [kind, req.container_id])
+}
+
+denials contains msg if {
+	kind in input_kinds
+	req.exec_id == null
+	not object.get(entry_of(req.container_id), "stdin", false) == true
+	msg := sprintf("%s: stdin of container %s is not writable (its policy entry does not allow stdin)", [kind, req.container_id])
+}

@@ -1,0 +1,591 @@
+//! `confidential.rego`, table-driven per request kind: the listed pod is admitted exactly, and each
+//! deviation the host could make is denied with a reason naming the field (AGT-CC, AGT-EX, AGT-ST,
+//! AGT-MISC, POL-01, POL-03).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test-only file: panics are failures
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use coffer_policies::{
+    CONFIDENTIAL_POLICY, ContainerState, CreateContainer, Decision, Device, Engine, Limits,
+    Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState,
+};
+use common::{default_mounts, mount, new_namespaces, one_of_each};
+use serde_json::json;
+
+const IMAGE: &str =
+    "registry.example/app@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const SIDECAR: &str =
+    "registry.example/side@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+const MASKED: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+const READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn data() -> serde_json::Value {
+    json!({
+        "containers": [
+            {
+                "name": "app",
+                "image": IMAGE,
+                "args": ["/app/server", "--port", "8080"],
+                "env": ["PATH=/usr/bin:/bin", "MODE=prod"],
+                "env_names_any_value": ["HOSTNAME"],
+                "cwd": "/app",
+                "user": {"uid": 1000, "gid": 1000},
+                "capabilities": ["CAP_NET_ADMIN"],
+                "mounts": [{"destination": "/data", "source": "tmpfs", "type": "tmpfs", "options": ["nosuid", "size=1m"]}],
+                "exec": [["/app/health", "--ready"], ["sh", "-c", "echo ok"]],
+                "logs": true
+            },
+            {
+                "name": "side",
+                "image": SIDECAR,
+                "args": ["/side"],
+                "cwd": "/",
+                "user": {"uid": 0, "gid": 0}
+            }
+        ]
+    })
+}
+
+fn engine_with(data: &serde_json::Value) -> Engine {
+    Engine::new(
+        CONFIDENTIAL_POLICY,
+        Some(&data.to_string()),
+        Limits::default(),
+    )
+    .unwrap()
+}
+
+fn app_process() -> Process {
+    let mut p = common::process(&["/app/server", "--port", "8080"]);
+    p.env = vec![
+        "PATH=/usr/bin:/bin".into(),
+        "MODE=prod".into(),
+        "HOSTNAME=pod-7".into(),
+    ];
+    p.cwd = "/app".into();
+    p.capabilities.bounding = vec!["CAP_CHOWN".into(), "CAP_NET_ADMIN".into()];
+    p
+}
+
+/// The CreateContainer containerd would send for the `app` entry.
+fn app() -> CreateContainer {
+    CreateContainer {
+        container_id: "c1".into(),
+        rootfs: Rootfs {
+            source: RootfsSource::Image,
+            image: Some(IMAGE.into()),
+        },
+        process: app_process(),
+        namespaces: new_namespaces(),
+        mounts: default_mounts(),
+        devices: vec![],
+        hooks_present: false,
+        sysctls: BTreeMap::new(),
+        masked_paths: MASKED.iter().map(|s| (*s).to_owned()).collect(),
+        readonly_paths: READONLY.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// A sandbox where `c1` was admitted as `app` and `c2` exists without a record.
+fn state() -> SandboxState {
+    SandboxState {
+        containers: vec![
+            ContainerState {
+                id: "c1".into(),
+                image_digest: None,
+                started: true,
+                record: BTreeMap::from([("entry".to_owned(), "app".to_owned())]),
+            },
+            ContainerState {
+                id: "c2".into(),
+                image_digest: None,
+                started: true,
+                record: BTreeMap::new(),
+            },
+        ],
+    }
+}
+
+fn decide(request: Request) -> Decision {
+    engine_with(&data()).decide(&PolicyInput::new(request, state()))
+}
+
+fn create(edit: impl FnOnce(&mut CreateContainer)) -> Request {
+    let mut c = app();
+    edit(&mut c);
+    Request::CreateContainer(Box::new(c))
+}
+
+fn exec(container: &str, edit: impl FnOnce(&mut Process)) -> Request {
+    let mut p = app_process();
+    p.args = vec!["/app/health".into(), "--ready".into()];
+    edit(&mut p);
+    Request::ExecProcess {
+        container_id: container.into(),
+        exec_id: "e1".into(),
+        process: Box::new(p),
+    }
+}
+
+#[test]
+fn listed_container_is_admitted_and_recorded() {
+    let d = decide(create(|_| {}));
+    assert!(d.allowed, "{}", d.reason);
+    assert_eq!(d.record.get("entry").map(String::as_str), Some("app"));
+}
+
+#[test]
+fn sidecar_entry_is_matched_by_its_own_image() {
+    let d = decide(create(|c| {
+        c.rootfs.image = Some(SIDECAR.into());
+        c.process = common::process(&["/side"]);
+        c.process.user.uid = 0;
+        c.process.user.gid = 0;
+        c.process.env.clear();
+    }));
+    assert!(d.allowed, "{}", d.reason);
+    assert_eq!(d.record.get("entry").map(String::as_str), Some("side"));
+}
+
+/// AGT-CC, POL-01: each deviation from the listed container, with the reason it must give.
+#[test]
+fn create_container_deny_table() {
+    let cases: Vec<(&str, Request, &str)> = vec![
+        (
+            "host-uploaded rootfs",
+            create(|c| {
+                c.rootfs = Rootfs {
+                    source: RootfsSource::Uploaded,
+                    image: None,
+                }
+            }),
+            "root filesystem source uploaded is not allowed",
+        ),
+        (
+            "image by tag",
+            create(|c| c.rootfs.image = Some("registry.example/app:latest".into())),
+            "image registry.example/app:latest is not pinned by digest",
+        ),
+        (
+            "other digest",
+            create(|c| c.rootfs.image = Some(IMAGE.replace("1111", "3333"))),
+            "is not listed in the policy data",
+        ),
+        (
+            "changed command",
+            create(|c| c.process.args.push("--debug".into())),
+            "args [\"/app/server\", \"--port\", \"8080\", \"--debug\"] differ",
+        ),
+        (
+            "argv joined differently (AGT-EX split trick)",
+            create(|c| c.process.args = vec!["/app/server --port".into(), "8080".into()]),
+            "args [\"/app/server --port\", \"8080\"] differ",
+        ),
+        (
+            "unlisted environment value",
+            create(|c| c.process.env.push("LD_PRELOAD=/tmp/x.so".into())),
+            "environment variable LD_PRELOAD is not listed",
+        ),
+        (
+            "listed variable with another value",
+            create(|c| c.process.env[1] = "MODE=debug".into()),
+            "environment variable MODE is not listed",
+        ),
+        (
+            "root instead of the listed user",
+            create(|c| c.process.user.uid = 0),
+            "user {\"gid\": 1000, \"uid\": 0} differs",
+        ),
+        (
+            "other working directory",
+            create(|c| c.process.cwd = "/".into()),
+            "working directory / differs from /app",
+        ),
+        (
+            "terminal",
+            create(|c| c.process.terminal = true),
+            "terminal true differs from false",
+        ),
+        (
+            "extra capability (privileged)",
+            create(|c| {
+                c.process
+                    .capabilities
+                    .effective
+                    .push("CAP_SYS_ADMIN".into())
+            }),
+            "capability CAP_SYS_ADMIN (effective set) is not allowed",
+        ),
+        (
+            "NET_RAW is not in the confidential default set",
+            create(|c| c.process.capabilities.ambient.push("CAP_NET_RAW".into())),
+            "capability CAP_NET_RAW (ambient set) is not allowed",
+        ),
+        (
+            "privilege escalation",
+            create(|c| c.process.no_new_privileges = false),
+            "no_new_privileges is off",
+        ),
+        (
+            "OCI hooks",
+            create(|c| c.hooks_present = true),
+            "OCI hooks are present",
+        ),
+        (
+            "host network namespace",
+            create(|c| {
+                c.namespaces[1].path = Some("/proc/1/ns/net".into());
+            }),
+            "network namespace joins the existing namespace /proc/1/ns/net",
+        ),
+        (
+            "guest pid namespace shared",
+            create(|c| c.namespaces.retain(|n| n.kind != NamespaceType::Pid)),
+            "no new pid namespace",
+        ),
+        (
+            "bind mount of a guest path",
+            create(|c| c.mounts.push(mount("/host", "/", "bind", &["rbind", "rw"]))),
+            "mount /host (type bind, source /) is not allowed",
+        ),
+        (
+            "bind disguised as tmpfs",
+            create(|c| {
+                c.mounts
+                    .push(mount("/dev/shm", "/dev/sev-guest", "tmpfs", &["bind"]))
+            }),
+            "mount /dev/shm (type tmpfs, source /dev/sev-guest) is not allowed",
+        ),
+        (
+            "writable sysfs",
+            create(|c| c.mounts.push(mount("/sys", "sysfs", "sysfs", &["rw"]))),
+            "mount /sys (type sysfs, source sysfs) is not allowed",
+        ),
+        (
+            "listed mount with other options",
+            create(|c| {
+                c.mounts
+                    .push(mount("/data", "tmpfs", "tmpfs", &["size=1m"]))
+            }),
+            "mount /data (type tmpfs, source tmpfs) is not allowed",
+        ),
+        (
+            "device node",
+            create(|c| {
+                c.devices.push(Device {
+                    path: "/dev/sev-guest".into(),
+                    kind: "c".into(),
+                    major: 10,
+                    minor: 124,
+                })
+            }),
+            "device /dev/sev-guest is not listed",
+        ),
+        (
+            "sysctl",
+            create(|c| {
+                c.sysctls
+                    .insert("kernel.core_pattern".into(), "|/tmp/x".into());
+            }),
+            "sysctl kernel.core_pattern=|/tmp/x is not listed",
+        ),
+        (
+            "masked path dropped",
+            create(|c| c.masked_paths.retain(|p| p != "/proc/kcore")),
+            "masked paths [\"/proc/kcore\"] are not masked",
+        ),
+        (
+            "read-only path dropped",
+            create(|c| c.readonly_paths.clear()),
+            "paths [\"/proc/bus\", \"/proc/fs\", \"/proc/irq\", \"/proc/sys\", \"/proc/sysrq-trigger\"] are not read-only",
+        ),
+    ];
+    for (name, request, reason) in cases {
+        let d = decide(request);
+        assert!(!d.allowed, "{name}: allowed");
+        assert!(d.record.is_empty(), "{name}: a denial records nothing");
+        assert!(
+            d.reason.contains(reason),
+            "{name}: reason {:?} lacks {reason:?}",
+            d.reason
+        );
+        assert!(
+            d.reason.starts_with("CreateContainer c1: "),
+            "{name}: {}",
+            d.reason
+        );
+    }
+}
+
+/// AGT-EX: exec only for listed argv, argument by argument, in the right container.
+#[test]
+fn exec_table() {
+    let allowed = [
+        exec("c1", |_| {}),
+        exec("c1", |p| {
+            p.args = vec!["sh".into(), "-c".into(), "echo ok".into()];
+        }),
+    ];
+    for request in allowed {
+        let d = decide(request);
+        assert!(d.allowed, "{}", d.reason);
+        assert!(d.record.is_empty());
+    }
+    let denied: Vec<(&str, Request, &str)> = vec![
+        (
+            "unlisted command",
+            exec("c1", |p| p.args = vec!["sh".into()]),
+            "argv [\"sh\"] is not listed for policy entry app",
+        ),
+        (
+            "split differently",
+            exec("c1", |p| {
+                p.args = vec!["sh".into(), "-c echo".into(), "ok".into()];
+            }),
+            "argv [\"sh\", \"-c echo\", \"ok\"] is not listed",
+        ),
+        (
+            "joined",
+            exec("c1", |p| p.args = vec!["sh -c echo ok".into()]),
+            "is not listed",
+        ),
+        (
+            "trailing space",
+            exec("c1", |p| {
+                p.args = vec!["/app/health".into(), "--ready ".into()]
+            }),
+            "is not listed",
+        ),
+        (
+            "terminal",
+            exec("c1", |p| p.terminal = true),
+            "a terminal is not allowed",
+        ),
+        (
+            "other user",
+            exec("c1", |p| p.user.uid = 0),
+            "user {\"gid\": 1000, \"uid\": 0} differs",
+        ),
+        (
+            "extra capability",
+            exec("c1", |p| {
+                p.capabilities.permitted.push("CAP_SYS_PTRACE".into())
+            }),
+            "capability CAP_SYS_PTRACE (permitted set) is not allowed",
+        ),
+        (
+            "container without a policy entry",
+            exec("c2", |_| {}),
+            "container c2 was not admitted by a policy entry",
+        ),
+        (
+            "unknown container",
+            exec("nope", |_| {}),
+            "container nope was not admitted",
+        ),
+    ];
+    for (name, request, reason) in denied {
+        let d = decide(request);
+        assert!(!d.allowed, "{name}: allowed");
+        assert!(d.reason.contains(reason), "{name}: {:?}", d.reason);
+        assert!(
+            d.reason.starts_with("ExecProcess e1: "),
+            "{name}: {}",
+            d.reason
+        );
+    }
+}
+
+/// AGT-ST: init-process output only when the entry allows logs, stdin only when it allows stdin.
+#[test]
+fn stream_table() {
+    let read = |container: &str, exec: Option<&str>| Request::ReadStdout {
+        container_id: container.into(),
+        exec_id: exec.map(str::to_owned),
+    };
+    assert!(decide(read("c1", None)).allowed);
+    assert!(decide(read("c1", Some("e1"))).allowed);
+    let hidden = decide(read("c2", None));
+    assert!(!hidden.allowed);
+    assert_eq!(
+        hidden.reason,
+        "ReadStdout: output of container c2 is not readable (its policy entry does not allow logs)"
+    );
+    let stderr = decide(Request::ReadStderr {
+        container_id: "nope".into(),
+        exec_id: None,
+    });
+    assert!(!stderr.allowed, "unknown containers are hidden too");
+    let stdin = decide(Request::WriteStdin {
+        container_id: "c1".into(),
+        exec_id: None,
+    });
+    assert!(!stdin.allowed);
+    assert!(
+        stdin
+            .reason
+            .contains("stdin of container c1 is not writable")
+    );
+}
+
+#[test]
+fn plain_requests_are_allowed_and_host_rootfs_refused() {
+    for request in one_of_each() {
+        let name = request.name();
+        let d = decide(request);
+        match name {
+            "UploadRootfs" | "CreateContainer" | "ExecProcess" => {
+                assert!(!d.allowed, "{name} allowed")
+            }
+            _ => assert!(d.allowed, "{name}: {}", d.reason),
+        }
+    }
+}
+
+/// With no policy data (the built-in default), no container is admitted.
+#[test]
+fn without_policy_data_nothing_runs() {
+    let engine = Engine::new(CONFIDENTIAL_POLICY, None, Limits::default()).unwrap();
+    let d = engine.decide(&PolicyInput::new(create(|_| {}), state()));
+    assert!(!d.allowed);
+    assert!(
+        d.reason.contains("is not listed in the policy data"),
+        "{}",
+        d.reason
+    );
+    let details = engine.decide(&PolicyInput::new(Request::GetGuestDetails, state()));
+    assert!(details.allowed);
+}
+
+/// POL-01: policy data with wrong types does not load (the agent never serves), never read leniently.
+#[test]
+fn malformed_policy_data_does_not_load() {
+    let cases = [
+        (
+            json!({"containers": {"app": {}}}),
+            "containers must be an array",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "x:latest", "args": []}]}),
+            "containers[0].image must be a reference pinned by digest",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": "/app/server"}]}),
+            "containers[0].args must be an array of strings",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "logs": "yes"}]}),
+            "containers[0].logs must be a boolean",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "env": [null]}]}),
+            "containers[0].env must be an array of strings",
+        ),
+        (
+            json!({"containers": [
+                {"name": "a", "image": IMAGE, "args": []},
+                {"name": "a", "image": SIDECAR, "args": []}
+            ]}),
+            "container name a is listed twice",
+        ),
+    ];
+    for (data, reason) in cases {
+        let err = Engine::new(
+            CONFIDENTIAL_POLICY,
+            Some(&data.to_string()),
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, coffer_policies::PolicyError::Data { .. }),
+            "{data}: {err}"
+        );
+        assert!(err.to_string().contains(reason), "{data}: {err}");
+    }
+}
+
+/// AGT-MISC: RPCs the policy does not know (SetPolicy, SetIPTables, ...) are refused: the input
+/// schema has no such kind, so a forged input naming one is denied by the policy itself.
+#[test]
+fn unknown_kinds_are_refused() {
+    let engine = engine_with(&data());
+    for kind in [
+        "SetPolicy",
+        "SetIPTables",
+        "UpdateRoutes",
+        "AddARPNeighbors",
+    ] {
+        let input = json!({"version": 1, "request": {"kind": kind}, "state": {"containers": []}});
+        let d = engine.decide_json(&input.to_string());
+        assert!(!d.allowed, "{kind}");
+        assert!(
+            d.reason
+                .contains(&format!("{kind} is not an RPC this policy allows")),
+            "{}",
+            d.reason
+        );
+    }
+}
+
+/// POL-03: the record is the only state a policy keeps, and only CreateContainer may set it.
+#[test]
+fn record_only_on_create_container() {
+    let policy = r#"package coffer.policy
+decision := {"allow": true, "reason": "", "record": {"entry": "x"}}"#;
+    let engine = Engine::new(policy, None, Limits::default()).unwrap();
+    let d = engine.decide(&PolicyInput::new(Request::GetGuestDetails, state()));
+    assert!(!d.allowed);
+    assert!(
+        d.reason
+            .contains("record is only valid for CreateContainer")
+    );
+    let d = engine.decide(&PolicyInput::new(create(|_| {}), state()));
+    assert!(d.allowed);
+    let bad = r#"package coffer.policy
+decision := {"allow": true, "reason": "", "record": {"entry": 1}}"#;
+    let engine = Engine::new(bad, None, Limits::default()).unwrap();
+    let d = engine.decide(&PolicyInput::new(create(|_| {}), state()));
+    assert!(!d.allowed);
+    assert!(
+        d.reason.contains("record must map strings to strings"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn namespaces_listed_as_host_are_allowed() {
+    let mut data = data();
+    data["containers"][0]["host_namespaces"] = json!(["network"]);
+    let engine = engine_with(&data);
+    let mut c = app();
+    c.namespaces[1] = Namespace {
+        kind: NamespaceType::Network,
+        path: Some("/proc/1/ns/net".into()),
+    };
+    let d = engine.decide(&PolicyInput::new(
+        Request::CreateContainer(Box::new(c)),
+        state(),
+    ));
+    assert!(d.allowed, "{}", d.reason);
+}
