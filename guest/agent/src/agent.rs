@@ -66,6 +66,8 @@ struct Container {
     init: Process,
     started: std::sync::atomic::AtomicBool,
     execs: StdMutex<HashMap<Id, Arc<Process>>>,
+    /// What the policy recorded when it admitted the container.
+    record: crate::policy::Record,
 }
 
 impl Container {
@@ -150,13 +152,14 @@ impl Agent {
                 id: c.id.to_string(),
                 image_digest: None,
                 started: c.started.load(std::sync::atomic::Ordering::SeqCst),
+                record: c.record.clone(),
             })
             .collect();
         containers.sort_by(|a, b| a.id.cmp(&b.id));
         coffer_policies::SandboxState { containers }
     }
 
-    async fn dispatch(&self, _permit: Permit, request: AgentRequest) -> Result<Reply, AgentError> {
+    async fn dispatch(&self, permit: Permit, request: AgentRequest) -> Result<Reply, AgentError> {
         match request {
             AgentRequest::CreateSandbox {
                 sandbox_id,
@@ -176,7 +179,10 @@ impl Agent {
                 container,
                 spec,
                 rootfs,
-            } => self.create_container(container, *spec, rootfs).await,
+            } => {
+                self.create_container(container, *spec, rootfs, permit.into_record())
+                    .await
+            }
             AgentRequest::StartContainer { container } => self.start_container(container).await,
             AgentRequest::RemoveContainer { container, force } => {
                 self.remove_container(container, force).await
@@ -465,6 +471,7 @@ impl Agent {
         id: Id,
         mut spec: Spec,
         rootfs: RootfsSource,
+        record: crate::policy::Record,
     ) -> Result<Reply, AgentError> {
         let _busy = self.claim(&id, "container").await?;
         if self.state.lock().await.containers.contains_key(&id) {
@@ -474,7 +481,9 @@ impl Agent {
             });
         }
         let bundle = self.bundle_dir(&id);
-        let result = self.build_container(&id, &mut spec, rootfs, &bundle).await;
+        let result = self
+            .build_container(&id, &mut spec, rootfs, &bundle, record)
+            .await;
         match result {
             Ok(container) => {
                 self.state
@@ -500,6 +509,7 @@ impl Agent {
         spec: &mut Spec,
         rootfs: RootfsSource,
         bundle: &Path,
+        record: crate::policy::Record,
     ) -> Result<Container, AgentError> {
         let rootfs_dir = bundle.join("rootfs");
         match rootfs {
@@ -548,6 +558,7 @@ impl Agent {
             init: Process::new(pid, io, exited),
             started: false.into(),
             execs: StdMutex::new(HashMap::new()),
+            record,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod error;
 pub mod init;
+pub mod initdata;
 pub mod oci;
 pub mod policy;
 pub mod policy_input;

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use coffer_agent::initdata::{self, Tee};
 use coffer_agent::policy::{Gate, RegoPolicy};
 use coffer_agent::reaper::Reaper;
 use coffer_agent::{Agent, AgentConfig, init, oci};
+use coffer_policies::initdata::{Entry, Initdata};
 
 /// Where to listen.
 #[derive(Debug, Clone)]
@@ -37,9 +39,17 @@ struct Cli {
     /// State directory (containers, uploads, runtime state).
     #[arg(long, default_value = "/run/coffer")]
     state_dir: PathBuf,
-    /// Rego policy file (package coffer.policy). Default: the built-in sandbox.rego.
+    /// Rego policy file (package coffer.policy). Default: initdata's policy, else the built-in
+    /// sandbox.rego (confidential.rego in a TEE).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Initdata disk or image file. Default (as PID 1): the disk with serial `coffer-initdata`.
+    #[arg(long)]
+    initdata: Option<PathBuf>,
+    /// Expected initdata digest (`sha256:HEX`…). As PID 1 it comes from `coffer.initdata=` on
+    /// the kernel command line; when given, initdata is required and must match.
+    #[arg(long)]
+    initdata_digest: Option<coffer_policies::initdata::Digest>,
     /// Largest rootfs upload, bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_rootfs_bytes: u64,
@@ -101,16 +111,11 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         if !is_init {
             nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
         }
-        // A policy that cannot be loaded means no service: never a fallback policy.
-        let policy = match &cli.policy {
-            Some(path) => {
-                let source = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading policy {}", path.display()))?;
-                RegoPolicy::load(&path.display().to_string(), &source, None)
-            }
-            None => RegoPolicy::sandbox_default(),
-        }
-        .context("loading the agent policy")?;
+        // Initdata and the policy are settled before anything listens: any failure means no
+        // service, never a fallback policy.
+        let initdata = load_initdata(&cli, is_init).context("initdata")?;
+        let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), is_init)
+            .context("loading the agent policy")?;
         tracing::info!(policy = policy.name(), "policy loaded");
         let config = AgentConfig {
             state_dir: cli.state_dir,
@@ -152,4 +157,63 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The TEE this guest runs in; only PID 1 (a real guest) looks.
+fn detect_tee(is_init: bool) -> Option<Tee> {
+    if is_init { Tee::detect() } else { None }
+}
+
+fn load_initdata(cli: &Cli, is_init: bool) -> anyhow::Result<Option<Initdata>> {
+    let mut source = if is_init {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+        initdata::Source::from_cmdline(&cmdline)?
+    } else {
+        initdata::Source::default()
+    };
+    if cli.initdata.is_some() {
+        source.path.clone_from(&cli.initdata);
+    }
+    if cli.initdata_digest.is_some() {
+        source.expected.clone_from(&cli.initdata_digest);
+    }
+    if !is_init && source.path.is_none() {
+        // Outside a guest there is no disk to scan; initdata is only what was named.
+        if source.expected.is_some() {
+            anyhow::bail!("--initdata-digest needs --initdata outside a guest");
+        }
+        return Ok(None);
+    }
+    Ok(initdata::load(&source, detect_tee(is_init))?)
+}
+
+/// The one policy this agent enforces: initdata's, or an explicit file, or the mode's default.
+fn select_policy(
+    file: Option<&std::path::Path>,
+    initdata: Option<&Initdata>,
+    is_init: bool,
+) -> anyhow::Result<RegoPolicy> {
+    let from_initdata = initdata.and_then(|i| i.get(Entry::Policy).map(|p| (i, p)));
+    match (from_initdata, file) {
+        (Some(_), Some(file)) => anyhow::bail!(
+            "both initdata and --policy {} carry a policy; the measured one must be the only one",
+            file.display()
+        ),
+        (Some((init, source)), None) => Ok(RegoPolicy::load(
+            &format!("initdata policy.rego ({})", init.digest()),
+            source,
+            init.get(Entry::PolicyData),
+        )?),
+        (None, Some(path)) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("reading policy {}", path.display()))?;
+            Ok(RegoPolicy::load(
+                &path.display().to_string(),
+                &source,
+                None,
+            )?)
+        }
+        (None, None) if detect_tee(is_init).is_some() => Ok(RegoPolicy::confidential_default()?),
+        (None, None) => Ok(RegoPolicy::sandbox_default()?),
+    }
 }

@@ -5,6 +5,7 @@
 //! request and the sandbox state; any evaluation problem is a denial. Sandbox mode defaults to the
 //! shipped `sandbox.rego`; confidential mode will take its policy from measured initdata (issue #5).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use coffer_policies as pol;
@@ -22,10 +23,24 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// Facts an allowed `CreateContainer` records on the new container (see
+/// [`coffer_policies::Decision::record`]).
+pub type Record = BTreeMap<String, String>;
+
 /// A policy decides each request, given the sandbox state.
 pub trait Policy: Send + Sync + fmt::Debug {
-    /// Allow (`Ok`) or deny with a reason.
-    fn decide(&self, request: &AgentRequest, state: &pol::SandboxState) -> Result<(), String>;
+    /// Allow (`Ok`, with what to record on a created container) or deny with a reason.
+    fn decide(&self, request: &AgentRequest, state: &pol::SandboxState) -> Result<Record, String>;
+}
+
+/// The agent's evaluation limits: the engine's defaults with a 2 s time budget. The budget bounds
+/// policy bombs (POL-02); the engine's 250 ms default is too tight for a guest without hardware
+/// acceleration (TCG) on a loaded host, where a legitimate decision must never time out.
+fn agent_limits() -> pol::Limits {
+    pol::Limits {
+        max_eval_time: std::time::Duration::from_secs(2),
+        ..pol::Limits::default()
+    }
 }
 
 /// A Rego policy evaluated by the `coffer-policies` engine.
@@ -39,7 +54,7 @@ impl RegoPolicy {
     /// Loads `source` (with optional policy data) under a name for logs.
     pub fn load(name: &str, source: &str, data: Option<&str>) -> Result<Self, pol::PolicyError> {
         Ok(Self {
-            engine: pol::Engine::new(source, data, pol::Limits::default())?,
+            engine: pol::Engine::new(source, data, agent_limits())?,
             name: name.to_owned(),
         })
     }
@@ -49,6 +64,15 @@ impl RegoPolicy {
         Self::load("sandbox.rego (built in)", pol::SANDBOX_POLICY, None)
     }
 
+    /// The shipped confidential-mode policy (with no policy data it admits no container).
+    pub fn confidential_default() -> Result<Self, pol::PolicyError> {
+        Self::load(
+            "confidential.rego (built in)",
+            pol::CONFIDENTIAL_POLICY,
+            None,
+        )
+    }
+
     /// The name it was loaded under.
     pub fn name(&self) -> &str {
         &self.name
@@ -56,16 +80,28 @@ impl RegoPolicy {
 }
 
 impl Policy for RegoPolicy {
-    fn decide(&self, request: &AgentRequest, state: &pol::SandboxState) -> Result<(), String> {
+    fn decide(&self, request: &AgentRequest, state: &pol::SandboxState) -> Result<Record, String> {
         let input = pol::PolicyInput::new(crate::policy_input::request(request), state.clone());
-        self.engine.decide(&input).into_result()
+        let decision = self.engine.decide(&input);
+        if decision.allowed {
+            Ok(decision.record)
+        } else {
+            Err(decision.reason)
+        }
     }
 }
 
 /// Proof that a request was authorized. Only [`Gate::authorize`] creates one.
 #[derive(Debug)]
 pub struct Permit {
-    _private: (),
+    record: Record,
+}
+
+impl Permit {
+    /// What the decision recorded (non-empty only for `CreateContainer`).
+    pub fn into_record(self) -> Record {
+        self.record
+    }
 }
 
 /// The gate every request passes through.
@@ -87,9 +123,9 @@ impl Gate {
         state: &pol::SandboxState,
     ) -> Result<Permit, Denied> {
         match self.policy.decide(request, state) {
-            Ok(()) => {
+            Ok(record) => {
                 tracing::debug!(rpc = request.name(), "allowed");
-                Ok(Permit { _private: () })
+                Ok(Permit { record })
             }
             Err(reason) => {
                 tracing::info!(rpc = request.name(), %reason, "denied");
@@ -110,7 +146,7 @@ mod tests {
     #[derive(Debug)]
     struct DenyAll;
     impl Policy for DenyAll {
-        fn decide(&self, request: &AgentRequest, _: &pol::SandboxState) -> Result<(), String> {
+        fn decide(&self, request: &AgentRequest, _: &pol::SandboxState) -> Result<Record, String> {
             Err(format!("{} is not listed", request.name()))
         }
     }
