@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             vcpus: 1,
             memory_mib: 512,
             kernel_params: Vec::new(),
+            disks: Vec::new(),
         };
         let accel = qemu.resolve_accel(&spec).await?;
         println!("accelerator: {accel:?} (auto-detected)");
@@ -106,6 +107,8 @@ fn main() -> anyhow::Result<()> {
                     vcpus: 1,
                     memory_mib: 512,
                     boot_timeout: Duration::from_secs(60),
+                    initdata: None,
+                    kernel_params: Vec::new(),
                 },
             )
             .await?;

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coffer_agent_protocol::v1 as pb;
+use coffer_policies::initdata::{Digest, Initdata, device as initdata_device};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
-use crate::hypervisor::{Hypervisor, HypervisorError, Vm, VmSpec};
+use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
 
 /// Sandbox settings.
 #[derive(Debug, Clone)]
@@ -33,6 +34,29 @@ pub struct SandboxConfig {
     pub memory_mib: u32,
     /// How long the agent may take to answer after launch.
     pub boot_timeout: Duration,
+    /// Initdata for the guest: attached as a read-only disk, its digest on the kernel command line.
+    pub initdata: Option<InitdataDisk>,
+    /// Extra guest kernel command-line parameters.
+    pub kernel_params: Vec<String>,
+}
+
+/// Initdata as the guest receives it: the disk image and the digest the guest must find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitdataDisk {
+    /// The disk image ([`coffer_policies::initdata::device`] format).
+    pub image: Vec<u8>,
+    /// The digest the guest checks the document against (`coffer.initdata=` on its command line).
+    pub digest: Digest,
+}
+
+impl InitdataDisk {
+    /// The disk for `initdata`, bound to its own digest.
+    pub fn new(initdata: &Initdata) -> Self {
+        Self {
+            image: initdata_device::encode(initdata.raw()),
+            digest: initdata.digest(),
+        }
+    }
 }
 
 /// Where a sandbox is in its life.
@@ -179,6 +203,31 @@ impl Sandbox {
             path: dir.clone(),
             source,
         })?;
+        let mut kernel_params = config.kernel_params.clone();
+        let mut disks = Vec::new();
+        if let Some(initdata) = &config.initdata {
+            let path = dir.join("initdata.img");
+            if let Err(source) = std::fs::write(&path, &initdata.image) {
+                retire(
+                    &config.state_root,
+                    &id,
+                    &dir,
+                    &dir.join("console.log"),
+                    false,
+                );
+                return Err(SandboxError::Io {
+                    op: "write",
+                    path,
+                    source,
+                });
+            }
+            kernel_params.push(format!("coffer.initdata={}", initdata.digest));
+            disks.push(DiskSpec {
+                path,
+                serial: initdata_device::SERIAL.to_owned(),
+                read_only: true,
+            });
+        }
         let spec = VmSpec {
             id: id.clone(),
             dir: dir.clone(),
@@ -186,7 +235,8 @@ impl Sandbox {
             initrd: config.initrd.clone(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
-            kernel_params: Vec::new(),
+            kernel_params,
+            disks,
         };
         let launched = Instant::now();
         let mut vm = match hypervisor.launch(&spec).await {

@@ -26,6 +26,19 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Extra kernel command-line parameters.
     pub kernel_params: Vec<String>,
+    /// Block devices to attach (virtio-blk), in order.
+    pub disks: Vec<DiskSpec>,
+}
+
+/// A raw disk image attached to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The image file (raw format).
+    pub path: PathBuf,
+    /// The virtio serial the guest identifies it by (at most 20 bytes, `[A-Za-z0-9_-]`).
+    pub serial: String,
+    /// Attach read-only: the guest cannot write it.
+    pub read_only: bool,
 }
 
 /// Hypervisor failures.

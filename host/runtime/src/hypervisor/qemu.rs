@@ -204,6 +204,21 @@ pub fn argv(
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", paths.qmp_socket.display()),
     ];
+    let disk_device = match machine {
+        Machine::Microvm => "virtio-blk-device",
+        Machine::Q35 => "virtio-blk-pci",
+    };
+    for (i, disk) in spec.disks.iter().enumerate() {
+        // QEMU's option syntax doubles commas inside values.
+        let path = disk.path.display().to_string().replace(',', ",,");
+        let read_only = if disk.read_only { "on" } else { "off" };
+        args.extend([
+            "-drive".into(),
+            format!("file={path},if=none,id=disk{i},format=raw,readonly={read_only}"),
+            "-device".into(),
+            format!("{disk_device},drive=disk{i},serial={}", disk.serial),
+        ]);
+    }
     if machine == Machine::Q35 {
         args.extend(["-vga".into(), "none".into()]);
     }
@@ -615,6 +630,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             kernel_params: vec!["coffer.debug=0".into()],
+            disks: vec![],
         }
     }
 

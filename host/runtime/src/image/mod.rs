@@ -58,11 +58,13 @@ pub use initramfs::{INIT, MODULES_LIST};
 use modules::{ModuleFile, ModuleIndex};
 
 /// The modules the agent needs: virtio transports (MMIO for `microvm`, PCI for `q35`), the virtio
-/// vsock transport to reach the host, and overlayfs for container root filesystems.
+/// vsock transport to reach the host, virtio-blk for the initdata disk, and overlayfs for container
+/// root filesystems.
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_pci",
     "vmw_vsock_virtio_transport",
+    "virtio_blk",
     "overlay",
 ];
 
