@@ -1,7 +1,10 @@
 //! `coffer`: parse → tracing → run one subcommand. Exit codes: a container's own exit status for
 //! `sandbox run`; 125 when Coffer itself fails; 130 when interrupted.
 
+mod attestation;
 mod image;
+mod policy;
+mod policy_gen;
 mod run;
 
 use std::process::ExitCode;
@@ -28,6 +31,12 @@ enum Command {
     /// The guest image (kernel + initramfs with coffer-agent).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// TEE evidence (SEV-SNP reports, TDX quotes).
+    #[command(subcommand)]
+    Attestation(attestation::AttestationCommand),
+    /// Agent policies: evaluate requests as the guest would.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +75,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sandbox(SandboxCommand::Run(args)) => run::run(args).await,
             Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
+            Command::Attestation(command) => attestation::run(command),
+            Command::Policy(command) => policy::run(command).await,
         }
     });
     match result {

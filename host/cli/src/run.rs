@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use coffer_agent_protocol::v1 as pb;
+use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu, QemuConfig};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
-use coffer_runtime::sandbox::{Sandbox, SandboxConfig};
+use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig};
 use coffer_runtime::{image, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,6 +56,10 @@ pub struct RunArgs {
     /// Machine type: microvm or q35.
     #[arg(long, default_value = "microvm", value_parser = parse_machine)]
     machine: Machine,
+    /// Initdata document (TOML) for the guest: its policy replaces the default one, and the guest
+    /// checks it against its digest before serving.
+    #[arg(long, value_name = "FILE")]
+    initdata: Option<PathBuf>,
     /// Seconds the guest agent may take to answer after launch.
     #[arg(long, default_value_t = 30)]
     boot_timeout: u64,
@@ -116,6 +121,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             args.image_dir.display()
         )
     })?;
+    let initdata = match &args.initdata {
+        Some(path) => {
+            let raw = std::fs::read(path)
+                .with_context(|| format!("reading initdata {}", path.display()))?;
+            let initdata =
+                Initdata::parse(raw).with_context(|| format!("initdata {}", path.display()))?;
+            Some(InitdataDisk::new(&initdata))
+        }
+        None => None,
+    };
     let id = args
         .id
         .clone()
@@ -136,6 +151,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         vcpus: args.vcpus,
         memory_mib: args.memory,
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        initdata,
+        kernel_params: Vec::new(),
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,0 +1,621 @@
+//! `coffer policy gen POD.yaml`: initdata whose `confidential.rego` policy admits exactly that pod.
+//!
+//! Each container (init containers first) becomes one policy-data entry (schema:
+//! `policies/POLICY-DATA.md`). Image tags are resolved to digests from the registry, and the image
+//! config supplies what Kubernetes takes from it (entrypoint, command, environment, working
+//! directory, user), following the kubelet's rules:
+//!
+//! * argv = `command` + `args`; without `command`, the image's `Entrypoint` + (`args`, or the
+//!   image's `Cmd` when `args` is absent);
+//! * environment = the image's `Env` overridden by the container's `env` values; `valueFrom`
+//!   variables and the variables the kubelet injects (`HOSTNAME`, `KUBERNETES_*`) may take any
+//!   value;
+//! * user = `runAsUser`/`runAsGroup` (container, then pod), else the image's numeric `User`;
+//! * exec = the `exec` commands of liveness, readiness and startup probes;
+//! * logs allowed only with the pod annotation `coffer.dev/allow-logs: "true"`.
+//!
+//! What the policy cannot admit safely is an error, never silently dropped: privileged
+//! containers, host namespaces, volume mounts, `envFrom`, non-numeric users.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use coffer_image::manifest::{ManifestDoc, select_linux_amd64};
+use coffer_image::registry::{Registry, parse_reference};
+use coffer_image::{Credentials, RegistriesConfig};
+use coffer_policies::initdata::{Algorithm, Entry, Initdata};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Bound on manifests and image configs fetched while generating.
+const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+
+/// The pod annotation that lets the host read containers' output.
+pub const ALLOW_LOGS_ANNOTATION: &str = "coffer.dev/allow-logs";
+
+/// Variables the kubelet sets whose values are only known at run time.
+const KUBELET_VARIABLES: [&str; 9] = [
+    "HOSTNAME",
+    "KUBERNETES_PORT",
+    "KUBERNETES_PORT_443_TCP",
+    "KUBERNETES_PORT_443_TCP_ADDR",
+    "KUBERNETES_PORT_443_TCP_PORT",
+    "KUBERNETES_PORT_443_TCP_PROTO",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "KUBERNETES_SERVICE_PORT_HTTPS",
+];
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Pod manifest (YAML, `kind: Pod`).
+    pod: PathBuf,
+    /// Registry configuration (TOML: mirrors, insecure registries, CAs); also placed in initdata.
+    #[arg(long)]
+    registry_config: Option<PathBuf>,
+    /// Reach this registry over plain HTTP (repeatable); also recorded in initdata.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// Key broker URL for the guest.
+    #[arg(long)]
+    kbs_url: Option<String>,
+    /// CA certificate(s) (PEM) the broker's certificate must chain to.
+    #[arg(long)]
+    kbs_ca: Option<PathBuf>,
+    /// Image signature policy (containers-policy.json) for the guest.
+    #[arg(long)]
+    image_policy: Option<PathBuf>,
+    /// Digest algorithm: sha256 for SEV-SNP (HOSTDATA), sha384 for TDX (MRCONFIGID).
+    #[arg(long, default_value = "sha256", value_parser = parse_algorithm)]
+    algorithm: Algorithm,
+    /// Write the initdata here instead of stdout.
+    #[arg(long, short = 'o')]
+    out: Option<PathBuf>,
+    /// Print the `io.katacontainers.config.hypervisor.cc_init_data` annotation value instead.
+    #[arg(long)]
+    annotation: bool,
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Pod {
+    kind: String,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: PodSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default)]
+    init_containers: Vec<Container>,
+    containers: Vec<Container>,
+    #[serde(default)]
+    host_network: bool,
+    #[serde(default, rename = "hostPID")]
+    host_pid: bool,
+    #[serde(default, rename = "hostIPC")]
+    host_ipc: bool,
+    #[serde(default)]
+    share_process_namespace: bool,
+    #[serde(default)]
+    security_context: SecurityContext,
+    #[serde(default)]
+    ephemeral_containers: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    name: String,
+    image: String,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    #[serde(default)]
+    env_from: Vec<Value>,
+    working_dir: Option<String>,
+    #[serde(default)]
+    security_context: SecurityContext,
+    #[serde(default)]
+    volume_mounts: Vec<Value>,
+    #[serde(default)]
+    volume_devices: Vec<Value>,
+    #[serde(default)]
+    stdin: bool,
+    #[serde(default)]
+    tty: bool,
+    liveness_probe: Option<Probe>,
+    readiness_probe: Option<Probe>,
+    startup_probe: Option<Probe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvVar {
+    name: String,
+    value: Option<String>,
+    value_from: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecurityContext {
+    run_as_user: Option<u32>,
+    run_as_group: Option<u32>,
+    privileged: Option<bool>,
+    allow_privilege_escalation: Option<bool>,
+    capabilities: Option<CapabilityChanges>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CapabilityChanges {
+    #[serde(default)]
+    add: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Probe {
+    exec: Option<ExecAction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExecAction {
+    #[serde(default)]
+    command: Vec<String>,
+}
+
+/// The parts of an OCI image config Kubernetes uses.
+#[derive(Debug, Default, Deserialize)]
+struct ImageConfigFile {
+    #[serde(default)]
+    config: Option<ImageRunConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImageRunConfig {
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// An image resolved from the registry.
+struct Resolved {
+    pinned: String,
+    run: ImageRunConfig,
+}
+
+pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(&args.pod)
+        .with_context(|| format!("reading {}", args.pod.display()))?;
+    let pod: Pod = serde_norway::from_str(&text)
+        .with_context(|| format!("{} is not a Pod manifest", args.pod.display()))?;
+    ensure!(
+        pod.kind == "Pod",
+        "{}: kind is {:?}; policy gen takes a Pod (for a Deployment, use its pod template as a Pod)",
+        args.pod.display(),
+        pod.kind
+    );
+    check_pod(&pod)?;
+
+    let (mut registries, registries_text) = match &args.registry_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let config = RegistriesConfig::from_toml(&text)
+                .with_context(|| format!("registry config {}", path.display()))?;
+            (config, Some(text))
+        }
+        None => (RegistriesConfig::default(), None),
+    };
+    for host in &args.insecure_registries {
+        registries
+            .add_insecure(host)
+            .with_context(|| format!("--insecure-registry {host}"))?;
+    }
+    let registry = Registry::new(registries.clone(), Credentials::default())
+        .context("setting up the registry client")?;
+
+    let allow_logs = pod
+        .metadata
+        .annotations
+        .get(ALLOW_LOGS_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let mut entries = Vec::new();
+    for container in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
+        let resolved = resolve(&registry, &container.image)
+            .await
+            .with_context(|| format!("container {}: image {}", container.name, container.image))?;
+        entries.push(
+            entry(container, &pod.spec, &resolved, allow_logs)
+                .with_context(|| format!("container {}", container.name))?,
+        );
+        eprintln!("coffer: container {} → {}", container.name, resolved.pinned);
+    }
+    let data = serde_json::to_string_pretty(&json!({ "containers": entries }))?;
+
+    let mut initdata_entries = BTreeMap::from([
+        (
+            Entry::Policy,
+            coffer_policies::CONFIDENTIAL_POLICY.to_owned(),
+        ),
+        (Entry::PolicyData, data),
+    ]);
+    if let Some(url) = &args.kbs_url {
+        initdata_entries.insert(Entry::KbsUrl, url.clone());
+    }
+    if let Some(path) = &args.kbs_ca {
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        ensure!(
+            pem.contains("-----BEGIN CERTIFICATE-----"),
+            "--kbs-ca {} holds no PEM certificate",
+            path.display()
+        );
+        initdata_entries.insert(Entry::KbsCa, pem);
+    }
+    if let Some(path) = &args.image_policy {
+        let policy =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        coffer_image::Policy::from_json(&policy, base)
+            .with_context(|| format!("image policy {}", path.display()))?;
+        initdata_entries.insert(Entry::ImagePolicy, policy);
+    }
+    let registries_entry = if args.insecure_registries.is_empty() {
+        registries_text
+    } else {
+        Some(toml_of(&registries)?)
+    };
+    if let Some(text) = registries_entry {
+        initdata_entries.insert(Entry::Registries, text);
+    }
+
+    let initdata =
+        Initdata::build(args.algorithm, &initdata_entries).context("rendering initdata")?;
+    let output = if args.annotation {
+        format!("{}\n", initdata.to_annotation())
+    } else {
+        String::from_utf8_lossy(initdata.raw()).into_owned()
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &output).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{output}"),
+    }
+    eprintln!(
+        "coffer: initdata for pod {} ({} containers): {}",
+        if pod.metadata.name.is_empty() {
+            "<unnamed>"
+        } else {
+            &pod.metadata.name
+        },
+        entries.len(),
+        initdata.digest()
+    );
+    Ok(0)
+}
+
+fn toml_of(config: &RegistriesConfig) -> anyhow::Result<String> {
+    let mut lines = Vec::new();
+    for entry in &config.registries {
+        ensure!(
+            entry.mirrors.is_empty() && entry.lookaside.is_none(),
+            "combine --insecure-registry with a --registry-config file that lists it instead"
+        );
+        lines.push(format!(
+            "[[registry]]\nhost = {:?}\ninsecure = {}\n",
+            entry.host, entry.insecure
+        ));
+    }
+    ensure!(
+        config.ca_files.is_empty(),
+        "CA files cannot be carried in initdata by path"
+    );
+    let text = lines.join("\n");
+    RegistriesConfig::from_toml(&text).context("rendering the registry config")?;
+    Ok(text)
+}
+
+/// Pod-level settings the confidential policy never admits.
+fn check_pod(pod: &Pod) -> anyhow::Result<()> {
+    let spec = &pod.spec;
+    for (set, what) in [
+        (spec.host_network, "hostNetwork"),
+        (spec.host_pid, "hostPID"),
+        (spec.host_ipc, "hostIPC"),
+        (spec.share_process_namespace, "shareProcessNamespace"),
+    ] {
+        ensure!(
+            !set,
+            "pod sets {what}: a confidential pod cannot share namespaces outside its containers"
+        );
+    }
+    ensure!(
+        spec.ephemeral_containers.is_empty(),
+        "pod has ephemeralContainers: they cannot be pinned in advance"
+    );
+    ensure!(!spec.containers.is_empty(), "pod has no containers");
+    let mut names = BTreeSet::new();
+    for c in spec.init_containers.iter().chain(&spec.containers) {
+        ensure!(
+            names.insert(&c.name),
+            "container name {} is used twice",
+            c.name
+        );
+        check_container(c).with_context(|| format!("container {}", c.name))?;
+    }
+    Ok(())
+}
+
+/// Container settings the confidential policy never admits (checked before any registry access).
+fn check_container(c: &Container) -> anyhow::Result<()> {
+    ensure!(
+        c.security_context.privileged != Some(true),
+        "privileged containers cannot be admitted in confidential mode"
+    );
+    ensure!(
+        c.volume_mounts.is_empty() && c.volume_devices.is_empty(),
+        "volume mounts are not supported by policy gen yet: their host-side sources cannot be pinned"
+    );
+    ensure!(
+        c.env_from.is_empty(),
+        "envFrom cannot be pinned (its variable names come from the host at run time); list the variables in env"
+    );
+    Ok(())
+}
+
+async fn resolve(registry: &Registry, image: &str) -> anyhow::Result<Resolved> {
+    let reference = parse_reference(image)?;
+    let mut last = None;
+    for source in registry.sources(&reference) {
+        match resolve_at(registry, &source, image).await {
+            Ok(resolved) => return Ok(resolved),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no registry source")))
+}
+
+async fn resolve_at(
+    registry: &Registry,
+    source: &coffer_image::registry::Source,
+    image: &str,
+) -> anyhow::Result<Resolved> {
+    let pinned_digest = image.split_once('@').map(|(_, d)| d);
+    let expected = pinned_digest
+        .map(|d| d.parse::<coffer_image::Digest>())
+        .transpose()
+        .context("the reference's digest")?;
+    let (bytes, top) = registry
+        .manifest(
+            source,
+            &source.reference,
+            expected.as_ref(),
+            MAX_DOCUMENT_BYTES,
+        )
+        .await?;
+    let manifest = match ManifestDoc::parse(&bytes)? {
+        ManifestDoc::Image(m) => m,
+        ManifestDoc::Index(entries) => {
+            let chosen = select_linux_amd64(&entries)?;
+            let platform_ref = source
+                .reference
+                .clone_with_digest(chosen.digest.to_string());
+            let (bytes, _) = registry
+                .manifest(
+                    source,
+                    &platform_ref,
+                    Some(&chosen.digest),
+                    MAX_DOCUMENT_BYTES,
+                )
+                .await?;
+            match ManifestDoc::parse(&bytes)? {
+                ManifestDoc::Image(m) => m,
+                ManifestDoc::Index(_) => bail!("the linux/amd64 entry is itself an index"),
+            }
+        }
+    };
+    let config = registry
+        .small_blob(source, &manifest.config, MAX_DOCUMENT_BYTES, "image config")
+        .await?;
+    let file: ImageConfigFile =
+        serde_json::from_slice(&config).context("the image config is not valid JSON")?;
+    Ok(Resolved {
+        pinned: format!("{}@{top}", repository_of(image)),
+        run: file.config.unwrap_or_default(),
+    })
+}
+
+/// `host/repo:tag@sha256:…` → `host/repo` (the reference as written, without tag or digest).
+fn repository_of(image: &str) -> &str {
+    let name = image.split_once('@').map_or(image, |(n, _)| n);
+    match name.rfind(':') {
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    }
+}
+
+fn entry(
+    c: &Container,
+    pod: &PodSpec,
+    image: &Resolved,
+    allow_logs: bool,
+) -> anyhow::Result<Value> {
+    let sc = &c.security_context;
+    let psc = &pod.security_context;
+
+    let args: Vec<String> = match &c.command {
+        Some(command) => command
+            .iter()
+            .chain(c.args.iter().flatten())
+            .cloned()
+            .collect(),
+        None => {
+            let entrypoint = image.run.entrypoint.iter().flatten();
+            match &c.args {
+                Some(args) => entrypoint.chain(args).cloned().collect(),
+                None => entrypoint
+                    .chain(image.run.cmd.iter().flatten())
+                    .cloned()
+                    .collect(),
+            }
+        }
+    };
+    ensure!(
+        !args.is_empty(),
+        "neither the pod nor the image gives a command"
+    );
+
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for var in image.run.env.iter().flatten() {
+        let (name, value) = var.split_once('=').unwrap_or((var, ""));
+        env.insert(name.to_owned(), value.to_owned());
+    }
+    let mut any_value: BTreeSet<String> =
+        KUBELET_VARIABLES.iter().map(|v| (*v).to_owned()).collect();
+    for var in &c.env {
+        match (&var.value, &var.value_from) {
+            (_, Some(_)) => {
+                env.remove(&var.name);
+                any_value.insert(var.name.clone());
+            }
+            (value, None) => {
+                env.insert(var.name.clone(), value.clone().unwrap_or_default());
+            }
+        }
+    }
+    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+    let (image_uid, image_gid) = image_user(image.run.user.as_deref())?;
+    let uid = sc
+        .run_as_user
+        .or(psc.run_as_user)
+        .or(image_uid)
+        .unwrap_or(0);
+    let gid = match sc.run_as_group.or(psc.run_as_group).or(image_gid) {
+        Some(gid) => gid,
+        None if uid == 0 => 0,
+        None => bail!(
+            "user {uid} has no group: set runAsGroup (the image's /etc/group is not consulted)"
+        ),
+    };
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| image.run.working_dir.clone().filter(|d| !d.is_empty()))
+        .unwrap_or_else(|| "/".to_owned());
+
+    let capabilities: Vec<String> = sc
+        .capabilities
+        .iter()
+        .flat_map(|c| &c.add)
+        .map(|cap| {
+            let upper = cap.to_ascii_uppercase();
+            if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            }
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let exec: Vec<&Vec<String>> = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.exec.as_ref().map(|e| &e.command))
+        .filter(|command| !command.is_empty())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+
+    Ok(json!({
+        "name": c.name,
+        "image": image.pinned,
+        "args": args,
+        "env": env,
+        "env_names_any_value": any_value,
+        "cwd": cwd,
+        "user": {"uid": uid, "gid": gid},
+        "terminal": c.tty,
+        "capabilities": capabilities,
+        "allow_privilege_escalation": sc.allow_privilege_escalation.unwrap_or(true),
+        "exec": exec,
+        "logs": allow_logs,
+        "stdin": c.stdin,
+    }))
+}
+
+/// The image config's `User` as numeric ids; names cannot be resolved without the image's files.
+fn image_user(user: Option<&str>) -> anyhow::Result<(Option<u32>, Option<u32>)> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return Ok((None, None));
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let parse = |s: &str| {
+        s.parse::<u32>().map_err(|_| {
+            anyhow::anyhow!(
+                "the image runs as user {user:?}; names cannot be resolved here: set runAsUser/runAsGroup"
+            )
+        })
+    };
+    Ok((Some(parse(u)?), g.map(parse).transpose()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_strips_tag_and_digest() {
+        assert_eq!(
+            repository_of("127.0.0.1:5000/peers/hello:signed"),
+            "127.0.0.1:5000/peers/hello"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:5000/peers/hello"),
+            "127.0.0.1:5000/peers/hello"
+        );
+        assert_eq!(repository_of("busybox@sha256:abc"), "busybox");
+        assert_eq!(repository_of("r.io/a/b:1@sha256:abc"), "r.io/a/b");
+    }
+
+    #[test]
+    fn image_user_is_numeric_only() {
+        assert_eq!(image_user(None).unwrap(), (None, None));
+        assert_eq!(
+            image_user(Some("1000:100")).unwrap(),
+            (Some(1000), Some(100))
+        );
+        assert_eq!(image_user(Some("1000")).unwrap(), (Some(1000), None));
+        assert!(image_user(Some("nobody")).is_err());
+    }
+}
