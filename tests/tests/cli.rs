@@ -193,6 +193,47 @@ fn main() -> ExitCode {
 
     case!(
         suite,
+        "initdata_policy_applies",
+        (|| {
+            // The initdata policy is sandbox.rego plus a rule refusing `initdata-forbidden`: the
+            // guest enforces it, and an allowed command still runs under it.
+            let policy = format!(
+                "{}\n{}",
+                coffer_policies::SANDBOX_POLICY,
+                r#"denials contains "CreateContainer: refused by the initdata policy" if {
+	input.request.process.args[0] == "initdata-forbidden"
+}"#
+            );
+            let entries = std::collections::BTreeMap::from([(
+                coffer_policies::initdata::Entry::Policy,
+                policy,
+            )]);
+            let init = coffer_policies::initdata::Initdata::build(
+                coffer_policies::initdata::Algorithm::Sha384,
+                &entries,
+            )?;
+            let file = ctx.state.with_extension("initdata.toml");
+            std::fs::write(&file, init.raw())?;
+            let path = file.display().to_string();
+            let o = ctx.run(&["--initdata", &path], &["initdata-forbidden"], None)?;
+            ensure!(o.status.code() == Some(125), "status {:?}", o.status);
+            ensure!(
+                text(&o.stderr).contains("refused by the initdata policy"),
+                "stderr {:?}",
+                text(&o.stderr)
+            );
+            let o = ctx.run(&["--initdata", &path], &["echo", "allowed"], None)?;
+            ensure!(
+                text(&o.stdout) == "allowed\n",
+                "stdout {:?}",
+                text(&o.stdout)
+            );
+            ctx.assert_clean()
+        })()
+    );
+
+    case!(
+        suite,
         "stdin_round_trip",
         (|| {
             let o = ctx.run(&["-i"], &["sh", "-c", "tr a-z A-Z"], Some(b"round trip\n"))?;

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use coffer_agent_protocol::v1 as pb;
+use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
-use coffer_runtime::sandbox::{Sandbox, SandboxConfig};
+use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig};
 use coffer_runtime::spec::{self, ProcessOptions};
 use coffer_tests::{
     Suite, busybox_rootfs, case, guest_image, leftover_sandboxes, processes_mentioning,
@@ -115,6 +116,20 @@ impl Env {
     }
 }
 
+/// The suite VM's initdata: `sandbox.rego` plus a rule refusing one marker command.
+fn suite_initdata() -> Initdata {
+    let policy = format!(
+        "{}\n{}",
+        coffer_policies::SANDBOX_POLICY,
+        r#"denials contains "CreateContainer: the initdata policy forbids initdata-forbidden" if {
+	input.request.kind == "CreateContainer"
+	input.request.process.args[0] == "initdata-forbidden"
+}"#
+    );
+    let entries = std::collections::BTreeMap::from([(Entry::Policy, policy)]);
+    Initdata::build(Algorithm::Sha256, &entries).expect("suite initdata")
+}
+
 fn main() -> ExitCode {
     let image = guest_image();
     let work = tempfile::tempdir().expect("tempdir");
@@ -140,6 +155,10 @@ fn main() -> ExitCode {
             vcpus: 1,
             memory_mib: 512,
             boot_timeout: Duration::from_secs(60),
+            // The suite's VM takes its policy from initdata: the sandbox policy plus one rule of
+            // its own, which the `initdata_policy_is_enforced` case observes.
+            initdata: Some(InitdataDisk::new(&suite_initdata())),
+            kernel_params: Vec::new(),
         };
         let started = std::time::Instant::now();
         let sandbox = match Sandbox::start(&qemu, config).await {
@@ -165,6 +184,18 @@ fn main() -> ExitCode {
             // Reported before CreateSandbox at connect time; asked again now, the sandbox exists.
             let now = env.agent.clone().get_guest_details(pb::GetGuestDetailsRequest {}).await?.into_inner();
             ensure!(now.sandbox_id == "vm-suite", "sandbox id {:?}", now.sandbox_id);
+            Ok(())
+        }.await);
+
+        case!(suite, "initdata_policy_is_enforced", async {
+            let spec = spec::container(&opts(&["initdata-forbidden"]), "coffer");
+            let err = match env.create("forbidden", spec).await {
+                Ok(()) => anyhow::bail!("the initdata policy's own rule did not apply"),
+                Err(err) => err,
+            };
+            let status = err.downcast_ref::<tonic::Status>().context("not a gRPC status")?;
+            ensure!(status.code() == tonic::Code::PermissionDenied, "{status:?}");
+            ensure!(status.message().contains("the initdata policy forbids initdata-forbidden"), "{status:?}");
             Ok(())
         }.await);
 
