@@ -56,6 +56,18 @@ pub enum InitError {
     },
 }
 
+/// Mounts configfs at `target` (needed for configfs-tsm attestation reports in a TEE guest).
+pub fn mount_configfs(target: &Path) -> Result<(), InitError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    do_mount(
+        "configfs",
+        &target.display().to_string(),
+        "configfs",
+        flags,
+        None,
+    )
+}
+
 fn do_mount(
     source: &str,
     target: &str,

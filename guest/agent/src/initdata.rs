@@ -17,6 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use coffer_attestation::attester::TsmReport;
+use coffer_attestation::{snp, tdx};
 use coffer_policies::initdata::{Binding, Digest, Initdata, InitdataError, device};
 use thiserror::Error;
 
@@ -53,11 +55,14 @@ pub enum LoadError {
     /// The document is invalid or does not match a binding.
     #[error("initdata rejected: {0}")]
     Rejected(#[source] InitdataError),
-    /// The guest runs in a TEE whose binding this agent cannot check yet.
-    #[error(
-        "this guest runs on {0}, but binding initdata to its hardware field is not implemented; refusing to serve"
-    )]
-    TeeBindingUnavailable(&'static str),
+    /// The hardware field binding initdata could not be read (INV-1: never "unbound").
+    #[error("reading the {tee} attestation report for the initdata binding: {reason}")]
+    Hardware {
+        /// The TEE.
+        tee: &'static str,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// Where the initdata disk is and what binds it.
@@ -153,9 +158,8 @@ pub fn load(source: &Source, tee: Option<Tee>) -> Result<Option<Initdata>, LoadE
             .map_err(LoadError::Rejected)?;
     }
     if let Some(tee) = tee {
-        // Reading HOSTDATA / MRCONFIGID needs the TEE report (attester, issue #3/#6). Until it is
-        // wired, a TEE guest refuses rather than trusting an unbound document.
-        return Err(LoadError::TeeBindingUnavailable(tee.name()));
+        let binding = hardware_binding(tee)?;
+        initdata.verify(&binding).map_err(LoadError::Rejected)?;
     }
     tracing::info!(
         digest = %initdata.digest(),
@@ -164,6 +168,47 @@ pub fn load(source: &Source, tee: Option<Tee>) -> Result<Option<Initdata>, LoadE
         "initdata accepted"
     );
     Ok(Some(initdata))
+}
+
+/// Where configfs is mounted and where configfs-tsm takes report requests.
+const CONFIGFS: &str = "/sys/kernel/config";
+
+/// Reads the field the hardware measured at launch from a fresh report: SEV-SNP `HOSTDATA` or
+/// TDX `MRCONFIGID`. The report comes from the firmware through the guest kernel (configfs-tsm),
+/// not from the host, so its fields are taken as they are; the broker verifies its signature.
+pub fn hardware_binding(tee: Tee) -> Result<Binding, LoadError> {
+    let failed = |reason: String| LoadError::Hardware {
+        tee: tee.name(),
+        reason,
+    };
+    if !Path::new(coffer_attestation::attester::TSM_REPORT_ROOT).is_dir() {
+        crate::init::mount_configfs(Path::new(CONFIGFS)).map_err(|e| failed(e.to_string()))?;
+    }
+    let mut nonce = [0u8; 64];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let tsm = TsmReport::new(coffer_attestation::attester::TSM_REPORT_ROOT);
+    let provider = match tee {
+        Tee::Snp => "sev_guest",
+        Tee::Tdx => "tdx_guest",
+    };
+    let report = tsm
+        .request(provider, &nonce)
+        .map_err(|e| failed(e.to_string()))?;
+    binding_from_report(tee, &report.outblob).map_err(failed)
+}
+
+/// The binding field of a report (SNP) or quote (TDX).
+pub fn binding_from_report(tee: Tee, report: &[u8]) -> Result<Binding, String> {
+    match tee {
+        Tee::Snp => {
+            let report = snp::Report::parse(report).map_err(|e| e.to_string())?;
+            Ok(Binding::SnpHostData(report.host_data))
+        }
+        Tee::Tdx => {
+            let quote = tdx::TdQuote::parse(report).map_err(|e| e.to_string())?;
+            Ok(Binding::TdxMrConfigId(quote.report.mr_config_id))
+        }
+    }
 }
 
 /// Finds the one block device with the initdata serial; waits briefly when it is required.
@@ -258,19 +303,44 @@ mod tests {
         ));
     }
 
-    /// INI-01: a TEE guest never accepts an unbound document, and required-but-absent refuses.
+    fn vector(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../../shared/vectors/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// INI-02: the binding is read from the real report layouts, and must equal the digest exactly.
     #[test]
-    fn tee_and_absent_cases_refuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = image(dir.path(), &device::encode(DOC.as_bytes()));
-        let source = Source {
-            path: Some(path),
-            expected: None,
-        };
+    fn hardware_field_binds_the_document() {
+        let init = Initdata::parse(DOC.as_bytes().to_vec()).unwrap();
+        let mut report = vector("snp/trustee-test-report.bin");
+        // The vector's HOSTDATA is not our digest: refused.
+        let binding = binding_from_report(Tee::Snp, &report).unwrap();
         assert!(matches!(
-            load(&source, Some(Tee::Snp)).unwrap_err(),
-            LoadError::TeeBindingUnavailable(_)
+            init.verify(&binding).unwrap_err(),
+            InitdataError::DigestMismatch { .. }
         ));
+        // The same report with HOSTDATA (offset 0xC0) set to the digest: accepted.
+        report[0xC0..0xE0].copy_from_slice(init.digest().value());
+        init.verify(&binding_from_report(Tee::Snp, &report).unwrap())
+            .unwrap();
+        // A TD quote's MRCONFIGID is 48 bytes: a sha256 document cannot bind to it.
+        let quote = vector("tdx/dcap-qvl-tdx_quote");
+        let binding = binding_from_report(Tee::Tdx, &quote).unwrap();
+        assert!(matches!(
+            init.verify(&binding).unwrap_err(),
+            InitdataError::AlgorithmForField { .. }
+        ));
+        assert!(binding_from_report(Tee::Snp, &quote).is_err());
+        assert!(binding_from_report(Tee::Tdx, &[0u8; 100]).is_err());
+    }
+
+    /// INI-01: required-but-absent and unreadable disks refuse.
+    #[test]
+    fn absent_and_unreadable_cases_refuse() {
+        let dir = tempfile::tempdir().unwrap();
         let missing = Source {
             path: Some(dir.path().join("absent")),
             expected: None,
