@@ -3,6 +3,7 @@
 
 mod attestation;
 mod image;
+mod kbs;
 mod policy;
 mod policy_gen;
 mod run;
@@ -37,6 +38,9 @@ enum Command {
     /// Agent policies: evaluate requests as the guest would.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Key broker client (KBS protocol 0.4.0).
+    #[command(subcommand)]
+    Kbs(kbs::KbsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
             Command::Attestation(command) => attestation::run(command),
             Command::Policy(command) => policy::run(command).await,
+            Command::Kbs(command) => kbs::run(command).await,
         }
     });
     match result {
