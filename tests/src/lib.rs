@@ -7,6 +7,8 @@
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

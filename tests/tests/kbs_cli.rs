@@ -21,7 +21,9 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path, name: &str, policy: Option<&str>) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let resources = dir.join(format!("{name}-resources"));
         std::fs::create_dir_all(resources.join("default/key"))?;
         std::fs::write(resources.join("default/key/1"), SECRET)?;
@@ -62,7 +64,16 @@ impl Broker {
 
     fn get(&self, extra: &[&str]) -> anyhow::Result<Output> {
         Command::new(coffer())
-            .args(["kbs", "get-resource", "--url", &self.url, "--path", "default/key/1", "--tee", "sample"])
+            .args([
+                "kbs",
+                "get-resource",
+                "--url",
+                &self.url,
+                "--path",
+                "default/key/1",
+                "--tee",
+                "sample",
+            ])
             .args(extra)
             .output()
             .context("running coffer")
@@ -81,38 +92,72 @@ fn main() -> ExitCode {
     let dir = work.path();
     let mut suite = Suite::new("kbs_cli");
 
-    case!(suite, "sample_released_only_when_policy_admits_it", (|| {
-        let allow_sample = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if data.plugin == \"resource\"\n";
-        let broker = Broker::start(dir, "open", Some(allow_sample))?;
-        for extra in [&[][..], &["--bearer"][..]] {
-            let out = broker.get(extra)?;
-            ensure!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
-            ensure!(out.stdout == SECRET, "{extra:?}: resource {:?}", String::from_utf8_lossy(&out.stdout));
-        }
-        Ok(())
-    })());
+    case!(
+        suite,
+        "sample_released_only_when_policy_admits_it",
+        (|| {
+            let allow_sample = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if data.plugin == \"resource\"\n";
+            let broker = Broker::start(dir, "open", Some(allow_sample))?;
+            for extra in [&[][..], &["--bearer"][..]] {
+                let out = broker.get(extra)?;
+                ensure!(
+                    out.status.success(),
+                    "{extra:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ensure!(
+                    out.stdout == SECRET,
+                    "{extra:?}: resource {:?}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            Ok(())
+        })()
+    );
 
-    case!(suite, "kbs04_default_policy_refuses_sample", (|| {
-        let broker = Broker::start(dir, "default", None)?;
-        let out = broker.get(&[])?;
-        ensure!(out.status.code() == Some(125), "{out:?}");
-        ensure!(out.stdout.is_empty(), "something was released: {:?}", out.stdout);
-        let err = String::from_utf8_lossy(&out.stderr);
-        ensure!(err.contains("fetching default/key/1"), "{err}");
-        ensure!(!err.contains("key-encryption"), "the secret leaked into the error: {err}");
-        Ok(())
-    })());
+    case!(
+        suite,
+        "kbs04_default_policy_refuses_sample",
+        (|| {
+            let broker = Broker::start(dir, "default", None)?;
+            let out = broker.get(&[])?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                out.stdout.is_empty(),
+                "something was released: {:?}",
+                out.stdout
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(err.contains("fetching default/key/1"), "{err}");
+            ensure!(
+                !err.contains("key-encryption"),
+                "the secret leaked into the error: {err}"
+            );
+            Ok(())
+        })()
+    );
 
-    case!(suite, "detection_never_falls_back_to_sample", (|| {
-        // This host has no TEE: detection is an error, not sample evidence.
-        let out = Command::new(coffer())
-            .args(["kbs", "get-resource", "--url", "http://127.0.0.1:1", "--path", "default/key/1"])
-            .output()?;
-        ensure!(out.status.code() == Some(125), "{out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        ensure!(err.contains("no tee found"), "{err}");
-        Ok(())
-    })());
+    case!(
+        suite,
+        "detection_never_falls_back_to_sample",
+        (|| {
+            // This host has no TEE: detection is an error, not sample evidence.
+            let out = Command::new(coffer())
+                .args([
+                    "kbs",
+                    "get-resource",
+                    "--url",
+                    "http://127.0.0.1:1",
+                    "--path",
+                    "default/key/1",
+                ])
+                .output()?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(err.contains("no tee found"), "{err}");
+            Ok(())
+        })()
+    );
 
     suite.finish()
 }

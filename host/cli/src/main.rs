@@ -4,6 +4,7 @@
 mod attestation;
 mod image;
 mod kbs;
+mod oci_image;
 mod policy;
 mod policy_gen;
 mod run;
@@ -53,6 +54,12 @@ enum SandboxCommand {
 enum ImageCommand {
     /// Build the guest image reproducibly and print the sha256 of each artifact.
     Build(image::BuildArgs),
+    /// Pull a container image: verify, decrypt and unpack it into a directory.
+    Pull(oci_image::PullArgs),
+    /// Show a container image's manifest, layers, encryption and run configuration.
+    Inspect(oci_image::InspectArgs),
+    /// Encrypt a container image's layers (OCI layout) for JWE recipients and/or a broker-held key.
+    Encrypt(oci_image::EncryptArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +86,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sandbox(SandboxCommand::Run(args)) => run::run(args).await,
             Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
+            Command::Image(ImageCommand::Pull(args)) => oci_image::pull_command(args).await,
+            Command::Image(ImageCommand::Inspect(args)) => oci_image::inspect_command(args).await,
+            Command::Image(ImageCommand::Encrypt(args)) => oci_image::encrypt_command(args),
             Command::Attestation(command) => attestation::run(command),
             Command::Policy(command) => policy::run(command).await,
             Command::Kbs(command) => kbs::run(command).await,

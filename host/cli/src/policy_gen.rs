@@ -22,15 +22,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use coffer_image::manifest::{ManifestDoc, select_linux_amd64};
-use coffer_image::registry::{Registry, parse_reference};
+use coffer_image::registry::Registry;
 use coffer_image::{Credentials, RegistriesConfig};
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-/// Bound on manifests and image configs fetched while generating.
-const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
 
 /// The pod annotation that lets the host read containers' output.
 pub const ALLOW_LOGS_ANNOTATION: &str = "coffer.dev/allow-logs";
@@ -390,63 +386,11 @@ fn check_container(c: &Container) -> anyhow::Result<()> {
 }
 
 async fn resolve(registry: &Registry, image: &str) -> anyhow::Result<Resolved> {
-    let reference = parse_reference(image)?;
-    let mut last = None;
-    for source in registry.sources(&reference) {
-        match resolve_at(registry, &source, image).await {
-            Ok(resolved) => return Ok(resolved),
-            Err(err) => last = Some(err),
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no registry source")))
-}
-
-async fn resolve_at(
-    registry: &Registry,
-    source: &coffer_image::registry::Source,
-    image: &str,
-) -> anyhow::Result<Resolved> {
-    let pinned_digest = image.split_once('@').map(|(_, d)| d);
-    let expected = pinned_digest
-        .map(|d| d.parse::<coffer_image::Digest>())
-        .transpose()
-        .context("the reference's digest")?;
-    let (bytes, top) = registry
-        .manifest(
-            source,
-            &source.reference,
-            expected.as_ref(),
-            MAX_DOCUMENT_BYTES,
-        )
-        .await?;
-    let manifest = match ManifestDoc::parse(&bytes)? {
-        ManifestDoc::Image(m) => m,
-        ManifestDoc::Index(entries) => {
-            let chosen = select_linux_amd64(&entries)?;
-            let platform_ref = source
-                .reference
-                .clone_with_digest(chosen.digest.to_string());
-            let (bytes, _) = registry
-                .manifest(
-                    source,
-                    &platform_ref,
-                    Some(&chosen.digest),
-                    MAX_DOCUMENT_BYTES,
-                )
-                .await?;
-            match ManifestDoc::parse(&bytes)? {
-                ManifestDoc::Image(m) => m,
-                ManifestDoc::Index(_) => bail!("the linux/amd64 entry is itself an index"),
-            }
-        }
-    };
-    let config = registry
-        .small_blob(source, &manifest.config, MAX_DOCUMENT_BYTES, "image config")
-        .await?;
+    let fetched = crate::oci_image::fetch_image(registry, image).await?;
     let file: ImageConfigFile =
-        serde_json::from_slice(&config).context("the image config is not valid JSON")?;
+        serde_json::from_slice(&fetched.config).context("the image config is not valid JSON")?;
     Ok(Resolved {
-        pinned: format!("{}@{top}", repository_of(image)),
+        pinned: format!("{}@{}", repository_of(image), fetched.digest),
         run: file.config.unwrap_or_default(),
     })
 }

@@ -1,0 +1,383 @@
+//! `coffer image pull|inspect|encrypt`: container images through `coffer-image`, the same code the
+//! guest uses to pull, verify, decrypt and unpack.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use coffer_image::manifest::{ImageManifest, LayerKind, ManifestDoc, select_linux_amd64};
+use coffer_image::registry::{Registry, Source, parse_reference};
+use coffer_image::{
+    BlobStore, Credentials, Decryptor, LocalKek, Policy, PrivateKey, ProgressEvent, PublicKey,
+    PullOptions, Recipients, RegistriesConfig, encrypt_layout, pull,
+};
+
+/// Bound on manifests and configs fetched by `inspect` and `policy gen`.
+pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+
+/// Default content-addressed blob store.
+const DEFAULT_STORE: &str = "/var/lib/coffer/image-store";
+
+/// Registry settings shared by the subcommands.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Registry configuration (TOML: mirrors, insecure registries, CAs).
+    #[arg(long = "registries", value_name = "FILE")]
+    registries: Option<PathBuf>,
+    /// Reach this registry over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// The configuration and, when a file was given, its text.
+    pub fn load(&self) -> anyhow::Result<(RegistriesConfig, Option<String>)> {
+        let (mut config, text) = match &self.registries {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let config = RegistriesConfig::from_toml(&text)
+                    .with_context(|| format!("registry config {}", path.display()))?;
+                (config, Some(text))
+            }
+            None => (RegistriesConfig::default(), None),
+        };
+        for host in &self.insecure {
+            config
+                .add_insecure(host)
+                .with_context(|| format!("--insecure-registry {host}"))?;
+        }
+        Ok((config, text))
+    }
+}
+
+/// One image's manifest and config as the registry serves them, digests verified.
+pub struct FetchedImage {
+    /// Digest of the top-level manifest (or index) the reference names.
+    pub digest: coffer_image::Digest,
+    /// The linux/amd64 image manifest.
+    pub manifest: ImageManifest,
+    /// The image config JSON.
+    pub config: Vec<u8>,
+}
+
+/// Fetches `image`'s manifest (linux/amd64 through an index) and config, trying its sources in order.
+pub async fn fetch_image(registry: &Registry, image: &str) -> anyhow::Result<FetchedImage> {
+    let reference = parse_reference(image)?;
+    let mut last = None;
+    for source in registry.sources(&reference) {
+        match fetch_at(registry, &source, image).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no registry source")))
+}
+
+async fn fetch_at(
+    registry: &Registry,
+    source: &Source,
+    image: &str,
+) -> anyhow::Result<FetchedImage> {
+    let expected = image
+        .split_once('@')
+        .map(|(_, d)| d.parse::<coffer_image::Digest>())
+        .transpose()
+        .context("the reference's digest")?;
+    let (bytes, digest) = registry
+        .manifest(
+            source,
+            &source.reference,
+            expected.as_ref(),
+            MAX_DOCUMENT_BYTES,
+        )
+        .await?;
+    let manifest = match ManifestDoc::parse(&bytes)? {
+        ManifestDoc::Image(m) => m,
+        ManifestDoc::Index(entries) => {
+            let chosen = select_linux_amd64(&entries)?;
+            let platform = source
+                .reference
+                .clone_with_digest(chosen.digest.to_string());
+            let (bytes, _) = registry
+                .manifest(source, &platform, Some(&chosen.digest), MAX_DOCUMENT_BYTES)
+                .await?;
+            match ManifestDoc::parse(&bytes)? {
+                ManifestDoc::Image(m) => m,
+                ManifestDoc::Index(_) => bail!("the linux/amd64 entry is itself an index"),
+            }
+        }
+    };
+    let config = registry
+        .small_blob(source, &manifest.config, MAX_DOCUMENT_BYTES, "image config")
+        .await?;
+    Ok(FetchedImage {
+        digest,
+        manifest,
+        config,
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference, e.g. registry.example/app:1.0 or …@sha256:….
+    reference: String,
+    /// Directory to create with the image's root filesystem (must not exist).
+    #[arg(long)]
+    dest: PathBuf,
+    /// Signature policy (containers-policy.json); without it every image is admitted.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Private key (PEM) for JWE-encrypted layers (repeatable).
+    #[arg(long = "decryption-key", value_name = "FILE")]
+    decryption_keys: Vec<PathBuf>,
+    /// Key-encryption key for the broker-held form, as KID=FILE (32 raw bytes; repeatable).
+    #[arg(long = "kek", value_name = "KID=FILE")]
+    keks: Vec<String>,
+    /// Content-addressed blob store shared by pulls.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    store: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+fn parse_kek(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+    let Some((kid, file)) = spec.split_once('=') else {
+        bail!("--kek {spec:?}: expected KID=FILE, e.g. kbs:///default/key/1=kek.bin");
+    };
+    Ok((kid.to_owned(), PathBuf::from(file)))
+}
+
+/// Progress output: a bar on a terminal, one line per event otherwise.
+struct Progress {
+    terminal: bool,
+    started: Instant,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    layers: usize,
+    total: u64,
+    per_layer: Vec<u64>,
+    applied: usize,
+}
+
+impl Progress {
+    fn event(&self, event: ProgressEvent) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        match event {
+            ProgressEvent::Manifest {
+                digest,
+                layers,
+                total_bytes,
+            } => {
+                state.layers = layers;
+                state.total = total_bytes;
+                state.per_layer = vec![0; layers];
+                eprintln!("manifest {digest}: {layers} layers, {total_bytes} bytes");
+            }
+            ProgressEvent::Downloading { index, bytes, .. } => {
+                if let Some(slot) = state.per_layer.get_mut(index) {
+                    *slot = bytes;
+                }
+                if self.terminal {
+                    let done: u64 = state.per_layer.iter().sum();
+                    let total = state.total.max(1);
+                    let width = 30u64;
+                    let filled = (done.min(total) * width / total) as usize;
+                    eprint!(
+                        "\r[{}{}] {:>5.1}% {} / {} bytes",
+                        "#".repeat(filled),
+                        " ".repeat(width as usize - filled),
+                        done as f64 * 100.0 / total as f64,
+                        done,
+                        state.total
+                    );
+                }
+            }
+            ProgressEvent::Downloaded { index, fetched } => {
+                if !self.terminal {
+                    let how = if fetched {
+                        "downloaded"
+                    } else {
+                        "already stored"
+                    };
+                    eprintln!("layer {}/{} {how}", index + 1, state.layers);
+                }
+            }
+            ProgressEvent::Applied { index } => {
+                state.applied += 1;
+                if !self.terminal {
+                    eprintln!("layer {}/{} verified and applied", index + 1, state.layers);
+                }
+            }
+            ProgressEvent::Done => {
+                if self.terminal {
+                    eprintln!();
+                }
+                eprintln!(
+                    "done: {} layers in {:.2}s",
+                    state.applied,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
+    let (registries, _) = args.registry.load()?;
+    let mut decryptor = Decryptor::default();
+    for path in &args.decryption_keys {
+        let key = PrivateKey::from_file(path)
+            .with_context(|| format!("decryption key {}", path.display()))?;
+        decryptor = decryptor.with_private_key(key);
+    }
+    if !args.keks.is_empty() {
+        let mut kek = LocalKek::default();
+        for spec in &args.keks {
+            let (kid, file) = parse_kek(spec)?;
+            kek = kek
+                .with_key_file(kid, &file)
+                .with_context(|| format!("--kek {spec}"))?;
+        }
+        decryptor = decryptor.with_unwrapper(Arc::new(kek));
+    }
+    std::fs::create_dir_all(&args.store)
+        .with_context(|| format!("creating the store {}", args.store.display()))?;
+    let store = BlobStore::open(&args.store)
+        .with_context(|| format!("opening the store {}", args.store.display()))?;
+    let mut options = PullOptions::new(store).with_registries(registries);
+    options.decryptor = decryptor;
+    if let Some(path) = &args.policy {
+        options.policy =
+            Some(Arc::new(Policy::load(path).with_context(|| {
+                format!("signature policy {}", path.display())
+            })?));
+        options.require_policy = true;
+    }
+    let progress = Arc::new(Progress {
+        terminal: std::io::stderr().is_terminal(),
+        started: Instant::now(),
+        state: Mutex::new(ProgressState::default()),
+    });
+    let sink = Arc::clone(&progress);
+    options.progress = Some(Arc::new(move |event| sink.event(event)));
+    let image = pull(&args.reference, &args.dest, &options)
+        .await
+        .with_context(|| format!("pulling {}", args.reference))?;
+    println!(
+        "{}@{}: {} layers → {}",
+        image.reference,
+        image.manifest_digest,
+        image.layers.len(),
+        image.root.display()
+    );
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image reference.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub async fn inspect_command(args: InspectArgs) -> anyhow::Result<u8> {
+    let (registries, _) = args.registry.load()?;
+    let registry = Registry::new(registries, Credentials::default())?;
+    let image = fetch_image(&registry, &args.reference)
+        .await
+        .with_context(|| format!("inspecting {}", args.reference))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&image.config).context("the image config is not JSON")?;
+    let layers: Vec<serde_json::Value> = image
+        .manifest
+        .layers
+        .iter()
+        .map(|layer| {
+            let kind = LayerKind::of(&layer.media_type).ok();
+            let jwe_recipients = layer
+                .annotations
+                .get("org.opencontainers.image.enc.keys.jwe")
+                .map(|_| true);
+            serde_json::json!({
+                "digest": layer.digest.to_string(),
+                "size": layer.size,
+                "media_type": layer.media_type,
+                "encrypted": kind.map(|k| k.encrypted),
+                "jwe_recipients": jwe_recipients.is_some(),
+                "broker_wrapped_key": layer.annotations.contains_key(
+                    "org.opencontainers.image.enc.keys.provider.attestation-agent"
+                ),
+            })
+        })
+        .collect();
+    let out = serde_json::json!({
+        "reference": args.reference,
+        "digest": image.digest.to_string(),
+        "config_digest": image.manifest.config.digest.to_string(),
+        "entrypoint": config["config"]["Entrypoint"],
+        "cmd": config["config"]["Cmd"],
+        "env": config["config"]["Env"],
+        "working_dir": config["config"]["WorkingDir"],
+        "user": config["config"]["User"],
+        "layers": layers,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// Source OCI layout directory.
+    #[arg(long)]
+    layout: PathBuf,
+    /// Tag of the image in the source layout (`org.opencontainers.image.ref.name`).
+    #[arg(long, default_value = "latest")]
+    tag: String,
+    /// Destination OCI layout directory (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Tag in the destination layout (default: the source tag).
+    #[arg(long)]
+    out_tag: Option<String>,
+    /// JWE recipient public key (PEM, RSA or P-256; repeatable).
+    #[arg(long = "recipient", value_name = "FILE")]
+    recipients: Vec<PathBuf>,
+    /// Also wrap the layer keys with a broker-held key-encryption key: KID=FILE (32 raw bytes),
+    /// e.g. kbs:///default/key/1=kek.bin.
+    #[arg(long, value_name = "KID=FILE")]
+    kek: Option<String>,
+}
+
+pub fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
+    let mut recipients = Recipients::default();
+    for path in &args.recipients {
+        recipients.public_keys.push(
+            PublicKey::from_file(path).with_context(|| format!("recipient {}", path.display()))?,
+        );
+    }
+    if let Some(spec) = &args.kek {
+        let (kid, file) = parse_kek(spec)?;
+        let kek = LocalKek::default()
+            .with_key_file(kid.clone(), &file)
+            .with_context(|| format!("--kek {spec}"))?;
+        recipients.kek = Some((kid, kek));
+    }
+    if recipients.public_keys.is_empty() && recipients.kek.is_none() {
+        bail!("give at least one --recipient or --kek");
+    }
+    let out_tag = args.out_tag.as_deref().unwrap_or(&args.tag);
+    let digest = encrypt_layout(&args.layout, &args.tag, &args.out, out_tag, &recipients)
+        .with_context(|| format!("encrypting {}:{}", args.layout.display(), args.tag))?;
+    println!("{digest}");
+    Ok(0)
+}

@@ -1,0 +1,93 @@
+//! A real registry for the CLI suites: Debian's `docker-registry` on a free loopback port with its
+//! own storage, killed on drop, filled with `skopeo copy` from OCI layouts.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, ensure};
+
+/// Debian's `docker-registry` on a free loopback port with its own storage; killed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    child: std::process::Child,
+    /// The loopback port it serves plain HTTP on.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts it and waits until it accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        crate::require_tool("docker-registry");
+        crate::require_tool("skopeo");
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .args(["serve", &config.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting docker-registry")?;
+        let registry = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(registry)
+    }
+
+    /// Copies an OCI layout into the registry with skopeo; returns the manifest digest.
+    pub fn push(&self, layout: &Path, name: &str) -> anyhow::Result<String> {
+        let dest = format!("docker://127.0.0.1:{}/{name}", self.port);
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(&dest)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--tls-verify=false",
+                "--format",
+                "{{.Digest}}",
+                &dest,
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
