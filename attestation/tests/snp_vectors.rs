@@ -177,6 +177,31 @@ fn kbs05_invalid_vceks_fail_ask_signature() {
     }
 }
 
+/// Verified signatures are remembered per process; that memo must never turn a bad signature or
+/// an expired certificate into an acceptance once the chain has been verified before.
+#[test]
+fn kbs05_remembered_chain_still_refuses_bad_and_expired() {
+    let good = vector("trustee-test-vcek.der");
+    for _ in 0..2 {
+        verify_endorsement_key(&good, at(JAN_2026)).unwrap();
+    }
+    for name in [
+        "trustee-test-vcek-invalid-legacy.der",
+        "trustee-test-vcek-invalid-new.der",
+    ] {
+        assert!(
+            verify_endorsement_key(&vector(name), at(JAN_2026)).is_err(),
+            "{name}"
+        );
+    }
+    let vlek = vector("trustee-test-vlek.der");
+    verify_endorsement_key(&vlek, at(JUN_2025)).unwrap();
+    assert!(
+        verify_endorsement_key(&vlek, at(JAN_2026)).is_err(),
+        "expired VLEK accepted"
+    );
+}
+
 #[test]
 fn kbs05_vlek_chain_accepted_only_before_expiry() {
     let vlek = vector("trustee-test-vlek.der");

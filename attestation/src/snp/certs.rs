@@ -342,12 +342,63 @@ fn verify_signed_by(
         .tbs_certificate
         .to_der()
         .map_err(|e| format_err(role, e))?;
+    let spki_der = spki.to_der().map_err(|e| format_err(issuer_role, e))?;
+    let memo_key = signature_memo_key(&tbs, signature_bytes, &spki_der);
+    if VERIFIED_SIGNATURES.contains(&memo_key) {
+        return Ok(());
+    }
     verifier
         .verify(&tbs, &signature)
         .map_err(|_| SnpError::CertificateSignature {
             role,
             issuer: issuer_role,
-        })
+        })?;
+    VERIFIED_SIGNATURES.insert(memo_key);
+    Ok(())
+}
+
+/// Certificate signatures already verified in this process, keyed by a hash of exactly what was
+/// verified (to-be-signed bytes, signature, issuer key). A certificate's signature either verifies
+/// under a key or not, forever, so repeating the RSA-4096 checks for every report (the AMD chain
+/// has three) is wasted work; validity periods are still checked on every call. Only successes are
+/// remembered, so a refusal is never cached into an acceptance. Bounded: cleared when full.
+static VERIFIED_SIGNATURES: SignatureMemo = SignatureMemo::new();
+
+/// Most remembered signatures.
+const SIGNATURE_MEMO_CAPACITY: usize = 4096;
+
+struct SignatureMemo(std::sync::Mutex<Option<std::collections::HashSet<[u8; 48]>>>);
+
+impl SignatureMemo {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    fn contains(&self, key: &[u8; 48]) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|set| set.as_ref().is_some_and(|s| s.contains(key)))
+    }
+
+    fn insert(&self, key: [u8; 48]) {
+        if let Ok(mut set) = self.0.lock() {
+            let set = set.get_or_insert_with(std::collections::HashSet::new);
+            if set.len() >= SIGNATURE_MEMO_CAPACITY {
+                set.clear();
+            }
+            set.insert(key);
+        }
+    }
+}
+
+fn signature_memo_key(tbs: &[u8], signature: &[u8], issuer_spki: &[u8]) -> [u8; 48] {
+    use sha2::Digest as _;
+    let mut hasher = Sha384::new();
+    for part in [tbs, signature, issuer_spki] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
 }
 
 #[cfg(test)]
