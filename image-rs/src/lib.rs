@@ -25,8 +25,8 @@ pub mod unpack;
 
 pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};
 pub use decrypt::{
-    DecryptError, Decryptor, EncryptError, KeyUnwrapper, LocalKek, PrivateKey, PublicKey,
-    Recipients, WrappedKey, encrypt_layout,
+    BrokerKeyUnwrapper, DecryptError, Decryptor, EncryptError, KeyUnwrapper, LocalKek, PrivateKey,
+    PublicKey, Recipients, WrappedKey, encrypt_layout,
 };
 pub use digest::Digest;
 pub use policy::{Policy, PolicyError};

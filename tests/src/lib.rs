@@ -7,6 +7,7 @@
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod kbs;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

@@ -232,5 +232,59 @@ fn main() -> ExitCode {
         })()
     );
 
+    case!(
+        suite,
+        "broker_releases_the_key_after_attestation",
+        (|| {
+            // The image's layer key is wrapped by a key-encryption key that only the broker holds;
+            // the pull attests (sample evidence, explicitly enabled) and the broker releases it only
+            // when its policy admits that evidence.
+            let kek_bytes = std::fs::read(keys.join("kek-default-key-1.bin"))?;
+            let open = coffer_tests::kbs::Broker::start(
+                dir,
+                "open",
+                Some(coffer_tests::kbs::ALLOW_SAMPLE_POLICY),
+                &kek_bytes,
+            )?;
+            let pull_with = |broker: &coffer_tests::kbs::Broker, name: &str| {
+                let dest = dir.join(name);
+                let out = run(&[
+                    "image",
+                    "pull",
+                    &enc_ref,
+                    "--dest",
+                    &p(&dest),
+                    "--store",
+                    &p(&dir.join(format!("{name}-store"))),
+                    "--insecure-registry",
+                    &host,
+                    "--kbs-url",
+                    &broker.url,
+                    "--kbs-tee",
+                    "sample",
+                ])?;
+                anyhow::Ok((dest, out))
+            };
+            let (dest, out) = pull_with(&open, "root-broker")?;
+            ensure!(out.status.success(), "broker pull: {}", text(&out.stderr));
+            let plain = dir.join("plain-root");
+            ensure!(
+                tree(&dest)? == tree(&plain)?,
+                "decrypted root differs from the plaintext root"
+            );
+            // KBS-04: the shipped default policy refuses sample evidence: no key, no root.
+            let strict = coffer_tests::kbs::Broker::start(dir, "strict", None, &kek_bytes)?;
+            let (dest, out) = pull_with(&strict, "root-refused")?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                text(&out.stderr).contains("key broker"),
+                "{}",
+                text(&out.stderr)
+            );
+            ensure!(!dest.exists(), "a root was created without the key");
+            Ok(())
+        })()
+    );
+
     suite.finish()
 }

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use coffer_attestation::attester::{AttesterKind, attester_for};
+use coffer_attestation::kbs::client::{ClientConfig, KbsClient};
 use coffer_image::manifest::{ImageManifest, LayerKind, ManifestDoc, select_linux_amd64};
 use coffer_image::registry::{Registry, Source, parse_reference};
 use coffer_image::{
-    BlobStore, Credentials, Decryptor, LocalKek, Policy, PrivateKey, ProgressEvent, PublicKey,
-    PullOptions, Recipients, RegistriesConfig, encrypt_layout, pull,
+    BlobStore, BrokerKeyUnwrapper, Credentials, Decryptor, LocalKek, Policy, PrivateKey,
+    ProgressEvent, PublicKey, PullOptions, Recipients, RegistriesConfig, encrypt_layout, pull,
 };
 
 /// Bound on manifests and configs fetched by `inspect` and `policy gen`.
@@ -137,6 +139,16 @@ pub struct PullArgs {
     /// Key-encryption key for the broker-held form, as KID=FILE (32 raw bytes; repeatable).
     #[arg(long = "kek", value_name = "KID=FILE")]
     keks: Vec<String>,
+    /// Fetch broker-held key-encryption keys (`kbs:///repo/type/tag` kids) from this key broker,
+    /// after attesting.
+    #[arg(long)]
+    kbs_url: Option<String>,
+    /// Evidence for the broker: detect (a TEE, error if none), snp, tdx, or development-only sample.
+    #[arg(long, default_value = "detect", value_parser = ["detect", "snp", "tdx", "sample"], requires = "kbs_url")]
+    kbs_tee: String,
+    /// PEM CA certificate(s) for the broker's HTTPS certificate.
+    #[arg(long, requires = "kbs_url")]
+    kbs_cert: Option<PathBuf>,
     /// Content-addressed blob store shared by pulls.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: PathBuf,
@@ -248,6 +260,22 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
                 .with_context(|| format!("--kek {spec}"))?;
         }
         decryptor = decryptor.with_unwrapper(Arc::new(kek));
+    }
+    if let Some(url) = &args.kbs_url {
+        let mut config = ClientConfig::new(url.clone());
+        if let Some(path) = &args.kbs_cert {
+            config.ca_cert_pem =
+                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+        }
+        let kind = match args.kbs_tee.as_str() {
+            "snp" => AttesterKind::Snp,
+            "tdx" => AttesterKind::Tdx,
+            "sample" => AttesterKind::Sample,
+            _ => AttesterKind::Detect,
+        };
+        let attester = attester_for(kind).context("choosing the evidence source")?;
+        let client = KbsClient::new(config, Arc::from(attester)).context("key broker client")?;
+        decryptor = decryptor.with_unwrapper(Arc::new(BrokerKeyUnwrapper::new(Arc::new(client))));
     }
     std::fs::create_dir_all(&args.store)
         .with_context(|| format!("creating the store {}", args.store.display()))?;

@@ -5,6 +5,7 @@
 //! The HMAC-SHA256 over the ciphertext and the digest of the decrypted blob are checked when the
 //! stream reaches its end; the reader fails there, before the caller commits anything.
 
+mod broker;
 mod encrypt;
 mod jwe;
 mod keys;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
+pub use broker::{BrokerKeyUnwrapper, KBS_KID_PREFIX};
 pub use encrypt::{EncryptError, PublicKey, Recipients, encrypt_layout};
 pub use keys::{KeyUnwrapper, LocalKek, PrivateKey, WrappedKey};
 

@@ -1,0 +1,94 @@
+//! A real `coffer-kbs` for the CLI suites.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+/// A resource policy admitting every resource request, sample evidence included (tests only).
+pub const ALLOW_SAMPLE_POLICY: &str = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if data.plugin == \"resource\"\n";
+
+/// A `coffer-kbs` serving plain HTTP on a free port; killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Broker {
+    /// Starts a broker whose resource `default/key/1` holds `secret`, with sample evidence enabled
+    /// and `policy` (Rego) or the shipped default policy.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        policy: Option<&str>,
+        secret: &[u8],
+    ) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let resources = dir.join(format!("{name}-resources"));
+        std::fs::create_dir_all(resources.join("default/key"))?;
+        std::fs::write(resources.join("default/key/1"), secret)?;
+        let policy_line = match policy {
+            Some(rego) => {
+                let file = dir.join(format!("{name}-policy.rego"));
+                std::fs::write(&file, rego)?;
+                format!("file = {:?}\n", file.display().to_string())
+            }
+            None => String::new(),
+        };
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n",
+                resources.display().to_string()
+            ),
+        )?;
+        let child = Command::new(crate::bin("coffer-kbs"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting coffer-kbs")?;
+        let broker = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(Instant::now() < deadline, "coffer-kbs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+
+    /// `coffer kbs get-resource` of `default/key/1` with sample evidence.
+    pub fn get_resource(&self, extra: &[&str]) -> anyhow::Result<Output> {
+        Command::new(crate::coffer())
+            .args([
+                "kbs",
+                "get-resource",
+                "--url",
+                &self.url,
+                "--path",
+                "default/key/1",
+                "--tee",
+                "sample",
+            ])
+            .args(extra)
+            .output()
+            .context("running coffer")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
