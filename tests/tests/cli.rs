@@ -271,15 +271,21 @@ fn main() -> ExitCode {
         suite,
         "qemu_killed_with_sigkill",
         (|| {
-            let child = ctx.command(&[], &["sleep", "1000"]).spawn()?;
+            let mut child = ctx
+                .command(&[], &["sh", "-c", "echo running; exec sleep 1000"])
+                .spawn()?;
             let qemu = wait_for_qemu(&ctx.state, Duration::from_secs(30))?;
-            // Kill it while the container runs.
-            wait_for_console(
-                &ctx.state,
-                coffer_agent_protocol::GUEST_READY_MARKER,
-                Duration::from_secs(60),
-            )?;
-            std::thread::sleep(Duration::from_secs(1));
+            // Kill it while the container runs: once its first line reached the host.
+            let stdout = child.stdout.take().context("stdout")?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ =
+                    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+                let _ = tx.send(line);
+            });
+            let line = rx.recv_timeout(Duration::from_secs(120))?;
+            ensure!(line == "running\n", "container output {line:?}");
             let killed = Instant::now();
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(qemu as i32),

@@ -47,7 +47,7 @@ impl Fixture {
         .unwrap();
         fs::write(
             modules_dir.join("modules.builtin"),
-            "kernel/drivers/virtio/virtio_pci.ko\n",
+            "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/block/virtio_blk.ko\n",
         )
         .unwrap();
         for module in [
