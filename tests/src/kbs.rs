@@ -13,6 +13,7 @@ pub const ALLOW_SAMPLE_POLICY: &str = "package policy\n\nimport rego.v1\n\ndefau
 #[derive(Debug)]
 pub struct Broker {
     child: Child,
+    resources: std::path::PathBuf,
     /// Its base URL.
     pub url: String,
 }
@@ -57,6 +58,7 @@ impl Broker {
             .context("starting coffer-kbs")?;
         let broker = Self {
             child,
+            resources,
             url: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -65,6 +67,14 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(broker)
+    }
+
+    /// Stores another resource at `path` (repo/type/tag).
+    pub fn put(&self, path: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let file = self.resources.join(path);
+        std::fs::create_dir_all(file.parent().context("resource path")?)?;
+        std::fs::write(file, bytes)?;
+        Ok(())
     }
 
     /// `coffer kbs get-resource` of `default/key/1` with sample evidence.

@@ -18,9 +18,28 @@ pub struct Registry {
 impl Registry {
     /// Starts it and waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_auth(None)
+    }
+
+    /// Starts it requiring HTTP basic auth for `(user, password)` when given (htpasswd, bcrypt).
+    pub fn start_with_auth(basic: Option<(&str, &str)>) -> anyhow::Result<Self> {
         crate::require_tool("docker-registry");
         crate::require_tool("skopeo");
         let dir = tempfile::tempdir()?;
+        let mut auth = String::new();
+        if let Some((user, password)) = basic {
+            crate::require_tool("htpasswd");
+            let file = dir.path().join("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbc", &file.display().to_string(), user, password])
+                .output()
+                .context("running htpasswd")?;
+            ensure!(out.status.success(), "htpasswd failed");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: coffer-test\n    path: {}\n",
+                file.display()
+            );
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -28,7 +47,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("data").display()
             ),
         )?;
@@ -56,9 +75,27 @@ impl Registry {
 
     /// Copies an OCI layout into the registry with skopeo; returns the manifest digest.
     pub fn push(&self, layout: &Path, name: &str) -> anyhow::Result<String> {
+        self.push_as(layout, name, None)
+    }
+
+    /// [`Registry::push`] with `user:password` credentials.
+    pub fn push_as(
+        &self,
+        layout: &Path,
+        name: &str,
+        creds: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let creds: Vec<String> = creds
+            .map(|c| vec![format!("--dest-creds={c}")])
+            .unwrap_or_default();
+        let inspect_creds: Vec<String> = creds
+            .iter()
+            .map(|c| c.replace("--dest-creds", "--creds"))
+            .collect();
         let dest = format!("docker://127.0.0.1:{}/{name}", self.port);
         let out = Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(&creds)
             .arg(format!("oci:{}", layout.display()))
             .arg(&dest)
             .output()?;
@@ -75,6 +112,7 @@ impl Registry {
                 "{{.Digest}}",
                 &dest,
             ])
+            .args(&inspect_creds)
             .output()?;
         ensure!(
             out.status.success(),

@@ -286,5 +286,75 @@ fn main() -> ExitCode {
         })()
     );
 
+    case!(
+        suite,
+        "registry_credentials_come_from_the_broker",
+        (|| {
+            // A registry that requires a password; the guest-side pull gets the credentials only from
+            // the broker, after attestation.
+            let private = Registry::start_with_auth(Some(("puller", "s3cret-pass")))?;
+            private.push_as(
+                &vectors().join("src"),
+                "demo/private:v1",
+                Some("puller:s3cret-pass"),
+            )?;
+            let private_host = format!("127.0.0.1:{}", private.port);
+            let private_ref = format!("{private_host}/demo/private:v1");
+            let broker = coffer_tests::kbs::Broker::start(
+                dir,
+                "creds",
+                Some(coffer_tests::kbs::ALLOW_SAMPLE_POLICY),
+                b"unused",
+            )?;
+            let auth = serde_json::json!({"auths": {private_host.clone(): {"username": "puller", "password": "s3cret-pass"}}});
+            broker.put("default/registry/auth", auth.to_string().as_bytes())?;
+            let pull = |name: &str, extra: &[&str]| {
+                let dest = dir.join(name);
+                let mut args = vec![
+                    "image",
+                    "pull",
+                    &private_ref,
+                    "--insecure-registry",
+                    &private_host,
+                ];
+                let dest_s = p(&dest);
+                let store_s = p(&dir.join(format!("{name}-store")));
+                args.extend(["--dest", &dest_s, "--store", &store_s]);
+                args.extend(extra);
+                anyhow::Ok((dest, run(&args)?))
+            };
+            let (dest, out) = pull("root-anonymous", &[])?;
+            ensure!(
+                out.status.code() == Some(125) && !dest.exists(),
+                "anonymous pull: {out:?}"
+            );
+            let (dest, out) = pull(
+                "root-creds",
+                &[
+                    "--kbs-url",
+                    &broker.url,
+                    "--kbs-tee",
+                    "sample",
+                    "--registry-auth-kbs",
+                    "default/registry/auth",
+                ],
+            )?;
+            ensure!(
+                out.status.success(),
+                "pull with broker credentials: {}",
+                text(&out.stderr)
+            );
+            ensure!(
+                tree(&dest)? == tree(&dir.join("plain-root"))?,
+                "root differs from the plaintext root"
+            );
+            ensure!(
+                !text(&out.stderr).contains("s3cret-pass"),
+                "the password was printed"
+            );
+            Ok(())
+        })()
+    );
+
     suite.finish()
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use coffer_attestation::attester::{AttesterKind, attester_for};
 use coffer_attestation::kbs::client::{ClientConfig, KbsClient};
+use coffer_attestation::kbs::path::ResourcePath;
 use coffer_image::manifest::{ImageManifest, LayerKind, ManifestDoc, select_linux_amd64};
 use coffer_image::registry::{Registry, Source, parse_reference};
 use coffer_image::{
@@ -149,6 +150,10 @@ pub struct PullArgs {
     /// PEM CA certificate(s) for the broker's HTTPS certificate.
     #[arg(long, requires = "kbs_url")]
     kbs_cert: Option<PathBuf>,
+    /// Registry credentials (an `auth.json`) from this broker resource (repo/type/tag), released
+    /// after attestation like the keys.
+    #[arg(long, value_name = "REPO/TYPE/TAG", requires = "kbs_url")]
+    registry_auth_kbs: Option<String>,
     /// Content-addressed blob store shared by pulls.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: PathBuf,
@@ -261,6 +266,7 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
         }
         decryptor = decryptor.with_unwrapper(Arc::new(kek));
     }
+    let mut credentials = None;
     if let Some(url) = &args.kbs_url {
         let mut config = ClientConfig::new(url.clone());
         if let Some(path) = &args.kbs_cert {
@@ -274,8 +280,24 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
             _ => AttesterKind::Detect,
         };
         let attester = attester_for(kind).context("choosing the evidence source")?;
-        let client = KbsClient::new(config, Arc::from(attester)).context("key broker client")?;
-        decryptor = decryptor.with_unwrapper(Arc::new(BrokerKeyUnwrapper::new(Arc::new(client))));
+        let client =
+            Arc::new(KbsClient::new(config, Arc::from(attester)).context("key broker client")?);
+        if let Some(path) = &args.registry_auth_kbs {
+            let resource_path: ResourcePath = path
+                .parse()
+                .with_context(|| format!("--registry-auth-kbs {path}"))?;
+            let resource = client
+                .get_resource(&resource_path)
+                .await
+                .with_context(|| format!("fetching registry credentials {path} from {url}"))?;
+            let text = std::str::from_utf8(resource.expose())
+                .with_context(|| format!("registry credentials {path} are not UTF-8"))?;
+            credentials = Some(
+                Credentials::from_json(text)
+                    .with_context(|| format!("registry credentials {path}"))?,
+            );
+        }
+        decryptor = decryptor.with_unwrapper(Arc::new(BrokerKeyUnwrapper::new(client)));
     }
     std::fs::create_dir_all(&args.store)
         .with_context(|| format!("creating the store {}", args.store.display()))?;
@@ -283,6 +305,9 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("opening the store {}", args.store.display()))?;
     let mut options = PullOptions::new(store).with_registries(registries);
     options.decryptor = decryptor;
+    if let Some(credentials) = credentials {
+        options.credentials = credentials;
+    }
     if let Some(path) = &args.policy {
         options.policy =
             Some(Arc::new(Policy::load(path).with_context(|| {
