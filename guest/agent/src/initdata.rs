@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coffer_attestation::attester::TsmReport;
+use coffer_attestation::attester::{self, TsmReport};
 use coffer_attestation::{snp, tdx};
 use coffer_policies::initdata::{Binding, Digest, Initdata, InitdataError, device};
 use thiserror::Error;
@@ -110,9 +110,9 @@ impl Tee {
                 .filter(|l| l.starts_with("flags"))
                 .any(|l| l.split_ascii_whitespace().any(|f| f == name))
         };
-        if has_flag("tdx_guest") || Path::new("/dev/tdx_guest").exists() {
+        if has_flag("tdx_guest") || Path::new(attester::TDX_GUEST_DEVICE).exists() {
             Some(Self::Tdx)
-        } else if has_flag("sev_snp") || Path::new("/dev/sev-guest").exists() {
+        } else if has_flag("sev_snp") || Path::new(attester::SEV_GUEST_DEVICE).exists() {
             Some(Self::Snp)
         } else {
             None

@@ -113,8 +113,9 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         }
         // Initdata and the policy are settled before anything listens: any failure means no
         // service, never a fallback policy.
-        let initdata = load_initdata(&cli, is_init).context("initdata")?;
-        let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), is_init)
+        let tee = detect_tee(is_init);
+        let initdata = load_initdata(&cli, is_init, tee).context("initdata")?;
+        let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
             .context("loading the agent policy")?;
         tracing::info!(policy = policy.name(), "policy loaded");
         let config = AgentConfig {
@@ -164,7 +165,7 @@ fn detect_tee(is_init: bool) -> Option<Tee> {
     if is_init { Tee::detect() } else { None }
 }
 
-fn load_initdata(cli: &Cli, is_init: bool) -> anyhow::Result<Option<Initdata>> {
+fn load_initdata(cli: &Cli, is_init: bool, tee: Option<Tee>) -> anyhow::Result<Option<Initdata>> {
     let mut source = if is_init {
         let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
         initdata::Source::from_cmdline(&cmdline)?
@@ -184,14 +185,14 @@ fn load_initdata(cli: &Cli, is_init: bool) -> anyhow::Result<Option<Initdata>> {
         }
         return Ok(None);
     }
-    Ok(initdata::load(&source, detect_tee(is_init))?)
+    Ok(initdata::load(&source, tee)?)
 }
 
 /// The one policy this agent enforces: initdata's, or an explicit file, or the mode's default.
 fn select_policy(
     file: Option<&std::path::Path>,
     initdata: Option<&Initdata>,
-    is_init: bool,
+    tee: Option<Tee>,
 ) -> anyhow::Result<RegoPolicy> {
     let from_initdata = initdata.and_then(|i| i.get(Entry::Policy).map(|p| (i, p)));
     match (from_initdata, file) {
@@ -213,7 +214,7 @@ fn select_policy(
                 None,
             )?)
         }
-        (None, None) if detect_tee(is_init).is_some() => Ok(RegoPolicy::confidential_default()?),
+        (None, None) if tee.is_some() => Ok(RegoPolicy::confidential_default()?),
         (None, None) => Ok(RegoPolicy::sandbox_default()?),
     }
 }

@@ -38,23 +38,32 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// The configuration and, when a file was given, its text.
     pub fn load(&self) -> anyhow::Result<(RegistriesConfig, Option<String>)> {
-        let (mut config, text) = match &self.registries {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let config = RegistriesConfig::from_toml(&text)
-                    .with_context(|| format!("registry config {}", path.display()))?;
-                (config, Some(text))
-            }
-            None => (RegistriesConfig::default(), None),
-        };
-        for host in &self.insecure {
-            config
-                .add_insecure(host)
-                .with_context(|| format!("--insecure-registry {host}"))?;
-        }
-        Ok((config, text))
+        load_registries(self.registries.as_deref(), &self.insecure)
     }
+}
+
+/// A registry configuration file (if any) plus hosts to reach over plain HTTP; also returns the
+/// file's text.
+pub fn load_registries(
+    file: Option<&std::path::Path>,
+    insecure: &[String],
+) -> anyhow::Result<(RegistriesConfig, Option<String>)> {
+    let (mut config, text) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let config = RegistriesConfig::from_toml(&text)
+                .with_context(|| format!("registry config {}", path.display()))?;
+            (config, Some(text))
+        }
+        None => (RegistriesConfig::default(), None),
+    };
+    for host in insecure {
+        config
+            .add_insecure(host)
+            .with_context(|| format!("--insecure-registry {host}"))?;
+    }
+    Ok((config, text))
 }
 
 /// One image's manifest and config as the registry serves them, digests verified.

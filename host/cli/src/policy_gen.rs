@@ -217,21 +217,10 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
     );
     check_pod(&pod)?;
 
-    let (mut registries, registries_text) = match &args.registry_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let config = RegistriesConfig::from_toml(&text)
-                .with_context(|| format!("registry config {}", path.display()))?;
-            (config, Some(text))
-        }
-        None => (RegistriesConfig::default(), None),
-    };
-    for host in &args.insecure_registries {
-        registries
-            .add_insecure(host)
-            .with_context(|| format!("--insecure-registry {host}"))?;
-    }
+    let (registries, registries_text) = crate::oci_image::load_registries(
+        args.registry_config.as_deref(),
+        &args.insecure_registries,
+    )?;
     let registry = Registry::new(registries.clone(), Credentials::default())
         .context("setting up the registry client")?;
 
