@@ -6,10 +6,12 @@
 //! its evidence and in the logs.
 //!
 //! Hardware evidence comes from Linux configfs-tsm (`/sys/kernel/config/tsm/report`, see
-//! [`tsm`]). The `/dev/sev-guest` ioctl fallback (through the `sev` crate) is not implemented:
-//! on kernels without configfs-tsm the SNP attester returns an error.
+//! [`tsm`]). SEV-SNP guests whose kernel has no configfs-tsm (before 6.7) get their report through
+//! the `/dev/sev-guest` ioctl instead ([`sev_guest`], [`snp_report`]); TDX quotes need
+//! configfs-tsm.
 
 mod sample;
+pub mod sev_guest;
 pub mod tsm;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +83,29 @@ pub enum AttesterError {
     /// The kernel returned an empty report.
     #[error("configfs-tsm returned an empty report")]
     EmptyReport,
+    /// The `/dev/sev-guest` ioctl path failed.
+    #[error(transparent)]
+    SevGuest(sev_guest::SevGuestError),
+}
+
+/// An SEV-SNP report carrying `user_data`: through configfs-tsm when the kernel offers it, else
+/// through the `/dev/sev-guest` ioctl at `device`.
+pub fn snp_report(
+    tsm: &TsmReport,
+    device: &Path,
+    user_data: &[u8; 64],
+) -> Result<tsm::TsmOutput, AttesterError> {
+    match tsm.request("sev_guest", user_data) {
+        Err(AttesterError::TsmUnavailable { path, source }) if device.exists() => {
+            tracing::debug!(tsm = %path.display(), error = %source, "configfs-tsm unavailable, using the sev-guest ioctl");
+            Ok(tsm::TsmOutput {
+                provider: "sev_guest".into(),
+                outblob: sev_guest::get_report(device, user_data)?,
+                auxblob: None,
+            })
+        }
+        other => other,
+    }
 }
 
 /// Produces evidence for one TEE.

@@ -1,4 +1,5 @@
-//! Linux configfs-tsm report protocol (`Documentation/ABI/testing/configfs-tsm`):
+//! Linux configfs-tsm report protocol (SNP falls back to the `/dev/sev-guest` ioctl when the
+//! kernel has no configfs-tsm, see [`super::snp_report`]) (`Documentation/ABI/testing/configfs-tsm`):
 //! `mkdir report/<entry>`, check `provider`, write 64 bytes to `inblob`, read `generation`,
 //! `outblob` (the SNP report or TDX quote), `auxblob` (SNP certificate table, if any), read
 //! `generation` again (a change means another writer raced us), `rmdir` the entry.
@@ -153,7 +154,8 @@ impl Attester for TsmAttester {
         let mut evidence = Map::new();
         match self.tee {
             Tee::Snp => {
-                let out = self.report.request("sev_guest", &inblob)?;
+                let out =
+                    super::snp_report(&self.report, Path::new(super::SEV_GUEST_DEVICE), &inblob)?;
                 evidence.insert("report".into(), Value::String(B64.encode(&out.outblob)));
                 if let Some(aux) = &out.auxblob {
                     evidence.insert("cert_table".into(), Value::String(B64.encode(aux)));

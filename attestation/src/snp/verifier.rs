@@ -225,6 +225,13 @@ impl SnpVerifier {
         if let Some(min) = &self.policy.min_launch_tcb {
             min.check("launch", &TcbVersion::decode(report.launch_tcb.raw, turin))?;
         }
+        self.check_measurement(report)
+    }
+
+    /// The launch measurement against the policy's allow-list (an empty list accepts any).
+    /// Part of [`Self::verify`]; public so that reference values (e.g. from `coffer measure`)
+    /// can be checked against a report without a signed one.
+    pub fn check_measurement(&self, report: &Report) -> Result<(), SnpError> {
         if !self.policy.allowed_measurements.is_empty()
             && !self
                 .policy

@@ -209,6 +209,9 @@ pub struct TdxConfig {
     pub collateral: Option<PathBuf>,
     /// Accept MIGRATABLE TDs. Default false.
     pub allow_migratable: bool,
+    /// Accepted MRTD values (hex, 48 bytes; `coffer measure tdx`). Default none: MRTD is not
+    /// pinned.
+    pub mr_td: Vec<String>,
 }
 
 impl Config {
@@ -249,7 +252,15 @@ impl Config {
             return invalid("token.lifetime_secs must be > 0 and token.issuer non-empty");
         }
         self.snp_measurements()?;
+        self.tdx_mr_td()?;
         Ok(())
+    }
+
+    /// The configured TDX MRTD values, decoded.
+    pub fn tdx_mr_td(&self) -> Result<Vec<[u8; 48]>, ConfigError> {
+        parse_measurements(&self.attestation.tdx.mr_td).map_err(|reason| ConfigError::Invalid {
+            reason: format!("attestation.tdx.mr_td: {reason}"),
+        })
     }
 
     /// The configured SNP measurements, decoded.

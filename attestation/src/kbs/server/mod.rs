@@ -169,9 +169,14 @@ impl Broker {
             vcek_dir: snp.vcek_dir.clone(),
         };
         let tdx_settings = TdxSettings {
-            policy: crate::tdx::TdxPolicy {
-                allow_migratable: config.attestation.tdx.allow_migratable,
-                ..crate::tdx::TdxPolicy::default()
+            policy: {
+                let mut policy = crate::tdx::TdxPolicy {
+                    allow_migratable: config.attestation.tdx.allow_migratable,
+                    ..crate::tdx::TdxPolicy::default()
+                };
+                let mr_td = config.tdx_mr_td()?;
+                policy.reference.mr_td = (!mr_td.is_empty()).then_some(mr_td);
+                policy
             },
             collateral: config.attestation.tdx.collateral.clone(),
         };
@@ -554,10 +559,15 @@ async fn set_policy(
     Ok(StatusCode::OK.into_response())
 }
 
+/// `POST /kbs/v0/reference-values` (the file `coffer measure --emit-reference-values` writes):
+/// each list present replaces the broker's list for that TEE; an absent one leaves it alone.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReferenceValuesUpload {
-    snp_measurements: Vec<String>,
+    #[serde(default)]
+    snp_measurements: Option<Vec<String>>,
+    #[serde(default)]
+    tdx_mr_td: Option<Vec<String>>,
 }
 
 async fn set_reference_values(
@@ -567,11 +577,32 @@ async fn set_reference_values(
 ) -> Result<Response, KbsError> {
     broker.admin(&headers)?;
     let upload: ReferenceValuesUpload = parse("reference-values", &body)?;
-    let measurements = parse_measurements(&upload.snp_measurements)
-        .map_err(|reason| KbsError::AdminRequest { reason })?;
-    let count = measurements.len();
-    broker.inner.verifier.set_snp_measurements(measurements);
-    tracing::info!(count, "snp reference measurements replaced");
+    let decode = |list: &Option<Vec<String>>, name: &str| {
+        list.as_ref()
+            .map(|values| parse_measurements(values))
+            .transpose()
+            .map_err(|reason| KbsError::AdminRequest {
+                reason: format!("{name}: {reason}"),
+            })
+    };
+    // Both lists are decoded before either is applied: a bad upload changes nothing.
+    let snp = decode(&upload.snp_measurements, "snp_measurements")?;
+    let tdx = decode(&upload.tdx_mr_td, "tdx_mr_td")?;
+    if snp.is_none() && tdx.is_none() {
+        return Err(KbsError::AdminRequest {
+            reason: "no reference values (snp_measurements, tdx_mr_td)".into(),
+        });
+    }
+    if let Some(measurements) = snp {
+        let count = measurements.len();
+        broker.inner.verifier.set_snp_measurements(measurements);
+        tracing::info!(count, "snp reference measurements replaced");
+    }
+    if let Some(mr_td) = tdx {
+        let count = mr_td.len();
+        broker.inner.verifier.set_tdx_mr_td(mr_td);
+        tracing::info!(count, "tdx MRTD reference values replaced");
+    }
     Ok(StatusCode::OK.into_response())
 }
 

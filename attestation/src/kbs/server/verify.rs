@@ -206,6 +206,8 @@ pub struct EvidenceVerifier {
     snp: SnpSettings,
     snp_measurements: RwLock<Vec<[u8; 48]>>,
     tdx: TdxSettings,
+    /// Accepted MRTD values; `None` leaves MRTD unpinned.
+    tdx_mr_td: RwLock<Option<Vec<[u8; 48]>>>,
 }
 
 impl EvidenceVerifier {
@@ -215,11 +217,13 @@ impl EvidenceVerifier {
             tracing::warn!("sample evidence is ENABLED: tokens for it are marked tee=sample");
         }
         let measurements = snp.policy.allowed_measurements.clone();
+        let mr_td = tdx.policy.reference.mr_td.clone();
         Self {
             allow_sample,
             snp,
             snp_measurements: RwLock::new(measurements),
             tdx,
+            tdx_mr_td: RwLock::new(mr_td),
         }
     }
 
@@ -238,6 +242,12 @@ impl EvidenceVerifier {
             .snp_measurements
             .write()
             .unwrap_or_else(|p| p.into_inner()) = measurements;
+    }
+
+    /// Replaces the TDX MRTD allow-list (admin "set reference values"); empty unpins MRTD.
+    pub fn set_tdx_mr_td(&self, mr_td: Vec<[u8; 48]>) {
+        *self.tdx_mr_td.write().unwrap_or_else(|p| p.into_inner()) =
+            (!mr_td.is_empty()).then_some(mr_td);
     }
 
     /// Verifies `evidence` for `tee` against the binding and init-data digest at `now`.
@@ -389,7 +399,14 @@ impl EvidenceVerifier {
         };
         let mut report_data = [0u8; 64];
         report_data[..BINDING_LEN].copy_from_slice(binding);
-        let verified = TdxVerifier::new(self.tdx.policy.clone())
+        let mut policy = self.tdx.policy.clone();
+        policy.reference.mr_td = self
+            .tdx_mr_td
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let pinned = policy.reference != ReferenceValues::default();
+        let verified = TdxVerifier::new(policy)
             .verify(
                 &quote_bytes,
                 &collateral,
@@ -401,7 +418,6 @@ impl EvidenceVerifier {
             )
             .map_err(VerifyError::Tdx)?;
         let r = &verified.quote.report;
-        let pinned = self.tdx.policy.reference != ReferenceValues::default();
         Ok(Appraisal {
             status: if pinned {
                 EarStatus::Affirming
