@@ -5,7 +5,7 @@
 # Needs docker-registry, skopeo, umoci (tests/setup.sh). Run from the workspace root as root.
 set -euo pipefail
 
-MB=${BENCH_LAYER_MB:-40}          # per layer; 5 layers
+MB=${BENCH_LAYER_MB:-40}          # unpacked MB per layer (half random, half text); 5 layers
 RUNS=${BENCH_RUNS:-3}
 VECTORS=${VECTORS:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/vectors/ocicrypt}
 work=$(mktemp -d)
@@ -37,13 +37,13 @@ for i in 1 2 3 4 5; do
     umoci unpack --image "$work/layout:bench" "$work/bundle" >/dev/null
     mkdir -p "$work/bundle/rootfs/layer$i"
     head -c $((MB * 512 * 1024)) /dev/urandom > "$work/bundle/rootfs/layer$i/random.bin"
-    for j in $(seq 200); do seq $((j * 1000)) $((j * 1000 + MB * 8)) ; done > "$work/bundle/rootfs/layer$i/text.txt"
+    { seq $((i * 100000000)) $((i * 100000000 + 99999999)) || true; } | head -c $((MB * 512 * 1024)) > "$work/bundle/rootfs/layer$i/text.txt"
     umoci repack --image "$work/layout:bench" "$work/bundle" && rm -rf "$work/bundle"
 done
 skopeo copy -q --dest-tls-verify=false "oci:$work/layout:bench" "docker://$host/bench/app:plain"
 skopeo copy -q --dest-tls-verify=false --encryption-key "jwe:$VECTORS/keys/rsa-pub.pem" \
     "oci:$work/layout:bench" "docker://$host/bench/app:enc"
-echo "image: $(du -sh "$work/registry" | cut -f1) in the registry, 5 layers"
+echo "image: 5 layers, $(du -sh "$work/layout" | cut -f1) compressed (plain), $((MB * 5)) MB unpacked; registry holds plain + encrypted: $(du -sh "$work/registry" | cut -f1)"
 
 now() { date +%s.%N; }
 t_coffer() { local s; s=$(now); "$puller" "$host/bench/app:$1" "$work/c-root" --store "$work/c-store" --insecure "$host" ${2:+--key "$2"} >/dev/null; echo "$(now) - $s" | bc; rm -rf "$work/c-root" "$work/c-store"; }

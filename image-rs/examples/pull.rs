@@ -1,5 +1,6 @@
-//! Pulls one image with the library (used by `bench/pull-bench.sh` until `coffer image pull`
-//! exists): `pull REF DEST [--store DIR] [--insecure HOST]… [--key PEM]…`.
+//! Pulls one image with the library, the same call `coffer image pull` makes (used by
+//! `bench/pull-bench.sh`, which so need not build the whole CLI in release):
+//! `pull REF DEST [--store DIR] [--insecure HOST]… [--key PEM]…`.
 
 use std::error::Error;
 use std::path::PathBuf;

@@ -5,16 +5,21 @@
 //! `linux/amd64`), fetches the bounded manifest and config, obtains layer keys for encrypted
 //! layers (JWE recipients or a [`KeyUnwrapper`]) before any download, then downloads layers in
 //! parallel into a content-addressed [`BlobStore`] (digest and size verified before a blob is
-//! published; one download per blob for concurrent pulls) and applies them in order into a
-//! staging root: blob digest, ocicrypt HMAC, decompression bounds, diff_id and the safe
-//! [`unpack`] rules are all checked before the staging root is renamed to the destination.
-//! A failed pull leaves no destination and no unverified blob.
+//! published; one download per blob for concurrent pulls) and applies them in order, each while
+//! it downloads, into a staging root: blob digest, ocicrypt HMAC, decompression bounds, diff_id
+//! and the safe [`unpack`] rules are all checked before the staging root is renamed to the
+//! destination. A failed pull leaves no destination and no unverified blob.
+//!
+//! [`encrypt_image`] makes ocicrypt-encrypted images (JWE recipients and/or a broker-held
+//! key-encryption key) from an OCI layout or a registry image into a layout or a registry.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod decode;
 pub mod decrypt;
 pub mod digest;
+pub mod encrypt_image;
 pub mod gpg;
 pub mod manifest;
 pub mod policy;
@@ -25,10 +30,11 @@ pub mod unpack;
 
 pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};
 pub use decrypt::{
-    BrokerKeyUnwrapper, DecryptError, Decryptor, EncryptError, KeyUnwrapper, LocalKek, PrivateKey,
-    PublicKey, Recipients, WrappedKey, encrypt_layout,
+    BrokerKeyUnwrapper, DecryptError, Decryptor, EncryptError, EncryptedManifest, KeyUnwrapper,
+    LocalKek, PrivateKey, PublicKey, Recipients, WrappedKey, encrypt_layout,
 };
 pub use digest::Digest;
+pub use encrypt_image::{EncryptImageError, EncryptOptions, ImageLocation, encrypt_image};
 pub use policy::{Policy, PolicyError};
 pub use pull::{
     ProgressEvent, ProgressSink, PullError, PullOptions, PulledImage, PulledLayer, pull,

@@ -4,19 +4,22 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::decode::BLOB_BUFFER;
 
 use crate::config::{Credentials, Limits, RegistriesConfig};
+use crate::decode::{ChannelReader, decode, decode_failed_in};
 use crate::decrypt::{DecryptError, Decryptor, LayerKey, decrypt_error_in};
 use crate::digest::{Digest, HashingReader, limit_in};
 use crate::manifest::{
-    Compression, ImageConfig, ImageManifest, LayerKind, ManifestDoc, ManifestError,
+    Descriptor, ImageConfig, ImageManifest, LayerKind, ManifestDoc, ManifestError,
 };
 use crate::policy::{Policy, PolicyError};
-use crate::registry::{Registry, RegistryError, Source, parse_reference};
-use crate::store::BlobStore;
+use crate::registry::{BlobProgress, LayerBlob, Registry, RegistryError, Source, parse_reference};
+use crate::store::{BlobStore, download_failed_in};
 use crate::unpack::{LayerStats, Quota, Staging, UnpackError, UnpackPolicy, apply_layer};
 
 /// Why a pull failed. Nothing is left at the destination, and nothing unverified in the store.
@@ -106,6 +109,13 @@ pub enum PullError {
     /// The image policy does not admit the image (nothing past the manifest was downloaded).
     #[error("image policy")]
     Policy(#[from] PolicyError),
+    /// The download of a layer being applied failed; the pull reports the download's own
+    /// error instead whenever it is known.
+    #[error("layer {index} download failed")]
+    Download {
+        /// Layer position.
+        index: usize,
+    },
     /// A worker task failed.
     #[error("pull task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -240,13 +250,21 @@ pub struct PulledImage {
     pub root: PathBuf,
 }
 
-struct Resolved {
-    source: Source,
-    manifest: ImageManifest,
-    digest: Digest,
+/// An image manifest found through a reference's sources, digest-checked.
+pub(crate) struct Resolved {
+    /// The source that served it.
+    pub(crate) source: Source,
+    /// The linux/amd64 image manifest.
+    pub(crate) manifest: ImageManifest,
+    /// Digest of the image manifest.
+    pub(crate) digest: Digest,
+    /// The image manifest's bytes.
+    pub(crate) bytes: Vec<u8>,
 }
 
-async fn resolve(
+/// Finds `reference`'s image manifest (mirrors first, index → linux/amd64, pinned digests
+/// checked) and applies the layer count and size limits.
+pub(crate) async fn resolve(
     registry: &Registry,
     reference: &oci_client::Reference,
     limits: &Limits,
@@ -259,11 +277,13 @@ async fn resolve(
     let mut last = None;
     for source in registry.sources(reference) {
         match resolve_from(registry, &source, pinned.as_ref(), limits).await {
-            Ok((manifest, digest)) => {
+            Ok((manifest, digest, bytes)) => {
+                check_limits(&manifest, limits)?;
                 return Ok(Resolved {
                     source,
                     manifest,
                     digest,
+                    bytes,
                 });
             }
             Err(PullError::Registry(err)) => {
@@ -288,16 +308,16 @@ async fn resolve_from(
     source: &Source,
     pinned: Option<&Digest>,
     limits: &Limits,
-) -> Result<(ImageManifest, Digest), PullError> {
+) -> Result<(ImageManifest, Digest, Vec<u8>), PullError> {
     let (bytes, digest) = registry
         .manifest(source, &source.reference, pinned, limits.max_manifest_bytes)
         .await?;
     match ManifestDoc::parse(&bytes)? {
-        ManifestDoc::Image(m) => Ok((m, digest)),
+        ManifestDoc::Image(m) => Ok((m, digest, bytes)),
         ManifestDoc::Index(entries) => {
             let entry = crate::manifest::select_linux_amd64(&entries)?;
             let child = source.reference.clone_with_digest(entry.digest.to_string());
-            let (bytes, digest) = registry
+            let (child_bytes, child_digest) = registry
                 .manifest(
                     source,
                     &child,
@@ -305,14 +325,96 @@ async fn resolve_from(
                     limits.max_manifest_bytes,
                 )
                 .await?;
-            match ManifestDoc::parse(&bytes)? {
-                ManifestDoc::Image(m) => Ok((m, digest)),
+            match ManifestDoc::parse(&child_bytes)? {
+                ManifestDoc::Image(m) => Ok((m, child_digest, child_bytes)),
                 ManifestDoc::Index(_) => {
                     Err(ManifestError::MediaType("index nested in an index".to_owned()).into())
                 }
             }
         }
     }
+}
+
+fn check_limits(manifest: &ImageManifest, limits: &Limits) -> Result<(), PullError> {
+    if manifest.layers.len() > limits.max_layers {
+        return Err(ManifestError::TooManyLayers {
+            count: manifest.layers.len(),
+            limit: limits.max_layers,
+        }
+        .into());
+    }
+    for layer in &manifest.layers {
+        if layer.size > limits.max_layer_bytes {
+            return Err(RegistryError::TooLarge {
+                what: "layer",
+                limit: limits.max_layer_bytes,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// A layer download running as a task: whether it fetched the blob (false: already stored).
+pub(crate) type Download = tokio::task::JoinHandle<Result<bool, RegistryError>>;
+
+/// One layer's download task and where its blob can be read as soon as that is known.
+pub(crate) struct LayerDownload {
+    pub(crate) task: Download,
+    pub(crate) ready: oneshot::Receiver<LayerBlob>,
+}
+
+/// Starts one download task per layer into `store`, at most `parallel` at a time, in order.
+pub(crate) fn spawn_downloads(
+    registry: &Registry,
+    source: &Source,
+    layers: &[Descriptor],
+    store: &Arc<BlobStore>,
+    parallel: usize,
+    progress: Option<ProgressSink>,
+) -> Vec<LayerDownload> {
+    let semaphore = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut downloads = Vec::with_capacity(layers.len());
+    for (index, layer) in layers.iter().cloned().enumerate() {
+        let registry = registry.clone();
+        let source = source.clone();
+        let store = Arc::clone(store);
+        let semaphore = Arc::clone(&semaphore);
+        let progress = progress.clone();
+        let (tx, ready) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let total = layer.size;
+            let emit = |event| {
+                if let Some(sink) = &progress {
+                    sink(event);
+                }
+            };
+            let report = |step| match step {
+                BlobProgress::Received(bytes) => emit(ProgressEvent::Downloading {
+                    index,
+                    bytes,
+                    total,
+                }),
+                BlobProgress::Verified => emit(ProgressEvent::Downloaded {
+                    index,
+                    fetched: true,
+                }),
+            };
+            let fetched = registry
+                .layer_blob(&source, &layer, &store, Some(tx), &report)
+                .await?;
+            if !fetched {
+                emit(ProgressEvent::Downloaded {
+                    index,
+                    fetched: false,
+                });
+            }
+            Ok(fetched)
+        });
+        downloads.push(LayerDownload { task, ready });
+    }
+    downloads
 }
 
 /// Pulls `reference` into `dest` (which must not exist or be an empty directory).
@@ -337,28 +439,13 @@ pub async fn pull(
         source,
         manifest,
         digest: manifest_digest,
+        ..
     } = resolve(&registry, &parsed, limits).await?;
-    if manifest.layers.len() > limits.max_layers {
-        return Err(ManifestError::TooManyLayers {
-            count: manifest.layers.len(),
-            limit: limits.max_layers,
-        }
-        .into());
-    }
     let kinds = manifest
         .layers
         .iter()
         .map(|l| LayerKind::of(&l.media_type))
         .collect::<Result<Vec<_>, _>>()?;
-    for layer in &manifest.layers {
-        if layer.size > limits.max_layer_bytes {
-            return Err(RegistryError::TooLarge {
-                what: "layer",
-                limit: limits.max_layer_bytes,
-            }
-            .into());
-        }
-    }
     match &options.policy {
         Some(policy) => {
             policy
@@ -403,59 +490,45 @@ pub async fn pull(
     let staging = Staging::new(dest).map_err(PullError::Destination)?;
 
     // Downloads run as tasks (bounded); layers are applied in order as they arrive.
-    let semaphore = Arc::new(Semaphore::new(limits.max_parallel_downloads.max(1)));
-    let mut downloads = Vec::with_capacity(manifest.layers.len());
-    for (index, layer) in manifest.layers.iter().cloned().enumerate() {
-        let registry = registry.clone();
-        let source = source.clone();
-        let store = Arc::clone(&options.store);
-        let semaphore = Arc::clone(&semaphore);
-        let progress = options.progress.clone();
-        downloads.push(tokio::spawn(async move {
-            let _permit = semaphore.acquire_owned().await;
-            let total = layer.size;
-            let report = move |bytes| {
-                if let Some(sink) = &progress {
-                    sink(ProgressEvent::Downloading {
-                        index,
-                        bytes,
-                        total,
-                    });
-                }
-            };
-            registry.layer_blob(&source, &layer, &store, &report).await
-        }));
-    }
-    let aborts: Vec<_> = downloads.iter().map(|h| h.abort_handle()).collect();
-    let abort_all = || aborts.iter().for_each(|a| a.abort());
+    let downloads = spawn_downloads(
+        &registry,
+        &source,
+        &manifest.layers,
+        &options.store,
+        limits.max_parallel_downloads,
+        options.progress.clone(),
+    );
+    let (mut tasks, readies): (Vec<_>, Vec<_>) = downloads
+        .into_iter()
+        .map(|d| (Some(d.task), d.ready))
+        .unzip();
 
+    // Layer i is applied while it downloads (from a reader that ends only once the blob is
+    // verified) or from the store, after layer i-1; syncing blobs to disk overlaps the next
+    // layers. Everything lands in the staging root, which becomes visible only at commit.
     let staging = Arc::new(staging);
     let mut quota = Quota::new(limits.max_unpacked_bytes);
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (index, ((handle, key), layer)) in downloads
+    let mut applied = Vec::with_capacity(manifest.layers.len());
+    for (index, ((ready, key), layer)) in readies
         .into_iter()
         .zip(keys)
         .zip(&manifest.layers)
         .enumerate()
     {
-        let fetched = match handle.await {
-            Ok(Ok(fetched)) => fetched,
-            Ok(Err(err)) => {
-                abort_all();
-                return Err(err.into());
-            }
-            Err(err) => {
-                abort_all();
-                return Err(PullError::Task(err));
+        let blob = match ready.await {
+            Ok(blob) => blob,
+            // The task ended before the blob could be read: its error says why.
+            Err(_) => {
+                let err = download_error(&mut tasks, index).await;
+                cancel(&mut tasks).await;
+                return Err(err);
             }
         };
-        emit(ProgressEvent::Downloaded { index, fetched });
         let job = LayerJob {
             index,
-            blob: options.store.blob_path(&layer.digest),
             digest: layer.digest.clone(),
             diff_id: config.rootfs.diff_ids[index].clone(),
-            fresh: fetched,
+            blob: Some(blob),
             kind: kinds[index],
             key,
             stream_limit: layer
@@ -473,19 +546,43 @@ pub async fn pull(
         let (outcome, returned) = match result {
             Ok(pair) => pair,
             Err(err) => {
-                abort_all();
+                cancel(&mut tasks).await;
                 return Err(PullError::Task(err));
             }
         };
         quota = returned;
-        let stats = match outcome {
-            Ok(stats) => stats,
+        match outcome {
+            Ok(stats) => applied.push(stats),
             Err(err) => {
-                abort_all();
+                // When the reader saw the download fail, report the download's own error.
+                let err = match err {
+                    PullError::Download { .. } => download_error(&mut tasks, index).await,
+                    other => other,
+                };
+                cancel(&mut tasks).await;
                 return Err(err);
             }
-        };
+        }
         emit(ProgressEvent::Applied { index });
+    }
+    // Every blob this pull downloaded must also be durably in the store.
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for (index, stats) in applied.into_iter().enumerate() {
+        let fetched = match tasks[index].take() {
+            Some(task) => match task.await {
+                Ok(Ok(fetched)) => fetched,
+                Ok(Err(err)) => {
+                    cancel(&mut tasks).await;
+                    return Err(err.into());
+                }
+                Err(err) => {
+                    cancel(&mut tasks).await;
+                    return Err(PullError::Task(err));
+                }
+            },
+            None => return Err(PullError::Download { index }),
+        };
+        let layer = &manifest.layers[index];
         layers.push(PulledLayer {
             digest: layer.digest.clone(),
             diff_id: config.rootfs.diff_ids[index].clone(),
@@ -512,18 +609,42 @@ pub async fn pull(
     })
 }
 
+/// The error of layer `index`'s download task, which failed (or [`PullError::Download`] if it
+/// did not).
+async fn download_error(tasks: &mut [Option<Download>], index: usize) -> PullError {
+    match tasks.get_mut(index).and_then(Option::take) {
+        Some(task) => match task.await {
+            Ok(Err(err)) => err.into(),
+            Err(err) => PullError::Task(err),
+            Ok(Ok(_)) => PullError::Download { index },
+        },
+        None => PullError::Download { index },
+    }
+}
+
+/// Cancels the downloads still running and waits until they are gone, so a cancelled download's
+/// temporary file is removed before the pull returns.
+pub(crate) async fn cancel(tasks: &mut [Option<Download>]) {
+    for task in tasks.iter().flatten() {
+        task.abort();
+    }
+    for task in tasks.iter_mut() {
+        if let Some(task) = task.take() {
+            // Cancelled or finished: either way it is gone.
+            let _ = task.await;
+        }
+    }
+}
+
 struct LayerJob {
     index: usize,
-    blob: PathBuf,
+    blob: Option<LayerBlob>,
     digest: Digest,
     diff_id: Digest,
     kind: LayerKind,
     key: Option<LayerKey>,
     stream_limit: u64,
     policy: UnpackPolicy,
-    /// Whether this pull downloaded (and so just verified) the blob; blobs taken from the
-    /// store are re-hashed while they are applied.
-    fresh: bool,
 }
 
 impl LayerJob {
@@ -531,6 +652,9 @@ impl LayerJob {
         let index = self.index;
         let digest = self.digest.clone();
         let decompress_err = |source: io::Error| -> PullError {
+            if download_failed_in(&source) {
+                return PullError::Download { index };
+            }
             if let Some(limit) = limit_in(&source) {
                 return PullError::Bomb { index, limit };
             }
@@ -550,7 +674,10 @@ impl LayerJob {
         let unpack_err = |source: UnpackError| -> PullError {
             match source {
                 UnpackError::Archive(io)
-                    if limit_in(&io).is_some() || decrypt_error_in(&io).is_some() =>
+                    if limit_in(&io).is_some()
+                        || decrypt_error_in(&io).is_some()
+                        || download_failed_in(&io)
+                        || decode_failed_in(&io) =>
                 {
                     decompress_err(io)
                 }
@@ -561,29 +688,55 @@ impl LayerJob {
                 },
             }
         };
-        let file = std::fs::File::open(&self.blob).map_err(|source| PullError::Decompress {
-            index,
-            digest: digest.clone(),
-            source,
-        })?;
-        let buffered = io::BufReader::with_capacity(256 * 1024, file);
-        let mut blob = if self.fresh {
-            HashingReader::counting(buffered, u64::MAX)
-        } else {
-            HashingReader::new(buffered, u64::MAX)
+        // A blob this pull is downloading was verified by the download when the reader ends;
+        // a blob from the store is hashed again while it is read.
+        let mut blob = match self.blob.take() {
+            Some(LayerBlob::Downloading(reader)) => HashingReader::counting(
+                Box::new(io::BufReader::with_capacity(BLOB_BUFFER, reader)) as Box<dyn Read + Send>,
+                u64::MAX,
+            ),
+            Some(LayerBlob::Stored(path)) => {
+                let file = std::fs::File::open(&path).map_err(|source| PullError::Decompress {
+                    index,
+                    digest: digest.clone(),
+                    source,
+                })?;
+                HashingReader::new(
+                    Box::new(io::BufReader::with_capacity(BLOB_BUFFER, file))
+                        as Box<dyn Read + Send>,
+                    u64::MAX,
+                )
+            }
+            None => return Err(PullError::Download { index }),
         };
         let stats = {
-            let mut plain: Box<dyn Read + '_> = match self.key.take() {
+            let plain: Box<dyn Read + Send + '_> = match self.key.take() {
                 Some(key) => Box::new(key.decrypting_reader(&mut blob)),
                 None => Box::new(&mut blob),
             };
-            let unpacked =
-                self.unpack_stream(&mut plain, staging, quota, &decompress_err, &unpack_err);
-            // Read the (decrypted) blob to its end so the HMAC is always checked, and checked
-            // first: a tampered ciphertext reports as such even when it already broke the
-            // decompressor or the tar parser.
-            let drained = io::copy(&mut plain, &mut io::sink());
+            // Reading, decrypting and decompressing run on a second thread, concurrently with
+            // hashing and unpacking the tar stream on this one.
+            let compression = self.kind.compression;
+            let (unpacked, drained) = std::thread::scope(|scope| {
+                let (tx, rx) = mpsc::sync_channel(crate::decode::DECODE_QUEUE);
+                let (back_tx, back_rx) = mpsc::channel();
+                let decoder = scope.spawn(move || decode(plain, compression, tx, back_rx));
+                let mut decoded = ChannelReader::new(rx, back_tx);
+                let unpacked =
+                    self.unpack_stream(&mut decoded, staging, quota, &decompress_err, &unpack_err);
+                // Stops the decoder if the unpacker gave up early; it still drains the blob.
+                drop(decoded);
+                let drained = decoder
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("decoder thread panicked")));
+                (unpacked, drained)
+            });
+            // The blob was read to its end, so the HMAC is always checked, and checked first: a
+            // tampered ciphertext reports as such even when it already broke the decompressor or
+            // the tar parser. The blob not being the manifest's (the download failed
+            // verification) comes before that.
             match (unpacked, drained) {
+                (_, Err(e)) if download_failed_in(&e) => return Err(PullError::Download { index }),
                 (_, Err(e)) if decrypt_error_in(&e).is_some() => return Err(decompress_err(e)),
                 (Err(e), _) => return Err(e),
                 (Ok(_), Err(e)) => return Err(decompress_err(e)),
@@ -607,24 +760,12 @@ impl LayerJob {
 impl LayerJob {
     fn unpack_stream(
         &self,
-        plain: &mut dyn Read,
+        decoded: &mut dyn Read,
         staging: &Staging,
         quota: &mut Quota,
         decompress_err: &dyn Fn(io::Error) -> PullError,
         unpack_err: &dyn Fn(UnpackError) -> PullError,
     ) -> Result<LayerStats, PullError> {
-        let decoded: Box<dyn Read + '_> = match self.kind.compression {
-            Compression::None => Box::new(plain),
-            Compression::Gzip => {
-                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(plain)))
-            }
-            Compression::Zstd => {
-                let mut decoder =
-                    zstd::stream::read::Decoder::new(plain).map_err(decompress_err)?;
-                decoder.window_log_max(27).map_err(decompress_err)?;
-                Box::new(decoder)
-            }
-        };
         let mut tar_stream = HashingReader::new(decoded, self.stream_limit);
         let stats = apply_layer(staging.root(), &mut tar_stream, &self.policy, quota)
             .map_err(unpack_err)?;

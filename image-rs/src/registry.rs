@@ -13,7 +13,7 @@ use oci_client::{Client, Reference};
 use crate::config::{Credential, Credentials, RegistriesConfig};
 use crate::digest::Digest;
 use crate::manifest::{ACCEPTED_MANIFESTS, Descriptor};
-use crate::store::{BlobStore, Slot, StoreError};
+use crate::store::{BlobStore, FollowReader, Slot, StoreError};
 
 /// Why talking to a registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -268,10 +268,7 @@ impl Registry {
         let mut stream = self.blob_stream(source, descriptor, what).await?;
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Stream {
-                digest: descriptor.digest.clone(),
-                source,
-            })?;
+            let chunk = chunk.map_err(|source| stream_error(&descriptor.digest, source))?;
             if (out.len() + chunk.len()) as u64 > descriptor.size {
                 return Err(StoreError::SizeMismatch {
                     digest: descriptor.digest.clone(),
@@ -319,29 +316,124 @@ impl Registry {
             })
     }
 
+    /// Uploads one blob to `target`'s repository (its digest is sent for the registry to check).
+    pub async fn push_blob(
+        &self,
+        target: &Reference,
+        digest: &Digest,
+        data: &[u8],
+    ) -> Result<(), RegistryError> {
+        self.client
+            .store_auth_if_needed(target.resolve_registry(), &self.auth_for(target.registry()))
+            .await;
+        self.client
+            .push_blob(target, data, &digest.to_string())
+            .await
+            .map(drop)
+            .map_err(|source| RegistryError::Request {
+                what: "blob upload",
+                reference: target.whole(),
+                source,
+            })
+    }
+
+    /// Uploads a manifest under `target`'s tag. Its blobs must have been pushed first.
+    pub async fn push_manifest(
+        &self,
+        target: &Reference,
+        bytes: Vec<u8>,
+        media_type: &'static str,
+    ) -> Result<(), RegistryError> {
+        let content_type = reqwest::header::HeaderValue::from_static(media_type);
+        self.client
+            .store_auth_if_needed(target.resolve_registry(), &self.auth_for(target.registry()))
+            .await;
+        self.client
+            .push_manifest_raw(target, bytes, content_type)
+            .await
+            .map(drop)
+            .map_err(|source| RegistryError::Request {
+                what: "manifest upload",
+                reference: target.whole(),
+                source,
+            })
+    }
+
     /// Makes sure the layer blob is in `store`, downloading it at most once per store.
-    /// Returns whether this call downloaded it. `progress` gets the bytes received.
+    /// Returns whether this call downloaded it.
+    ///
+    /// `ready` (if given) receives, as soon as it is known, where the blob can be read: the
+    /// stored blob, or a reader that follows this download and ends only once it is verified.
+    /// `progress` gets the bytes received and then the verification.
     pub async fn layer_blob(
         &self,
         source: &Source,
         descriptor: &Descriptor,
         store: &BlobStore,
-        progress: &(dyn Fn(u64) + Send + Sync),
+        ready: Option<tokio::sync::oneshot::Sender<LayerBlob>>,
+        progress: &(dyn Fn(BlobProgress) + Send + Sync),
     ) -> Result<bool, RegistryError> {
         let mut writer = match store.slot(&descriptor.digest, descriptor.size).await? {
-            Slot::Present(_) => return Ok(false),
+            Slot::Present(path) => {
+                if let Some(ready) = ready {
+                    // The receiver may be gone (the caller gave up); nothing to do then.
+                    let _ = ready.send(LayerBlob::Stored(path));
+                }
+                return Ok(false);
+            }
             Slot::Vacant(writer) => writer,
         };
         let mut stream = self.blob_stream(source, descriptor, "layer").await?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Stream {
-                digest: descriptor.digest.clone(),
-                source,
-            })?;
-            writer.write(&chunk).await?;
-            progress(writer.written());
+        if let Some(ready) = ready {
+            let _ = ready.send(LayerBlob::Downloading(writer.follower().await?));
         }
-        writer.finish().await?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| stream_error(&descriptor.digest, source))?;
+            writer.write(&chunk).await?;
+            progress(BlobProgress::Received(writer.written()));
+        }
+        writer.verify().await?;
+        progress(BlobProgress::Verified);
+        writer.publish().await?;
         Ok(true)
     }
+}
+
+/// A broken blob stream; the client's own digest check at the end of the stream becomes a
+/// digest mismatch.
+fn stream_error(digest: &Digest, source: std::io::Error) -> RegistryError {
+    use oci_client::errors::DigestError;
+    if let Some(DigestError::VerificationError { actual, .. }) = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<DigestError>())
+        && let Ok(actual) = Digest::parse(actual)
+    {
+        return StoreError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        }
+        .into();
+    }
+    RegistryError::Stream {
+        digest: digest.clone(),
+        source,
+    }
+}
+
+/// Where a layer blob can be read from.
+#[derive(Debug)]
+pub enum LayerBlob {
+    /// Verified and in the store (read it again with its digest checked).
+    Stored(std::path::PathBuf),
+    /// Being downloaded by this pull; the reader ends only once the blob is verified.
+    Downloading(FollowReader),
+}
+
+/// Progress of one blob download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobProgress {
+    /// Bytes received so far.
+    Received(u64),
+    /// All bytes received; size and digest verified.
+    Verified,
 }

@@ -3,16 +3,17 @@
 //! A blob enters the store only after its size and digest were checked, by an atomic rename from
 //! a private temporary file; a failed or cancelled download removes its temporary file, so
 //! nothing a later pull reuses comes from a failed one. Within one process, concurrent pulls of
-//! the same blob wait for a single download.
+//! the same blob wait for a single download. The puller may read a blob while it downloads
+//! ([`FollowReader`]), but such a reader reaches the blob's end only after its digest was
+//! verified, so nothing unverified is ever taken for a complete blob.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::digest::Digest;
 
@@ -134,31 +135,46 @@ impl BlobStore {
         ));
         let file = tokio::fs::File::create(&tmp)
             .await
-            .map_err(io_err("creating temporary blob", &tmp))?;
+            .map_err(io_err("creating temporary blob", &tmp))?
+            .into_std()
+            .await;
         self.fetches.fetch_add(1, Ordering::SeqCst);
         Ok(Slot::Vacant(Box::new(BlobWriter {
-            file: Some(file),
+            idle: Some((file, Sha256::new())),
+            pending: None,
+            batch: Vec::with_capacity(WRITE_BATCH * 2),
             tmp,
             dest: path,
             digest: digest.clone(),
             size,
             written: 0,
-            hasher: Sha256::new(),
+            growth: Arc::default(),
             _guard: guard,
         })))
     }
 }
 
-/// Receives one blob's bytes; verifies and publishes them on [`finish`](Self::finish).
+/// Bytes handed to the file system in one write (and hashed in one go), off the async threads.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Receives one blob's bytes; verifies them ([`verify`](Self::verify)) and publishes them
+/// ([`publish`](Self::publish)), or both at once ([`finish`](Self::finish)).
+///
+/// Bytes are hashed and written in batches on the blocking pool while the next batch arrives.
+/// A [`FollowReader`] can read the blob while it is written; it reaches the end only once the
+/// whole blob has been verified.
 #[derive(Debug)]
 pub struct BlobWriter {
-    file: Option<tokio::fs::File>,
+    /// The file and hasher, unless a batch is being written.
+    idle: Option<(std::fs::File, Sha256)>,
+    pending: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, Sha256)>>>,
+    batch: Vec<u8>,
     tmp: PathBuf,
     dest: PathBuf,
     digest: Digest,
     size: u64,
     written: u64,
-    hasher: Sha256,
+    growth: Arc<Growth>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -173,23 +189,76 @@ impl BlobWriter {
                 actual: self.written,
             });
         }
-        self.hasher.update(chunk);
-        match self.file.as_mut() {
-            Some(file) => file
-                .write_all(chunk)
-                .await
-                .map_err(io_err("writing temporary blob", &self.tmp)),
-            None => Ok(()),
+        self.batch.extend_from_slice(chunk);
+        if self.batch.len() >= WRITE_BATCH {
+            self.flush_batch().await?;
         }
+        Ok(())
     }
 
-    /// Bytes written so far.
+    /// Bytes received so far.
     pub fn written(&self) -> u64 {
         self.written
     }
 
-    /// Checks size and digest, then atomically publishes the blob.
-    pub async fn finish(mut self) -> Result<PathBuf, StoreError> {
+    /// A reader of this blob that follows the download (see [`FollowReader`]).
+    pub async fn follower(&self) -> Result<FollowReader, StoreError> {
+        let file = tokio::fs::File::open(&self.tmp)
+            .await
+            .map_err(io_err("opening temporary blob", &self.tmp))?
+            .into_std()
+            .await;
+        Ok(FollowReader {
+            file,
+            growth: Arc::clone(&self.growth),
+            pos: 0,
+        })
+    }
+
+    /// Waits for the batch being written, if any.
+    async fn settle_pending(&mut self) -> Result<(), StoreError> {
+        if let Some(pending) = self.pending.take() {
+            let done = pending.await.map_err(|e| StoreError::Io {
+                op: "writing temporary blob",
+                path: self.tmp.clone(),
+                source: io::Error::other(e),
+            })?;
+            self.idle = Some(done.map_err(io_err("writing temporary blob", &self.tmp))?);
+        }
+        Ok(())
+    }
+
+    /// Starts writing the collected batch (after the previous one finished).
+    async fn flush_batch(&mut self) -> Result<(), StoreError> {
+        self.settle_pending().await?;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let Some((mut file, mut hasher)) = self.idle.take() else {
+            return Err(StoreError::Io {
+                op: "writing temporary blob",
+                path: self.tmp.clone(),
+                source: io::Error::other("the previous write failed"),
+            });
+        };
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(WRITE_BATCH * 2));
+        let growth = Arc::clone(&self.growth);
+        let written = self.written;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            hasher.update(&batch);
+            file.write_all(&batch)?;
+            growth.advance(written);
+            Ok((file, hasher))
+        }));
+        Ok(())
+    }
+
+    /// Writes what is left and checks size and digest. Readers following the blob still wait
+    /// for [`publish`](Self::publish).
+    pub async fn verify(&mut self) -> Result<(), StoreError> {
+        self.flush_batch().await?;
+        self.settle_pending().await?;
         if self.written != self.size {
             return Err(StoreError::SizeMismatch {
                 digest: self.digest.clone(),
@@ -197,19 +266,38 @@ impl BlobWriter {
                 actual: self.written,
             });
         }
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        let hasher = match self.idle.as_mut() {
+            Some((_, hasher)) => std::mem::take(hasher),
+            None => {
+                return Err(StoreError::Io {
+                    op: "writing temporary blob",
+                    path: self.tmp.clone(),
+                    source: io::Error::other("the previous write failed"),
+                });
+            }
+        };
+        let actual = Digest::from_hasher(hasher);
         if actual != self.digest {
             return Err(StoreError::DigestMismatch {
                 expected: self.digest.clone(),
                 actual,
             });
         }
-        if let Some(mut file) = self.file.take() {
-            file.flush()
+        Ok(())
+    }
+
+    /// Releases following readers (the blob was verified), then makes the blob durable and
+    /// atomically publishes it. Call only after [`verify`](Self::verify) succeeded.
+    pub async fn publish(mut self) -> Result<PathBuf, StoreError> {
+        self.growth.settle(true);
+        if let Some((file, _)) = self.idle.take() {
+            tokio::task::spawn_blocking(move || file.sync_all())
                 .await
-                .map_err(io_err("flushing blob", &self.tmp))?;
-            file.sync_all()
-                .await
+                .map_err(|e| StoreError::Io {
+                    op: "syncing blob",
+                    path: self.tmp.clone(),
+                    source: io::Error::other(e),
+                })?
                 .map_err(io_err("syncing blob", &self.tmp))?;
         }
         tokio::fs::rename(&self.tmp, &self.dest)
@@ -217,13 +305,126 @@ impl BlobWriter {
             .map_err(io_err("publishing blob", &self.dest))?;
         Ok(self.dest.clone())
     }
+
+    /// [`verify`](Self::verify), then [`publish`](Self::publish).
+    pub async fn finish(mut self) -> Result<PathBuf, StoreError> {
+        self.verify().await?;
+        self.publish().await
+    }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        // Unpublished (failed, cancelled or already renamed): nothing stays in tmp.
+        // Readers following an unverified blob fail; unpublished (failed, cancelled or already
+        // renamed) blobs leave nothing in tmp.
+        self.growth.settle(false);
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// How far a blob being downloaded has got; shared by its writer and the readers following it.
+#[derive(Debug, Default)]
+struct Growth {
+    state: Mutex<GrowthState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GrowthState {
+    /// Bytes in the file.
+    written: u64,
+    /// Set once: whether the whole blob was verified.
+    verified: Option<bool>,
+}
+
+impl Growth {
+    fn advance(&self, written: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.written = written;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Records the verdict (the first one counts).
+    fn settle(&self, verified: bool) {
+        if let Ok(mut state) = self.state.lock()
+            && state.verified.is_none()
+        {
+            state.verified = Some(verified);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks until more than `pos` bytes are written or the verdict is in.
+    fn wait(&self, pos: u64) -> io::Result<(u64, Option<bool>)> {
+        let poisoned = |_| io::Error::other(StoreError::Poisoned);
+        let mut state = self.state.lock().map_err(poisoned)?;
+        while state.written <= pos && state.verified.is_none() {
+            state = self.changed.wait(state).map_err(poisoned)?;
+        }
+        Ok((state.written, state.verified))
+    }
+}
+
+/// The error a [`FollowReader`] returns when the download it follows failed; the download's own
+/// error says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the blob being downloaded failed verification or broke off")]
+pub struct DownloadFailed;
+
+/// Reads a blob while it is being downloaded (blocking until bytes arrive). It yields only
+/// bytes already written and reaches its end only after the whole blob's size and digest were
+/// verified; if the download fails it returns [`DownloadFailed`].
+#[derive(Debug)]
+pub struct FollowReader {
+    file: std::fs::File,
+    growth: Arc<Growth>,
+    pos: u64,
+}
+
+impl io::Read for FollowReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let (written, verified) = self.growth.wait(self.pos)?;
+        if written > self.pos {
+            let want = usize::try_from(written - self.pos)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = self.file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::other(DownloadFailed));
+            }
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        match verified {
+            Some(true) => Ok(0),
+            _ => Err(io::Error::other(DownloadFailed)),
+        }
+    }
+}
+
+/// Whether an I/O error chain holds [`DownloadFailed`].
+pub(crate) fn download_failed_in(err: &io::Error) -> bool {
+    io_chain_holds::<DownloadFailed>(err)
+}
+
+/// Whether the error chain of `err`, looking through nested I/O errors, holds an `E`.
+pub(crate) fn io_chain_holds<E: std::error::Error + 'static>(err: &io::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+    while let Some(e) = source {
+        if e.is::<E>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            source = io.get_ref().map(|e| e as _);
+            continue;
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]

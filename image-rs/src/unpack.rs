@@ -348,6 +348,40 @@ pub fn unpack_layers<R: Read>(
     Ok(stats)
 }
 
+/// Bytes copied per read/write of file contents.
+const COPY_BUFFER: usize = 256 * 1024;
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `reader` to `file` through `buf`, filling it before each write.
+fn copy_contents<R: Read>(
+    reader: &mut R,
+    file: &mut File,
+    buf: &mut [u8],
+) -> Result<u64, CopyError> {
+    use std::io::Write as _;
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        file.write_all(&buf[..filled]).map_err(CopyError::Write)?;
+        total += filled as u64;
+    }
+}
+
 /// Counts the bytes the tar parser consumes, to detect a missing end-of-archive marker.
 struct Counting<'a, R> {
     inner: &'a mut R,
@@ -410,6 +444,8 @@ struct LayerState<'r> {
     /// Last resolved parent; dropped whenever something is removed or a symlink appears.
     parent_cache: Option<(PathBuf, Handle)>,
     is_root: bool,
+    /// Buffer for copying file contents (large, so the decoder and `write` see big chunks).
+    copy_buf: Vec<u8>,
 }
 
 impl LayerState<'_> {
@@ -629,6 +665,7 @@ pub fn apply_layer<R: Read>(
         ancestors: HashSet::new(),
         parent_cache: None,
         is_root: rustix::process::geteuid().is_root(),
+        copy_buf: vec![0; COPY_BUFFER],
     };
     let mut stats = LayerStats::default();
     let mut end_of_last = 0u64;
@@ -744,7 +781,11 @@ fn apply_entry<R: Read>(
             )
             .map_err(sys_err("creating file", &path))?;
             let mut file = File::from(fd);
-            let written = io::copy(entry, &mut file).map_err(UnpackError::Archive)?;
+            let written =
+                copy_contents(entry, &mut file, &mut state.copy_buf).map_err(|e| match e {
+                    CopyError::Read(e) => UnpackError::Archive(e),
+                    CopyError::Write(e) => io_err("writing file", &path)(e),
+                })?;
             stats.bytes += written;
             apply_meta_fd(&file, &meta, &path)?;
         }

@@ -1,7 +1,7 @@
 //! A real registry for the CLI suites: Debian's `docker-registry` on a free loopback port with its
 //! own storage, killed on drop, filled with `skopeo copy` from OCI layouts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, ensure};
@@ -12,7 +12,7 @@ pub struct Registry {
     child: std::process::Child,
     /// The loopback port it serves plain HTTP on.
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -57,11 +57,7 @@ impl Registry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting docker-registry")?;
-        let registry = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let registry = Self { child, port, dir };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             ensure!(
@@ -120,6 +116,28 @@ impl Registry {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+}
+
+impl Registry {
+    /// The file holding blob `digest` (`sha256:…`) in the registry's storage, for tampering tests.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage()
+            .join("blobs/sha256")
+            .join(&hex[..2.min(hex.len())])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Whether the registry holds anything for repository `name` (manifests, tags, layer links
+    /// or upload sessions).
+    pub fn has_repository(&self, name: &str) -> bool {
+        self.storage().join("repositories").join(name).exists()
+    }
+
+    fn storage(&self) -> PathBuf {
+        self.dir.path().join("data/docker/registry/v2")
     }
 }
 

@@ -1,6 +1,8 @@
 //! `coffer image encrypt|inspect|pull` end to end against a real registry: an image encrypted by
 //! Coffer for a JWE recipient and a broker-held key is pushed with skopeo, inspected, and pulled
 //! with either key into a root equal to the plaintext image's; without a key nothing is created.
+//! `coffer image encrypt` also works registry to registry (decrypted by Coffer and by skopeo) and
+//! refuses a tampered or missing source without pushing anything.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -58,6 +60,87 @@ fn tree(root: &Path) -> anyhow::Result<Vec<(String, u32, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
+}
+
+fn tool(name: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(name)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {name}"))?;
+    ensure!(
+        out.status.success(),
+        "{name} {args:?}: {}",
+        text(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// A two-layer image made by umoci in the OCI layout `dir/name` (tag `v1`): a directory tree with
+/// an executable and a symlink, then a layer that deletes one file (a whiteout) and adds another.
+/// `marker` makes the blobs unique to this image.
+fn make_layout(dir: &Path, name: &str, marker: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    coffer_tests::require_tool("umoci");
+    let layout = dir.join(name);
+    let image = format!("{}:v1", layout.display());
+    let bundle = dir.join(format!("{name}-bundle"));
+    let bundle_s = bundle.display().to_string();
+    tool(
+        "umoci",
+        &["init", "--layout", &layout.display().to_string()],
+    )?;
+    tool("umoci", &["new", "--image", &image])?;
+    tool("umoci", &["unpack", "--image", &image, &bundle_s])?;
+    let app = bundle.join("rootfs/app");
+    std::fs::create_dir_all(app.join("data/nested"))?;
+    std::fs::write(app.join("data/old.txt"), format!("old {marker}\n"))?;
+    std::fs::write(app.join("data/nested/big.bin"), marker.repeat(50_000))?;
+    std::fs::write(app.join("run.sh"), format!("#!/bin/sh\necho {marker}\n"))?;
+    std::fs::set_permissions(app.join("run.sh"), std::fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::symlink("data/old.txt", app.join("link"))?;
+    tool("umoci", &["repack", "--image", &image, &bundle_s])?;
+    std::fs::remove_dir_all(&bundle)?;
+    tool("umoci", &["unpack", "--image", &image, &bundle_s])?;
+    std::fs::remove_file(app.join("data/old.txt"))?;
+    std::fs::write(app.join("data/new.txt"), format!("new {marker}\n"))?;
+    tool("umoci", &["repack", "--image", &image, &bundle_s])?;
+    std::fs::remove_dir_all(&bundle)?;
+    Ok(layout)
+}
+
+/// The digests of the layers of the only image in an OCI layout.
+fn layout_layers(layout: &Path) -> anyhow::Result<Vec<String>> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .context("index entry")?
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(digest))?)?;
+    manifest["layers"]
+        .as_array()
+        .context("layers")?
+        .iter()
+        .map(|l| {
+            l["digest"]
+                .as_str()
+                .map(str::to_owned)
+                .context("layer digest")
+        })
+        .collect()
+}
+
+fn skopeo_inspect(reference: &str) -> anyhow::Result<Output> {
+    Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .context("running skopeo")
 }
 
 fn main() -> ExitCode {
@@ -352,6 +435,255 @@ fn main() -> ExitCode {
                 !text(&out.stderr).contains("s3cret-pass"),
                 "the password was printed"
             );
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "encrypt_registry_to_registry",
+        (|| {
+            // A plain two-layer image (with a whiteout) pushed by skopeo is encrypted from the
+            // registry into the registry by Coffer alone; both Coffer and skopeo decrypt it into
+            // the plaintext image's root.
+            let layout = make_layout(dir, "multi-layout", "multi")?;
+            registry.push(&layout, "demo/multi:v1")?;
+            let src = format!("{host}/demo/multi:v1");
+            let dst = format!("{host}/demo/multi-enc:v1");
+            let out = run(&[
+                "image",
+                "encrypt",
+                "--from",
+                &src,
+                "--to",
+                &dst,
+                "--recipient",
+                &p(&keys.join("rsa-pub.pem")),
+                "--kek",
+                &kek,
+                "--insecure-registry",
+                &host,
+                "--store",
+                &p(&dir.join("encrypt-store")),
+            ])?;
+            ensure!(out.status.success(), "encrypt: {}", text(&out.stderr));
+            let digest = text(&out.stdout).trim().to_owned();
+            ensure!(digest.starts_with("sha256:"), "{digest}");
+
+            let out = run(&["image", "inspect", &dst, "--insecure-registry", &host])?;
+            ensure!(out.status.success(), "inspect: {}", text(&out.stderr));
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            ensure!(json["digest"] == digest.as_str(), "{json}");
+            let layers = json["layers"].as_array().context("layers")?;
+            ensure!(layers.len() == 2, "{json}");
+            for layer in layers {
+                ensure!(
+                    layer["encrypted"] == true
+                        && layer["jwe_recipients"] == true
+                        && layer["broker_wrapped_key"] == true,
+                    "{json}"
+                );
+            }
+
+            let pull = |reference: &str, name: &str, extra: &[&str]| {
+                let dest = dir.join(name);
+                let dest_s = p(&dest);
+                let store_s = p(&dir.join(format!("{name}-store")));
+                let mut args = vec!["image", "pull", reference, "--dest", &dest_s];
+                args.extend(["--store", &store_s, "--insecure-registry", &host]);
+                args.extend(extra);
+                anyhow::Ok((dest, run(&args)?))
+            };
+            let (plain, out) = pull(&src, "multi-plain", &[])?;
+            ensure!(out.status.success(), "plain pull: {}", text(&out.stderr));
+            let expected = tree(&plain)?;
+            ensure!(
+                expected.iter().any(|(n, _, _)| n == "app/data/new.txt")
+                    && !expected.iter().any(|(n, _, _)| n == "app/data/old.txt")
+                    && expected.iter().any(|(n, _, _)| n == "app/link"),
+                "unexpected plaintext root: {expected:?}"
+            );
+            let rsa = p(&keys.join("rsa-priv.pem"));
+            for (name, extra) in [
+                ("multi-jwe", ["--decryption-key", rsa.as_str()]),
+                ("multi-kek", ["--kek", kek.as_str()]),
+            ] {
+                let (dest, out) = pull(&dst, name, &extra)?;
+                ensure!(out.status.success(), "{name} pull: {}", text(&out.stderr));
+                ensure!(
+                    tree(&dest)? == expected,
+                    "{name}: decrypted root differs from the plaintext root"
+                );
+            }
+
+            // skopeo (containers/ocicrypt) decrypts it too; umoci unpacks what it wrote.
+            let skopeo_layout = dir.join("multi-skopeo");
+            tool(
+                "skopeo",
+                &[
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    "--decryption-key",
+                    &rsa,
+                    &format!("docker://{dst}"),
+                    &format!("oci:{}:v1", p(&skopeo_layout)),
+                ],
+            )?;
+            ensure!(
+                layout_layers(&skopeo_layout)? == layout_layers(&layout)?,
+                "skopeo's decrypted layers are not the plaintext layers"
+            );
+            let bundle = dir.join("multi-skopeo-bundle");
+            tool(
+                "umoci",
+                &[
+                    "unpack",
+                    "--image",
+                    &format!("{}:v1", p(&skopeo_layout)),
+                    &p(&bundle),
+                ],
+            )?;
+            ensure!(
+                tree(&bundle.join("rootfs"))? == expected,
+                "skopeo-decrypted root differs from the plaintext root"
+            );
+
+            // The other two directions: registry to layout (decrypted by skopeo to the plaintext
+            // layers) and layout to registry (decrypted by Coffer to the plaintext root).
+            let enc_layout = dir.join("multi-enc-layout");
+            let rsa_pub = p(&keys.join("rsa-pub.pem"));
+            let out = run(&[
+                "image",
+                "encrypt",
+                "--from",
+                &src,
+                "--out",
+                &p(&enc_layout),
+                "--out-tag",
+                "v1",
+                "--recipient",
+                &rsa_pub,
+                "--insecure-registry",
+                &host,
+                "--store",
+                &p(&dir.join("encrypt-store")),
+            ])?;
+            ensure!(
+                out.status.success(),
+                "encrypt to a layout: {}",
+                text(&out.stderr)
+            );
+            let dec_layout = dir.join("multi-dec-layout");
+            tool(
+                "skopeo",
+                &[
+                    "copy",
+                    "--quiet",
+                    "--decryption-key",
+                    &rsa,
+                    &format!("oci:{}:v1", p(&enc_layout)),
+                    &format!("oci:{}:v1", p(&dec_layout)),
+                ],
+            )?;
+            ensure!(
+                layout_layers(&dec_layout)? == layout_layers(&layout)?,
+                "skopeo's decryption of the encrypted layout is not the plaintext layers"
+            );
+            let dst2 = format!("{host}/demo/multi-enc2:v1");
+            let out = run(&[
+                "image",
+                "encrypt",
+                "--layout",
+                &p(&layout),
+                "--tag",
+                "v1",
+                "--to",
+                &dst2,
+                "--recipient",
+                &rsa_pub,
+                "--insecure-registry",
+                &host,
+            ])?;
+            ensure!(
+                out.status.success(),
+                "encrypt a layout to a registry: {}",
+                text(&out.stderr)
+            );
+            let (dest, out) = pull(&dst2, "multi-jwe2", &["--decryption-key", rsa.as_str()])?;
+            ensure!(out.status.success(), "pull: {}", text(&out.stderr));
+            ensure!(
+                tree(&dest)? == expected,
+                "layout-to-registry: decrypted root differs from the plaintext root"
+            );
+
+            // Without a key the pull fails with a typed error and creates nothing.
+            let (dest, out) = pull(&dst, "multi-nokey", &[])?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                text(&out.stderr).contains("no matching private key"),
+                "{}",
+                text(&out.stderr)
+            );
+            ensure!(!dest.exists(), "a root was created without a key");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "encrypt_refuses_tampered_or_missing_source",
+        (|| {
+            let layout = make_layout(dir, "tamper-layout", "tamper")?;
+            registry.push(&layout, "demo/tamper:v1")?;
+            // Flip one byte of the top layer in the registry's storage (same size).
+            let layers = layout_layers(&layout)?;
+            let blob = registry.blob_file(layers.last().context("no layers")?);
+            let mut bytes = std::fs::read(&blob).with_context(|| format!("{blob:?}"))?;
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(&blob, &bytes)?;
+            let encrypt = |from: &str, to_repo: &str| {
+                run(&[
+                    "image",
+                    "encrypt",
+                    "--from",
+                    from,
+                    "--to",
+                    &format!("{host}/{to_repo}:v1"),
+                    "--recipient",
+                    &p(&keys.join("rsa-pub.pem")),
+                    "--insecure-registry",
+                    &host,
+                    "--store",
+                    &p(&dir.join(format!("{to_repo}-store").replace('/', "-"))),
+                ])
+            };
+            let out = encrypt(&format!("{host}/demo/tamper:v1"), "demo/tamper-enc")?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                text(&out.stderr).contains("blob digest mismatch"),
+                "{}",
+                text(&out.stderr)
+            );
+            ensure!(
+                !registry.has_repository("demo/tamper-enc"),
+                "something was pushed for a tampered source"
+            );
+
+            let out = encrypt(&format!("{host}/demo/absent:v1"), "demo/absent-enc")?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                text(&out.stderr).contains("no source could serve"),
+                "{}",
+                text(&out.stderr)
+            );
+            ensure!(
+                !registry.has_repository("demo/absent-enc"),
+                "something was pushed for a missing source"
+            );
+            let out = skopeo_inspect(&format!("{host}/demo/tamper-enc:v1"))?;
+            ensure!(!out.status.success(), "the destination tag exists");
             Ok(())
         })()
     );

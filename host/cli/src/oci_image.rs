@@ -14,8 +14,9 @@ use coffer_attestation::kbs::path::ResourcePath;
 use coffer_image::manifest::{ImageManifest, LayerKind, ManifestDoc, select_linux_amd64};
 use coffer_image::registry::{Registry, Source, parse_reference};
 use coffer_image::{
-    BlobStore, BrokerKeyUnwrapper, Credentials, Decryptor, LocalKek, Policy, PrivateKey,
-    ProgressEvent, PublicKey, PullOptions, Recipients, RegistriesConfig, encrypt_layout, pull,
+    BlobStore, BrokerKeyUnwrapper, Credentials, Decryptor, EncryptOptions, ImageLocation, LocalKek,
+    Policy, PrivateKey, ProgressEvent, PublicKey, PullOptions, Recipients, RegistriesConfig,
+    encrypt_image, pull,
 };
 
 /// Bound on manifests and configs fetched by `inspect` and `policy gen`.
@@ -398,18 +399,26 @@ pub async fn inspect_command(args: InspectArgs) -> anyhow::Result<u8> {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["layout", "from"])))]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "to"])))]
 pub struct EncryptArgs {
     /// Source OCI layout directory.
     #[arg(long)]
-    layout: PathBuf,
+    layout: Option<PathBuf>,
+    /// Source image in a registry, e.g. registry.example/app:1.0 or …@sha256:….
+    #[arg(long, value_name = "REF")]
+    from: Option<String>,
     /// Tag of the image in the source layout (`org.opencontainers.image.ref.name`).
-    #[arg(long, default_value = "latest")]
+    #[arg(long, default_value = "latest", requires = "layout")]
     tag: String,
     /// Destination OCI layout directory (created).
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// Destination image in a registry (a tag); its manifest is pushed last.
+    #[arg(long, value_name = "REF")]
+    to: Option<String>,
     /// Tag in the destination layout (default: the source tag).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     out_tag: Option<String>,
     /// JWE recipient public key (PEM, RSA or P-256; repeatable).
     #[arg(long = "recipient", value_name = "FILE")]
@@ -418,9 +427,17 @@ pub struct EncryptArgs {
     /// e.g. kbs:///default/key/1=kek.bin.
     #[arg(long, value_name = "KID=FILE")]
     kek: Option<String>,
+    /// Registry credentials for the source and destination (a Docker/containers `auth.json`).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Content-addressed blob store where a registry source's layers are downloaded and verified.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    store: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
-pub fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
+pub async fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
     let mut recipients = Recipients::default();
     for path in &args.recipients {
         recipients.public_keys.push(
@@ -437,9 +454,41 @@ pub fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
     if recipients.public_keys.is_empty() && recipients.kek.is_none() {
         bail!("give at least one --recipient or --kek");
     }
-    let out_tag = args.out_tag.as_deref().unwrap_or(&args.tag);
-    let digest = encrypt_layout(&args.layout, &args.tag, &args.out, out_tag, &recipients)
-        .with_context(|| format!("encrypting {}:{}", args.layout.display(), args.tag))?;
+    let from = match (&args.layout, &args.from) {
+        (Some(dir), _) => ImageLocation::Layout {
+            dir: dir.clone(),
+            tag: args.tag.clone(),
+        },
+        (None, Some(reference)) => ImageLocation::Registry(reference.clone()),
+        (None, None) => bail!("give --layout or --from"),
+    };
+    let to = match (&args.out, &args.to) {
+        (Some(dir), _) => ImageLocation::Layout {
+            dir: dir.clone(),
+            tag: args.out_tag.clone().unwrap_or_else(|| args.tag.clone()),
+        },
+        (None, Some(reference)) => ImageLocation::Registry(reference.clone()),
+        (None, None) => bail!("give --out or --to"),
+    };
+    let (registries, _) = args.registry.load()?;
+    let credentials = match &args.authfile {
+        Some(path) => Credentials::load(path)
+            .with_context(|| format!("registry credentials {}", path.display()))?,
+        None => Credentials::default(),
+    };
+    let mut options = EncryptOptions::default().with_registries(registries);
+    options.credentials = credentials;
+    if matches!(from, ImageLocation::Registry(_)) {
+        std::fs::create_dir_all(&args.store)
+            .with_context(|| format!("creating the store {}", args.store.display()))?;
+        options.store = Some(
+            BlobStore::open(&args.store)
+                .with_context(|| format!("opening the store {}", args.store.display()))?,
+        );
+    }
+    let digest = encrypt_image(&from, &to, recipients, &options)
+        .await
+        .with_context(|| format!("encrypting {from} into {to}"))?;
     println!("{digest}");
     Ok(0)
 }

@@ -51,6 +51,17 @@ pub enum EncryptError {
     /// Wrapping for the key-encryption key failed.
     #[error("wrapping for the key-encryption key")]
     Kek(#[source] super::DecryptError),
+    /// A blob of the source image is not what its descriptor says (digest or size).
+    #[error("source blob {expected} hashes to {actual}")]
+    BlobDigest {
+        /// The descriptor's digest.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The destination stopped taking blobs (its own error says why).
+    #[error("the destination stopped accepting blobs")]
+    SinkClosed,
 }
 
 /// A JWE recipient public key.
@@ -117,15 +128,8 @@ fn json_of(bytes: &[u8], what: &str) -> Result<Value, EncryptError> {
     serde_json::from_slice(bytes).map_err(|e| EncryptError::Layout(format!("{what}: {e}")))
 }
 
-fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, EncryptError> {
-    let digest = Digest::parse(digest).map_err(|e| EncryptError::Layout(e.to_string()))?;
-    Ok(layout.join("blobs/sha256").join(digest.hex()))
-}
-
-fn put_blob(layout: &Path, data: &[u8]) -> Result<(Digest, u64), EncryptError> {
-    let digest = Digest::of(data);
-    write(&layout.join("blobs/sha256").join(digest.hex()), data)?;
-    Ok((digest, data.len() as u64))
+fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.hex())
 }
 
 fn b64(data: &[u8]) -> String {
@@ -137,7 +141,8 @@ fn b64url(data: &[u8]) -> String {
 }
 
 /// Encrypts every not yet encrypted layer of image `tag` in the OCI layout `src` into a new
-/// layout `dest` (created) tagged `dest_tag`. Returns the new manifest digest.
+/// layout `dest` (created) tagged `dest_tag`. Every blob read from `src` is checked against its
+/// digest first. Returns the new manifest digest.
 pub fn encrypt_layout(
     src: &Path,
     tag: &str,
@@ -145,10 +150,21 @@ pub fn encrypt_layout(
     dest_tag: &str,
     recipients: &Recipients,
 ) -> Result<Digest, EncryptError> {
-    if recipients.public_keys.is_empty() && recipients.kek.is_none() {
-        return Err(EncryptError::NoRecipients);
-    }
-    let index = json_of(&read(&src.join("index.json"))?, "index.json")?;
+    let manifest = read_layout_manifest(src, tag)?;
+    let mut out = LayoutWriter::create(dest)?;
+    let encrypted = encrypt_manifest(
+        &manifest,
+        recipients,
+        &mut |digest| read(&blob_path(src, digest)),
+        &mut |digest, data| out.put(digest, &data),
+    )?;
+    out.finish(&encrypted, dest_tag)?;
+    Ok(encrypted.digest)
+}
+
+/// The manifest bytes of image `tag` in the OCI layout `dir`, checked against the index's digest.
+pub(crate) fn read_layout_manifest(dir: &Path, tag: &str) -> Result<Vec<u8>, EncryptError> {
+    let index = json_of(&read(&dir.join("index.json"))?, "index.json")?;
     let entry = index["manifests"]
         .as_array()
         .and_then(|list| {
@@ -157,40 +173,166 @@ pub fn encrypt_layout(
             })
         })
         .ok_or_else(|| EncryptError::Layout(format!("no image tagged {tag:?}")))?;
-    let manifest_digest = entry["digest"].as_str().unwrap_or_default();
-    let mut manifest = json_of(&read(&blob_path(src, manifest_digest)?)?, "manifest")?;
+    let digest = Digest::parse(entry["digest"].as_str().unwrap_or_default())
+        .map_err(|e| EncryptError::Layout(format!("index entry for {tag:?}: {e}")))?;
+    let bytes = read(&blob_path(dir, &digest))?;
+    check_blob(&digest, None, &bytes)?;
+    Ok(bytes)
+}
 
-    fs::create_dir_all(dest.join("blobs/sha256")).map_err(|source| EncryptError::Io {
-        op: "creating layout",
-        path: dest.to_owned(),
-        source,
-    })?;
-    write(
-        &dest.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    let config_digest = manifest["config"]["digest"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    put_blob(dest, &read(&blob_path(src, &config_digest)?)?)?;
+/// Writes an OCI layout: blobs as they come, `index.json` last.
+pub(crate) struct LayoutWriter {
+    dir: PathBuf,
+}
+
+impl LayoutWriter {
+    /// Creates the layout directory (or reuses an existing one).
+    pub(crate) fn create(dir: &Path) -> Result<Self, EncryptError> {
+        fs::create_dir_all(dir.join("blobs/sha256")).map_err(|source| EncryptError::Io {
+            op: "creating layout",
+            path: dir.to_owned(),
+            source,
+        })?;
+        write(
+            &dir.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Stores one blob.
+    pub(crate) fn put(&mut self, digest: &Digest, data: &[u8]) -> Result<(), EncryptError> {
+        write(&blob_path(&self.dir, digest), data)
+    }
+
+    /// Stores the manifest and an `index.json` naming it `tag`.
+    pub(crate) fn finish(
+        self,
+        manifest: &EncryptedManifest,
+        tag: &str,
+    ) -> Result<(), EncryptError> {
+        write(&blob_path(&self.dir, &manifest.digest), &manifest.bytes)?;
+        let index = json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": manifest.media_type,
+                "digest": manifest.digest.to_string(),
+                "size": manifest.bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }],
+        });
+        write(
+            &self.dir.join("index.json"),
+            &serde_json::to_vec(&index).map_err(|e| EncryptError::Layout(e.to_string()))?,
+        )
+    }
+}
+
+/// An encrypted image's manifest.
+#[derive(Debug, Clone)]
+pub struct EncryptedManifest {
+    /// The manifest JSON.
+    pub bytes: Vec<u8>,
+    /// Its media type (always the OCI image manifest).
+    pub media_type: &'static str,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+fn check_blob(digest: &Digest, size: Option<u64>, data: &[u8]) -> Result<(), EncryptError> {
+    let actual = Digest::of(data);
+    if actual != *digest || size.is_some_and(|s| s != data.len() as u64) {
+        return Err(EncryptError::BlobDigest {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The OCI media type for a Docker schema 2 config or layer media type (others unchanged).
+fn oci_media_type(media_type: &str) -> String {
+    let (base, suffix) = match media_type.strip_suffix("+encrypted") {
+        Some(base) => (base, "+encrypted"),
+        None => (media_type, ""),
+    };
+    let base = match base {
+        "application/vnd.docker.container.image.v1+json" => {
+            "application/vnd.oci.image.config.v1+json"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        }
+        other => other,
+    };
+    format!("{base}{suffix}")
+}
+
+/// Returns a blob of the input image by digest.
+pub(crate) type BlobSource<'a> = dyn FnMut(&Digest) -> Result<Vec<u8>, EncryptError> + Send + 'a;
+/// Receives a blob of the output image.
+pub(crate) type BlobSink<'a> = dyn FnMut(&Digest, Vec<u8>) -> Result<(), EncryptError> + 'a;
+
+/// Encrypts the image whose manifest is `manifest` (an OCI or Docker schema 2 image manifest):
+/// every layer not yet encrypted gets a fresh key; the result is an OCI image manifest.
+///
+/// `source(digest)` returns a blob of the input image; each is checked against its descriptor's
+/// digest and size before use. `sink(digest, bytes)` receives every blob of the output image (config
+/// and layers, in manifest order); the manifest itself is returned, not sunk.
+pub(crate) fn encrypt_manifest(
+    manifest: &[u8],
+    recipients: &Recipients,
+    source: &mut BlobSource<'_>,
+    sink: &mut BlobSink<'_>,
+) -> Result<EncryptedManifest, EncryptError> {
+    if recipients.public_keys.is_empty() && recipients.kek.is_none() {
+        return Err(EncryptError::NoRecipients);
+    }
+    let mut manifest = json_of(manifest, "manifest")?;
+    match manifest["mediaType"].as_str() {
+        None | Some(crate::manifest::OCI_MANIFEST | crate::manifest::DOCKER_MANIFEST) => {}
+        Some(other) => {
+            return Err(EncryptError::Layout(format!(
+                "{other:?} is not an image manifest"
+            )));
+        }
+    }
+    manifest["mediaType"] = crate::manifest::OCI_MANIFEST.into();
+
+    let (config_digest, config_size) = descriptor(&manifest["config"], "config")?;
+    if let Some(media_type) = manifest["config"]["mediaType"].as_str() {
+        manifest["config"]["mediaType"] = oci_media_type(media_type).into();
+    }
+    let config = source(&config_digest)?;
+    check_blob(&config_digest, Some(config_size), &config)?;
+    sink(&config_digest, config)?;
 
     let layers = manifest["layers"]
         .as_array_mut()
         .ok_or_else(|| EncryptError::Layout("manifest has no layers".to_owned()))?;
     for layer in layers.iter_mut() {
-        let media_type = layer["mediaType"].as_str().unwrap_or_default().to_owned();
-        let digest = layer["digest"].as_str().unwrap_or_default().to_owned();
-        let blob = read(&blob_path(src, &digest)?)?;
-        if media_type.ends_with("+encrypted") {
-            put_blob(dest, &blob)?;
+        let (digest, size) = descriptor(layer, "layer")?;
+        let media_type = oci_media_type(layer["mediaType"].as_str().unwrap_or_default());
+        let kind = crate::manifest::LayerKind::of(&media_type)
+            .map_err(|e| EncryptError::Layout(e.to_string()))?;
+        let blob = source(&digest)?;
+        check_blob(&digest, Some(size), &blob)?;
+        if kind.encrypted {
+            layer["mediaType"] = media_type.into();
+            sink(&digest, blob)?;
             continue;
         }
-        let (ciphertext, annotations) = encrypt_layer(&blob, &digest, recipients)?;
-        let (new_digest, size) = put_blob(dest, &ciphertext)?;
+        let (ciphertext, annotations) = encrypt_layer(blob, &digest.to_string(), recipients)?;
+        let new_digest = Digest::of(&ciphertext);
         layer["mediaType"] = format!("{media_type}+encrypted").into();
         layer["digest"] = new_digest.to_string().into();
-        layer["size"] = size.into();
+        layer["size"] = ciphertext.len().into();
         let slot = layer
             .as_object_mut()
             .ok_or_else(|| EncryptError::Layout("layer descriptor".to_owned()))?
@@ -199,34 +341,29 @@ pub fn encrypt_layout(
         for (key, value) in annotations {
             slot[key] = value.into();
         }
+        sink(&new_digest, ciphertext)?;
     }
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| EncryptError::Layout(e.to_string()))?;
-    let (digest, size) = put_blob(dest, &manifest_bytes)?;
-    let media_type = manifest["mediaType"]
-        .as_str()
-        .unwrap_or(crate::manifest::OCI_MANIFEST)
-        .to_owned();
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": media_type,
-            "digest": digest.to_string(),
-            "size": size,
-            "annotations": {"org.opencontainers.image.ref.name": dest_tag},
-        }],
-    });
-    write(
-        &dest.join("index.json"),
-        &serde_json::to_vec(&index).map_err(|e| EncryptError::Layout(e.to_string()))?,
-    )?;
-    Ok(digest)
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| EncryptError::Layout(e.to_string()))?;
+    Ok(EncryptedManifest {
+        digest: Digest::of(&bytes),
+        bytes,
+        media_type: crate::manifest::OCI_MANIFEST,
+    })
+}
+
+fn descriptor(value: &Value, what: &str) -> Result<(Digest, u64), EncryptError> {
+    let digest = Digest::parse(value["digest"].as_str().unwrap_or_default())
+        .map_err(|e| EncryptError::Layout(format!("{what} descriptor: {e}")))?;
+    let size = value["size"]
+        .as_u64()
+        .ok_or_else(|| EncryptError::Layout(format!("{what} descriptor has no size")))?;
+    Ok((digest, size))
 }
 
 type Annotations = Vec<(&'static str, String)>;
 
 fn encrypt_layer(
-    blob: &[u8],
+    blob: Vec<u8>,
     digest: &str,
     recipients: &Recipients,
 ) -> Result<(Vec<u8>, Annotations), EncryptError> {
@@ -234,7 +371,7 @@ fn encrypt_layer(
     let mut nonce = [0u8; 16];
     OsRng.fill_bytes(key.as_mut());
     OsRng.fill_bytes(&mut nonce);
-    let mut ciphertext = blob.to_vec();
+    let mut ciphertext = blob;
     ctr::Ctr128BE::<aes::Aes256>::new(key.as_ref().into(), (&nonce).into())
         .apply_keystream(&mut ciphertext);
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_slice())

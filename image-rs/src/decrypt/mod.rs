@@ -23,7 +23,8 @@ use sha2::{Digest as _, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
 pub use broker::{BrokerKeyUnwrapper, KBS_KID_PREFIX};
-pub use encrypt::{EncryptError, PublicKey, Recipients, encrypt_layout};
+pub use encrypt::{EncryptError, EncryptedManifest, PublicKey, Recipients, encrypt_layout};
+pub(crate) use encrypt::{LayoutWriter, encrypt_manifest, read_layout_manifest};
 pub use keys::{KeyUnwrapper, LocalKek, PrivateKey, WrappedKey};
 
 use crate::digest::Digest;
