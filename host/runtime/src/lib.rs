@@ -5,9 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod config;
 pub mod hypervisor;
 pub mod image;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spec;
+pub mod tee;
+pub mod tunnel;
 pub mod vsock;

@@ -1,7 +1,7 @@
 //! Getting a container's root filesystem to the guest — one interface, so confidential mode can
 //! swap the sandbox-mode upload for a guest pull.
 //!
-//! Sandbox mode streams the host directory as a tar over the agent connection (`UploadRootfs`):
+//! A guest pull sends only the image reference. Sandbox mode can also stream a host directory as a tar over the agent connection (`UploadRootfs`):
 //! it needs no extra guest kernel support (no virtio-blk/ext4, 9p or virtiofsd), works on every
 //! vsock transport, and gives the guest a private copy the host cannot change afterwards. The cost
 //! is a copy at ~65 MiB/s and guest memory for the tmpfs; large images belong to guest pull.
@@ -22,6 +22,9 @@ const CHUNK: usize = 256 * 1024;
 pub enum ContainerRootfs {
     /// A directory on the host, uploaded as a tar stream.
     HostDirectory(PathBuf),
+    /// An image reference the guest pulls, verifies and unpacks itself (the host never sees the
+    /// content): the confidential path.
+    GuestPull(String),
 }
 
 /// Rootfs delivery failures.
@@ -67,6 +70,11 @@ pub async fn deliver(
                 pb::UploadedRootfs {},
             ))
         }
+        ContainerRootfs::GuestPull(reference) => Ok(pb::create_container_request::Rootfs::Image(
+            pb::PulledImage {
+                reference: reference.clone(),
+            },
+        )),
     }
 }
 

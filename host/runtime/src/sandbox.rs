@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
 use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+use crate::tee::{TeeError, TeeLaunch};
+use crate::tunnel::{self, RegistryTunnel};
 
 /// Sandbox settings.
 #[derive(Debug, Clone)]
@@ -38,6 +40,10 @@ pub struct SandboxConfig {
     pub initdata: Option<InitdataDisk>,
     /// Extra guest kernel command-line parameters.
     pub kernel_params: Vec<String>,
+    /// Launch in a TEE (`kernel` must then be a bzImage OVMF can boot); `None` is a plain VM.
+    pub tee: Option<TeeLaunch>,
+    /// Registry endpoints the guest may reach for guest pull (none by default).
+    pub registry_tunnels: Vec<RegistryTunnel>,
 }
 
 /// Initdata as the guest receives it: the disk image and the digest the guest must find.
@@ -193,6 +199,24 @@ impl Sandbox {
         if !valid_id(&config.id) {
             return Err(SandboxError::InvalidId(config.id));
         }
+        // A confidential launch is bound to the pod's initdata before anything is created.
+        let confidential = match &config.tee {
+            None => None,
+            Some(tee) => {
+                hypervisor
+                    .check_tee(tee.kind())
+                    .map_err(SandboxError::Launch)?;
+                let initdata = config
+                    .initdata
+                    .as_ref()
+                    .ok_or(TeeError::InitdataRequired(tee.kind()))
+                    .map_err(|e| SandboxError::Launch(e.into()))?;
+                Some(
+                    tee.bind(&initdata.digest)
+                        .map_err(|e| SandboxError::Launch(e.into()))?,
+                )
+            }
+        };
         let id = config.id.clone();
         let dir = sandbox_dir(&config.state_root, &id);
         if dir.exists() {
@@ -221,7 +245,11 @@ impl Sandbox {
                     source,
                 });
             }
-            kernel_params.push(format!("coffer.initdata={}", initdata.digest));
+            // In a TEE the hardware field carries the digest and the measured command line stays
+            // the same for every pod; otherwise the command line carries it.
+            if confidential.is_none() {
+                kernel_params.push(format!("coffer.initdata={}", initdata.digest));
+            }
             disks.push(DiskSpec {
                 path,
                 serial: initdata_device::SERIAL.to_owned(),
@@ -237,6 +265,7 @@ impl Sandbox {
             memory_mib: config.memory_mib,
             kernel_params,
             disks,
+            confidential,
         };
         let launched = Instant::now();
         let mut vm = match hypervisor.launch(&spec).await {
@@ -253,6 +282,19 @@ impl Sandbox {
             }
         };
         let console = vm.console_log().to_path_buf();
+        let (tunnel_servers, tunnels) =
+            match tunnel::serve_all(vm.vsock_socket(), &config.registry_tunnels) {
+                Ok(served) => served,
+                Err((path, source)) => {
+                    vm.shutdown().await;
+                    retire(&config.state_root, &id, &dir, &console, false);
+                    return Err(SandboxError::Io {
+                        op: "listen",
+                        path,
+                        source,
+                    });
+                }
+            };
         let deadline = launched + config.boot_timeout;
         let connected = tokio::select! {
             r = agent_client::connect(vm.vsock_socket().to_path_buf(), deadline) => Some(r),
@@ -283,6 +325,10 @@ impl Sandbox {
             .create_sandbox(pb::CreateSandboxRequest {
                 sandbox_id: id.clone(),
                 hostname: String::new(),
+                registry_tunnels: tunnels
+                    .into_iter()
+                    .map(|(listen, host_port)| pb::RegistryTunnel { listen, host_port })
+                    .collect(),
             })
             .await
         {
@@ -300,6 +346,8 @@ impl Sandbox {
         let task_id = id.clone();
         let task_dir = dir.clone();
         let task = tokio::spawn(async move {
+            // The tunnels live exactly as long as the VM's supervisor.
+            let _tunnel_servers = tunnel_servers;
             loop {
                 tokio::select! {
                     exit = vm.wait_exit() => {

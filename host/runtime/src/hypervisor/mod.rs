@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::tee::{ConfidentialSpec, TeeError, TeeKind};
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -28,6 +30,8 @@ pub struct VmSpec {
     pub kernel_params: Vec<String>,
     /// Block devices to attach (virtio-blk), in order.
     pub disks: Vec<DiskSpec>,
+    /// Launch in a TEE; `None` is a plain VM.
+    pub confidential: Option<ConfidentialSpec>,
 }
 
 /// A raw disk image attached to the guest.
@@ -83,6 +87,9 @@ pub enum HypervisorError {
     /// The accelerator configuration cannot work on this host.
     #[error("accelerator: {0}")]
     Accel(String),
+    /// The confidential launch cannot happen on this host or with these settings.
+    #[error(transparent)]
+    Tee(#[from] TeeError),
 }
 
 /// How a VM ended.
@@ -98,6 +105,8 @@ pub struct VmExit {
 pub trait Hypervisor: Send + Sync {
     /// The VM handle type.
     type Vm: Vm;
+    /// Checks that this host can launch `tee` guests (hardware, KVM, VMM); never starts anything.
+    fn check_tee(&self, tee: TeeKind) -> Result<(), HypervisorError>;
     /// Launches a VM; returns once the VMM runs (not when the guest is ready).
     fn launch(
         &self,

@@ -15,6 +15,8 @@ use tokio::process::{Child, Command};
 
 use super::qmp::Qmp;
 use super::{Hypervisor, HypervisorError, Vm, VmExit, VmSpec};
+use crate::tee::TeeKind;
+use crate::tee::detect::{self, QemuInfo};
 
 /// Machine type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -121,8 +123,9 @@ impl VmPaths {
 /// The guest CID given to every VM (each VM has its own backend, so CIDs never collide).
 pub const GUEST_CID: u32 = 3;
 
-/// Base kernel command line.
-fn kernel_cmdline(machine: Machine, tsc_khz: Option<u64>, extra: &[String]) -> String {
+/// The kernel command line a VM of `machine` boots with (in a TEE it is measured, so `coffer
+/// measure` computes it with this function too).
+pub fn kernel_cmdline(machine: Machine, tsc_khz: Option<u64>, extra: &[String]) -> String {
     let mut params = vec![
         "console=ttyS0".to_owned(),
         "quiet".into(),
@@ -150,17 +153,34 @@ pub fn argv(
     tsc_khz: Option<u64>,
 ) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
-    let machine_arg = match machine {
+    // A confidential guest boots OVMF on q35 under KVM; nothing else can launch it.
+    let (machine, accel) = match &spec.confidential {
+        Some(_) => (Machine::Q35, Accel::Kvm),
+        None => (machine, accel),
+    };
+    let mut machine_arg = match machine {
         Machine::Microvm => "microvm,memory-backend=mem,rtc=on".to_owned(),
         Machine::Q35 => "q35,memory-backend=mem".to_owned(),
     };
-    let (accel_arg, cpu) = match accel {
+    let (accel_arg, mut cpu) = match accel {
         Accel::Tcg => ("tcg", "max"),
         Accel::Kvm => ("kvm", "host"),
     };
+    // Under SEV-SNP/TDX the guest only lets virtio devices reach memory it shared (bounce
+    // buffers), so PCI devices must offer VIRTIO_F_ACCESS_PLATFORM.
+    let pci_extra = if spec.confidential.is_some() {
+        ",iommu_platform=on,disable-legacy=on"
+    } else {
+        ""
+    };
+    if let Some(tee) = &spec.confidential {
+        machine_arg.push(',');
+        machine_arg.push_str(&tee.machine_properties());
+        cpu = tee.cpu_model();
+    }
     let vsock_device = match machine {
-        Machine::Microvm => "vhost-user-vsock-device,chardev=vsock",
-        Machine::Q35 => "vhost-user-vsock-pci,chardev=vsock",
+        Machine::Microvm => "vhost-user-vsock-device,chardev=vsock".to_owned(),
+        Machine::Q35 => format!("vhost-user-vsock-pci,chardev=vsock{pci_extra}"),
     };
     let mut args: Vec<String> = vec![
         "-name".into(),
@@ -200,7 +220,7 @@ pub fn argv(
         "-chardev".into(),
         format!("socket,id=vsock,path={}", paths.vhost_socket.display()),
         "-device".into(),
-        vsock_device.into(),
+        vsock_device,
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", paths.qmp_socket.display()),
     ];
@@ -216,11 +236,27 @@ pub fn argv(
             "-drive".into(),
             format!("file={path},if=none,id=disk{i},format=raw,readonly={read_only}"),
             "-device".into(),
-            format!("{disk_device},drive=disk{i},serial={}", disk.serial),
+            format!(
+                "{disk_device},drive=disk{i},serial={}{}",
+                disk.serial,
+                if machine == Machine::Q35 {
+                    pci_extra
+                } else {
+                    ""
+                }
+            ),
         ]);
     }
     if machine == Machine::Q35 {
         args.extend(["-vga".into(), "none".into()]);
+    }
+    if let Some(tee) = &spec.confidential {
+        args.extend([
+            "-bios".into(),
+            tee.firmware().display().to_string(),
+            "-object".into(),
+            tee.object_arg(),
+        ]);
     }
     args
 }
@@ -418,8 +454,21 @@ fn describe(status: std::process::ExitStatus) -> String {
 impl Hypervisor for Qemu {
     type Vm = QemuVm;
 
+    fn check_tee(&self, tee: TeeKind) -> Result<(), HypervisorError> {
+        let qemu = QemuInfo::probe(&self.config.binary);
+        Ok(detect::check(tee, Path::new("/"), &qemu)?)
+    }
+
     async fn launch(&self, spec: &VmSpec) -> Result<QemuVm, HypervisorError> {
-        let accel = self.resolve_accel(spec).await?;
+        let accel = match &spec.confidential {
+            Some(tee) => {
+                // Before anything is started: a confidential launch on a host that cannot give
+                // one fails here, it never becomes a plain VM.
+                self.check_tee(tee.kind())?;
+                Accel::Kvm
+            }
+            None => self.resolve_accel(spec).await?,
+        };
         let paths = VmPaths::new(&spec.dir);
         let mut vhost = Command::new(&self.config.vhost_vsock_binary)
             .arg("--vm")
@@ -619,7 +668,11 @@ impl Vm for QemuVm {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
+    use crate::hypervisor::DiskSpec;
+    use crate::tee::{ConfidentialSpec, SnpConfig, TdxConfig};
 
     fn spec() -> VmSpec {
         VmSpec {
@@ -631,7 +684,141 @@ mod tests {
             memory_mib: 512,
             kernel_params: vec!["coffer.debug=0".into()],
             disks: vec![],
+            confidential: None,
         }
+    }
+
+    fn golden(tee: ConfidentialSpec, machine: &str, cpu: &str, object: &str, firmware: &str) {
+        let mut spec = spec();
+        spec.kernel = "/img/vmlinuz".into();
+        spec.disks.push(DiskSpec {
+            path: "/run/coffer/s1/initdata.img".into(),
+            serial: "coffer-initdata".into(),
+            read_only: true,
+        });
+        spec.confidential = Some(tee);
+        let paths = VmPaths::new(Path::new("/run/coffer/s1"));
+        // The configured machine and accelerator are overridden: a TEE guest is q35 under KVM.
+        let args = argv(&spec, Machine::Microvm, Accel::Tcg, &paths, Some(2_450_000));
+        let want: Vec<String> = [
+            "-name",
+            "coffer-s1",
+            "-machine",
+            machine,
+            "-accel",
+            "kvm",
+            "-cpu",
+            cpu,
+            "-smp",
+            "2",
+            "-m",
+            "512M",
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-chardev",
+            "socket,id=console,path=/run/coffer/s1/console.sock,server=on,wait=off",
+            "-serial",
+            "chardev:console",
+            "-kernel",
+            "/img/vmlinuz",
+            "-initrd",
+            "/img/initramfs",
+            "-append",
+            "console=ttyS0 quiet panic=-1 rdinit=/init cryptomgr.notests coffer.debug=0",
+            "-chardev",
+            "socket,id=vsock,path=/run/coffer/s1/vhost.sock",
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock,iommu_platform=on,disable-legacy=on",
+            "-qmp",
+            "unix:/run/coffer/s1/qmp.sock,server=on,wait=off",
+            "-drive",
+            "file=/run/coffer/s1/initdata.img,if=none,id=disk0,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=disk0,serial=coffer-initdata,iommu_platform=on,disable-legacy=on",
+            "-vga",
+            "none",
+            "-bios",
+            firmware,
+            "-object",
+            object,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(args, want);
+    }
+
+    #[test]
+    fn snp_golden_argv() {
+        let host_data: [u8; 32] = std::array::from_fn(|i| i as u8);
+        golden(
+            ConfidentialSpec::Snp {
+                config: SnpConfig::default(),
+                cbitpos: 51,
+                host_data,
+            },
+            "q35,memory-backend=mem,confidential-guest-support=tee0",
+            "EPYC-v4",
+            "sev-snp-guest,id=tee0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,\
+             host-data=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            "/usr/share/ovmf/OVMF.amdsev.fd",
+        );
+        let id_block = base64::engine::general_purpose::STANDARD.encode([7u8; 96]);
+        let id_auth = base64::engine::general_purpose::STANDARD.encode([9u8; 4096]);
+        let config = SnpConfig {
+            firmware: "/fw/OVMF.fd".into(),
+            cpu_model: "EPYC-Genoa".into(),
+            reduced_phys_bits: 5,
+            policy: crate::tee::snp::SnpGuestPolicy {
+                smt: false,
+                single_socket: true,
+                ..Default::default()
+            },
+            id_block: Some(id_block.clone()),
+            id_auth: Some(id_auth.clone()),
+            ..SnpConfig::default()
+        };
+        golden(
+            ConfidentialSpec::Snp {
+                config,
+                cbitpos: 47,
+                host_data: [0; 32],
+            },
+            "q35,memory-backend=mem,confidential-guest-support=tee0",
+            "EPYC-Genoa",
+            &format!(
+                "sev-snp-guest,id=tee0,cbitpos=47,reduced-phys-bits=5,policy=0x120000,\
+                 kernel-hashes=on,host-data=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,\
+                 id-block={id_block},id-auth={id_auth}"
+            ),
+            "/fw/OVMF.fd",
+        );
+    }
+
+    /// No QEMU here has `tdx-guest` (it arrives in 10.1), so the TDX argv is checked against the
+    /// syntax QEMU documents (`docs/system/i386/tdx.rst`, QAPI `TdxGuestProperties`): JSON
+    /// `-object` form for the structured quote-generation socket, a split IRQ chip, `-cpu host`.
+    #[test]
+    fn tdx_golden_argv() {
+        let mr_config_id = [0xab; 48];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(mr_config_id);
+        golden(
+            ConfidentialSpec::Tdx {
+                config: TdxConfig::default(),
+                mr_config_id,
+            },
+            "q35,memory-backend=mem,confidential-guest-support=tee0,kernel-irqchip=split",
+            "host",
+            &format!(
+                r#"{{"attributes":268435456,"id":"tee0","mrconfigid":"{b64}","qom-type":"tdx-guest","quote-generation-socket":{{"cid":"2","port":"4050","type":"vsock"}}}}"#
+            ),
+            "/usr/share/ovmf/OVMF.inteltdx.fd",
+        );
     }
 
     fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {

@@ -68,13 +68,19 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "overlay",
 ];
 
+/// Modules added when the kernel has them: the TEE guest drivers (`/dev/sev-guest`,
+/// `/dev/tdx_guest`) the attester reads reports from. Outside their TEE they decline with ENODEV,
+/// which the agent tolerates; a kernel without them still gives a (sandbox-only) image.
+pub const TEE_MODULES: &[&str] = &["sev-guest", "tdx-guest"];
+
 /// File names of the artifacts in the output directory.
 const VMLINUX: &str = "vmlinux";
+const BZIMAGE: &str = "vmlinuz";
 const INITRAMFS: &str = "initramfs";
 const MANIFEST: &str = "guest-image.json";
 
 /// Bumped whenever the builder's output for the same inputs changes; part of the inputs digest.
-const BUILDER_VERSION: &[u8] = b"coffer-guest-image/1";
+const BUILDER_VERSION: &[u8] = b"coffer-guest-image/3";
 
 /// Where the host keeps kernels and their modules.
 const BOOT_DIR: &str = "/boot";
@@ -137,8 +143,13 @@ impl GuestImageSpec {
 /// A built guest image; also the contents of `guest-image.json` (with the inputs digest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestImage {
-    /// The uncompressed ELF kernel.
+    /// The uncompressed ELF kernel (PVH boot: sandbox mode).
     pub vmlinux: PathBuf,
+    /// The same kernel as the distribution's bzImage (OVMF boots it: confidential mode, where
+    /// `coffer measure` hashes it into the launch digest).
+    pub vmlinuz: PathBuf,
+    /// Hex SHA-256 of `vmlinuz`.
+    pub vmlinuz_sha256: String,
     /// The uncompressed cpio newc initramfs.
     pub initramfs: PathBuf,
     /// Hex SHA-256 of `vmlinux`.
@@ -191,7 +202,15 @@ impl Inputs {
             });
         }
         let agent = read(&spec.agent)?;
-        let order = ModuleIndex::load(&spec.modules_dir)?.load_order(&spec.modules)?;
+        let index = ModuleIndex::load(&spec.modules_dir)?;
+        let mut wanted = spec.modules.clone();
+        wanted.extend(
+            TEE_MODULES
+                .iter()
+                .filter(|m| index.knows(m))
+                .map(|m| (*m).to_owned()),
+        );
+        let order = index.load_order(&wanted)?;
         let modules = order
             .iter()
             .map(|relative| ModuleFile::read(&spec.modules_dir, relative))
@@ -237,14 +256,10 @@ impl Inputs {
 pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageError> {
     let inputs = Inputs::read(spec)?;
     let vmlinux_path = out_dir.join(VMLINUX);
+    let vmlinuz_path = out_dir.join(BZIMAGE);
     let initramfs_path = out_dir.join(INITRAMFS);
     let manifest_path = out_dir.join(MANIFEST);
-    if let Some(image) = reuse(
-        &manifest_path,
-        &vmlinux_path,
-        &initramfs_path,
-        &inputs.digest,
-    ) {
+    if let Some(image) = reuse(&manifest_path, out_dir, &inputs.digest) {
         tracing::debug!(out_dir = %out_dir.display(), "guest image is up to date");
         return Ok(image);
     }
@@ -261,7 +276,8 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
 
     let vmlinux = kernel::extract_vmlinux(&inputs.bzimage, &spec.kernel)?;
     let mut initramfs = Vec::new();
-    initramfs::assemble(&inputs.release, &inputs.agent, &inputs.modules)?
+    let agent = strip_debug_info(&spec.agent, &inputs.agent);
+    initramfs::assemble(&inputs.release, &agent, &inputs.modules)?
         .write_to(&mut initramfs)
         .map_err(|source| ImageError::Write {
             path: initramfs_path.clone(),
@@ -271,8 +287,10 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
     let manifest = Manifest {
         image: GuestImage {
             vmlinux_sha256: sha256_hex(&vmlinux),
+            vmlinuz_sha256: sha256_hex(&inputs.bzimage),
             initramfs_sha256: sha256_hex(&initramfs),
             vmlinux: vmlinux_path,
+            vmlinuz: vmlinuz_path,
             initramfs: initramfs_path,
             kernel_release: inputs.release.clone(),
         },
@@ -286,6 +304,7 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
     json.push(b'\n');
 
     write_atomic(&manifest.image.vmlinux, &vmlinux)?;
+    write_atomic(&manifest.image.vmlinuz, &inputs.bzimage)?;
     write_atomic(&manifest.image.initramfs, &initramfs)?;
     write_atomic(&manifest_path, &json)?;
     // Make the renames durable (best effort: not every filesystem supports syncing a directory).
@@ -293,6 +312,48 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
         tracing::debug!(%error, out_dir = %out_dir.display(), "could not sync output directory");
     }
     Ok(manifest.image)
+}
+
+/// The agent without its debug sections when binutils' `objcopy` is available (a debug build's
+/// line tables double the initramfs, and every boot copies it); the agent unchanged otherwise.
+/// `objcopy --strip-debug` is deterministic, so the image stays a function of its inputs.
+fn strip_debug_info(path: &Path, agent: &[u8]) -> Vec<u8> {
+    let Ok(dir) = tempfile_dir() else {
+        return agent.to_vec();
+    };
+    let out = dir.join("agent");
+    let stripped = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(path)
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()
+        .filter(|s| s.success())
+        .and_then(|_| fs::read(&out).ok());
+    let _ = fs::remove_dir_all(&dir);
+    match stripped {
+        // The file may have changed since it was hashed; only use a strip of the same bytes.
+        Some(bytes) if fs::read(path).ok().as_deref() == Some(agent) => bytes,
+        _ => {
+            tracing::warn!("objcopy unavailable or failed: the agent keeps its debug sections");
+            agent.to_vec()
+        }
+    }
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "coffer-image-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// Loads the image previously built into `out_dir` (no rebuild, no re-hash).
@@ -306,6 +367,7 @@ pub fn load(out_dir: &Path) -> Result<GuestImage, ImageError> {
         })?;
     Ok(GuestImage {
         vmlinux: out_dir.join(VMLINUX),
+        vmlinuz: out_dir.join(BZIMAGE),
         initramfs: out_dir.join(INITRAMFS),
         ..recorded.image
     })
@@ -313,24 +375,21 @@ pub fn load(out_dir: &Path) -> Result<GuestImage, ImageError> {
 
 /// Returns the recorded image if the manifest matches `inputs_digest` and both artifacts still hash
 /// to the recorded digests. Any mismatch or unreadable file means "rebuild".
-fn reuse(
-    manifest: &Path,
-    vmlinux: &Path,
-    initramfs: &Path,
-    inputs_digest: &str,
-) -> Option<GuestImage> {
+fn reuse(manifest: &Path, out_dir: &Path, inputs_digest: &str) -> Option<GuestImage> {
     let bytes = fs::read(manifest).ok()?;
     let recorded: Manifest = serde_json::from_slice(&bytes).ok()?;
     if recorded.inputs_sha256 != inputs_digest {
         return None;
     }
     let image = GuestImage {
-        vmlinux: vmlinux.to_owned(),
-        initramfs: initramfs.to_owned(),
+        vmlinux: out_dir.join(VMLINUX),
+        vmlinuz: out_dir.join(BZIMAGE),
+        initramfs: out_dir.join(INITRAMFS),
         ..recorded.image
     };
-    let intact = sha256_file(vmlinux).ok()? == image.vmlinux_sha256
-        && sha256_file(initramfs).ok()? == image.initramfs_sha256;
+    let intact = sha256_file(&image.vmlinux).ok()? == image.vmlinux_sha256
+        && sha256_file(&image.vmlinuz).ok()? == image.vmlinuz_sha256
+        && sha256_file(&image.initramfs).ok()? == image.initramfs_sha256;
     intact.then_some(image)
 }
 

@@ -124,6 +124,11 @@ impl ModuleIndex {
         Ok(index)
     }
 
+    /// Whether `name` is a loadable module of this kernel (not built in).
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        self.by_name.contains_key(&name.replace('-', "_"))
+    }
+
     /// Returns the module paths (relative to the modules directory) to load, in load order.
     pub(crate) fn load_order(&self, names: &[String]) -> Result<Vec<String>, ImageError> {
         let mut marks = vec![Mark::New; self.entries.len()];

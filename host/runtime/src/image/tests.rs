@@ -113,11 +113,15 @@ fn builds_expected_layout() {
     assert_eq!(image.vmlinux, out.join("vmlinux"));
     assert_eq!(fs::read(&image.vmlinux).unwrap(), fake_elf());
     assert_eq!(image.vmlinux_sha256, sha256_hex(&fake_elf()));
+    // The bzImage ships unchanged for confidential launches.
+    let bzimage = fs::read(&fixture.spec.kernel).unwrap();
+    assert_eq!(fs::read(&image.vmlinuz).unwrap(), bzimage);
+    assert_eq!(image.vmlinuz_sha256, sha256_hex(&bzimage));
     let initramfs = fs::read(&image.initramfs).unwrap();
     assert_eq!(image.initramfs_sha256, sha256_hex(&initramfs));
     assert_eq!(
         dir_listing(&out),
-        ["guest-image.json", "initramfs", "vmlinux"]
+        ["guest-image.json", "initramfs", "vmlinux", "vmlinuz"]
             .map(String::from)
             .into()
     );
@@ -252,7 +256,7 @@ fn reuses_up_to_date_artifacts_and_rebuilds_otherwise() {
     assert_ne!(third.initramfs_sha256, second.initramfs_sha256);
     assert_eq!(
         dir_listing(&out),
-        ["guest-image.json", "initramfs", "vmlinux"]
+        ["guest-image.json", "initramfs", "vmlinux", "vmlinuz"]
             .map(String::from)
             .into()
     );

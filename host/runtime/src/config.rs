@@ -1,0 +1,310 @@
+//! The runtime configuration file, `/etc/coffer/runtime.toml`: every key documented here and in
+//! `host/runtime/runtime.toml` (the reference file, all defaults spelled out), unknown keys
+//! rejected, loaded once and validated before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::qemu::QemuConfig;
+use crate::sandbox::{InitdataDisk, SandboxConfig};
+use crate::tee::{SnpConfig, TdxConfig, TeeError, TeeKind, TeeLaunch};
+use crate::tunnel::RegistryTunnel;
+
+/// Where the runtime looks for its configuration.
+pub const DEFAULT_PATH: &str = "/etc/coffer/runtime.toml";
+
+/// Configuration failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The `[snp]`/`[tdx]` settings are unusable.
+    #[error("{path}: {source}")]
+    Tee {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: TeeError,
+    },
+}
+
+/// `[guest]`: the VM every sandbox boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestConfig {
+    /// The guest image directory (`coffer image build --out`): `vmlinux`, `vmlinuz`,
+    /// `initramfs`. Default `/var/lib/coffer/guest`.
+    pub image_dir: PathBuf,
+    /// vCPUs per sandbox. Default 1.
+    pub vcpus: u32,
+    /// Memory per sandbox, MiB. Default 512.
+    pub memory_mib: u32,
+    /// How long the agent may take to answer after launch, seconds. Default 30.
+    pub boot_timeout_secs: u64,
+    /// Extra kernel command-line parameters. In a TEE they are measured: changing them changes
+    /// the launch digest.
+    pub kernel_params: Vec<String>,
+    /// Pull container images inside the guest even without a TEE (in a TEE the guest always
+    /// pulls; the host's snapshot is never shared). Default false: sandbox mode uploads the
+    /// snapshot.
+    pub guest_pull: bool,
+    /// Registry endpoints (IPv4 loopback `host:port`) tunnelled into every guest, reachable there
+    /// at the same address. Default none: the guest has no network.
+    pub registry_tunnels: Vec<std::net::SocketAddrV4>,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        Self {
+            image_dir: "/var/lib/coffer/guest".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            boot_timeout_secs: 30,
+            kernel_params: Vec::new(),
+            guest_pull: false,
+            registry_tunnels: Vec::new(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Sandbox state (sockets, logs). Default `/run/coffer`.
+    pub state_dir: PathBuf,
+    /// Launch every sandbox of this configuration in this TEE (`snp` or `tdx`): the setting of a
+    /// RuntimeClass handler such as `coffer-snp`. Default none: plain VMs.
+    pub tee: Option<TeeKind>,
+    /// Initdata (TOML file) for pods that bring none in an annotation. Default none.
+    pub initdata: Option<PathBuf>,
+    /// The guest VM.
+    pub guest: GuestConfig,
+    /// The QEMU backend.
+    pub qemu: QemuConfig,
+    /// SEV-SNP launches.
+    pub snp: SnpConfig,
+    /// TDX launches.
+    pub tdx: TdxConfig,
+}
+
+impl RuntimeConfig {
+    /// Parses and validates `text`; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        if config.state_dir.as_os_str().is_empty() {
+            config.state_dir = "/run/coffer".into();
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Reads `path` if given; else [`DEFAULT_PATH`] if it exists; else the defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None if Path::new(DEFAULT_PATH).exists() => Self::load(Path::new(DEFAULT_PATH)),
+            None => Self::parse("", Path::new("(defaults)")),
+        }
+    }
+
+    /// Checks every value; `path` names the source in errors. [`Self::parse`] calls it; call it
+    /// again after changing a loaded configuration.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        if !(1..=255).contains(&self.guest.vcpus) {
+            return Err(invalid(format!(
+                "guest.vcpus {} is outside 1..=255",
+                self.guest.vcpus
+            )));
+        }
+        if self.guest.memory_mib < 128 {
+            return Err(invalid(format!(
+                "guest.memory_mib {} is below 128",
+                self.guest.memory_mib
+            )));
+        }
+        if self.guest.boot_timeout_secs == 0 {
+            return Err(invalid("guest.boot_timeout_secs must be positive".into()));
+        }
+        if let Some(addr) = self
+            .guest
+            .registry_tunnels
+            .iter()
+            .find(|a| !a.ip().is_loopback())
+        {
+            return Err(invalid(format!(
+                "guest.registry_tunnels: {addr} is not a loopback address"
+            )));
+        }
+        let tee = |source| ConfigError::Tee {
+            path: path.to_owned(),
+            source,
+        };
+        self.snp.validate().map_err(tee)?;
+        self.tdx.validate().map_err(tee)?;
+        Ok(())
+    }
+
+    /// The PVH kernel sandbox-mode VMs boot.
+    pub fn kernel(&self) -> PathBuf {
+        self.guest.image_dir.join("vmlinux")
+    }
+
+    /// The bzImage confidential VMs boot.
+    pub fn tee_kernel(&self) -> PathBuf {
+        self.guest.image_dir.join("vmlinuz")
+    }
+
+    /// The initramfs.
+    pub fn initrd(&self) -> PathBuf {
+        self.guest.image_dir.join("initramfs")
+    }
+
+    /// The launch settings for `kind`, with the kernel resolved.
+    pub fn tee_launch(&self, kind: TeeKind) -> TeeLaunch {
+        match kind {
+            TeeKind::Snp => TeeLaunch::Snp(SnpConfig {
+                kernel: Some(self.snp.kernel.clone().unwrap_or_else(|| self.tee_kernel())),
+                ..self.snp.clone()
+            }),
+            TeeKind::Tdx => TeeLaunch::Tdx(TdxConfig {
+                kernel: Some(self.tdx.kernel.clone().unwrap_or_else(|| self.tee_kernel())),
+                ..self.tdx.clone()
+            }),
+        }
+    }
+
+    /// A sandbox of this configuration: plain when `tee` is `None`.
+    pub fn sandbox(
+        &self,
+        id: String,
+        tee: Option<TeeKind>,
+        initdata: Option<InitdataDisk>,
+    ) -> SandboxConfig {
+        let tee = tee.map(|kind| self.tee_launch(kind));
+        let kernel = match &tee {
+            Some(launch) => launch.kernel().map(Path::to_path_buf).unwrap_or_default(),
+            None => self.kernel(),
+        };
+        SandboxConfig {
+            id,
+            state_root: self.state_dir.clone(),
+            kernel,
+            initrd: self.initrd(),
+            vcpus: self.guest.vcpus,
+            memory_mib: self.guest.memory_mib,
+            boot_timeout: Duration::from_secs(self.guest.boot_timeout_secs),
+            initdata,
+            kernel_params: self.guest.kernel_params.clone(),
+            tee,
+            registry_tunnels: self
+                .guest
+                .registry_tunnels
+                .iter()
+                .map(|addr| RegistryTunnel::same_address(*addr))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_file_is_the_defaults() {
+        let text = include_str!("../runtime.toml");
+        let parsed = RuntimeConfig::parse(text, Path::new("runtime.toml")).unwrap();
+        let defaults = RuntimeConfig::parse("", Path::new("x")).unwrap();
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+        assert_eq!(defaults.state_dir, Path::new("/run/coffer"));
+        assert_eq!(defaults.snp.cpu_model, "EPYC-v4");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        for (text, want) in [
+            ("bogus = 1", "unknown field"),
+            ("[guest]\nvcpu = 2", "unknown field"),
+            ("[snp.policy]\ndebugging = true", "unknown field"),
+            ("[guest]\nvcpus = 0", "guest.vcpus 0"),
+            ("[guest]\nmemory_mib = 64", "guest.memory_mib 64"),
+            ("[snp]\ncpu_model = \"Haswell\"", "cpu_model"),
+            ("[tdx]\nmrowner = \"!!\"", "mrowner is not base64"),
+            ("tee = \"sev\"", "unknown variant"),
+            (
+                "[guest]\nregistry_tunnels = [\"10.0.0.1:5000\"]",
+                "not a loopback address",
+            ),
+        ] {
+            let err = RuntimeConfig::parse(text, Path::new("rt.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.contains("rt.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sandboxes_pick_the_kernel_for_their_mode() {
+        let config = RuntimeConfig::parse(
+            "[guest]\nimage_dir = \"/img\"\n[snp]\nkernel = \"/k/bz\"",
+            Path::new("x"),
+        )
+        .unwrap();
+        let plain = config.sandbox("a".into(), None, None);
+        assert_eq!(plain.kernel, Path::new("/img/vmlinux"));
+        assert!(plain.tee.is_none());
+        let snp = config.sandbox("a".into(), Some(TeeKind::Snp), None);
+        assert_eq!(snp.kernel, Path::new("/k/bz"));
+        let tdx = config.sandbox("a".into(), Some(TeeKind::Tdx), None);
+        assert_eq!(tdx.kernel, Path::new("/img/vmlinuz"));
+        assert_eq!(tdx.tee.unwrap().kind(), TeeKind::Tdx);
+    }
+}
