@@ -12,6 +12,8 @@
 #     fresh mount and pid namespaces and no joined namespace unless listed, only the standard kernel
 #     filesystems plus the listed mounts, no devices, sysctls or relaxed masked/read-only paths
 #     unless listed, and never OCI hooks. An admitted container is recorded with its entry's name.
+#     Sealed environment values (`sealed.kbs:///…`, resolved by the agent from the key broker)
+#     only for the secrets the entry lists.
 #   - Root filesystems uploaded by the host are refused: images are pulled inside the guest.
 #   - ExecProcess only for argv listed for the container's entry, compared argument by argument,
 #     without a terminal, as the entry's user.
@@ -179,7 +181,7 @@ data_problems contains msg if {
 
 data_problems contains msg if {
 	some i, e in entries
-	some field in ["env", "env_names_any_value", "capabilities", "host_namespaces"]
+	some field in ["env", "env_names_any_value", "capabilities", "host_namespaces", "secrets"]
 	not string_array(object.get(e, field, []))
 	msg := sprintf("containers[%d].%s must be an array of strings", [i, field])
 }
@@ -365,7 +367,7 @@ process_problems(p, e) := {msg |
 		privilege_problem(p, e),
 	]
 	some msg in check
-} | capability_problems(p, e) | env_problems(p, e)
+} | capability_problems(p, e) | env_problems(p, e) | sealed_problems(p, e)
 
 user_problem(p, e) := {sprintf("user %v differs from %v", [p.user, expected])} if {
 	expected := object.get(e, "user", {"uid": 0, "gid": 0})
@@ -393,6 +395,19 @@ env_problems(p, e) := {sprintf("environment variable %v is not listed", [name]) 
 	some var in p.env
 	not env_allowed(var, e)
 	name := split(var, "=")[0]
+}
+
+# A sealed value (`NAME=sealed.kbs:///repo/type/tag`) is resolved by the agent from the key broker
+# after this decision; a container may name only the secrets its entry lists, whatever its
+# environment rules otherwise allow.
+sealed_problems(p, e) := {sprintf("environment variable %v names secret %v, which its entry does not list", [name, ref]) |
+	some var in p.env
+	contains(var, "=")
+	name := split(var, "=")[0]
+	value := substring(var, count(name) + 1, -1)
+	startswith(value, "sealed.")
+	ref := substring(value, count("sealed."), -1)
+	not ref in object.get(e, "secrets", [])
 }
 
 env_allowed(var, e) if var in object.get(e, "env", [])

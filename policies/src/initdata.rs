@@ -70,6 +70,14 @@ pub enum InitdataError {
     /// `algorithm` is not one Coffer accepts.
     #[error("initdata algorithm {0:?} is not supported (expected sha256, sha384 or sha512)")]
     Algorithm(String),
+    /// A `[data]` entry has a value it cannot take.
+    #[error("initdata entry {name}: {reason}")]
+    InvalidEntry {
+        /// The entry.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// A `[data]` entry Coffer does not know.
     #[error("unknown initdata entry {name:?} (known: {known})")]
     UnknownEntry {
@@ -235,17 +243,25 @@ pub enum Entry {
     ImagePolicy,
     /// `registries.toml`: registry configuration (mirrors, insecure registries, CAs).
     Registries,
+    /// `kbs-evidence`: what the guest attests with: `tee` (default: the hardware TEE) or
+    /// `sample` (development only, and only in a guest with no TEE: a TEE guest given `sample`
+    /// refuses to start). Measured like every entry, so the broker sees the choice.
+    KbsEvidence,
 }
+
+/// Values of [`Entry::KbsEvidence`].
+pub const KBS_EVIDENCE_VALUES: [&str; 2] = ["tee", "sample"];
 
 impl Entry {
     /// Every entry, in documentation order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Policy,
         Self::PolicyData,
         Self::KbsUrl,
         Self::KbsCa,
         Self::ImagePolicy,
         Self::Registries,
+        Self::KbsEvidence,
     ];
 
     /// The key in `[data]`.
@@ -257,6 +273,7 @@ impl Entry {
             Self::KbsCa => "kbs-ca.pem",
             Self::ImagePolicy => "image-policy.json",
             Self::Registries => "registries.toml",
+            Self::KbsEvidence => "kbs-evidence",
         }
     }
 
@@ -317,6 +334,16 @@ impl Initdata {
                 name: key.clone(),
                 known: Entry::ALL.map(Entry::key).join(", "),
             })?;
+            if entry == Entry::KbsEvidence && !KBS_EVIDENCE_VALUES.contains(&value.trim()) {
+                return Err(InitdataError::InvalidEntry {
+                    name: entry.key(),
+                    reason: format!(
+                        "{:?} is not one of {}",
+                        value,
+                        KBS_EVIDENCE_VALUES.join(", ")
+                    ),
+                });
+            }
             entries.insert(entry, value);
         }
         Ok(Self {
@@ -530,6 +557,27 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         std::io::Write::write_all(&mut e, bytes).unwrap();
         e.finish().unwrap()
+    }
+
+    /// INI-01: an entry value outside its domain is refused like an unknown entry.
+    #[test]
+    fn kbs_evidence_takes_only_known_values() {
+        let doc = |v: &str| {
+            format!(
+                "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"kbs-evidence\" = \"{v}\"\n"
+            )
+        };
+        for ok in ["tee", "sample"] {
+            let init = Initdata::parse(doc(ok).into_bytes()).unwrap();
+            assert_eq!(init.get(Entry::KbsEvidence), Some(ok));
+        }
+        assert!(matches!(
+            Initdata::parse(doc("none").into_bytes()),
+            Err(InitdataError::InvalidEntry {
+                name: "kbs-evidence",
+                ..
+            })
+        ));
     }
 
     #[test]

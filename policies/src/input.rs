@@ -49,6 +49,10 @@ pub enum Request {
         sandbox_id: String,
         /// Requested guest hostname; `null` keeps the default.
         hostname: Option<String>,
+        /// Registry tunnels the host asks the guest to open, as `"<guest listen>-><host vsock
+        /// port>"` (e.g. `"127.0.0.1:5000->20000"`).
+        #[serde(default)]
+        registry_tunnels: Vec<String>,
     },
     /// `DestroySandbox`.
     DestroySandbox,

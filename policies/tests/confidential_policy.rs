@@ -589,3 +589,50 @@ fn namespaces_listed_as_host_are_allowed() {
     ));
     assert!(d.allowed, "{}", d.reason);
 }
+
+/// #8: a container receives only the sealed secrets its entry lists, even where its environment
+/// rules would admit any value for the variable.
+#[test]
+fn sealed_secrets_only_when_listed() {
+    let mut data = data();
+    data["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("DB=sealed.kbs:///default/secret/db"));
+    data["containers"][0]["secrets"] = json!(["kbs:///default/secret/db"]);
+    data["containers"][0]["env_names_any_value"] = json!(["HOSTNAME", "TOKEN"]);
+    let engine = engine_with(&data);
+    let decide = |env: &[&str]| {
+        let request = create(|c| {
+            c.process.env = env.iter().map(|s| (*s).to_owned()).collect();
+        });
+        engine.decide(&PolicyInput::new(request, state()))
+    };
+    let listed = decide(&["PATH=/usr/bin:/bin", "DB=sealed.kbs:///default/secret/db"]);
+    assert!(listed.allowed, "{}", listed.reason);
+    // An any-value variable cannot smuggle in a secret the entry does not list.
+    let other = decide(&[
+        "PATH=/usr/bin:/bin",
+        "TOKEN=sealed.kbs:///default/secret/other",
+    ]);
+    assert!(!other.allowed);
+    assert!(
+        other
+            .reason
+            .contains("names secret kbs:///default/secret/other"),
+        "{}",
+        other.reason
+    );
+    // The sidecar's entry lists no secrets at all.
+    let d = engine.decide(&PolicyInput::new(
+        create(|c| {
+            c.rootfs.image = Some(SIDECAR.into());
+            c.process.args = vec!["/side".into()];
+            c.process.cwd = "/".into();
+            c.process.user = coffer_policies::User { uid: 0, gid: 0 };
+            c.process.env = vec!["DB=sealed.kbs:///default/secret/db".into()];
+        }),
+        state(),
+    ));
+    assert!(!d.allowed);
+}

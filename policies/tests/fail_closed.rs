@@ -17,6 +17,7 @@ fn create_sandbox(hostname: Option<&str>) -> coffer_policies::PolicyInput {
     input(Request::CreateSandbox {
         sandbox_id: "sb".into(),
         hostname: hostname.map(str::to_owned),
+        registry_tunnels: Vec::new(),
     })
 }
 

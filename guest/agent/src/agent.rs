@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub is_init: bool,
     /// Largest accepted rootfs upload, bytes.
     pub max_rootfs_bytes: u64,
+    /// Guest pull, configured from initdata; `None` refuses image rootfs sources.
+    pub images: Option<Arc<crate::images::Images>>,
 }
 
 /// What a dispatched request produced; the service layer turns it into the RPC's response type.
@@ -80,6 +82,8 @@ impl Container {
 struct State {
     sandbox: Option<Id>,
     containers: HashMap<Id, Arc<Container>>,
+    /// Registry tunnel servers, closed with the sandbox.
+    tunnels: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The agent.
@@ -164,7 +168,8 @@ impl Agent {
             AgentRequest::CreateSandbox {
                 sandbox_id,
                 hostname,
-            } => self.create_sandbox(sandbox_id, hostname).await,
+                tunnels,
+            } => self.create_sandbox(sandbox_id, hostname, tunnels).await,
             AgentRequest::DestroySandbox { power_off } => self.destroy_sandbox(power_off).await,
             AgentRequest::UploadRootfs {
                 container,
@@ -314,7 +319,12 @@ impl Agent {
         })
     }
 
-    async fn create_sandbox(&self, id: Id, hostname: Option<String>) -> Result<Reply, AgentError> {
+    async fn create_sandbox(
+        &self,
+        id: Id,
+        hostname: Option<String>,
+        tunnels: Vec<crate::tunnel::Tunnel>,
+    ) -> Result<Reply, AgentError> {
         let mut state = self.state.lock().await;
         if let Some(existing) = &state.sandbox {
             return Err(AgentError::SandboxExists(existing.to_string()));
@@ -323,8 +333,12 @@ impl Agent {
             let name = hostname.as_deref().unwrap_or("coffer");
             nix::unistd::sethostname(name)
                 .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
+            if !tunnels.is_empty() {
+                crate::tunnel::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
+            }
         }
-        tracing::info!(sandbox_id = %id, "sandbox created");
+        state.tunnels = crate::tunnel::open(&tunnels).await?;
+        tracing::info!(sandbox_id = %id, tunnels = tunnels.len(), "sandbox created");
         state.sandbox = Some(id);
         Ok(Reply::Sandbox(pb::CreateSandboxResponse {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -353,7 +367,13 @@ impl Agent {
                 }
             }
         }
-        self.state.lock().await.sandbox = None;
+        {
+            let mut state = self.state.lock().await;
+            state.sandbox = None;
+            for tunnel in state.tunnels.drain(..) {
+                tunnel.abort();
+            }
+        }
         tracing::info!("sandbox destroyed");
         if power_off && self.config.is_init {
             tokio::spawn(async {
@@ -524,7 +544,20 @@ impl Agent {
                 std::fs::rename(&upload, &rootfs_dir)
                     .map_err(|e| AgentError::io("rename", &rootfs_dir, e))?;
             }
+            RootfsSource::Image(reference) => {
+                let images = self.config.images.as_ref().ok_or_else(|| {
+                    AgentError::FailedPrecondition("guest pull is not configured".into())
+                })?;
+                std::fs::create_dir_all(bundle).map_err(|e| AgentError::io("create", bundle, e))?;
+                images
+                    .pull_into(id.as_str(), &reference, &rootfs_dir)
+                    .await?;
+            }
         }
+        // After the policy admitted the request as the host sent it: sealed references become
+        // their secrets, inside the guest only.
+        let broker = self.config.images.as_ref().and_then(|i| i.broker());
+        crate::secrets::resolve_env(id.as_str(), spec, broker.as_ref()).await?;
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(rootfs_dir.clone());
         spec.set_root(Some(root));

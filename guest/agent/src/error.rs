@@ -57,6 +57,16 @@ pub enum AgentError {
         /// What went wrong (no host paths beyond the entry name).
         reason: String,
     },
+    /// A sealed secret could not be resolved (the value is never part of the message).
+    #[error("container {container_id}: sealed secret {reference}: {reason}")]
+    Secret {
+        /// Container id.
+        container_id: String,
+        /// The broker reference.
+        reference: String,
+        /// Why.
+        reason: String,
+    },
     /// The OCI runtime (libcontainer, in the helper process) failed.
     #[error("container runtime: {0}")]
     Runtime(String),
@@ -104,6 +114,7 @@ impl From<AgentError> for tonic::Status {
             }
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(err.to_string()),
             AgentError::Rootfs { .. } => Status::invalid_argument(err.to_string()),
+            AgentError::Secret { .. } => Status::failed_precondition(err.to_string()),
             AgentError::Runtime(_) => Status::internal(err.to_string()),
             AgentError::Io { op, .. } => {
                 tracing::warn!(error = %err, "request failed");

@@ -229,6 +229,11 @@ fn load_modules() -> Result<(), InitError> {
         let params = CString::new(params).map_err(|e| module_err(std::io::Error::other(e)))?;
         match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            // A driver for hardware this VM does not have (sev-guest outside SEV-SNP) declines
+            // with ENODEV; that is not a failure of the image.
+            Err(nix::errno::Errno::ENODEV) => {
+                tracing::debug!(module = %name, "no device for this module");
+            }
             Err(e) => return Err(module_err(e.into())),
         }
     }

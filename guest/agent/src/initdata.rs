@@ -119,7 +119,8 @@ impl Tee {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// Human-readable name.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Snp => "AMD SEV-SNP",
             Self::Tdx => "Intel TDX",
@@ -181,19 +182,20 @@ pub fn hardware_binding(tee: Tee) -> Result<Binding, LoadError> {
         tee: tee.name(),
         reason,
     };
-    if !Path::new(coffer_attestation::attester::TSM_REPORT_ROOT).is_dir() {
-        crate::init::mount_configfs(Path::new(CONFIGFS)).map_err(|e| failed(e.to_string()))?;
+    if !Path::new(coffer_attestation::attester::TSM_REPORT_ROOT).is_dir()
+        && let Err(e) = crate::init::mount_configfs(Path::new(CONFIGFS))
+    {
+        // Kernels before 6.7 have no configfs-tsm; SNP falls back to the sev-guest ioctl below.
+        tracing::debug!(error = %e, "configfs not mounted");
     }
     let mut nonce = [0u8; 64];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let tsm = TsmReport::new(coffer_attestation::attester::TSM_REPORT_ROOT);
-    let provider = match tee {
-        Tee::Snp => "sev_guest",
-        Tee::Tdx => "tdx_guest",
-    };
-    let report = tsm
-        .request(provider, &nonce)
-        .map_err(|e| failed(e.to_string()))?;
+    let report = match tee {
+        Tee::Snp => attester::snp_report(&tsm, Path::new(attester::SEV_GUEST_DEVICE), &nonce),
+        Tee::Tdx => tsm.request("tdx_guest", &nonce),
+    }
+    .map_err(|e| failed(e.to_string()))?;
     binding_from_report(tee, &report.outblob).map_err(failed)
 }
 

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod error;
+pub mod images;
 pub mod init;
 pub mod initdata;
 pub mod oci;
@@ -21,7 +22,9 @@ pub mod process;
 pub mod reaper;
 pub mod request;
 pub mod rootfs;
+pub mod secrets;
 pub mod service;
+pub mod tunnel;
 
 use std::future::Future;
 use std::pin::Pin;

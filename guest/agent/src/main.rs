@@ -118,11 +118,17 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
             .context("loading the agent policy")?;
         tracing::info!(policy = policy.name(), "policy loaded");
+        // Guest pull takes its registries, signature policy and broker from initdata only; a
+        // document whose entries do not load means the agent does not serve (INV-1).
+        let images =
+            coffer_agent::images::Images::from_initdata(&cli.state_dir, initdata.as_ref(), tee)
+                .context("guest pull configuration")?;
         let config = AgentConfig {
             state_dir: cli.state_dir,
             helper_exe: std::env::current_exe().context("locating the agent binary")?,
             is_init,
             max_rootfs_bytes: cli.max_rootfs_bytes,
+            images: Some(std::sync::Arc::new(images)),
         };
         let agent = Agent::new(config, Gate::new(Box::new(policy)), reaper)?;
         let shutdown = async {

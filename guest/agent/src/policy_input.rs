@@ -86,6 +86,10 @@ fn create_container(id: &str, spec: &Spec, rootfs: &RootfsSource) -> pol::Create
                 source: pol::RootfsSource::Uploaded,
                 image: None,
             },
+            RootfsSource::Image(reference) => pol::Rootfs {
+                source: pol::RootfsSource::Image,
+                image: Some(reference.clone()),
+            },
         },
         process: spec
             .process()
@@ -155,9 +159,14 @@ pub fn request(request: &AgentRequest) -> pol::Request {
         AgentRequest::CreateSandbox {
             sandbox_id,
             hostname,
+            tunnels,
         } => R::CreateSandbox {
             sandbox_id: sandbox_id.to_string(),
             hostname: hostname.clone(),
+            registry_tunnels: tunnels
+                .iter()
+                .map(|t| format!("{}->{}", t.listen, t.host_port))
+                .collect(),
         },
         AgentRequest::DestroySandbox { .. } => R::DestroySandbox,
         AgentRequest::UploadRootfs { container, .. } => R::UploadRootfs {

@@ -94,7 +94,12 @@ impl fmt::Display for ProcessRef {
 pub enum RootfsSource {
     /// The tar stream uploaded for this container id with `UploadRootfs`.
     Uploaded,
+    /// An image the guest pulls itself (a syntactically valid reference).
+    Image(String),
 }
+
+/// Longest image reference accepted.
+pub const MAX_REFERENCE_LEN: usize = 1024;
 
 /// Which output stream of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +120,8 @@ pub enum AgentRequest {
         sandbox_id: Id,
         /// Hostname for the guest; `None` keeps the default.
         hostname: Option<String>,
+        /// Registry tunnels to open.
+        tunnels: Vec<crate::tunnel::Tunnel>,
     },
     /// `DestroySandbox`.
     DestroySandbox {
@@ -314,9 +321,28 @@ pub trait Decode {
 
 impl Decode for pb::CreateSandboxRequest {
     fn decode(self) -> Result<AgentRequest, AgentError> {
+        if self.registry_tunnels.len() > crate::tunnel::MAX_TUNNELS {
+            return Err(AgentError::InvalidArgument(format!(
+                "{} registry tunnels; at most {}",
+                self.registry_tunnels.len(),
+                crate::tunnel::MAX_TUNNELS
+            )));
+        }
+        let mut tunnels: Vec<crate::tunnel::Tunnel> = Vec::new();
+        for t in &self.registry_tunnels {
+            let tunnel = crate::tunnel::Tunnel::parse(&t.listen, t.host_port)?;
+            if tunnels.iter().any(|seen| seen.listen == tunnel.listen) {
+                return Err(AgentError::InvalidArgument(format!(
+                    "registry tunnel {} is listed twice",
+                    tunnel.listen
+                )));
+            }
+            tunnels.push(tunnel);
+        }
         Ok(AgentRequest::CreateSandbox {
             sandbox_id: Id::parse("sandbox_id", &self.sandbox_id)?,
             hostname: parse_hostname(&self.hostname)?,
+            tunnels,
         })
     }
 }
@@ -336,6 +362,20 @@ impl Decode for pb::CreateContainerRequest {
         validate_spec(&spec)?;
         let rootfs = match self.rootfs {
             Some(pb::create_container_request::Rootfs::Uploaded(_)) => RootfsSource::Uploaded,
+            Some(pb::create_container_request::Rootfs::Image(image)) => {
+                if image.reference.len() > MAX_REFERENCE_LEN {
+                    return Err(AgentError::InvalidArgument(format!(
+                        "image reference longer than {MAX_REFERENCE_LEN} bytes"
+                    )));
+                }
+                coffer_image::registry::parse_reference(&image.reference).map_err(|e| {
+                    AgentError::InvalidArgument(format!(
+                        "image reference {:?}: {e}",
+                        image.reference
+                    ))
+                })?;
+                RootfsSource::Image(image.reference)
+            }
             None => {
                 return Err(AgentError::InvalidArgument(
                     "rootfs source is missing".into(),

@@ -69,7 +69,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, String> {
     Ok(done)
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -101,6 +101,7 @@ async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
         .create_sandbox(pb::CreateSandboxRequest {
             sandbox_id: "test".into(),
             hostname: String::new(),
+            registry_tunnels: Vec::new(),
         })
         .await
         .unwrap();
@@ -440,6 +441,7 @@ async fn policy_denials_are_enforced() {
     c.create_sandbox(pb::CreateSandboxRequest {
         sandbox_id: "p".into(),
         hostname: String::new(),
+        registry_tunnels: Vec::new(),
     })
     .await
     .unwrap();
@@ -510,6 +512,7 @@ async fn every_rpc_passes_the_gate() {
         c.create_sandbox(pb::CreateSandboxRequest {
             sandbox_id: "s".into(),
             hostname: String::new(),
+            registry_tunnels: Vec::new(),
         })
         .await
         .map(drop),
@@ -712,6 +715,7 @@ async fn requests_outside_a_sandbox_are_refused() {
     c.create_sandbox(pb::CreateSandboxRequest {
         sandbox_id: "s".into(),
         hostname: String::new(),
+        registry_tunnels: Vec::new(),
     })
     .await
     .unwrap();
@@ -836,6 +840,7 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
         .create_sandbox(pb::CreateSandboxRequest {
             sandbox_id: "again".into(),
             hostname: String::new(),
+            registry_tunnels: Vec::new(),
         })
         .await
         .unwrap_err();

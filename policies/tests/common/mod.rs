@@ -128,6 +128,7 @@ pub fn one_of_each() -> Vec<Request> {
         Request::CreateSandbox {
             sandbox_id: "sb".into(),
             hostname: Some("pod".into()),
+            registry_tunnels: vec!["127.0.0.1:5000->20000".into()],
         },
         Request::DestroySandbox,
         Request::UploadRootfs { container_id: c() },
