@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             memory_mib: 512,
             kernel_params: Vec::new(),
             disks: Vec::new(),
+            confidential: None,
         };
         let accel = qemu.resolve_accel(&spec).await?;
         println!("accelerator: {accel:?} (auto-detected)");
@@ -109,6 +110,8 @@ fn main() -> anyhow::Result<()> {
                     boot_timeout: Duration::from_secs(60),
                     initdata: None,
                     kernel_params: Vec::new(),
+                    tee: None,
+                    registry_tunnels: Vec::new(),
                 },
             )
             .await?;

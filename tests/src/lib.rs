@@ -7,6 +7,7 @@
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod containerd;
 pub mod kbs;
 pub mod registry;
 
@@ -58,6 +59,15 @@ pub fn guest_image() -> GuestImage {
         .expect("no guest kernel: run tests/setup.sh (installs linux-image-amd64)");
     let out = bin_dir().join("coffer-test-image");
     image::build(&spec, &out).expect("building the guest image")
+}
+
+/// Fails unless no sandbox directory under `state_root` and no process mentioning one is left.
+pub fn assert_nothing_left(state_root: &Path) -> anyhow::Result<()> {
+    let left = leftover_sandboxes(state_root);
+    anyhow::ensure!(left.is_empty(), "sandbox state left behind: {left:?}");
+    let procs = processes_mentioning(&state_root.join("sandboxes").display().to_string());
+    anyhow::ensure!(procs.is_empty(), "processes left behind: {procs:?}");
+    Ok(())
 }
 
 /// Writes a busybox rootfs into `dir`.

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use coffer_tests::{
-    Suite, busybox_rootfs, case, coffer, guest_image, leftover_sandboxes, processes_mentioning,
+    Suite, assert_nothing_left, busybox_rootfs, case, coffer, guest_image, leftover_sandboxes,
+    processes_mentioning,
 };
 
 struct Ctx {
@@ -52,11 +53,7 @@ impl Ctx {
     }
 
     fn assert_clean(&self) -> anyhow::Result<()> {
-        let left = leftover_sandboxes(&self.state);
-        ensure!(left.is_empty(), "sandbox state left behind: {left:?}");
-        let procs = processes_mentioning(&self.state.join("sandboxes").display().to_string());
-        ensure!(procs.is_empty(), "processes left behind: {procs:?}");
-        Ok(())
+        assert_nothing_left(&self.state)
     }
 }
 

@@ -43,6 +43,8 @@ impl Boot<'_> {
             boot_timeout: Duration::from_secs(60),
             initdata,
             kernel_params,
+            tee: None,
+            registry_tunnels: Vec::new(),
         };
         let console = match Sandbox::start(self.qemu, config).await {
             Ok(sandbox) => {

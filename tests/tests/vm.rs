@@ -159,6 +159,8 @@ fn main() -> ExitCode {
             // its own, which the `initdata_policy_is_enforced` case observes.
             initdata: Some(InitdataDisk::new(&suite_initdata())),
             kernel_params: Vec::new(),
+            tee: None,
+            registry_tunnels: Vec::new(),
         };
         let started = std::time::Instant::now();
         let sandbox = match Sandbox::start(&qemu, config).await {

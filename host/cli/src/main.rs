@@ -4,6 +4,7 @@
 mod attestation;
 mod image;
 mod kbs;
+mod measure;
 mod oci_image;
 mod policy;
 mod policy_gen;
@@ -42,6 +43,9 @@ enum Command {
     /// Key broker client (KBS protocol 0.4.0).
     #[command(subcommand)]
     Kbs(kbs::KbsCommand),
+    /// Expected launch measurements (SEV-SNP launch digest, TDX MRTD) of guest images.
+    #[command(subcommand)]
+    Measure(measure::MeasureCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +62,8 @@ enum ImageCommand {
     Pull(oci_image::PullArgs),
     /// Show a container image's manifest, layers, encryption and run configuration.
     Inspect(oci_image::InspectArgs),
-    /// Encrypt a container image's layers (OCI layout) for JWE recipients and/or a broker-held key.
+    /// Encrypt a container image's layers (OCI layout or registry) for JWE recipients and/or a
+    /// broker-held key.
     Encrypt(oci_image::EncryptArgs),
 }
 
@@ -88,10 +93,11 @@ fn main() -> ExitCode {
             Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
             Command::Image(ImageCommand::Pull(args)) => oci_image::pull_command(args).await,
             Command::Image(ImageCommand::Inspect(args)) => oci_image::inspect_command(args).await,
-            Command::Image(ImageCommand::Encrypt(args)) => oci_image::encrypt_command(args),
+            Command::Image(ImageCommand::Encrypt(args)) => oci_image::encrypt_command(args).await,
             Command::Attestation(command) => attestation::run(command),
             Command::Policy(command) => policy::run(command).await,
             Command::Kbs(command) => kbs::run(command).await,
+            Command::Measure(command) => measure::run(command),
         }
     });
     match result {

@@ -60,6 +60,11 @@ pub struct GenArgs {
     /// CA certificate(s) (PEM) the broker's certificate must chain to.
     #[arg(long)]
     kbs_ca: Option<PathBuf>,
+    /// What the guest attests with: tee (its hardware, the default) or sample (development on
+    /// hosts without a TEE; a TEE guest refuses it, and a broker accepts it only when configured
+    /// to).
+    #[arg(long, value_parser = ["tee", "sample"], requires = "kbs_url")]
+    kbs_evidence: Option<String>,
     /// Image signature policy (containers-policy.json) for the guest.
     #[arg(long)]
     image_policy: Option<PathBuf>,
@@ -252,6 +257,9 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
     if let Some(url) = &args.kbs_url {
         initdata_entries.insert(Entry::KbsUrl, url.clone());
     }
+    if let Some(evidence) = &args.kbs_evidence {
+        initdata_entries.insert(Entry::KbsEvidence, evidence.clone());
+    }
     if let Some(path) = &args.kbs_ca {
         let pem =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -442,6 +450,12 @@ fn entry(
             }
         }
     }
+    // Sealed values (`sealed.kbs:///…`) name the broker secrets this container may receive.
+    let secrets: BTreeSet<String> = env
+        .values()
+        .filter_map(|v| v.strip_prefix("sealed."))
+        .map(str::to_owned)
+        .collect();
     let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
 
     let (image_uid, image_gid) = image_user(image.run.user.as_deref())?;
@@ -493,6 +507,7 @@ fn entry(
         "args": args,
         "env": env,
         "env_names_any_value": any_value,
+        "secrets": secrets,
         "cwd": cwd,
         "user": {"uid": uid, "gid": gid},
         "terminal": c.tty,

@@ -9,13 +9,15 @@ use clap::Args;
 use coffer_agent_protocol::v1 as pb;
 use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
+use coffer_runtime::config::RuntimeConfig;
 use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu, QemuConfig};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
-use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig};
+use coffer_runtime::sandbox::{InitdataDisk, Sandbox};
+use coffer_runtime::tee::TeeKind;
+use coffer_runtime::tunnel::RegistryTunnel;
 use coffer_runtime::{image, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::image::DEFAULT_IMAGE_DIR;
 use crate::{EXIT_COFFER_FAILED, EXIT_INTERRUPTED};
 
 /// The container's id inside the sandbox.
@@ -23,9 +25,17 @@ const CONTAINER_ID: &str = "main";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Root filesystem directory of the container.
-    #[arg(long)]
-    rootfs: PathBuf,
+    /// Root filesystem directory of the container (uploaded into the guest).
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    rootfs: Option<PathBuf>,
+    /// Image the guest pulls, verifies and unpacks itself (registries, signature policy and
+    /// broker from the initdata); the host never sees its content.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// A registry at this IPv4 loopback address (e.g. 127.0.0.1:5000) is reachable from the guest
+    /// at the same address, through a vsock tunnel (repeatable). The guest has no other network.
+    #[arg(long = "registry", value_name = "ADDR")]
+    registries: Vec<std::net::SocketAddrV4>,
     /// Environment variable for the command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -38,31 +48,43 @@ pub struct RunArgs {
     /// Forward this process's stdin to the command.
     #[arg(long, short = 'i')]
     interactive: bool,
-    /// Guest image directory (from `coffer image build`).
-    #[arg(long, env = "COFFER_IMAGE_DIR", default_value = DEFAULT_IMAGE_DIR)]
-    image_dir: PathBuf,
-    /// Runtime state directory.
-    #[arg(long, env = "COFFER_STATE_DIR", default_value = "/run/coffer")]
-    state_dir: PathBuf,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 512)]
-    memory: u32,
-    /// Guest vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Accelerator: auto (KVM only if a probe boot succeeds), tcg or kvm.
-    #[arg(long, env = "COFFER_ACCEL", default_value = "auto", value_parser = parse_accel)]
-    accel: AccelMode,
-    /// Machine type: microvm or q35.
-    #[arg(long, default_value = "microvm", value_parser = parse_machine)]
-    machine: Machine,
+    /// Runtime configuration (default /etc/coffer/runtime.toml when it exists, else the
+    /// built-in defaults); the flags below override it.
+    #[arg(long, env = "COFFER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Launch in a TEE: snp or tdx. Fails on a host that cannot (never falls back to a plain VM);
+    /// needs --initdata with the TEE's digest algorithm (sha256 for snp, sha384 for tdx).
+    #[arg(long)]
+    tee: Option<TeeKind>,
+    /// Guest image directory (from `coffer image build`) [config: guest.image_dir].
+    #[arg(long, env = "COFFER_IMAGE_DIR")]
+    image_dir: Option<PathBuf>,
+    /// Runtime state directory [config: state_dir].
+    #[arg(long, env = "COFFER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Guest memory in MiB [config: guest.memory_mib].
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Guest vCPUs [config: guest.vcpus].
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Accelerator: auto (KVM only if a probe boot succeeds), tcg or kvm [config: qemu.accel].
+    #[arg(long, env = "COFFER_ACCEL", value_parser = parse_accel)]
+    accel: Option<AccelMode>,
+    /// Machine type: microvm or q35 [config: qemu.machine].
+    #[arg(long, value_parser = parse_machine)]
+    machine: Option<Machine>,
     /// Initdata document (TOML) for the guest: its policy replaces the default one, and the guest
     /// checks it against its digest before serving.
     #[arg(long, value_name = "FILE")]
     initdata: Option<PathBuf>,
-    /// Seconds the guest agent may take to answer after launch.
-    #[arg(long, default_value_t = 30)]
-    boot_timeout: u64,
+    /// Seconds the guest agent may take to answer after launch [config: guest.boot_timeout_secs].
+    #[arg(long)]
+    boot_timeout: Option<u64>,
+    /// Print how long each phase took (boot; container creation, which for --image includes the
+    /// guest's pull, attestation, key release, decryption and unpack; start; run) on stderr.
+    #[arg(long)]
+    timings: bool,
     /// Sandbox id (default: generated).
     #[arg(long)]
     id: Option<String>,
@@ -106,22 +128,64 @@ fn validate_env(env: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies the command-line overrides to the loaded configuration.
+fn override_config(runtime: &mut RuntimeConfig, args: &RunArgs) {
+    if let Some(dir) = &args.image_dir {
+        runtime.guest.image_dir = dir.clone();
+    }
+    if let Some(dir) = &args.state_dir {
+        runtime.state_dir = dir.clone();
+    }
+    if let Some(memory) = args.memory {
+        runtime.guest.memory_mib = memory;
+    }
+    if let Some(vcpus) = args.vcpus {
+        runtime.guest.vcpus = vcpus;
+    }
+    if let Some(accel) = args.accel {
+        runtime.qemu.accel = accel;
+    }
+    if let Some(machine) = args.machine {
+        runtime.qemu.machine = machine;
+    }
+    if let Some(secs) = args.boot_timeout {
+        runtime.guest.boot_timeout_secs = secs;
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let (uid, gid) = parse_user(&args.user)?;
     validate_env(&args.env)?;
     if !args.workdir.starts_with('/') {
         bail!("--workdir must be absolute");
     }
-    if !args.rootfs.is_dir() {
-        bail!("--rootfs {} is not a directory", args.rootfs.display());
+    let rootfs = match (&args.rootfs, &args.image) {
+        (Some(dir), None) => {
+            if !dir.is_dir() {
+                bail!("--rootfs {} is not a directory", dir.display());
+            }
+            ContainerRootfs::HostDirectory(dir.clone())
+        }
+        (None, Some(reference)) => ContainerRootfs::GuestPull(reference.clone()),
+        _ => bail!("give exactly one of --rootfs and --image"),
+    };
+    for addr in &args.registries {
+        if !addr.ip().is_loopback() {
+            bail!("--registry {addr}: only loopback addresses are tunnelled into the guest");
+        }
     }
-    let image = image::load(&args.image_dir).with_context(|| {
+    let mut runtime = RuntimeConfig::load_or_default(args.config.as_deref())?;
+    override_config(&mut runtime, &args);
+    runtime.validate(std::path::Path::new(
+        "(configuration with command-line overrides)",
+    ))?;
+    image::load(&runtime.guest.image_dir).with_context(|| {
         format!(
             "no guest image in {} (run `coffer image build` first)",
-            args.image_dir.display()
+            runtime.guest.image_dir.display()
         )
     })?;
-    let initdata = match &args.initdata {
+    let initdata = match args.initdata.as_ref().or(runtime.initdata.as_ref()) {
         Some(path) => {
             let raw = std::fs::read(path)
                 .with_context(|| format!("reading initdata {}", path.display()))?;
@@ -135,25 +199,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .id
         .clone()
         .unwrap_or_else(|| format!("run-{}", std::process::id()));
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    let state_dir = runtime.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
     let qemu = Qemu::new(QemuConfig {
-        machine: args.machine,
-        accel: args.accel,
-        probe_cache: Some(args.state_dir.join("accel-probe")),
-        ..QemuConfig::default()
+        probe_cache: Some(state_dir.join("accel-probe")),
+        ..runtime.qemu.clone()
     });
-    let config = SandboxConfig {
-        id,
-        state_root: args.state_dir.clone(),
-        kernel: image.vmlinux.clone(),
-        initrd: image.initramfs.clone(),
-        vcpus: args.vcpus,
-        memory_mib: args.memory,
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        initdata,
-        kernel_params: Vec::new(),
-    };
+    let mut config = runtime.sandbox(id, args.tee.or(runtime.tee), initdata);
+    config.registry_tunnels.extend(
+        args.registries
+            .iter()
+            .map(|addr| RegistryTunnel::same_address(*addr)),
+    );
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -165,8 +223,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     tokio::pin!(interrupted);
 
+    let timings = Timings::new(args.timings);
     let sandbox = tokio::select! {
-        s = Sandbox::start(&qemu, config) => s.context("starting the sandbox")?,
+        s = Sandbox::start(&qemu, config) => {
+            let sandbox = s.context("starting the sandbox")?;
+            timings.phase("boot (VM launch to agent ready)");
+            sandbox
+        }
         _ = &mut interrupted => {
             eprintln!("coffer: interrupted during boot");
             return Ok(EXIT_INTERRUPTED);
@@ -180,7 +243,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         gid,
     };
     let outcome = tokio::select! {
-        r = run_container(sandbox.agent(), &args.rootfs, &opts, args.interactive) => match r {
+        r = run_container(sandbox.agent(), &rootfs, &opts, args.interactive, &timings) => match r {
             Ok(status) => Ok(status),
             // An RPC failing because the VM died is reported as the VM's death, which the
             // supervisor notices within moments of the RPC.
@@ -254,18 +317,41 @@ async fn forward_stdin(mut agent: AgentClient) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Phase durations for `--timings`.
+struct Timings {
+    enabled: bool,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Timings {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            last: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Prints the time since the previous phase ended.
+    fn phase(&self, what: &str) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.enabled {
+            eprintln!("coffer: {what}: {} ms", last.elapsed().as_millis());
+        }
+        *last = std::time::Instant::now();
+    }
+}
+
 async fn run_container(
     mut agent: AgentClient,
-    rootfs_dir: &std::path::Path,
+    rootfs: &ContainerRootfs,
     opts: &spec::ProcessOptions,
     interactive: bool,
+    timings: &Timings,
 ) -> anyhow::Result<i32> {
-    let source = rootfs::deliver(
-        &mut agent,
-        CONTAINER_ID,
-        &ContainerRootfs::HostDirectory(rootfs_dir.to_path_buf()),
-    )
-    .await?;
+    let source = rootfs::deliver(&mut agent, CONTAINER_ID, rootfs).await?;
     let spec = spec::container(opts, "coffer");
     agent
         .create_container(pb::CreateContainerRequest {
@@ -275,6 +361,12 @@ async fn run_container(
         })
         .await
         .map_err(|s| anyhow::anyhow!("creating the container: {}", s.message()))?;
+    timings.phase(match rootfs {
+        ContainerRootfs::GuestPull(_) => {
+            "create (guest pull: attestation, key release, download, decrypt, verify, unpack)"
+        }
+        ContainerRootfs::HostDirectory(_) => "create (rootfs upload)",
+    });
     let stdout = tokio::spawn(copy_output(agent.clone(), false));
     let stderr = tokio::spawn(copy_output(agent.clone(), true));
     agent
@@ -283,6 +375,7 @@ async fn run_container(
         })
         .await
         .map_err(|s| anyhow::anyhow!("starting the container: {}", s.message()))?;
+    timings.phase("start");
     if interactive {
         tokio::spawn(forward_stdin(agent.clone()));
     } else {
@@ -303,6 +396,7 @@ async fn run_container(
         .into_inner();
     stdout.await??;
     stderr.await??;
+    timings.phase("run (to exit, output drained)");
     agent
         .remove_container(pb::RemoveContainerRequest {
             container_id: CONTAINER_ID.into(),

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs containerd and ctr (Debian 12's `containerd` package, 1.6) for the shim suite
+# (tests/tests/shim.rs), idempotently. Run as root. The suite starts its own containerd with a
+# private root, state, socket and config; this script only installs the binaries and makes sure the
+# package's system service does not run (the suite never talks to it).
+set -euo pipefail
+
+if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
+    echo "setup-containerd: installing containerd"
+    export DEBIAN_FRONTEND=noninteractive
+    # policy-rc.d keeps the package from starting its system service during installation.
+    had_policy=0
+    [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+    if [ "$had_policy" = 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends containerd >/dev/null
+    if [ "$had_policy" = 0 ]; then
+        rm -f /usr/sbin/policy-rc.d
+    fi
+fi
+
+for tool in containerd ctr; do
+    command -v "$tool" >/dev/null || { echo "setup-containerd: $tool is still missing" >&2; exit 1; }
+done
+echo "setup-containerd: ok ($(containerd --version))"
