@@ -20,6 +20,19 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The README's main job, end to end: its output must be the decrypted message, from the guest.
+echo "== demo.sh"
+demo_log=$(mktemp)
+if bash demo.sh >"$demo_log" 2>&1 &&
+    grep -q "^hello from inside the confidential guest" "$demo_log"; then
+    grep "^==" "$demo_log"
+    echo "demo: 1 passed, 0 failed"
+else
+    cat "$demo_log"
+    echo "demo: 0 passed, 1 failed"
+    status=1
+fi
+rm -f "$demo_log"
 set -e
 # One closing line over every test binary and end-to-end suite.
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
