@@ -17,7 +17,7 @@ export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 bash tests/setup.sh
 cargo build --workspace --locked
-bin=$PWD/target/x86_64-unknown-linux-gnu/debug
+bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/debug
 image_dir=${COFFER_IMAGE_DIR:-/var/lib/coffer/guest}
 
 work=$(mktemp -d /tmp/coffer-demo.XXXXXX)
