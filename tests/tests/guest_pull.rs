@@ -146,6 +146,7 @@ fn main() -> ExitCode {
         host: format!("127.0.0.1:{}", registry.port),
     };
     let mut pinned = String::new();
+    let mut encrypted_ref = String::new();
     let kek_file = vectors().join("keys/kek-default-key-1.bin");
     // The broker: releases to sample evidence (this host has no TEE), holds the image KEK at
     // default/key/1 and one secret.
@@ -234,6 +235,7 @@ fn main() -> ExitCode {
             ensure!(out.status.success(), "encrypt: {}", text(&out.stderr));
             let digest = registry.push(&encrypted, "guest/secret:v1")?;
             let reference = format!("{}/guest/secret@{digest}", ctx.host);
+            encrypted_ref.clone_from(&reference);
             let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             let broker_addr = broker.url.trim_start_matches("http://").to_owned();
 
@@ -367,6 +369,64 @@ spec:
                 "secret leaked to other"
             );
             ctx.assert_clean()
+        })()
+    );
+
+    case!(
+        suite,
+        // #8: each failure closes with a clear error and no container: the broker's policy
+        // refuses the evidence; the broker is unreachable (bounded retries, then an error).
+        "no_key_when_the_broker_refuses_or_is_unreachable",
+        (|| {
+            ensure!(!encrypted_ref.is_empty(), "needs the encrypted image");
+            // The shipped resource policy releases nothing to sample evidence.
+            let strict = Broker::start(&ctx.work, "strict", None, &std::fs::read(&kek_file)?)?;
+            let strict_addr = strict.url.trim_start_matches("http://").to_owned();
+            let initdata = ctx.initdata(
+                "strict",
+                &[
+                    (Entry::KbsUrl, strict.url.as_str()),
+                    (Entry::KbsEvidence, "sample"),
+                ],
+            )?;
+            let out = ctx.run_with(
+                &encrypted_ref,
+                &initdata,
+                &[&ctx.host, &strict_addr],
+                &["/bin/true"],
+            )?;
+            ctx.refused(out, "pulling")?;
+            // A tunnel to a port nothing listens on.
+            let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let url = format!("http://{closed}");
+            let initdata = ctx.initdata(
+                "unreachable",
+                &[
+                    (Entry::KbsUrl, url.as_str()),
+                    (Entry::KbsEvidence, "sample"),
+                ],
+            )?;
+            let out = ctx.run_with(
+                &encrypted_ref,
+                &initdata,
+                &[&ctx.host, &closed.to_string()],
+                &["/bin/true"],
+            )?;
+            ctx.refused(out, "pulling")
+        })()
+    );
+
+    case!(
+        suite,
+        // #8: an image whose digest the (policy gen) policy does not list is refused before any
+        // pull.
+        "image_not_in_the_policy_is_refused",
+        (|| {
+            ensure!(!encrypted_ref.is_empty(), "needs the encrypted image");
+            let initdata = ctx.work.join("sealed-initdata.toml");
+            ensure!(initdata.is_file(), "needs the sealed pod's initdata");
+            let out = ctx.run_with(&encrypted_ref, &initdata, &[&ctx.host], &["/bin/true"])?;
+            ctx.refused(out, "is not listed")
         })()
     );
 
