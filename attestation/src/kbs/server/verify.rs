@@ -306,18 +306,8 @@ impl EvidenceVerifier {
             Some(k) => k,
             None => self.offline_vcek(&report.chip_id)?,
         };
-        let host_data = match init_data {
-            None => [0u8; 32],
-            Some(d) => <[u8; 32]>::try_from(d.digest.as_slice()).map_err(|_| {
-                VerifyError::InitDataAlgorithm {
-                    algorithm: d.algorithm.clone(),
-                    tee: Tee::Snp,
-                    needed: "sha256",
-                }
-            })?,
-        };
-        let mut report_data = [0u8; 64];
-        report_data[..BINDING_LEN].copy_from_slice(binding);
+        let host_data: [u8; 32] = init_data_field(init_data, Tee::Snp, "sha256")?;
+        let report_data = padded_report_data(binding);
         let mut policy = self.snp.policy.clone();
         policy.allowed_measurements = self
             .snp_measurements
@@ -387,18 +377,8 @@ impl EvidenceVerifier {
         let quote = TdQuote::parse(&quote_bytes).map_err(VerifyError::Tdx)?;
         let pck = verify_signatures(&quote_bytes, &quote, now).map_err(VerifyError::Tdx)?;
         let collateral = Collateral::load(collateral_path, &pck.fmspc).map_err(VerifyError::Tdx)?;
-        let mr_config_id = match init_data {
-            None => [0u8; 48],
-            Some(d) => <[u8; 48]>::try_from(d.digest.as_slice()).map_err(|_| {
-                VerifyError::InitDataAlgorithm {
-                    algorithm: d.algorithm.clone(),
-                    tee: Tee::Tdx,
-                    needed: "sha384",
-                }
-            })?,
-        };
-        let mut report_data = [0u8; 64];
-        report_data[..BINDING_LEN].copy_from_slice(binding);
+        let mr_config_id: [u8; 48] = init_data_field(init_data, Tee::Tdx, "sha384")?;
+        let report_data = padded_report_data(binding);
         let mut policy = self.tdx.policy.clone();
         policy.reference.mr_td = self
             .tdx_mr_td
@@ -476,6 +456,32 @@ pub fn find_endorsement_key(table: &[u8]) -> Option<Vec<u8>> {
         }
     }
     fallback
+}
+
+/// The hardware field the init-data digest must fill exactly (SNP HOSTDATA, TDX MRCONFIGID); all
+/// zero without init-data.
+fn init_data_field<const N: usize>(
+    init_data: Option<&InitDataDigest>,
+    tee: Tee,
+    needed: &'static str,
+) -> Result<[u8; N], VerifyError> {
+    match init_data {
+        None => Ok([0u8; N]),
+        Some(d) => {
+            <[u8; N]>::try_from(d.digest.as_slice()).map_err(|_| VerifyError::InitDataAlgorithm {
+                algorithm: d.algorithm.clone(),
+                tee,
+                needed,
+            })
+        }
+    }
+}
+
+/// REPORT_DATA as the binding rule fixes it: the binding, then zeros.
+fn padded_report_data(binding: &[u8; BINDING_LEN]) -> [u8; 64] {
+    let mut report_data = [0u8; 64];
+    report_data[..BINDING_LEN].copy_from_slice(binding);
+    report_data
 }
 
 #[cfg(test)]

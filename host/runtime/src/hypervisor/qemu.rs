@@ -278,12 +278,18 @@ pub fn host_tsc_khz() -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct Qemu {
     config: QemuConfig,
+    /// The binary's version and object types, asked once (the host checks of a confidential
+    /// launch run before `launch` and again inside it).
+    info: std::sync::OnceLock<Result<QemuInfo, String>>,
 }
 
 impl Qemu {
     /// A backend with `config`.
     pub fn new(config: QemuConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            info: std::sync::OnceLock::new(),
+        }
     }
 
     fn timeout(&self) -> Duration {
@@ -455,8 +461,10 @@ impl Hypervisor for Qemu {
     type Vm = QemuVm;
 
     fn check_tee(&self, tee: TeeKind) -> Result<(), HypervisorError> {
-        let qemu = QemuInfo::probe(&self.config.binary);
-        Ok(detect::check(tee, Path::new("/"), &qemu)?)
+        let qemu = self
+            .info
+            .get_or_init(|| QemuInfo::probe(&self.config.binary));
+        Ok(detect::check(tee, Path::new("/"), qemu)?)
     }
 
     async fn launch(&self, spec: &VmSpec) -> Result<QemuVm, HypervisorError> {

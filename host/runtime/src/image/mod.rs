@@ -276,7 +276,7 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
 
     let vmlinux = kernel::extract_vmlinux(&inputs.bzimage, &spec.kernel)?;
     let mut initramfs = Vec::new();
-    let agent = strip_debug_info(&spec.agent, &inputs.agent);
+    let agent = strip_debug_info(&inputs.agent);
     initramfs::assemble(&inputs.release, &agent, &inputs.modules)?
         .write_to(&mut initramfs)
         .map_err(|source| ImageError::Write {
@@ -316,44 +316,25 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
 
 /// The agent without its debug sections when binutils' `objcopy` is available (a debug build's
 /// line tables double the initramfs, and every boot copies it); the agent unchanged otherwise.
-/// `objcopy --strip-debug` is deterministic, so the image stays a function of its inputs.
-fn strip_debug_info(path: &Path, agent: &[u8]) -> Vec<u8> {
-    let Ok(dir) = tempfile_dir() else {
-        return agent.to_vec();
-    };
-    let out = dir.join("agent");
-    let stripped = std::process::Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(path)
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .and_then(|_| fs::read(&out).ok());
-    let _ = fs::remove_dir_all(&dir);
-    match stripped {
-        // The file may have changed since it was hashed; only use a strip of the same bytes.
-        Some(bytes) if fs::read(path).ok().as_deref() == Some(agent) => bytes,
-        _ => {
-            tracing::warn!("objcopy unavailable or failed: the agent keeps its debug sections");
-            agent.to_vec()
-        }
-    }
-}
-
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "coffer-image-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// `objcopy --strip-debug` runs on a private copy of the bytes already read and hashed, and is
+/// deterministic, so the image stays a function of its inputs.
+fn strip_debug_info(agent: &[u8]) -> Vec<u8> {
+    let stripped = tempfile::tempdir().ok().and_then(|dir| {
+        let copy = dir.path().join("agent");
+        fs::write(&copy, agent).ok()?;
+        let status = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&copy)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| fs::read(&copy).ok()).flatten()
+    });
+    stripped.unwrap_or_else(|| {
+        tracing::warn!("objcopy unavailable or failed: the agent keeps its debug sections");
+        agent.to_vec()
+    })
 }
 
 /// Loads the image previously built into `out_dir` (no rebuild, no re-hash).
