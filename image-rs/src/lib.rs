@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod policy;
 mod pull;
 pub mod registry;
+pub mod sign;
 pub mod store;
 pub mod unpack;
 
@@ -39,5 +40,6 @@ pub use policy::{Policy, PolicyError};
 pub use pull::{
     ProgressEvent, ProgressSink, PullError, PullOptions, PulledImage, PulledLayer, pull,
 };
+pub use sign::{CosignKey, SignError, SignOptions, Signed, sign_image};
 pub use store::BlobStore;
 pub use unpack::{DevicePolicy, UnpackError, UnpackPolicy};
