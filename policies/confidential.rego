@@ -15,6 +15,7 @@
 #     Sealed environment values (`sealed.kbs:///…`, resolved by the agent from the key broker)
 #     only for the secrets the entry lists.
 #   - Root filesystems uploaded by the host are refused: images are pulled inside the guest.
+#     PullImage (a pull ahead of CreateContainer) only for an image pinned by digest and listed.
 #   - ExecProcess only for argv listed for the container's entry, compared argument by argument,
 #     without a terminal, as the entry's user.
 #   - Reading the init process's stdout/stderr only when the entry allows logs; writing its stdin
@@ -29,6 +30,7 @@ known_kinds := {
 	"CreateSandbox",
 	"DestroySandbox",
 	"UploadRootfs",
+	"PullImage",
 	"CreateContainer",
 	"StartContainer",
 	"RemoveContainer",
@@ -224,6 +226,26 @@ string_array(value) if {
 
 denials contains "UploadRootfs: root filesystems from the host are not allowed in confidential mode (images are pulled in the guest)" if {
 	kind == "UploadRootfs"
+}
+
+# --- PullImage ----------------------------------------------------------------------------------
+
+denials contains msg if {
+	kind == "PullImage"
+	not pinned(req.image)
+	msg := sprintf("PullImage %s: image %v is not pinned by digest", [req.container_id, req.image])
+}
+
+denials contains msg if {
+	kind == "PullImage"
+	pinned(req.image)
+	not listed_image(req.image)
+	msg := sprintf("PullImage %s: image %s is not listed in the policy data", [req.container_id, req.image])
+}
+
+listed_image(image) if {
+	some e in entries
+	e.image == image
 }
 
 # --- CreateContainer ----------------------------------------------------------------------------

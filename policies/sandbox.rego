@@ -21,6 +21,7 @@ known_kinds := {
 	"CreateSandbox",
 	"DestroySandbox",
 	"UploadRootfs",
+	"PullImage",
 	"CreateContainer",
 	"StartContainer",
 	"RemoveContainer",

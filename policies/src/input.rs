@@ -61,6 +61,13 @@ pub enum Request {
         /// Target container id.
         container_id: String,
     },
+    /// `PullImage`: the guest pulls an image for a container ahead of its `CreateContainer`.
+    PullImage {
+        /// The container the image is for.
+        container_id: String,
+        /// The image reference as the host sent it.
+        image: String,
+    },
     /// `CreateContainer`.
     CreateContainer(Box<CreateContainer>),
     /// `StartContainer`.
@@ -151,10 +158,11 @@ pub enum Request {
 
 impl Request {
     /// Every RPC name, in protocol order; `kind` is always one of these.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "CreateSandbox",
         "DestroySandbox",
         "UploadRootfs",
+        "PullImage",
         "CreateContainer",
         "StartContainer",
         "RemoveContainer",
@@ -177,6 +185,7 @@ impl Request {
             Self::CreateSandbox { .. } => "CreateSandbox",
             Self::DestroySandbox => "DestroySandbox",
             Self::UploadRootfs { .. } => "UploadRootfs",
+            Self::PullImage { .. } => "PullImage",
             Self::CreateContainer(_) => "CreateContainer",
             Self::StartContainer { .. } => "StartContainer",
             Self::RemoveContainer { .. } => "RemoveContainer",

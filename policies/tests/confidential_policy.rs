@@ -454,12 +454,51 @@ fn plain_requests_are_allowed_and_host_rootfs_refused() {
         let name = request.name();
         let d = decide(request);
         match name {
-            "UploadRootfs" | "CreateContainer" | "ExecProcess" => {
+            // one_of_each's PullImage names an image the policy data does not list.
+            "UploadRootfs" | "PullImage" | "CreateContainer" | "ExecProcess" => {
                 assert!(!d.allowed, "{name} allowed")
             }
             _ => assert!(d.allowed, "{name}: {}", d.reason),
         }
     }
+}
+
+/// REG-01 in the policy: a pull ahead of CreateContainer only for a listed, pinned image.
+#[test]
+fn pull_image_only_for_listed_pinned_images() {
+    let pull = |image: &str| {
+        decide(Request::PullImage {
+            container_id: "c1".into(),
+            image: image.into(),
+        })
+    };
+    for listed in [IMAGE, SIDECAR] {
+        let d = pull(listed);
+        assert!(d.allowed, "{listed}: {}", d.reason);
+    }
+    let unlisted = format!("registry.example/app@sha256:{}", "2".repeat(64));
+    let d = pull(&unlisted);
+    assert!(!d.allowed);
+    assert!(
+        d.reason
+            .contains(&format!("PullImage c1: image {unlisted} is not listed")),
+        "{}",
+        d.reason
+    );
+    let tag = IMAGE.split('@').next().unwrap().to_owned() + ":latest";
+    let d = pull(&tag);
+    assert!(!d.allowed);
+    assert!(d.reason.contains("is not pinned by digest"), "{}", d.reason);
+    // Without policy data nothing may be pulled.
+    let engine = Engine::new(CONFIDENTIAL_POLICY, None, Limits::default()).unwrap();
+    let d = engine.decide(&PolicyInput::new(
+        Request::PullImage {
+            container_id: "c1".into(),
+            image: IMAGE.into(),
+        },
+        state(),
+    ));
+    assert!(!d.allowed);
 }
 
 /// With no policy data (the built-in default), no container is admitted.

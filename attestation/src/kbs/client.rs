@@ -252,6 +252,13 @@ impl KbsClient {
         })
     }
 
+    /// Makes sure a valid attestation token is held: attests now unless a cached token is still
+    /// valid. [`Self::get_resource`] does this itself; calling it first only separates the
+    /// attestation from the resource fetch (for timing).
+    pub async fn attest(&self) -> Result<(), KbsClientError> {
+        self.session(false).await.map(drop)
+    }
+
     /// Fetches and decrypts `repo/type/tag`, attesting first when no valid token is cached.
     #[tracing::instrument(skip_all, fields(path = %path))]
     pub async fn get_resource(&self, path: &ResourcePath) -> Result<Resource, KbsClientError> {

@@ -55,10 +55,23 @@ pub enum Reply {
     Written(pb::WriteStdinResponse),
     /// `ReadStdout`/`ReadStderr`.
     Output(OutputStream),
+    /// `PullImage`: events until the pull ends.
+    Pull(PullEvents),
     /// `GetGuestDetails`.
     Details(pb::GuestDetails),
     /// `GetOOMEvent`.
     Oom(pb::OomEvent),
+}
+
+/// The events of one `PullImage`, ending with `done` or the pull's error.
+pub type PullEvents =
+    tokio_stream::wrappers::UnboundedReceiverStream<Result<pb::PullEvent, AgentError>>;
+
+/// An image pulled by `PullImage`, waiting for its container's `CreateContainer`.
+#[derive(Debug)]
+struct PrePulled {
+    reference: String,
+    root: PathBuf,
 }
 
 #[derive(Debug)]
@@ -93,18 +106,20 @@ pub struct Agent {
     gate: Gate,
     oci: OciRuntime,
     state: Mutex<State>,
-    /// Ids being created, uploaded or removed right now (never held across an await).
-    busy: StdMutex<HashSet<Id>>,
+    /// Ids being created, uploaded, pulled or removed right now (never held across an await).
+    busy: Arc<StdMutex<HashSet<Id>>>,
+    /// Images pulled ahead of their container, by container id.
+    pulled: Arc<StdMutex<HashMap<Id, PrePulled>>>,
     oom: broadcast::Sender<Id>,
 }
 
 /// Removes an id from the busy set when dropped.
-struct BusyGuard<'a> {
-    busy: &'a StdMutex<HashSet<Id>>,
+struct BusyGuard {
+    busy: Arc<StdMutex<HashSet<Id>>>,
     id: Id,
 }
 
-impl Drop for BusyGuard<'_> {
+impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.busy
             .lock()
@@ -116,7 +131,7 @@ impl Drop for BusyGuard<'_> {
 impl Agent {
     /// Builds the agent; `reaper` must already be running.
     pub fn new(config: AgentConfig, gate: Gate, reaper: Reaper) -> Result<Arc<Self>, AgentError> {
-        for dir in ["containers", "uploads", "oci", "scratch"] {
+        for dir in ["containers", "uploads", "pulls", "oci", "scratch"] {
             let path = config.state_dir.join(dir);
             std::fs::create_dir_all(&path).map_err(|e| AgentError::io("create", &path, e))?;
         }
@@ -132,7 +147,8 @@ impl Agent {
             gate,
             oci,
             state: Mutex::new(State::default()),
-            busy: StdMutex::new(HashSet::new()),
+            busy: Arc::new(StdMutex::new(HashSet::new())),
+            pulled: Arc::new(StdMutex::new(HashMap::new())),
             oom,
         });
         tokio::spawn(watch_oom(Arc::downgrade(&agent)));
@@ -180,6 +196,10 @@ impl Agent {
                 self.upload_rootfs(container, first, first_is_last, body)
                     .await
             }
+            AgentRequest::PullImage {
+                container,
+                reference,
+            } => self.pull_image(container, reference).await,
             AgentRequest::CreateContainer {
                 container,
                 spec,
@@ -305,7 +325,7 @@ impl Agent {
     }
 
     /// Marks `id` busy (being created/uploaded/removed); refuses if it already is.
-    async fn claim(&self, id: &Id, kind: &'static str) -> Result<BusyGuard<'_>, AgentError> {
+    async fn claim(&self, id: &Id, kind: &'static str) -> Result<BusyGuard, AgentError> {
         self.require_sandbox().await?;
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         if !busy.insert(id.clone()) {
@@ -314,7 +334,7 @@ impl Agent {
             )));
         }
         Ok(BusyGuard {
-            busy: &self.busy,
+            busy: Arc::clone(&self.busy),
             id: id.clone(),
         })
     }
@@ -358,7 +378,17 @@ impl Agent {
                 tracing::warn!(container_id = %id, %err, "removing container during destroy");
             }
         }
-        // Rootfs uploads never claimed by a container go too.
+        // Pulled images and rootfs uploads never claimed by a container go too.
+        let pulled: Vec<Id> = self
+            .pulled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for id in pulled {
+            self.discard_pulled(&id);
+        }
         let uploads = self.config.state_dir.join("uploads");
         if let Ok(entries) = std::fs::read_dir(&uploads) {
             for entry in entries.flatten() {
@@ -383,6 +413,92 @@ impl Agent {
             });
         }
         Ok(Reply::Empty)
+    }
+
+    /// Removes the image pulled ahead for `id`, if any.
+    fn discard_pulled(&self, id: &Id) {
+        let removed = self
+            .pulled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        if let Some(pre) = removed
+            && let Err(err) = std::fs::remove_dir_all(&pre.root)
+        {
+            tracing::warn!(container_id = %id, %err, "removing a pulled image");
+        }
+    }
+
+    /// The image pulled ahead for `id`, when it was pulled from exactly `reference`; a pull of
+    /// another reference is discarded.
+    fn take_pulled(&self, id: &Id, reference: &str) -> Option<PathBuf> {
+        let mut pulled = self.pulled.lock().unwrap_or_else(PoisonError::into_inner);
+        match pulled.remove(id) {
+            Some(pre) if pre.reference == reference => Some(pre.root),
+            Some(pre) => {
+                drop(pulled);
+                let _ = std::fs::remove_dir_all(&pre.root);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// `PullImage`: pulls in a task of its own, streaming its events; the host dropping the
+    /// stream abandons the pull, which then leaves nothing.
+    async fn pull_image(&self, id: Id, reference: String) -> Result<Reply, AgentError> {
+        let images =
+            self.config.images.clone().ok_or_else(|| {
+                AgentError::FailedPrecondition("guest pull is not configured".into())
+            })?;
+        let busy = self.claim(&id, "container").await?;
+        if self.state.lock().await.containers.contains_key(&id) {
+            return Err(AgentError::AlreadyExists {
+                kind: "container",
+                id: id.to_string(),
+            });
+        }
+        self.discard_pulled(&id);
+        let root = self.config.state_dir.join("pulls").join(id.as_str());
+        let _ = std::fs::remove_dir_all(&root);
+        let pulled = Arc::clone(&self.pulled);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _busy = busy;
+            let events = tx.clone();
+            let report = crate::pull_report::PullReport::new(Some(Box::new(move |event| {
+                let _ = events.send(Ok(pb::PullEvent { event: Some(event) }));
+            })));
+            let outcome = tokio::select! {
+                r = images.pull_into(id.as_str(), &reference, &root, Some(&report)) => r,
+                () = tx.closed() => {
+                    tracing::info!(container_id = %id, "pull abandoned by the host");
+                    let _ = std::fs::remove_dir_all(&root);
+                    return;
+                }
+            };
+            match outcome {
+                Ok(image) => {
+                    let done = pb::PullDone {
+                        manifest_digest: image.manifest_digest.to_string(),
+                        timings: Some(report.finish()),
+                    };
+                    pulled
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id, PrePulled { reference, root });
+                    let _ = tx.send(Ok(pb::PullEvent {
+                        event: Some(pb::pull_event::Event::Done(done)),
+                    }));
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(err));
+                }
+            }
+        });
+        Ok(Reply::Pull(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
     }
 
     fn upload_dir(&self, id: &Id) -> PathBuf {
@@ -549,9 +665,17 @@ impl Agent {
                     AgentError::FailedPrecondition("guest pull is not configured".into())
                 })?;
                 std::fs::create_dir_all(bundle).map_err(|e| AgentError::io("create", bundle, e))?;
-                images
-                    .pull_into(id.as_str(), &reference, &rootfs_dir)
-                    .await?;
+                match self.take_pulled(id, &reference) {
+                    Some(root) => std::fs::rename(&root, &rootfs_dir).map_err(|e| {
+                        let _ = std::fs::remove_dir_all(&root);
+                        AgentError::io("rename", &rootfs_dir, e)
+                    })?,
+                    None => {
+                        images
+                            .pull_into(id.as_str(), &reference, &rootfs_dir, None)
+                            .await?;
+                    }
+                }
             }
         }
         // After the policy admitted the request as the host sent it: sealed references become
@@ -705,7 +829,22 @@ impl Agent {
     }
 
     async fn remove_container(&self, id: Id, force: bool) -> Result<Reply, AgentError> {
-        let c = self.container(&id).await?;
+        let c = match self.container(&id).await {
+            Ok(c) => c,
+            // Only an image pulled ahead exists for this id: removing it is the removal.
+            Err(AgentError::ContainerNotFound(_))
+                if self
+                    .pulled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&id) =>
+            {
+                let _busy = self.claim(&id, "container").await?;
+                self.discard_pulled(&id);
+                return Ok(Reply::Empty);
+            }
+            Err(e) => return Err(e),
+        };
         let _busy = self.claim(&id, "container").await?;
         if c.init.exited().is_none() {
             if !force && c.started.load(std::sync::atomic::Ordering::SeqCst) {

@@ -22,6 +22,7 @@ use coffer_image::{
 use coffer_policies::initdata::{Entry, Initdata};
 
 use crate::error::AgentError;
+use crate::pull_report::PullReport;
 
 /// Why guest pull could not be configured from initdata (the agent then refuses to start).
 #[derive(Debug, thiserror::Error)]
@@ -124,17 +125,27 @@ impl Images {
         self.broker.clone()
     }
 
-    /// Pulls `reference` into `dest` (which must not exist). Nothing is left at `dest` on failure.
+    /// Pulls `reference` into `dest` (which must not exist), telling `report` (when given) the
+    /// progress and phase timings. Nothing is left at `dest` on failure.
     pub async fn pull_into(
         &self,
         container_id: &str,
         reference: &str,
         dest: &Path,
+        report: Option<&Arc<PullReport>>,
     ) -> Result<PulledImage, AgentError> {
+        let mut options = self.options.clone();
+        if let Some(report) = report {
+            options.progress = Some(report.sink());
+            if let Some(client) = &self.broker {
+                options.decryptor =
+                    Decryptor::default().with_unwrapper(report.timed_broker(Arc::clone(client)));
+            }
+        }
         // Pull into a private staging directory on the same filesystem, then move it into place.
         let staged = self.staging.join(container_id);
         let _ = std::fs::remove_dir_all(&staged);
-        let pulled = match pull(reference, &staged, &self.options).await {
+        let pulled = match pull(reference, &staged, &options).await {
             Ok(pulled) => pulled,
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&staged);

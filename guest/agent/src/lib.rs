@@ -19,6 +19,7 @@ pub mod oci;
 pub mod policy;
 pub mod policy_input;
 pub mod process;
+pub mod pull_report;
 pub mod reaper;
 pub mod request;
 pub mod rootfs;

@@ -172,6 +172,13 @@ pub fn request(request: &AgentRequest) -> pol::Request {
         AgentRequest::UploadRootfs { container, .. } => R::UploadRootfs {
             container_id: container.to_string(),
         },
+        AgentRequest::PullImage {
+            container,
+            reference,
+        } => R::PullImage {
+            container_id: container.to_string(),
+            image: reference.clone(),
+        },
         AgentRequest::CreateContainer {
             container,
             spec,

@@ -139,6 +139,13 @@ pub enum AgentRequest {
         /// The rest of the stream.
         body: Box<Streaming<pb::RootfsChunk>>,
     },
+    /// `PullImage`: pull an image for a container ahead of its `CreateContainer`.
+    PullImage {
+        /// The container the image is for.
+        container: Id,
+        /// A syntactically valid image reference.
+        reference: String,
+    },
     /// `CreateContainer`.
     CreateContainer {
         /// Container id.
@@ -227,6 +234,7 @@ impl AgentRequest {
             Self::CreateSandbox { .. } => "CreateSandbox",
             Self::DestroySandbox { .. } => "DestroySandbox",
             Self::UploadRootfs { .. } => "UploadRootfs",
+            Self::PullImage { .. } => "PullImage",
             Self::CreateContainer { .. } => "CreateContainer",
             Self::StartContainer { .. } => "StartContainer",
             Self::RemoveContainer { .. } => "RemoveContainer",
@@ -363,18 +371,7 @@ impl Decode for pb::CreateContainerRequest {
         let rootfs = match self.rootfs {
             Some(pb::create_container_request::Rootfs::Uploaded(_)) => RootfsSource::Uploaded,
             Some(pb::create_container_request::Rootfs::Image(image)) => {
-                if image.reference.len() > MAX_REFERENCE_LEN {
-                    return Err(AgentError::InvalidArgument(format!(
-                        "image reference longer than {MAX_REFERENCE_LEN} bytes"
-                    )));
-                }
-                coffer_image::registry::parse_reference(&image.reference).map_err(|e| {
-                    AgentError::InvalidArgument(format!(
-                        "image reference {:?}: {e}",
-                        image.reference
-                    ))
-                })?;
-                RootfsSource::Image(image.reference)
+                RootfsSource::Image(parse_image_reference(image.reference)?)
             }
             None => {
                 return Err(AgentError::InvalidArgument(
@@ -386,6 +383,27 @@ impl Decode for pb::CreateContainerRequest {
             container,
             spec: Box::new(spec),
             rootfs,
+        })
+    }
+}
+
+/// A bounded, syntactically valid image reference.
+fn parse_image_reference(reference: String) -> Result<String, AgentError> {
+    if reference.len() > MAX_REFERENCE_LEN {
+        return Err(AgentError::InvalidArgument(format!(
+            "image reference longer than {MAX_REFERENCE_LEN} bytes"
+        )));
+    }
+    coffer_image::registry::parse_reference(&reference)
+        .map_err(|e| AgentError::InvalidArgument(format!("image reference {reference:?}: {e}")))?;
+    Ok(reference)
+}
+
+impl Decode for pb::PullImageRequest {
+    fn decode(self) -> Result<AgentRequest, AgentError> {
+        Ok(AgentRequest::PullImage {
+            container: Id::parse("container_id", &self.container_id)?,
+            reference: parse_image_reference(self.reference)?,
         })
     }
 }

@@ -26,6 +26,8 @@ impl AgentService {
 
 /// A stream of output chunks, as sent to the host.
 pub type OutputChunks = Pin<Box<dyn Stream<Item = Result<pb::OutputChunk, Status>> + Send>>;
+/// A stream of pull events, as sent to the host.
+pub type PullEventStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
 
 fn mismatch(reply: &Reply) -> Status {
     tracing::error!(?reply, "dispatcher returned the wrong reply kind");
@@ -75,6 +77,7 @@ impl AgentService {
 impl pb::agent_server::Agent for AgentService {
     type ReadStdoutStream = OutputChunks;
     type ReadStderrStream = OutputChunks;
+    type PullImageStream = PullEventStream;
 
     async fn create_sandbox(
         &self,
@@ -98,6 +101,17 @@ impl pb::agent_server::Agent for AgentService {
                 .await?,
             Uploaded
         )
+    }
+    async fn pull_image(
+        &self,
+        r: Request<pb::PullImageRequest>,
+    ) -> Result<Response<PullEventStream>, Status> {
+        match self.agent.handle(r.into_inner().decode()?).await? {
+            Reply::Pull(events) => Ok(Response::new(Box::pin(
+                events.map(|e| e.map_err(Status::from)),
+            ))),
+            other => Err(mismatch(&other)),
+        }
     }
     async fn create_container(
         &self,

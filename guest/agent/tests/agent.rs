@@ -534,6 +534,15 @@ async fn every_rpc_passes_the_gate() {
         .map(drop),
     );
     expect_denied(
+        "PullImage",
+        c.pull_image(pb::PullImageRequest {
+            container_id: cid.clone(),
+            reference: format!("127.0.0.1:5000/app@sha256:{}", "a".repeat(64)),
+        })
+        .await
+        .map(drop),
+    );
+    expect_denied(
         "CreateContainer",
         c.create_container(pb::CreateContainerRequest {
             container_id: cid.clone(),

@@ -8,6 +8,7 @@ mod measure;
 mod oci_image;
 mod policy;
 mod policy_gen;
+mod progress;
 mod run;
 
 use std::process::ExitCode;
@@ -65,6 +66,8 @@ enum ImageCommand {
     /// Encrypt a container image's layers (OCI layout or registry) for JWE recipients and/or a
     /// broker-held key.
     Encrypt(oci_image::EncryptArgs),
+    /// Sign an image in a registry with a cosign key (verified by `sigstoreSigned` policies).
+    Sign(oci_image::SignArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Image(ImageCommand::Pull(args)) => oci_image::pull_command(args).await,
             Command::Image(ImageCommand::Inspect(args)) => oci_image::inspect_command(args).await,
             Command::Image(ImageCommand::Encrypt(args)) => oci_image::encrypt_command(args).await,
+            Command::Image(ImageCommand::Sign(args)) => oci_image::sign_command(args).await,
             Command::Attestation(command) => attestation::run(command),
             Command::Policy(command) => policy::run(command).await,
             Command::Kbs(command) => kbs::run(command).await,

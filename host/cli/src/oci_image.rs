@@ -1,5 +1,5 @@
-//! `coffer image pull|inspect|encrypt`: container images through `coffer-image`, the same code the
-//! guest uses to pull, verify, decrypt and unpack.
+//! `coffer image pull|inspect|encrypt|sign`: container images through `coffer-image`, the same
+//! code the guest uses to pull, verify, decrypt and unpack.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -215,17 +215,7 @@ impl Progress {
                 }
                 if self.terminal {
                     let done: u64 = state.per_layer.iter().sum();
-                    let total = state.total.max(1);
-                    let width = 30u64;
-                    let filled = (done.min(total) * width / total) as usize;
-                    eprint!(
-                        "\r[{}{}] {:>5.1}% {} / {} bytes",
-                        "#".repeat(filled),
-                        " ".repeat(width as usize - filled),
-                        done as f64 * 100.0 / total as f64,
-                        done,
-                        state.total
-                    );
+                    eprint!("\r{}", crate::progress::bar(done, state.total));
                 }
             }
             ProgressEvent::Downloaded { index, fetched } => {
@@ -490,5 +480,54 @@ pub async fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("encrypting {from} into {to}"))?;
     println!("{digest}");
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Image to sign: a tag (resolved to its manifest digest) or …@sha256:….
+    reference: String,
+    /// ECDSA P-256 private key, unencrypted PEM (PKCS#8 or SEC1), e.g. from `openssl genpkey
+    /// -algorithm EC -pkeyopt ec_paramgen_curve:P-256`.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Write the matching public key (PEM) here, for a `sigstoreSigned` policy.
+    #[arg(long, value_name = "FILE")]
+    public_key_out: Option<PathBuf>,
+    /// Registry credentials (a Docker/containers `auth.json`).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// `coffer image sign`: a cosign key-based signature, pushed as `sha256-<hex>.sig` beside the
+/// image; prints the signed reference (pinned by digest).
+pub async fn sign_command(args: SignArgs) -> anyhow::Result<u8> {
+    let key = coffer_image::CosignKey::from_file(&args.key)
+        .with_context(|| format!("--key {}", args.key.display()))?;
+    if let Some(out) = &args.public_key_out {
+        std::fs::write(out, key.public_key_pem())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let (registries, _) = args.registry.load()?;
+    let credentials = match &args.authfile {
+        Some(path) => Credentials::load(path)
+            .with_context(|| format!("registry credentials {}", path.display()))?,
+        None => Credentials::default(),
+    };
+    let options = coffer_image::SignOptions {
+        registries,
+        credentials,
+        ..Default::default()
+    };
+    let signed = coffer_image::sign_image(&args.reference, &key, &options)
+        .await
+        .with_context(|| format!("signing {}", args.reference))?;
+    eprintln!(
+        "coffer: signed {} ({} signature(s) in {})",
+        signed.identity, signed.signatures, signed.signature_ref
+    );
+    println!("{}@{}", signed.identity, signed.digest);
     Ok(0)
 }

@@ -1,6 +1,7 @@
 //! `coffer sandbox run`: boot a sandbox, run one command in a container, stream its output, exit
 //! with its status, and tear everything down — also when the VM dies or the user interrupts.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use coffer_runtime::tunnel::RegistryTunnel;
 use coffer_runtime::{image, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::progress::{GuestPullView, guest_pull_steps};
 use crate::{EXIT_COFFER_FAILED, EXIT_INTERRUPTED};
 
 /// The container's id inside the sandbox.
@@ -81,8 +83,9 @@ pub struct RunArgs {
     /// Seconds the guest agent may take to answer after launch [config: guest.boot_timeout_secs].
     #[arg(long)]
     boot_timeout: Option<u64>,
-    /// Print how long each phase took (boot; container creation, which for --image includes the
-    /// guest's pull, attestation, key release, decryption and unpack; start; run) on stderr.
+    /// Print how long each phase took on stderr: boot; for --image the guest's own timings of its
+    /// pull (resolve, attestation, key release, download, decrypt + verify + unpack) and its
+    /// progress; container creation; start; run.
     #[arg(long)]
     timings: bool,
     /// Sandbox id (default: generated).
@@ -331,6 +334,13 @@ impl Timings {
         }
     }
 
+    /// Prints a duration measured elsewhere (the guest), without ending a phase.
+    fn report(&self, what: &str, ms: u64) {
+        if self.enabled {
+            eprintln!("coffer: {what}: {ms} ms");
+        }
+    }
+
     /// Prints the time since the previous phase ended.
     fn phase(&self, what: &str) {
         let mut last = self
@@ -351,6 +361,23 @@ async fn run_container(
     interactive: bool,
     timings: &Timings,
 ) -> anyhow::Result<i32> {
+    if let ContainerRootfs::GuestPull(reference) = rootfs {
+        // Pulled ahead so the guest can report progress and its phase timings.
+        let mut view = GuestPullView::new(std::io::stderr().is_terminal(), timings.enabled);
+        let pulled =
+            rootfs::pull_in_guest(&mut agent, CONTAINER_ID, reference, |e| view.event(e)).await;
+        view.finish();
+        let done = pulled?;
+        if let Some(t) = &done.timings {
+            for (step, ms) in guest_pull_steps(t) {
+                timings.report(&step, ms);
+            }
+        }
+        timings.phase(&format!(
+            "pull ({}; PullImage round trip)",
+            done.manifest_digest
+        ));
+    }
     let source = rootfs::deliver(&mut agent, CONTAINER_ID, rootfs).await?;
     let spec = spec::container(opts, "coffer");
     agent
@@ -362,9 +389,7 @@ async fn run_container(
         .await
         .map_err(|s| anyhow::anyhow!("creating the container: {}", s.message()))?;
     timings.phase(match rootfs {
-        ContainerRootfs::GuestPull(_) => {
-            "create (guest pull: attestation, key release, download, decrypt, verify, unpack)"
-        }
+        ContainerRootfs::GuestPull(_) => "create (container from the pulled image)",
         ContainerRootfs::HostDirectory(_) => "create (rootfs upload)",
     });
     let stdout = tokio::spawn(copy_output(agent.clone(), false));

@@ -1,7 +1,9 @@
 //! Getting a container's root filesystem to the guest — one interface, so confidential mode can
 //! swap the sandbox-mode upload for a guest pull.
 //!
-//! A guest pull sends only the image reference. Sandbox mode can also stream a host directory as a tar over the agent connection (`UploadRootfs`):
+//! A guest pull sends only the image reference (optionally pulled ahead with [`pull_in_guest`],
+//! which streams progress and the guest's phase timings). Sandbox mode can also stream a host
+//! directory as a tar over the agent connection (`UploadRootfs`):
 //! it needs no extra guest kernel support (no virtio-blk/ext4, 9p or virtiofsd), works on every
 //! vsock transport, and gives the guest a private copy the host cannot change afterwards. The cost
 //! is a copy at ~65 MiB/s and guest memory for the tmpfs; large images belong to guest pull.
@@ -42,6 +44,53 @@ pub enum RootfsError {
     /// The agent refused or failed the upload.
     #[error("uploading rootfs: {0}")]
     Upload(String),
+    /// The guest refused or failed the pull (its message: the policy's reason or the pull's
+    /// error).
+    #[error("pulling {reference} in the guest: {message}")]
+    Pull {
+        /// The image.
+        reference: String,
+        /// The guest's message.
+        message: String,
+    },
+}
+
+/// Asks the guest to pull `reference` for container `id` ahead of its `CreateContainer`
+/// (`PullImage`), handing every progress event to `on_event`; returns the final `done`, with the
+/// guest's phase timings. A later [`deliver`] of [`ContainerRootfs::GuestPull`] with the same
+/// reference then uses the pulled image.
+pub async fn pull_in_guest(
+    agent: &mut AgentClient,
+    id: &str,
+    reference: &str,
+    mut on_event: impl FnMut(&pb::pull_event::Event),
+) -> Result<pb::PullDone, RootfsError> {
+    let failed = |message: String| RootfsError::Pull {
+        reference: reference.to_owned(),
+        message,
+    };
+    let mut events = agent
+        .pull_image(pb::PullImageRequest {
+            container_id: id.to_owned(),
+            reference: reference.to_owned(),
+        })
+        .await
+        .map_err(|s| failed(s.message().to_owned()))?
+        .into_inner();
+    while let Some(event) = events
+        .message()
+        .await
+        .map_err(|s| failed(s.message().to_owned()))?
+    {
+        match event.event {
+            Some(pb::pull_event::Event::Done(done)) => return Ok(done),
+            Some(other) => on_event(&other),
+            None => {}
+        }
+    }
+    Err(failed(
+        "the guest ended the pull without finishing it".into(),
+    ))
 }
 
 /// Delivers `rootfs` for container `id`; returns the source to name in `CreateContainer`.

@@ -132,6 +132,10 @@ pub fn one_of_each() -> Vec<Request> {
         },
         Request::DestroySandbox,
         Request::UploadRootfs { container_id: c() },
+        Request::PullImage {
+            container_id: c(),
+            image: format!("registry.example/other@sha256:{}", "1".repeat(64)),
+        },
         Request::CreateContainer(Box::new(create_container())),
         Request::StartContainer { container_id: c() },
         Request::RemoveContainer {
