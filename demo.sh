@@ -5,12 +5,13 @@
 #     this host has no TEE, so sample evidence is explicitly enabled (on SNP/TDX the guest attests
 #     with its hardware and a broker would refuse sample evidence);
 #   - starts a local registry, builds a small image, encrypts its layer with the broker-held key
-#     (`coffer image encrypt`) and pushes it;
+#     (`coffer image encrypt`), pushes it and signs it (`coffer image sign`, cosign-style);
 #   - generates the pod's initdata with `coffer policy gen` (a policy admitting exactly this pod,
-#     the image pinned by digest, the broker's URL and CA);
+#     the image pinned by digest, the broker's URL and CA, a signature policy requiring the key);
 #   - launches the sandbox: the guest pulls the encrypted image itself, attests to the broker for
 #     the key, decrypts and unpacks it, and runs the container. The host never sees the plaintext.
-# Each step prints its duration.
+# Each step prints its duration; the guest reports its own pull steps (resolve, attestation, key
+# release, download, decrypt + verify + unpack) and the pull's progress.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
@@ -136,6 +137,26 @@ digest=$("$bin/coffer" image encrypt --layout "$layout" --tag v1 --to "$registry
 image="$registry/demo/secret@$digest"
 step "encrypted with the broker-held key and pushed"
 
+# Signed with Coffer's own cosign-style signer; the pod's initdata admits only images this key
+# signed (sigstoreSigned), so a swapped or re-signed image is refused inside the guest.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/cosign.key" 2>/dev/null
+"$bin/coffer" image sign "$image" --key "$work/cosign.key" --public-key-out "$work/cosign.pub" \
+    --insecure-registry "$registry" >/dev/null
+cat >"$work/image-policy.json" <<EOF
+{
+  "default": [{"type": "reject"}],
+  "transports": {
+    "docker": {
+      "$registry/demo/secret": [
+        {"type": "sigstoreSigned", "keyData": "$(base64 -w0 "$work/cosign.pub")",
+         "signedIdentity": {"type": "matchRepository"}}
+      ]
+    }
+  }
+}
+EOF
+step "signed (coffer image sign) and signature policy written"
+
 cat >"$work/pod.yaml" <<EOF
 apiVersion: v1
 kind: Pod
@@ -152,7 +173,7 @@ spec:
 EOF
 "$bin/coffer" policy gen "$work/pod.yaml" --insecure-registry "$registry" \
     --kbs-url "https://127.0.0.1:$kbs_port" --kbs-ca "$work/ca.pem" --kbs-evidence sample \
-    -o "$work/initdata.toml"
+    --image-policy "$work/image-policy.json" -o "$work/initdata.toml"
 step "initdata generated (coffer policy gen)"
 
 echo "== running the pod in a Coffer VM (guest pull, attestation, key release, decrypt)"
