@@ -5,8 +5,9 @@
 //! the HMAC and download verdicts are known.
 
 use std::io::{self, BufRead, Read};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
+use crate::decrypt::LayerKey;
 use crate::manifest::Compression;
 
 /// Read buffer for layer blobs.
@@ -46,30 +47,42 @@ enum Forwarded {
     HungUp,
 }
 
+/// Reads into `buf` until it is full or the reader ends or fails; returns the bytes read and
+/// the failure, if any.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
 impl ChunkSender {
+    /// An empty chunk buffer, reusing one the next stage is done with when there is one.
+    fn buffer(&self) -> Vec<u8> {
+        self.back
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(DECODE_CHUNK))
+    }
+
+    /// Sends `chunk` on; false if the next stage hung up.
+    fn send(&self, chunk: Vec<u8>) -> bool {
+        self.tx.send(Ok(chunk)).is_ok()
+    }
+
     /// Sends `reader`'s bytes in chunks until it ends, fails or the next stage hangs up.
     fn forward(&self, reader: &mut dyn Read) -> Forwarded {
         loop {
-            let mut chunk = self
-                .back
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(DECODE_CHUNK));
+            let mut chunk = self.buffer();
             chunk.resize(DECODE_CHUNK, 0);
-            let mut filled = 0;
-            let mut failed = None;
-            while filled < chunk.len() {
-                match reader.read(&mut chunk[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
+            let (filled, failed) = fill(reader, &mut chunk);
             chunk.truncate(filled);
-            if filled > 0 && self.tx.send(Ok(chunk)).is_err() {
+            if filled > 0 && !self.send(chunk) {
                 return Forwarded::HungUp;
             }
             if let Some(e) = failed {
@@ -87,20 +100,79 @@ impl ChunkSender {
     }
 }
 
-/// The decrypt stage: sends the decrypted blob on to the decompressor until it ends, fails or
-/// the decompressor hangs up, then reads it to its end, so the HMAC and download verdicts are
-/// always known. Returns that verdict, which is the one that counts: when it is an error, the
+/// The decrypt stage. It reads the ciphertext in chunks and hands each one both to a MAC
+/// thread of its own (the HMAC is over the ciphertext, so it runs beside the decryption) and,
+/// decrypted, to the decompressor. At the end of the blob the HMAC is checked, then the digest
+/// of the decrypted blob, and only then does the decompressor see the end of its stream. If
+/// the decompressor hangs up, the rest of the blob still goes through the HMAC, so its verdict
+/// is always known. Returns the verdict, which is the one that counts: when it is an error, the
 /// decompressor only learns that this stage failed.
-pub(crate) fn decrypt_stage(mut plain: impl Read, out: ChunkSender) -> io::Result<u64> {
-    match out.forward(&mut plain) {
-        Forwarded::End => Ok(0),
-        Forwarded::Failed(e) => {
+pub(crate) fn decrypt_stage(
+    mut ciphertext: impl Read,
+    key: LayerKey,
+    out: ChunkSender,
+) -> io::Result<()> {
+    let (mut mac, mut decrypter) = key.split();
+    let (read, mac, decompressing) = std::thread::scope(|scope| {
+        let (to_mac, for_mac) = mpsc::sync_channel::<Arc<Vec<u8>>>(DECODE_QUEUE);
+        let (mac_done, from_mac) = mpsc::channel::<Arc<Vec<u8>>>();
+        let mac_thread = scope.spawn(move || {
+            for chunk in for_mac {
+                mac.update(&chunk);
+                // This stage may be gone already; the chunk is then just freed.
+                let _ = mac_done.send(chunk);
+            }
+            mac
+        });
+        let mut spare = Vec::new();
+        let mut decompressing = true;
+        let read = loop {
+            // Ciphertext buffers come back once the MAC thread is done with them.
+            spare.extend(from_mac.try_iter().filter_map(|c| Arc::try_unwrap(c).ok()));
+            let mut chunk = spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(DECODE_CHUNK));
+            chunk.resize(DECODE_CHUNK, 0);
+            let (filled, failed) = fill(&mut ciphertext, &mut chunk);
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            if filled == 0 {
+                break Ok(());
+            }
+            chunk.truncate(filled);
+            let chunk = Arc::new(chunk);
+            if to_mac.send(Arc::clone(&chunk)).is_err() {
+                break Err(io::Error::other("the MAC thread stopped"));
+            }
+            if decompressing {
+                let mut plain = out.buffer();
+                plain.resize(filled, 0);
+                decrypter.decrypt_into(&chunk, &mut plain);
+                decompressing = out.send(plain);
+            }
+        };
+        drop(to_mac);
+        let mac = mac_thread
+            .join()
+            .map_err(|_| io::Error::other("MAC thread panicked"));
+        (read, mac, decompressing)
+    });
+    // Only a decompressor that read everything saw the whole decrypted blob (one that hung up
+    // fails the pull itself).
+    let verdict = read.and(mac).and_then(|mac| {
+        mac.verify()
+            .and_then(|()| match decompressing {
+                true => decrypter.verify(),
+                false => Ok(()),
+            })
+            .map_err(io::Error::other)
+    });
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(e) => {
             out.fail(io::Error::new(e.kind(), "decrypting the layer blob failed"));
             Err(e)
-        }
-        Forwarded::HungUp => {
-            drop(out);
-            io::copy(&mut plain, &mut io::sink())
         }
     }
 }
@@ -112,7 +184,7 @@ pub(crate) fn decompress_stage(
     mut plain: Box<dyn BufRead + Send + '_>,
     compression: Compression,
     out: ChunkSender,
-) -> io::Result<u64> {
+) -> io::Result<()> {
     {
         let decoder: io::Result<Box<dyn Read + '_>> = match compression {
             Compression::None => Ok(Box::new(&mut plain)),
@@ -134,7 +206,7 @@ pub(crate) fn decompress_stage(
             Forwarded::End | Forwarded::HungUp => drop(out),
         }
     }
-    io::copy(&mut plain, &mut io::sink())
+    io::copy(&mut plain, &mut io::sink()).map(drop)
 }
 
 /// The receiving side of a stage's stream; returns used chunks to the sender for reuse.

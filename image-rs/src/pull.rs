@@ -662,7 +662,7 @@ impl LayerJob {
                 return PullError::Decrypt {
                     index,
                     digest: digest.clone(),
-                    source: clone_decrypt(d),
+                    source: d.duplicate(),
                 };
             }
             PullError::Decompress {
@@ -719,9 +719,9 @@ impl LayerJob {
                 let (decrypter, plain): (_, Box<dyn BufRead + Send + '_>) = match key {
                     Some(key) => {
                         let (out, plain) = chunk_channel();
-                        let ciphertext = key.decrypting_reader(&mut blob);
+                        let ciphertext = &mut blob;
                         (
-                            Some(scope.spawn(move || decrypt_stage(ciphertext, out))),
+                            Some(scope.spawn(move || decrypt_stage(ciphertext, key, out))),
                             Box::new(plain),
                         )
                     }
@@ -736,7 +736,7 @@ impl LayerJob {
                     self.unpack_stream(&mut decoded, staging, quota, &decompress_err, &unpack_err);
                 // Stops the decoder if the unpacker gave up early; the blob is still drained.
                 drop(decoded);
-                let stage = |joined: std::thread::Result<io::Result<u64>>, what: &str| {
+                let stage = |joined: std::thread::Result<io::Result<()>>, what: &str| {
                     joined.unwrap_or_else(|_| {
                         Err(io::Error::other(format!("{what} thread panicked")))
                     })
@@ -750,8 +750,7 @@ impl LayerJob {
             // reports as such even when it already broke the decompressor or the tar parser.
             // The blob not being the manifest's (the download failed verification) comes before
             // that.
-            let download_failed =
-                |r: &io::Result<u64>| matches!(r, Err(e) if download_failed_in(e));
+            let download_failed = |r: &io::Result<()>| matches!(r, Err(e) if download_failed_in(e));
             if download_failed(&decompressed) || decrypted.as_ref().is_some_and(download_failed) {
                 return Err(PullError::Download { index });
             }
@@ -808,16 +807,5 @@ impl LayerJob {
             });
         }
         Ok(stats)
-    }
-}
-
-fn clone_decrypt(err: &DecryptError) -> DecryptError {
-    match err {
-        DecryptError::MacMismatch => DecryptError::MacMismatch,
-        DecryptError::PlaintextDigest { expected, actual } => DecryptError::PlaintextDigest {
-            expected: expected.clone(),
-            actual: actual.clone(),
-        },
-        other => DecryptError::Unwrapper(other.to_string()),
     }
 }
