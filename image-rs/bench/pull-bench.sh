@@ -14,8 +14,10 @@ cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null |
 trap cleanup EXIT
 
 cargo build --release -q -p coffer-image --example pull
-puller=target/release/examples/pull
-[ -x "$puller" ] || puller=$(find target -path '*/release/examples/pull' -type f | head -n1)
+# The workspace builds for an explicit target triple (.cargo/config.toml), under CARGO_TARGET_DIR.
+target_dir=${CARGO_TARGET_DIR:-target}
+puller=$(find "$target_dir" -path '*/release/examples/pull' -type f -printf '%T@ %p\n' | sort -n | tail -n1 | cut -d' ' -f2-)
+[ -x "$puller" ] || { echo "pull example not found under $target_dir" >&2; exit 1; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 host=127.0.0.1:$port

@@ -2,16 +2,16 @@
 //! in-order apply (verify digest, decrypt + HMAC, decompress, diff_id, safe unpack) into a
 //! staging root → commit.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::decode::BLOB_BUFFER;
-
 use crate::config::{Credentials, Limits, RegistriesConfig};
-use crate::decode::{ChannelReader, decode, decode_failed_in};
+use crate::decode::{
+    BLOB_BUFFER, chunk_channel, decode_failed_in, decompress_stage, decrypt_stage,
+};
 use crate::decrypt::{DecryptError, Decryptor, LayerKey, decrypt_error_in};
 use crate::digest::{Digest, HashingReader, limit_in};
 use crate::manifest::{
@@ -662,7 +662,7 @@ impl LayerJob {
                 return PullError::Decrypt {
                     index,
                     digest: digest.clone(),
-                    source: clone_decrypt(d),
+                    source: d.duplicate(),
                 };
             }
             PullError::Decompress {
@@ -710,33 +710,54 @@ impl LayerJob {
             None => return Err(PullError::Download { index }),
         };
         let stats = {
-            let plain: Box<dyn Read + Send + '_> = match self.key.take() {
-                Some(key) => Box::new(key.decrypting_reader(&mut blob)),
-                None => Box::new(&mut blob),
-            };
-            // Reading, decrypting and decompressing run on a second thread, concurrently with
-            // hashing and unpacking the tar stream on this one.
+            // blob → decrypt (encrypted layers) → decompress → unpack: the first two stages run
+            // on threads of their own, concurrently with hashing and unpacking the tar stream on
+            // this one.
+            let key = self.key.take();
             let compression = self.kind.compression;
-            let (unpacked, drained) = std::thread::scope(|scope| {
-                let (tx, rx) = mpsc::sync_channel(crate::decode::DECODE_QUEUE);
-                let (back_tx, back_rx) = mpsc::channel();
-                let decoder = scope.spawn(move || decode(plain, compression, tx, back_rx));
-                let mut decoded = ChannelReader::new(rx, back_tx);
+            let (unpacked, decompressed, decrypted) = std::thread::scope(|scope| {
+                let (decrypter, plain): (_, Box<dyn BufRead + Send + '_>) = match key {
+                    Some(key) => {
+                        let (out, plain) = chunk_channel();
+                        let ciphertext = &mut blob;
+                        (
+                            Some(scope.spawn(move || decrypt_stage(ciphertext, key, out))),
+                            Box::new(plain),
+                        )
+                    }
+                    None => (
+                        None,
+                        Box::new(io::BufReader::with_capacity(BLOB_BUFFER, &mut blob)),
+                    ),
+                };
+                let (out, mut decoded) = chunk_channel();
+                let decoder = scope.spawn(move || decompress_stage(plain, compression, out));
                 let unpacked =
                     self.unpack_stream(&mut decoded, staging, quota, &decompress_err, &unpack_err);
-                // Stops the decoder if the unpacker gave up early; it still drains the blob.
+                // Stops the decoder if the unpacker gave up early; the blob is still drained.
                 drop(decoded);
-                let drained = decoder
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("decoder thread panicked")));
-                (unpacked, drained)
+                let stage = |joined: std::thread::Result<io::Result<()>>, what: &str| {
+                    joined.unwrap_or_else(|_| {
+                        Err(io::Error::other(format!("{what} thread panicked")))
+                    })
+                };
+                let decompressed = stage(decoder.join(), "decompress");
+                let decrypted = decrypter.map(|t| stage(t.join(), "decrypt"));
+                (unpacked, decompressed, decrypted)
             });
-            // The blob was read to its end, so the HMAC is always checked, and checked first: a
-            // tampered ciphertext reports as such even when it already broke the decompressor or
-            // the tar parser. The blob not being the manifest's (the download failed
-            // verification) comes before that.
-            match (unpacked, drained) {
-                (_, Err(e)) if download_failed_in(&e) => return Err(PullError::Download { index }),
+            // The blob was read to its end (by the decrypt stage, or by the decompress stage's
+            // drain), so the HMAC is always checked, and checked first: a tampered ciphertext
+            // reports as such even when it already broke the decompressor or the tar parser.
+            // The blob not being the manifest's (the download failed verification) comes before
+            // that.
+            let download_failed = |r: &io::Result<()>| matches!(r, Err(e) if download_failed_in(e));
+            if download_failed(&decompressed) || decrypted.as_ref().is_some_and(download_failed) {
+                return Err(PullError::Download { index });
+            }
+            if let Some(Err(e)) = decrypted {
+                return Err(decompress_err(e));
+            }
+            match (unpacked, decompressed) {
                 (_, Err(e)) if decrypt_error_in(&e).is_some() => return Err(decompress_err(e)),
                 (Err(e), _) => return Err(e),
                 (Ok(_), Err(e)) => return Err(decompress_err(e)),
@@ -786,16 +807,5 @@ impl LayerJob {
             });
         }
         Ok(stats)
-    }
-}
-
-fn clone_decrypt(err: &DecryptError) -> DecryptError {
-    match err {
-        DecryptError::MacMismatch => DecryptError::MacMismatch,
-        DecryptError::PlaintextDigest { expected, actual } => DecryptError::PlaintextDigest {
-            expected: expected.clone(),
-            actual: actual.clone(),
-        },
-        other => DecryptError::Unwrapper(other.to_string()),
     }
 }

@@ -67,6 +67,36 @@ impl Env {
         dest
     }
 
+    /// Encrypts `src` (a skopeo location) for the RSA vector key and pushes it as `repo:good`,
+    /// then as `repo:tampered` with layer 0's ciphertext changed by `tamper` (the manifest
+    /// re-hashed, so only the HMAC can tell).
+    fn push_encrypted_and_tampered(
+        &self,
+        src: &str,
+        repo: &str,
+        tamper: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let enc = self.path(&format!("{}-enc", repo.replace('/', "-")));
+        skopeo_copy(
+            src,
+            &format!("oci:{}:latest", enc.display()),
+            &[
+                "--encryption-key",
+                &format!("jwe:{VECTORS}/keys/rsa-pub.pem"),
+            ],
+        );
+        self.push_layout(&enc, "latest", &format!("{repo}:good"), &[]);
+        edit_layout(&enc, |layout, manifest, _| {
+            let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+            let mut blob = get_blob(layout, &digest);
+            tamper(&mut blob);
+            let (digest, size) = put_blob(layout, &blob);
+            manifest["layers"][0]["digest"] = digest.into();
+            manifest["layers"][0]["size"] = size.into();
+        });
+        self.push_layout(&enc, "latest", &format!("{repo}:tampered"), &[]);
+    }
+
     /// Asserts a failed pull left no destination and nothing unverified in the store.
     fn assert_clean_failure(&self, dest: &Path) {
         assert!(!dest.exists(), "failed pull left {}", dest.display());
@@ -89,6 +119,19 @@ impl Env {
 
 fn key(name: &str) -> PrivateKey {
     PrivateKey::from_file(Path::new(&format!("{VECTORS}/keys/{name}"))).unwrap()
+}
+
+fn assert_mac_mismatch(err: &PullError) {
+    assert!(
+        matches!(
+            err,
+            PullError::Decrypt {
+                source: DecryptError::MacMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 fn nonce() -> String {
@@ -405,43 +448,19 @@ async fn tampered_blob_wrong_diff_id_and_tampered_ciphertext_are_refused() {
     env.assert_clean_failure(&dest);
 
     // Ciphertext changed after encryption (manifest re-hashed, so only the HMAC can tell).
-    let enc = env.path("enc-layout");
-    skopeo_copy(
-        &format!("oci:{VECTORS}/src:latest"),
-        &format!("oci:{}:latest", enc.display()),
-        &[
-            "--encryption-key",
-            &format!("jwe:{VECTORS}/keys/rsa-pub.pem"),
-        ],
-    );
-    env.push_layout(&enc, "latest", "bad/mac:good", &[]);
-    edit_layout(&enc, |layout, manifest, _| {
-        let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
-        let mut blob = get_blob(layout, &digest);
+    env.push_encrypted_and_tampered(&format!("oci:{VECTORS}/src:latest"), "bad/mac", |blob| {
         let last = blob.len() - 1;
         blob[last] ^= 1;
-        let (digest, size) = put_blob(layout, &blob);
-        manifest["layers"][0]["digest"] = digest.into();
-        manifest["layers"][0]["size"] = size.into();
     });
-    env.push_layout(&enc, "latest", "bad/mac:tampered", &[]);
     let mut options = env.options();
     options.decryptor = Decryptor::default().with_private_key(key("rsa-priv.pem"));
     let dest = env.path("mac");
     let err = pull(&env.reference("bad/mac:tampered"), &dest, &options)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PullError::Decrypt {
-                source: DecryptError::MacMismatch,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_mac_mismatch(&err);
     env.assert_clean_failure(&dest);
+
     pull(
         &env.reference("bad/mac:good"),
         &env.path("mac-good"),
@@ -449,6 +468,57 @@ async fn tampered_blob_wrong_diff_id_and_tampered_ciphertext_are_refused() {
     )
     .await
     .unwrap();
+}
+
+/// A layer far larger than the queues between the pipeline's stages, its ciphertext changed
+/// from 1 MiB on: the decompressor gives up long before the end and hangs up, yet the decrypt
+/// stage reads the blob to its end and the HMAC verdict is the one reported. The untouched
+/// image pulls to umoci's root.
+#[tokio::test]
+async fn tampered_ciphertext_of_a_large_layer_reports_the_hmac() {
+    let env = Env::new();
+    let layout = env.path("big");
+    let big = |root: &Path| {
+        // 8 MiB of xorshift output: incompressible, so the blob is as large.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let data: Vec<u8> = (0..1 << 20)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        std::fs::write(root.join("big.bin"), data).unwrap();
+    };
+    umoci_image(&layout, "latest", &[&big]);
+    env.push_encrypted_and_tampered(
+        &format!("oci:{}:latest", layout.display()),
+        "big/enc",
+        |blob| {
+            assert!(blob.len() > 8 << 20, "layer blob is {} bytes", blob.len());
+            for byte in &mut blob[1 << 20..] {
+                *byte ^= 0x5a;
+            }
+        },
+    );
+    let mut options = env.options();
+    options.decryptor = Decryptor::default().with_private_key(key("rsa-priv.pem"));
+    let dest = env.path("tampered");
+    let err = pull(&env.reference("big/enc:tampered"), &dest, &options)
+        .await
+        .unwrap_err();
+    assert_mac_mismatch(&err);
+    env.assert_clean_failure(&dest);
+
+    let good = env.path("good");
+    pull(&env.reference("big/enc:good"), &good, &options)
+        .await
+        .unwrap();
+    assert_same_tree(
+        &good,
+        &umoci_unpack(&layout, "latest", &env.path("umoci-bundle")),
+    );
 }
 
 /// IMG-13 through the whole pipeline: gzip and zstd layers expanding far beyond their size.

@@ -268,15 +268,91 @@ impl LayerKey {
     /// Wraps `ciphertext` in a reader yielding plaintext, failing at the end of the stream on a
     /// bad HMAC or plaintext digest.
     pub fn decrypting_reader<R: Read>(self, ciphertext: R) -> DecryptingReader<R> {
-        let cipher = Aes256Ctr::new(self.key.as_ref().into(), (&self.nonce).into());
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_slice());
         DecryptingReader {
             inner: ciphertext,
-            cipher,
-            mac: mac.ok(),
-            plain: Sha256::new(),
-            key: self,
-            done: false,
+            checks: Checks::Reading(Box::new(self.split())),
+        }
+    }
+
+    /// The two halves of decrypting a layer, for a pipeline that runs them on two threads: the
+    /// HMAC over the ciphertext, and the keystream with the digest of the decrypted blob.
+    pub(crate) fn split(self) -> (CiphertextMac, Decrypter) {
+        let cipher = Aes256Ctr::new(self.key.as_ref().into(), (&self.nonce).into());
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_slice());
+        (
+            CiphertextMac {
+                mac: mac.ok(),
+                expected: self.hmac.clone(),
+            },
+            Decrypter {
+                cipher,
+                plain: Sha256::new(),
+                expected: self.plaintext_digest.clone(),
+            },
+        )
+    }
+}
+
+/// The ocicrypt HMAC-SHA256 over a layer's ciphertext.
+pub(crate) struct CiphertextMac {
+    /// `None` only if the key was refused (it is 32 bytes, which HMAC always accepts).
+    mac: Option<Hmac<Sha256>>,
+    expected: Vec<u8>,
+}
+
+impl CiphertextMac {
+    /// Feeds the next ciphertext bytes.
+    pub(crate) fn update(&mut self, ciphertext: &[u8]) {
+        if let Some(mac) = self.mac.as_mut() {
+            mac.update(ciphertext);
+        }
+    }
+
+    /// The verdict over all the ciphertext fed.
+    pub(crate) fn verify(self) -> Result<(), DecryptError> {
+        self.mac
+            .ok_or(DecryptError::MacMismatch)?
+            .verify_slice(&self.expected)
+            .map_err(|_| DecryptError::MacMismatch)
+    }
+}
+
+/// AES-256-CTR decryption of a layer, and the digest of the decrypted blob.
+pub(crate) struct Decrypter {
+    cipher: Aes256Ctr,
+    plain: Sha256,
+    expected: Digest,
+}
+
+impl Decrypter {
+    /// Decrypts the next bytes in place.
+    pub(crate) fn decrypt(&mut self, data: &mut [u8]) {
+        self.cipher.apply_keystream(data);
+        self.plain.update(&*data);
+    }
+
+    /// Decrypts the next `ciphertext` bytes into `plaintext` (of the same length).
+    pub(crate) fn decrypt_into(&mut self, ciphertext: &[u8], plaintext: &mut [u8]) {
+        // Same lengths: the only error apply_keystream_b2b reports.
+        if self
+            .cipher
+            .apply_keystream_b2b(ciphertext, plaintext)
+            .is_ok()
+        {
+            self.plain.update(&*plaintext);
+        }
+    }
+
+    /// Whether the decrypted blob is the one the wrapped key names.
+    pub(crate) fn verify(self) -> Result<(), DecryptError> {
+        let actual = Digest::from_hasher(self.plain);
+        if actual == self.expected {
+            Ok(())
+        } else {
+            Err(DecryptError::PlaintextDigest {
+                expected: self.expected,
+                actual,
+            })
         }
     }
 }
@@ -284,11 +360,15 @@ impl LayerKey {
 /// Decrypts an ocicrypt layer stream; see [`LayerKey::decrypting_reader`].
 pub struct DecryptingReader<R> {
     inner: R,
-    cipher: Aes256Ctr,
-    mac: Option<Hmac<Sha256>>,
-    plain: Sha256,
-    key: LayerKey,
-    done: bool,
+    checks: Checks,
+}
+
+/// Where a [`DecryptingReader`] is: reading, or at the end with the verdict.
+enum Checks {
+    Reading(Box<(CiphertextMac, Decrypter)>),
+    Passed,
+    /// A failed check fails every later read too.
+    Failed(DecryptError),
 }
 
 impl<R> fmt::Debug for DecryptingReader<R> {
@@ -299,33 +379,43 @@ impl<R> fmt::Debug for DecryptingReader<R> {
 
 impl<R: Read> Read for DecryptingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done {
-            return Ok(0);
-        }
+        let (mac, decrypter) = match &mut self.checks {
+            Checks::Reading(checks) => (&mut checks.0, &mut checks.1),
+            Checks::Passed => return Ok(0),
+            Checks::Failed(err) => return Err(io::Error::other(err.duplicate())),
+        };
         let n = self.inner.read(buf)?;
-        if n == 0 {
-            let mac = self
-                .mac
-                .take()
-                .ok_or_else(|| io::Error::other(DecryptError::MacMismatch))?;
-            mac.verify_slice(&self.key.hmac)
-                .map_err(|_| io::Error::other(DecryptError::MacMismatch))?;
-            let actual = Digest::from_hasher(std::mem::take(&mut self.plain));
-            if actual != self.key.plaintext_digest {
-                return Err(io::Error::other(DecryptError::PlaintextDigest {
-                    expected: self.key.plaintext_digest.clone(),
-                    actual,
-                }));
-            }
-            self.done = true;
-            return Ok(0);
-        }
-        if let Some(mac) = self.mac.as_mut() {
+        if n > 0 {
             mac.update(&buf[..n]);
+            decrypter.decrypt(&mut buf[..n]);
+            return Ok(n);
         }
-        self.cipher.apply_keystream(&mut buf[..n]);
-        self.plain.update(&buf[..n]);
-        Ok(n)
+        let Checks::Reading(checks) = std::mem::replace(&mut self.checks, Checks::Passed) else {
+            return Ok(0);
+        };
+        let (mac, decrypter) = *checks;
+        match mac.verify().and_then(|()| decrypter.verify()) {
+            Ok(()) => Ok(0),
+            Err(err) => {
+                self.checks = Checks::Failed(err.duplicate());
+                Err(io::Error::other(err))
+            }
+        }
+    }
+}
+
+impl DecryptError {
+    /// A copy of this error for a second reporter (the end-of-stream verdicts exactly; other
+    /// variants by their message).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::MacMismatch => Self::MacMismatch,
+            Self::PlaintextDigest { expected, actual } => Self::PlaintextDigest {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            other => Self::Unwrapper(other.to_string()),
+        }
     }
 }
 
