@@ -16,6 +16,8 @@ pub struct Broker {
     resources: std::path::PathBuf,
     /// Its base URL.
     pub url: String,
+    /// Its log (stderr), for scans of what the host side gets to see.
+    pub log: std::path::PathBuf,
 }
 
 impl Broker {
@@ -49,17 +51,19 @@ impl Broker {
                 resources.display().to_string()
             ),
         )?;
+        let log = dir.join(format!("{name}.log"));
         let child = Command::new(crate::bin("coffer-kbs"))
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("creating the broker log")?)
             .spawn()
             .context("starting coffer-kbs")?;
         let broker = Self {
             child,
             resources,
             url: format!("http://127.0.0.1:{port}"),
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

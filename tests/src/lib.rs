@@ -10,6 +10,7 @@
 pub mod containerd;
 pub mod kbs;
 pub mod registry;
+pub mod scan;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -136,7 +136,8 @@ impl Registry {
         self.storage().join("repositories").join(name).exists()
     }
 
-    fn storage(&self) -> PathBuf {
+    /// The registry's storage (blobs, manifests, tags), for scans and tampering tests.
+    pub fn storage(&self) -> PathBuf {
         self.dir.path().join("data/docker/registry/v2")
     }
 }

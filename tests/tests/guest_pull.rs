@@ -74,6 +74,27 @@ impl Ctx {
             .context("running coffer")
     }
 
+    /// Initdata naming the broker at `url`, attested to with sample evidence (this host has no
+    /// TEE).
+    fn broker_initdata(&self, name: &str, url: &str) -> anyhow::Result<PathBuf> {
+        self.initdata(
+            name,
+            &[(Entry::KbsUrl, url), (Entry::KbsEvidence, "sample")],
+        )
+    }
+
+    /// A run that exited 0 having printed exactly `want`, and left nothing behind.
+    fn printed(&self, out: Output, want: &str) -> anyhow::Result<()> {
+        ensure!(
+            out.status.code() == Some(0) && text(&out.stdout) == want,
+            "exit {:?}, stdout {:?}, stderr {}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        self.assert_clean()
+    }
+
     fn assert_clean(&self) -> anyhow::Result<()> {
         assert_nothing_left(&self.state)
     }
@@ -105,9 +126,15 @@ fn text(b: &[u8]) -> String {
 
 /// A one-layer busybox image made by umoci, as an OCI layout.
 fn busybox_layout(work: &Path) -> anyhow::Result<PathBuf> {
+    busybox_layout_with(work, "busybox", &[("pulled.txt", "pulled in the guest\n")])
+}
+
+/// A one-layer busybox image with `files` (path in the root, content), as the OCI layout
+/// `<work>/<name>-layout` (tag v1).
+fn busybox_layout_with(work: &Path, name: &str, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
     coffer_tests::require_tool("umoci");
-    let layout = work.join("busybox-layout");
-    let bundle = work.join("busybox-bundle");
+    let layout = work.join(format!("{name}-layout"));
+    let bundle = work.join(format!("{name}-bundle"));
     let umoci = |args: &[&str]| -> anyhow::Result<()> {
         let out = Command::new("umoci").args(args).output()?;
         ensure!(
@@ -123,9 +150,143 @@ fn busybox_layout(work: &Path) -> anyhow::Result<PathBuf> {
     umoci(&["new", "--image", &format!("{l}:v1")])?;
     umoci(&["unpack", "--rootless", "--image", &format!("{l}:v1"), &b])?;
     busybox_rootfs(&bundle.join("rootfs"));
-    std::fs::write(bundle.join("rootfs/pulled.txt"), "pulled in the guest\n")?;
+    for (path, content) in files {
+        std::fs::write(bundle.join("rootfs").join(path), content)?;
+    }
     umoci(&["repack", "--image", &format!("{l}:v1"), &b])?;
     Ok(layout)
+}
+
+/// `coffer image encrypt` of the layout `layout` (tag v1) into `out`, the layer key wrapped
+/// with the broker-held KEK in `kek_file` (kid `kbs:///default/key/1`).
+fn encrypt_with_kek(layout: &Path, out: &Path, kek_file: &Path) -> anyhow::Result<()> {
+    let run = Command::new(coffer())
+        .args(["image", "encrypt", "--tag", "v1", "--layout"])
+        .arg(layout)
+        .arg("--out")
+        .arg(out)
+        .arg("--kek")
+        .arg(format!("kbs:///default/key/1={}", kek_file.display()))
+        .output()?;
+    ensure!(run.status.success(), "encrypt: {}", text(&run.stderr));
+    Ok(())
+}
+
+/// A P-256 signing key (PKCS#8 PEM, as `openssl genpkey` writes it) at `<work>/<name>.key`.
+fn cosign_key(work: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let key = work.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&key)
+        .output()?;
+    ensure!(out.status.success(), "openssl: {}", text(&out.stderr));
+    Ok(key)
+}
+
+/// `coffer image sign` of `image` with `key`; returns the public key's PEM.
+fn sign(image: &str, key: &Path, insecure: &str) -> anyhow::Result<String> {
+    let public = key.with_extension("pub");
+    let out = Command::new(coffer())
+        .args([
+            "image",
+            "sign",
+            image,
+            "--insecure-registry",
+            insecure,
+            "--key",
+        ])
+        .arg(key)
+        .arg("--public-key-out")
+        .arg(&public)
+        .output()?;
+    ensure!(out.status.success(), "sign: {}", text(&out.stderr));
+    Ok(std::fs::read_to_string(public)?)
+}
+
+/// A signature policy admitting `repository` only when signed by the key whose PEM is given.
+fn sigstore_policy(repository: &str, public_pem: &str) -> String {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(public_pem);
+    format!(
+        r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{repository}":[{{"type":"sigstoreSigned","keyData":"{key}","signedIdentity":{{"type":"matchRepository"}}}}]}}}}}}"#
+    )
+}
+
+/// A copy of the OCI layout `from` (tag v1) at `to` whose first encrypted layer has one
+/// ciphertext byte flipped; blob digests and the manifest are rewritten to match, so only the
+/// ocicrypt authentication can notice.
+fn tamper_ciphertext(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output()?;
+    ensure!(out.status.success(), "cp: {}", text(&out.stderr));
+    let blob = |digest: &str| {
+        to.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| -> anyhow::Result<String> {
+        let digest = coffer_image::Digest::of(bytes).to_string();
+        std::fs::write(blob(&digest), bytes)?;
+        Ok(digest)
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(to.join("index.json"))?)?;
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .context("index")?
+        .to_owned();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&manifest_digest))?)?;
+    let layers = manifest["layers"].as_array_mut().context("layers")?;
+    let layer = layers
+        .iter_mut()
+        .find(|l| {
+            l["mediaType"]
+                .as_str()
+                .is_some_and(|m| m.ends_with("+encrypted"))
+        })
+        .context("no encrypted layer")?;
+    let mut bytes = std::fs::read(blob(layer["digest"].as_str().context("digest")?))?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    layer["digest"] = put(&bytes)?.into();
+    let manifest_digest = put(&serde_json::to_vec(&manifest)?)?;
+    index["manifests"][0]["digest"] = manifest_digest.into();
+    std::fs::write(to.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(())
+}
+
+/// The symmetric key of the layer whose descriptor carries `annotations` (from the encrypted
+/// layout), unwrapped with the broker's KEK — what a leak would look like.
+fn layer_symkey(layout: &Path, kek_file: &Path) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    use coffer_image::{Decryptor, LocalKek};
+    let read = |digest: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&read(
+        index["manifests"][0]["digest"].as_str().context("index")?,
+    )?)?;
+    let annotations: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(manifest["layers"][0]["annotations"].clone())?;
+    let kek = LocalKek::default().with_key_file("kbs:///default/key/1", kek_file)?;
+    let decryptor = Decryptor::default().with_unwrapper(std::sync::Arc::new(kek));
+    let private =
+        tokio::runtime::Runtime::new()?.block_on(decryptor.private_options(&annotations))?;
+    let opts: serde_json::Value = serde_json::from_slice(&private)?;
+    let symkey = opts["symkey"].as_str().context("symkey")?;
+    Ok(base64::engine::general_purpose::STANDARD.decode(symkey)?)
 }
 
 fn main() -> ExitCode {
@@ -167,14 +328,11 @@ fn main() -> ExitCode {
             pinned = format!("{}/guest/busybox@{digest}", ctx.host);
             let initdata = ctx.initdata("plain", &[])?;
             let out = ctx.run(&pinned, &initdata, true, &["/bin/cat", "/pulled.txt"])?;
-            ensure!(
-                out.status.code() == Some(0) && text(&out.stdout) == "pulled in the guest\n",
-                "exit {:?}, stdout {:?}, stderr {}",
-                out.status.code(),
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-            ctx.assert_clean()
+            ctx.printed(
+                out,
+                "pulled in the guest
+",
+            )
         })()
     );
 
@@ -224,15 +382,7 @@ fn main() -> ExitCode {
             let layout = ctx.work.join("busybox-layout");
             ensure!(layout.is_dir(), "needs the busybox layout");
             let encrypted = ctx.work.join("busybox-encrypted");
-            let out = Command::new(coffer())
-                .args(["image", "encrypt", "--tag", "v1", "--layout"])
-                .arg(&layout)
-                .arg("--out")
-                .arg(&encrypted)
-                .arg("--kek")
-                .arg(format!("kbs:///default/key/1={}", kek_file.display()))
-                .output()?;
-            ensure!(out.status.success(), "encrypt: {}", text(&out.stderr));
+            encrypt_with_kek(&layout, &encrypted, &kek_file)?;
             let digest = registry.push(&encrypted, "guest/secret:v1")?;
             let reference = format!("{}/guest/secret@{digest}", ctx.host);
             encrypted_ref.clone_from(&reference);
@@ -250,13 +400,85 @@ fn main() -> ExitCode {
             );
             ctx.assert_clean()?;
 
-            let initdata = ctx.initdata(
-                "with-broker",
-                &[
-                    (Entry::KbsUrl, broker.url.as_str()),
-                    (Entry::KbsEvidence, "sample"),
-                ],
+            let initdata = ctx.broker_initdata("with-broker", &broker.url)?;
+            let out = ctx.run_with(
+                &reference,
+                &initdata,
+                &[&ctx.host, &broker_addr],
+                &["/bin/cat", "/pulled.txt"],
             )?;
+            ctx.printed(
+                out,
+                "pulled in the guest
+",
+            )
+        })()
+    );
+
+    case!(
+        suite,
+        // #8, REG-05: the initdata signature policy names the signer's key; an image signed by
+        // another key is refused before any layer is downloaded, the same image signed by the
+        // named key runs.
+        "signature_by_another_key_is_refused",
+        (|| {
+            ensure!(!pinned.is_empty(), "needs the pushed image");
+            let signer = cosign_key(&ctx.work, "signer")?;
+            let other = cosign_key(&ctx.work, "other")?;
+            let signer_pub = sign(&pinned, &signer, &ctx.host)?;
+            let other_pub = {
+                // Only its public half is used: the policy trusts "other", the image is not
+                // signed by it.
+                let out = Command::new("openssl")
+                    .args(["pkey", "-pubout", "-in"])
+                    .arg(&other)
+                    .output()?;
+                ensure!(out.status.success(), "openssl pkey: {}", text(&out.stderr));
+                text(&out.stdout)
+            };
+            let repository = format!("{}/guest/busybox", ctx.host);
+            let trusts_other = ctx.initdata(
+                "sig-other",
+                &[(
+                    Entry::ImagePolicy,
+                    &sigstore_policy(&repository, &other_pub),
+                )],
+            )?;
+            ctx.refused(
+                ctx.run(&pinned, &trusts_other, true, &["/bin/true"])?,
+                "signature does not verify with the policy key",
+            )?;
+            let trusts_signer = ctx.initdata(
+                "sig-signer",
+                &[(
+                    Entry::ImagePolicy,
+                    &sigstore_policy(&repository, &signer_pub),
+                )],
+            )?;
+            let out = ctx.run(&pinned, &trusts_signer, true, &["/bin/cat", "/pulled.txt"])?;
+            ctx.printed(
+                out,
+                "pulled in the guest
+",
+            )
+        })()
+    );
+
+    case!(
+        suite,
+        // #8, INV-6: one flipped ciphertext byte (digests rewritten to match) fails the ocicrypt
+        // authentication inside the guest; nothing runs and nothing is left.
+        "tampered_ciphertext_is_refused",
+        (|| {
+            let encrypted = ctx.work.join("busybox-encrypted");
+            ensure!(encrypted.is_dir(), "needs the encrypted layout");
+            let tampered = ctx.work.join("busybox-tampered");
+            tamper_ciphertext(&encrypted, &tampered)?;
+            let digest = registry.push(&tampered, "guest/tampered:v1")?;
+            let reference = format!("{}/guest/tampered@{digest}", ctx.host);
+            let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let broker_addr = broker.url.trim_start_matches("http://").to_owned();
+            let initdata = ctx.broker_initdata("tampered", &broker.url)?;
             let out = ctx.run_with(
                 &reference,
                 &initdata,
@@ -264,11 +486,116 @@ fn main() -> ExitCode {
                 &["/bin/cat", "/pulled.txt"],
             )?;
             ensure!(
-                out.status.code() == Some(0) && text(&out.stdout) == "pulled in the guest\n",
-                "exit {:?}, stdout {:?}, stderr {}",
-                out.status.code(),
-                text(&out.stdout),
-                text(&out.stderr)
+                !text(&out.stdout).contains("pulled in the guest"),
+                "tampered image ran"
+            );
+            ctx.refused(out, "hmac mismatch")
+        })()
+    );
+
+    case!(
+        suite,
+        // #8: the image key (the broker's KEK and the layer key it wraps) and the decrypted
+        // content never reach a host-side file, log or the registry — scanned while the
+        // container runs (sandbox state, console log) and after (coffer's output, broker log).
+        "key_and_plaintext_never_reach_the_host",
+        (|| {
+            let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let broker_addr = broker.url.trim_start_matches("http://").to_owned();
+            let marker = format!(
+                "coffer-plaintext-marker-{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_nanos()
+            );
+            let layout = busybox_layout_with(&ctx.work, "leak", &[("secret.txt", &marker)])?;
+            let encrypted = ctx.work.join("leak-encrypted");
+            encrypt_with_kek(&layout, &encrypted, &kek_file)?;
+            let digest = registry.push(&encrypted, "guest/leak:v1")?;
+            let reference = format!("{}/guest/leak@{digest}", ctx.host);
+            let needles = [
+                coffer_tests::scan::Needle::text("plaintext marker", &marker),
+                coffer_tests::scan::Needle::key("broker KEK", &std::fs::read(&kek_file)?),
+                coffer_tests::scan::Needle::key("layer key", &layer_symkey(&encrypted, &kek_file)?),
+            ];
+            // The plaintext layer's digests must not name any blob the registry holds.
+            let plain_index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+            let plain_manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+                layout.join("blobs/sha256").join(
+                    plain_index["manifests"][0]["digest"]
+                        .as_str()
+                        .context("index")?
+                        .trim_start_matches("sha256:"),
+                ),
+            )?)?;
+            let plain_layer = plain_manifest["layers"][0]["digest"]
+                .as_str()
+                .context("layer")?
+                .to_owned();
+
+            let initdata = ctx.broker_initdata("leak", &broker.url)?;
+            let mut c = Command::new(coffer());
+            c.args(["sandbox", "run", "--image", &reference, "--image-dir"])
+                .arg(&ctx.image_dir)
+                .arg("--state-dir")
+                .arg(&ctx.state)
+                .arg("--initdata")
+                .arg(&initdata)
+                .args([
+                    "--registry",
+                    &ctx.host,
+                    "--registry",
+                    &broker_addr,
+                    "--timings",
+                ])
+                .args(["--", "/bin/sh", "-c", "sha256sum /secret.txt; sleep 6"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn()?;
+            let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+            let mut first = String::new();
+            std::io::BufRead::read_line(&mut stdout, &mut first)?;
+            // The container holds the plaintext (its digest proves it) while the host is scanned.
+            let expected = coffer_image::Digest::of(marker.as_bytes()).hex().to_owned();
+            let running = coffer_tests::scan::scan(
+                &[&ctx.state, &registry.storage(), &broker.log],
+                &[],
+                &needles,
+            );
+            let files_seen = coffer_tests::scan::files(&[&ctx.state]).len();
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut rest)?;
+            let mut stderr = Vec::new();
+            std::io::Read::read_to_end(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
+            let status = child.wait()?;
+            ensure!(
+                status.code() == Some(0) && first.starts_with(&expected),
+                "exit {:?}, stdout {first:?}{rest:?}, stderr {}",
+                status.code(),
+                text(&stderr)
+            );
+            ensure!(files_seen > 0, "the sandbox state was not there to scan");
+            let after = coffer_tests::scan::scan(
+                &[&registry.storage(), &broker.log],
+                &[
+                    ("coffer stderr", &stderr),
+                    ("coffer stdout", format!("{first}{rest}").as_bytes()),
+                ],
+                &needles,
+            );
+            ensure!(
+                running.is_empty() && after.is_empty(),
+                "secrets found on the host side: {running:?} {after:?}"
+            );
+            let blobs = coffer_tests::scan::files(&[&registry.storage().join("blobs")]);
+            ensure!(
+                !blobs.iter().any(|b| b
+                    .display()
+                    .to_string()
+                    .contains(plain_layer.trim_start_matches("sha256:"))),
+                "the plaintext layer {plain_layer} is in the registry"
             );
             ctx.assert_clean()
         })()
@@ -382,13 +709,7 @@ spec:
             // The shipped resource policy releases nothing to sample evidence.
             let strict = Broker::start(&ctx.work, "strict", None, &std::fs::read(&kek_file)?)?;
             let strict_addr = strict.url.trim_start_matches("http://").to_owned();
-            let initdata = ctx.initdata(
-                "strict",
-                &[
-                    (Entry::KbsUrl, strict.url.as_str()),
-                    (Entry::KbsEvidence, "sample"),
-                ],
-            )?;
+            let initdata = ctx.broker_initdata("strict", &strict.url)?;
             let out = ctx.run_with(
                 &encrypted_ref,
                 &initdata,
@@ -399,13 +720,7 @@ spec:
             // A tunnel to a port nothing listens on.
             let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             let url = format!("http://{closed}");
-            let initdata = ctx.initdata(
-                "unreachable",
-                &[
-                    (Entry::KbsUrl, url.as_str()),
-                    (Entry::KbsEvidence, "sample"),
-                ],
-            )?;
+            let initdata = ctx.broker_initdata("unreachable", &url)?;
             let out = ctx.run_with(
                 &encrypted_ref,
                 &initdata,
