@@ -545,7 +545,7 @@ async fn kbs07_bad_tokens_refused_and_nothing_released() {
     let claims: Value =
         serde_json::from_slice(&B64URL.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
     let real = kbs.token_signer();
-    let foreign = TokenSigner::generate();
+    let foreign = TokenSigner::generate().unwrap();
     let mut expired = claims.clone();
     expired["exp"] = json!(now() - 3600);
     expired["iat"] = json!(now() - 7200);
@@ -727,6 +727,7 @@ async fn admin_requires_a_jwt_from_the_configured_key() {
     };
     assert_eq!(upload(None).await.unwrap().status().as_u16(), 401);
     let foreign = TokenSigner::generate()
+        .unwrap()
         .sign(&json!({"exp": now() + 60}))
         .unwrap();
     assert_eq!(upload(Some(foreign)).await.unwrap().status().as_u16(), 401);

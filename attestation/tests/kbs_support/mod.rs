@@ -110,7 +110,7 @@ pub fn rsa_fixture_key() -> TeeKeyPair {
 
 pub async fn start(opts: Options) -> TestKbs {
     let dir = tempfile::tempdir().unwrap();
-    let admin = TokenSigner::generate();
+    let admin = TokenSigner::generate().unwrap();
     let admin_pub = admin
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
