@@ -345,6 +345,45 @@ fn decode_json(part: &str) -> Result<Map<String, Value>, JwtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+    /// RFC 8410 §10.1: an Ed25519 SPKI public key.
+    const RFC8410_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\
+        -----END PUBLIC KEY-----\n";
+
+    fn ed25519_pair() -> Ed25519KeyPair {
+        let rng = SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn ed25519_pem(pair: &Ed25519KeyPair) -> String {
+        use x509_cert::der::EncodePem as _;
+        let spki = x509_cert::spki::SubjectPublicKeyInfoOwned {
+            algorithm: x509_cert::spki::AlgorithmIdentifierOwned {
+                oid: OID_ED25519,
+                parameters: None,
+            },
+            subject_public_key: x509_cert::der::asn1::BitString::from_bytes(
+                pair.public_key().as_ref(),
+            )
+            .unwrap(),
+        };
+        spki.to_pem(x509_cert::der::pem::LineEnding::LF).unwrap()
+    }
+
+    /// A compact JWS with `header` over `claims`, signed by `pair` (as Trustee's kbs-client
+    /// signs admin tokens: `{"alg":"EdDSA","typ":"JWT"}`).
+    fn eddsa_token(header: &str, claims: &Value, pair: &Ed25519KeyPair) -> String {
+        let input = format!(
+            "{}.{}",
+            B64URL.encode(header),
+            B64URL.encode(claims.to_string())
+        );
+        let sig = pair.sign(input.as_bytes());
+        format!("{input}.{}", B64URL.encode(sig.as_ref()))
+    }
 
     #[test]
     fn sign_verify_and_refusals_kbs07() {
@@ -372,6 +411,115 @@ mod tests {
         assert!(matches!(
             verify(&alg_none, &key, 1500, None),
             Err(JwtError::Algorithm { .. })
+        ));
+        // The signature is ring's fixed-width r || s, as RFC 7518 §3.4 requires.
+        assert_eq!(B64URL.decode(parts[2]).unwrap().len(), 64);
+        assert_eq!(
+            B64URL.decode(parts[0]).unwrap(),
+            br#"{"alg":"ES256","typ":"JWT"}"#
+        );
+    }
+
+    #[test]
+    fn ed25519_spki_pem_loads_and_other_keys_are_refused() {
+        let key = VerificationKey::ed25519_from_pem(RFC8410_PUBLIC_PEM).unwrap();
+        assert_eq!(key.algorithm(), Algorithm::EdDsa);
+        let p256_pem = {
+            use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+            TokenSigner::generate()
+                .unwrap()
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+        };
+        assert!(matches!(
+            VerificationKey::ed25519_from_pem(&p256_pem),
+            Err(JwtError::Key {
+                alg: Algorithm::EdDsa,
+                ..
+            })
+        ));
+        assert!(matches!(
+            VerificationKey::es256_from_pem(RFC8410_PUBLIC_PEM),
+            Err(JwtError::Key {
+                alg: Algorithm::Es256,
+                ..
+            })
+        ));
+        assert!(VerificationKey::ed25519_from_pem("not a pem").is_err());
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_against_the_ed25519_key_only_kbs07() {
+        let pair = ed25519_pair();
+        let ed = VerificationKey::ed25519_from_pem(&ed25519_pem(&pair)).unwrap();
+        let es = TokenSigner::generate().unwrap();
+        let keys = [es.verification_key(), ed.clone()];
+        let header = r#"{"alg":"EdDSA","typ":"JWT"}"#;
+        let claims = serde_json::json!({"iat": 1000, "nbf": 1000, "exp": 2000});
+        let token = eddsa_token(header, &claims, &pair);
+        assert!(verify(&token, &keys, 1500, None).is_ok());
+        assert!(verify(&token, std::slice::from_ref(&ed), 1500, None).is_ok());
+        // No EdDSA key trusted: refused by algorithm, whatever the signature.
+        assert!(matches!(
+            verify(&token, &[es.verification_key()], 1500, None),
+            Err(JwtError::Algorithm { found: Some(a), .. }) if a == "EdDSA"
+        ));
+        // Expired, and not yet valid.
+        assert!(matches!(
+            verify(&token, &keys, 2100, None),
+            Err(JwtError::Time { .. })
+        ));
+        assert!(matches!(
+            verify(&token, &keys, 100, None),
+            Err(JwtError::Time { .. })
+        ));
+        // A foreign Ed25519 signer.
+        let foreign = eddsa_token(header, &claims, &ed25519_pair());
+        assert!(matches!(
+            verify(&foreign, &keys, 1500, None),
+            Err(JwtError::Signature)
+        ));
+        // alg/key mismatch both ways: an Ed25519 signature labelled ES256, an ES256 signature
+        // labelled EdDSA.
+        let relabelled = eddsa_token(r#"{"alg":"ES256","typ":"JWT"}"#, &claims, &pair);
+        assert!(matches!(
+            verify(&relabelled, &keys, 1500, None),
+            Err(JwtError::Signature)
+        ));
+        let es_token = es.sign(&claims).unwrap();
+        let es_parts: Vec<&str> = es_token.split('.').collect();
+        let as_eddsa = format!("{}.{}.{}", B64URL.encode(header), es_parts[1], es_parts[2]);
+        assert!(matches!(
+            verify(&as_eddsa, &keys, 1500, None),
+            Err(JwtError::Signature)
+        ));
+        // alg none, lower-case variants and a missing alg.
+        for alg in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"eddsa"}"#,
+            r#"{"typ":"JWT"}"#,
+        ] {
+            let parts: Vec<&str> = token.split('.').collect();
+            let forged = format!("{}.{}.{}", B64URL.encode(alg), parts[1], parts[2]);
+            assert!(matches!(
+                verify(&forged, &keys, 1500, None),
+                Err(JwtError::Algorithm { .. })
+            ));
+        }
+        let unsigned = format!("{}.{}.", B64URL.encode(r#"{"alg":"none"}"#), {
+            B64URL.encode(claims.to_string())
+        });
+        assert!(verify(&unsigned, &keys, 1500, None).is_err());
+        // A critical header extension is refused even with a valid signature.
+        let crit = eddsa_token(
+            r#"{"alg":"EdDSA","crit":["b64"],"b64":false}"#,
+            &claims,
+            &pair,
+        );
+        assert!(matches!(
+            verify(&crit, &keys, 1500, None),
+            Err(JwtError::Critical)
         ));
     }
 }

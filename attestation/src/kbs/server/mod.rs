@@ -1,7 +1,8 @@
 //! `coffer-kbs`: a Trustee-compatible key broker (KBS protocol 0.4.0).
 //!
 //! Endpoints: `POST /kbs/v0/auth`, `POST /kbs/v0/attest`, `GET /kbs/v0/resource/<repo>/<type>/<tag>`;
-//! admin (ES256 JWT against the configured key, or anonymous only when explicitly enabled):
+//! admin (an ES256 or EdDSA JWT against the configured key of that algorithm, or anonymous only
+//! when explicitly enabled):
 //! `POST /kbs/v0/resource/<repo>/<type>/<tag>` (raw bytes), `POST /kbs/v0/resource-policy`
 //! (`{"policy": base64url(rego)}`, as Trustee's client sends), `POST /kbs/v0/reference-values`
 //! (`{"snp_measurements": [hex]}`); `GET /health`, `GET /metrics` (Prometheus).
@@ -152,6 +153,16 @@ impl Broker {
                     source,
                 },
             )?);
+        }
+        if let Some(path) = &config.admin.ed25519_public_key {
+            admin_keys.push(
+                VerificationKey::ed25519_from_pem(&read_file(path)?).map_err(|source| {
+                    BrokerError::Key {
+                        what: "admin.ed25519_public_key",
+                        source,
+                    }
+                })?,
+            );
         }
         if config.admin.insecure_allow_anonymous {
             tracing::warn!("admin API accepts ANONYMOUS requests (insecure_allow_anonymous)");
