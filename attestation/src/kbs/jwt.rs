@@ -172,7 +172,8 @@ impl VerificationKey {
     }
 }
 
-/// Signs claims as an ES256 JWT.
+/// Signs claims as an ES256 JWT (ring). The key lives as long as the broker; ring does not
+/// zeroize it on drop (the scalar copy it is loaded from is zeroized).
 pub struct TokenSigner {
     key: EcdsaKeyPair,
     public: VerifyingKey,

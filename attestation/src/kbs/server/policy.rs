@@ -35,7 +35,7 @@ pub enum PolicyError {
 }
 
 /// Most resource paths whose prepared engine is kept; further paths are evaluated unprepared.
-const MAX_PREPARED_PATHS: usize = 1024;
+const MAX_PREPARED_PATHS: usize = 256;
 
 /// A compiled resource policy.
 ///
