@@ -545,7 +545,7 @@ async fn kbs07_bad_tokens_refused_and_nothing_released() {
     let claims: Value =
         serde_json::from_slice(&B64URL.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
     let real = kbs.token_signer();
-    let foreign = TokenSigner::generate();
+    let foreign = TokenSigner::generate().unwrap();
     let mut expired = claims.clone();
     expired["exp"] = json!(now() - 3600);
     expired["iat"] = json!(now() - 7200);
@@ -727,6 +727,7 @@ async fn admin_requires_a_jwt_from_the_configured_key() {
     };
     assert_eq!(upload(None).await.unwrap().status().as_u16(), 401);
     let foreign = TokenSigner::generate()
+        .unwrap()
         .sign(&json!({"exp": now() + 60}))
         .unwrap();
     assert_eq!(upload(Some(foreign)).await.unwrap().status().as_u16(), 401);
@@ -764,4 +765,99 @@ async fn admin_requires_a_jwt_from_the_configured_key() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Uploads `body` to `default/key/2` as admin with `token`; returns the HTTP status.
+async fn admin_upload(kbs: &TestKbs, token: &str, body: &'static str) -> u16 {
+    kbs.http()
+        .post(format!("{}/kbs/v0/resource/default/key/2", kbs.url))
+        .header("authorization", format!("Bearer {token}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn kbs07_eddsa_admin_tokens_like_trustee_kbs_client() {
+    let kbs = open_kbs(Options {
+        ed25519_admin: true,
+        ..Options::default()
+    })
+    .await;
+    let stored = kbs.dir.path().join("resources/default/key/2");
+    let eddsa = r#"{"alg":"EdDSA","typ":"JWT"}"#;
+    let live = json!({"iat": now(), "nbf": now(), "exp": now() + 60});
+    // Refusals first; nothing is written by any of them.
+    let expired = kbs.eddsa_admin_token(eddsa, &json!({"iat": now() - 7200, "exp": now() - 3600}));
+    let foreign_pair = {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    };
+    let foreign = kbs_support::eddsa_token(eddsa, &live, &foreign_pair);
+    let good = kbs.eddsa_admin_token(eddsa, &live);
+    let parts: Vec<&str> = good.split('.').collect();
+    let alg_none = format!(
+        "{}.{}.",
+        B64URL.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
+    // The Ed25519 signature relabelled as ES256, and the ES256 admin token relabelled EdDSA.
+    let as_es256 = format!(
+        "{}.{}.{}",
+        B64URL.encode(r#"{"alg":"ES256","typ":"JWT"}"#),
+        parts[1],
+        parts[2]
+    );
+    let es_token = kbs.admin_token();
+    let es_parts: Vec<&str> = es_token.split('.').collect();
+    let as_eddsa = format!("{}.{}.{}", B64URL.encode(eddsa), es_parts[1], es_parts[2]);
+    for (name, token) in [
+        ("expired", &expired),
+        ("foreign signer", &foreign),
+        ("alg none", &alg_none),
+        ("ed25519 signature labelled ES256", &as_es256),
+        ("es256 signature labelled EdDSA", &as_eddsa),
+    ] {
+        assert_eq!(admin_upload(&kbs, token, "forged").await, 401, "{name}");
+        assert!(!stored.exists(), "{name} wrote the resource");
+    }
+    // The configured Ed25519 key's token is accepted; ES256 stays accepted alongside it.
+    assert_eq!(admin_upload(&kbs, &good, "from eddsa").await, 200);
+    assert_eq!(std::fs::read(&stored).unwrap(), b"from eddsa");
+    assert_eq!(admin_upload(&kbs, &es_token, "from es256").await, 200);
+    assert_eq!(std::fs::read(&stored).unwrap(), b"from es256");
+}
+
+#[tokio::test]
+async fn kbs07_admin_token_whose_alg_has_no_configured_key_refused() {
+    // Only the Ed25519 key is configured: a valid ES256 token from the (unconfigured) P-256 key
+    // is refused, and the EdDSA one works.
+    let kbs = open_kbs(Options {
+        es256_admin: false,
+        ed25519_admin: true,
+        ..Options::default()
+    })
+    .await;
+    let stored = kbs.dir.path().join("resources/default/key/2");
+    assert_eq!(admin_upload(&kbs, &kbs.admin_token(), "es256").await, 401);
+    assert!(!stored.exists());
+    let eddsa = kbs.eddsa_admin_token(
+        r#"{"alg":"EdDSA","typ":"JWT"}"#,
+        &json!({"exp": now() + 60}),
+    );
+    assert_eq!(admin_upload(&kbs, &eddsa, "eddsa").await, 200);
+    // And the other way round: only ES256 configured, EdDSA refused.
+    let kbs = open_kbs(Options::default()).await;
+    let stored = kbs.dir.path().join("resources/default/key/2");
+    let eddsa = kbs.eddsa_admin_token(
+        r#"{"alg":"EdDSA","typ":"JWT"}"#,
+        &json!({"exp": now() + 60}),
+    );
+    assert_eq!(admin_upload(&kbs, &eddsa, "eddsa").await, 401);
+    assert!(!stored.exists());
 }

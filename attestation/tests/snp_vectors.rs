@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coffer_attestation::snp::{
-    CertRole, Expected, Generation, MinimumTcb, Report, SigningKey, SnpError, SnpPolicy,
+    CertRole, Cpuid, Expected, Generation, MinimumTcb, Report, SigningKey, SnpError, SnpPolicy,
     SnpVerifier, TcbVersion, check_tcb_binding, verify_endorsement_key, verify_report_signature,
 };
 use serde_json::Value;
@@ -355,7 +355,9 @@ fn kbs05_parsed_fields_equal_expected_json() {
             "{name}"
         );
         assert_eq!(
-            r.cpuid_fam_mod_step.to_vec(),
+            r.cpuid
+                .map(|c| vec![c.family, c.model, c.stepping])
+                .unwrap_or_else(|| vec![0; 3]),
             hex_field(v, "cpuid_fam_mod_step"),
             "{name}"
         );
@@ -716,4 +718,133 @@ fn kbs05_minimum_tcb_and_measurement_reference_values() {
         matches!(err, SnpError::MeasurementNotAllowed { .. }),
         "{err}"
     );
+}
+
+// ---- report versions v2..v5 -------------------------------------------------------------------
+//
+// No vector is v4 or v5, so the real reports are rewritten: the version field (and the bytes a
+// version defines) lie in the signed range, so such a report can only test parsing; the
+// signature tests below show that the same rewrite is refused by the signature check.
+
+const LAUNCH_MIT: u64 = 0x0102_0304_0506_0708;
+const CURRENT_MIT: u64 = 0x1112_1314_1516_1718;
+
+/// The genuine `bytes` rewritten to `version`, with CPUID `cpuid` at 0x188 and the two
+/// mitigation vectors at 0x1F8/0x200 (reserved bytes in the versions that do not define them).
+fn rewritten(bytes: &[u8], version: u32, cpuid: [u8; 3]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    b[0x00..0x04].copy_from_slice(&version.to_le_bytes());
+    b[0x188..0x18B].copy_from_slice(&cpuid);
+    b[0x1F8..0x200].copy_from_slice(&LAUNCH_MIT.to_le_bytes());
+    b[0x200..0x208].copy_from_slice(&CURRENT_MIT.to_le_bytes());
+    b
+}
+
+#[test]
+fn kbs05_report_versions_2_to_5_parse_with_their_fields() {
+    for (name, _, _) in REPORTS {
+        let genuine = report_bytes(name);
+        let base = Report::parse(&genuine).unwrap();
+        for version in 2..=5u32 {
+            let r = Report::parse(&rewritten(&genuine, version, [0x19, 0x01, 0x01])).unwrap();
+            let what = format!("{name} as v{version}");
+            assert_eq!(r.version, version, "{what}");
+            // The fields every version shares are the genuine report's.
+            assert_eq!(r.measurement, base.measurement, "{what}");
+            assert_eq!(r.report_data, base.report_data, "{what}");
+            assert_eq!(r.host_data, base.host_data, "{what}");
+            assert_eq!(r.chip_id, base.chip_id, "{what}");
+            assert_eq!(r.reported_tcb, base.reported_tcb, "{what}");
+            assert_eq!(r.launch_tcb, base.launch_tcb, "{what}");
+            assert_eq!(r.policy, base.policy, "{what}");
+            assert_eq!(r.signing_key, base.signing_key, "{what}");
+            assert_eq!(
+                (r.signature_r, r.signature_s),
+                (base.signature_r, base.signature_s),
+                "{what}"
+            );
+            if version >= 3 {
+                let milan = Cpuid {
+                    family: 0x19,
+                    model: 0x01,
+                    stepping: 0x01,
+                };
+                assert_eq!(r.cpuid, Some(milan), "{what}");
+                assert_eq!(r.generation(), Some(Generation::Milan), "{what}");
+            } else {
+                // v2: 0x188 is reserved and not read.
+                assert_eq!((r.cpuid, r.generation()), (None, None), "{what}");
+            }
+            if version >= 5 {
+                assert_eq!(r.launch_mit_vector, Some(LAUNCH_MIT), "{what}");
+                assert_eq!(r.current_mit_vector, Some(CURRENT_MIT), "{what}");
+            } else {
+                // Before v5, 0x1F8..0x208 is reserved and not read.
+                assert_eq!(
+                    (r.launch_mit_vector, r.current_mit_vector),
+                    (None, None),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kbs05_turin_cpuid_selects_the_turin_tcb_layout_in_v3_to_v5() {
+    let genuine = report_bytes("trustee-test-report.bin");
+    let raw = Report::parse(&genuine).unwrap().reported_tcb.raw;
+    for version in 3..=5u32 {
+        let r = Report::parse(&rewritten(&genuine, version, [0x1A, 0x02, 0x00])).unwrap();
+        assert_eq!(r.generation(), Some(Generation::Turin), "v{version}");
+        assert_eq!(r.reported_tcb, TcbVersion::decode(raw, true), "v{version}");
+        assert_eq!(r.reported_tcb.fmc, Some(raw[0]), "v{version}");
+    }
+    // v2 has no CPUID: the same bytes keep the Milan/Genoa layout.
+    let r = Report::parse(&rewritten(&genuine, 2, [0x1A, 0x02, 0x00])).unwrap();
+    assert_eq!(r.reported_tcb, TcbVersion::decode(raw, false));
+}
+
+#[test]
+fn kbs05_other_report_versions_are_a_typed_error() {
+    for (name, _, _) in REPORTS {
+        let genuine = report_bytes(name);
+        for version in [0u32, 1, 6, 7, 0x100, u32::MAX] {
+            let err = Report::parse(&rewritten(&genuine, version, [0x19, 0x01, 0x01])).unwrap_err();
+            assert!(
+                matches!(err, SnpError::UnsupportedVersion { found } if found == version),
+                "{name} as v{version}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kbs05_rewritten_version_fails_the_signature_check() {
+    for (name, cert, valid_at) in REPORTS {
+        let genuine = report_bytes(name);
+        let key = verify_endorsement_key(&vector(cert), at(valid_at)).unwrap();
+        let base = Report::parse(&genuine).unwrap();
+        verify_report_signature(&genuine, &base, &key).unwrap();
+        for version in (2..=5u32).filter(|&v| v != base.version) {
+            let mut bytes = genuine.clone();
+            bytes[0x00..0x04].copy_from_slice(&version.to_le_bytes());
+            let r = Report::parse(&bytes).unwrap();
+            assert!(
+                matches!(
+                    verify_report_signature(&bytes, &r, &key),
+                    Err(SnpError::Signature { .. })
+                ),
+                "{name} as v{version} passed the signature check"
+            );
+        }
+    }
+    // And through the full verifier: the genuine v2 report verifies, its v5 rewrite does not.
+    let (bytes, vcek) = trustee();
+    verify_default(&bytes, &vcek).unwrap();
+    let v5 = rewritten(&bytes, 5, [0, 0, 0]);
+    assert!(matches!(
+        verify_default(&v5, &vcek),
+        Err(SnpError::Signature { .. })
+    ));
 }

@@ -1,7 +1,8 @@
 //! JWE (RFC 7516, flattened JSON) for resource replies: `ECDH-ES+A256KW` (P-256) or
 //! `RSA-OAEP-256`, content encrypted with `A256GCM`, AAD = ASCII of the protected header as sent.
-//! Only RustCrypto primitives are used (p256, rsa, concat-kdf, aes-kw, aes-gcm); this module
-//! only lays out their inputs as RFC 7518 §4.6 and §5.3 prescribe.
+//! Only well-kept primitives are used: RustCrypto (p256, rsa, concat-kdf, aes-kw, aes-gcm) and,
+//! for the broker's single-use ECDH-ES half, ring's ephemeral agreement; this module only lays
+//! out their inputs as RFC 7518 §4.6 and §5.3 prescribe.
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -9,6 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
 use rand_core::{OsRng, RngCore};
+use ring::agreement;
+use ring::rand::SystemRandom;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, Oaep, RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
@@ -233,24 +236,46 @@ pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweE
                     expected: ALG_ECDH_ES_A256KW,
                 });
             }
-            let peer = ec_public_key(crv, x, y)?;
-            let ephemeral = p256::ecdh::EphemeralSecret::random(&mut OsRng);
-            let epk_point = ephemeral.public_key().to_encoded_point(false);
-            let coord =
-                |c: Option<&p256::FieldBytes>| c.map(|b| B64URL.encode(b)).unwrap_or_default();
+            let peer = ec_public_key(crv, x, y)?.to_encoded_point(false);
+            // The broker's half of ECDH-ES is single-use: ring's ephemeral agreement fits it.
+            let rng = SystemRandom::new();
+            let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+                .map_err(|_| JweError::Encrypt {
+                stage: "ephemeral key",
+            })?;
+            let epk = ephemeral
+                .compute_public_key()
+                .map_err(|_| JweError::Encrypt {
+                    stage: "ephemeral key",
+                })?;
+            // Uncompressed SEC1: 0x04 || x (32) || y (32).
+            let (epk_x, epk_y) = match epk.as_ref() {
+                [0x04, xy @ ..] if xy.len() == 64 => xy.split_at(32),
+                _ => {
+                    return Err(JweError::Encrypt {
+                        stage: "ephemeral key",
+                    });
+                }
+            };
             let header = ProtectedHeader {
                 alg: ALG_ECDH_ES_A256KW.into(),
                 enc: ENC_A256GCM.into(),
                 epk: Some(EphemeralKey {
                     crv: CURVE_P256.into(),
                     kty: "EC".into(),
-                    x: coord(epk_point.x()),
-                    y: coord(epk_point.y()),
+                    x: B64URL.encode(epk_x),
+                    y: B64URL.encode(epk_y),
                 }),
                 ..ProtectedHeader::default()
             };
-            let shared = ephemeral.diffie_hellman(&peer);
-            let kek = derive_kek(shared.raw_secret_bytes(), &header)?;
+            let kek = agreement::agree_ephemeral(
+                ephemeral,
+                &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer.as_bytes()),
+                |z| derive_kek(z, &header),
+            )
+            .map_err(|_| JweError::PublicKey {
+                reason: "ecdh with the tee key failed".into(),
+            })??;
             let wrapped = aes_kw::KekAes256::from(*kek)
                 .wrap_vec(cek.as_ref())
                 .map_err(|_| JweError::Encrypt { stage: "key wrap" })?;

@@ -4,7 +4,7 @@
 //! the time to check certificate validity at, and the values the relying party expects. It
 //! enforces, in order (catalogue §1.6, test IDs KBS-05):
 //!
-//! 1. **Shape**: exactly 0x4A0 bytes, version 2 or 3 ([`Report::parse`]).
+//! 1. **Shape**: exactly 0x4A0 bytes, version 2 to 5 ([`Report::parse`]).
 //! 2. **Version** `>=` [`SnpPolicy::min_report_version`] (default [`REPORT_VERSION_MIN`] = 2).
 //! 3. **VMPL** is 0.
 //! 4. **Guest policy**: DEBUG and MIGRATE_MA refused unless allowed; optional SMT / single-socket rules.
@@ -29,8 +29,8 @@ mod verifier;
 pub use certs::{AmdRoots, CertRole, CertTcb, EndorsementKey, oids, verify_endorsement_key};
 pub use error::SnpError;
 pub use report::{
-    Generation, GuestPolicy, REPORT_LEN, Report, SIG_ALGO_ECDSA_P384_SHA384, SIGNED_LEN,
-    SUPPORTED_VERSIONS, SigningKey, TcbVersion,
+    Cpuid, Generation, GuestPolicy, REPORT_LEN, Report, SIG_ALGO_ECDSA_P384_SHA384, SIGNED_LEN,
+    SUPPORTED_VERSIONS, SigningKey, TcbVersion, VERSION_CPUID, VERSION_MIT_VECTORS,
 };
 pub use verifier::{
     Expected, MinimumTcb, REPORT_VERSION_MIN, SnpPolicy, SnpVerifier, VerifiedReport,

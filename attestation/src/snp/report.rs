@@ -1,5 +1,15 @@
 //! Typed, bounds-checked parsing of the raw SEV-SNP attestation report (SNP ABI spec, table
 //! "ATTESTATION_REPORT Structure"). Parsing checks shape only; [`super::SnpVerifier`] decides trust.
+//!
+//! One 0x4A0-byte layout serves every version; later versions name bytes that were reserved:
+//! - **v2**: the base layout (0x188..0x1A0 and 0x1F8..0x2A0 reserved).
+//! - **v3** (ABI 1.56): `CPUID_FAM_ID`, `CPUID_MOD_ID`, `CPUID_STEP` at 0x188..0x18B; the
+//!   generation they name fixes the TCB layout (Turin's differs).
+//! - **v4**: the v3 layout (AMD has published no field change).
+//! - **v5** (ABI 1.58): `LAUNCH_MIT_VECTOR` at 0x1F8 and `CURRENT_MIT_VECTOR` at 0x200.
+//!
+//! The signature stays at 0x2A0 over bytes 0x000..0x2A0 in every version. Reserved bytes of a
+//! version are not read into fields.
 
 use super::error::SnpError;
 
@@ -8,7 +18,11 @@ pub const REPORT_LEN: usize = 0x4A0;
 /// The signature covers bytes `0x000..SIGNED_LEN`.
 pub const SIGNED_LEN: usize = 0x2A0;
 /// Report versions this parser understands.
-pub const SUPPORTED_VERSIONS: core::ops::RangeInclusive<u32> = 2..=3;
+pub const SUPPORTED_VERSIONS: core::ops::RangeInclusive<u32> = 2..=5;
+/// First version carrying the CPUID family/model/stepping.
+pub const VERSION_CPUID: u32 = 3;
+/// First version carrying the launch and current mitigation vectors.
+pub const VERSION_MIT_VECTORS: u32 = 5;
 /// `SIGNATURE_ALGO` value for ECDSA P-384 with SHA-384.
 pub const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
 
@@ -45,6 +59,18 @@ impl Generation {
             Self::Turin => "turin",
         }
     }
+}
+
+/// The CPUID identification a v3+ report carries (`CPUID_FAM_ID`, `CPUID_MOD_ID`, `CPUID_STEP`):
+/// the combined (extended + base) family and model, and the stepping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpuid {
+    /// Family (e.g. 0x19 for Milan/Genoa, 0x1A for Turin).
+    pub family: u8,
+    /// Model.
+    pub model: u8,
+    /// Stepping.
+    pub stepping: u8,
 }
 
 /// A TCB version (security patch levels), decoded per generation.
@@ -152,7 +178,7 @@ pub enum SigningKey {
 /// A parsed SEV-SNP attestation report. Field names follow the SNP ABI specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// Report format version (2 or 3).
+    /// Report format version (one of [`SUPPORTED_VERSIONS`]).
     pub version: u32,
     /// Guest SVN.
     pub guest_svn: u32,
@@ -192,8 +218,8 @@ pub struct Report {
     pub report_id_ma: [u8; 32],
     /// Reported TCB (the one the VCEK was derived from).
     pub reported_tcb: TcbVersion,
-    /// CPUID family/model/stepping (v3+; zero in v2).
-    pub cpuid_fam_mod_step: [u8; 3],
+    /// CPUID family/model/stepping (v3+; `None` in v2, where the bytes are reserved).
+    pub cpuid: Option<Cpuid>,
     /// Chip identifier (64 bytes; zero if masked).
     pub chip_id: [u8; 64],
     /// Committed TCB.
@@ -204,6 +230,10 @@ pub struct Report {
     pub committed_build_minor_major: [u8; 3],
     /// TCB at launch.
     pub launch_tcb: TcbVersion,
+    /// Verified mitigation vector at launch (v5+; `None` before).
+    pub launch_mit_vector: Option<u64>,
+    /// Verified mitigation vector now (v5+; `None` before).
+    pub current_mit_vector: Option<u64>,
     /// Signature `r` as a big-endian P-384 scalar.
     pub signature_r: [u8; 48],
     /// Signature `s` as a big-endian P-384 scalar.
@@ -256,10 +286,15 @@ impl Report {
         if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(SnpError::UnsupportedVersion { found: version });
         }
-        let cpuid_fam_mod_step: [u8; 3] = array(bytes, 0x188);
-        let turin_layout = version >= 3
-            && Generation::from_cpuid(cpuid_fam_mod_step[0], cpuid_fam_mod_step[1])
-                == Some(Generation::Turin);
+        let cpuid = (version >= VERSION_CPUID).then(|| Cpuid {
+            family: bytes[0x188],
+            model: bytes[0x189],
+            stepping: bytes[0x18A],
+        });
+        let turin_layout = cpuid.and_then(|c| Generation::from_cpuid(c.family, c.model))
+            == Some(Generation::Turin);
+        let mit_vector =
+            |offset: usize| (version >= VERSION_MIT_VECTORS).then(|| u64_at(bytes, offset));
         let tcb = |offset: usize| TcbVersion::decode(array(bytes, offset), turin_layout);
         let key_info = u32_at(bytes, 0x48);
         let signing_key = match ((key_info >> 2) & 0x7) as u8 {
@@ -289,12 +324,14 @@ impl Report {
             report_id: array(bytes, 0x140),
             report_id_ma: array(bytes, 0x160),
             reported_tcb: tcb(0x180),
-            cpuid_fam_mod_step,
+            cpuid,
             chip_id: array(bytes, 0x1A0),
             committed_tcb: tcb(0x1E0),
             current_build_minor_major: array(bytes, 0x1E8),
             committed_build_minor_major: array(bytes, 0x1EC),
             launch_tcb: tcb(0x1F0),
+            launch_mit_vector: mit_vector(0x1F8),
+            current_mit_vector: mit_vector(0x200),
             signature_r: le72_to_be48(bytes, 0x2A0, "r")?,
             signature_s: le72_to_be48(bytes, 0x2E8, "s")?,
         })
@@ -302,10 +339,8 @@ impl Report {
 
     /// The processor generation named by the report's CPUID fields (v3+ only).
     pub fn generation(&self) -> Option<Generation> {
-        if self.version < 3 {
-            return None;
-        }
-        Generation::from_cpuid(self.cpuid_fam_mod_step[0], self.cpuid_fam_mod_step[1])
+        self.cpuid
+            .and_then(|c| Generation::from_cpuid(c.family, c.model))
     }
 }
 
@@ -377,7 +412,7 @@ mod tests {
 
     #[test]
     fn kbs05_unsupported_versions_rejected() {
-        for v in [0, 1, 4, 255] {
+        for v in [0, 1, 6, 255, u32::MAX] {
             assert!(
                 matches!(Report::parse(&synthetic(v)), Err(SnpError::UnsupportedVersion { found }) if found == v)
             );

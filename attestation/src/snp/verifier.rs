@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use p384::ecdsa::Signature;
-use p384::ecdsa::signature::Verifier;
+use ring::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 
 use super::certs::{CertRole, EndorsementKey, verify_endorsement_key};
 use super::error::{SnpError, to_hex};
@@ -263,13 +263,18 @@ pub fn verify_report_signature(
             expected: super::report::REPORT_LEN,
             found: report_bytes.len(),
         })?;
-    let signature =
-        Signature::from_scalars(report.signature_r, report.signature_s).map_err(|e| {
-            SnpError::MalformedSignature {
-                reason: e.to_string(),
-            }
-        })?;
-    key.key
+    // r and s must be valid P-384 scalars (a typed error when not); ring then verifies the
+    // fixed-width big-endian r || s.
+    Signature::from_scalars(report.signature_r, report.signature_s).map_err(|e| {
+        SnpError::MalformedSignature {
+            reason: e.to_string(),
+        }
+    })?;
+    let mut signature = [0u8; 96];
+    signature[..48].copy_from_slice(&report.signature_r);
+    signature[48..].copy_from_slice(&report.signature_s);
+    let point = key.key.to_encoded_point(false);
+    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, point.as_bytes())
         .verify(signed, &signature)
         .map_err(|_| SnpError::Signature {
             key: report.signing_key,

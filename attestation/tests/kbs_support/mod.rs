@@ -25,6 +25,10 @@ pub struct Options {
     pub max_sessions: usize,
     pub max_body: usize,
     pub anonymous_admin: bool,
+    /// Configure `admin.public_key` (the P-256 key in `TestKbs::admin`).
+    pub es256_admin: bool,
+    /// Configure `admin.ed25519_public_key` (the key in `TestKbs::admin_ed25519`).
+    pub ed25519_admin: bool,
 }
 
 impl Default for Options {
@@ -37,6 +41,8 @@ impl Default for Options {
             max_sessions: 10_000,
             max_body: 1024 * 1024,
             anonymous_admin: false,
+            es256_admin: true,
+            ed25519_admin: false,
         }
     }
 }
@@ -48,6 +54,8 @@ pub struct TestKbs {
     pub ca_pem: Option<Vec<u8>>,
     /// Holds the admin private key.
     pub admin: TokenSigner,
+    /// Holds the Ed25519 admin private key (EdDSA tokens, as Trustee's kbs-client signs).
+    pub admin_ed25519: ring::signature::Ed25519KeyPair,
     /// Holds the broker's token signing key (to forge tokens in tests).
     pub token_key: p256::SecretKey,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -110,12 +118,33 @@ pub fn rsa_fixture_key() -> TeeKeyPair {
 
 pub async fn start(opts: Options) -> TestKbs {
     let dir = tempfile::tempdir().unwrap();
-    let admin = TokenSigner::generate();
+    let admin = TokenSigner::generate().unwrap();
     let admin_pub = admin
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
         .unwrap();
     std::fs::write(dir.path().join("admin.pub"), admin_pub).unwrap();
+    let admin_ed25519 = {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    };
+    std::fs::write(
+        dir.path().join("admin-ed25519.pub"),
+        ed25519_spki_pem(&admin_ed25519),
+    )
+    .unwrap();
+    let mut admin_lines = String::new();
+    if opts.es256_admin {
+        admin_lines += &format!("public_key = {:?}\n", dir.path().join("admin.pub"));
+    }
+    if opts.ed25519_admin {
+        admin_lines += &format!(
+            "ed25519_public_key = {:?}\n",
+            dir.path().join("admin-ed25519.pub")
+        );
+    }
     let token_key = p256::SecretKey::random(&mut rand_core::OsRng);
     std::fs::write(
         dir.path().join("token.key"),
@@ -130,14 +159,13 @@ pub async fn start(opts: Options) -> TestKbs {
     let toml = format!(
         "[http]\ninsecure_http = {insecure}\nmax_body_bytes = {max_body}\n\
          [token]\nsigning_key = {token:?}\n\
-         [admin]\npublic_key = {admin:?}\ninsecure_allow_anonymous = {anon}\n\
+         [admin]\n{admin_lines}insecure_allow_anonymous = {anon}\n\
          [sessions]\nmax = {max}\nttl_secs = {ttl}\n\
          [resources]\ndir = {res:?}\n{policy_line}\
          [attestation]\nallow_sample = {sample}\n",
         insecure = !opts.tls,
         max_body = opts.max_body,
         token = dir.path().join("token.key"),
-        admin = dir.path().join("admin.pub"),
         anon = opts.anonymous_admin,
         max = opts.max_sessions,
         ttl = opts.ttl_secs,
@@ -172,6 +200,7 @@ pub async fn start(opts: Options) -> TestKbs {
         dir,
         ca_pem,
         admin,
+        admin_ed25519,
         token_key,
         shutdown: Some(tx),
     }
@@ -207,6 +236,11 @@ impl TestKbs {
             .unwrap()
     }
 
+    /// An EdDSA admin token over `claims`, shaped as Trustee's kbs-client makes them.
+    pub fn eddsa_admin_token(&self, header: &str, claims: &serde_json::Value) -> String {
+        eddsa_token(header, claims, &self.admin_ed25519)
+    }
+
     /// A signer holding the broker's own token key.
     pub fn token_signer(&self) -> TokenSigner {
         TokenSigner::from_pkcs8_pem(&self.token_key.to_pkcs8_pem(LineEnding::LF).unwrap()).unwrap()
@@ -240,4 +274,32 @@ pub async fn raw_request(url: &str, request: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
+}
+
+/// The SPKI PEM (RFC 8410) of an Ed25519 key pair, as `openssl pkey -pubout` writes it.
+pub fn ed25519_spki_pem(pair: &ring::signature::Ed25519KeyPair) -> String {
+    use ring::signature::KeyPair as _;
+    use x509_cert::der::EncodePem as _;
+    let spki = x509_cert::spki::SubjectPublicKeyInfoOwned {
+        algorithm: x509_cert::spki::AlgorithmIdentifierOwned {
+            oid: x509_cert::der::asn1::ObjectIdentifier::new_unwrap("1.3.101.112"),
+            parameters: None,
+        },
+        subject_public_key: x509_cert::der::asn1::BitString::from_bytes(pair.public_key().as_ref())
+            .unwrap(),
+    };
+    spki.to_pem(x509_cert::der::pem::LineEnding::LF).unwrap()
+}
+
+/// A compact JWS with `header` over `claims` signed with Ed25519.
+pub fn eddsa_token(
+    header: &str,
+    claims: &serde_json::Value,
+    pair: &ring::signature::Ed25519KeyPair,
+) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!("{}.{}", b64.encode(header), b64.encode(claims.to_string()));
+    let sig = pair.sign(input.as_bytes());
+    format!("{input}.{}", b64.encode(sig.as_ref()))
 }

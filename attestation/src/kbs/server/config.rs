@@ -109,8 +109,11 @@ impl Default for TokenConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// P-256 SPKI PEM public key that verifies admin ES256 JWTs. Default none (admin disabled).
+    /// P-256 SPKI PEM public key that verifies admin ES256 JWTs. Default none.
     pub public_key: Option<PathBuf>,
+    /// Ed25519 SPKI PEM public key that verifies admin EdDSA JWTs (what Trustee's `kbs-client`
+    /// signs with). Default none. With neither key, admin is disabled unless anonymous.
+    pub ed25519_public_key: Option<PathBuf>,
     /// Accept admin requests without a token. Default false (development only, logged loudly).
     pub insecure_allow_anonymous: bool,
 }

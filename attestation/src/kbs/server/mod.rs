@@ -1,7 +1,8 @@
 //! `coffer-kbs`: a Trustee-compatible key broker (KBS protocol 0.4.0).
 //!
 //! Endpoints: `POST /kbs/v0/auth`, `POST /kbs/v0/attest`, `GET /kbs/v0/resource/<repo>/<type>/<tag>`;
-//! admin (ES256 JWT against the configured key, or anonymous only when explicitly enabled):
+//! admin (an ES256 or EdDSA JWT against the configured key of that algorithm, or anonymous only
+//! when explicitly enabled):
 //! `POST /kbs/v0/resource/<repo>/<type>/<tag>` (raw bytes), `POST /kbs/v0/resource-policy`
 //! (`{"policy": base64url(rego)}`, as Trustee's client sends), `POST /kbs/v0/reference-values`
 //! (`{"snp_measurements": [hex]}`); `GET /health`, `GET /metrics` (Prometheus).
@@ -45,7 +46,7 @@ use self::store::ResourceStore;
 use self::verify::{EvidenceVerifier, SnpSettings, TdxSettings, digest_init_data};
 use super::binding;
 use super::jwe;
-use super::jwt::{self, TokenSigner};
+use super::jwt::{self, TokenSigner, VerificationKey};
 use super::path::ResourcePath;
 use super::types::{
     Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Request, SESSION_COOKIE, TeePubKey,
@@ -94,12 +95,14 @@ struct Inner {
     sessions: SessionStore,
     verifier: EvidenceVerifier,
     signer: TokenSigner,
-    verifying_key: VerifyingKey,
+    /// The one key that verifies this broker's bearer tokens.
+    token_keys: [VerificationKey; 1],
     issuer: String,
     token_lifetime: u64,
     policy: RwLock<ResourcePolicy>,
     store: ResourceStore,
-    admin_key: Option<VerifyingKey>,
+    /// Keys that verify admin tokens (none: admin disabled unless anonymous).
+    admin_keys: Vec<VerificationKey>,
     admin_anonymous: bool,
     metrics: Metrics,
     max_body: usize,
@@ -137,17 +140,30 @@ impl Broker {
                     source,
                 }
             })?,
-            None => TokenSigner::generate(),
+            None => TokenSigner::generate().map_err(|source| BrokerError::Key {
+                what: "token.signing_key (generated)",
+                source,
+            })?,
         };
-        let admin_key = match &config.admin.public_key {
-            Some(path) => Some(jwt::verifying_key_from_pem(&read_file(path)?).map_err(
+        let mut admin_keys = Vec::new();
+        if let Some(path) = &config.admin.public_key {
+            admin_keys.push(VerificationKey::es256_from_pem(&read_file(path)?).map_err(
                 |source| BrokerError::Key {
                     what: "admin.public_key",
                     source,
                 },
-            )?),
-            None => None,
-        };
+            )?);
+        }
+        if let Some(path) = &config.admin.ed25519_public_key {
+            admin_keys.push(
+                VerificationKey::ed25519_from_pem(&read_file(path)?).map_err(|source| {
+                    BrokerError::Key {
+                        what: "admin.ed25519_public_key",
+                        source,
+                    }
+                })?,
+            );
+        }
         if config.admin.insecure_allow_anonymous {
             tracing::warn!("admin API accepts ANONYMOUS requests (insecure_allow_anonymous)");
         }
@@ -180,7 +196,7 @@ impl Broker {
             },
             collateral: config.attestation.tdx.collateral.clone(),
         };
-        let verifying_key = signer.verifying_key();
+        let token_keys = [signer.verification_key()];
         Ok(Self {
             inner: Arc::new(Inner {
                 sessions: SessionStore::new(
@@ -193,12 +209,12 @@ impl Broker {
                     tdx_settings,
                 ),
                 signer,
-                verifying_key,
+                token_keys,
                 issuer: config.token.issuer.clone(),
                 token_lifetime: config.token.lifetime_secs,
                 policy: RwLock::new(policy),
                 store: ResourceStore::new(&config.resources.dir, config.http.max_body_bytes),
-                admin_key,
+                admin_keys,
                 admin_anonymous: config.admin.insecure_allow_anonymous,
                 metrics: Metrics::default(),
                 max_body: config.http.max_body_bytes,
@@ -208,7 +224,7 @@ impl Broker {
 
     /// The key that verifies this broker's tokens.
     pub fn token_verifying_key(&self) -> VerifyingKey {
-        self.inner.verifying_key
+        self.inner.signer.verifying_key()
     }
 
     /// Number of live sessions.
@@ -411,7 +427,7 @@ impl Broker {
             return Ok(attested);
         }
         let token = bearer(headers).ok_or(KbsError::TokenNotFound)?;
-        let claims = jwt::verify(token, &b.verifying_key, now_unix(), Some(&b.issuer))
+        let claims = jwt::verify(token, &b.token_keys, now_unix(), Some(&b.issuer))
             .map_err(KbsError::Token)?;
         let tee_pubkey: TeePubKey = claims
             .get("submods")
@@ -430,8 +446,8 @@ impl Broker {
 
     fn admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
         let b = &self.inner;
-        let result = match (bearer(headers), &b.admin_key) {
-            (Some(token), Some(key)) => jwt::verify(token, key, now_unix(), None)
+        let result = match (bearer(headers), b.admin_keys.as_slice()) {
+            (Some(token), keys @ [_, ..]) => jwt::verify(token, keys, now_unix(), None)
                 .map(|_| ())
                 .map_err(|e| KbsError::AdminAuth {
                     reason: e.to_string(),
@@ -440,7 +456,7 @@ impl Broker {
                 tracing::warn!("anonymous admin request accepted (insecure_allow_anonymous)");
                 Ok(())
             }
-            (Some(_), None) => Err(KbsError::AdminAuth {
+            (Some(_), []) => Err(KbsError::AdminAuth {
                 reason: "no admin key configured".into(),
             }),
             (None, _) => Err(KbsError::AdminAuth {

@@ -2,7 +2,9 @@
 //! claims and data = `{plugin, resource-path, query}`. Any evaluation error or non-`true`
 //! result denies (INV-5); evaluation time is bounded (INV-9).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
@@ -32,10 +34,17 @@ pub enum PolicyError {
     },
 }
 
+/// Most resource paths whose prepared engine is kept; further paths are evaluated unprepared.
+const MAX_PREPARED_PATHS: usize = 256;
+
 /// A compiled resource policy.
-#[derive(Clone)]
+///
+/// regorus re-analyses the modules whenever data changes, and the data document differs per
+/// resource path; so the engine with a path's data added and analysed is kept (up to
+/// [`MAX_PREPARED_PATHS`]) and each decision clones it and sets only the input.
 pub struct ResourcePolicy {
-    prepared: regorus::Engine,
+    compiled: regorus::Engine,
+    prepared: RwLock<HashMap<String, regorus::Engine>>,
 }
 
 impl std::fmt::Debug for ResourcePolicy {
@@ -70,7 +79,10 @@ impl ResourcePolicy {
         engine
             .eval_query("true".to_owned(), false)
             .map_err(compile)?;
-        Ok(Self { prepared: engine })
+        Ok(Self {
+            compiled: engine,
+            prepared: RwLock::new(HashMap::new()),
+        })
     }
 
     /// The shipped default.
@@ -80,30 +92,46 @@ impl ResourcePolicy {
 
     /// Decides whether `claims` may read `resource_path`. Errors deny.
     pub fn allows(&self, claims: &Map<String, Value>, resource_path: &str) -> bool {
-        let mut engine = self.prepared.clone();
-        let input = match serde_json::to_string(claims)
-            .ok()
-            .and_then(|s| regorus::Value::from_json_str(&s).ok())
-        {
-            Some(v) => v,
-            None => return false,
-        };
-        let data = json!({"plugin": "resource", "resource-path": resource_path, "query": {}});
-        let Ok(data) = regorus::Value::from_json_str(&data.to_string()) else {
-            return false;
-        };
-        engine.set_input(input);
-        if let Err(e) = engine.add_data(data) {
-            tracing::warn!(error = %e, "resource policy data rejected: deny");
+        let input = regorus::Value::from(Value::Object(claims.clone()));
+        if input == regorus::Value::Undefined {
             return false;
         }
-        match engine.eval_rule(DECISION.to_owned()) {
+        let cached = self
+            .prepared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(resource_path)
+            .cloned();
+        let (mut engine, fresh) = match cached {
+            Some(engine) => (engine, false),
+            None => {
+                let mut engine = self.compiled.clone();
+                let data =
+                    json!({"plugin": "resource", "resource-path": resource_path, "query": {}});
+                if let Err(e) = engine.add_data(regorus::Value::from(data)) {
+                    tracing::warn!(error = %e, "resource policy data rejected: deny");
+                    return false;
+                }
+                (engine, true)
+            }
+        };
+        engine.set_input(input);
+        let allowed = match engine.eval_rule(DECISION.to_owned()) {
             Ok(v) => v == regorus::Value::Bool(true),
             Err(e) => {
                 tracing::warn!(error = %e, "resource policy evaluation failed: deny");
                 false
             }
+        };
+        if fresh {
+            // Analysed now; keep it for this path, without this requester's input.
+            engine.set_input(regorus::Value::new_object());
+            let mut prepared = self.prepared.write().unwrap_or_else(|p| p.into_inner());
+            if prepared.len() < MAX_PREPARED_PATHS {
+                prepared.insert(resource_path.to_owned(), engine);
+            }
         }
+        allowed
     }
 }
 
@@ -126,6 +154,22 @@ mod tests {
         assert!(!p.allows(&claims("warning", "snp"), "default/key/1"));
         assert!(!p.allows(&claims("affirming", "sample"), "default/key/1"));
         assert!(!p.allows(&Map::new(), "default/key/1"));
+        // Decisions from the prepared (cached) engine are the same.
+        assert!(p.allows(&claims("affirming", "snp"), "default/key/1"));
+        assert!(!p.allows(&claims("affirming", "sample"), "default/key/1"));
+    }
+
+    #[test]
+    fn data_is_per_resource_path_with_prepared_engines() {
+        let p = ResourcePolicy::new(
+            "package policy\nimport rego.v1\ndefault allow := false\n\
+             allow if { data[\"resource-path\"] == \"a/b/c\"; data.plugin == \"resource\" }\n",
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert!(p.allows(&Map::new(), "a/b/c"));
+            assert!(!p.allows(&Map::new(), "a/b/d"));
+        }
     }
 
     #[test]

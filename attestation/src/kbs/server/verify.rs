@@ -348,6 +348,8 @@ impl EvidenceVerifier {
                 "policy_smt_allowed": r.policy.smt_allowed,
                 "reported_tcb": hex::encode(r.reported_tcb.raw),
                 "launch_tcb": hex::encode(r.launch_tcb.raw),
+                "launch_mit_vector": r.launch_mit_vector,
+                "current_mit_vector": r.current_mit_vector,
             }),
         })
     }
