@@ -24,14 +24,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail, ensure};
+use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_tests::containerd::{Containerd, busybox_oci_archive, oci_archive};
 use coffer_tests::cri::{self, CriConfig, ImageClient, RuntimeClient, v1};
+use coffer_tests::registry::Registry;
 use coffer_tests::{
     Suite, bin, case, eventually, guest_image, leftover_sandboxes, processes_mentioning,
 };
 
 const RUNTIME: &str = "io.containerd.coffer.v2";
 const HANDLER: &str = "coffer";
+/// A handler whose runtime config (CRI's `options.ConfigPath`) asks for guest pull, as the TEE
+/// handlers' do.
+const GUEST_PULL_HANDLER: &str = "coffer-gp";
 const IMAGE: &str = "coffer.test/busybox:latest";
 const PAUSE_IMAGE: &str = "coffer.test/pause:latest";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -48,6 +53,10 @@ struct Ctx {
     state: PathBuf,
     /// Holds `state`.
     _state_dir: tempfile::TempDir,
+    /// The registry the guest pulls from (through a tunnel) with [`GUEST_PULL_HANDLER`].
+    _registry: Registry,
+    /// The guest-pull test image: in CRI's store without a marker file, in the registry with one.
+    pulled_image: String,
 }
 
 fn node_namespaces() -> v1::NamespaceOption {
@@ -94,14 +103,14 @@ impl Ctx {
         }
     }
 
-    fn container_config(name: &str, script: &str) -> v1::ContainerConfig {
+    fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerConfig {
         v1::ContainerConfig {
             metadata: Some(v1::ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
             }),
             image: Some(v1::ImageSpec {
-                image: IMAGE.into(),
+                image: image.into(),
                 annotations: HashMap::new(),
             }),
             command: vec!["sh".into(), "-c".into(), script.into()],
@@ -114,6 +123,67 @@ impl Ctx {
             }),
             ..Default::default()
         }
+    }
+
+    /// RunPodSandbox of `pod` with `handler`; the sandbox id and the pod shim's socket (read from
+    /// the sandbox task's bundle, to check it goes with the pod).
+    fn run_pod(
+        &self,
+        pod: &v1::PodSandboxConfig,
+        handler: &str,
+    ) -> anyhow::Result<(String, Option<PathBuf>)> {
+        std::fs::create_dir_all(&pod.log_directory)?;
+        let sandbox_id = self
+            .call(
+                "RunPodSandbox",
+                self.runtime
+                    .clone()
+                    .run_pod_sandbox(v1::RunPodSandboxRequest {
+                        config: Some(pod.clone()),
+                        runtime_handler: handler.into(),
+                    }),
+            )?
+            .pod_sandbox_id;
+        let shim_socket = self
+            .containerd
+            .bundles()
+            .into_iter()
+            .find(|b| b.ends_with(&sandbox_id))
+            .and_then(|b| std::fs::read_to_string(b.join("address")).ok())
+            .map(|a| PathBuf::from(a.trim().trim_start_matches("unix://")));
+        Ok((sandbox_id, shim_socket))
+    }
+
+    /// CreateContainer of `sh -c script` from `image` in the pod, then StartContainer; its id.
+    fn create_and_start(
+        &self,
+        sandbox_id: &str,
+        pod: &v1::PodSandboxConfig,
+        name: &str,
+        image: &str,
+        script: &str,
+    ) -> anyhow::Result<String> {
+        let id = self
+            .call(
+                "CreateContainer",
+                self.runtime
+                    .clone()
+                    .create_container(v1::CreateContainerRequest {
+                        pod_sandbox_id: sandbox_id.into(),
+                        config: Some(Ctx::container_config(name, image, script)),
+                        sandbox_config: Some(pod.clone()),
+                    }),
+            )?
+            .container_id;
+        self.call(
+            "StartContainer",
+            self.runtime
+                .clone()
+                .start_container(v1::StartContainerRequest {
+                    container_id: id.clone(),
+                }),
+        )?;
+        Ok(id)
     }
 
     fn container_status(&self, id: &str) -> anyhow::Result<v1::ContainerStatus> {
@@ -267,6 +337,61 @@ fn boot_id(line: &str) -> anyhow::Result<String> {
     Ok(id.to_owned())
 }
 
+/// A registry holding the busybox image of `work/image` with a marker file `/guest-pulled` (the
+/// archive imported into CRI's store has none), and the runtime config of
+/// [`GUEST_PULL_HANDLER`]: guest pull through a tunnel to that registry, whose plain HTTP the
+/// pod's initdata allows.
+fn guest_pull_setup(
+    work: &Path,
+    state: &Path,
+    image_dir: &Path,
+) -> anyhow::Result<(Registry, PathBuf)> {
+    let registry = Registry::start()?;
+    let host = format!("127.0.0.1:{}", registry.port);
+    let layout = work.join("image/layout");
+    let bundle = work.join("gp-bundle");
+    let image = format!("{}:latest", layout.display());
+    for args in [
+        vec!["unpack", "--image", &image, &bundle.display().to_string()],
+        vec!["repack", "--image", &image, &bundle.display().to_string()],
+    ] {
+        if args[0] == "repack" {
+            std::fs::write(bundle.join("rootfs/guest-pulled"), "yes\n")?;
+        }
+        let out = std::process::Command::new("umoci").args(&args).output()?;
+        ensure!(
+            out.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    registry.push(&layout, "cri/busybox:latest")?;
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert(
+        Entry::Registries,
+        format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n"),
+    );
+    let initdata = work.join("gp-initdata.toml");
+    std::fs::write(
+        &initdata,
+        Initdata::build(Algorithm::Sha256, &entries)?.raw(),
+    )?;
+    let config = work.join("gp-runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\ninitdata = \"{}\"\n[guest]\nimage_dir = \"{}\"\n\
+             boot_timeout_secs = 120\nguest_pull = true\nregistry_tunnels = [\"{host}\"]\n\
+             [qemu]\nprobe_cache = \"{}\"\n",
+            state.display(),
+            initdata.display(),
+            image_dir.display(),
+            work.join("accel-probe").display()
+        ),
+    )?;
+    Ok((registry, config))
+}
+
 fn setup(work: &Path) -> anyhow::Result<Ctx> {
     let image = guest_image();
     let image_dir = image
@@ -293,6 +418,8 @@ fn setup(work: &Path) -> anyhow::Result<Ctx> {
         ),
     )?;
     let busybox = busybox_oci_archive(&work.join("image"))?;
+    let (registry, gp_config) = guest_pull_setup(work, &state, &image_dir)?;
+    let pulled_image = format!("127.0.0.1:{}/cri/busybox:latest", registry.port);
     // The pause image: one empty layer. Its entrypoint does not exist, so a pod whose sandbox
     // runs proves the pause container ran nowhere.
     let pause = oci_archive(
@@ -304,7 +431,10 @@ fn setup(work: &Path) -> anyhow::Result<Ctx> {
     let containerd_dir = work.join("containerd");
     let cri_config = CriConfig {
         sandbox_image: PAUSE_IMAGE.into(),
-        handlers: vec![(HANDLER.into(), RUNTIME.into(), None)],
+        handlers: vec![
+            (HANDLER.into(), RUNTIME.into(), None),
+            (GUEST_PULL_HANDLER.into(), RUNTIME.into(), Some(gp_config)),
+        ],
         cni_dir: work.join("cni"),
     };
     let mut containerd = Containerd::start_with_cri(
@@ -330,9 +460,13 @@ fn setup(work: &Path) -> anyhow::Result<Ctx> {
         work: work.to_path_buf(),
         state,
         _state_dir: state_dir,
+        _registry: registry,
+        pulled_image,
     };
+    let pulled_name = ctx.pulled_image.trim_end_matches(":latest").to_owned();
     for (archive, name) in [
         (&busybox, "coffer.test/busybox"),
+        (&busybox, pulled_name.as_str()),
         (&pause, "coffer.test/pause"),
     ] {
         ctx.containerd.ctr_ok(&[
@@ -344,7 +478,7 @@ fn setup(work: &Path) -> anyhow::Result<Ctx> {
         ])?;
     }
     // CRI learns of imported images from containerd's events: wait until it lists both.
-    for image in [IMAGE, PAUSE_IMAGE] {
+    for image in [IMAGE, PAUSE_IMAGE, ctx.pulled_image.as_str()] {
         let mut images = ctx.images.clone();
         eventually(
             Duration::from_secs(30),
@@ -394,26 +528,7 @@ fn main() -> ExitCode {
     case!(suite, "pod_of_two_containers_runs_in_one_vm", {
         (|| {
             let pod = ctx.pod_config("pod-a");
-            std::fs::create_dir_all(&pod.log_directory)?;
-            let sandbox_id = ctx
-                .call(
-                    "RunPodSandbox",
-                    ctx.runtime
-                        .clone()
-                        .run_pod_sandbox(v1::RunPodSandboxRequest {
-                            config: Some(pod.clone()),
-                            runtime_handler: HANDLER.into(),
-                        }),
-                )?
-                .pod_sandbox_id;
-            // The shim's socket, from the sandbox task's bundle (to check it goes with the pod).
-            let shim_socket = ctx
-                .containerd
-                .bundles()
-                .into_iter()
-                .find(|b| b.ends_with(&sandbox_id))
-                .and_then(|b| std::fs::read_to_string(b.join("address")).ok())
-                .map(|a| PathBuf::from(a.trim().trim_start_matches("unix://")));
+            let (sandbox_id, shim_socket) = ctx.run_pod(&pod, HANDLER)?;
             let result = (|| {
                 let status = ctx
                     .call(
@@ -432,31 +547,20 @@ fn main() -> ExitCode {
                     "pod not ready: {status:?}"
                 );
                 ensure!(status.runtime_handler == HANDLER, "handler {status:?}");
-                let create = |name: &str, script: &str| {
-                    ctx.call(
-                        "CreateContainer",
-                        ctx.runtime
-                            .clone()
-                            .create_container(v1::CreateContainerRequest {
-                                pod_sandbox_id: sandbox_id.clone(),
-                                config: Some(Ctx::container_config(name, script)),
-                                sandbox_config: Some(pod.clone()),
-                            }),
-                    )
-                    .map(|r| r.container_id)
-                };
-                let first = create("first", &format!("cat {BOOT_ID}; exec sleep 1000"))?;
-                let second = create("second", &format!("cat {BOOT_ID}; exit 7"))?;
-                for id in [&first, &second] {
-                    ctx.call(
-                        "StartContainer",
-                        ctx.runtime
-                            .clone()
-                            .start_container(v1::StartContainerRequest {
-                                container_id: id.clone(),
-                            }),
-                    )?;
-                }
+                let first = ctx.create_and_start(
+                    &sandbox_id,
+                    &pod,
+                    "first",
+                    IMAGE,
+                    &format!("cat {BOOT_ID}; exec sleep 1000"),
+                )?;
+                let second = ctx.create_and_start(
+                    &sandbox_id,
+                    &pod,
+                    "second",
+                    IMAGE,
+                    &format!("cat {BOOT_ID}; exit 7"),
+                )?;
                 let running = ctx.wait_state(&first, v1::ContainerState::ContainerRunning)?;
                 ensure!(running.started_at > 0, "no start time: {running:?}");
                 let exited = ctx.wait_state(&second, v1::ContainerState::ContainerExited)?;
@@ -545,6 +649,63 @@ fn main() -> ExitCode {
             ctx.assert_clean(&sandbox_id, shim_socket.as_deref())
         })()
     });
+
+    case!(
+        suite,
+        "guest_pull_handler_pulls_in_the_guest_and_never_the_pause_image",
+        {
+            (|| {
+                // Through CRI's runtime options (`ConfigPath`) the handler's config asks for guest
+                // pull: the container's root is the registry's image (it has the marker), pulled by
+                // the guest — not CRI's snapshot. The pod's pause container is never pulled.
+                let pod = ctx.pod_config("pod-gp");
+                let (sandbox_id, shim_socket) = ctx.run_pod(&pod, GUEST_PULL_HANDLER)?;
+                let result = (|| {
+                    let id = ctx.create_and_start(
+                        &sandbox_id,
+                        &pod,
+                        "pulled",
+                        &ctx.pulled_image,
+                        "cat /guest-pulled",
+                    )?;
+                    let exited = ctx.wait_state(&id, v1::ContainerState::ContainerExited)?;
+                    let log = Path::new(&pod.log_directory).join("pulled.log");
+                    ensure!(
+                        exited.exit_code == 0,
+                        "exit {}; log {:?}",
+                        exited.exit_code,
+                        cri::log_lines(&log)
+                    );
+                    let lines = ctx.stdout_lines(&log, 1)?;
+                    ensure!(lines == ["yes"], "not the registry's image: {lines:?}");
+                    let containerd_log = std::fs::read_to_string(ctx.containerd.log())?;
+                    let guest: Vec<&str> = containerd_log
+                        .lines()
+                        .filter(|l| l.contains(" guest: ") && l.contains(&sandbox_id))
+                        .collect();
+                    let pulls: Vec<&&str> = guest
+                        .iter()
+                        .filter(|l| l.contains("image pulled in the guest"))
+                        .collect();
+                    ensure!(
+                        pulls.len() == 1 && pulls[0].contains(&ctx.pulled_image),
+                        "one guest pull of {} expected: {pulls:#?}",
+                        ctx.pulled_image
+                    );
+                    ensure!(
+                        !guest.iter().any(|l| l.contains(PAUSE_IMAGE)),
+                        "the guest saw the pause image: {guest:#?}"
+                    );
+                    ctx.stop_and_remove(&sandbox_id)
+                })();
+                if result.is_err() {
+                    let _ = ctx.stop_and_remove(&sandbox_id);
+                }
+                result?;
+                ctx.assert_clean(&sandbox_id, shim_socket.as_deref())
+            })()
+        }
+    );
 
     let code = suite.finish();
     drop(ctx);
