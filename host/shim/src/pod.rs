@@ -23,6 +23,7 @@ use tokio::sync::{OnceCell, watch};
 use crate::cleanup::{self, Record};
 use crate::error::ShimError;
 use crate::events::Events;
+use crate::logs::LogSink;
 use crate::process::{Life, Process, VM_DIED_STATUS, timestamp};
 use crate::spec::{self, Membership, Role};
 use crate::{config, io};
@@ -89,6 +90,7 @@ impl PodVm {
 /// A pod: what one shim serves.
 pub struct Pod {
     events: Events,
+    logs: Arc<LogSink>,
     vm: OnceCell<Arc<PodVm>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     exit: Arc<ExitSignal>,
@@ -131,10 +133,11 @@ fn options_config_path(
 }
 
 impl Pod {
-    /// A pod with no containers yet; `exit` ends the shim.
-    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Self {
+    /// A pod with no containers yet; the shim logs to `logs`; `exit` ends the shim.
+    pub fn new(events: Events, logs: Arc<LogSink>, exit: Arc<ExitSignal>) -> Self {
         Self {
             events,
+            logs,
             vm: OnceCell::new(),
             containers: Mutex::new(HashMap::new()),
             exit,
@@ -340,6 +343,8 @@ impl Pod {
             });
         }
         let bundle = PathBuf::from(&req.bundle);
+        // containerd reads this task's log fifo too: the pod's lines may go there.
+        self.logs.add(&req.id, &bundle);
         let config_json = bundle.join("config.json");
         let raw = std::fs::read(&config_json).map_err(|source| ShimError::Io {
             op: "read",
@@ -726,6 +731,7 @@ impl Pod {
                 )
                 .await;
             tracing::info!(container_id = %id, "task deleted");
+            self.logs.remove(id);
         }
         Ok(api::DeleteResponse {
             pid,
