@@ -590,6 +590,16 @@ fn main() -> ExitCode {
                 );
                 let shims = ctx.shim_processes();
                 ensure!(shims.len() == 1, "one shim for the pod expected: {shims:?}");
+                // The one shim's lines about each container reach containerd's log.
+                let log = std::fs::read_to_string(ctx.containerd.log())?;
+                for id in [&sandbox_id, &first, &second] {
+                    ensure!(
+                        log.lines().any(|l| l.contains("task created")
+                            && l.contains(&format!("container_id={id}"))),
+                        "no shim line for {id} in {}",
+                        ctx.containerd.log().display()
+                    );
+                }
 
                 // ExecSync reaches the same VM; exit codes come back.
                 let exec_sync = |cmd: &[&str]| {
