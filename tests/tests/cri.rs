@@ -1,7 +1,8 @@
 //! `containerd-shim-coffer-v2` under Kubernetes' CRI: a private containerd (Debian's 1.6) with its
 //! CRI plugin, driven through its CRI socket by a small client (`coffer_tests::cri`) as the
-//! kubelet drives it — RunPodSandbox, CreateContainer ×2, StartContainer, ContainerStatus,
-//! ExecSync, StopPodSandbox, RemovePodSandbox — with the runtime handler `coffer`.
+//! kubelet drives it — RunPodSandbox, CreateContainer, StartContainer, ContainerStatus, ExecSync,
+//! StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox — with the runtime handlers
+//! `coffer` and `coffer-gp` (guest pull).
 //!
 //! Nothing is pulled: the pause image (an empty layer whose entrypoint `/pause` does not exist,
 //! so it cannot have run anywhere) and the busybox image are built with `umoci` and imported into
@@ -525,7 +526,7 @@ fn main() -> ExitCode {
         })()
     });
 
-    case!(suite, "pod_of_two_containers_runs_in_one_vm", {
+    case!(suite, "pod_containers_run_in_one_vm", {
         (|| {
             let pod = ctx.pod_config("pod-a");
             let (sandbox_id, shim_socket) = ctx.run_pod(&pod, HANDLER)?;
@@ -622,6 +623,47 @@ fn main() -> ExitCode {
                 ensure!(
                     exec.exit_code == 3 && exec.stderr == b"oops\n",
                     "exec: {exec:?}"
+                );
+
+                // A container stopped (SIGTERM, then SIGKILL after the grace period: `sleep` is
+                // its PID namespace's init and ignores SIGTERM) and removed on its own leaves the
+                // pod, its VM and its other containers running.
+                let third =
+                    ctx.create_and_start(&sandbox_id, &pod, "third", IMAGE, "exec sleep 1000")?;
+                ctx.wait_state(&third, v1::ContainerState::ContainerRunning)?;
+                ctx.call(
+                    "StopContainer",
+                    ctx.runtime
+                        .clone()
+                        .stop_container(v1::StopContainerRequest {
+                            container_id: third.clone(),
+                            timeout: 2,
+                        }),
+                )?;
+                let stopped = ctx.wait_state(&third, v1::ContainerState::ContainerExited)?;
+                ensure!(stopped.exit_code == 137, "StopContainer: {stopped:?}");
+                ctx.call(
+                    "RemoveContainer",
+                    ctx.runtime
+                        .clone()
+                        .remove_container(v1::RemoveContainerRequest {
+                            container_id: third.clone(),
+                        }),
+                )?;
+                ensure!(
+                    ctx.container_status(&third).is_err(),
+                    "RemoveContainer left the container"
+                );
+                let running = ctx.container_status(&first)?;
+                ensure!(
+                    running.state == i32::from(v1::ContainerState::ContainerRunning),
+                    "another container's removal stopped this one: {running:?}"
+                );
+                ensure!(
+                    ctx.qemu_processes() == qemu,
+                    "the pod VM changed: {:?} then {:?}",
+                    qemu,
+                    ctx.qemu_processes()
                 );
 
                 // Stopping the pod stops its containers; removing it removes them and the VM.
