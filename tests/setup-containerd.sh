@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs containerd and ctr (Debian 12's `containerd` package, 1.6) for the shim suite
-# (tests/tests/shim.rs), idempotently. Run as root. The suite starts its own containerd with a
-# private root, state, socket and config; this script only installs the binaries and makes sure the
-# package's system service does not run (the suite never talks to it).
+# Installs containerd and ctr (Debian 12's `containerd` package, 1.6) for the shim and cri suites
+# (tests/tests/shim.rs, tests/tests/cri.rs), idempotently. Run as root. The suites start their own
+# containerd with a private root, state, socket and config; this script only installs the binaries
+# and makes sure the package's system service does not run (the suites never talk to it). The cri
+# suite needs nothing more: the CRI plugin is part of the package, its pods use the node's network
+# (no CNI plugins), and its images are built locally (umoci, from tests/setup.sh).
 set -euo pipefail
 
 if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then

@@ -19,6 +19,7 @@ pub const NAMESPACE: &str = "coffer-test";
 #[derive(Debug)]
 pub struct Containerd {
     dir: PathBuf,
+    namespace: String,
     env: Vec<(String, OsString)>,
     child: Option<Child>,
 }
@@ -27,6 +28,32 @@ impl Containerd {
     /// Starts containerd with its files under `dir`; `env` is added to its environment (and so
     /// to its shims').
     pub fn start(dir: &Path, env: Vec<(String, OsString)>) -> anyhow::Result<Self> {
+        // The CRI plugin wants CNI and a pause image; the shim suite drives containerd with ctr.
+        Self::start_with(
+            dir,
+            env,
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            "",
+        )
+    }
+
+    /// Starts containerd as [`Containerd::start`] does, with its CRI plugin configured by `cri`
+    /// (TOML tables under `[plugins."io.containerd.grpc.v1.cri"]`, appended to the config).
+    pub fn start_with_cri(
+        dir: &Path,
+        env: Vec<(String, OsString)>,
+        cri: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(dir, env, "", cri)
+    }
+
+    /// The config gets `keys` among its top-level keys and `tables` at its end.
+    fn start_with(
+        dir: &Path,
+        env: Vec<(String, OsString)>,
+        keys: &str,
+        tables: &str,
+    ) -> anyhow::Result<Self> {
         require_tool("containerd");
         require_tool("ctr");
         std::fs::create_dir_all(dir)?;
@@ -34,11 +61,11 @@ impl Containerd {
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
-             # The CRI plugin wants CNI and a pause image; the suite drives containerd with ctr.\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {keys}\
              [grpc]\n  address = \"{sock}\"\n\
              [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"debug\"\n",
+             [debug]\n  level = \"debug\"\n\
+             {tables}",
             root = dir.join("root").display(),
             state = dir.join("state").display(),
             sock = dir.join("containerd.sock").display(),
@@ -46,6 +73,7 @@ impl Containerd {
         std::fs::write(dir.join("config.toml"), config)?;
         let mut containerd = Self {
             dir: dir.to_path_buf(),
+            namespace: NAMESPACE.to_owned(),
             env,
             child: None,
         };
@@ -108,23 +136,28 @@ impl Containerd {
         self.dir.join("containerd.sock")
     }
 
+    /// Makes `ctr` and [`Containerd::bundles`] work in `namespace` instead of [`NAMESPACE`].
+    pub fn set_namespace(&mut self, namespace: &str) {
+        namespace.clone_into(&mut self.namespace);
+    }
+
     /// Bundle directories of live tasks (`state/io.containerd.runtime.v2.task/<ns>/<id>`).
     pub fn bundles(&self) -> Vec<PathBuf> {
         std::fs::read_dir(
             self.dir
                 .join("state/io.containerd.runtime.v2.task")
-                .join(NAMESPACE),
+                .join(&self.namespace),
         )
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
     }
 
-    /// `ctr` against this containerd, in [`NAMESPACE`].
+    /// `ctr` against this containerd, in [`NAMESPACE`] (or the one set).
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
             .arg(self.socket())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", &self.namespace])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -229,6 +262,23 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> anyhow::Result<Output
 /// Builds an OCI image archive (`ctr images import` format) holding the busybox rootfs of
 /// [`busybox_rootfs`], with `umoci`, in `dir`; returns the tar's path. Its one tag is `latest`.
 pub fn busybox_oci_archive(dir: &Path) -> anyhow::Result<PathBuf> {
+    oci_archive(
+        dir,
+        "busybox-oci.tar",
+        busybox_rootfs,
+        &["--config.cmd", "/bin/sh"],
+    )
+}
+
+/// Builds an OCI image archive `name` in `dir` with `umoci`: one layer holding what `fill` puts
+/// into the rootfs directory it is given, and the image config `umoci config` makes of
+/// `config_args`. The layout stays in `dir/layout`; the archive's one tag is `latest`.
+pub fn oci_archive(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path),
+    config_args: &[&str],
+) -> anyhow::Result<PathBuf> {
     require_tool("umoci");
     let layout = dir.join("layout");
     let bundle = dir.join("bundle");
@@ -247,17 +297,12 @@ pub fn busybox_oci_archive(dir: &Path) -> anyhow::Result<PathBuf> {
     run(&["umoci", "init", "--layout", &layout_s])?;
     run(&["umoci", "new", "--image", &image])?;
     run(&["umoci", "unpack", "--image", &image, &bundle_s])?;
-    busybox_rootfs(&bundle.join("rootfs"));
+    fill(&bundle.join("rootfs"));
     run(&["umoci", "repack", "--image", &image, &bundle_s])?;
-    run(&[
-        "umoci",
-        "config",
-        "--image",
-        &image,
-        "--config.cmd",
-        "/bin/sh",
-    ])?;
-    let tar = dir.join("busybox-oci.tar");
+    let mut config = vec!["umoci", "config", "--image", &image];
+    config.extend_from_slice(config_args);
+    run(&config)?;
+    let tar = dir.join(name);
     run(&[
         "tar",
         "-C",

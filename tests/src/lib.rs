@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod containerd;
+pub mod cri;
 pub mod kbs;
 pub mod registry;
 pub mod scan;
@@ -135,6 +136,24 @@ pub fn leftover_sandboxes(state_root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Polls `f` (every 200 ms) until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Runs named cases in order and prints a `N passed, N failed` closing line. Returns the exit code.
 #[derive(Debug)]
 pub struct Suite {
@@ -150,6 +169,21 @@ impl Suite {
             name,
             passed: 0,
             failed: Vec::new(),
+        }
+    }
+
+    /// Runs the suite's setup as its first case; `None` (recorded as failed) if it fails.
+    pub fn setup<C>(&mut self, setup: impl FnOnce() -> anyhow::Result<C>) -> Option<C> {
+        let started = Instant::now();
+        match setup() {
+            Ok(ctx) => {
+                self.record("setup", started, Ok(()));
+                Some(ctx)
+            }
+            Err(err) => {
+                self.record("setup", started, Err(err));
+                None
+            }
         }
     }
 

@@ -17,7 +17,9 @@ use coffer_agent_protocol::GUEST_INIT_MARKER;
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_tests::containerd::{Containerd, busybox_oci_archive};
 use coffer_tests::registry::Registry;
-use coffer_tests::{Suite, bin, case, guest_image, leftover_sandboxes, processes_mentioning};
+use coffer_tests::{
+    Suite, bin, case, eventually, guest_image, leftover_sandboxes, processes_mentioning,
+};
 
 const RUNTIME: &str = "io.containerd.coffer.v2";
 const IMAGE: &str = "coffer.test/busybox:latest";
@@ -34,24 +36,6 @@ fn shim_sockets() -> BTreeSet<PathBuf> {
     std::fs::read_dir(SHIM_SOCKETS)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
-}
-
-/// Polls `f` until it returns `Some` or `timeout` passes.
-fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 impl Ctx {

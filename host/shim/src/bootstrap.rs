@@ -12,7 +12,6 @@
 //!   answers a `DeleteResponse`.
 //! * `-info`: the runtime's name for containerd's introspection.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use coffer_shim::events::Events;
+use coffer_shim::logs::{LogSink, MakeLineWriter};
 use coffer_shim::pod::Pod;
 use coffer_shim::service::TaskService;
 use coffer_shim::{cleanup, spec};
@@ -49,7 +49,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         "start" => {
             // containerd 1.6 reads `start`'s stdout and stderr together as the address: log to
             // the fifo only.
-            init_tracing(Some(Path::new("log")), flags.debug, false);
+            init_tracing(Some(bundle_logs(&flags)), flags.debug, false);
             let address = start(&flags).await?;
             let mut stdout = tokio::io::stdout();
             stdout.write_all(address.as_bytes()).await?;
@@ -65,18 +65,28 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
             Ok(())
         }
         "" if !flags.socket.is_empty() => {
-            init_tracing(Some(Path::new("log")), flags.debug, true);
-            serve(flags).await
+            let logs = bundle_logs(&flags);
+            init_tracing(Some(logs.clone()), flags.debug, true);
+            serve(flags, logs).await
         }
         "" => bail!("no action given and no -socket to serve on"),
         other => bail!("unknown action {other:?}"),
     }
 }
 
-/// Logs go to containerd's log fifo (`log` in the bundle) when given and present, else to stderr
-/// if `stderr` allows, else nowhere. Writes never block: a line containerd does not read in time
-/// is dropped.
-fn init_tracing(fifo: Option<&Path>, debug: bool, stderr: bool) {
+/// The log sink of a shim started in a task's bundle: that task's fifo.
+fn bundle_logs(flags: &Flags) -> Arc<LogSink> {
+    let logs = LogSink::new();
+    if let Ok(bundle) = bundle_dir(flags) {
+        logs.add(&flags.id, &bundle);
+    }
+    logs
+}
+
+/// Logs go to containerd's log fifos (`logs`, see [`LogSink`]) when given, else to stderr if
+/// `stderr` allows, else nowhere. Writes never block: a line containerd does not read in time is
+/// dropped.
+fn init_tracing(logs: Option<Arc<LogSink>>, debug: bool, stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| {
         let level = if debug { "debug" } else { "info" };
         // The gRPC stack's own debug lines would drown the shim's.
@@ -87,17 +97,10 @@ fn init_tracing(fifo: Option<&Path>, debug: bool, stderr: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false);
-    let file = fifo.and_then(|path| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(path)
-            .ok()
-    });
-    match file {
-        Some(file) => builder.with_writer(std::sync::Mutex::new(file)).init(),
-        None if stderr => builder.with_writer(std::io::stderr).init(),
-        None => {}
+    match logs {
+        Some(logs) if logs.is_open() => builder.with_writer(MakeLineWriter(logs)).init(),
+        _ if stderr => builder.with_writer(std::io::stderr).init(),
+        _ => {}
     }
 }
 
@@ -187,7 +190,7 @@ async fn spawn_server(flags: &Flags, bundle: &Path, address: &str) -> anyhow::Re
     bail!("the serving shim did not listen on {address} ({status}); see containerd's log")
 }
 
-async fn serve(flags: Flags) -> anyhow::Result<()> {
+async fn serve(flags: Flags, logs: Arc<LogSink>) -> anyhow::Result<()> {
     let path = socket_path(&flags.socket).to_path_buf();
     let listener = match bind(&path) {
         Ok(l) => l,
@@ -210,6 +213,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     let exit = Arc::new(ExitSignal::default());
     let pod = Arc::new(Pod::new(
         Events::new(publisher, flags.namespace.clone()),
+        logs,
         exit.clone(),
     ));
     let mut services = create_task(Arc::new(TaskService::new(pod.clone())));

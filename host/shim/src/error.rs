@@ -51,6 +51,20 @@ pub enum ShimError {
         /// What is wrong.
         message: String,
     },
+    /// A socket of the pod VM would not fit a unix socket address (`state_dir` is too long for
+    /// the pod id; CRI's ids have 64 characters).
+    #[error(
+        "socket path {path} is {len} bytes, over the {max} a unix socket address holds: \
+         choose a shorter state_dir"
+    )]
+    SocketPathTooLong {
+        /// The longest socket path of the pod VM.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The pod VM failed to start or is gone.
     #[error("starting the pod VM")]
     Sandbox(#[from] SandboxError),
@@ -116,6 +130,7 @@ impl ShimError {
                 _ => Code::INTERNAL,
             },
             Self::Config(_)
+            | Self::SocketPathTooLong { .. }
             | Self::GuestImage { .. }
             | Self::Sandbox(_)
             | Self::Rootfs(_)

@@ -21,6 +21,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod io;
+pub mod logs;
 pub mod pod;
 pub mod process;
 pub mod service;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use coffer_agent_protocol::v1 as pb;
 use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
-use coffer_runtime::hypervisor::qemu::Qemu;
+use coffer_runtime::hypervisor::qemu::{Qemu, VmPaths};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
 use coffer_runtime::sandbox::{self, InitdataDisk, Sandbox, SandboxState};
 use containerd_shim::api::{self, Status};
@@ -23,6 +23,7 @@ use tokio::sync::{OnceCell, watch};
 use crate::cleanup::{self, Record};
 use crate::error::ShimError;
 use crate::events::Events;
+use crate::logs::LogSink;
 use crate::process::{Life, Process, VM_DIED_STATUS, timestamp};
 use crate::spec::{self, Membership, Role};
 use crate::{config, io};
@@ -89,6 +90,7 @@ impl PodVm {
 /// A pod: what one shim serves.
 pub struct Pod {
     events: Events,
+    logs: Arc<LogSink>,
     vm: OnceCell<Arc<PodVm>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     exit: Arc<ExitSignal>,
@@ -131,10 +133,11 @@ fn options_config_path(
 }
 
 impl Pod {
-    /// A pod with no containers yet; `exit` ends the shim.
-    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Self {
+    /// A pod with no containers yet; the shim logs to `logs`; `exit` ends the shim.
+    pub fn new(events: Events, logs: Arc<LogSink>, exit: Arc<ExitSignal>) -> Self {
         Self {
             events,
+            logs,
             vm: OnceCell::new(),
             containers: Mutex::new(HashMap::new()),
             exit,
@@ -197,12 +200,13 @@ impl Pod {
                     path: settings.state_dir.clone(),
                     source,
                 })?;
+                check_socket_paths(&sandbox::sandbox_dir(&settings.state_dir, pod_id))?;
                 let qemu = Qemu::new(settings.qemu.clone());
                 let config = settings.sandbox(pod_id.to_owned(), settings.tee, initdata);
                 tracing::info!(sandbox_id = %pod_id, "booting the pod VM");
                 let sandbox = Sandbox::start(&qemu, config).await?;
                 tokio::spawn(crate::console::forward(
-                    coffer_runtime::hypervisor::qemu::VmPaths::new(sandbox.dir()).console_log,
+                    VmPaths::new(sandbox.dir()).console_log,
                     pod_id.to_owned(),
                     sandbox.state(),
                 ));
@@ -339,6 +343,8 @@ impl Pod {
             });
         }
         let bundle = PathBuf::from(&req.bundle);
+        // containerd reads this task's log fifo too: the pod's lines may go there.
+        self.logs.add(&req.id, &bundle);
         let config_json = bundle.join("config.json");
         let raw = std::fs::read(&config_json).map_err(|source| ShimError::Io {
             op: "read",
@@ -391,7 +397,7 @@ impl Pod {
             } else {
                 deliver_rootfs(&vm.agent, &req.id, &bundle, &req.rootfs).await?
             };
-            let guest_spec = serde_json::to_vec(&spec::for_guest(spec))
+            let guest_spec = serde_json::to_vec(&spec::for_guest(spec, &pod_id))
                 .map_err(|e| ShimError::InvalidArgument(format!("spec: {e}")))?;
             vm.agent
                 .clone()
@@ -725,6 +731,7 @@ impl Pod {
                 )
                 .await;
             tracing::info!(container_id = %id, "task deleted");
+            self.logs.remove(id);
         }
         Ok(api::DeleteResponse {
             pid,
@@ -886,6 +893,36 @@ impl Pod {
     }
 }
 
+/// The longest path a unix socket address holds (`sun_path` less its terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+/// Fails unless every socket of a pod VM in `dir` fits a unix socket address. Said up front: the
+/// VM's backends would fail on it with no better message than a timeout.
+fn check_socket_paths(dir: &Path) -> Result<(), ShimError> {
+    use std::os::unix::ffi::OsStrExt;
+    let paths = VmPaths::new(dir);
+    let longest = [
+        paths.vhost_socket,
+        paths.qmp_socket,
+        paths.console_socket,
+        // The host ends of guest-initiated vsock connections: the agent's and the tunnels'
+        // ports (from `tunnel::FIRST_HOST_PORT`) have at most five digits.
+        coffer_runtime::tunnel::host_socket(&paths.vsock_socket, u32::from(u16::MAX)),
+    ]
+    .into_iter()
+    .max_by_key(|p| p.as_os_str().len())
+    .unwrap_or_default();
+    let len = longest.as_os_str().as_bytes().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(ShimError::SocketPathTooLong {
+            path: longest,
+            len,
+            max: SOCKET_PATH_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// The pod's initdata: its annotation (Kata's name or Coffer's), else the handler's default file.
 fn pod_initdata(
     spec: &serde_json::Value,
@@ -977,6 +1014,21 @@ mod tests {
             ..Default::default()
         })
         .into()
+    }
+
+    #[test]
+    fn socket_paths_must_fit_a_unix_address() {
+        let id = "a".repeat(64);
+        // The default state_dir fits CRI's 64-character ids.
+        assert!(check_socket_paths(&sandbox::sandbox_dir(Path::new("/run/coffer"), &id)).is_ok());
+        let long = sandbox::sandbox_dir(Path::new("/tmp/.tmpAbCdEf/coffer"), &id);
+        match check_socket_paths(&long) {
+            Err(ShimError::SocketPathTooLong { path, len, max }) => {
+                assert!(path.starts_with(&long), "{}", path.display());
+                assert!(len > max);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
