@@ -522,16 +522,42 @@ fn main() -> ExitCode {
                 .context("image dir")?
                 .to_owned();
             let config = ctx.work.join("gp-runtime.toml");
+            let metrics_dir = ctx.work.join("textfile-collector");
+            std::fs::create_dir_all(&metrics_dir)?;
             std::fs::write(
                 &config,
                 format!(
-                    "state_dir = \"{}\"\ninitdata = \"{}\"\n[guest]\nimage_dir = \"{}\"\n\
-                     boot_timeout_secs = 120\nguest_pull = true\nregistry_tunnels = [\"{host}\"]\n",
+                    "state_dir = \"{}\"\ninitdata = \"{}\"\nmetrics_dir = \"{}\"\n[guest]\n\
+                     image_dir = \"{}\"\nboot_timeout_secs = 120\nguest_pull = true\n\
+                     registry_tunnels = [\"{host}\"]\n",
                     ctx.state.display(),
                     initdata_file.display(),
+                    metrics_dir.display(),
                     image_dir.display()
                 ),
             )?;
+            // #7 observability: what a node exporter's textfile collector would read while the
+            // pod lives (the last version of the pod's file seen).
+            let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let watcher = {
+                let (dir, watching) = (metrics_dir.clone(), std::sync::Arc::clone(&watching));
+                std::thread::spawn(move || {
+                    let mut seen = String::new();
+                    while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                            let name = entry.file_name().to_string_lossy().into_owned();
+                            if name.starts_with("coffer-")
+                                && name.ends_with(".prom")
+                                && let Ok(text) = std::fs::read_to_string(entry.path())
+                            {
+                                seen = text;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    seen
+                })
+            };
             let annotation = format!("io.kubernetes.cri.image-name={reference}");
             let out = ctx.containerd.ctr_output(
                 &[
@@ -551,12 +577,28 @@ fn main() -> ExitCode {
                 Duration::from_secs(240),
             )?;
             let _ = ctx.remove("guestpull");
+            watching.store(false, std::sync::atomic::Ordering::SeqCst);
+            let seen = watcher
+                .join()
+                .map_err(|_| anyhow::anyhow!("metrics watcher panicked"))?;
             ensure!(
                 out.status.success() && String::from_utf8_lossy(&out.stdout) == "yes\n",
                 "exit {:?}, stdout {:?}, stderr {}",
                 out.status.code(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
+            );
+            for wanted in [
+                "coffer_sandbox_boot_seconds{sandbox_id=\"guestpull\"}",
+                "container_id=\"guestpull\",phase=\"download\"}",
+                "container_id=\"guestpull\",phase=\"decrypt_verify_unpack\"}",
+                "container_id=\"guestpull\",phase=\"total\"}",
+            ] {
+                ensure!(seen.contains(wanted), "metrics lack {wanted}: {seen:?}");
+            }
+            ensure!(
+                std::fs::read_dir(&metrics_dir)?.next().is_none(),
+                "the pod's metrics file outlived it"
             );
             ctx.assert_clean(&sockets_before)
         })()

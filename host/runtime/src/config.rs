@@ -105,6 +105,9 @@ pub struct RuntimeConfig {
     pub tee: Option<TeeKind>,
     /// Initdata (TOML file) for pods that bring none in an annotation. Default none.
     pub initdata: Option<PathBuf>,
+    /// Directory of node_exporter's textfile collector: the shim keeps each pod's boot and
+    /// guest-pull timings there as `coffer-<sandbox id>.prom`. Default none: no metrics files.
+    pub metrics_dir: Option<PathBuf>,
     /// The guest VM.
     pub guest: GuestConfig,
     /// The QEMU backend.

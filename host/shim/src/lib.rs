@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod io;
 pub mod logs;
+pub mod metrics;
 pub mod pod;
 pub mod process;
 pub mod service;

@@ -73,6 +73,8 @@ impl Container {
 struct PodVm {
     agent: AgentClient,
     state: watch::Receiver<SandboxState>,
+    /// Boot and pull timings for a node exporter (`metrics_dir`).
+    metrics: crate::metrics::PodMetrics,
     /// Taken by the one teardown.
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
 }
@@ -204,7 +206,11 @@ impl Pod {
                 let qemu = Qemu::new(settings.qemu.clone());
                 let config = settings.sandbox(pod_id.to_owned(), settings.tee, initdata);
                 tracing::info!(sandbox_id = %pod_id, "booting the pod VM");
+                let booting = std::time::Instant::now();
                 let sandbox = Sandbox::start(&qemu, config).await?;
+                let metrics =
+                    crate::metrics::PodMetrics::new(settings.metrics_dir.as_deref(), pod_id);
+                metrics.booted(booting.elapsed());
                 tokio::spawn(crate::console::forward(
                     VmPaths::new(sandbox.dir()).console_log,
                     pod_id.to_owned(),
@@ -213,6 +219,7 @@ impl Pod {
                 let vm = Arc::new(PodVm {
                     agent: sandbox.agent(),
                     state: sandbox.state(),
+                    metrics,
                     sandbox: tokio::sync::Mutex::new(Some(sandbox)),
                 });
                 tokio::spawn(self.clone().watch_vm(vm.state.clone()));
@@ -388,8 +395,19 @@ impl Pod {
                         spec::IMAGE_NAME
                     ))
                 })?;
+                // Pulled ahead (PullImage) for the guest's phase timings.
+                let mut agent = vm.agent.clone();
+                let done = rootfs::pull_in_guest(&mut agent, &req.id, reference, |_| {}).await?;
+                if let Some(timings) = &done.timings {
+                    vm.metrics.pulled(&req.id, timings);
+                }
+                tracing::info!(
+                    container_id = %req.id,
+                    manifest = %done.manifest_digest,
+                    "image pulled in the guest"
+                );
                 rootfs::deliver(
-                    &mut vm.agent.clone(),
+                    &mut agent,
                     &req.id,
                     &ContainerRootfs::GuestPull(reference.to_owned()),
                 )
@@ -751,6 +769,7 @@ impl Pod {
         if let Some(sandbox) = sandbox {
             let id = sandbox.id().to_owned();
             sandbox.stop().await;
+            vm.metrics.remove();
             tracing::info!(sandbox_id = %id, "pod VM stopped");
             self.exit_all().await;
         }
