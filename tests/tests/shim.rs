@@ -362,7 +362,30 @@ fn main() -> ExitCode {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 ensure!(out.stdout == b"from-exec\n", "exec stdout {:?}", out.stdout);
-                let ps = ctx.ctr_ok(&["task", "ps", id])?;
+                // A running exec has its guest pid, as runc's would.
+                ctx.ctr_ok(&[
+                    "task",
+                    "exec",
+                    "--detach",
+                    "--exec-id",
+                    "e2",
+                    id,
+                    "sleep",
+                    "1000",
+                ])?;
+                let ps = eventually(
+                    Duration::from_secs(30),
+                    "task ps listing init and the exec with their pids",
+                    || {
+                        let ps = ctx.ctr_ok(&["task", "ps", id])?;
+                        let pids: Vec<&str> = ps
+                            .lines()
+                            .skip(1)
+                            .filter_map(|l| l.split_whitespace().next())
+                            .collect();
+                        Ok((pids.len() == 2 && !pids.contains(&"0")).then_some(ps))
+                    },
+                )?;
                 ensure!(
                     ps.lines()
                         .skip(1)

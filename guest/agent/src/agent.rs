@@ -47,6 +47,8 @@ pub enum Reply {
     Uploaded(pb::UploadRootfsResponse),
     /// `StartContainer`.
     Started(pb::StartContainerResponse),
+    /// `ExecProcess`.
+    Execed(pb::ExecProcessResponse),
     /// `StatsContainer`.
     Stats(pb::StatsContainerResponse),
     /// `WaitProcess`.
@@ -825,7 +827,7 @@ impl Agent {
         }
         execs.insert(exec, proc);
         tracing::info!(process = %r, pid, "process started");
-        Ok(Reply::Empty)
+        Ok(Reply::Execed(pb::ExecProcessResponse { pid }))
     }
 
     async fn remove_container(&self, id: Id, force: bool) -> Result<Reply, AgentError> {

@@ -140,8 +140,8 @@ impl pb::agent_server::Agent for AgentService {
     async fn exec_process(
         &self,
         r: Request<pb::ExecProcessRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        unary!(self, r, Empty)
+    ) -> Result<Response<pb::ExecProcessResponse>, Status> {
+        unary!(self, r, Execed)
     }
     async fn wait_process(
         &self,

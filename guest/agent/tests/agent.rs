@@ -317,13 +317,17 @@ async fn containers_run_and_report_status() {
     })
     .await
     .unwrap();
-    c.exec_process(pb::ExecProcessRequest {
-        container_id: "sleeper".into(),
-        exec_id: "e1".into(),
-        oci_process_json: process_json(&["sh", "-c", "echo from exec; exit 3"]),
-    })
-    .await
-    .unwrap();
+    let exec_pid = c
+        .exec_process(pb::ExecProcessRequest {
+            container_id: "sleeper".into(),
+            exec_id: "e1".into(),
+            oci_process_json: process_json(&["sh", "-c", "echo from exec; exit 3"]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    assert!(exec_pid > 1, "the exec reports its pid: {exec_pid}");
     assert_eq!(
         read_all(&mut c, "sleeper", "e1", false).await,
         "from exec\n"

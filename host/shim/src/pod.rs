@@ -494,18 +494,19 @@ impl Pod {
                 .into_inner()
                 .pid
         } else {
-            agent
+            let pid = agent
                 .exec_process(pb::ExecProcessRequest {
                     container_id: id.to_owned(),
                     exec_id: exec_id.to_owned(),
                     oci_process_json: p.exec_spec.clone().unwrap_or_default(),
                 })
                 .await
-                .map_err(ShimError::agent("ExecProcess"))?;
+                .map_err(ShimError::agent("ExecProcess"))?
+                .into_inner()
+                .pid;
             let pumps = io::attach_outputs(&agent, id, exec_id, &p.stdio, &p.io)?;
             *p.pumps.lock().unwrap_or_else(PoisonError::into_inner) = pumps;
-            // The agent does not report exec pids (yet).
-            0
+            pid
         };
         p.life.send_replace(Life::Running(pid));
         if let Err(err) = io::attach_stdin(&agent, id, exec_id, &p.stdio, &p.io).await {
