@@ -11,7 +11,7 @@ use coffer_agent_protocol::v1 as pb;
 use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::config::RuntimeConfig;
-use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu, QemuConfig};
+use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
 use coffer_runtime::sandbox::{InitdataDisk, Sandbox};
 use coffer_runtime::tee::TeeKind;
@@ -205,10 +205,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let state_dir = runtime.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let qemu = Qemu::new(QemuConfig {
-        probe_cache: Some(state_dir.join("accel-probe")),
-        ..runtime.qemu.clone()
-    });
+    let qemu = Qemu::new(runtime.qemu_backend());
     let mut config = runtime.sandbox(id, args.tee.or(runtime.tee), initdata);
     config.registry_tunnels.extend(
         args.registries

@@ -220,6 +220,17 @@ impl RuntimeConfig {
         }
     }
 
+    /// The QEMU backend's settings, with the KVM probe's verdict cached in the state directory
+    /// unless `qemu.probe_cache` names another file: a probe that cannot boot waits out its
+    /// deadline, which must be paid once per host, not once per pod.
+    pub fn qemu_backend(&self) -> crate::hypervisor::qemu::QemuConfig {
+        let mut qemu = self.qemu.clone();
+        if qemu.probe_cache.is_none() {
+            qemu.probe_cache = Some(self.state_dir.join("accel-probe"));
+        }
+        qemu
+    }
+
     /// A sandbox of this configuration: plain when `tee` is `None`.
     pub fn sandbox(
         &self,
@@ -268,6 +279,21 @@ mod tests {
         );
         assert_eq!(defaults.state_dir, Path::new("/run/coffer"));
         assert_eq!(defaults.snp.cpu_model, "EPYC-v4");
+    }
+
+    #[test]
+    fn the_kvm_probe_is_cached_in_the_state_dir_unless_configured() {
+        let config = RuntimeConfig::parse("state_dir = \"/run/x\"", Path::new("x")).unwrap();
+        assert_eq!(
+            config.qemu_backend().probe_cache.as_deref(),
+            Some(Path::new("/run/x/accel-probe"))
+        );
+        let config =
+            RuntimeConfig::parse("[qemu]\nprobe_cache = \"/var/cache/p\"", Path::new("x")).unwrap();
+        assert_eq!(
+            config.qemu_backend().probe_cache.as_deref(),
+            Some(Path::new("/var/cache/p"))
+        );
     }
 
     #[test]

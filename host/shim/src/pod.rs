@@ -203,7 +203,7 @@ impl Pod {
                     source,
                 })?;
                 check_socket_paths(&sandbox::sandbox_dir(&settings.state_dir, pod_id))?;
-                let qemu = Qemu::new(settings.qemu.clone());
+                let qemu = Qemu::new(settings.qemu_backend());
                 let config = settings.sandbox(pod_id.to_owned(), settings.tee, initdata);
                 tracing::info!(sandbox_id = %pod_id, "booting the pod VM");
                 let booting = std::time::Instant::now();
