@@ -207,10 +207,19 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its command line is still ours (the test's): wait for it.
+        let pid = i32::try_from(child.id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = vm_processes(&sandbox);
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(found, vec![pid]);
         // A sibling whose name extends ours is not ours.
         assert!(vm_processes(&dir.path().join("sandboxes/p")).is_empty());
-        let found = vm_processes(&sandbox);
-        assert_eq!(found, vec![i32::try_from(child.id()).unwrap()]);
         // A killed child is a zombie until reaped; its empty command line no longer matches.
         kill_vm_processes(&sandbox).unwrap();
         assert!(!child.wait().unwrap().success());
