@@ -267,7 +267,6 @@ impl Sandbox {
             disks,
             confidential,
         };
-        let launched = Instant::now();
         let mut vm = match hypervisor.launch(&spec).await {
             Ok(vm) => vm,
             Err(err) => {
@@ -281,6 +280,9 @@ impl Sandbox {
                 return Err(SandboxError::Launch(err));
             }
         };
+        // The boot deadline runs from the VMM's start: the accelerator probe a first launch may
+        // run (up to its own deadline) is not the guest's boot time.
+        let launched = Instant::now();
         let console = vm.console_log().to_path_buf();
         let (tunnel_servers, tunnels) =
             match tunnel::serve_all(vm.vsock_socket(), &config.registry_tunnels) {
