@@ -239,13 +239,8 @@ denials contains msg if {
 denials contains msg if {
 	kind == "PullImage"
 	pinned(req.image)
-	not listed_image(req.image)
+	count(candidates) == 0
 	msg := sprintf("PullImage %s: image %s is not listed in the policy data", [req.container_id, req.image])
-}
-
-listed_image(image) if {
-	some e in entries
-	e.image == image
 }
 
 # --- CreateContainer ----------------------------------------------------------------------------
@@ -285,10 +280,15 @@ denials contains msg if {
 	msg := sprintf("CreateContainer %s: policy entry %v: %s", [req.container_id, e.name, concat(", ", problems)])
 }
 
+# The image a request names: CreateContainer's root filesystem, or what PullImage fetches.
+requested_image := req.rootfs.image if kind == "CreateContainer"
+
+requested_image := req.image if kind == "PullImage"
+
+# The entries listing that image.
 candidates contains e if {
-	kind == "CreateContainer"
 	some e in entries
-	e.image == req.rootfs.image
+	e.image == requested_image
 }
 
 matching contains e.name if {

@@ -92,12 +92,12 @@ impl CosignKey {
 
     /// The matching public key as SPKI PEM (what a `sigstoreSigned` policy's `keyPath` or
     /// `keyData` holds).
-    pub fn public_key_pem(&self) -> String {
+    pub fn public_key_pem(&self) -> Result<String, SignError> {
         use p256::pkcs8::EncodePublicKey as _;
         self.0
             .verifying_key()
             .to_public_key_pem(p256::pkcs8::LineEnding::LF)
-            .unwrap_or_default()
+            .map_err(|_| SignError::Key)
     }
 }
 
@@ -401,6 +401,7 @@ mod tests {
         let key = CosignKey::from_pem(&key_pem()).unwrap();
         assert!(
             key.public_key_pem()
+                .unwrap()
                 .starts_with("-----BEGIN PUBLIC KEY-----")
         );
         assert_eq!(format!("{key:?}"), "CosignKey(<redacted>)");
@@ -410,7 +411,7 @@ mod tests {
             .unwrap();
         CosignKey::from_pem(&sec1).unwrap();
         assert!(matches!(
-            CosignKey::from_pem(&key.public_key_pem()),
+            CosignKey::from_pem(&key.public_key_pem().unwrap()),
             Err(SignError::Key)
         ));
         assert!(matches!(CosignKey::from_pem("junk"), Err(SignError::Key)));

@@ -507,8 +507,11 @@ pub async fn sign_command(args: SignArgs) -> anyhow::Result<u8> {
     let key = coffer_image::CosignKey::from_file(&args.key)
         .with_context(|| format!("--key {}", args.key.display()))?;
     if let Some(out) = &args.public_key_out {
-        std::fs::write(out, key.public_key_pem())
-            .with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(
+            out,
+            key.public_key_pem().context("encoding the public key")?,
+        )
+        .with_context(|| format!("writing {}", out.display()))?;
     }
     let (registries, _) = args.registry.load()?;
     let credentials = match &args.authfile {
