@@ -12,8 +12,8 @@
 #     fresh mount and pid namespaces and no joined namespace unless listed, only the standard kernel
 #     filesystems plus the listed mounts, no devices, sysctls or relaxed masked/read-only paths
 #     unless listed, and never OCI hooks. An admitted container is recorded with its entry's name.
-#     Sealed environment values (`sealed.kbs:///…`, resolved by the agent from the key broker)
-#     only for the secrets the entry lists.
+#     Sealed environment values (`sealed.kbs:///…`) and sealed files (mounts of type `sealed`),
+#     resolved by the agent from the key broker, only for the secrets the entry lists.
 #   - Root filesystems uploaded by the host are refused: images are pulled inside the guest.
 #     PullImage (a pull ahead of CreateContainer) only for an image pinned by digest and listed.
 #   - ExecProcess only for argv listed for the container's entry, compared argument by argument,
@@ -331,6 +331,17 @@ problems contains [e.name, msg] if {
 	some m in req.mounts
 	not mount_allowed(m, e)
 	msg := sprintf("mount %s (type %v, source %v) is not allowed", [m.destination, m.type, m.source])
+}
+
+# A sealed file (`{"type": "sealed", "source": "kbs:///…", "destination": …}`, resolved by the agent
+# from the key broker) must be listed exactly among the entry's mounts, which pins where the secret
+# lands, and name a secret the entry lists.
+problems contains [e.name, msg] if {
+	some e in candidates
+	some m in req.mounts
+	m.type == "sealed"
+	not m.source in object.get(e, "secrets", [])
+	msg := sprintf("mount %s names secret %v, which its entry does not list", [m.destination, m.source])
 }
 
 problems contains [e.name, msg] if {

@@ -675,3 +675,61 @@ fn sealed_secrets_only_when_listed() {
     ));
     assert!(!d.allowed);
 }
+
+/// #8: a sealed file must be listed exactly among its entry's mounts (the destination is pinned:
+/// the host cannot make the secret land where the workload would serve or print it) and name a
+/// secret the entry lists.
+#[test]
+fn sealed_files_only_as_listed() {
+    let sealed = |destination: &str, source: &str| mount(destination, source, "sealed", &[]);
+    let listed = json!({"destination": "/run/secrets/db", "source": "kbs:///default/secret/db", "type": "sealed", "options": []});
+    let mut data = data();
+    data["containers"][0]["secrets"] = json!(["kbs:///default/secret/db"]);
+    data["containers"][0]["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(listed.clone());
+    let engine = engine_with(&data);
+    let decide = |m: coffer_policies::Mount| {
+        engine.decide(&PolicyInput::new(create(|c| c.mounts.push(m)), state()))
+    };
+    let d = decide(sealed("/run/secrets/db", "kbs:///default/secret/db"));
+    assert!(d.allowed, "{}", d.reason);
+    // The same secret somewhere else: the host would choose where it lands.
+    let d = decide(sealed("/var/www/index.html", "kbs:///default/secret/db"));
+    assert!(!d.allowed);
+    assert!(
+        d.reason.contains("mount /var/www/index.html") && d.reason.contains("is not allowed"),
+        "{}",
+        d.reason
+    );
+    // Another secret at the listed destination.
+    let d = decide(sealed("/run/secrets/db", "kbs:///default/secret/other"));
+    assert!(!d.allowed);
+    assert!(
+        d.reason
+            .contains("names secret kbs:///default/secret/other, which its entry does not list"),
+        "{}",
+        d.reason
+    );
+    // A listed mount whose secret the entry forgot to list is still refused.
+    let engine = engine_with(&data_without_secrets(listed));
+    let d = engine.decide(&PolicyInput::new(
+        create(|c| {
+            c.mounts
+                .push(sealed("/run/secrets/db", "kbs:///default/secret/db"))
+        }),
+        state(),
+    ));
+    assert!(!d.allowed);
+    assert!(d.reason.contains("names secret"), "{}", d.reason);
+}
+
+fn data_without_secrets(mount: serde_json::Value) -> serde_json::Value {
+    let mut data = data();
+    data["containers"][0]["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(mount);
+    data
+}

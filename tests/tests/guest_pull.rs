@@ -83,6 +83,83 @@ impl Ctx {
         )
     }
 
+    /// Initdata from `coffer policy gen` for the pod manifest `yaml`, naming the broker at `url`
+    /// (sample evidence).
+    fn policy_gen(&self, name: &str, yaml: &str, url: &str) -> anyhow::Result<PathBuf> {
+        let pod = self.work.join(format!("{name}-pod.yaml"));
+        std::fs::write(&pod, yaml)?;
+        let initdata = self.work.join(format!("{name}-initdata.toml"));
+        let out = Command::new(coffer())
+            .args(["policy", "gen"])
+            .arg(&pod)
+            .args(["--insecure-registry", &self.host, "--kbs-url", url])
+            .args(["--kbs-evidence", "sample", "-o"])
+            .arg(&initdata)
+            .output()?;
+        ensure!(out.status.success(), "policy gen: {}", text(&out.stderr));
+        Ok(initdata)
+    }
+
+    /// `sh -c script` in `image` with `initdata`, the registry and the broker at `broker_url`
+    /// tunnelled, and `extra` flags for `sandbox run`.
+    fn run_script(
+        &self,
+        image: &str,
+        initdata: &Path,
+        broker_url: &str,
+        extra: &[&str],
+        script: &str,
+    ) -> anyhow::Result<Output> {
+        let mut c = Command::new(coffer());
+        c.args(["sandbox", "run", "--image", image, "--image-dir"])
+            .arg(&self.image_dir)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--initdata")
+            .arg(initdata)
+            .args(extra)
+            .args(["--registry", &self.host])
+            .args(["--registry", broker_url.trim_start_matches("http://")])
+            .args(["--", "/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .context("running coffer")
+    }
+
+    /// `app` printed exactly `want` (the secret, read inside the guest) and `other` was refused
+    /// before starting, with `why`; the secret never reached the host side (coffer's own
+    /// output, the sandbox state).
+    fn secret_only_for_app(
+        &self,
+        app: Output,
+        want: &str,
+        other: Output,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        ensure!(
+            app.status.code() == Some(0) && text(&app.stdout) == want,
+            "app: exit {:?}, stdout {:?}, stderr {}",
+            app.status.code(),
+            text(&app.stdout),
+            text(&app.stderr)
+        );
+        let stderr = text(&other.stderr);
+        ensure!(
+            other.status.code() == Some(125) && stderr.contains(why),
+            "other: exit {:?}, stdout {:?}, stderr {stderr}",
+            other.status.code(),
+            text(&other.stdout)
+        );
+        for out in [&app.stderr, &other.stdout, &other.stderr] {
+            ensure!(
+                !text(out).contains(SECRET),
+                "the secret leaked: {}",
+                text(out)
+            );
+        }
+        self.assert_clean()
+    }
+
     /// A run that exited 0 having printed exactly `want`, and left nothing behind.
     fn printed(&self, out: Output, want: &str) -> anyhow::Result<()> {
         ensure!(
@@ -609,20 +686,13 @@ fn main() -> ExitCode {
             // initdata's confidential policy comes from `coffer policy gen`.
             ensure!(!pinned.is_empty(), "needs the pushed image");
             let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let broker_addr = broker.url.trim_start_matches("http://").to_owned();
             let sealed = "sealed.kbs:///default/secret/db";
-            let pod = ctx.work.join("sealed-pod.yaml");
-            std::fs::write(
-                &pod,
-                format!(
-                    r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: sealed
-  annotations:
-    coffer.dev/allow-logs: "true"
-spec:
-  containers:
+            let initdata = ctx.policy_gen(
+                "sealed",
+                &logs_pod(
+                    "sealed",
+                    &format!(
+                        r#"  containers:
     - name: app
       image: {pinned}
       command: ["/bin/sh", "-c", "echo app:$DB"]
@@ -637,65 +707,84 @@ spec:
         - {{name: PATH, value: "{path}"}}
         - {{name: HOME, value: /root}}
 "#,
-                    path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+                        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+                    ),
                 ),
+                &broker.url,
             )?;
-            let initdata = ctx.work.join("sealed-initdata.toml");
-            let out = Command::new(coffer())
-                .args(["policy", "gen"])
-                .arg(&pod)
-                .args(["--insecure-registry", &ctx.host, "--kbs-url", &broker.url])
-                .args(["--kbs-evidence", "sample", "-o"])
-                .arg(&initdata)
-                .output()?;
-            ensure!(out.status.success(), "policy gen: {}", text(&out.stderr));
-            let tunnels = [ctx.host.as_str(), broker_addr.as_str()];
             let env = format!("DB={sealed}");
             let run = |script: &str| {
-                let mut c = Command::new(coffer());
-                c.args(["sandbox", "run", "--image", &pinned, "--image-dir"])
-                    .arg(&ctx.image_dir)
-                    .arg("--state-dir")
-                    .arg(&ctx.state)
-                    .arg("--initdata")
-                    .arg(&initdata)
-                    .args(["-e", &env]);
-                for t in tunnels {
-                    c.args(["--registry", t]);
-                }
-                c.args(["--", "/bin/sh", "-c", script])
-                    .stdin(Stdio::null())
-                    .output()
+                ctx.run_script(&pinned, &initdata, &broker.url, &["-e", &env], script)
             };
             let app = run("echo app:$DB")?;
-            ensure!(
-                app.status.code() == Some(0) && text(&app.stdout) == format!("app:{SECRET}\n"),
-                "app: exit {:?}, stdout {:?}, stderr {}",
-                app.status.code(),
-                text(&app.stdout),
-                text(&app.stderr)
-            );
-            // The secret never reaches the host side: not in coffer's output besides the
-            // container's own stdout, not in the sandbox state.
-            ensure!(
-                !text(&app.stderr).contains(SECRET),
-                "secret in coffer's stderr"
-            );
-            ctx.assert_clean()?;
             let other = run("echo other:$DB")?;
-            let stderr = text(&other.stderr);
-            ensure!(
-                other.status.code() == Some(125)
-                    && stderr.contains("names secret kbs:///default/secret/db"),
-                "other: exit {:?}, stdout {:?}, stderr {stderr}",
-                other.status.code(),
-                text(&other.stdout)
-            );
-            ensure!(
-                !text(&other.stdout).contains(SECRET),
-                "secret leaked to other"
-            );
-            ctx.assert_clean()
+            ctx.secret_only_for_app(
+                app,
+                &format!("app:{SECRET}\n"),
+                other,
+                "names secret kbs:///default/secret/db",
+            )
+        })()
+    );
+
+    case!(
+        suite,
+        "sealed_file_only_for_its_container",
+        (|| {
+            // #8: a Secret volume of sealed references becomes a file only the guest reads, for
+            // the container whose entry lists it (policy gen pins the mount and the secret).
+            ensure!(!pinned.is_empty(), "needs the pushed image");
+            let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let show = "cat /run/secrets/db; echo; stat -c '%a %u' /run/secrets/db; echo x > /run/secrets/db || echo read-only";
+            let initdata = ctx.policy_gen(
+                "sealed-files",
+                &logs_pod(
+                    "sealed-files",
+                    &format!(
+                        r#"  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+  volumes:
+    - name: creds
+      secret: {{secretName: db}}
+  containers:
+    - name: app
+      image: {pinned}
+      command: ["/bin/sh", "-c", "{show}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
+      volumeMounts: [{{name: creds, mountPath: /run/secrets}}]
+    - name: other
+      image: {pinned}
+      command: ["/bin/sh", "-c", "{show}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: db}}
+stringData: {{db: "sealed.kbs:///default/secret/db"}}
+"#,
+                        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+                    ),
+                ),
+                &broker.url,
+            )?;
+            let run = |home: &str| {
+                let home = format!("HOME={home}");
+                let file = "/run/secrets/db=kbs:///default/secret/db";
+                ctx.run_script(
+                    &pinned,
+                    &initdata,
+                    &broker.url,
+                    &["-u", "1000:1000", "-e", &home, "--sealed-file", file],
+                    show,
+                )
+            };
+            let app = run("/root")?;
+            let other = run("/")?;
+            ctx.secret_only_for_app(
+                app,
+                &format!("{SECRET}\n400 1000\nread-only\n"),
+                other,
+                "mount /run/secrets/db",
+            )
         })()
     );
 
@@ -746,6 +835,14 @@ spec:
     );
 
     suite.finish()
+}
+
+/// A pod manifest named `name` whose containers' output the host may read, with `spec` (YAML, the
+/// pod spec's fields at two spaces of indentation, then any further documents).
+fn logs_pod(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    coffer.dev/allow-logs: \"true\"\nspec:\n{spec}"
+    )
 }
 
 /// The sealed secret the broker holds.

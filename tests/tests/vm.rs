@@ -220,6 +220,7 @@ fn main() -> ExitCode {
                 cwd: "/tmp".into(),
                 uid: 65534,
                 gid: 65534,
+                ..ProcessOptions::default()
             };
             let (out, status) = env.run("envcwd", o).await?;
             ensure!(out == "hello from env\n/tmp\n65534\n65534\n" && status == 0, "{out:?} {status}");

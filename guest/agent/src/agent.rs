@@ -633,8 +633,9 @@ impl Agent {
                 Ok(Reply::Empty)
             }
             Err(err) => {
-                // Leave nothing half-done: runtime state, cgroup and bundle go.
+                // Leave nothing half-done: runtime state, cgroup, sealed files and bundle go.
                 let _ = self.oci.delete(id.as_str(), true).await;
+                crate::secrets::release_files(&crate::secrets::files_dir(&bundle));
                 let _ = std::fs::remove_dir_all(&bundle);
                 Err(err)
             }
@@ -684,6 +685,13 @@ impl Agent {
         // their secrets, inside the guest only.
         let broker = self.config.images.as_ref().and_then(|i| i.broker());
         crate::secrets::resolve_env(id.as_str(), spec, broker.as_ref()).await?;
+        crate::secrets::resolve_files(
+            id.as_str(),
+            spec,
+            broker.as_ref(),
+            &crate::secrets::files_dir(bundle),
+        )
+        .await?;
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(rootfs_dir.clone());
         spec.set_root(Some(root));
@@ -869,6 +877,7 @@ impl Agent {
                 })??;
         }
         self.oci.delete(id.as_str(), true).await?;
+        crate::secrets::release_files(&crate::secrets::files_dir(&c.bundle));
         std::fs::remove_dir_all(&c.bundle)
             .or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),

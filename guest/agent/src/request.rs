@@ -305,7 +305,8 @@ fn validate_spec(spec: &Spec) -> Result<(), AgentError> {
         .process()
         .as_ref()
         .ok_or_else(|| AgentError::InvalidArgument("oci spec has no process".into()))?;
-    validate_process(process)
+    validate_process(process)?;
+    crate::secrets::validate_mounts(spec)
 }
 
 fn validate_process(process: &Process) -> Result<(), AgentError> {

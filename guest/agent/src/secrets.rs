@@ -1,17 +1,27 @@
-//! Sealed secrets: an environment value `sealed.kbs:///<repo>/<type>/<tag>` is replaced, inside
-//! the guest and only after the policy admitted the container, by that resource from the key
-//! broker (released to this guest's attested evidence). The host sends and sees only the
-//! reference. Which references a container may name is the policy's decision (the confidential
-//! policy admits a reference only when the container's entry lists it under `secrets`), so a
-//! container gets exactly the secrets its entry names.
+//! Sealed secrets, resolved inside the guest only after the policy admitted the container, from
+//! the key broker (released to this guest's attested evidence). The host sends and sees only the
+//! reference, in one of two forms:
+//!
+//! - an environment value `sealed.kbs:///<repo>/<type>/<tag>`, replaced by the resource's text;
+//! - a mount `{"type": "sealed", "source": "kbs:///<repo>/<type>/<tag>", "destination": PATH}`
+//!   (no options), replaced by a read-only bind of a file holding the resource's bytes. The file
+//!   lives on a tmpfs private to the container (never on a disk), owned by the container's user,
+//!   mode 0400.
+//!
+//! Which references a container may name is the policy's decision (the confidential policy admits
+//! a reference only when the container's entry lists it under `secrets`, and a sealed mount only
+//! when the entry lists that exact mount), so a container gets exactly the secrets its entry names.
 //!
 //! Secret values are never logged and never returned to the host.
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use coffer_attestation::kbs::client::KbsClient;
+use coffer_attestation::kbs::client::{KbsClient, Resource};
 use coffer_attestation::kbs::path::ResourcePath;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount, Spec};
 
 use crate::error::AgentError;
 
@@ -21,6 +31,93 @@ pub const SEALED_PREFIX: &str = "sealed.";
 pub const KBS_SCHEME: &str = "kbs:///";
 /// Largest secret accepted into an environment variable.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// The mount type of a sealed file.
+pub const SEALED_MOUNT_TYPE: &str = "sealed";
+/// Largest secret accepted into a sealed file.
+pub const MAX_SECRET_FILE_BYTES: usize = 1024 * 1024;
+/// Most sealed mounts one container may have.
+pub const MAX_SEALED_MOUNTS: usize = 64;
+
+/// The directory, inside a container's bundle, of the tmpfs holding its sealed files.
+pub fn files_dir(bundle: &Path) -> PathBuf {
+    bundle.join("secrets")
+}
+
+fn is_sealed_mount(m: &Mount) -> bool {
+    m.typ().as_deref() == Some(SEALED_MOUNT_TYPE)
+}
+
+/// The broker resource path of a `kbs:///<repo>/<type>/<tag>` reference.
+fn resource_path(reference: &str) -> Result<ResourcePath, String> {
+    reference
+        .strip_prefix(KBS_SCHEME)
+        .ok_or_else(|| format!("not a {KBS_SCHEME}<repo>/<type>/<tag> reference"))?
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+/// Checks the form of a spec's sealed mounts, before the policy decides on the request: a
+/// `kbs:///` source, an absolute destination other than `/`, no options (the agent alone decides
+/// how the file is mounted), and at most [`MAX_SEALED_MOUNTS`].
+pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
+    let sealed: Vec<&Mount> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| is_sealed_mount(m))
+        .collect();
+    if sealed.len() > MAX_SEALED_MOUNTS {
+        return Err(AgentError::InvalidArgument(format!(
+            "{} sealed mounts; at most {MAX_SEALED_MOUNTS}",
+            sealed.len()
+        )));
+    }
+    for m in sealed {
+        let destination = m.destination();
+        let invalid = |why: String| {
+            AgentError::InvalidArgument(format!("sealed mount {}: {why}", destination.display()))
+        };
+        if !destination.is_absolute() || destination.parent().is_none() {
+            return Err(invalid(
+                "the destination must be an absolute file path".into(),
+            ));
+        }
+        let source = m
+            .source()
+            .as_ref()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| invalid("no source".into()))?;
+        resource_path(source).map_err(invalid)?;
+        if m.options().as_ref().is_some_and(|o| !o.is_empty()) {
+            return Err(invalid(
+                "options are not allowed (it is always mounted read-only, nosuid, nodev, noexec)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fetches one sealed reference's resource from the broker.
+async fn fetch(
+    container_id: &str,
+    reference: &str,
+    broker: Option<&Arc<KbsClient>>,
+) -> Result<Resource, AgentError> {
+    let failed = |reason: String| AgentError::Secret {
+        container_id: container_id.to_owned(),
+        reference: reference.to_owned(),
+        reason,
+    };
+    let path = resource_path(reference).map_err(failed)?;
+    let client = broker.ok_or_else(|| {
+        failed("no key broker: initdata names none, or this guest cannot attest".into())
+    })?;
+    client
+        .get_resource(&path)
+        .await
+        .map_err(|e| failed(crate::rootfs::error_chain(&e)))
+}
 
 /// The broker resource a sealed value names, if `value` is sealed.
 pub fn sealed_reference(value: &str) -> Option<&str> {
@@ -55,26 +152,7 @@ pub async fn resolve_env(
             resolved.push(var);
             continue;
         };
-        let path: ResourcePath = reference
-            .strip_prefix(KBS_SCHEME)
-            .ok_or_else(|| {
-                failed(
-                    reference,
-                    format!("not a {KBS_SCHEME}<repo>/<type>/<tag> reference"),
-                )
-            })?
-            .parse()
-            .map_err(|e| failed(reference, format!("{e}")))?;
-        let client = broker.ok_or_else(|| {
-            failed(
-                reference,
-                "no key broker: initdata names none, or this guest cannot attest".into(),
-            )
-        })?;
-        let secret = client
-            .get_resource(&path)
-            .await
-            .map_err(|e| failed(reference, crate::rootfs::error_chain(&e)))?;
+        let secret = fetch(container_id, reference, broker).await?;
         let text = std::str::from_utf8(secret.expose())
             .map_err(|_| failed(reference, "the secret is not UTF-8 text".into()))?;
         if text.len() > MAX_SECRET_BYTES || text.contains('\0') {
@@ -93,6 +171,101 @@ pub async fn resolve_env(
         tracing::info!(container_id, secrets = count, "sealed secrets resolved");
     }
     Ok(())
+}
+
+/// Replaces every sealed mount of `spec` by a read-only bind of a file holding its secret, on a
+/// tmpfs mounted at `dir` (created here, private to the container). On error the caller removes
+/// the bundle after [`release_files`].
+pub async fn resolve_files(
+    container_id: &str,
+    spec: &mut Spec,
+    broker: Option<&Arc<KbsClient>>,
+    dir: &Path,
+) -> Result<(), AgentError> {
+    let Some(mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    if !mounts.iter().any(is_sealed_mount) {
+        return Ok(());
+    }
+    let (uid, gid) = spec
+        .process()
+        .as_ref()
+        .map(|p| (p.user().uid(), p.user().gid()))
+        .unwrap_or((0, 0));
+    mount_tmpfs(dir)?;
+    let mut resolved = Vec::with_capacity(mounts.len());
+    let mut count = 0usize;
+    for m in mounts {
+        if !is_sealed_mount(&m) {
+            resolved.push(m);
+            continue;
+        }
+        let reference = m
+            .source()
+            .as_ref()
+            .map(|s| s.display().to_string())
+            .unwrap_or_default();
+        let secret = fetch(container_id, &reference, broker).await?;
+        if secret.expose().len() > MAX_SECRET_FILE_BYTES {
+            return Err(AgentError::Secret {
+                container_id: container_id.to_owned(),
+                reference,
+                reason: format!("the secret is over {MAX_SECRET_FILE_BYTES} bytes"),
+            });
+        }
+        let file = dir.join(count.to_string());
+        write_secret_file(&file, secret.expose(), uid, gid)?;
+        let mut bind = Mount::default();
+        bind.set_destination(m.destination().clone());
+        bind.set_typ(Some("bind".into()));
+        bind.set_source(Some(file));
+        bind.set_options(Some(
+            ["bind", "ro", "nosuid", "nodev", "noexec"]
+                .map(String::from)
+                .to_vec(),
+        ));
+        resolved.push(bind);
+        count += 1;
+    }
+    spec.set_mounts(Some(resolved));
+    tracing::info!(container_id, files = count, "sealed files resolved");
+    Ok(())
+}
+
+/// Unmounts a container's sealed-file tmpfs, if it has one (its files go with it).
+pub fn release_files(dir: &Path) {
+    match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+        Err(err) => tracing::warn!(path = %dir.display(), %err, "unmounting sealed files"),
+    }
+}
+
+fn mount_tmpfs(dir: &Path) -> Result<(), AgentError> {
+    use nix::mount::MsFlags;
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
+    let size = MAX_SEALED_MOUNTS * MAX_SECRET_FILE_BYTES;
+    nix::mount::mount(
+        Some("coffer-secrets"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=0700,size={size}").as_str()),
+    )
+    .map_err(|e| AgentError::io("mount tmpfs", dir, e.into()))
+}
+
+fn write_secret_file(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<(), AgentError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(|e| AgentError::io("create", path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| AgentError::io("write", path, e))?;
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+        .map_err(|e| AgentError::io("chown", path, e))
 }
 
 #[cfg(test)]
@@ -125,5 +298,88 @@ mod tests {
                 Err(AgentError::Secret { .. })
             ));
         }
+    }
+
+    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Spec {
+        let mut spec = spec_with_env(&[]);
+        let mounts: Vec<Mount> = mounts
+            .iter()
+            .map(|m| serde_json::from_value(m.clone()).unwrap())
+            .collect();
+        spec.set_mounts(Some(mounts));
+        spec
+    }
+
+    #[test]
+    fn sealed_mounts_are_checked_before_the_policy() {
+        use serde_json::json;
+        let ok = json!({"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///default/secret/db"});
+        validate_mounts(&spec_with_mounts(std::slice::from_ref(&ok))).unwrap();
+        // Other mounts are not this module's business.
+        validate_mounts(&spec_with_mounts(&[
+            json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid"]}),
+        ]))
+        .unwrap();
+        for (bad, why) in [
+            (
+                json!({"destination": "/run/secrets/db", "type": "sealed", "source": "/etc/shadow"}),
+                "kbs:///",
+            ),
+            (
+                json!({"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///two/parts"}),
+                "sealed mount /run/secrets/db",
+            ),
+            (
+                json!({"destination": "/run/secrets/db", "type": "sealed"}),
+                "no source",
+            ),
+            (
+                json!({"destination": "relative", "type": "sealed", "source": "kbs:///a/b/c"}),
+                "absolute",
+            ),
+            (
+                json!({"destination": "/", "type": "sealed", "source": "kbs:///a/b/c"}),
+                "absolute",
+            ),
+            (
+                json!({"destination": "/s", "type": "sealed", "source": "kbs:///a/b/c", "options": ["rw"]}),
+                "options are not allowed",
+            ),
+        ] {
+            let err = validate_mounts(&spec_with_mounts(&[bad])).unwrap_err();
+            assert!(
+                matches!(&err, AgentError::InvalidArgument(m) if m.contains(why)),
+                "{err}"
+            );
+        }
+        let many = vec![ok; MAX_SEALED_MOUNTS + 1];
+        assert!(matches!(
+            validate_mounts(&spec_with_mounts(&many)),
+            Err(AgentError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn sealed_files_need_a_broker_and_leave_nothing_mounted() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = files_dir(work.path());
+        // No sealed mount: nothing is mounted or created.
+        let mut plain = spec_with_mounts(&[]);
+        resolve_files("c", &mut plain, None, &dir).await.unwrap();
+        assert!(!dir.exists());
+        let mut spec = spec_with_mounts(&[serde_json::json!(
+            {"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///default/secret/db"}
+        )]);
+        let err = resolve_files("c", &mut spec, None, &dir).await.unwrap_err();
+        assert!(
+            matches!(&err, AgentError::Secret { reference, .. } if reference == "kbs:///default/secret/db"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no key broker"), "{err}");
+        release_files(&dir);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&dir.display().to_string()), "{mounts}");
+        // Releasing what was never mounted is harmless.
+        release_files(&dir);
     }
 }

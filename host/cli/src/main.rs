@@ -10,6 +10,7 @@ mod policy;
 mod policy_gen;
 mod progress;
 mod run;
+mod sealed_volumes;
 
 use std::process::ExitCode;
 

@@ -12,10 +12,13 @@
 //!   value;
 //! * user = `runAsUser`/`runAsGroup` (container, then pod), else the image's numeric `User`;
 //! * exec = the `exec` commands of liveness, readiness and startup probes;
-//! * logs allowed only with the pod annotation `coffer.dev/allow-logs: "true"`.
+//! * logs allowed only with the pod annotation `coffer.dev/allow-logs: "true"`;
+//! * sealed secrets: environment values `sealed.kbs:///…`, and Secret volumes whose Secret (a
+//!   further YAML document of the manifest) holds sealed references, each key a sealed file
+//!   (`sealed_volumes`).
 //!
 //! What the policy cannot admit safely is an error, never silently dropped: privileged
-//! containers, host namespaces, volume mounts, `envFrom`, non-numeric users.
+//! containers, host namespaces, volumes other than sealed Secrets, `envFrom`, non-numeric users.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,6 +30,8 @@ use coffer_image::{Credentials, RegistriesConfig};
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::sealed_volumes::{Secrets, Volume, VolumeMount};
 
 /// The pod annotation that lets the host read containers' output.
 pub const ALLOW_LOGS_ANNOTATION: &str = "coffer.dev/allow-logs";
@@ -46,7 +51,8 @@ const KUBELET_VARIABLES: [&str; 9] = [
 
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// Pod manifest (YAML, `kind: Pod`).
+    /// Pod manifest (YAML, `kind: Pod`), optionally with the `kind: Secret` documents its
+    /// volumes use (values: sealed references).
     pod: PathBuf,
     /// Registry configuration (TOML: mirrors, insecure registries, CAs); also placed in initdata.
     #[arg(long)]
@@ -85,7 +91,6 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 #[derive(Debug, Deserialize)]
 struct Pod {
-    kind: String,
     #[serde(default)]
     metadata: Metadata,
     spec: PodSpec,
@@ -117,6 +122,8 @@ struct PodSpec {
     security_context: SecurityContext,
     #[serde(default)]
     ephemeral_containers: Vec<Value>,
+    #[serde(default)]
+    volumes: Vec<Volume>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +141,7 @@ struct Container {
     #[serde(default)]
     security_context: SecurityContext,
     #[serde(default)]
-    volume_mounts: Vec<Value>,
+    volume_mounts: Vec<VolumeMount>,
     #[serde(default)]
     volume_devices: Vec<Value>,
     #[serde(default)]
@@ -212,15 +219,8 @@ struct Resolved {
 pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&args.pod)
         .with_context(|| format!("reading {}", args.pod.display()))?;
-    let pod: Pod = serde_norway::from_str(&text)
-        .with_context(|| format!("{} is not a Pod manifest", args.pod.display()))?;
-    ensure!(
-        pod.kind == "Pod",
-        "{}: kind is {:?}; policy gen takes a Pod (for a Deployment, use its pod template as a Pod)",
-        args.pod.display(),
-        pod.kind
-    );
-    check_pod(&pod)?;
+    let (pod, secrets) = manifest(&text).with_context(|| format!("{}", args.pod.display()))?;
+    check_pod(&pod, &secrets)?;
 
     let (registries, registries_text) = crate::oci_image::load_registries(
         args.registry_config.as_deref(),
@@ -240,7 +240,7 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("container {}: image {}", container.name, container.image))?;
         entries.push(
-            entry(container, &pod.spec, &resolved, allow_logs)
+            entry(container, &pod.spec, &secrets, &resolved, allow_logs)
                 .with_context(|| format!("container {}", container.name))?,
         );
         eprintln!("coffer: container {} → {}", container.name, resolved.pinned);
@@ -334,8 +334,40 @@ fn toml_of(config: &RegistriesConfig) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// The manifest's Pod and the Secrets it came with.
+fn manifest(text: &str) -> anyhow::Result<(Pod, Secrets)> {
+    let mut pod = None;
+    let mut secrets = Secrets::default();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).with_context(|| format!("YAML document {}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        match value.get("kind").and_then(Value::as_str) {
+            Some("Pod") => {
+                ensure!(pod.is_none(), "holds more than one Pod");
+                pod = Some(
+                    serde_json::from_value::<Pod>(value)
+                        .with_context(|| format!("document {} is not a valid Pod", i + 1))?,
+                );
+            }
+            Some("Secret") => secrets.add(
+                serde_json::from_value(value)
+                    .with_context(|| format!("document {} is not a valid Secret", i + 1))?,
+            )?,
+            kind => bail!(
+                "document {} is of kind {kind:?}; policy gen takes a Pod and its Secrets (for a \
+                 Deployment, use its pod template as a Pod)",
+                i + 1
+            ),
+        }
+    }
+    let pod = pod.context("holds no Pod")?;
+    Ok((pod, secrets))
+}
+
 /// Pod-level settings the confidential policy never admits.
-fn check_pod(pod: &Pod) -> anyhow::Result<()> {
+fn check_pod(pod: &Pod, secrets: &Secrets) -> anyhow::Result<()> {
     let spec = &pod.spec;
     for (set, what) in [
         (spec.host_network, "hostNetwork"),
@@ -360,7 +392,12 @@ fn check_pod(pod: &Pod) -> anyhow::Result<()> {
             "container name {} is used twice",
             c.name
         );
-        check_container(c).with_context(|| format!("container {}", c.name))?;
+        check_container(c)
+            .and_then(|()| {
+                crate::sealed_volumes::sealed_files(&c.volume_mounts, &spec.volumes, secrets)
+                    .map(drop)
+            })
+            .with_context(|| format!("container {}", c.name))?;
     }
     Ok(())
 }
@@ -372,8 +409,8 @@ fn check_container(c: &Container) -> anyhow::Result<()> {
         "privileged containers cannot be admitted in confidential mode"
     );
     ensure!(
-        c.volume_mounts.is_empty() && c.volume_devices.is_empty(),
-        "volume mounts are not supported by policy gen yet: their host-side sources cannot be pinned"
+        c.volume_devices.is_empty(),
+        "volumeDevices cannot be admitted: a host block device's contents cannot be pinned"
     );
     ensure!(
         c.env_from.is_empty(),
@@ -404,6 +441,7 @@ fn repository_of(image: &str) -> &str {
 fn entry(
     c: &Container,
     pod: &PodSpec,
+    secret_docs: &Secrets,
     image: &Resolved,
     allow_logs: bool,
 ) -> anyhow::Result<Value> {
@@ -450,11 +488,25 @@ fn entry(
             }
         }
     }
-    // Sealed values (`sealed.kbs:///…`) name the broker secrets this container may receive.
+    // Sealed values (`sealed.kbs:///…`) and sealed files name the broker secrets this container
+    // may receive; each file is a mount pinned to its destination.
+    let files = crate::sealed_volumes::sealed_files(&c.volume_mounts, &pod.volumes, secret_docs)?;
     let secrets: BTreeSet<String> = env
         .values()
         .filter_map(|v| v.strip_prefix("sealed."))
         .map(str::to_owned)
+        .chain(files.iter().map(|(_, r)| r.clone()))
+        .collect();
+    let mounts: Vec<Value> = files
+        .iter()
+        .map(|(destination, reference)| {
+            json!({
+                "destination": destination,
+                "source": reference,
+                "type": coffer_runtime::spec::SEALED_MOUNT_TYPE,
+                "options": [],
+            })
+        })
         .collect();
     let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
 
@@ -508,6 +560,7 @@ fn entry(
         "env": env,
         "env_names_any_value": any_value,
         "secrets": secrets,
+        "mounts": mounts,
         "cwd": cwd,
         "user": {"uid": uid, "gid": gid},
         "terminal": c.tty,
@@ -565,5 +618,34 @@ mod tests {
         );
         assert_eq!(image_user(Some("1000")).unwrap(), (Some(1000), None));
         assert!(image_user(Some("nobody")).is_err());
+    }
+
+    #[test]
+    fn manifest_is_one_pod_and_its_secrets() {
+        let pod = "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}]}\n";
+        let secret =
+            "kind: Secret\nmetadata: {name: s}\nstringData: {k: \"sealed.kbs:///a/b/c\"}\n";
+        let (p, secrets) = manifest(&format!("{pod}---\n{secret}---\n")).unwrap();
+        assert_eq!(p.metadata.name, "p");
+        let volumes: Vec<Volume> =
+            serde_norway::from_str("[{name: v, secret: {secretName: s}}]").unwrap();
+        let mounts: Vec<VolumeMount> =
+            serde_norway::from_str("[{name: v, mountPath: /m}]").unwrap();
+        assert_eq!(
+            crate::sealed_volumes::sealed_files(&mounts, &volumes, &secrets).unwrap(),
+            vec![("/m/k".to_owned(), "kbs:///a/b/c".to_owned())]
+        );
+        for (text, why) in [
+            (format!("{pod}---\n{pod}"), "more than one Pod"),
+            (secret.to_owned(), "holds no Pod"),
+            (
+                format!("{pod}---\nkind: Deployment\n"),
+                "use its pod template",
+            ),
+            (format!("{pod}---\n{secret}---\n{secret}"), "appears twice"),
+        ] {
+            let err = format!("{:#}", manifest(&text).unwrap_err());
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -41,6 +41,11 @@ pub struct RunArgs {
     /// Environment variable for the command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A file at PATH in the container holding the key broker's resource REF
+    /// (kbs:///<repo>/<type>/<tag>), fetched by the guest after attestation; the host sees only
+    /// the reference (repeatable). The policy must list the mount and the secret.
+    #[arg(long = "sealed-file", value_name = "PATH=REF", value_parser = parse_sealed_file)]
+    sealed_files: Vec<(String, String)>,
     /// Working directory inside the container.
     #[arg(long, short = 'w', default_value = "/")]
     workdir: String,
@@ -119,6 +124,22 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
         uid.parse().with_context(|| format!("user {s:?}: uid"))?,
         gid.parse().with_context(|| format!("user {s:?}: gid"))?,
     ))
+}
+
+fn parse_sealed_file(s: &str) -> Result<(String, String), String> {
+    let (path, reference) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PATH=kbs:///<repo>/<type>/<tag>"))?;
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!("{path:?}: the path must be absolute"));
+    }
+    let resource = reference
+        .strip_prefix("kbs:///")
+        .ok_or_else(|| format!("{reference:?}: expected kbs:///<repo>/<type>/<tag>"))?;
+    resource
+        .parse::<coffer_attestation::kbs::path::ResourcePath>()
+        .map_err(|e| format!("{reference:?}: {e}"))?;
+    Ok((path.to_owned(), reference.to_owned()))
 }
 
 fn validate_env(env: &[String]) -> anyhow::Result<()> {
@@ -241,6 +262,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         cwd: args.workdir.clone(),
         uid,
         gid,
+        sealed_files: args.sealed_files.clone(),
     };
     let outcome = tokio::select! {
         r = run_container(sandbox.agent(), &rootfs, &opts, args.interactive, &timings) => match r {

@@ -2,7 +2,7 @@
 //! network namespaces; masked and read-only paths; default capabilities and rlimits) with the
 //! user's command, environment, working directory and user.
 
-use oci_spec::runtime::{Process, Spec, User};
+use oci_spec::runtime::{Mount, Process, Spec, User};
 
 /// What to run and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,9 @@ pub struct ProcessOptions {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Sealed files: `(destination, kbs:///<repo>/<type>/<tag>)`, resolved by the guest agent
+    /// from the key broker after attestation (the host names only the reference).
+    pub sealed_files: Vec<(String, String)>,
 }
 
 impl Default for ProcessOptions {
@@ -27,6 +30,7 @@ impl Default for ProcessOptions {
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            sealed_files: Vec::new(),
         }
     }
 }
@@ -60,6 +64,20 @@ pub fn process(opts: &ProcessOptions) -> Process {
     process
 }
 
+/// The mount type the guest agent resolves into a broker-held file.
+pub const SEALED_MOUNT_TYPE: &str = "sealed";
+
+/// A sealed-file mount in its canonical form (no options: the agent alone decides how it is
+/// mounted), as the policy data lists it.
+pub fn sealed_mount(destination: &str, reference: &str) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some(SEALED_MOUNT_TYPE.into()));
+    m.set_source(Some(reference.into()));
+    m.set_options(None);
+    m
+}
+
 /// A container spec running `opts`, with a read-write root.
 pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
     let mut spec = Spec::default();
@@ -68,6 +86,11 @@ pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
     if let Some(mut root) = spec.root().clone() {
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
+    }
+    if !opts.sealed_files.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(opts.sealed_files.iter().map(|(d, r)| sealed_mount(d, r)));
+        spec.set_mounts(Some(mounts));
     }
     spec
 }
@@ -84,8 +107,14 @@ mod tests {
             cwd: "/work".into(),
             uid: 1000,
             gid: 100,
+            sealed_files: vec![("/run/secrets/db".into(), "kbs:///default/secret/db".into())],
         };
         let spec = container(&opts, "h");
+        let sealed = spec.mounts().as_ref().unwrap().last().unwrap();
+        assert_eq!(
+            serde_json::to_value(sealed).unwrap(),
+            serde_json::json!({"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///default/secret/db"})
+        );
         let p = spec.process().as_ref().unwrap();
         assert_eq!(
             p.env().as_ref().unwrap(),

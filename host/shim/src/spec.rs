@@ -88,6 +88,86 @@ enum GuestMount {
     Drop,
     /// CRI's pod `/dev/shm` (a host tmpfs): the container gets a tmpfs of its own in the guest.
     GuestShm,
+    /// A bind of a Secret volume (or one file of it) whose values are sealed references: each
+    /// file becomes a `sealed` mount the guest agent resolves from the key broker. Only the
+    /// references are read here; the host never has the secrets.
+    Sealed(Vec<Value>),
+}
+
+/// The prefix of a sealed value (`sealed.kbs:///<repo>/<type>/<tag>`).
+const SEALED_PREFIX: &str = "sealed.";
+/// Largest file read as a possible sealed reference.
+const MAX_REFERENCE_BYTES: u64 = 4096;
+/// Most sealed files one volume may hold.
+const MAX_SEALED_FILES: usize = 64;
+/// Deepest directory nesting followed in a volume (Secret items may have nested paths).
+const MAX_SEALED_DEPTH: usize = 4;
+
+/// The sealed reference a file holds, if that is all it holds.
+fn sealed_file(path: &std::path::Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_REFERENCE_BYTES {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let reference = text
+        .strip_suffix('\n')
+        .unwrap_or(&text)
+        .strip_prefix(SEALED_PREFIX)?;
+    (!reference.is_empty() && !reference.contains(char::is_whitespace))
+        .then(|| reference.to_owned())
+}
+
+/// Collects `(destination, reference)` for every file under `dir` (the kubelet's `..`-named
+/// bookkeeping entries skipped); `None` unless every file is a sealed reference.
+fn sealed_dir(
+    dir: &std::path::Path,
+    destination: &str,
+    depth: usize,
+    out: &mut Vec<(String, String)>,
+) -> Option<()> {
+    if depth > MAX_SEALED_DEPTH {
+        return None;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+        .collect::<Option<_>>()?;
+    names.retain(|n| !n.starts_with(".."));
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let dest = format!("{}/{name}", destination.trim_end_matches('/'));
+        if std::fs::metadata(&path).ok()?.is_dir() {
+            sealed_dir(&path, &dest, depth + 1, out)?;
+        } else {
+            out.push((dest, sealed_file(&path)?));
+        }
+        if out.len() > MAX_SEALED_FILES {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// The sealed mounts a bind of `source` at `destination` stands for, if it is a sealed file or a
+/// directory of them.
+fn sealed_mounts(source: &str, destination: &str) -> Option<Vec<Value>> {
+    let path = std::path::Path::new(source);
+    let mut files = Vec::new();
+    if std::fs::metadata(path).ok()?.is_dir() {
+        sealed_dir(path, destination, 0, &mut files)?;
+    } else {
+        files.push((destination.to_owned(), sealed_file(path)?));
+    }
+    (!files.is_empty()).then(|| {
+        files
+            .into_iter()
+            .map(|(destination, reference)| {
+                serde_json::json!({"destination": destination, "type": "sealed", "source": reference})
+            })
+            .collect()
+    })
 }
 
 fn is_bind(mount: &Value) -> bool {
@@ -128,6 +208,9 @@ fn guest_mount(mount: &Value, pod_id: &str) -> GuestMount {
     if destination == "/dev/shm" && in_pod_dir("shm") {
         return GuestMount::GuestShm;
     }
+    if let Some(sealed) = sealed_mounts(source, destination) {
+        return GuestMount::Sealed(sealed);
+    }
     GuestMount::Keep
 }
 
@@ -144,8 +227,9 @@ fn guest_shm() -> Value {
 /// The spec sent to the guest: host-side settings that mean nothing inside the VM are removed —
 /// namespace `path`s (they name host processes' namespaces), hooks (host binaries), and the
 /// bind mounts of CRI's per-pod host files for a container of pod `pod_id` (`/etc/hosts`,
-/// `/etc/hostname`, `/etc/resolv.conf`; `/dev/shm` becomes a guest tmpfs). Everything else is
-/// the guest agent's to validate and its policy's to decide.
+/// `/etc/hostname`, `/etc/resolv.conf`; `/dev/shm` becomes a guest tmpfs). Binds of Secret
+/// volumes holding only sealed references become `sealed` mounts. Everything else is the guest
+/// agent's to validate and its policy's to decide.
 pub fn for_guest(mut spec: Value, pod_id: &str) -> Value {
     if let Some(obj) = spec.as_object_mut() {
         obj.remove("hooks");
@@ -159,6 +243,7 @@ pub fn for_guest(mut spec: Value, pod_id: &str) -> Value {
                     tracing::debug!(sandbox_id = %pod_id, destination = ?mount.get("destination"), "CRI pod file not sent to the guest");
                 }
                 GuestMount::GuestShm => kept.push(guest_shm()),
+                GuestMount::Sealed(sealed) => kept.extend(sealed),
             }
         }
         *mounts = kept;
@@ -248,5 +333,49 @@ mod tests {
         // A relative source is no CRI file.
         let relative = json!({"mounts": [bind("/etc/hosts", "p1/hosts")]});
         assert_eq!(for_guest(relative.clone(), "p1"), relative);
+    }
+
+    #[test]
+    fn sealed_secret_volumes_become_sealed_mounts() {
+        // The kubelet's Secret volume layout: `..data` → a timestamped directory, keys as links.
+        let vol = tempfile::tempdir().unwrap();
+        let data = vol.path().join("..2026_12_02_07_00_00.1");
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        std::fs::write(data.join("password"), "sealed.kbs:///default/secret/db\n").unwrap();
+        std::fs::write(data.join("tls/key"), "sealed.kbs:///default/secret/tls").unwrap();
+        std::os::unix::fs::symlink(&data, vol.path().join("..data")).unwrap();
+        for key in ["password", "tls"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), vol.path().join(key)).unwrap();
+        }
+        let source = vol.path().display().to_string();
+        let bind = |dest: &str, src: &str| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "ro"]});
+        let sealed =
+            |dest: &str, r: &str| json!({"destination": dest, "type": "sealed", "source": r});
+        let spec = json!({"mounts": [
+            bind("/run/secrets/", &source),
+            bind("/etc/app/pw", &format!("{source}/password")),
+        ]});
+        assert_eq!(
+            for_guest(spec, "p1")["mounts"],
+            json!([
+                sealed("/run/secrets/password", "kbs:///default/secret/db"),
+                sealed("/run/secrets/tls/key", "kbs:///default/secret/tls"),
+                sealed("/etc/app/pw", "kbs:///default/secret/db"),
+            ])
+        );
+        // One plain value in the volume: the bind is kept as it is (and the guest's policy
+        // refuses a host mount), nothing is half-translated.
+        std::fs::write(data.join("plain"), "hunter2").unwrap();
+        std::os::unix::fs::symlink("..data/plain", vol.path().join("plain")).unwrap();
+        let spec = json!({"mounts": [bind("/run/secrets", &source)]});
+        assert_eq!(for_guest(spec.clone(), "p1")["mounts"], spec["mounts"]);
+        // An empty directory or a large file is no sealed volume either.
+        let empty = tempfile::tempdir().unwrap();
+        let spec = json!({"mounts": [bind("/e", &empty.path().display().to_string())]});
+        assert_eq!(for_guest(spec.clone(), "p1")["mounts"], spec["mounts"]);
+        let big = empty.path().join("big");
+        std::fs::write(&big, format!("sealed.kbs:///a/b/{}", "c".repeat(5000))).unwrap();
+        let spec = json!({"mounts": [bind("/b", &big.display().to_string())]});
+        assert_eq!(for_guest(spec.clone(), "p1")["mounts"], spec["mounts"]);
     }
 }
