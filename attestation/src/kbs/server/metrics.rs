@@ -16,6 +16,10 @@ pub struct Metrics {
     pub resource_released: AtomicU64,
     /// Resource requests refused (token, policy, path, missing).
     pub resource_refused: AtomicU64,
+    /// Identity certificates issued.
+    pub identity_issued: AtomicU64,
+    /// Identity requests refused (token, initdata, policy, CSR, lifetime).
+    pub identity_refused: AtomicU64,
     /// Admin requests accepted.
     pub admin_ok: AtomicU64,
     /// Admin requests refused.
@@ -52,6 +56,16 @@ impl Metrics {
                 "coffer_kbs_resource_refused_total",
                 "Refused resource requests.",
                 &self.resource_refused,
+            ),
+            (
+                "coffer_kbs_identity_issued_total",
+                "Identity certificates issued.",
+                &self.identity_issued,
+            ),
+            (
+                "coffer_kbs_identity_refused_total",
+                "Refused identity requests.",
+                &self.identity_refused,
             ),
             (
                 "coffer_kbs_admin_ok_total",
