@@ -30,10 +30,9 @@ impl SampleAttester {
     /// Like [`Self::new`], with evidence carrying `digest`, the digest of the initdata the
     /// client sends (as a TEE's launch measurement would).
     pub fn with_init_data_digest(digest: Vec<u8>) -> Self {
-        Self {
-            init_data_digest: Some(digest),
-            ..Self::new()
-        }
+        let mut attester = Self::new();
+        attester.init_data_digest = Some(digest);
+        attester
     }
 }
 

@@ -627,14 +627,12 @@ pub(super) async fn issue_identity(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    let result = broker.identity(&headers, &body);
     let m = &broker.inner.metrics;
-    Metrics::inc(if result.is_ok() {
-        &m.identity_issued
-    } else {
-        &m.identity_refused
-    });
-    result
+    Metrics::outcome(
+        broker.identity(&headers, &body),
+        &m.identity_issued,
+        &m.identity_refused,
+    )
 }
 
 impl Broker {
@@ -726,16 +724,20 @@ mod tests {
         ));
     }
 
+    fn ca_config(dir: &Path) -> IdentityConfig {
+        IdentityConfig {
+            trust_domain: Some("coffer.test".into()),
+            ca_key: dir.join("id/ca.key"),
+            ca_cert: dir.join("id/ca.crt"),
+            ..IdentityConfig::default()
+        }
+    }
+
     #[test]
     fn ca_generated_then_reloaded_with_private_key_mode() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let config = IdentityConfig {
-            trust_domain: Some("coffer.test".into()),
-            ca_key: dir.path().join("id/ca.key"),
-            ca_cert: dir.path().join("id/ca.crt"),
-            ..IdentityConfig::default()
-        };
+        let config = ca_config(dir.path());
         let first = IdentityCa::load_or_create(&config, "coffer.test").unwrap();
         let mode = std::fs::metadata(&config.ca_key)
             .unwrap()
@@ -756,11 +758,8 @@ mod tests {
     fn lifetimes_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let config = IdentityConfig {
-            trust_domain: Some("coffer.test".into()),
-            ca_key: dir.path().join("ca.key"),
-            ca_cert: dir.path().join("ca.crt"),
             max_lifetime_secs: 7200,
-            ..IdentityConfig::default()
+            ..ca_config(dir.path())
         };
         let ca = IdentityCa::load_or_create(&config, "coffer.test").unwrap();
         assert_eq!(ca.lifetime(None).unwrap(), 3600);

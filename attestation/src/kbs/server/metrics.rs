@@ -32,6 +32,16 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `result` in `ok` or `refused` and passes it on.
+    pub fn outcome<T, E>(
+        result: Result<T, E>,
+        ok: &AtomicU64,
+        refused: &AtomicU64,
+    ) -> Result<T, E> {
+        Self::inc(if result.is_ok() { ok } else { refused });
+        result
+    }
+
     /// The exposition text, with the current session count as a gauge.
     pub fn render(&self, sessions: usize) -> String {
         let mut out = String::new();

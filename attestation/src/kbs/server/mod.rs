@@ -493,12 +493,7 @@ impl Broker {
                 reason: "no admin token".into(),
             }),
         };
-        Metrics::inc(if result.is_ok() {
-            &b.metrics.admin_ok
-        } else {
-            &b.metrics.admin_refused
-        });
-        result
+        Metrics::outcome(result, &b.metrics.admin_ok, &b.metrics.admin_refused)
     }
 }
 
@@ -515,14 +510,12 @@ async fn get_resource(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, KbsError> {
-    let result = broker.release(&headers, &uri);
     let m = &broker.inner.metrics;
-    Metrics::inc(if result.is_ok() {
-        &m.resource_released
-    } else {
-        &m.resource_refused
-    });
-    result
+    Metrics::outcome(
+        broker.release(&headers, &uri),
+        &m.resource_released,
+        &m.resource_refused,
+    )
 }
 
 impl Broker {
