@@ -504,7 +504,12 @@ impl IdentityCa {
             }
         }
         write_new(&config.ca_key, key_pem.as_bytes(), 0o600)?;
-        write_new(&config.ca_cert, cert.pem().as_bytes(), 0o644)?;
+        if let Err(e) = write_new(&config.ca_cert, cert.pem().as_bytes(), 0o644) {
+            // Leave neither file, so the next start generates again instead of failing on a
+            // lone key.
+            let _ = std::fs::remove_file(&config.ca_key);
+            return Err(e);
+        }
         tracing::info!(
             trust_domain,
             cert = %config.ca_cert.display(),
@@ -547,6 +552,9 @@ impl IdentityCa {
     ) -> Result<Issued, String> {
         let not_before = now - BACKDATE;
         let not_after = (now + Duration::from_secs(lifetime)).min(self.ca_not_after);
+        if not_after <= now {
+            return Err("the identity CA certificate has expired".into());
+        }
         let mut params = rcgen::CertificateParams::default();
         // Empty subject: the identity is the SAN, which is then critical (RFC 5280 4.2.1.6).
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -751,6 +759,72 @@ mod tests {
         assert!(matches!(
             IdentityCa::load_or_create(&config, "coffer.test"),
             Err(CaError::Incomplete { .. })
+        ));
+    }
+
+    #[test]
+    fn operator_supplied_ca_issues_leaves_that_chain_to_it() {
+        use x509_cert::der::DecodePem as _;
+        let dir = tempfile::tempdir().unwrap();
+        let config = ca_config(dir.path());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CountryName, "DE");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Corp");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mesh issuing CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let ca_cert = params.self_signed(&key).unwrap();
+        std::fs::create_dir_all(dir.path().join("id")).unwrap();
+        std::fs::write(&config.ca_key, key.serialize_pem()).unwrap();
+        std::fs::write(&config.ca_cert, ca_cert.pem()).unwrap();
+        let ca = IdentityCa::load_or_create(&config, "coffer.test").unwrap();
+        assert_eq!(ca.ca_pem(), ca_cert.pem());
+
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let csr = verify_csr(&csr_for(&leaf_key)).unwrap();
+        let binding = AttestationBinding {
+            claims_sha256: [1; 32],
+            tee: "snp".into(),
+            ear_status: "affirming".into(),
+        };
+        let issued = ca
+            .issue(
+                &csr,
+                "spiffe://coffer.test/ns/a/sa/b",
+                &binding,
+                600,
+                SystemTime::now(),
+            )
+            .unwrap();
+        let leaf = x509_cert::Certificate::from_pem(issued.certificate_pem.as_bytes()).unwrap();
+        let root = x509_cert::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap();
+        assert_eq!(leaf.tbs_certificate.issuer, root.tbs_certificate.subject);
+        let seen = crate::identity::inspect_certificate(&leaf.to_der().unwrap()).unwrap();
+        assert_eq!(seen.attestation, Some(binding));
+        assert_eq!(seen.not_after - seen.not_before, 660);
+
+        // A certificate that does not hold the key is refused.
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        std::fs::write(&config.ca_key, other.serialize_pem()).unwrap();
+        assert!(matches!(
+            IdentityCa::load_or_create(&config, "coffer.test"),
+            Err(CaError::Invalid { .. })
+        ));
+        // A certificate that is not a CA is refused.
+        let mut leafy = rcgen::CertificateParams::default();
+        leafy.is_ca = rcgen::IsCa::ExplicitNoCa;
+        std::fs::write(&config.ca_key, key.serialize_pem()).unwrap();
+        std::fs::write(&config.ca_cert, leafy.self_signed(&key).unwrap().pem()).unwrap();
+        assert!(matches!(
+            IdentityCa::load_or_create(&config, "coffer.test"),
+            Err(CaError::Invalid { .. })
         ));
     }
 
