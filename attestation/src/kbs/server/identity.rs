@@ -715,6 +715,26 @@ mod tests {
         ));
     }
 
+    /// Every single-bit flip and every truncation of a valid CSR is refused with a typed error
+    /// (no panic): the signature covers every byte that is not structure.
+    #[test]
+    fn mutated_csrs_are_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = csr_for(&key);
+        for i in 0..der.len() {
+            for bit in 0..8 {
+                let mut m = der.clone();
+                m[i] ^= 1 << bit;
+                assert!(
+                    verify_csr(&m).is_err(),
+                    "flip of bit {bit} in byte {i} accepted"
+                );
+            }
+            assert!(verify_csr(&der[..i]).is_err());
+        }
+        verify_csr(&der).unwrap();
+    }
+
     #[test]
     fn csr_text_forms() {
         let key = rcgen::KeyPair::generate().unwrap();

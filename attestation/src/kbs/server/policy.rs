@@ -167,6 +167,12 @@ mod tests {
         // Decisions from the prepared (cached) engine are the same.
         assert!(p.allows(&claims("affirming", "snp"), "default/key/1"));
         assert!(!p.allows(&claims("affirming", "sample"), "default/key/1"));
+        // Identities: the same rule (plugin "identity", path = the SPIFFE ID); other plugins deny.
+        let id = "spiffe://coffer.test/ns/a/sa/b";
+        assert!(p.decide(&claims("affirming", "tdx"), "identity", id));
+        assert!(!p.decide(&claims("warning", "tdx"), "identity", id));
+        assert!(!p.decide(&claims("affirming", "sample"), "identity", id));
+        assert!(!p.decide(&claims("affirming", "snp"), "other", id));
     }
 
     #[test]
