@@ -36,13 +36,7 @@ async fn full_handshake(tls: bool, key: KeyKind, auth: AuthMode) {
         client.get_resource(&two).await.unwrap().expose(),
         b"key-two"
     );
-    let metrics = kbs
-        .http()
-        .get(format!("{}/metrics", kbs.url))
-        .send()
-        .await
-        .unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = kbs.metrics_text().await;
     assert!(text.contains("coffer_kbs_auth_total 1\n"), "{text}");
     assert!(
         text.contains("coffer_kbs_resource_released_total 2\n"),
@@ -117,15 +111,7 @@ async fn expired_server_session_triggers_one_fresh_handshake() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // The cached token outlives the server session: 401 TokenNotFound, then one new handshake.
     assert_eq!(client.get_resource(&path).await.unwrap().expose(), b"k");
-    let text = kbs
-        .http()
-        .get(format!("{}/metrics", kbs.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = kbs.metrics_text().await;
     assert!(text.contains("coffer_kbs_auth_total 2\n"), "{text}");
 }
 

@@ -247,6 +247,12 @@ pub enum Entry {
     /// `sample` (development only, and only in a guest with no TEE: a TEE guest given `sample`
     /// refuses to start). Measured like every entry, so the broker sees the choice.
     KbsEvidence,
+    /// `workload-identity`: `ns/<namespace>/sa/<service-account>`, the workload whose SPIFFE
+    /// identity (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`) the key broker
+    /// issues to this attested guest. The broker reads it from the initdata the evidence bound and
+    /// validates it (namespace a DNS-1123 label, service account a DNS-1123 subdomain:
+    /// `coffer_attestation::identity::WorkloadName::parse`); absent, the pod gets no identity.
+    WorkloadIdentity,
 }
 
 /// Values of [`Entry::KbsEvidence`].
@@ -254,7 +260,7 @@ pub const KBS_EVIDENCE_VALUES: [&str; 2] = ["tee", "sample"];
 
 impl Entry {
     /// Every entry, in documentation order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Policy,
         Self::PolicyData,
         Self::KbsUrl,
@@ -262,6 +268,7 @@ impl Entry {
         Self::ImagePolicy,
         Self::Registries,
         Self::KbsEvidence,
+        Self::WorkloadIdentity,
     ];
 
     /// The key in `[data]`.
@@ -274,6 +281,7 @@ impl Entry {
             Self::ImagePolicy => "image-policy.json",
             Self::Registries => "registries.toml",
             Self::KbsEvidence => "kbs-evidence",
+            Self::WorkloadIdentity => "workload-identity",
         }
     }
 
@@ -578,6 +586,16 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn workload_identity_entry_is_known() {
+        let doc = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"workload-identity\" = \"ns/prod/sa/frontend\"\n";
+        let init = Initdata::parse(doc.as_bytes().to_vec()).unwrap();
+        assert_eq!(
+            init.get(Entry::WorkloadIdentity),
+            Some("ns/prod/sa/frontend")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The RCAR client: `auth` → challenge + `kbs-session-id` cookie → ephemeral TEE key → evidence
 //! binding `{nonce, tee-pubkey}` → `attest` → token → `GET resource` → JWE decrypted with the
-//! TEE key. Works against Trustee's KBS 0.4.0 and `coffer-kbs`.
+//! TEE key. Works against Trustee's KBS 0.4.0 and `coffer-kbs`. [`KbsClient::request_identity`] is
+//! `coffer-kbs`'s extension: a workload identity certificate for a CSR (see [`crate::identity`]).
 //!
 //! The token (and its key) is cached until `exp`; a 401 other than a policy denial or a missing
 //! resource triggers exactly one fresh handshake. Transport errors and 5xx replies are retried
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use rsa::traits::PublicKeyParts as _;
@@ -23,8 +24,8 @@ use super::binding;
 use super::jwe::{JweError, RSA_GENERATED_BITS, TeeKeyPair};
 use super::path::{PathError, ResourcePath};
 use super::types::{
-    Attestation, AttestationToken, Challenge, CompositeEvidence, ErrorInformation, InitData,
-    PROTOCOL_VERSION, Request, Response, RuntimeData, SESSION_COOKIE,
+    Attestation, AttestationToken, Challenge, CompositeEvidence, ErrorInformation, IdentityReply,
+    IdentityRequest, InitData, PROTOCOL_VERSION, Request, Response, RuntimeData, SESSION_COOKIE,
 };
 use crate::attester::{Attester, AttesterError, AttesterKind, attester_for};
 
@@ -101,6 +102,35 @@ pub enum KbsClientError {
     /// Key generation or JWE decryption failed.
     #[error("resource decryption failed")]
     Jwe(#[source] JweError),
+    /// The broker refused to issue an identity (not configured, initdata without a workload
+    /// name, policy, CSR, lifetime), or still refused the token after one fresh handshake.
+    #[error("kbs refused the identity: {} ({})", .info.detail, .info.kind())]
+    IdentityRefused {
+        /// The broker's problem JSON.
+        info: ErrorInformation,
+    },
+    /// The issued certificate is not what was asked for (another key, no SPIFFE ID, or fields
+    /// that contradict the reply).
+    #[error("kbs issued an unusable identity: {reason}")]
+    IdentityMismatch {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A broker-issued workload identity certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityBundle {
+    /// The leaf followed by the CA chain, PEM: what a TLS stack presents.
+    pub cert_chain_pem: String,
+    /// The CA chain alone, PEM: the trust anchor for peers of the same trust domain.
+    pub ca_bundle_pem: String,
+    /// The SPIFFE ID (the leaf's SAN URI).
+    pub spiffe_id: String,
+    /// `notBefore`, Unix seconds.
+    pub not_before: u64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: u64,
 }
 
 /// TEE key type for the handshake.
@@ -304,6 +334,80 @@ impl KbsClient {
         }
     }
 
+    /// Asks the broker for an identity certificate for the key of `csr_der` (a DER PKCS#10 CSR),
+    /// valid for the broker's default lifetime; attests first when no valid token is cached.
+    pub async fn request_identity(&self, csr_der: &[u8]) -> Result<IdentityBundle, KbsClientError> {
+        self.request_identity_for(csr_der, None).await
+    }
+
+    /// [`Self::request_identity`] asking for `lifetime` (the broker refuses one over its maximum).
+    /// The certificate must certify the CSR's key and name one SPIFFE ID, else
+    /// [`KbsClientError::IdentityMismatch`].
+    #[tracing::instrument(skip_all)]
+    pub async fn request_identity_for(
+        &self,
+        csr_der: &[u8],
+        lifetime: Option<Duration>,
+    ) -> Result<IdentityBundle, KbsClientError> {
+        let request = IdentityRequest {
+            csr: B64.encode(csr_der),
+            lifetime_secs: lifetime.map(|d| d.as_secs()),
+        };
+        let body = to_json("identity", &request)?;
+        let url = format!("{}/kbs/v0/identity", self.base);
+        let mut fresh = false;
+        loop {
+            let session = self.session(fresh).await?;
+            let reply = self
+                .send("identity", || {
+                    self.authorized(self.http.post(&url), &session)
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone())
+                })
+                .await?;
+            match reply.status() {
+                StatusCode::OK => {
+                    let reply = parse_json("identity", &read_body("identity", reply).await?)?;
+                    return identity_bundle(csr_der, reply);
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    let body = read_body("identity", reply).await?;
+                    let info: ErrorInformation = parse_json("identity", &body)?;
+                    match info.kind() {
+                        "TokenNotFound" | "JwtVerificationFailed" if !fresh => {
+                            tracing::debug!(
+                                kind = info.kind(),
+                                "identity refused, attesting again once"
+                            );
+                            fresh = true;
+                        }
+                        _ => return Err(KbsClientError::IdentityRefused { info }),
+                    }
+                }
+                other => {
+                    return Err(KbsClientError::Protocol {
+                        stage: "identity",
+                        reason: format!("unexpected http status {other}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// `request` authenticated with the session: its cookie, or the bearer token.
+    fn authorized(
+        &self,
+        request: reqwest::RequestBuilder,
+        session: &Session,
+    ) -> reqwest::RequestBuilder {
+        match (self.config.auth, &session.cookie) {
+            (AuthMode::Cookie, Some(c)) => {
+                request.header(COOKIE, format!("{SESSION_COOKIE}={}", c.as_str()))
+            }
+            _ => request.header(AUTHORIZATION, format!("Bearer {}", session.token.as_str())),
+        }
+    }
+
     /// A valid cached session, or a new one (always new when `force`).
     async fn session(&self, force: bool) -> Result<Arc<Session>, KbsClientError> {
         let mut guard = self.session.lock().await;
@@ -400,15 +504,7 @@ impl KbsClient {
     async fn fetch(&self, session: &Session, path: &ResourcePath) -> Result<Fetch, KbsClientError> {
         let url = format!("{}/kbs/v0/resource/{path}", self.base);
         let reply = self
-            .send("resource", || {
-                let req = self.http.get(&url);
-                match (self.config.auth, &session.cookie) {
-                    (AuthMode::Cookie, Some(c)) => {
-                        req.header(COOKIE, format!("{SESSION_COOKIE}={}", c.as_str()))
-                    }
-                    _ => req.header(AUTHORIZATION, format!("Bearer {}", session.token.as_str())),
-                }
-            })
+            .send("resource", || self.authorized(self.http.get(&url), session))
             .await?;
         match reply.status() {
             StatusCode::OK => Ok(Fetch::Ok(parse_json(
@@ -468,6 +564,51 @@ pub async fn fetch_resource(
     let attester: Arc<dyn Attester> =
         Arc::from(attester_for(tee).map_err(KbsClientError::Attester)?);
     KbsClient::new(config, attester)?.get_resource(&path).await
+}
+
+/// Checks an identity reply against the CSR it answers: the leaf certifies the CSR's key, names
+/// exactly one SPIFFE ID, the reply's; and its validity is the reply's.
+fn identity_bundle(csr_der: &[u8], reply: IdentityReply) -> Result<IdentityBundle, KbsClientError> {
+    use x509_cert::der::{Decode as _, Encode as _};
+    let mismatch = |reason: String| KbsClientError::IdentityMismatch { reason };
+    let requested = x509_cert::request::CertReq::from_der(csr_der)
+        .and_then(|csr| csr.info.public_key.to_der())
+        .map_err(|e| KbsClientError::Config {
+            reason: format!("csr: {e}"),
+        })?;
+    let (label, leaf) = x509_cert::der::pem::decode_vec(reply.certificate.as_bytes())
+        .map_err(|e| mismatch(format!("certificate pem: {e}")))?;
+    if label != "CERTIFICATE" {
+        return Err(mismatch(format!("certificate pem label {label:?}")));
+    }
+    let seen = crate::identity::inspect_certificate(&leaf).map_err(|e| mismatch(e.to_string()))?;
+    if seen.spki_der != requested {
+        return Err(mismatch("certificate is not for the csr's key".into()));
+    }
+    if seen.spiffe_id() != Some(reply.spiffe_id.as_str()) || seen.uris.len() != 1 {
+        return Err(mismatch(format!(
+            "certificate names {:?}, reply {:?}",
+            seen.uris, reply.spiffe_id
+        )));
+    }
+    if (seen.not_before, seen.not_after) != (reply.not_before, reply.not_after)
+        || seen.not_after <= seen.not_before
+    {
+        return Err(mismatch("validity differs from the reply".into()));
+    }
+    if reply.ca_chain.trim().is_empty() {
+        return Err(mismatch("no ca chain".into()));
+    }
+    let mut cert_chain_pem = reply.certificate.trim_end().to_owned();
+    cert_chain_pem.push('\n');
+    cert_chain_pem.push_str(reply.ca_chain.trim_start());
+    Ok(IdentityBundle {
+        cert_chain_pem,
+        ca_bundle_pem: reply.ca_chain,
+        spiffe_id: reply.spiffe_id,
+        not_before: seen.not_before,
+        not_after: seen.not_after,
+    })
 }
 
 fn session_cookie(reply: &reqwest::Response) -> Option<Zeroizing<String>> {

@@ -212,6 +212,41 @@ pub struct EphemeralKey {
     pub y: String,
 }
 
+/// `POST /kbs/v0/identity` body (Coffer's extension of the protocol, see [`crate::identity`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRequest {
+    /// The PKCS#10 CSR: PEM (`-----BEGIN CERTIFICATE REQUEST-----`) or base64 (standard) of DER.
+    pub csr: String,
+    /// Requested lifetime in seconds; the broker's default when absent. Over the broker's
+    /// maximum is refused, not shortened.
+    #[serde(
+        rename = "lifetime-secs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lifetime_secs: Option<u64>,
+}
+
+/// `POST /kbs/v0/identity` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityReply {
+    /// The leaf certificate, PEM.
+    pub certificate: String,
+    /// The issuing CA chain, PEM, leaf-most first (the last one is the trust anchor).
+    #[serde(rename = "ca-chain")]
+    pub ca_chain: String,
+    /// The SPIFFE ID in the leaf's SAN.
+    #[serde(rename = "spiffe-id")]
+    pub spiffe_id: String,
+    /// `notBefore`, Unix seconds.
+    #[serde(rename = "not-before")]
+    pub not_before: u64,
+    /// `notAfter`, Unix seconds.
+    #[serde(rename = "not-after")]
+    pub not_after: u64,
+}
+
 /// The problem JSON sent (with HTTP 401) on every failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInformation {

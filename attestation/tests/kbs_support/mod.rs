@@ -29,6 +29,8 @@ pub struct Options {
     pub es256_admin: bool,
     /// Configure `admin.ed25519_public_key` (the key in `TestKbs::admin_ed25519`).
     pub ed25519_admin: bool,
+    /// `[identity] trust_domain` (CA generated under the test directory); none: disabled.
+    pub identity: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             anonymous_admin: false,
             es256_admin: true,
             ed25519_admin: false,
+            identity: None,
         }
     }
 }
@@ -151,6 +154,13 @@ pub async fn start(opts: Options) -> TestKbs {
         token_key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
     )
     .unwrap();
+    let identity_lines = opts.identity.map_or(String::new(), |td| {
+        format!(
+            "[identity]\ntrust_domain = {td:?}\nca_key = {:?}\nca_cert = {:?}\n",
+            dir.path().join("identity/ca.key"),
+            dir.path().join("identity/ca.crt"),
+        )
+    });
     let mut policy_line = String::new();
     if let Some(p) = opts.policy {
         std::fs::write(dir.path().join("policy.rego"), p).unwrap();
@@ -162,7 +172,7 @@ pub async fn start(opts: Options) -> TestKbs {
          [admin]\n{admin_lines}insecure_allow_anonymous = {anon}\n\
          [sessions]\nmax = {max}\nttl_secs = {ttl}\n\
          [resources]\ndir = {res:?}\n{policy_line}\
-         [attestation]\nallow_sample = {sample}\n",
+         [attestation]\nallow_sample = {sample}\n{identity_lines}",
         insecure = !opts.tls,
         max_body = opts.max_body,
         token = dir.path().join("token.key"),
@@ -244,6 +254,17 @@ impl TestKbs {
     /// A signer holding the broker's own token key.
     pub fn token_signer(&self) -> TokenSigner {
         TokenSigner::from_pkcs8_pem(&self.token_key.to_pkcs8_pem(LineEnding::LF).unwrap()).unwrap()
+    }
+
+    /// The broker's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let reply = self
+            .http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        reply.text().await.unwrap()
     }
 
     pub fn http(&self) -> reqwest::Client {

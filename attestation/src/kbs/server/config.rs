@@ -53,6 +53,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Evidence verification.
     pub attestation: AttestationConfig,
+    /// Workload identity CA (`POST /kbs/v0/identity`). Default: disabled.
+    pub identity: IdentityConfig,
 }
 
 /// `[http]`
@@ -217,6 +219,39 @@ pub struct TdxConfig {
     pub mr_td: Vec<String>,
 }
 
+/// `[identity]`: the workload identity CA. Disabled unless `trust_domain` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// SPIFFE trust domain of issued identities (e.g. `coffer.test`). Default none: the identity
+    /// endpoint refuses every request.
+    pub trust_domain: Option<String>,
+    /// CA private key, PKCS#8 PEM. Default `/var/lib/coffer-kbs/identity/ca.key`. With `ca_cert`
+    /// absent too, a P-256 CA is generated at first start and both are written (key mode 0600).
+    pub ca_key: PathBuf,
+    /// CA certificate, PEM. Default `/var/lib/coffer-kbs/identity/ca.crt`.
+    pub ca_cert: PathBuf,
+    /// Lifetime of a generated CA certificate in days. Default 365.
+    pub ca_lifetime_days: u64,
+    /// Lifetime of a certificate when the request names none, seconds. Default 3600.
+    pub default_lifetime_secs: u64,
+    /// Longest lifetime a request may ask for, seconds. Default 86400.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: None,
+            ca_key: PathBuf::from("/var/lib/coffer-kbs/identity/ca.key"),
+            ca_cert: PathBuf::from("/var/lib/coffer-kbs/identity/ca.crt"),
+            ca_lifetime_days: 365,
+            default_lifetime_secs: 3600,
+            max_lifetime_secs: 86400,
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -256,6 +291,21 @@ impl Config {
         }
         self.snp_measurements()?;
         self.tdx_mr_td()?;
+        let id = &self.identity;
+        if let Some(td) = &id.trust_domain {
+            crate::identity::validate_trust_domain(td).map_err(|e| ConfigError::Invalid {
+                reason: format!("identity.trust_domain: {e}"),
+            })?;
+        }
+        if id.default_lifetime_secs < 60
+            || id.default_lifetime_secs > id.max_lifetime_secs
+            || id.ca_lifetime_days == 0
+            || id.ca_lifetime_days.saturating_mul(86400) < id.max_lifetime_secs
+        {
+            return invalid(
+                "identity: need 60 <= default_lifetime_secs <= max_lifetime_secs <= ca_lifetime_days",
+            );
+        }
         Ok(())
     }
 
@@ -301,6 +351,30 @@ mod tests {
         assert!(!c.attestation.allow_sample);
         assert!(toml::from_str::<Config>("[http]\nlisten_typo = 1\n").is_err());
         assert!(toml::from_str::<Config>("bogus = true\n").is_err());
+    }
+
+    #[test]
+    fn identity_section_validates() {
+        let ok: Config = toml::from_str(
+            "[http]\ninsecure_http = true\n[identity]\ntrust_domain = \"coffer.test\"\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.identity.default_lifetime_secs, 3600);
+        for bad in [
+            "trust_domain = \"Coffer.Test\"",
+            "trust_domain = \"a/b\"",
+            "default_lifetime_secs = 7200\nmax_lifetime_secs = 3600",
+            "default_lifetime_secs = 1",
+            "ca_lifetime_days = 0",
+        ] {
+            let c: Config = toml::from_str(&format!(
+                "[http]\ninsecure_http = true\n[identity]\n{bad}\n"
+            ))
+            .unwrap();
+            assert!(c.validate().is_err(), "{bad} accepted");
+        }
+        assert!(toml::from_str::<Config>("[identity]\ntrust = 1\n").is_err());
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub enum KbsError {
         /// Why.
         reason: String,
     },
+    /// No identity CA is configured (`[identity] trust_domain`).
+    #[error("identity issuance is not configured on this broker")]
+    IdentityDisabled,
+    /// An identity request was refused after authentication.
+    #[error("identity refused")]
+    Identity(#[source] super::identity::IdentityRefusal),
     /// Storage or encryption failed on the broker side.
     #[error("internal error")]
     Internal {
@@ -111,6 +117,10 @@ impl KbsError {
             Self::ResourceNotFound => "ResourceNotFound",
             Self::AdminAuth { .. } => "AdminAuth",
             Self::AdminRequest { .. } => "InvalidRequest",
+            Self::IdentityDisabled => "PluginNotFound",
+            Self::Identity(super::identity::IdentityRefusal::Csr(_))
+            | Self::Identity(super::identity::IdentityRefusal::Lifetime { .. }) => "InvalidRequest",
+            Self::Identity(_) => "IdentityRefused",
             Self::Internal { .. } => "InternalError",
         }
     }
@@ -119,7 +129,11 @@ impl KbsError {
     pub fn info(&self) -> ErrorInformation {
         ErrorInformation {
             error_type: format!("{ERROR_TYPE_PREFIX}{}", self.kind()),
-            detail: self.to_string(),
+            // Identity refusals name their cause (CSR, initdata, lifetime: nothing secret).
+            detail: match self {
+                Self::Identity(_) => error_chain(self),
+                _ => self.to_string(),
+            },
         }
     }
 }

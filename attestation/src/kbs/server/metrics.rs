@@ -16,6 +16,10 @@ pub struct Metrics {
     pub resource_released: AtomicU64,
     /// Resource requests refused (token, policy, path, missing).
     pub resource_refused: AtomicU64,
+    /// Identity certificates issued.
+    pub identity_issued: AtomicU64,
+    /// Identity requests refused (token, initdata, policy, CSR, lifetime).
+    pub identity_refused: AtomicU64,
     /// Admin requests accepted.
     pub admin_ok: AtomicU64,
     /// Admin requests refused.
@@ -26,6 +30,16 @@ impl Metrics {
     /// Adds one to `counter`.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `result` in `ok` or `refused` and passes it on.
+    pub fn outcome<T, E>(
+        result: Result<T, E>,
+        ok: &AtomicU64,
+        refused: &AtomicU64,
+    ) -> Result<T, E> {
+        Self::inc(if result.is_ok() { ok } else { refused });
+        result
     }
 
     /// The exposition text, with the current session count as a gauge.
@@ -52,6 +66,16 @@ impl Metrics {
                 "coffer_kbs_resource_refused_total",
                 "Refused resource requests.",
                 &self.resource_refused,
+            ),
+            (
+                "coffer_kbs_identity_issued_total",
+                "Identity certificates issued.",
+                &self.identity_issued,
+            ),
+            (
+                "coffer_kbs_identity_refused_total",
+                "Refused identity requests.",
+                &self.identity_refused,
             ),
             (
                 "coffer_kbs_admin_ok_total",

@@ -1,6 +1,7 @@
 //! `coffer-kbs`: a Trustee-compatible key broker (KBS protocol 0.4.0).
 //!
-//! Endpoints: `POST /kbs/v0/auth`, `POST /kbs/v0/attest`, `GET /kbs/v0/resource/<repo>/<type>/<tag>`;
+//! Endpoints: `POST /kbs/v0/auth`, `POST /kbs/v0/attest`, `GET /kbs/v0/resource/<repo>/<type>/<tag>`,
+//! `POST /kbs/v0/identity` (Coffer's extension: workload identity certificates, [`identity`]);
 //! admin (an ES256 or EdDSA JWT against the configured key of that algorithm, or anonymous only
 //! when explicitly enabled):
 //! `POST /kbs/v0/resource/<repo>/<type>/<tag>` (raw bytes), `POST /kbs/v0/resource-policy`
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod session;
@@ -83,6 +85,9 @@ pub enum BrokerError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The identity CA cannot be loaded or created.
+    #[error("identity CA")]
+    IdentityCa(#[from] identity::CaError),
     /// TLS certificate or key rejected.
     #[error("tls configuration: {reason}")]
     Tls {
@@ -106,6 +111,8 @@ struct Inner {
     admin_anonymous: bool,
     metrics: Metrics,
     max_body: usize,
+    /// The workload identity CA, when `[identity] trust_domain` is set.
+    identity: Option<identity::IdentityCa>,
 }
 
 /// The broker state; cheap to clone.
@@ -197,6 +204,12 @@ impl Broker {
             collateral: config.attestation.tdx.collateral.clone(),
         };
         let token_keys = [signer.verification_key()];
+        let identity = config
+            .identity
+            .trust_domain
+            .as_deref()
+            .map(|td| identity::IdentityCa::load_or_create(&config.identity, td))
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 sessions: SessionStore::new(
@@ -218,6 +231,7 @@ impl Broker {
                 admin_anonymous: config.admin.insecure_allow_anonymous,
                 metrics: Metrics::default(),
                 max_body: config.http.max_body_bytes,
+                identity,
             }),
         })
     }
@@ -225,6 +239,14 @@ impl Broker {
     /// The key that verifies this broker's tokens.
     pub fn token_verifying_key(&self) -> VerifyingKey {
         self.inner.signer.verifying_key()
+    }
+
+    /// The identity CA certificate (PEM), when identity issuance is configured.
+    pub fn identity_ca_pem(&self) -> Option<&str> {
+        self.inner
+            .identity
+            .as_ref()
+            .map(identity::IdentityCa::ca_pem)
     }
 
     /// Number of live sessions.
@@ -241,6 +263,7 @@ impl Broker {
                 "/kbs/v0/resource/{*path}",
                 get(get_resource).post(set_resource),
             )
+            .route("/kbs/v0/identity", post(identity::issue_identity))
             .route("/kbs/v0/resource-policy", post(set_policy))
             .route("/kbs/v0/reference-values", post(set_reference_values))
             .route("/health", get(health))
@@ -385,6 +408,13 @@ impl Broker {
             init.as_ref()
                 .map_or(Value::Null, |d| json!(hex::encode(&d.digest))),
         );
+        // Whether the evidence's measured field (SNP HOSTDATA, TDX MRCONFIGID, the sample
+        // evidence's `init_data`) was checked against this initdata: only then may the broker act
+        // on its contents (workload identity).
+        annotated.insert(
+            "init_data_bound".into(),
+            json!(init.is_some() && appraisal.init_data_bound),
+        );
         annotated.insert(
             "init_data_claims".into(),
             init.map_or(Value::Null, |d| d.claims),
@@ -463,12 +493,7 @@ impl Broker {
                 reason: "no admin token".into(),
             }),
         };
-        Metrics::inc(if result.is_ok() {
-            &b.metrics.admin_ok
-        } else {
-            &b.metrics.admin_refused
-        });
-        result
+        Metrics::outcome(result, &b.metrics.admin_ok, &b.metrics.admin_refused)
     }
 }
 
@@ -485,14 +510,12 @@ async fn get_resource(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, KbsError> {
-    let result = broker.release(&headers, &uri);
     let m = &broker.inner.metrics;
-    Metrics::inc(if result.is_ok() {
-        &m.resource_released
-    } else {
-        &m.resource_refused
-    });
-    result
+    Metrics::outcome(
+        broker.release(&headers, &uri),
+        &m.resource_released,
+        &m.resource_refused,
+    )
 }
 
 impl Broker {

@@ -1,5 +1,6 @@
 //! The resource policy: Rego evaluated by regorus. `data.policy.allow` over input = token
-//! claims and data = `{plugin, resource-path, query}`. Any evaluation error or non-`true`
+//! claims and data = `{plugin, resource-path, query}`: plugin `resource` with the resource path,
+//! or `identity` with the SPIFFE ID about to be issued. Any evaluation error or non-`true`
 //! result denies (INV-5); evaluation time is bounded (INV-9).
 
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ const MAX_PREPARED_PATHS: usize = 256;
 /// [`MAX_PREPARED_PATHS`]) and each decision clones it and sets only the input.
 pub struct ResourcePolicy {
     compiled: regorus::Engine,
-    prepared: RwLock<HashMap<String, regorus::Engine>>,
+    prepared: RwLock<HashMap<(&'static str, String), regorus::Engine>>,
 }
 
 impl std::fmt::Debug for ResourcePolicy {
@@ -92,6 +93,16 @@ impl ResourcePolicy {
 
     /// Decides whether `claims` may read `resource_path`. Errors deny.
     pub fn allows(&self, claims: &Map<String, Value>, resource_path: &str) -> bool {
+        self.decide(claims, "resource", resource_path)
+    }
+
+    /// Decides a request of `plugin` (`resource`, `identity`) for `resource_path`. Errors deny.
+    pub fn decide(
+        &self,
+        claims: &Map<String, Value>,
+        plugin: &'static str,
+        resource_path: &str,
+    ) -> bool {
         let input = regorus::Value::from(Value::Object(claims.clone()));
         if input == regorus::Value::Undefined {
             return false;
@@ -100,14 +111,13 @@ impl ResourcePolicy {
             .prepared
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(resource_path)
+            .get(&(plugin, resource_path.to_owned()))
             .cloned();
         let (mut engine, fresh) = match cached {
             Some(engine) => (engine, false),
             None => {
                 let mut engine = self.compiled.clone();
-                let data =
-                    json!({"plugin": "resource", "resource-path": resource_path, "query": {}});
+                let data = json!({"plugin": plugin, "resource-path": resource_path, "query": {}});
                 if let Err(e) = engine.add_data(regorus::Value::from(data)) {
                     tracing::warn!(error = %e, "resource policy data rejected: deny");
                     return false;
@@ -128,7 +138,7 @@ impl ResourcePolicy {
             engine.set_input(regorus::Value::new_object());
             let mut prepared = self.prepared.write().unwrap_or_else(|p| p.into_inner());
             if prepared.len() < MAX_PREPARED_PATHS {
-                prepared.insert(resource_path.to_owned(), engine);
+                prepared.insert((plugin, resource_path.to_owned()), engine);
             }
         }
         allowed
@@ -157,6 +167,12 @@ mod tests {
         // Decisions from the prepared (cached) engine are the same.
         assert!(p.allows(&claims("affirming", "snp"), "default/key/1"));
         assert!(!p.allows(&claims("affirming", "sample"), "default/key/1"));
+        // Identities: the same rule (plugin "identity", path = the SPIFFE ID); other plugins deny.
+        let id = "spiffe://coffer.test/ns/a/sa/b";
+        assert!(p.decide(&claims("affirming", "tdx"), "identity", id));
+        assert!(!p.decide(&claims("warning", "tdx"), "identity", id));
+        assert!(!p.decide(&claims("affirming", "sample"), "identity", id));
+        assert!(!p.decide(&claims("affirming", "snp"), "other", id));
     }
 
     #[test]

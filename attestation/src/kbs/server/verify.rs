@@ -4,7 +4,9 @@
 //!
 //! - **sample**: only when enabled in the config; the binding must equal the evidence's
 //!   `report_data`; status `warning` and `tee: sample` in the claims, which the default policy
-//!   refuses (INV-10: the verifier refuses it outright when not enabled).
+//!   refuses (INV-10: the verifier refuses it outright when not enabled). Sample evidence may
+//!   carry `init_data` (hex, the stand-in for HOSTDATA): then it must be exactly the init-data
+//!   digest (or all zero without init-data); evidence without it leaves init-data unbound.
 //! - **snp**: [`crate::snp::SnpVerifier`] with the VCEK/VLEK from the evidence's certificate table
 //!   or the offline store (`<vcek_dir>/<chip_id hex>.der`); report_data = binding ‖ 16 zero bytes;
 //!   HOSTDATA exactly the SHA-256 init-data digest, or all zero without init-data (KBS-03).
@@ -84,6 +86,9 @@ pub enum VerifyError {
         /// Chip id hex.
         chip_id: String,
     },
+    /// The evidence's init-data field is not the digest of the init-data sent (KBS-03).
+    #[error("evidence init-data field does not match the init-data digest")]
+    InitDataMismatch,
     /// The init-data digest length does not fit the TEE's field (KBS-03: no truncation).
     #[error("init-data algorithm {algorithm} does not fit {tee} (needs {needed})")]
     InitDataAlgorithm {
@@ -128,6 +133,9 @@ pub struct Appraisal {
     pub status: EarStatus,
     /// TEE-specific claims.
     pub tee_claims: Value,
+    /// Whether the evidence's measured init-data field was compared with the init-data digest
+    /// (always for SNP and TDX; for sample evidence only when it carries `init_data`).
+    pub init_data_bound: bool,
 }
 
 /// Init-data as measured: declared algorithm, digest of the raw body, parsed `[data]`.
@@ -260,7 +268,7 @@ impl EvidenceVerifier {
         now: SystemTime,
     ) -> Result<Appraisal, VerifyError> {
         match tee {
-            Tee::Sample => self.verify_sample(evidence, binding),
+            Tee::Sample => self.verify_sample(evidence, binding, init_data),
             Tee::Snp => self.verify_snp(evidence, binding, init_data, now),
             Tee::Tdx => self.verify_tdx(evidence, binding, init_data, now),
         }
@@ -270,6 +278,7 @@ impl EvidenceVerifier {
         &self,
         evidence: &Value,
         binding: &[u8; BINDING_LEN],
+        init_data: Option<&InitDataDigest>,
     ) -> Result<Appraisal, VerifyError> {
         if !self.allow_sample {
             return Err(VerifyError::SampleDisabled);
@@ -278,6 +287,26 @@ impl EvidenceVerifier {
         if report_data != binding.as_slice() {
             return Err(VerifyError::ReportData);
         }
+        let init_data_bound = match evidence.get("init_data") {
+            None => false,
+            Some(field) => {
+                let measured = field
+                    .as_str()
+                    .and_then(|h| hex::decode(h).ok())
+                    .ok_or_else(|| VerifyError::Malformed {
+                        tee: Tee::Sample,
+                        reason: "init_data is not hex".into(),
+                    })?;
+                let matches = match init_data {
+                    Some(d) => measured == d.digest,
+                    None => measured.iter().all(|&b| b == 0),
+                };
+                if !matches {
+                    return Err(VerifyError::InitDataMismatch);
+                }
+                true
+            }
+        };
         tracing::warn!("accepting sample evidence (development only)");
         Ok(Appraisal {
             status: EarStatus::Warning,
@@ -286,6 +315,7 @@ impl EvidenceVerifier {
                 "report_data": B64.encode(binding),
                 "development_only": true,
             }),
+            init_data_bound,
         })
     }
 
@@ -351,6 +381,7 @@ impl EvidenceVerifier {
                 "launch_mit_vector": r.launch_mit_vector,
                 "current_mit_vector": r.current_mit_vector,
             }),
+            init_data_bound: true,
         })
     }
 
@@ -419,6 +450,7 @@ impl EvidenceVerifier {
                 "rtmr3": hex::encode(r.rtmr[3]),
                 "report_data": hex::encode(r.report_data),
             }),
+            init_data_bound: true,
         })
     }
 }
