@@ -107,9 +107,15 @@ default entries := []
 entries := data.containers
 
 # --- decision ---------------------------------------------------------------------------------
+#
+# Evaluation cost grows with every rule body and rule reference a decision touches, so the decision
+# is one else chain: plain kinds are decided by its first body alone, CreateContainer evaluates
+# only the CreateContainer checks (against the entries listing its image), and every other kind
+# only its own checks (kind_denials). The verdict is an allow only when the denials are defined and
+# empty; an undefined part leaves the decision undefined, which the engine denies.
 
 # Requests with nothing to check beyond their kind (the agent checks that the container or process
-# exists). They are decided without evaluating any other rule.
+# exists).
 plain_kinds := {
 	"CreateSandbox",
 	"DestroySandbox",
@@ -123,41 +129,64 @@ plain_kinds := {
 	"GetOOMEvent",
 }
 
-plain if {
-	input.version == 1
-	kind in plain_kinds
-}
-
-decision := {"allow": true, "reason": ""} if plain
-
-decision := {"allow": false, "reason": concat("; ", sort(denials))} if {
-	not plain
-	count(denials) > 0
-}
-
-decision := {"allow": true, "reason": "", "record": {"entry": admitted_entry}} if {
-	not plain
-	count(denials) == 0
-	kind == "CreateContainer"
-}
-
 decision := {"allow": true, "reason": ""} if {
-	not plain
-	count(denials) == 0
+	input.version == 1
+	input.request.kind in plain_kinds
+} else := create_decision if {
+	input.request.kind == "CreateContainer"
+} else := other_decision if {
 	kind != "CreateContainer"
 }
 
+create_decision := {"allow": false, "reason": concat("; ", sort(create_denials_all))} if {
+	count(create_denials_all) > 0
+} else := {"allow": true, "reason": "", "record": {"entry": entry}} if {
+	count(create_denials_all) == 0
+	entry := admitted_entry
+}
+
+create_denials_all := create_denials | version_denials
+
+other_decision := {"allow": false, "reason": concat("; ", sort(other_denials))} if {
+	count(other_denials) > 0
+} else := {"allow": true, "reason": ""} if {
+	count(other_denials) == 0
+}
+
+other_denials := kind_denials(kind) | version_denials
+
 # --- every request ------------------------------------------------------------------------------
 
-denials contains msg if {
+version_denials := {msg |
 	not input.version == 1
 	msg := sprintf("unsupported policy input version %v, expected 1", [object.get(input, "version", null)])
 }
 
-denials contains msg if {
-	not kind in known_kinds
-	msg := sprintf("%v is not an RPC this policy allows", [kind])
+# The checks of each kind other than CreateContainer (a set). One definition per kind, so a check
+# that is undefined leaves the decision undefined (denied) instead of falling through to another.
+kind_denials("PullImage") := pull_denials
+
+kind_denials("ExecProcess") := exec_denials
+
+kind_denials("ReadStdout") := stream_denials("ReadStdout", "logs")
+
+kind_denials("ReadStderr") := stream_denials("ReadStderr", "logs")
+
+kind_denials("WriteStdin") := stream_denials("WriteStdin", "stdin")
+
+kind_denials("CloseStdin") := stream_denials("CloseStdin", "stdin")
+
+kind_denials("UploadRootfs") := {"UploadRootfs: root filesystems from the host are not allowed in confidential mode (images are pulled in the guest)"}
+
+kind_denials(k) := set() if {
+	k in known_kinds
+	not k in checked_kinds
 }
+
+kind_denials(k) := {sprintf("%v is not an RPC this policy allows", [k])} if not k in known_kinds
+
+# The kinds with checks of their own.
+checked_kinds := {"PullImage", "CreateContainer", "ExecProcess", "ReadStdout", "ReadStderr", "WriteStdin", "CloseStdin", "UploadRootfs"}
 
 # Problems with the policy data. The engine evaluates this rule once when it loads the policy and
 # refuses to load on any problem, so malformed data is never read leniently.
@@ -222,22 +251,12 @@ string_array(value) if {
 	}
 }
 
-# --- host-supplied root filesystems -------------------------------------------------------------
-
-denials contains "UploadRootfs: root filesystems from the host are not allowed in confidential mode (images are pulled in the guest)" if {
-	kind == "UploadRootfs"
-}
-
 # --- PullImage ----------------------------------------------------------------------------------
 
-denials contains msg if {
-	kind == "PullImage"
+pull_denials := {msg |
 	not pinned(req.image)
 	msg := sprintf("PullImage %s: image %v is not pinned by digest", [req.container_id, req.image])
-}
-
-denials contains msg if {
-	kind == "PullImage"
+} | {msg |
 	pinned(req.image)
 	count(candidates) == 0
 	msg := sprintf("PullImage %s: image %s is not listed in the policy data", [req.container_id, req.image])
@@ -245,152 +264,108 @@ denials contains msg if {
 
 # --- CreateContainer ----------------------------------------------------------------------------
 
-denials contains msg if {
-	kind == "CreateContainer"
+create_denials := {msg |
 	req.rootfs.source != "image"
 	msg := sprintf("CreateContainer %s: root filesystem source %v is not allowed in confidential mode, only pulled images", [req.container_id, req.rootfs.source])
-}
-
-denials contains msg if {
-	kind == "CreateContainer"
+} | {msg |
 	req.hooks_present != false
 	msg := sprintf("CreateContainer %s: OCI hooks are present (they would run as guest root)", [req.container_id])
-}
-
-denials contains msg if {
-	kind == "CreateContainer"
+} | {msg |
+	# A listed image is pinned (data_problems checks every entry's image at load), so the digest
+	# check (a regular expression, the costliest builtin here) runs only for unlisted images.
+	count(candidates) == 0
 	req.rootfs.source == "image"
 	not pinned(req.rootfs.image)
 	msg := sprintf("CreateContainer %s: image %v is not pinned by digest", [req.container_id, req.rootfs.image])
-}
-
-denials contains msg if {
-	kind == "CreateContainer"
-	pinned(req.rootfs.image)
+} | {msg |
 	count(candidates) == 0
+	pinned(req.rootfs.image)
 	msg := sprintf("CreateContainer %s: image %s is not listed in the policy data", [req.container_id, req.rootfs.image])
-}
-
-denials contains msg if {
-	kind == "CreateContainer"
-	count(candidates) > 0
+} | {msg |
 	count(matching) == 0
-	some e in candidates
-	problems := sort({p | some [name, p] in problems; name == e.name})
-	msg := sprintf("CreateContainer %s: policy entry %v: %s", [req.container_id, e.name, concat(", ", problems)])
+	some name, problems in screened
+	msg := sprintf("CreateContainer %s: policy entry %v: %s", [req.container_id, name, concat(", ", sort(problems))])
 }
 
 # The image a request names: CreateContainer's root filesystem, or what PullImage fetches.
-requested_image := req.rootfs.image if kind == "CreateContainer"
-
-requested_image := req.image if kind == "PullImage"
-
-# The entries listing that image.
-candidates contains e if {
-	some e in entries
-	e.image == requested_image
+requested_image := req.rootfs.image if {
+	kind == "CreateContainer"
+} else := req.image if {
+	kind == "PullImage"
 }
 
-matching contains e.name if {
-	some e in candidates
-	count({p | some [name, p] in problems; name == e.name}) == 0
-}
+# The entries listing that image (normally one; entry names are unique).
+candidates := [e | some e in entries; e.image == requested_image]
+
+# Each candidate's problems with the request, by entry name.
+screened := {e.name: entry_problems(req, e) | some e in candidates}
+
+matching := {name | some name, problems in screened; count(problems) == 0}
 
 # Deterministic when several entries admit the same request.
 admitted_entry := sort(matching)[0]
 
-problems contains [e.name, msg] if {
-	some e in candidates
-	req.process.args != e.args
-	msg := sprintf("args %v differ from %v", [req.process.args, e.args])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	some msg in process_problems(req.process, e)
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	some ns in req.namespaces
+# Everything about a CreateContainer request `r` that its entry `e` does not allow (a set).
+entry_problems(r, e) := (((({msg |
+	r.process.args != e.args
+	msg := sprintf("args %v differ from %v", [r.process.args, e.args])
+} | process_problems(r.process, e)) | {msg |
+	some ns in r.namespaces
 	ns.path != null
 	not ns.type in object.get(e, "host_namespaces", [])
 	msg := sprintf("%s namespace joins the existing namespace %v", [ns.type, ns.path])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
+} | {msg |
 	some required in ["mount", "pid"]
-	not required in {ns.type | some ns in req.namespaces}
+	not required in {ns.type | some ns in r.namespaces}
 	not required in object.get(e, "host_namespaces", [])
 	msg := sprintf("no new %s namespace (the guest's own would be shared)", [required])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	some m in req.mounts
+}) | ({msg |
+	some m in r.mounts
 	not mount_allowed(m, e)
 	msg := sprintf("mount %s (type %v, source %v) is not allowed", [m.destination, m.type, m.source])
-}
-
-# A sealed file (`{"type": "sealed", "source": "kbs:///…", "destination": …}`, resolved by the agent
-# from the key broker) must be listed exactly among the entry's mounts, which pins where the secret
-# lands, and name a secret the entry lists.
-problems contains [e.name, msg] if {
-	some e in candidates
-	some m in req.mounts
+} | {msg |
+	# A sealed file (`{"type": "sealed", "source": "kbs:///…", "destination": …}`, resolved by
+	# the agent from the key broker) must be listed exactly among the entry's mounts (above),
+	# which pins where the secret lands, and name a secret the entry lists.
+	some m in r.mounts
 	m.type == "sealed"
 	not m.source in object.get(e, "secrets", [])
 	msg := sprintf("mount %s names secret %v, which its entry does not list", [m.destination, m.source])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	some d in req.devices
+} | {msg |
+	some d in r.devices
 	not d in object.get(e, "devices", [])
 	msg := sprintf("device %s is not listed", [d.path])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	some key, value in req.sysctls
+} | {msg |
+	some key, value in r.sysctls
 	object.get(object.get(e, "sysctls", {}), key, null) != value
 	msg := sprintf("sysctl %s=%s is not listed", [key, value])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	missing := required_masked_paths - {p | some p in req.masked_paths}
+})) | ({msg |
+	missing := required_masked_paths - {p | some p in r.masked_paths}
 	count(missing) > 0
 	msg := sprintf("masked paths %v are not masked", [sort(missing)])
-}
-
-problems contains [e.name, msg] if {
-	some e in candidates
-	missing := required_readonly_paths - {p | some p in req.readonly_paths}
+} | {msg |
+	missing := required_readonly_paths - {p | some p in r.readonly_paths}
 	count(missing) > 0
 	msg := sprintf("paths %v are not read-only", [sort(missing)])
+})) | {msg |
+	r.process.terminal != object.get(e, "terminal", false)
+	msg := sprintf("terminal %v differs from %v", [r.process.terminal, object.get(e, "terminal", false)])
 }
 
 mount_allowed(m, e) if m in object.get(e, "mounts", [])
 
+# A standard kernel filesystem: not a bind mount (by type or option), and read-only where its type
+# must be. (One body without helper calls: this runs for every mount of every CreateContainer.)
 mount_allowed(m, _) if {
 	[m.type, m.destination] in standard_mounts
-	not is_bind(m)
-	not writable_read_only_type(m)
+	m.type != "bind"
+	count({o | some o in m.options; o in bind_options}) == 0
+	read_only_if_required(m)
 }
 
-writable_read_only_type(m) if {
-	m.type in read_only_types
-	not "ro" in m.options
-}
+read_only_if_required(m) if not m.type in read_only_types
 
-is_bind(m) if m.type == "bind"
-
-is_bind(m) if {
-	some option in m.options
-	option in bind_options
-}
+read_only_if_required(m) if "ro" in m.options
 
 # Problems of a process against an entry (shared by CreateContainer and ExecProcess).
 process_problems(p, e) := {msg |
@@ -418,14 +393,16 @@ privilege_problem(p, e) := {"no_new_privileges is off"} if {
 } else := set()
 
 capability_problems(p, e) := {sprintf("capability %s (%s set) is not allowed", [cap, set_name]) |
+	allowed := default_capabilities | {c | some c in object.get(e, "capabilities", [])}
 	some set_name, caps in p.capabilities
 	some cap in caps
-	not cap in default_capabilities
-	not cap in object.get(e, "capabilities", [])
+	not cap in allowed
 }
 
 env_problems(p, e) := {sprintf("environment variable %v is not listed", [name]) |
+	listed := {v | some v in object.get(e, "env", [])}
 	some var in p.env
+	not var in listed
 	not env_allowed(var, e)
 	name := split(var, "=")[0]
 }
@@ -450,12 +427,6 @@ env_allowed(var, e) if {
 	split(var, "=")[0] in object.get(e, "env_names_any_value", [])
 }
 
-problems contains [e.name, msg] if {
-	some e in candidates
-	req.process.terminal != object.get(e, "terminal", false)
-	msg := sprintf("terminal %v differs from %v", [req.process.terminal, object.get(e, "terminal", false)])
-}
-
 # --- requests about an existing container -------------------------------------------------------
 
 # The policy entry that admitted a container, via the record its CreateContainer left.
@@ -466,28 +437,21 @@ entry_of(container_id) := e if {
 	e.name == object.get(c.record, "entry", null)
 }
 
-denials contains msg if {
-	kind == "ExecProcess"
-	not entry_of(req.container_id)
-	msg := sprintf("ExecProcess %s: container %s was not admitted by a policy entry", [req.exec_id, req.container_id])
-}
+# The entry of the container an ExecProcess names (undefined if none admitted it).
+exec_entry := entry_of(req.container_id)
 
-denials contains msg if {
-	kind == "ExecProcess"
-	e := entry_of(req.container_id)
+exec_denials := {msg |
+	not exec_entry
+	msg := sprintf("ExecProcess %s: container %s was not admitted by a policy entry", [req.exec_id, req.container_id])
+} | {msg |
+	e := exec_entry
 	not req.process.args in object.get(e, "exec", [])
 	msg := sprintf("ExecProcess %s: argv %v is not listed for policy entry %v", [req.exec_id, req.process.args, e.name])
-}
-
-denials contains msg if {
-	kind == "ExecProcess"
+} | {msg |
 	req.process.terminal != false
 	msg := sprintf("ExecProcess %s: a terminal is not allowed", [req.exec_id])
-}
-
-denials contains msg if {
-	kind == "ExecProcess"
-	e := entry_of(req.container_id)
+} | {msg |
+	e := exec_entry
 	some problem in process_problems(req.process, e)
 	msg := sprintf("ExecProcess %s: %s", [req.exec_id, problem])
 }
@@ -496,16 +460,16 @@ output_kinds := {"ReadStdout", "ReadStderr"}
 
 input_kinds := {"WriteStdin", "CloseStdin"}
 
-denials contains msg if {
-	kind in output_kinds
+# Reading the init process's output needs the entry's `logs`, writing its input the entry's
+# `stdin`; an exec'd process's streams follow from its ExecProcess having been allowed.
+stream_denials(k, "logs") := {msg |
 	req.exec_id == null
 	not object.get(entry_of(req.container_id), "logs", false) == true
-	msg := sprintf("%s: output of container %s is not readable (its policy entry does not allow logs)", [kind, req.container_id])
+	msg := sprintf("%s: output of container %s is not readable (its policy entry does not allow logs)", [k, req.container_id])
 }
 
-denials contains msg if {
-	kind in input_kinds
+stream_denials(k, "stdin") := {msg |
 	req.exec_id == null
 	not object.get(entry_of(req.container_id), "stdin", false) == true
-	msg := sprintf("%s: stdin of container %s is not writable (its policy entry does not allow stdin)", [kind, req.container_id])
+	msg := sprintf("%s: stdin of container %s is not writable (its policy entry does not allow stdin)", [k, req.container_id])
 }

@@ -170,8 +170,9 @@ fn report(name: &str, samples: &[Duration], goal_us: u128) {
     let p99 = samples[samples.len() * 99 / 100];
     let total: Duration = samples.iter().sum();
     let per_second = samples.len() as f64 / total.as_secs_f64();
+    let ratio = median.as_secs_f64() * 1e6 / goal_us as f64;
     println!(
-        "{name}: median {} µs, p99 {} µs, {per_second:.0} decisions/s (goal: median ≤ {goal_us} µs → {})",
+        "{name}: median {} µs, p99 {} µs, {per_second:.0} decisions/s; goal median ≤ {goal_us} µs: {ratio:.2}× the goal → {}",
         median.as_micros(),
         p99.as_micros(),
         if median.as_micros() <= goal_us {

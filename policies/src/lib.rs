@@ -52,6 +52,7 @@ mod engine;
 pub mod initdata;
 mod input;
 mod recursion;
+mod to_value;
 
 pub use engine::{
     DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits, MAX_REASON_BYTES,
