@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
                     initrd: image.initramfs.clone(),
                     vcpus: 1,
                     memory_mib: 512,
-                    boot_timeout: Duration::from_secs(60),
+                    boot_timeout: Some(Duration::from_secs(60)),
                     initdata: None,
                     kernel_params: Vec::new(),
                     tee: None,

@@ -40,7 +40,7 @@ impl Boot<'_> {
             initrd: self.image.initramfs.clone(),
             vcpus: 1,
             memory_mib: 512,
-            boot_timeout: Duration::from_secs(60),
+            boot_timeout: Some(Duration::from_secs(60)),
             initdata,
             kernel_params,
             tee: None,

@@ -154,7 +154,7 @@ fn main() -> ExitCode {
             initrd: image.initramfs.clone(),
             vcpus: 1,
             memory_mib: 512,
-            boot_timeout: Duration::from_secs(60),
+            boot_timeout: Some(Duration::from_secs(60)),
             // The suite's VM takes its policy from initdata: the sandbox policy plus one rule of
             // its own, which the `initdata_policy_is_enforced` case observes.
             initdata: Some(InitdataDisk::new(&suite_initdata())),

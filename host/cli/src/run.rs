@@ -173,7 +173,7 @@ fn override_config(runtime: &mut RuntimeConfig, args: &RunArgs) {
         runtime.qemu.machine = machine;
     }
     if let Some(secs) = args.boot_timeout {
-        runtime.guest.boot_timeout_secs = secs;
+        runtime.guest.boot_timeout_secs = Some(secs);
     }
 }
 

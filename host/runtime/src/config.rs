@@ -66,8 +66,10 @@ pub struct GuestConfig {
     pub vcpus: u32,
     /// Memory per sandbox, MiB. Default 512.
     pub memory_mib: u32,
-    /// How long the agent may take to answer after launch, seconds. Default 30.
-    pub boot_timeout_secs: u64,
+    /// How long the agent may take to answer after launch, seconds. Default (unset): 30 when the
+    /// VM runs under KVM, 120 under TCG emulation, whose boot is several times slower and varies
+    /// with the host's load.
+    pub boot_timeout_secs: Option<u64>,
     /// Extra kernel command-line parameters. In a TEE they are measured: changing them changes
     /// the launch digest.
     pub kernel_params: Vec<String>,
@@ -86,7 +88,7 @@ impl Default for GuestConfig {
             image_dir: "/var/lib/coffer/guest".into(),
             vcpus: 1,
             memory_mib: 512,
-            boot_timeout_secs: 30,
+            boot_timeout_secs: None,
             kernel_params: Vec::new(),
             guest_pull: false,
             registry_tunnels: Vec::new(),
@@ -169,7 +171,7 @@ impl RuntimeConfig {
                 self.guest.memory_mib
             )));
         }
-        if self.guest.boot_timeout_secs == 0 {
+        if self.guest.boot_timeout_secs == Some(0) {
             return Err(invalid("guest.boot_timeout_secs must be positive".into()));
         }
         if let Some(addr) = self
@@ -250,7 +252,7 @@ impl RuntimeConfig {
             initrd: self.initrd(),
             vcpus: self.guest.vcpus,
             memory_mib: self.guest.memory_mib,
-            boot_timeout: Duration::from_secs(self.guest.boot_timeout_secs),
+            boot_timeout: self.guest.boot_timeout_secs.map(Duration::from_secs),
             initdata,
             kernel_params: self.guest.kernel_params.clone(),
             tee,

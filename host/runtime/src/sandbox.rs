@@ -19,6 +19,13 @@ use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
 use crate::tee::{TeeError, TeeLaunch};
 use crate::tunnel::{self, RegistryTunnel};
 
+/// How long the agent may take to answer after launch under hardware virtualization, unless
+/// configured.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same under TCG emulation: a boot there takes several times longer, and its time grows with
+/// the host's load (5–12 s on a 2-core box, with outliers past 30 s in CI).
+pub const DEFAULT_EMULATED_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Sandbox settings.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -34,8 +41,9 @@ pub struct SandboxConfig {
     pub vcpus: u32,
     /// Memory, MiB.
     pub memory_mib: u32,
-    /// How long the agent may take to answer after launch.
-    pub boot_timeout: Duration,
+    /// How long the agent may take to answer after launch; `None`: [`DEFAULT_BOOT_TIMEOUT`], or
+    /// [`DEFAULT_EMULATED_BOOT_TIMEOUT`] when the VM runs under emulation.
+    pub boot_timeout: Option<Duration>,
     /// Initdata for the guest: attached as a read-only disk, its digest on the kernel command line.
     pub initdata: Option<InitdataDisk>,
     /// Extra guest kernel command-line parameters.
@@ -297,7 +305,12 @@ impl Sandbox {
                     });
                 }
             };
-        let deadline = launched + config.boot_timeout;
+        let boot_timeout = config.boot_timeout.unwrap_or(if vm.emulated() {
+            DEFAULT_EMULATED_BOOT_TIMEOUT
+        } else {
+            DEFAULT_BOOT_TIMEOUT
+        });
+        let deadline = launched + boot_timeout;
         let connected = tokio::select! {
             r = agent_client::connect(vm.vsock_socket().to_path_buf(), deadline) => Some(r),
             _ = vm.wait_exit() => None,
@@ -308,7 +321,7 @@ impl Sandbox {
                 vm.shutdown().await;
                 let console = retire(&config.state_root, &id, &dir, &console, true);
                 return Err(SandboxError::AgentTimeout {
-                    timeout: config.boot_timeout,
+                    timeout: boot_timeout,
                     last,
                     console,
                 });

@@ -120,6 +120,8 @@ pub trait Vm: Send + 'static {
     fn vsock_socket(&self) -> &Path;
     /// The guest console log.
     fn console_log(&self) -> &Path;
+    /// Whether the guest runs under software emulation (TCG) rather than hardware virtualization.
+    fn emulated(&self) -> bool;
     /// Resolves when the VMM process has exited (cancel-safe).
     fn wait_exit(&mut self) -> impl Future<Output = VmExit> + Send;
     /// The VMM's view of the guest run state (e.g. `running`).

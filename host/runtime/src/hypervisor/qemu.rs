@@ -574,6 +574,7 @@ impl Hypervisor for Qemu {
             qmp: Some(qmp),
             paths,
             exit: None,
+            accel,
         })
     }
 }
@@ -621,6 +622,7 @@ pub struct QemuVm {
     qmp: Option<Qmp>,
     paths: VmPaths,
     exit: Option<VmExit>,
+    accel: Accel,
 }
 
 impl QemuVm {
@@ -637,6 +639,10 @@ impl Vm for QemuVm {
 
     fn console_log(&self) -> &Path {
         &self.paths.console_log
+    }
+
+    fn emulated(&self) -> bool {
+        self.accel == Accel::Tcg
     }
 
     async fn wait_exit(&mut self) -> VmExit {
