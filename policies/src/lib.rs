@@ -51,6 +51,8 @@
 mod engine;
 pub mod initdata;
 mod input;
+mod json_patch;
+mod kata;
 mod recursion;
 mod to_value;
 
@@ -61,6 +63,10 @@ pub use engine::{
 pub use input::{
     Capabilities, ContainerState, CreateContainer, Device, INPUT_VERSION, Mount, Namespace,
     NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState, User,
+};
+pub use kata::{
+    FAILING_POLICY_SETTING, KATA_PACKAGE, KATA_REQUESTS, KataDecision, KataEngine, MAX_PRINTS,
+    NO_REASON, kata_request,
 };
 
 /// The sandbox-mode (non-confidential) default policy, `policies/sandbox.rego`.
