@@ -294,11 +294,7 @@ impl KataEngine {
 
     /// Starts from `state` (an object) instead of `{}`, e.g. to replay a decision.
     pub fn with_state(mut self, state: serde_json::Value) -> Result<Self, PolicyError> {
-        if !state.is_object() {
-            return Err(PolicyError::Data {
-                message: format!("the {STATE_ROOT} state must be a JSON object"),
-            });
-        }
+        check_state(&state, &self.limits).map_err(|message| PolicyError::Data { message })?;
         install(&mut self.engine, &self.base_data, &state)
             .map_err(|message| PolicyError::Data { message })?;
         self.state = state;
@@ -394,18 +390,8 @@ impl KataEngine {
     fn apply(&mut self, ops: &[serde_json::Value]) -> Result<(), String> {
         let state = crate::json_patch::apply(&self.state, ops)
             .map_err(|e| format!("policy state update failed: {e}"))?;
-        if !state.is_object() {
-            return Err(format!(
-                "policy state update failed: {STATE_ROOT} must stay an object"
-            ));
-        }
-        let size = serde_json::to_vec(&state).map_or(usize::MAX, |s| s.len());
-        if size > self.limits.max_data_bytes {
-            return Err(format!(
-                "policy state update failed: {STATE_ROOT} would be {size} bytes, over the limit of {}",
-                self.limits.max_data_bytes
-            ));
-        }
+        check_state(&state, &self.limits)
+            .map_err(|problem| format!("policy state update failed: {problem}"))?;
         if let Err(e) = install(&mut self.engine, &self.base_data, &state) {
             // The interpreter's data is gone: nothing may be decided on it any more.
             self.lost_state = Some(e.clone());
@@ -414,6 +400,21 @@ impl KataEngine {
         self.state = state;
         Ok(())
     }
+}
+
+/// The state must stay an object within [`Limits::max_data_bytes`].
+fn check_state(state: &serde_json::Value, limits: &Limits) -> Result<(), String> {
+    if !state.is_object() {
+        return Err(format!("{STATE_ROOT} must be a JSON object"));
+    }
+    let size = serde_json::to_vec(state).map_or(usize::MAX, |s| s.len());
+    if size > limits.max_data_bytes {
+        return Err(format!(
+            "{STATE_ROOT} would be {size} bytes, over the limit of {}",
+            limits.max_data_bytes
+        ));
+    }
+    Ok(())
 }
 
 /// Makes `data` = `base_data` + `{"pstate": state}`.

@@ -395,8 +395,8 @@ fn agt_ex_exec_argv_and_state() {
 /// data may come as a separate JSON document instead of being embedded, with the same verdicts.
 #[test]
 fn agt_st_read_stream_default_and_separate_data() {
-    let mut embedded = engine();
-    let denied = decide(&mut embedded, "ReadStdout", &read_stream("c2"));
+    let mut with_embedded = engine();
+    let denied = decide(&mut with_embedded, "ReadStdout", &read_stream("c2"));
     assert!(!denied.allowed);
     assert_eq!(denied.rule, "data.agent_policy.ReadStreamRequest");
 
@@ -419,8 +419,12 @@ fn agt_st_read_stream_default_and_separate_data() {
         )
         .allowed
     );
+    assert!(
+        decide(&mut separate, "ReadStdout", &read_stream("p1")).allowed,
+        "the separate data survives state updates"
+    );
 
-    let err = KataEngine::new(&embedded_source(), Some(&data), Limits::default()).unwrap_err();
+    let err = KataEngine::new(&embedded(false), Some(&data), Limits::default()).unwrap_err();
     assert!(
         err.to_string()
             .contains("embeds policy_data and a separate data document was given"),
@@ -428,10 +432,6 @@ fn agt_st_read_stream_default_and_separate_data() {
     );
     let err = KataEngine::new(RULES, Some("[1]"), Limits::default()).unwrap_err();
     assert!(err.to_string().contains("must be a JSON object"), "{err}");
-}
-
-fn embedded_source() -> String {
-    embedded(false)
 }
 
 /// Kata's stateful result: ops are applied only when `allowed` is true, all at once; a patch that
@@ -548,7 +548,7 @@ fn inv5_result_shapes_table() {
         ),
         (
             "GuestDetailsRequest := {\"allowed\": true, \"ops\": [{\"op\": \"replace\", \"path\": \"\", \"value\": 1}]}",
-            "pstate must stay an object",
+            "policy state update failed: pstate must be a JSON object",
         ),
         (
             "GuestDetailsRequest := true if input.a\nGuestDetailsRequest := false if input.b",
@@ -782,5 +782,16 @@ fn initial_state_can_be_given() {
         .allowed
     );
     assert!(!decide(&mut engine, "CreateContainer", &app("c3", "pod-b")).allowed);
-    assert!(self::engine().with_state(json!([])).is_err());
+    let err = self::engine().with_state(json!([])).unwrap_err();
+    assert!(
+        err.to_string().contains("pstate must be a JSON object"),
+        "{err}"
+    );
+    let limits = Limits {
+        max_data_bytes: 8,
+        ..Limits::default()
+    };
+    let tiny = KataEngine::new("package agent_policy\n", None, limits).unwrap();
+    let err = tiny.with_state(json!({"key": "long value"})).unwrap_err();
+    assert!(err.to_string().contains("over the limit of 8"), "{err}");
 }
