@@ -39,6 +39,13 @@
 //! matching time is linear in the input (no catastrophic backtracking). See [`Limits`] for what regorus 0.14 can and cannot
 //! bound.
 //!
+//! # Kata compatibility
+//!
+//! [`KataEngine`] is a separate, explicit mode for Kata genpolicy policies (package
+//! `agent_policy`): it evaluates `data.agent_policy.<RequestMessage>` on Kata's request JSON, with
+//! Kata's engine settings and stateful `{"allowed", "ops"}` results; see its module and
+//! `policies/README.md`. It never applies to policies of our contract.
+//!
 //! # Shipped policies
 //!
 //! [`SANDBOX_POLICY`] (`sandbox.rego`) is the non-confidential default: it allows the API but
