@@ -87,10 +87,12 @@ pub enum PolicyError {
         message: String,
     },
     /// The policy declares another package.
-    #[error("policy declares package {found}, expected data.{POLICY_PACKAGE}")]
+    #[error("policy declares package {found}, expected data.{expected}")]
     WrongPackage {
         /// The declared package.
         found: String,
+        /// The package this mode requires.
+        expected: &'static str,
     },
     /// The policy has no `decision` rule.
     #[error("policy has no rule {DECISION_RULE}")]
@@ -106,6 +108,14 @@ pub enum PolicyError {
     Recursion {
         /// The call cycle, e.g. `f → g → f`.
         cycle: String,
+    },
+    /// A Kata policy sets `AllowRequestsFailingPolicy`, which would let denied requests through.
+    #[error(
+        "policy sets AllowRequestsFailingPolicy ({found}); Coffer does not let requests a policy denies through: remove the setting"
+    )]
+    FailingRequestsAllowed {
+        /// Where it is set.
+        found: String,
     },
     /// The policy parses but cannot be compiled (e.g. unsafe variables).
     #[error("policy does not compile: {message}")]
@@ -193,42 +203,9 @@ impl Engine {
         data_json: Option<&str>,
         limits: Limits,
     ) -> Result<Self, PolicyError> {
-        let max_policy_bytes = NonZeroUsize::new(limits.max_policy_bytes)
-            .ok_or(PolicyError::InvalidLimits("max_policy_bytes"))?;
-        if limits.max_data_bytes == 0 {
-            return Err(PolicyError::InvalidLimits("max_data_bytes"));
-        }
-        if limits.max_input_bytes == 0 {
-            return Err(PolicyError::InvalidLimits("max_input_bytes"));
-        }
-        if limits.max_eval_time.is_zero() {
-            return Err(PolicyError::InvalidLimits("max_eval_time"));
-        }
-        if policy_rego.len() > limits.max_policy_bytes {
-            return Err(PolicyError::PolicyTooLarge {
-                size: policy_rego.len(),
-                limit: limits.max_policy_bytes,
-            });
-        }
-        if let Some(data) = data_json
-            && data.len() > limits.max_data_bytes
-        {
-            return Err(PolicyError::DataTooLarge {
-                size: data.len(),
-                limit: limits.max_data_bytes,
-            });
-        }
-
-        let mut engine = regorus::Engine::new();
+        let max_policy_bytes = check_sizes(policy_rego, data_json, &limits)?;
+        let mut engine = interpreter(&limits, max_policy_bytes);
         engine.set_strict_builtin_errors(true);
-        engine.set_policy_length_config(PolicyLengthConfig {
-            max_file_bytes: max_policy_bytes,
-            ..PolicyLengthConfig::default()
-        });
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: limits.max_eval_time,
-            check_interval: NonZeroU32::MIN.saturating_add(TIMER_CHECK_INTERVAL - 1),
-        });
 
         let package = engine
             .add_policy(POLICY_SOURCE_NAME.to_owned(), policy_rego.to_owned())
@@ -236,17 +213,12 @@ impl Engine {
                 message: e.to_string(),
             })?;
         if package != format!("data.{POLICY_PACKAGE}") {
-            return Err(PolicyError::WrongPackage { found: package });
+            return Err(PolicyError::WrongPackage {
+                found: package,
+                expected: POLICY_PACKAGE,
+            });
         }
-        let ast = engine
-            .get_ast_as_json()
-            .and_then(|ast| Ok(serde_json::from_str(&ast)?))
-            .map_err(|e| PolicyError::Compile {
-                message: e.to_string(),
-            })?;
-        if let Some(cycle) = crate::recursion::find_function_cycle(&ast) {
-            return Err(PolicyError::Recursion { cycle });
-        }
+        reject_recursion(&engine)?;
         let declared = engine
             .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "decision")
             .map_err(|e| PolicyError::Compile {
@@ -333,22 +305,91 @@ impl Engine {
         }
         match result {
             Ok(result) => interpret(&result),
-            Err(e) => {
-                let limit = e.downcast_ref::<LimitError>().copied().or_else(|| {
-                    e.chain()
-                        .find_map(|cause| cause.downcast_ref::<LimitError>().copied())
-                });
-                let message = one_line(&e.to_string());
-                match limit {
-                    Some(limit) => Decision::deny(format!("policy limit exceeded: {limit}")),
-                    // regorus sometimes re-renders a limit error into a located message.
-                    None if message.contains(TIME_LIMIT_MESSAGE) => {
-                        Decision::deny(format!("policy limit exceeded: {message}"))
-                    }
-                    None => Decision::deny(format!("policy error: {message}")),
-                }
-            }
+            Err(e) => Decision::deny(eval_error_reason(&e)),
         }
+    }
+}
+
+/// Checks `limits` and the source and data sizes, before anything is parsed. Returns the policy
+/// size cap for regorus's own length check.
+pub(crate) fn check_sizes(
+    policy: &str,
+    data: Option<&str>,
+    limits: &Limits,
+) -> Result<NonZeroUsize, PolicyError> {
+    let max_policy_bytes = NonZeroUsize::new(limits.max_policy_bytes)
+        .ok_or(PolicyError::InvalidLimits("max_policy_bytes"))?;
+    if limits.max_data_bytes == 0 {
+        return Err(PolicyError::InvalidLimits("max_data_bytes"));
+    }
+    if limits.max_input_bytes == 0 {
+        return Err(PolicyError::InvalidLimits("max_input_bytes"));
+    }
+    if limits.max_eval_time.is_zero() {
+        return Err(PolicyError::InvalidLimits("max_eval_time"));
+    }
+    if policy.len() > limits.max_policy_bytes {
+        return Err(PolicyError::PolicyTooLarge {
+            size: policy.len(),
+            limit: limits.max_policy_bytes,
+        });
+    }
+    if let Some(data) = data
+        && data.len() > limits.max_data_bytes
+    {
+        return Err(PolicyError::DataTooLarge {
+            size: data.len(),
+            limit: limits.max_data_bytes,
+        });
+    }
+    Ok(max_policy_bytes)
+}
+
+/// A regorus interpreter with the source length cap and the evaluation timer of `limits`; the
+/// caller chooses the builtin error mode and Rego version.
+pub(crate) fn interpreter(limits: &Limits, max_policy_bytes: NonZeroUsize) -> regorus::Engine {
+    let mut engine = regorus::Engine::new();
+    engine.set_policy_length_config(PolicyLengthConfig {
+        max_file_bytes: max_policy_bytes,
+        ..PolicyLengthConfig::default()
+    });
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit: limits.max_eval_time,
+        check_interval: NonZeroU32::MIN.saturating_add(TIMER_CHECK_INTERVAL - 1),
+    });
+    engine
+}
+
+/// Refuses a policy one of whose functions can call itself (POL-02; see the `recursion` module).
+pub(crate) fn reject_recursion(engine: &regorus::Engine) -> Result<(), PolicyError> {
+    let ast = engine
+        .get_ast_as_json()
+        .and_then(|ast| Ok(serde_json::from_str(&ast)?))
+        .map_err(|e| PolicyError::Compile {
+            message: e.to_string(),
+        })?;
+    match crate::recursion::find_function_cycle(&ast) {
+        Some(cycle) => Err(PolicyError::Recursion { cycle }),
+        None => Ok(()),
+    }
+}
+
+/// The denial reason for an evaluation error: `policy limit exceeded: …` for an exceeded limit,
+/// otherwise `policy error: …`, on one line.
+pub(crate) fn eval_error_reason(error: &anyhow::Error) -> String {
+    let limit = error.downcast_ref::<LimitError>().copied().or_else(|| {
+        error
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<LimitError>().copied())
+    });
+    let message = one_line(&error.to_string());
+    match limit {
+        Some(limit) => format!("policy limit exceeded: {limit}"),
+        // regorus sometimes re-renders a limit error into a located message.
+        None if message.contains(TIME_LIMIT_MESSAGE) => {
+            format!("policy limit exceeded: {message}")
+        }
+        None => format!("policy error: {message}"),
     }
 }
 
@@ -500,7 +541,7 @@ fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn type_name(value: &Value) -> &'static str {
+pub(crate) fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -513,7 +554,7 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-fn truncate(mut reason: String) -> String {
+pub(crate) fn truncate(mut reason: String) -> String {
     if reason.len() > MAX_REASON_BYTES {
         let mut end = MAX_REASON_BYTES;
         while !reason.is_char_boundary(end) {

@@ -39,6 +39,13 @@
 //! matching time is linear in the input (no catastrophic backtracking). See [`Limits`] for what regorus 0.14 can and cannot
 //! bound.
 //!
+//! # Kata compatibility
+//!
+//! [`KataEngine`] is a separate, explicit mode for Kata genpolicy policies (package
+//! `agent_policy`): it evaluates `data.agent_policy.<RequestMessage>` on Kata's request JSON, with
+//! Kata's engine settings and stateful `{"allowed", "ops"}` results; see its module and
+//! `policies/README.md`. It never applies to policies of our contract.
+//!
 //! # Shipped policies
 //!
 //! [`SANDBOX_POLICY`] (`sandbox.rego`) is the non-confidential default: it allows the API but
@@ -51,6 +58,8 @@
 mod engine;
 pub mod initdata;
 mod input;
+mod json_patch;
+mod kata;
 mod recursion;
 mod to_value;
 
@@ -61,6 +70,10 @@ pub use engine::{
 pub use input::{
     Capabilities, ContainerState, CreateContainer, Device, INPUT_VERSION, Mount, Namespace,
     NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState, User,
+};
+pub use kata::{
+    FAILING_POLICY_SETTING, KATA_PACKAGE, KATA_REQUESTS, KataDecision, KataEngine, MAX_PRINTS,
+    NO_REASON, kata_request,
 };
 
 /// The sandbox-mode (non-confidential) default policy, `policies/sandbox.rego`.

@@ -114,6 +114,29 @@ spec:
     image: HOST/peers/hello:v1
 "#;
 
+/// A small genpolicy-shaped policy: container tracking in `data.pstate`, exec matched argument by
+/// argument against `policy_data.commands`.
+const KATA_RULES: &str = r#"package agent_policy
+
+import future.keywords.in
+import future.keywords.if
+
+default CreateContainerRequest := {"allowed": false, "ops": []}
+default ExecProcessRequest := false
+
+CreateContainerRequest := {"allowed": true, "ops": [op]} if {
+    print("args", input.OCI.Process.Args)
+    input.OCI.Process.Args == ["/app/server"]
+    not input.container_id in object.get(data.pstate, "containers", [])
+    op := {"op": "add", "path": "/containers", "value": [input.container_id]}
+}
+
+ExecProcessRequest if {
+    input.container_id in data.pstate.containers
+    input.process.Args in policy_data.commands
+}
+"#;
+
 /// The CreateContainer containerd would send for one of POD's containers.
 fn pod_request(
     image: &str,
@@ -467,6 +490,128 @@ fn main() -> ExitCode {
                 let err = String::from_utf8_lossy(&out.stderr);
                 ensure!(err.contains(reason), "{err}");
             }
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "kata_mode_decides_genpolicy_shaped_policy",
+        (|| {
+            let rules = write(dir, "rules.rego", KATA_RULES);
+            let kata_data = write(
+                dir,
+                "policy_data.json",
+                &json!({"commands": [["/app/health", "--ready"]]}).to_string(),
+            );
+            let create = write(
+                dir,
+                "kata-create.json",
+                &json!({"container_id": "c1", "OCI": {"Process": {"Args": ["/app/server"]}}})
+                    .to_string(),
+            );
+            let kata = |request: &str, input: &Path, extra: &[&str]| {
+                let mut args = vec![
+                    "--kata",
+                    "--policy",
+                    rules.to_str().unwrap(),
+                    "--data",
+                    kata_data.to_str().unwrap(),
+                    "--request",
+                    request,
+                    "--input",
+                    input.to_str().unwrap(),
+                ];
+                args.extend_from_slice(extra);
+                eval(&args)
+            };
+            // Both name forms; the allowed create prints its state ops and the new state.
+            for request in ["CreateContainer", "CreateContainerRequest"] {
+                let out = kata(request, &create, &[])?;
+                ensure!(out.status.code() == Some(0), "{out:?}");
+                ensure!(
+                    stdout(&out)
+                        == "allow: data.agent_policy.CreateContainerRequest is true\n\
+                            op {\"op\":\"add\",\"path\":\"/containers\",\"value\":[\"c1\"]}\n\
+                            state {\"containers\":[\"c1\"]}\n",
+                    "{}",
+                    stdout(&out)
+                );
+            }
+            // Exec is decided on the state a previous decision left (passed back with --state).
+            let exec = |name: &str, args: &[&str]| {
+                write(
+                    dir,
+                    name,
+                    &json!({"container_id": "c1", "exec_id": "e1", "process": {"Args": args}})
+                        .to_string(),
+                )
+            };
+            let ready = exec("kata-exec.json", &["/app/health", "--ready"]);
+            let out = kata("ExecProcess", &ready, &[])?;
+            ensure!(out.status.code() == Some(1), "{out:?}");
+            ensure!(
+                stdout(&out)
+                    == "deny: data.agent_policy.ExecProcessRequest is false; \
+                        Kata policies give no reason beyond the rule\n",
+                "{}",
+                stdout(&out)
+            );
+            let state = write(dir, "pstate.json", r#"{"containers": ["c1"]}"#);
+            let out = kata("ExecProcess", &ready, &["--state", state.to_str().unwrap()])?;
+            ensure!(
+                out.status.code() == Some(0)
+                    && stdout(&out) == "allow: data.agent_policy.ExecProcessRequest is true\n",
+                "{out:?}"
+            );
+            let split = exec("kata-exec-split.json", &["/app/health --ready"]);
+            let out = kata("ExecProcess", &split, &["--state", state.to_str().unwrap()])?;
+            ensure!(out.status.code() == Some(1), "{out:?}");
+            // No rule and no default for the request: undefined, denied.
+            let out = kata("ReadStdout", &ready, &[])?;
+            ensure!(
+                stdout(&out).starts_with(
+                    "deny: policy result undefined: the policy has no rule \
+                     data.agent_policy.ReadStreamRequest"
+                ),
+                "{}",
+                stdout(&out)
+            );
+            // --prints shows the policy's print output.
+            let out = kata("CreateContainer", &create, &["--prints"])?;
+            ensure!(
+                String::from_utf8_lossy(&out.stderr).contains("print: rules.rego:"),
+                "{out:?}"
+            );
+            // Bad requests and a policy letting failures through are errors, not decisions.
+            let out = kata("Frobnicate", &create, &[])?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                String::from_utf8_lossy(&out.stderr).contains("is not a Kata agent request"),
+                "{out:?}"
+            );
+            let failing = write(
+                dir,
+                "failing.rego",
+                &format!("{KATA_RULES}\nAllowRequestsFailingPolicy := true\n"),
+            );
+            let out = eval(&[
+                "--kata",
+                "--policy",
+                &p(&failing),
+                "--data",
+                &p(&kata_data),
+                "--request",
+                "CreateContainer",
+                "--input",
+                &p(&create),
+            ])?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            ensure!(
+                String::from_utf8_lossy(&out.stderr)
+                    .contains("policy sets AllowRequestsFailingPolicy"),
+                "{out:?}"
+            );
             Ok(())
         })()
     );
