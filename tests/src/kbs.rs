@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
-/// A resource policy admitting every resource request, sample evidence included (tests only).
-pub const ALLOW_SAMPLE_POLICY: &str = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if data.plugin == \"resource\"\n";
+/// The trust domain of the test broker's workload identities.
+pub const TRUST_DOMAIN: &str = "coffer.test";
+
+/// A resource policy admitting every resource and identity request, sample evidence included
+/// (tests only).
+pub const ALLOW_SAMPLE_POLICY: &str = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if data.plugin in {\"resource\", \"identity\"}\n";
 
 /// A `coffer-kbs` serving plain HTTP on a free port; killed on drop.
 #[derive(Debug)]
@@ -44,11 +48,20 @@ impl Broker {
             None => String::new(),
         };
         let config = dir.join(format!("{name}.toml"));
+        // The workload-identity CA of trust domain TRUST_DOMAIN, generated at first start.
+        let ca = |file: &str| {
+            dir.join(format!("{name}-identity"))
+                .join(file)
+                .display()
+                .to_string()
+        };
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n",
-                resources.display().to_string()
+                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n",
+                resources.display().to_string(),
+                ca("ca.key"),
+                ca("ca.crt"),
             ),
         )?;
         let log = dir.join(format!("{name}.log"));

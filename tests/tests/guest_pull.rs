@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode, Output, Stdio};
 
 use anyhow::{Context, ensure};
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
-use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker};
+use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker, TRUST_DOMAIN};
 use coffer_tests::registry::Registry;
 use coffer_tests::{Suite, assert_nothing_left, busybox_rootfs, case, coffer, guest_image};
 
@@ -785,6 +785,81 @@ stringData: {{db: "sealed.kbs:///default/secret/db"}}
                 other,
                 "mount /run/secrets/db",
             )
+        })()
+    );
+
+    case!(
+        suite,
+        // #9: the broker issues the pod's SPIFFE identity (named by the measured initdata) to the
+        // attested guest only, for a key made in the guest, and the agent gives it only to the
+        // container whose entry lists the identity mount; evidence the broker refuses gets none.
+        "workload_identity_only_for_its_container",
+        (|| {
+            ensure!(!pinned.is_empty(), "needs the pushed image");
+            let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let show = "cat /run/spiffe/svid.pem; stat -c '%a %u' /run/spiffe/svid_key.pem; echo x > /run/spiffe/svid_key.pem || echo read-only";
+            let yaml = format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: identity
+  namespace: payments
+  annotations:
+    coffer.dev/allow-logs: "true"
+    coffer.dev/workload-identity.app: /run/spiffe
+spec:
+  serviceAccountName: api
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+  containers:
+    - name: app
+      image: {pinned}
+      command: ["/bin/sh", "-c", "{show}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
+    - name: other
+      image: {pinned}
+      command: ["/bin/sh", "-c", "{show}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /}}]
+"#,
+                path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+            );
+            let run = |home: &str, initdata: &Path, url: &str| {
+                let home = format!("HOME={home}");
+                let flags = ["-u", "1000:1000", "-e", &home, "--identity", "/run/spiffe"];
+                ctx.run_script(&pinned, initdata, url, &flags, show)
+            };
+            let initdata = ctx.policy_gen("identity", &yaml, &broker.url)?;
+            let app = run("/root", &initdata, &broker.url)?;
+            let stdout = text(&app.stdout);
+            ensure!(
+                app.status.code() == Some(0)
+                    && stdout.ends_with("-----END CERTIFICATE-----\n400 1000\nread-only\n"),
+                "app: exit {:?}, stdout {stdout:?}, stderr {}",
+                app.status.code(),
+                text(&app.stderr)
+            );
+            // The certificate names the identity the initdata measured.
+            let cert = ctx.work.join("identity-svid.pem");
+            std::fs::write(&cert, &stdout)?;
+            let san = Command::new("openssl")
+                .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+                .arg(&cert)
+                .output()?;
+            let want = format!("URI:spiffe://{TRUST_DOMAIN}/ns/payments/sa/api");
+            ensure!(
+                text(&san.stdout).contains(&want),
+                "SAN {:?}, want {want}: {}",
+                text(&san.stdout),
+                text(&san.stderr)
+            );
+            let other = run("/", &initdata, &broker.url)?;
+            for out in [&app.stderr, &other.stdout, &other.stderr] {
+                ensure!(!text(out).contains("PRIVATE KEY"), "a key reached the host");
+            }
+            ctx.refused(other, "mount /run/spiffe")?;
+            // The shipped broker policy issues nothing to sample evidence.
+            let strict = Broker::start(&ctx.work, "strict-identity", None, b"unused")?;
+            let initdata = ctx.policy_gen("identity-strict", &yaml, &strict.url)?;
+            ctx.refused(run("/root", &initdata, &strict.url)?, "workload identity")
         })()
     );
 

@@ -113,6 +113,8 @@ pub struct Agent {
     /// Images pulled ahead of their container, by container id.
     pulled: Arc<StdMutex<HashMap<Id, PrePulled>>>,
     oom: broadcast::Sender<Id>,
+    /// The workload identity, for containers whose identity mount the policy admitted.
+    identities: Arc<crate::identity::Identities>,
 }
 
 /// Removes an id from the busy set when dropped.
@@ -144,6 +146,8 @@ impl Agent {
             reaper,
         );
         let (oom, _) = broadcast::channel(64);
+        let identities =
+            crate::identity::Identities::new(config.images.as_ref().and_then(|i| i.broker()));
         let agent = Arc::new(Self {
             config,
             gate,
@@ -152,6 +156,7 @@ impl Agent {
             busy: Arc::new(StdMutex::new(HashSet::new())),
             pulled: Arc::new(StdMutex::new(HashMap::new())),
             oom,
+            identities,
         });
         tokio::spawn(watch_oom(Arc::downgrade(&agent)));
         Ok(agent)
@@ -633,9 +638,12 @@ impl Agent {
                 Ok(Reply::Empty)
             }
             Err(err) => {
-                // Leave nothing half-done: runtime state, cgroup, sealed files and bundle go.
+                // Leave nothing half-done: runtime state, cgroup, sealed files, identity files
+                // and bundle go.
                 let _ = self.oci.delete(id.as_str(), true).await;
                 crate::secrets::release_files(&crate::secrets::files_dir(&bundle));
+                self.identities
+                    .release(&crate::identity::files_dir(&bundle));
                 let _ = std::fs::remove_dir_all(&bundle);
                 Err(err)
             }
@@ -692,6 +700,9 @@ impl Agent {
             &crate::secrets::files_dir(bundle),
         )
         .await?;
+        self.identities
+            .resolve(id.as_str(), spec, &crate::identity::files_dir(bundle))
+            .await?;
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(rootfs_dir.clone());
         spec.set_root(Some(root));
@@ -878,6 +889,8 @@ impl Agent {
         }
         self.oci.delete(id.as_str(), true).await?;
         crate::secrets::release_files(&crate::secrets::files_dir(&c.bundle));
+        self.identities
+            .release(&crate::identity::files_dir(&c.bundle));
         std::fs::remove_dir_all(&c.bundle)
             .or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),

@@ -67,6 +67,15 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// The workload identity could not be obtained or placed (the key is never part of the
+    /// message).
+    #[error("container {container_id}: workload identity: {reason}")]
+    Identity {
+        /// Container id.
+        container_id: String,
+        /// Why.
+        reason: String,
+    },
     /// The OCI runtime (libcontainer, in the helper process) failed.
     #[error("container runtime: {0}")]
     Runtime(String),
@@ -114,7 +123,9 @@ impl From<AgentError> for tonic::Status {
             }
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(err.to_string()),
             AgentError::Rootfs { .. } => Status::invalid_argument(err.to_string()),
-            AgentError::Secret { .. } => Status::failed_precondition(err.to_string()),
+            AgentError::Secret { .. } | AgentError::Identity { .. } => {
+                Status::failed_precondition(err.to_string())
+            }
             AgentError::Runtime(_) => Status::internal(err.to_string()),
             AgentError::Io { op, .. } => {
                 tracing::warn!(error = %err, "request failed");

@@ -180,7 +180,15 @@ fn broker_client(
     if kind == AttesterKind::Sample {
         tracing::warn!("initdata selects development-only sample evidence for the key broker");
     }
-    let attester = match attester::attester_for(kind) {
+    // Sample evidence stands in for the hardware field that binds the initdata digest (SNP
+    // HOSTDATA, TDX MRCONFIGID), so the broker can act on the initdata (the workload identity).
+    let attester = match (kind, initdata) {
+        (AttesterKind::Sample, Some(init)) => Ok(Box::new(
+            attester::SampleAttester::with_init_data_digest(init.digest().value().to_vec()),
+        ) as Box<dyn attester::Attester>),
+        _ => attester::attester_for(kind),
+    };
+    let attester = match attester {
         Ok(attester) => attester,
         Err(err) => {
             tracing::warn!(%err, "initdata names a key broker but this guest has no TEE evidence; encrypted images and sealed secrets will fail");

@@ -306,7 +306,8 @@ fn validate_spec(spec: &Spec) -> Result<(), AgentError> {
         .as_ref()
         .ok_or_else(|| AgentError::InvalidArgument("oci spec has no process".into()))?;
     validate_process(process)?;
-    crate::secrets::validate_mounts(spec)
+    crate::secrets::validate_mounts(spec)?;
+    crate::identity::validate_mounts(spec)
 }
 
 fn validate_process(process: &Process) -> Result<(), AgentError> {

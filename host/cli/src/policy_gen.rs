@@ -13,6 +13,10 @@
 //! * user = `runAsUser`/`runAsGroup` (container, then pod), else the image's numeric `User`;
 //! * exec = the `exec` commands of liveness, readiness and startup probes;
 //! * logs allowed only with the pod annotation `coffer.dev/allow-logs: "true"`;
+//! * the workload identity (a broker-issued SPIFFE SVID) for each container named by a pod
+//!   annotation `coffer.dev/workload-identity.<container>: <directory>`: its entry lists the
+//!   identity mount, and initdata names the identity `ns/<namespace>/sa/<serviceAccountName>`
+//!   (each `default` when absent);
 //! * sealed secrets: environment values `sealed.kbs:///…`, and Secret volumes whose Secret (a
 //!   further YAML document of the manifest) holds sealed references, each key a sealed file
 //!   (`sealed_volumes`).
@@ -35,6 +39,9 @@ use crate::sealed_volumes::{Secrets, Volume, VolumeMount};
 
 /// The pod annotation that lets the host read containers' output.
 pub const ALLOW_LOGS_ANNOTATION: &str = "coffer.dev/allow-logs";
+/// The pod annotation prefix giving a container (named after the prefix) the pod's workload
+/// identity in a directory (the annotation's value).
+pub const IDENTITY_ANNOTATION_PREFIX: &str = "coffer.dev/workload-identity.";
 
 /// Variables the kubelet sets whose values are only known at run time.
 const KUBELET_VARIABLES: [&str; 9] = [
@@ -101,6 +108,8 @@ struct Metadata {
     #[serde(default)]
     name: String,
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
     annotations: BTreeMap<String, String>,
 }
 
@@ -124,6 +133,8 @@ struct PodSpec {
     ephemeral_containers: Vec<Value>,
     #[serde(default)]
     volumes: Vec<Volume>,
+    #[serde(default)]
+    service_account_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,15 +245,26 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
         .annotations
         .get(ALLOW_LOGS_ANNOTATION)
         .is_some_and(|v| v == "true");
+    let identities = identity_dirs(&pod)?;
     let mut entries = Vec::new();
     for container in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
         let resolved = resolve(&registry, &container.image)
             .await
             .with_context(|| format!("container {}: image {}", container.name, container.image))?;
-        entries.push(
-            entry(container, &pod.spec, &secrets, &resolved, allow_logs)
-                .with_context(|| format!("container {}", container.name))?,
-        );
+        let mut entry = entry(container, &pod.spec, &secrets, &resolved, allow_logs)
+            .with_context(|| format!("container {}", container.name))?;
+        if let (Some(dir), Some(mounts)) = (
+            identities.get(&container.name),
+            entry["mounts"].as_array_mut(),
+        ) {
+            mounts.push(json!({
+                "destination": dir,
+                "source": "spiffe",
+                "type": coffer_runtime::spec::IDENTITY_MOUNT_TYPE,
+                "options": [],
+            }));
+        }
+        entries.push(entry);
         eprintln!("coffer: container {} → {}", container.name, resolved.pinned);
     }
     let data = serde_json::to_string_pretty(&json!({ "containers": entries }))?;
@@ -254,6 +276,21 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
         ),
         (Entry::PolicyData, data),
     ]);
+    if !identities.is_empty() {
+        let name = |value: &Option<String>| value.clone().unwrap_or_else(|| "default".into());
+        initdata_entries.insert(
+            Entry::WorkloadIdentity,
+            format!(
+                "ns/{}/sa/{}",
+                name(&pod.metadata.namespace),
+                name(&pod.spec.service_account_name)
+            ),
+        );
+        ensure!(
+            args.kbs_url.is_some(),
+            "the pod asks for a workload identity ({IDENTITY_ANNOTATION_PREFIX}…): it comes from the key broker, so pass --kbs-url"
+        );
+    }
     if let Some(url) = &args.kbs_url {
         initdata_entries.insert(Entry::KbsUrl, url.clone());
     }
@@ -438,6 +475,31 @@ fn repository_of(image: &str) -> &str {
     }
 }
 
+/// The identity directory of each container a `coffer.dev/workload-identity.<container>`
+/// annotation names.
+fn identity_dirs(pod: &Pod) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut dirs = BTreeMap::new();
+    for (key, dir) in &pod.metadata.annotations {
+        let Some(name) = key.strip_prefix(IDENTITY_ANNOTATION_PREFIX) else {
+            continue;
+        };
+        ensure!(
+            pod.spec
+                .init_containers
+                .iter()
+                .chain(&pod.spec.containers)
+                .any(|c| c.name == name),
+            "annotation {key}: the pod has no container {name:?}"
+        );
+        ensure!(
+            dir.starts_with('/') && dir.len() > 1 && !dir.split('/').any(|p| p == ".."),
+            "annotation {key}: {dir:?} is not an absolute directory other than /"
+        );
+        dirs.insert(name.to_owned(), dir.clone());
+    }
+    Ok(dirs)
+}
+
 fn entry(
     c: &Container,
     pod: &PodSpec,
@@ -618,6 +680,47 @@ mod tests {
         );
         assert_eq!(image_user(Some("1000")).unwrap(), (Some(1000), None));
         assert!(image_user(Some("nobody")).is_err());
+    }
+
+    #[test]
+    fn identity_annotations_name_containers_and_directories() {
+        let pod = |annotation: &str| {
+            manifest(&format!(
+                "kind: Pod\nmetadata: {{name: p, annotations: {{{annotation}}}}}\nspec: {{containers: [{{name: app, image: x}}]}}\n"
+            ))
+            .unwrap()
+            .0
+        };
+        assert_eq!(
+            identity_dirs(&pod("coffer.dev/workload-identity.app: /run/spiffe")).unwrap(),
+            BTreeMap::from([("app".to_owned(), "/run/spiffe".to_owned())])
+        );
+        assert!(
+            identity_dirs(&pod("coffer.dev/allow-logs: \"true\""))
+                .unwrap()
+                .is_empty()
+        );
+        for (annotation, why) in [
+            (
+                "coffer.dev/workload-identity.web: /run/spiffe",
+                "no container \"web\"",
+            ),
+            (
+                "coffer.dev/workload-identity.app: run",
+                "not an absolute directory",
+            ),
+            (
+                "coffer.dev/workload-identity.app: /",
+                "not an absolute directory",
+            ),
+            (
+                "coffer.dev/workload-identity.app: /a/../etc",
+                "not an absolute directory",
+            ),
+        ] {
+            let err = identity_dirs(&pod(annotation)).unwrap_err().to_string();
+            assert!(err.contains(why), "{annotation}: {err}");
+        }
     }
 
     #[test]

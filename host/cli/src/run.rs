@@ -46,6 +46,12 @@ pub struct RunArgs {
     /// the reference (repeatable). The policy must list the mount and the secret.
     #[arg(long = "sealed-file", value_name = "PATH=REF", value_parser = parse_sealed_file)]
     sealed_files: Vec<(String, String)>,
+    /// Give the container the pod's workload identity in directory PATH: svid.pem (certificate
+    /// chain), svid_key.pem (its key, generated in the guest) and svid_bundle.pem (trust bundle),
+    /// issued by the key broker to the attested guest for the initdata's workload-identity
+    /// entry and renewed before expiry. The policy must list the mount.
+    #[arg(long = "identity", value_name = "PATH", value_parser = parse_identity_dir)]
+    identity_dir: Option<String>,
     /// Working directory inside the container.
     #[arg(long, short = 'w', default_value = "/")]
     workdir: String,
@@ -124,6 +130,13 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
         uid.parse().with_context(|| format!("user {s:?}: uid"))?,
         gid.parse().with_context(|| format!("user {s:?}: gid"))?,
     ))
+}
+
+fn parse_identity_dir(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.len() < 2 {
+        return Err(format!("{s:?}: the path must be absolute and not /"));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_sealed_file(s: &str) -> Result<(String, String), String> {
@@ -263,6 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         uid,
         gid,
         sealed_files: args.sealed_files.clone(),
+        identity_dir: args.identity_dir.clone(),
     };
     let outcome = tokio::select! {
         r = run_container(sandbox.agent(), &rootfs, &opts, args.interactive, &timings) => match r {

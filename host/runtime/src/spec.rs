@@ -20,6 +20,9 @@ pub struct ProcessOptions {
     /// Sealed files: `(destination, kbs:///<repo>/<type>/<tag>)`, resolved by the guest agent
     /// from the key broker after attestation (the host names only the reference).
     pub sealed_files: Vec<(String, String)>,
+    /// Where the pod's workload identity (the broker-issued SVID, its key and trust bundle)
+    /// appears in the container, placed there by the guest agent; `None`: no identity.
+    pub identity_dir: Option<String>,
 }
 
 impl Default for ProcessOptions {
@@ -31,6 +34,7 @@ impl Default for ProcessOptions {
             uid: 0,
             gid: 0,
             sealed_files: Vec::new(),
+            identity_dir: None,
         }
     }
 }
@@ -78,6 +82,20 @@ pub fn sealed_mount(destination: &str, reference: &str) -> Mount {
     m
 }
 
+/// The mount type the guest agent resolves into the workload identity's files.
+pub const IDENTITY_MOUNT_TYPE: &str = "identity";
+
+/// The workload-identity mount in its canonical form (source `spiffe`, no options), as the
+/// policy data lists it.
+pub fn identity_mount(destination: &str) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some(IDENTITY_MOUNT_TYPE.into()));
+    m.set_source(Some("spiffe".into()));
+    m.set_options(None);
+    m
+}
+
 /// A container spec running `opts`, with a read-write root.
 pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
     let mut spec = Spec::default();
@@ -87,9 +105,10 @@ pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
     }
-    if !opts.sealed_files.is_empty() {
+    if !opts.sealed_files.is_empty() || opts.identity_dir.is_some() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         mounts.extend(opts.sealed_files.iter().map(|(d, r)| sealed_mount(d, r)));
+        mounts.extend(opts.identity_dir.as_deref().map(identity_mount));
         spec.set_mounts(Some(mounts));
     }
     spec
@@ -108,12 +127,16 @@ mod tests {
             uid: 1000,
             gid: 100,
             sealed_files: vec![("/run/secrets/db".into(), "kbs:///default/secret/db".into())],
+            identity_dir: Some("/var/run/secrets/spiffe".into()),
         };
         let spec = container(&opts, "h");
-        let sealed = spec.mounts().as_ref().unwrap().last().unwrap();
+        let mounts = spec.mounts().as_ref().unwrap();
         assert_eq!(
-            serde_json::to_value(sealed).unwrap(),
-            serde_json::json!({"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///default/secret/db"})
+            serde_json::to_value(&mounts[mounts.len() - 2..]).unwrap(),
+            serde_json::json!([
+                {"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///default/secret/db"},
+                {"destination": "/var/run/secrets/spiffe", "type": "identity", "source": "spiffe"}
+            ])
         );
         let p = spec.process().as_ref().unwrap();
         assert_eq!(
