@@ -102,18 +102,20 @@ impl ChunkSender {
 
 /// The decrypt stage. It reads the ciphertext in chunks and hands each one both to a MAC
 /// thread of its own (the HMAC is over the ciphertext, so it runs beside the decryption) and,
-/// decrypted, to the decompressor. At the end of the blob the HMAC is checked, then the digest
-/// of the decrypted blob, and only then does the decompressor see the end of its stream. If
-/// the decompressor hangs up, the rest of the blob still goes through the HMAC, so its verdict
-/// is always known. Returns the verdict, which is the one that counts: when it is an error, the
-/// decompressor only learns that this stage failed.
+/// decrypted, to the decompressor. At the end of the blob the HMAC is checked, and only then
+/// does the decompressor see the end of its stream. The digest of the decrypted blob named in
+/// the private options is not computed: the blob digest and the wrapped key in the pinned
+/// manifest fix the decrypted bytes, and the diff_id checks what they decompress to (see
+/// [`crate::decrypt`]). If the decompressor hangs up, the rest of the blob still goes through
+/// the HMAC, so its verdict is always known. Returns the verdict, which is the one that counts:
+/// when it is an error, the decompressor only learns that this stage failed.
 pub(crate) fn decrypt_stage(
     mut ciphertext: impl Read,
     key: LayerKey,
     out: ChunkSender,
 ) -> io::Result<()> {
     let (mut mac, mut decrypter) = key.split();
-    let (read, mac, decompressing) = std::thread::scope(|scope| {
+    let (read, mac) = std::thread::scope(|scope| {
         let (to_mac, for_mac) = mpsc::sync_channel::<Arc<Vec<u8>>>(DECODE_QUEUE);
         let (mac_done, from_mac) = mpsc::channel::<Arc<Vec<u8>>>();
         let mac_thread = scope.spawn(move || {
@@ -156,18 +158,11 @@ pub(crate) fn decrypt_stage(
         let mac = mac_thread
             .join()
             .map_err(|_| io::Error::other("MAC thread panicked"));
-        (read, mac, decompressing)
+        (read, mac)
     });
-    // Only a decompressor that read everything saw the whole decrypted blob (one that hung up
-    // fails the pull itself).
-    let verdict = read.and(mac).and_then(|mac| {
-        mac.verify()
-            .and_then(|()| match decompressing {
-                true => decrypter.verify(),
-                false => Ok(()),
-            })
-            .map_err(io::Error::other)
-    });
+    let verdict = read
+        .and(mac)
+        .and_then(|mac| mac.verify().map_err(io::Error::other));
     match verdict {
         Ok(()) => Ok(()),
         Err(e) => {

@@ -62,7 +62,7 @@ pub enum PullError {
         /// Computed.
         actual: Digest,
     },
-    /// Decryption failed mid-stream (HMAC or plaintext digest).
+    /// Decryption failed mid-stream (the HMAC over the ciphertext).
     #[error("layer {index} ({digest}) decryption")]
     Decrypt {
         /// Layer position.

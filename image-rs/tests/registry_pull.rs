@@ -521,6 +521,94 @@ async fn tampered_ciphertext_of_a_large_layer_reports_the_hmac() {
     );
 }
 
+/// A layer re-encrypted by someone holding its key: other content under the same key and
+/// nonce, with the HMAC made to match, and the wrapped private options left as they were (so
+/// the plaintext digest they name is no longer the decrypted blob's). The MAC verifies; the
+/// pull does not check that plaintext digest and refuses the layer on its diff_id, leaving
+/// nothing. The standalone decrypting reader, which has no diff_id, still refuses it on the
+/// plaintext digest.
+#[tokio::test]
+async fn reencrypted_layer_with_a_valid_mac_fails_the_diff_id() {
+    use aes::cipher::{KeyIvInit, StreamCipher};
+    use base64::Engine as _;
+    use coffer_image::decrypt::ANNOTATION_PUBOPTS;
+    use hmac::Mac;
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let env = Env::new();
+    let layout = env.vector_layout("enc-rsa");
+    let decryptor = Decryptor::default().with_private_key(key("rsa-priv.pem"));
+    let mut annotations = BTreeMap::new();
+    edit_layout(&layout, |_, manifest, _| {
+        annotations = serde_json::from_value(manifest["layers"][0]["annotations"].clone()).unwrap();
+    });
+    let private: serde_json::Value =
+        serde_json::from_slice(&decryptor.private_options(&annotations).await.unwrap()).unwrap();
+    let symkey = b64.decode(private["symkey"].as_str().unwrap()).unwrap();
+    let nonce = b64
+        .decode(private["cipheroptions"]["nonce"].as_str().unwrap())
+        .unwrap();
+
+    // Other content: a gzip layer holding one file.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    let data = b"not the layer the config names\n";
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, "substituted", &data[..])
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    let mut ciphertext = gz.finish().unwrap();
+    ctr::Ctr128BE::<aes::Aes256>::new(symkey.as_slice().into(), nonce.as_slice().into())
+        .apply_keystream(&mut ciphertext);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&symkey).unwrap();
+    mac.update(&ciphertext);
+    let pubopts = serde_json::json!({
+        "cipher": "AES_256_CTR_HMAC_SHA256",
+        "hmac": b64.encode(mac.finalize().into_bytes()),
+        "cipheroptions": {},
+    });
+    annotations.insert(
+        ANNOTATION_PUBOPTS.to_owned(),
+        b64.encode(pubopts.to_string()),
+    );
+    edit_layout(&layout, |layout, manifest, _| {
+        let (digest, size) = put_blob(layout, &ciphertext);
+        manifest["layers"][0]["digest"] = digest.into();
+        manifest["layers"][0]["size"] = size.into();
+        manifest["layers"][0]["annotations"] = serde_json::to_value(&annotations).unwrap();
+    });
+    env.push_layout(&layout, "latest", "reenc/app:v1", &[]);
+
+    let mut options = env.options();
+    options.decryptor = decryptor.clone();
+    let dest = env.path("reenc");
+    let err = pull(&env.reference("reenc/app:v1"), &dest, &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PullError::DiffId { index: 0, .. }), "{err:?}");
+    env.assert_clean_failure(&dest);
+
+    let mut reader = decryptor
+        .layer_key(&annotations)
+        .await
+        .unwrap()
+        .decrypting_reader(&ciphertext[..]);
+    let err = reader.read_to_end(&mut Vec::new()).unwrap_err();
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
+    assert!(
+        matches!(inner, Some(DecryptError::PlaintextDigest { .. })),
+        "{err:?}"
+    );
+}
+
 /// IMG-13 through the whole pipeline: gzip and zstd layers expanding far beyond their size.
 #[tokio::test]
 async fn img13_decompression_bombs_are_aborted() {

@@ -2,8 +2,18 @@
 //! layer's annotations, either for JWE recipients ([`PrivateKey`]) or by a broker-held
 //! key-encryption key ([`KeyUnwrapper`]).
 //!
-//! The HMAC-SHA256 over the ciphertext and the digest of the decrypted blob are checked when the
-//! stream reaches its end; the reader fails there, before the caller commits anything.
+//! The HMAC-SHA256 over the ciphertext is checked when the stream reaches its end; the reader
+//! fails there, before the caller commits anything.
+//!
+//! The digest of the decrypted blob that the private options name is *not* checked on the pull
+//! path: it is no stronger than the HMAC (JWE options can be wrapped by anyone with the
+//! recipient's public key, with a matching HMAC; options wrapped by a broker KEK bind the digest
+//! to the layer key just as the HMAC binds the ciphertext to it), and what it would pin is
+//! pinned already (reasoning in the crate README). The pinned manifest fixes the
+//! ciphertext (blob digest) and the wrapped key (annotations), so the plaintext too; the
+//! digest-pinned config's diff_id fixes the decompressed tar stream that is unpacked, and is
+//! checked before anything becomes visible. [`DecryptingReader`], which hands out the decrypted
+//! blob itself with no diff_id to check it against, still verifies that digest.
 
 mod broker;
 mod encrypt;
@@ -77,7 +87,8 @@ pub enum DecryptError {
     /// The HMAC over the ciphertext does not match: the layer was tampered with.
     #[error("layer hmac mismatch")]
     MacMismatch,
-    /// The decrypted blob's digest is not the one the wrapped key names.
+    /// The decrypted blob's digest is not the one the wrapped key names (checked by
+    /// [`DecryptingReader`] only; see the module docs).
     #[error("decrypted layer digest {actual} does not match {expected}")]
     PlaintextDigest {
         /// From the private options.
@@ -265,17 +276,24 @@ impl LayerKey {
         &self.plaintext_digest
     }
 
-    /// Wraps `ciphertext` in a reader yielding plaintext, failing at the end of the stream on a
-    /// bad HMAC or plaintext digest.
+    /// Wraps `ciphertext` in a reader yielding the decrypted blob, failing at the end of the
+    /// stream on a bad HMAC or plaintext digest.
     pub fn decrypting_reader<R: Read>(self, ciphertext: R) -> DecryptingReader<R> {
+        let expected = self.plaintext_digest.clone();
+        let (mac, decrypter) = self.split();
         DecryptingReader {
             inner: ciphertext,
-            checks: Checks::Reading(Box::new(self.split())),
+            checks: Checks::Reading(Box::new(ReaderChecks {
+                mac,
+                decrypter,
+                plain: Sha256::new(),
+                expected,
+            })),
         }
     }
 
     /// The two halves of decrypting a layer, for a pipeline that runs them on two threads: the
-    /// HMAC over the ciphertext, and the keystream with the digest of the decrypted blob.
+    /// HMAC over the ciphertext, and the keystream.
     pub(crate) fn split(self) -> (CiphertextMac, Decrypter) {
         let cipher = Aes256Ctr::new(self.key.as_ref().into(), (&self.nonce).into());
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_slice());
@@ -284,11 +302,7 @@ impl LayerKey {
                 mac: mac.ok(),
                 expected: self.hmac.clone(),
             },
-            Decrypter {
-                cipher,
-                plain: Sha256::new(),
-                expected: self.plaintext_digest.clone(),
-            },
+            Decrypter { cipher },
         )
     }
 }
@@ -317,34 +331,43 @@ impl CiphertextMac {
     }
 }
 
-/// AES-256-CTR decryption of a layer, and the digest of the decrypted blob.
+/// AES-256-CTR decryption of a layer.
 pub(crate) struct Decrypter {
     cipher: Aes256Ctr,
-    plain: Sha256,
-    expected: Digest,
 }
 
 impl Decrypter {
     /// Decrypts the next bytes in place.
     pub(crate) fn decrypt(&mut self, data: &mut [u8]) {
         self.cipher.apply_keystream(data);
-        self.plain.update(&*data);
     }
 
-    /// Decrypts the next `ciphertext` bytes into `plaintext` (of the same length).
+    /// Decrypts the next `ciphertext` bytes into `plaintext` (of the same length; the only
+    /// error `apply_keystream_b2b` reports, so a mismatch is a caller bug and leaves
+    /// `plaintext` as it was).
     pub(crate) fn decrypt_into(&mut self, ciphertext: &[u8], plaintext: &mut [u8]) {
-        // Same lengths: the only error apply_keystream_b2b reports.
-        if self
-            .cipher
-            .apply_keystream_b2b(ciphertext, plaintext)
-            .is_ok()
-        {
-            self.plain.update(&*plaintext);
-        }
+        let _ = self.cipher.apply_keystream_b2b(ciphertext, plaintext);
     }
+}
 
-    /// Whether the decrypted blob is the one the wrapped key names.
-    pub(crate) fn verify(self) -> Result<(), DecryptError> {
+/// Decrypts an ocicrypt layer stream; see [`LayerKey::decrypting_reader`].
+pub struct DecryptingReader<R> {
+    inner: R,
+    checks: Checks,
+}
+
+/// What a [`DecryptingReader`] checks at the end of the stream: the HMAC over the ciphertext,
+/// and the digest of the decrypted blob it handed out.
+struct ReaderChecks {
+    mac: CiphertextMac,
+    decrypter: Decrypter,
+    plain: Sha256,
+    expected: Digest,
+}
+
+impl ReaderChecks {
+    fn verify(self) -> Result<(), DecryptError> {
+        self.mac.verify()?;
         let actual = Digest::from_hasher(self.plain);
         if actual == self.expected {
             Ok(())
@@ -357,15 +380,9 @@ impl Decrypter {
     }
 }
 
-/// Decrypts an ocicrypt layer stream; see [`LayerKey::decrypting_reader`].
-pub struct DecryptingReader<R> {
-    inner: R,
-    checks: Checks,
-}
-
 /// Where a [`DecryptingReader`] is: reading, or at the end with the verdict.
 enum Checks {
-    Reading(Box<(CiphertextMac, Decrypter)>),
+    Reading(Box<ReaderChecks>),
     Passed,
     /// A failed check fails every later read too.
     Failed(DecryptError),
@@ -379,22 +396,22 @@ impl<R> fmt::Debug for DecryptingReader<R> {
 
 impl<R: Read> Read for DecryptingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (mac, decrypter) = match &mut self.checks {
-            Checks::Reading(checks) => (&mut checks.0, &mut checks.1),
+        let checks = match &mut self.checks {
+            Checks::Reading(checks) => checks,
             Checks::Passed => return Ok(0),
             Checks::Failed(err) => return Err(io::Error::other(err.duplicate())),
         };
         let n = self.inner.read(buf)?;
         if n > 0 {
-            mac.update(&buf[..n]);
-            decrypter.decrypt(&mut buf[..n]);
+            checks.mac.update(&buf[..n]);
+            checks.decrypter.decrypt(&mut buf[..n]);
+            checks.plain.update(&buf[..n]);
             return Ok(n);
         }
         let Checks::Reading(checks) = std::mem::replace(&mut self.checks, Checks::Passed) else {
             return Ok(0);
         };
-        let (mac, decrypter) = *checks;
-        match mac.verify().and_then(|()| decrypter.verify()) {
+        match checks.verify() {
             Ok(()) => Ok(0),
             Err(err) => {
                 self.checks = Checks::Failed(err.duplicate());
