@@ -8,6 +8,12 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// CRI annotation: the pod (sandbox) a workload container belongs to.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
+/// CRI annotation: the container's name in its pod.
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+/// Pod annotation prefix (containerd passes it to containers through `pod_annotations`): the
+/// container named after it gets the pod's workload identity in the directory it names.
+pub const IDENTITY_ANNOTATION_PREFIX: &str = "coffer.dev/workload-identity.";
+
 /// A container's part in its pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -228,11 +234,23 @@ fn guest_shm() -> Value {
 /// namespace `path`s (they name host processes' namespaces), hooks (host binaries), and the
 /// bind mounts of CRI's per-pod host files for a container of pod `pod_id` (`/etc/hosts`,
 /// `/etc/hostname`, `/etc/resolv.conf`; `/dev/shm` becomes a guest tmpfs). Binds of Secret
-/// volumes holding only sealed references become `sealed` mounts. Everything else is the guest
-/// agent's to validate and its policy's to decide.
+/// volumes holding only sealed references become `sealed` mounts, and a container the pod's
+/// `coffer.dev/workload-identity.<name>` annotation names gets an `identity` mount there.
+/// Everything else is the guest agent's to validate and its policy's to decide.
 pub fn for_guest(mut spec: Value, pod_id: &str) -> Value {
     if let Some(obj) = spec.as_object_mut() {
         obj.remove("hooks");
+    }
+    let identity = annotation(&spec, CONTAINER_NAME)
+        .and_then(|name| annotation(&spec, &format!("{IDENTITY_ANNOTATION_PREFIX}{name}")))
+        .map(|dir| serde_json::json!({"destination": dir, "type": "identity", "source": "spiffe"}));
+    if let (Some(identity), Some(obj)) = (identity, spec.as_object_mut()) {
+        let mounts = obj
+            .entry("mounts")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(mounts) = mounts.as_array_mut() {
+            mounts.push(identity);
+        }
     }
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
         let mut kept = Vec::with_capacity(mounts.len());
@@ -333,6 +351,27 @@ mod tests {
         // A relative source is no CRI file.
         let relative = json!({"mounts": [bind("/etc/hosts", "p1/hosts")]});
         assert_eq!(for_guest(relative.clone(), "p1"), relative);
+    }
+
+    #[test]
+    fn identity_annotation_adds_the_identity_mount_for_its_container() {
+        let spec = |name: &str| {
+            json!({"annotations": {
+                CONTAINER_NAME: name,
+                "coffer.dev/workload-identity.app": "/run/spiffe",
+            }, "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]})
+        };
+        assert_eq!(
+            for_guest(spec("app"), "p1")["mounts"],
+            json!([
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/run/spiffe", "type": "identity", "source": "spiffe"},
+            ])
+        );
+        assert_eq!(
+            for_guest(spec("sidecar"), "p1")["mounts"],
+            spec("sidecar")["mounts"]
+        );
     }
 
     #[test]
