@@ -181,10 +181,7 @@ impl Identities {
     pub fn release(&self, dir: &Path) {
         let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
         holders.remove(dir);
-        match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
-            Err(err) => tracing::warn!(path = %dir.display(), %err, "unmounting identity files"),
-        }
+        crate::secrets::unmount_private_tmpfs(dir);
     }
 
     async fn obtain(&self) -> Result<WorkloadIdentity, String> {
@@ -269,18 +266,13 @@ async fn renew(identities: std::sync::Weak<Identities>) {
 }
 
 fn mount_tmpfs(dir: &Path, uid: u32, gid: u32) -> Result<(), AgentError> {
-    use nix::mount::MsFlags;
-    std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
     // Room for two generations of the three files during a rotation.
     let size = 8 * MAX_FILE_BYTES;
-    nix::mount::mount(
-        Some("coffer-identity"),
+    crate::secrets::mount_private_tmpfs(
         dir,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(format!("mode=0500,uid={uid},gid={gid},size={size}").as_str()),
+        "coffer-identity",
+        &format!("mode=0500,uid={uid},gid={gid},size={size}"),
     )
-    .map_err(|e| AgentError::io("mount tmpfs", dir, e.into()))
 }
 
 /// Writes the three files, key first and chain last, each renamed into place.

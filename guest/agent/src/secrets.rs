@@ -235,24 +235,39 @@ pub async fn resolve_files(
 
 /// Unmounts a container's sealed-file tmpfs, if it has one (its files go with it).
 pub fn release_files(dir: &Path) {
-    match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
-        Err(err) => tracing::warn!(path = %dir.display(), %err, "unmounting sealed files"),
-    }
+    unmount_private_tmpfs(dir);
 }
 
 fn mount_tmpfs(dir: &Path) -> Result<(), AgentError> {
+    let size = MAX_SEALED_MOUNTS * MAX_SECRET_FILE_BYTES;
+    mount_private_tmpfs(dir, "coffer-secrets", &format!("mode=0700,size={size}"))
+}
+
+/// Mounts a tmpfs at `dir` (created if missing), nosuid, nodev, noexec, with tmpfs `options`:
+/// the never-on-disk home of one container's secrets.
+pub(crate) fn mount_private_tmpfs(
+    dir: &Path,
+    source: &str,
+    options: &str,
+) -> Result<(), AgentError> {
     use nix::mount::MsFlags;
     std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
-    let size = MAX_SEALED_MOUNTS * MAX_SECRET_FILE_BYTES;
     nix::mount::mount(
-        Some("coffer-secrets"),
+        Some(source),
         dir,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(format!("mode=0700,size={size}").as_str()),
+        Some(options),
     )
     .map_err(|e| AgentError::io("mount tmpfs", dir, e.into()))
+}
+
+/// Unmounts what [`mount_private_tmpfs`] mounted at `dir`; nothing mounted there is fine.
+pub(crate) fn unmount_private_tmpfs(dir: &Path) {
+    match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+        Err(err) => tracing::warn!(path = %dir.display(), %err, "unmounting a secrets tmpfs"),
+    }
 }
 
 fn write_secret_file(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<(), AgentError> {
