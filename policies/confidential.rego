@@ -94,14 +94,11 @@ required_masked_paths := {
 
 required_readonly_paths := {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
 
-bind_options := {"bind", "rbind"}
-
 kind := object.get(input, ["request", "kind"], "<missing kind>")
 
-req := input.request
-
-# The listed containers. (Read as data.containers, never through object.get(data, ...): that would
-# materialise the whole data tree, this policy's own rules included, on every decision.)
+# The listed containers, for the load-time data check. (Read as data.containers, never through
+# object.get(data, ...): that would materialise the whole data tree, this policy's own rules
+# included, on every decision. Decisions read data.containers directly: see below.)
 default entries := []
 
 entries := data.containers
@@ -113,25 +110,33 @@ entries := data.containers
 # only the CreateContainer checks (against the entries listing its image), and every other kind
 # only its own checks (kind_denials). The verdict is an allow only when the denials are defined and
 # empty; an undefined part leaves the decision undefined, which the engine denies.
-
-# Requests with nothing to check beyond their kind (the agent checks that the container or process
-# exists).
-plain_kinds := {
-	"CreateSandbox",
-	"DestroySandbox",
-	"StartContainer",
-	"RemoveContainer",
-	"StatsContainer",
-	"WaitProcess",
-	"SignalProcess",
-	"TtyWinResize",
-	"GetGuestDetails",
-	"GetOOMEvent",
-}
+#
+# In regorus's interpreter a reference to another rule (even an alias such as `x := input.y`, even
+# one already evaluated) or a function call costs about as much as ten field reads or comparisons,
+# and a builtin call several. So the checks read `input.request` and `data.containers` directly, a
+# check that runs inside a loop avoids rule references and helper functions where it can, and a
+# check that does not depend on the entry (which mounts are standard) runs once per request.
+# Indexing a call's result directly (`split(s, "=")[0]`) makes regorus build and discard an error
+# (with a backtrace under RUST_BACKTRACE=1) each time, so such results go through a local first.
 
 decision := {"allow": true, "reason": ""} if {
 	input.version == 1
-	input.request.kind in plain_kinds
+
+	# Requests with nothing to check beyond their kind (the agent checks that the container or
+	# process exists). A set written here rather than a rule of its own: a rule reference costs
+	# a plain request more than the rest of its decision.
+	input.request.kind in {
+		"CreateSandbox",
+		"DestroySandbox",
+		"StartContainer",
+		"RemoveContainer",
+		"StatsContainer",
+		"WaitProcess",
+		"SignalProcess",
+		"TtyWinResize",
+		"GetGuestDetails",
+		"GetOOMEvent",
+	}
 } else := create_decision if {
 	input.request.kind == "CreateContainer"
 } else := other_decision if {
@@ -254,56 +259,60 @@ string_array(value) if {
 # --- PullImage ----------------------------------------------------------------------------------
 
 pull_denials := {msg |
-	not pinned(req.image)
-	msg := sprintf("PullImage %s: image %v is not pinned by digest", [req.container_id, req.image])
+	not pinned(input.request.image)
+	msg := sprintf("PullImage %s: image %v is not pinned by digest", [input.request.container_id, input.request.image])
 } | {msg |
-	pinned(req.image)
+	pinned(input.request.image)
 	count(candidates) == 0
-	msg := sprintf("PullImage %s: image %s is not listed in the policy data", [req.container_id, req.image])
+	msg := sprintf("PullImage %s: image %s is not listed in the policy data", [input.request.container_id, input.request.image])
 }
 
 # --- CreateContainer ----------------------------------------------------------------------------
 
 create_denials := {msg |
-	req.rootfs.source != "image"
-	msg := sprintf("CreateContainer %s: root filesystem source %v is not allowed in confidential mode, only pulled images", [req.container_id, req.rootfs.source])
+	input.request.rootfs.source != "image"
+	msg := sprintf("CreateContainer %s: root filesystem source %v is not allowed in confidential mode, only pulled images", [input.request.container_id, input.request.rootfs.source])
 } | {msg |
-	req.hooks_present != false
-	msg := sprintf("CreateContainer %s: OCI hooks are present (they would run as guest root)", [req.container_id])
+	input.request.hooks_present != false
+	msg := sprintf("CreateContainer %s: OCI hooks are present (they would run as guest root)", [input.request.container_id])
 } | {msg |
 	# A listed image is pinned (data_problems checks every entry's image at load), so the digest
 	# check (a regular expression, the costliest builtin here) runs only for unlisted images.
 	count(candidates) == 0
-	req.rootfs.source == "image"
-	not pinned(req.rootfs.image)
-	msg := sprintf("CreateContainer %s: image %v is not pinned by digest", [req.container_id, req.rootfs.image])
+	input.request.rootfs.source == "image"
+	not pinned(input.request.rootfs.image)
+	msg := sprintf("CreateContainer %s: image %v is not pinned by digest", [input.request.container_id, input.request.rootfs.image])
 } | {msg |
 	count(candidates) == 0
-	pinned(req.rootfs.image)
-	msg := sprintf("CreateContainer %s: image %s is not listed in the policy data", [req.container_id, req.rootfs.image])
+	pinned(input.request.rootfs.image)
+	msg := sprintf("CreateContainer %s: image %s is not listed in the policy data", [input.request.container_id, input.request.rootfs.image])
 } | {msg |
 	count(matching) == 0
 	some name, problems in screened
-	msg := sprintf("CreateContainer %s: policy entry %v: %s", [req.container_id, name, concat(", ", sort(problems))])
+	msg := sprintf("CreateContainer %s: policy entry %v: %s", [input.request.container_id, name, concat(", ", sort(problems))])
 }
 
 # The image a request names: CreateContainer's root filesystem, or what PullImage fetches.
-requested_image := req.rootfs.image if {
-	kind == "CreateContainer"
-} else := req.image if {
-	kind == "PullImage"
+requested_image := input.request.rootfs.image if {
+	input.request.kind == "CreateContainer"
+} else := input.request.image if {
+	input.request.kind == "PullImage"
 }
 
 # The entries listing that image (normally one; entry names are unique).
-candidates := [e | some e in entries; e.image == requested_image]
+candidates := [e | some e in data.containers; e.image == requested_image]
 
 # Each candidate's problems with the request, by entry name.
-screened := {e.name: entry_problems(req, e) | some e in candidates}
+screened := {e.name: entry_problems(input.request, e) | some e in candidates}
+
+# The request's mounts that are not standard kernel filesystems: only these need listing. Whether
+# a mount is standard does not depend on the entry, so it is decided once per request.
+nonstandard_mounts := [m | some m in input.request.mounts; not standard_mount(m)]
 
 matching := {name | some name, problems in screened; count(problems) == 0}
 
 # Deterministic when several entries admit the same request.
-admitted_entry := sort(matching)[0]
+admitted_entry := names[0] if names := sort(matching)
 
 # Everything about a CreateContainer request `r` that its entry `e` does not allow (a set).
 entry_problems(r, e) := (((({msg |
@@ -320,8 +329,8 @@ entry_problems(r, e) := (((({msg |
 	not required in object.get(e, "host_namespaces", [])
 	msg := sprintf("no new %s namespace (the guest's own would be shared)", [required])
 }) | ({msg |
-	some m in r.mounts
-	not mount_allowed(m, e)
+	some m in nonstandard_mounts
+	not m in object.get(e, "mounts", [])
 	msg := sprintf("mount %s (type %v, source %v) is not allowed", [m.destination, m.type, m.source])
 } | {msg |
 	# A sealed file (`{"type": "sealed", "source": "kbs:///…", "destination": …}`, resolved by
@@ -352,45 +361,27 @@ entry_problems(r, e) := (((({msg |
 	msg := sprintf("terminal %v differs from %v", [r.process.terminal, object.get(e, "terminal", false)])
 }
 
-mount_allowed(m, e) if m in object.get(e, "mounts", [])
-
 # A standard kernel filesystem: not a bind mount (by type or option), and read-only where its type
 # must be. (One body without helper calls: this runs for every mount of every CreateContainer.)
-mount_allowed(m, _) if {
+standard_mount(m) if {
 	[m.type, m.destination] in standard_mounts
 	m.type != "bind"
-	count({o | some o in m.options; o in bind_options}) == 0
-	read_only_if_required(m)
+	count({o | some o in m.options; o in {"bind", "rbind"}}) == 0
+	count({1 | m.type in read_only_types; not "ro" in m.options}) == 0
 }
 
-read_only_if_required(m) if not m.type in read_only_types
-
-read_only_if_required(m) if "ro" in m.options
-
-# Problems of a process against an entry (shared by CreateContainer and ExecProcess).
-process_problems(p, e) := {msg |
-	some check in [
-		user_problem(p, e),
-		cwd_problem(p, e),
-		privilege_problem(p, e),
-	]
-	some msg in check
-} | capability_problems(p, e) | env_problems(p, e) | sealed_problems(p, e)
-
-user_problem(p, e) := {sprintf("user %v differs from %v", [p.user, expected])} if {
+# Problems of a process against an entry (shared by CreateContainer and ExecProcess). (Each check
+# is a comprehension here rather than a helper function: a call costs more than the check.)
+process_problems(p, e) := (({sprintf("user %v differs from %v", [p.user, expected]) |
 	expected := object.get(e, "user", {"uid": 0, "gid": 0})
 	p.user != expected
-} else := set()
-
-cwd_problem(p, e) := {sprintf("working directory %v differs from %v", [p.cwd, expected])} if {
+} | {sprintf("working directory %v differs from %v", [p.cwd, expected]) |
 	expected := object.get(e, "cwd", "/")
 	p.cwd != expected
-} else := set()
-
-privilege_problem(p, e) := {"no_new_privileges is off"} if {
+}) | ({"no_new_privileges is off" |
 	p.no_new_privileges != true
 	object.get(e, "allow_privilege_escalation", false) != true
-} else := set()
+} | capability_problems(p, e))) | (env_problems(p, e) | sealed_problems(p, e))
 
 capability_problems(p, e) := {sprintf("capability %s (%s set) is not allowed", [cap, set_name]) |
 	allowed := default_capabilities | {c | some c in object.get(e, "capabilities", [])}
@@ -404,7 +395,8 @@ env_problems(p, e) := {sprintf("environment variable %v is not listed", [name]) 
 	some var in p.env
 	not var in listed
 	not env_allowed(var, e)
-	name := split(var, "=")[0]
+	parts := split(var, "=")
+	name := parts[0]
 }
 
 # A sealed value (`NAME=sealed.kbs:///repo/type/tag`) is resolved by the agent from the key broker
@@ -412,8 +404,9 @@ env_problems(p, e) := {sprintf("environment variable %v is not listed", [name]) 
 # environment rules otherwise allow.
 sealed_problems(p, e) := {sprintf("environment variable %v names secret %v, which its entry does not list", [name, ref]) |
 	some var in p.env
-	contains(var, "=")
-	name := split(var, "=")[0]
+	contains(var, "=sealed.") # cheap filter; the exact test is the startswith below
+	parts := split(var, "=")
+	name := parts[0]
 	value := substring(var, count(name) + 1, -1)
 	startswith(value, "sealed.")
 	ref := substring(value, count("sealed."), -1)
@@ -424,7 +417,8 @@ env_allowed(var, e) if var in object.get(e, "env", [])
 
 env_allowed(var, e) if {
 	contains(var, "=")
-	split(var, "=")[0] in object.get(e, "env_names_any_value", [])
+	parts := split(var, "=")
+	parts[0] in object.get(e, "env_names_any_value", [])
 }
 
 # --- requests about an existing container -------------------------------------------------------
@@ -433,27 +427,27 @@ env_allowed(var, e) if {
 entry_of(container_id) := e if {
 	some c in input.state.containers
 	c.id == container_id
-	some e in entries
+	some e in data.containers
 	e.name == object.get(c.record, "entry", null)
 }
 
 # The entry of the container an ExecProcess names (undefined if none admitted it).
-exec_entry := entry_of(req.container_id)
+exec_entry := entry_of(input.request.container_id)
 
 exec_denials := {msg |
 	not exec_entry
-	msg := sprintf("ExecProcess %s: container %s was not admitted by a policy entry", [req.exec_id, req.container_id])
+	msg := sprintf("ExecProcess %s: container %s was not admitted by a policy entry", [input.request.exec_id, input.request.container_id])
 } | {msg |
 	e := exec_entry
-	not req.process.args in object.get(e, "exec", [])
-	msg := sprintf("ExecProcess %s: argv %v is not listed for policy entry %v", [req.exec_id, req.process.args, e.name])
+	not input.request.process.args in object.get(e, "exec", [])
+	msg := sprintf("ExecProcess %s: argv %v is not listed for policy entry %v", [input.request.exec_id, input.request.process.args, e.name])
 } | {msg |
-	req.process.terminal != false
-	msg := sprintf("ExecProcess %s: a terminal is not allowed", [req.exec_id])
+	input.request.process.terminal != false
+	msg := sprintf("ExecProcess %s: a terminal is not allowed", [input.request.exec_id])
 } | {msg |
 	e := exec_entry
-	some problem in process_problems(req.process, e)
-	msg := sprintf("ExecProcess %s: %s", [req.exec_id, problem])
+	some problem in process_problems(input.request.process, e)
+	msg := sprintf("ExecProcess %s: %s", [input.request.exec_id, problem])
 }
 
 output_kinds := {"ReadStdout", "ReadStderr"}
@@ -463,13 +457,13 @@ input_kinds := {"WriteStdin", "CloseStdin"}
 # Reading the init process's output needs the entry's `logs`, writing its input the entry's
 # `stdin`; an exec'd process's streams follow from its ExecProcess having been allowed.
 stream_denials(k, "logs") := {msg |
-	req.exec_id == null
-	not object.get(entry_of(req.container_id), "logs", false) == true
-	msg := sprintf("%s: output of container %s is not readable (its policy entry does not allow logs)", [k, req.container_id])
+	input.request.exec_id == null
+	not object.get(entry_of(input.request.container_id), "logs", false) == true
+	msg := sprintf("%s: output of container %s is not readable (its policy entry does not allow logs)", [k, input.request.container_id])
 }
 
 stream_denials(k, "stdin") := {msg |
-	req.exec_id == null
-	not object.get(entry_of(req.container_id), "stdin", false) == true
-	msg := sprintf("%s: stdin of container %s is not writable (its policy entry does not allow stdin)", [k, req.container_id])
+	input.request.exec_id == null
+	not object.get(entry_of(input.request.container_id), "stdin", false) == true
+	msg := sprintf("%s: stdin of container %s is not writable (its policy entry does not allow stdin)", [k, input.request.container_id])
 }
