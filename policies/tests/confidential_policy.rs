@@ -814,6 +814,15 @@ fn start(id: &str) -> Request {
     }
 }
 
+/// A network set-up case: name, request, the sandbox state it is decided in, and the record of the
+/// allow or a part of the denial's reason.
+type NetworkCase<'a> = (
+    &'a str,
+    Request,
+    SandboxState,
+    Result<&'a [(&'a str, &'a str)], &'a str>,
+);
+
 /// AGT-NW, AGT-ORD: protocol v1 has no network RPC, so a container holding CAP_NET_ADMIN or
 /// CAP_NET_RAW is the only way to change the pod's network; the policy runs one (listed, pinned)
 /// only during set-up: created and started while no container has started (issue #9196's order:
@@ -842,7 +851,7 @@ fn network_set_up_table() {
     let app_created = SandboxState {
         containers: vec![container("app1", false, &app_record)],
     };
-    let cases: Vec<(&str, Request, SandboxState, Result<&[(&str, &str)], &str>)> = vec![
+    let cases: Vec<NetworkCase> = vec![
         (
             "NET_ADMIN init created before any start",
             mesh_create("init", with_caps(&["CAP_NET_ADMIN"])),
