@@ -115,9 +115,9 @@ pub struct Agent {
     oom: broadcast::Sender<Id>,
     /// The workload identity, for containers whose identity mount the policy admitted.
     identities: Arc<crate::identity::Identities>,
-    /// Held from a StartContainer's decision until its container counts as started, so two
-    /// concurrent starts cannot both be decided as the sandbox's first (the policy admits network
-    /// set-up only before the first start).
+    /// Held from a StartContainer's (or ExecProcess's) decision until it is done, so no start or
+    /// exec is decided as coming before a start that is already under way (the policy admits
+    /// network set-up only before the first start).
     starting: Mutex<()>,
     /// The netfilter modules, loaded for the first container that may change the pod's network.
     netfilter: crate::network::Netfilter,
@@ -172,9 +172,12 @@ impl Agent {
 
     /// The single entry point for every request: authorize, then dispatch.
     pub async fn handle(&self, request: AgentRequest) -> Result<Reply, AgentError> {
-        // A start is decided and done under one lock (it is short: the container already exists).
+        // A start or exec is decided and done under one lock (both are short: the container
+        // already exists), so the policy's "before the first start" holds for each of them.
         let _starting = match request {
-            AgentRequest::StartContainer { .. } => Some(self.starting.lock().await),
+            AgentRequest::StartContainer { .. } | AgentRequest::ExecProcess { .. } => {
+                Some(self.starting.lock().await)
+            }
             _ => None,
         };
         let state = self.policy_state().await;
