@@ -12,16 +12,24 @@
 #     fresh mount and pid namespaces and no joined namespace unless listed, only the standard kernel
 #     filesystems plus the listed mounts, no devices, sysctls or relaxed masked/read-only paths
 #     unless listed, and never OCI hooks. An admitted container is recorded with its entry's name.
+#     A process holding CAP_NET_ADMIN or CAP_NET_RAW (in any set; only where its entry lists them)
+#     is created and started only while no container has started: the pod's network is set up
+#     (the mesh init, istio-init's pattern) before the workload runs and is fixed from then on.
+#     Such a container is recorded as `network: set-up`, which StartContainer checks.
 #     Sealed environment values (`sealed.kbs:///…`) and sealed files (mounts of type `sealed`),
 #     resolved by the agent from the key broker, only for the secrets the entry lists.
 #   - Root filesystems uploaded by the host are refused: images are pulled inside the guest.
 #     PullImage (a pull ahead of CreateContainer) only for an image pinned by digest and listed.
 #   - ExecProcess only for argv listed for the container's entry, compared argument by argument,
-#     without a terminal, as the entry's user.
+#     without a terminal, as the entry's user, and without network capabilities once another
+#     container has started.
 #   - Reading the init process's stdout/stderr only when the entry allows logs; writing its stdin
 #     only when the entry allows stdin.
-# Protocol v1 has no network-mutating or policy-replacing RPC; any kind this policy does not know
-# (SetPolicy, SetIPTables, ...) is denied. With no policy data every container is refused.
+# Protocol v1 has no network-mutating or policy-replacing RPC (the guest has no NIC; a container
+# without a network namespace of its own shares the guest's loopback-only one): only a container
+# with those capabilities can change the pod's network, hence the rule above. Any kind this
+# policy does not know (SetPolicy, SetIPTables, ...) is denied. With no policy data every
+# container is refused.
 package coffer.policy
 
 import rego.v1
@@ -128,7 +136,6 @@ decision := {"allow": true, "reason": ""} if {
 	input.request.kind in {
 		"CreateSandbox",
 		"DestroySandbox",
-		"StartContainer",
 		"RemoveContainer",
 		"StatsContainer",
 		"WaitProcess",
@@ -145,10 +152,15 @@ decision := {"allow": true, "reason": ""} if {
 
 create_decision := {"allow": false, "reason": concat("; ", sort(create_denials_all))} if {
 	count(create_denials_all) > 0
-} else := {"allow": true, "reason": "", "record": {"entry": entry}} if {
+} else := {"allow": true, "reason": "", "record": create_record} if {
 	count(create_denials_all) == 0
-	entry := admitted_entry
 }
+
+# The admitting entry, and whether the container may change the pod's network (StartContainer
+# reads it back: the host could otherwise create such a container early and start it late).
+create_record := {"entry": admitted_entry, "network": "set-up"} if {
+	count(held_network_capabilities) > 0
+} else := {"entry": admitted_entry}
 
 create_denials_all := create_denials | version_denials
 
@@ -173,6 +185,8 @@ kind_denials("PullImage") := pull_denials
 
 kind_denials("ExecProcess") := exec_denials
 
+kind_denials("StartContainer") := start_denials
+
 kind_denials("ReadStdout") := stream_denials("ReadStdout", "logs")
 
 kind_denials("ReadStderr") := stream_denials("ReadStderr", "logs")
@@ -191,7 +205,7 @@ kind_denials(k) := set() if {
 kind_denials(k) := {sprintf("%v is not an RPC this policy allows", [k])} if not k in known_kinds
 
 # The kinds with checks of their own.
-checked_kinds := {"PullImage", "CreateContainer", "ExecProcess", "ReadStdout", "ReadStderr", "WriteStdin", "CloseStdin", "UploadRootfs"}
+checked_kinds := {"PullImage", "CreateContainer", "StartContainer", "ExecProcess", "ReadStdout", "ReadStderr", "WriteStdin", "CloseStdin", "UploadRootfs"}
 
 # Problems with the policy data. The engine evaluates this rule once when it loads the policy and
 # refuses to load on any problem, so malformed data is never read leniently.
@@ -290,6 +304,11 @@ create_denials := {msg |
 	count(matching) == 0
 	some name, problems in screened
 	msg := sprintf("CreateContainer %s: policy entry %v: %s", [input.request.container_id, name, concat(", ", sort(problems))])
+} | {msg |
+	count(held_network_capabilities) > 0
+	some c in input.state.containers
+	c.started == true
+	msg := sprintf("CreateContainer %s: capabilities %s change the pod's network, allowed only before the first container starts (%s started)", [input.request.container_id, concat(", ", sort(held_network_capabilities)), c.id])
 }
 
 # The image a request names: CreateContainer's root filesystem, or what PullImage fetches.
@@ -313,6 +332,30 @@ matching := {name | some name, problems in screened; count(problems) == 0}
 
 # Deterministic when several entries admit the same request.
 admitted_entry := names[0] if names := sort(matching)
+
+# --- network set-up ------------------------------------------------------------------------------
+#
+# The only way to change the pod's network (protocol v1 has no network RPC) is a process with one
+# of these capabilities. Such a container (its entry must list them, above) runs only during
+# set-up: created and started while no container of the sandbox has started.
+network_capabilities := {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+
+# The network capabilities a CreateContainer's process holds, in any of its sets.
+held_network_capabilities := {cap |
+	some caps in input.request.process.capabilities
+	some cap in caps
+	cap in network_capabilities
+}
+
+start_denials := {msg |
+	some c in input.state.containers
+	c.id == input.request.container_id
+	object.get(c.record, "network", null) == "set-up"
+	some other in input.state.containers
+	other.started == true
+	other.id != input.request.container_id
+	msg := sprintf("StartContainer %s: it holds capabilities that change the pod's network, allowed only before the first container starts (%s started)", [input.request.container_id, other.id])
+}
 
 # Everything about a CreateContainer request `r` that its entry `e` does not allow (a set).
 entry_problems(r, e) := (((({msg |
@@ -448,6 +491,16 @@ exec_denials := {msg |
 	e := exec_entry
 	some problem in process_problems(input.request.process, e)
 	msg := sprintf("ExecProcess %s: %s", [input.request.exec_id, problem])
+} | {msg |
+	# Network set-up (above) holds for exec'd processes too: once another container has started,
+	# no process may gain the capabilities that change the pod's network.
+	some caps in input.request.process.capabilities
+	some cap in caps
+	cap in network_capabilities
+	some c in input.state.containers
+	c.started == true
+	c.id != input.request.container_id
+	msg := sprintf("ExecProcess %s: capability %s changes the pod's network, allowed only before the first container starts (%s started)", [input.request.exec_id, cap, c.id])
 }
 
 output_kinds := {"ReadStdout", "ReadStderr"}

@@ -15,6 +15,8 @@ command -v umoci >/dev/null || need_apt+=(umoci)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v gpg >/dev/null || need_apt+=(gnupg)
+# The mesh suite's init-container image: Debian's iptables (iptables-nft) copied into a layer.
+[ -x /usr/sbin/xtables-nft-multi ] || need_apt+=(iptables)
 
 # QEMU 10 (bookworm-backports): it knows sev-snp-guest, so the confidential launch argv is run by a
 # real QEMU; Debian 12's 7.2 does not. The VM suites run on it too.

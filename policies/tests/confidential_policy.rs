@@ -1,6 +1,6 @@
 //! `confidential.rego`, table-driven per request kind: the listed pod is admitted exactly, and each
 //! deviation the host could make is denied with a reason naming the field (AGT-CC, AGT-EX, AGT-ST,
-//! AGT-MISC, POL-01, POL-03).
+//! AGT-MISC, AGT-NW, AGT-ORD, POL-01, POL-03).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test-only file: panics are failures
 
 mod common;
@@ -50,7 +50,7 @@ fn data() -> serde_json::Value {
                 "env_names_any_value": ["HOSTNAME"],
                 "cwd": "/app",
                 "user": {"uid": 1000, "gid": 1000},
-                "capabilities": ["CAP_NET_ADMIN"],
+                "capabilities": ["CAP_SYS_NICE"],
                 "mounts": [{"destination": "/data", "source": "tmpfs", "type": "tmpfs", "options": ["nosuid", "size=1m"]}],
                 "exec": [["/app/health", "--ready"], ["sh", "-c", "echo ok"]],
                 "logs": true
@@ -83,7 +83,7 @@ fn app_process() -> Process {
         "HOSTNAME=pod-7".into(),
     ];
     p.cwd = "/app".into();
-    p.capabilities.bounding = vec!["CAP_CHOWN".into(), "CAP_NET_ADMIN".into()];
+    p.capabilities.bounding = vec!["CAP_CHOWN".into(), "CAP_SYS_NICE".into()];
     p
 }
 
@@ -732,4 +732,263 @@ fn data_without_secrets(mount: serde_json::Value) -> serde_json::Value {
         .unwrap()
         .push(mount);
     data
+}
+
+const MESH: &str = "registry.example/mesh-init@sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+/// The `app` and `side` entries plus an Istio-style mesh init allowed CAP_NET_ADMIN and CAP_NET_RAW.
+fn mesh_data() -> serde_json::Value {
+    let mut data = data();
+    data["containers"].as_array_mut().unwrap().push(json!({
+        "name": "mesh-init",
+        "image": MESH,
+        "args": ["/bin/iptables", "-t", "nat", "-A", "OUTPUT", "-j", "REDIRECT"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "capabilities": ["CAP_NET_ADMIN", "CAP_NET_RAW"],
+        "exec": [["/bin/iptables", "-t", "nat", "-L"]]
+    }));
+    data
+}
+
+/// The mesh init's CreateContainer as `id`, its process holding `caps` in the sets `edit` picks.
+fn mesh_create(id: &str, edit: impl FnOnce(&mut Process)) -> Request {
+    let mut c = app();
+    c.container_id = id.into();
+    c.rootfs.image = Some(MESH.into());
+    c.process = common::process(&[
+        "/bin/iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-j",
+        "REDIRECT",
+    ]);
+    c.process.user.uid = 0;
+    c.process.user.gid = 0;
+    c.process.env.clear();
+    edit(&mut c.process);
+    Request::CreateContainer(Box::new(c))
+}
+
+/// A listed exec into the mesh init container `init`, holding CAP_NET_ADMIN.
+fn mesh_exec() -> Request {
+    let mut p = common::process(&["/bin/iptables", "-t", "nat", "-L"]);
+    p.user.uid = 0;
+    p.user.gid = 0;
+    p.env.clear();
+    with_caps(&["CAP_NET_ADMIN"])(&mut p);
+    Request::ExecProcess {
+        container_id: "init".into(),
+        exec_id: "e1".into(),
+        process: Box::new(p),
+    }
+}
+
+fn with_caps<'a>(caps: &'a [&'a str]) -> impl FnOnce(&mut Process) + 'a {
+    move |p| {
+        for cap in caps {
+            p.capabilities.bounding.push((*cap).into());
+            p.capabilities.effective.push((*cap).into());
+            p.capabilities.permitted.push((*cap).into());
+        }
+    }
+}
+
+fn container(id: &str, started: bool, record: &[(&str, &str)]) -> ContainerState {
+    ContainerState {
+        id: id.into(),
+        image_digest: None,
+        started,
+        record: record
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn start(id: &str) -> Request {
+    Request::StartContainer {
+        container_id: id.into(),
+    }
+}
+
+/// A network set-up case: name, request, the sandbox state it is decided in, and the record of the
+/// allow or a part of the denial's reason.
+type NetworkCase<'a> = (
+    &'a str,
+    Request,
+    SandboxState,
+    Result<&'a [(&'a str, &'a str)], &'a str>,
+);
+
+/// AGT-NW, AGT-ORD: protocol v1 has no network RPC, so a container holding CAP_NET_ADMIN or
+/// CAP_NET_RAW is the only way to change the pod's network; the policy runs one (listed, pinned)
+/// only during set-up: created and started while no container has started (issue #9196's order:
+/// the mesh init must not run after, or without, the workload's start being held back).
+#[test]
+fn network_set_up_table() {
+    let engine = engine_with(&mesh_data());
+    let mesh = [("entry", "mesh-init"), ("network", "set-up")];
+    let app_record = [("entry", "app")];
+    let nothing_started = SandboxState { containers: vec![] };
+    let app_started = SandboxState {
+        containers: vec![container("app1", true, &app_record)],
+    };
+    let mesh_created = SandboxState {
+        containers: vec![container("init", false, &mesh)],
+    };
+    let mesh_created_app_started = SandboxState {
+        containers: vec![
+            container("app1", true, &app_record),
+            container("init", false, &mesh),
+        ],
+    };
+    let mesh_started = SandboxState {
+        containers: vec![container("init", true, &mesh)],
+    };
+    let app_created = SandboxState {
+        containers: vec![container("app1", false, &app_record)],
+    };
+    let cases: Vec<NetworkCase> = vec![
+        (
+            "NET_ADMIN init created before any start",
+            mesh_create("init", with_caps(&["CAP_NET_ADMIN"])),
+            nothing_started.clone(),
+            Ok(&[("entry", "mesh-init"), ("network", "set-up")]),
+        ),
+        (
+            "NET_ADMIN and NET_RAW init created while the app is only created",
+            mesh_create("init", with_caps(&["CAP_NET_ADMIN", "CAP_NET_RAW"])),
+            app_created.clone(),
+            Ok(&[("entry", "mesh-init"), ("network", "set-up")]),
+        ),
+        (
+            "NET_RAW alone (ambient set) before any start",
+            mesh_create("init", |p| {
+                p.capabilities.ambient.push("CAP_NET_RAW".into())
+            }),
+            nothing_started.clone(),
+            Ok(&[("entry", "mesh-init"), ("network", "set-up")]),
+        ),
+        (
+            "the mesh entry without network capabilities is recorded plainly",
+            mesh_create("init", |_| {}),
+            app_started.clone(),
+            Ok(&[("entry", "mesh-init")]),
+        ),
+        (
+            "NET_ADMIN init created after the app started",
+            mesh_create("init", with_caps(&["CAP_NET_ADMIN"])),
+            app_started.clone(),
+            Err(
+                "CreateContainer init: capabilities CAP_NET_ADMIN change the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+        (
+            "NET_RAW init created after the app started",
+            mesh_create("init", with_caps(&["CAP_NET_RAW"])),
+            app_started.clone(),
+            Err(
+                "CreateContainer init: capabilities CAP_NET_RAW change the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+        (
+            "NET_RAW in the inheritable set only, after the app started",
+            mesh_create("init", |p| {
+                p.capabilities.inheritable.push("CAP_NET_RAW".into())
+            }),
+            app_started.clone(),
+            Err("capabilities CAP_NET_RAW change the pod's network"),
+        ),
+        (
+            "a second NET_ADMIN container after the mesh init started",
+            mesh_create("init2", with_caps(&["CAP_NET_ADMIN"])),
+            mesh_started.clone(),
+            Err(
+                "CreateContainer init2: capabilities CAP_NET_ADMIN change the pod's network, allowed only before the first container starts (init started)",
+            ),
+        ),
+        (
+            "NET_ADMIN init started first",
+            start("init"),
+            mesh_created.clone(),
+            Ok(&[]),
+        ),
+        (
+            "NET_ADMIN init created early, started after the app",
+            start("init"),
+            mesh_created_app_started.clone(),
+            Err(
+                "StartContainer init: it holds capabilities that change the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+        (
+            "the app starts after the mesh init",
+            start("app1"),
+            SandboxState {
+                containers: vec![
+                    container("app1", false, &app_record),
+                    container("init", true, &mesh),
+                ],
+            },
+            Ok(&[]),
+        ),
+        (
+            "an unlisted NET_ADMIN is refused even before any start",
+            create(|c| {
+                c.process
+                    .capabilities
+                    .effective
+                    .push("CAP_NET_ADMIN".into())
+            }),
+            nothing_started.clone(),
+            Err(
+                "CreateContainer c1: policy entry app: capability CAP_NET_ADMIN (effective set) is not allowed",
+            ),
+        ),
+        (
+            "an unlisted NET_RAW is refused even before any start",
+            create(|c| c.process.capabilities.bounding.push("CAP_NET_RAW".into())),
+            nothing_started.clone(),
+            Err("capability CAP_NET_RAW (bounding set) is not allowed"),
+        ),
+        (
+            "listed NET_ADMIN exec into the mesh init while it is the only one started",
+            mesh_exec(),
+            mesh_started.clone(),
+            Ok(&[]),
+        ),
+        (
+            "listed NET_ADMIN exec into the mesh init after the app started",
+            mesh_exec(),
+            SandboxState {
+                containers: vec![
+                    container("app1", true, &app_record),
+                    container("init", true, &mesh),
+                ],
+            },
+            Err(
+                "ExecProcess e1: capability CAP_NET_ADMIN changes the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+    ];
+    for (name, request, state, want) in cases {
+        let d = engine.decide(&PolicyInput::new(request, state));
+        match want {
+            Ok(record) => {
+                assert!(d.allowed, "{name}: {}", d.reason);
+                let want: BTreeMap<String, String> = record
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                assert_eq!(d.record, want, "{name}");
+            }
+            Err(reason) => {
+                assert!(!d.allowed, "{name}: allowed");
+                assert!(d.reason.contains(reason), "{name}: {:?}", d.reason);
+            }
+        }
+    }
 }

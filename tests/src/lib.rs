@@ -7,6 +7,7 @@
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod agent;
 pub mod containerd;
 pub mod cri;
 pub mod kbs;
@@ -98,6 +99,46 @@ pub fn busybox_rootfs(dir: &Path) {
     )
     .expect("passwd");
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+}
+
+/// Fails unless the stopped sandbox whose directory was `sandbox_dir` left no process and nothing
+/// under `state_root`.
+pub fn assert_stopped_sandbox_gone(sandbox_dir: &Path, state_root: &Path) -> anyhow::Result<()> {
+    let procs = processes_mentioning(&sandbox_dir.display().to_string());
+    anyhow::ensure!(procs.is_empty(), "processes left: {procs:?}");
+    let left = leftover_sandboxes(state_root);
+    anyhow::ensure!(left.is_empty(), "state left: {left:?}");
+    Ok(())
+}
+
+/// A one-layer image made by umoci as the OCI layout `<work>/<name>-layout` (tag v1): a busybox
+/// root, then whatever `fill` adds to it (given the root directory).
+pub fn umoci_layout(
+    work: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
+    require_tool("umoci");
+    let layout = work.join(format!("{name}-layout"));
+    let bundle = work.join(format!("{name}-bundle"));
+    let umoci = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("umoci").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let l = layout.display().to_string();
+    let b = bundle.display().to_string();
+    umoci(&["init", "--layout", &l])?;
+    umoci(&["new", "--image", &format!("{l}:v1")])?;
+    umoci(&["unpack", "--rootless", "--image", &format!("{l}:v1"), &b])?;
+    busybox_rootfs(&bundle.join("rootfs"));
+    fill(&bundle.join("rootfs"))?;
+    umoci(&["repack", "--image", &format!("{l}:v1"), &b])?;
+    Ok(layout)
 }
 
 /// Pids of processes whose command line mentions `needle`.

@@ -12,7 +12,7 @@ use anyhow::{Context, ensure};
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker, TRUST_DOMAIN};
 use coffer_tests::registry::Registry;
-use coffer_tests::{Suite, assert_nothing_left, busybox_rootfs, case, coffer, guest_image};
+use coffer_tests::{Suite, assert_nothing_left, case, coffer, guest_image};
 
 struct Ctx {
     image_dir: PathBuf,
@@ -209,29 +209,12 @@ fn busybox_layout(work: &Path) -> anyhow::Result<PathBuf> {
 /// A one-layer busybox image with `files` (path in the root, content), as the OCI layout
 /// `<work>/<name>-layout` (tag v1).
 fn busybox_layout_with(work: &Path, name: &str, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
-    coffer_tests::require_tool("umoci");
-    let layout = work.join(format!("{name}-layout"));
-    let bundle = work.join(format!("{name}-bundle"));
-    let umoci = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("umoci").args(args).output()?;
-        ensure!(
-            out.status.success(),
-            "umoci {args:?}: {}",
-            text(&out.stderr)
-        );
+    coffer_tests::umoci_layout(work, name, |root| {
+        for (path, content) in files {
+            std::fs::write(root.join(path), content)?;
+        }
         Ok(())
-    };
-    let l = layout.display().to_string();
-    let b = bundle.display().to_string();
-    umoci(&["init", "--layout", &l])?;
-    umoci(&["new", "--image", &format!("{l}:v1")])?;
-    umoci(&["unpack", "--rootless", "--image", &format!("{l}:v1"), &b])?;
-    busybox_rootfs(&bundle.join("rootfs"));
-    for (path, content) in files {
-        std::fs::write(bundle.join("rootfs").join(path), content)?;
-    }
-    umoci(&["repack", "--image", &format!("{l}:v1"), &b])?;
-    Ok(layout)
+    })
 }
 
 /// `coffer image encrypt` of the layout `layout` (tag v1) into `out`, the layer key wrapped

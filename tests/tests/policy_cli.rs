@@ -419,7 +419,8 @@ fn main() -> ExitCode {
                 app(&pinned, &argv, &["CAP_NET_ADMIN", "CAP_CHOWN"]),
             )?;
             ensure!(
-                out.status.code() == Some(0) && stdout(&out) == "allow\nrecord entry=app\n",
+                out.status.code() == Some(0)
+                    && stdout(&out) == "allow\nrecord entry=app\nrecord network=set-up\n",
                 "app: {}",
                 stdout(&out)
             );

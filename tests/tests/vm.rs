@@ -14,9 +14,7 @@ use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
 use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig};
 use coffer_runtime::spec::{self, ProcessOptions};
-use coffer_tests::{
-    Suite, busybox_rootfs, case, guest_image, leftover_sandboxes, processes_mentioning,
-};
+use coffer_tests::{Suite, agent, assert_stopped_sandbox_gone, busybox_rootfs, case, guest_image};
 use oci_spec::runtime::Spec;
 
 struct Env {
@@ -52,56 +50,21 @@ impl Env {
     }
 
     async fn start(&self, id: &str) -> anyhow::Result<()> {
-        self.agent
-            .clone()
-            .start_container(pb::StartContainerRequest {
-                container_id: id.into(),
-            })
+        agent::start(&self.agent, id)
             .await
-            .context("StartContainer")?;
-        Ok(())
+            .context("StartContainer")
     }
 
     fn read(&self, id: &str, exec: &str) -> tokio::task::JoinHandle<anyhow::Result<String>> {
-        let mut agent = self.agent.clone();
-        let req = pb::ReadOutputRequest {
-            container_id: id.into(),
-            exec_id: exec.into(),
-        };
-        tokio::spawn(async move {
-            let mut stream = agent.read_stdout(req).await?.into_inner();
-            let mut out = Vec::new();
-            while let Some(chunk) = stream.message().await? {
-                out.extend(chunk.data);
-            }
-            Ok(String::from_utf8(out)?)
-        })
+        agent::read_output(&self.agent, id, exec, false)
     }
 
     async fn wait(&self, id: &str, exec: &str) -> anyhow::Result<i32> {
-        Ok(self
-            .agent
-            .clone()
-            .wait_process(pb::WaitProcessRequest {
-                container_id: id.into(),
-                exec_id: exec.into(),
-            })
-            .await
-            .context("WaitProcess")?
-            .into_inner()
-            .exit_status)
+        agent::wait(&self.agent, id, exec).await
     }
 
     async fn remove(&self, id: &str) -> anyhow::Result<()> {
-        self.agent
-            .clone()
-            .remove_container(pb::RemoveContainerRequest {
-                container_id: id.into(),
-                force: true,
-            })
-            .await
-            .context("RemoveContainer")?;
-        Ok(())
+        agent::remove(&self.agent, id).await
     }
 
     /// Creates, starts and waits for a container; returns (stdout, status).
@@ -323,13 +286,7 @@ fn main() -> ExitCode {
 
         let dir = sandbox.dir().to_path_buf();
         sandbox.stop().await;
-        case!(suite, "teardown_leaves_nothing", async {
-            let procs = processes_mentioning(&dir.display().to_string());
-            ensure!(procs.is_empty(), "processes left: {procs:?}");
-            let left = leftover_sandboxes(&state);
-            ensure!(left.is_empty(), "state left: {left:?}");
-            Ok(())
-        }.await);
+        case!(suite, "teardown_leaves_nothing", assert_stopped_sandbox_gone(&dir, &state));
     });
     suite.finish()
 }

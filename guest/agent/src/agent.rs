@@ -115,6 +115,12 @@ pub struct Agent {
     oom: broadcast::Sender<Id>,
     /// The workload identity, for containers whose identity mount the policy admitted.
     identities: Arc<crate::identity::Identities>,
+    /// Held from a StartContainer's (or ExecProcess's) decision until it is done, so no start or
+    /// exec is decided as coming before a start that is already under way (the policy admits
+    /// network set-up only before the first start).
+    starting: Mutex<()>,
+    /// The netfilter modules, loaded for the first container that may change the pod's network.
+    netfilter: crate::network::Netfilter,
 }
 
 /// Removes an id from the busy set when dropped.
@@ -157,6 +163,8 @@ impl Agent {
             pulled: Arc::new(StdMutex::new(HashMap::new())),
             oom,
             identities,
+            starting: Mutex::new(()),
+            netfilter: crate::network::Netfilter::default(),
         });
         tokio::spawn(watch_oom(Arc::downgrade(&agent)));
         Ok(agent)
@@ -164,6 +172,14 @@ impl Agent {
 
     /// The single entry point for every request: authorize, then dispatch.
     pub async fn handle(&self, request: AgentRequest) -> Result<Reply, AgentError> {
+        // A start or exec is decided and done under one lock (both are short: the container
+        // already exists), so the policy's "before the first start" holds for each of them.
+        let _starting = match request {
+            AgentRequest::StartContainer { .. } | AgentRequest::ExecProcess { .. } => {
+                Some(self.starting.lock().await)
+            }
+            _ => None,
+        };
         let state = self.policy_state().await;
         let permit = self.gate.authorize(&request, &state)?;
         self.dispatch(permit, request).await
@@ -622,6 +638,9 @@ impl Agent {
                 kind: "container",
                 id: id.to_string(),
             });
+        }
+        if crate::network::holds_network_capabilities(&spec) && self.config.is_init {
+            self.netfilter.load().await?;
         }
         let bundle = self.bundle_dir(&id);
         let result = self

@@ -76,6 +76,9 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// Loading kernel modules a container needs (the netfilter modules) failed.
+    #[error("loading kernel modules: {0}")]
+    Modules(#[source] crate::init::InitError),
     /// The OCI runtime (libcontainer, in the helper process) failed.
     #[error("container runtime: {0}")]
     Runtime(String),
@@ -126,7 +129,7 @@ impl From<AgentError> for tonic::Status {
             AgentError::Secret { .. } | AgentError::Identity { .. } => {
                 Status::failed_precondition(err.to_string())
             }
-            AgentError::Runtime(_) => Status::internal(err.to_string()),
+            AgentError::Runtime(_) | AgentError::Modules(_) => Status::internal(err.to_string()),
             AgentError::Io { op, .. } => {
                 tracing::warn!(error = %err, "request failed");
                 Status::internal(format!("{op} failed"))

@@ -1,6 +1,7 @@
 //! PID 1 duties in the guest: leave the initramfs for a tmpfs root (so containers can
 //! `pivot_root`), mount the kernel filesystems, load the kernel modules the image lists, and power
-//! the VM off when the agent is done. All of it runs before the async runtime starts.
+//! the VM off when the agent is done. All of it runs before the async runtime starts, except the
+//! netfilter modules, which the agent loads on demand ([`load_netfilter_modules`]).
 
 use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,6 +15,9 @@ use thiserror::Error;
 const SWITCHED_MARKER: &str = "/.coffer-root";
 /// The image's module load order, one absolute path per line.
 const MODULE_LIST: &str = "/etc/coffer/modules";
+/// The netfilter modules (iptables-nft: nf_tables, NAT, the xtables targets) in load order, loaded
+/// only for a container that may change the pod's network.
+const NETFILTER_MODULE_LIST: &str = "/etc/coffer/modules-netfilter";
 pub use coffer_agent_protocol::{
     GUEST_INIT_MARKER as INIT_MARKER, GUEST_READY_MARKER as READY_MARKER,
 };
@@ -209,7 +213,20 @@ fn module_params(cmdline: &str, module: &str) -> String {
 }
 
 fn load_modules() -> Result<(), InitError> {
-    let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
+    load_module_list(Path::new(MODULE_LIST))
+}
+
+/// Loads the image's netfilter modules, which the guest kernel cannot autoload (there is no
+/// modprobe). Loading them at boot would cost every sandbox boot time under TCG, so the agent calls
+/// this before creating the first container holding CAP_NET_ADMIN or CAP_NET_RAW. Without the
+/// list (not a Coffer guest, or a kernel without them) there is nothing to load. Modules already
+/// loaded are skipped, so a second call is harmless.
+pub fn load_netfilter_modules() -> Result<(), InitError> {
+    load_module_list(Path::new(NETFILTER_MODULE_LIST))
+}
+
+fn load_module_list(list: &Path) -> Result<(), InitError> {
+    let Ok(list) = std::fs::read_to_string(list) else {
         return Ok(());
     };
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod images;
 pub mod init;
 pub mod initdata;
+pub mod network;
 pub mod oci;
 pub mod policy;
 pub mod policy_input;

@@ -678,6 +678,48 @@ async fn every_rpc_passes_the_gate() {
     drop(agent);
 }
 
+/// AGT-NW: protocol v1 has no network-mutating RPC, so the host has no call that changes the
+/// guest's interfaces, routes, neighbours or packet filter. Kata's network RPCs, sent as raw gRPC
+/// to an agent whose policy allows everything, under Kata's service name and under ours, reach
+/// no handler (Unimplemented), and agent.proto declares none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kata_network_rpcs_do_not_exist() {
+    const KATA_NETWORK_RPCS: [&str; 7] = [
+        "UpdateInterface",
+        "UpdateRoutes",
+        "AddARPNeighbors",
+        "SetIPTables",
+        "GetIPTables",
+        "ListInterfaces",
+        "ListRoutes",
+    ];
+    let proto = include_str!("../../agent-protocol/proto/coffer/agent/v1/agent.proto");
+    let (agent, _client) = start_agent().await;
+    let channel = connect(&agent.dir.path().join("agent.sock")).await;
+    for service in ["grpc.AgentService", "coffer.agent.v1.Agent"] {
+        for rpc in KATA_NETWORK_RPCS {
+            assert!(
+                !proto.contains(&format!("rpc {rpc}(")),
+                "agent.proto declares {rpc}"
+            );
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let path: tonic::codegen::http::uri::PathAndQuery =
+                format!("/{service}/{rpc}").parse().unwrap();
+            let err = grpc
+                .unary(
+                    tonic::Request::new(()),
+                    path,
+                    tonic_prost::ProstCodec::<(), ()>::default(),
+                )
+                .await
+                .expect_err(rpc);
+            assert_eq!(err.code(), Code::Unimplemented, "{service}/{rpc}: {err:?}");
+        }
+    }
+    drop(agent);
+}
+
 /// INI-01 (agent side): a policy that does not load means the agent never serves — no fallback.
 #[test]
 fn a_broken_policy_means_no_service() {

@@ -7,6 +7,10 @@ use super::modules::ModuleFile;
 /// The guest path of the module load-order list the agent reads at boot.
 pub const MODULES_LIST: &str = "/etc/coffer/modules";
 
+/// The guest path of the netfilter modules' load order, which the agent reads before the first
+/// container that may change the pod's network.
+pub const NETFILTER_MODULES_LIST: &str = "/etc/coffer/modules-netfilter";
+
 /// The guest path of the agent, which the kernel runs as PID 1.
 pub const INIT: &str = "/init";
 
@@ -28,11 +32,13 @@ const DIRS: &[(&str, u32)] = &[
 ];
 
 /// Lays out the initramfs for kernel `release`: the base directories, `/dev/console`, the agent as
-/// `/init`, `/etc/hosts`, the modules (in load order) and `/etc/coffer/modules` listing them.
+/// `/init`, `/etc/hosts`, the modules (in load order) and `/etc/coffer/modules` listing them, and
+/// the netfilter modules with `/etc/coffer/modules-netfilter` listing those.
 pub(crate) fn assemble(
     release: &str,
     agent: &[u8],
     modules: &[ModuleFile],
+    netfilter: &[ModuleFile],
 ) -> Result<Archive, ImageError> {
     let mut archive = Archive::new();
     for (dir, perm) in DIRS {
@@ -44,13 +50,15 @@ pub(crate) fn assemble(
     archive.char_dev("/dev/console", 0o600, 5, 1)?;
     archive.file(INIT, 0o755, agent.to_vec())?;
     archive.file("/etc/hosts", 0o644, HOSTS.to_vec())?;
-    let mut load_order = String::new();
-    for module in modules {
-        let guest_path = format!("{modules_root}/{}", module.guest_relative());
-        archive.file(&guest_path, 0o644, module.contents()?)?;
-        load_order.push_str(&guest_path);
-        load_order.push('\n');
+    for (list, modules) in [(MODULES_LIST, modules), (NETFILTER_MODULES_LIST, netfilter)] {
+        let mut load_order = String::new();
+        for module in modules {
+            let guest_path = format!("{modules_root}/{}", module.guest_relative());
+            archive.file(&guest_path, 0o644, module.contents()?)?;
+            load_order.push_str(&guest_path);
+            load_order.push('\n');
+        }
+        archive.file(list, 0o644, load_order.into_bytes())?;
     }
-    archive.file(MODULES_LIST, 0o644, load_order.into_bytes())?;
     Ok(archive)
 }

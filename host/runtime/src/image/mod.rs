@@ -14,6 +14,7 @@
 //!   | `/dev/console` (0600) | character device 5:1 |
 //!   | `/etc/hosts` (0644) | `127.0.0.1 localhost`, `::1 localhost` |
 //!   | `/etc/coffer/modules` (0644) | absolute guest paths of the modules, one per line, in load order |
+//!   | `/etc/coffer/modules-netfilter` (0644) | the same for the [`NETFILTER_MODULES`] the boot list lacks, which the agent loads only for a container holding CAP_NET_ADMIN/CAP_NET_RAW |
 //!   | `/lib/modules/<release>/…` (0644) | the requested modules and their dependencies (`.ko.xz` stored decompressed as `.ko`) |
 //!   | `/dev /etc /etc/coffer /lib /lib/modules /newroot /proc /run /sys` (0755), `/tmp` (01777) | empty mount points and parents |
 //!
@@ -54,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use error::ImageError;
-pub use initramfs::{INIT, MODULES_LIST};
+pub use initramfs::{INIT, MODULES_LIST, NETFILTER_MODULES_LIST};
 use modules::{ModuleFile, ModuleIndex};
 
 /// The modules the agent needs: virtio transports (MMIO for `microvm`, PCI for `q35`), the virtio
@@ -73,6 +74,26 @@ pub const DEFAULT_MODULES: &[&str] = &[
 /// which the agent tolerates; a kernel without them still gives a (sandbox-only) image.
 pub const TEE_MODULES: &[&str] = &["sev-guest", "tdx-guest"];
 
+/// Modules Debian's `iptables` (iptables-nft) needs inside the guest for an Istio-style mesh init
+/// (`iptables -t nat -A OUTPUT -p tcp --dport P -j REDIRECT --to-ports Q`): nf_tables with the
+/// xtables compatibility layer, the NAT chain type, and the REDIRECT target and tcp match it
+/// passes through as xtables extensions; `modules.dep` adds nf_nat, nf_conntrack, nfnetlink,
+/// x_tables and their dependencies. `crc32c_generic` comes first: libcrc32c (which nf_tables and
+/// nf_conntrack need) asks the crypto API for crc32c when it loads and fails with ENOENT without an
+/// implementation; modprobe would load one from a softdep, which `modules.dep` does not carry (and
+/// `crc32c-intel` needs SSE4.2, which a TCG CPU may lack). Added when the kernel has them (a kernel with netfilter built
+/// in needs no list), listed apart: the guest kernel cannot autoload modules, and loading these at
+/// boot would cost every sandbox's boot what only a pod with a mesh init uses, so the agent loads
+/// them before the first container holding CAP_NET_ADMIN or CAP_NET_RAW.
+pub const NETFILTER_MODULES: &[&str] = &[
+    "crc32c_generic",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "xt_REDIRECT",
+    "xt_tcpudp",
+];
+
 /// File names of the artifacts in the output directory.
 const VMLINUX: &str = "vmlinux";
 const BZIMAGE: &str = "vmlinuz";
@@ -80,7 +101,7 @@ const INITRAMFS: &str = "initramfs";
 const MANIFEST: &str = "guest-image.json";
 
 /// Bumped whenever the builder's output for the same inputs changes; part of the inputs digest.
-const BUILDER_VERSION: &[u8] = b"coffer-guest-image/3";
+const BUILDER_VERSION: &[u8] = b"coffer-guest-image/4";
 
 /// Where the host keeps kernels and their modules.
 const BOOT_DIR: &str = "/boot";
@@ -169,6 +190,9 @@ struct Manifest {
     inputs_sha256: String,
     /// The module load order (guest paths), for inspection.
     modules: Vec<String>,
+    /// The load order of the netfilter modules the agent loads on demand (guest paths).
+    #[serde(default)]
+    netfilter_modules: Vec<String>,
 }
 
 /// Everything read from the host for one build.
@@ -179,6 +203,8 @@ struct Inputs {
     agent: Vec<u8>,
     /// In load order.
     modules: Vec<ModuleFile>,
+    /// The netfilter modules not already in `modules`, in load order.
+    netfilter: Vec<ModuleFile>,
     digest: String,
 }
 
@@ -215,6 +241,17 @@ impl Inputs {
             .iter()
             .map(|relative| ModuleFile::read(&spec.modules_dir, relative))
             .collect::<Result<Vec<_>, _>>()?;
+        let netfilter_wanted: Vec<String> = NETFILTER_MODULES
+            .iter()
+            .filter(|m| index.knows(m))
+            .map(|m| (*m).to_owned())
+            .collect();
+        let netfilter = index
+            .load_order(&netfilter_wanted)?
+            .iter()
+            .filter(|relative| !order.contains(relative))
+            .map(|relative| ModuleFile::read(&spec.modules_dir, relative))
+            .collect::<Result<Vec<_>, _>>()?;
 
         // Length-prefixed fields, so no two different input sets hash the same byte stream.
         let mut hasher = Sha256::new();
@@ -228,10 +265,12 @@ impl Inputs {
         spec.modules.iter().for_each(|name| field(name.as_bytes()));
         field(&bzimage);
         field(&agent);
-        field(&(modules.len() as u64).to_le_bytes());
-        for module in &modules {
-            field(module.guest_relative().as_bytes());
-            field(module.raw());
+        for list in [&modules, &netfilter] {
+            field(&(list.len() as u64).to_le_bytes());
+            for module in list {
+                field(module.guest_relative().as_bytes());
+                field(module.raw());
+            }
         }
         let digest = hex::encode(hasher.finalize());
         Ok(Self {
@@ -239,13 +278,14 @@ impl Inputs {
             bzimage,
             agent,
             modules,
+            netfilter,
             digest,
         })
     }
 
-    fn module_guest_paths(&self) -> Vec<String> {
+    fn guest_paths(&self, modules: &[ModuleFile]) -> Vec<String> {
         let root = format!("/lib/modules/{}", self.release);
-        self.modules
+        modules
             .iter()
             .map(|m| format!("{root}/{}", m.guest_relative()))
             .collect()
@@ -277,7 +317,7 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
     let vmlinux = kernel::extract_vmlinux(&inputs.bzimage, &spec.kernel)?;
     let mut initramfs = Vec::new();
     let agent = strip_debug_info(&inputs.agent);
-    initramfs::assemble(&inputs.release, &agent, &inputs.modules)?
+    initramfs::assemble(&inputs.release, &agent, &inputs.modules, &inputs.netfilter)?
         .write_to(&mut initramfs)
         .map_err(|source| ImageError::Write {
             path: initramfs_path.clone(),
@@ -295,7 +335,8 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
             kernel_release: inputs.release.clone(),
         },
         inputs_sha256: inputs.digest.clone(),
-        modules: inputs.module_guest_paths(),
+        modules: inputs.guest_paths(&inputs.modules),
+        netfilter_modules: inputs.guest_paths(&inputs.netfilter),
     };
     let mut json = serde_json::to_vec_pretty(&manifest).map_err(|source| ImageError::Manifest {
         path: manifest_path.clone(),

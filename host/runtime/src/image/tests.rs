@@ -146,6 +146,16 @@ fn builds_expected_layout() {
         list
     );
     assert_eq!(entry(&entries, "etc/coffer/modules").mode, 0o100_644);
+    // The synthetic kernel has no netfilter modules: an empty on-demand list.
+    assert!(
+        entry(&entries, "etc/coffer/modules-netfilter")
+            .data
+            .is_empty()
+    );
+    assert_eq!(
+        entry(&entries, "etc/coffer/modules-netfilter").mode,
+        0o100_644
+    );
     for module in expected_order {
         let file = entry(&entries, &format!("{root}/{module}"));
         assert_eq!(file.mode, 0o100_644);
@@ -337,6 +347,14 @@ fn versions_compare_numerically() {
 }
 
 /// Builds from the host's real Debian kernel. Fails (never skips) when the kernel is missing.
+/// Where the module file `file` is in the load order `order`.
+fn position_in(order: &[String], file: &str) -> usize {
+    order
+        .iter()
+        .position(|path| path.ends_with(&format!("/{file}")))
+        .unwrap_or_else(|| panic!("{file} not in load order {order:?}"))
+}
+
 #[test]
 fn builds_real_debian_kernel() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,12 +382,7 @@ fn builds_real_debian_kernel() {
         .lines()
         .map(String::from)
         .collect();
-    let position = |file: &str| {
-        order
-            .iter()
-            .position(|path| path.ends_with(&format!("/{file}")))
-            .unwrap_or_else(|| panic!("{file} not in module order {order:?}"))
-    };
+    let position = |file: &str| position_in(&order, file);
     assert!(
         position("virtio.ko") < position("virtio_mmio.ko"),
         "{order:?}"
@@ -378,7 +391,26 @@ fn builds_real_debian_kernel() {
         position("vsock.ko") < position("vmw_vsock_virtio_transport.ko"),
         "{order:?}"
     );
-    for path in &order {
+    // The netfilter modules iptables-nft needs, in dependency order, apart from the boot list.
+    let netfilter: Vec<String> =
+        String::from_utf8(entry(&entries, "etc/coffer/modules-netfilter").data.clone())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+    let nf_position = |file: &str| position_in(&netfilter, file);
+    assert!(nf_position("crc32c_generic.ko") < nf_position("libcrc32c.ko"));
+    assert!(nf_position("nfnetlink.ko") < nf_position("nf_tables.ko"));
+    assert!(nf_position("x_tables.ko") < nf_position("nft_compat.ko"));
+    assert!(nf_position("nf_conntrack.ko") < nf_position("nf_nat.ko"));
+    assert!(nf_position("nf_nat.ko") < nf_position("nft_chain_nat.ko"));
+    assert!(nf_position("nf_nat.ko") < nf_position("xt_REDIRECT.ko"));
+    nf_position("xt_tcpudp.ko");
+    assert!(
+        netfilter.iter().all(|m| !order.contains(m)),
+        "{netfilter:?}"
+    );
+    for path in order.iter().chain(&netfilter) {
         assert!(
             entry(&entries, path.trim_start_matches('/'))
                 .data
