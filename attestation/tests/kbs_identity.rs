@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use coffer_attestation::attester::{Attester, SampleAttester};
 use coffer_attestation::identity::guest::{GuestIdentityError, WorkloadIdentity, new_key_and_csr};
+use coffer_attestation::identity::mtls::{SpiffeClientVerifier, SpiffeServerVerifier};
 use coffer_attestation::identity::{AttestationBinding, inspect_certificate};
 use coffer_attestation::kbs::binding::{self, canonical_json};
 use coffer_attestation::kbs::client::{AuthMode, KbsClient, KbsClientError, KeyKind};
@@ -21,7 +22,7 @@ use coffer_attestation::kbs::jwe::TeeKeyPair;
 use coffer_attestation::kbs::types::{InitData, RuntimeData};
 use kbs_support::{Options, TestKbs, now, start};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -598,90 +599,16 @@ fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
         .unwrap()
 }
 
-/// Verifies a server certificate against the trust bundle and requires a SPIFFE ID instead of a
-/// DNS name (SPIFFE certificates have none).
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<rustls::RootCertStore>,
-    expected: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        let seen =
-            inspect_certificate(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
-        if seen.spiffe_id() != Some(self.expected.as_str()) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName,
-            ));
-        }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 fn server_config(id: &WorkloadIdentity) -> Arc<rustls::ServerConfig> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots(&id.bundle().ca_bundle_pem),
-        provider(),
-    )
-    .build()
-    .unwrap();
+    let verifier =
+        SpiffeClientVerifier::new(roots(&id.bundle().ca_bundle_pem), TRUST_DOMAIN, provider())
+            .unwrap();
     let key = PrivateKeyDer::from_pem_slice(id.private_key_pem().as_bytes()).unwrap();
     Arc::new(
         rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(chain(&id.bundle().cert_chain_pem), key)
             .unwrap(),
     )
@@ -693,11 +620,11 @@ fn client_config(
     cert_pem: &str,
     key_pem: &str,
 ) -> Arc<rustls::ClientConfig> {
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: roots(ca_pem),
-        expected: expected.to_owned(),
-        provider: provider(),
-    });
+    let verifier = Arc::new(SpiffeServerVerifier::new(
+        roots(ca_pem),
+        expected,
+        provider(),
+    ));
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     Arc::new(
         rustls::ClientConfig::builder_with_provider(provider())

@@ -53,6 +53,11 @@ pub enum Request {
         /// port>"` (e.g. `"127.0.0.1:5000->20000"`).
         #[serde(default)]
         registry_tunnels: Vec<String>,
+        /// Ports the host asks the guest to publish, as `"<guest vsock port>-><guest address>"`
+        /// (e.g. `"30000->127.0.0.2:8443"`): the host's connections to that vsock port reach the
+        /// guest address, always on `127.0.0.2`.
+        #[serde(default)]
+        published_ports: Vec<String>,
     },
     /// `DestroySandbox`.
     DestroySandbox,

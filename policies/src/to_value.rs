@@ -607,6 +607,7 @@ mod tests {
                 sandbox_id: "s\"\\\n\u{1}é".into(),
                 hostname: None,
                 registry_tunnels: vec!["127.0.0.1:5000->20000".into()],
+                published_ports: vec!["30000->127.0.0.2:8443".into()],
             },
             SandboxState::default(),
         );

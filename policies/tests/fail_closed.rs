@@ -18,6 +18,7 @@ fn create_sandbox(hostname: Option<&str>) -> coffer_policies::PolicyInput {
         sandbox_id: "sb".into(),
         hostname: hostname.map(str::to_owned),
         registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
     })
 }
 

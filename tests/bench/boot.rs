@@ -112,6 +112,7 @@ fn main() -> anyhow::Result<()> {
                     kernel_params: Vec::new(),
                     tee: None,
                     registry_tunnels: Vec::new(),
+                    published_ports: Vec::new(),
                 },
             )
             .await?;

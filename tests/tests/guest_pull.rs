@@ -110,6 +110,20 @@ impl Ctx {
         extra: &[&str],
         script: &str,
     ) -> anyhow::Result<Output> {
+        self.script_command(image, initdata, broker_url, extra, script)
+            .output()
+            .context("running coffer")
+    }
+
+    /// The `coffer sandbox run` of [`Ctx::run_script`], not started.
+    fn script_command(
+        &self,
+        image: &str,
+        initdata: &Path,
+        broker_url: &str,
+        extra: &[&str],
+        script: &str,
+    ) -> Command {
         let mut c = Command::new(coffer());
         c.args(["sandbox", "run", "--image", image, "--image-dir"])
             .arg(&self.image_dir)
@@ -121,9 +135,8 @@ impl Ctx {
             .args(["--registry", &self.host])
             .args(["--registry", broker_url.trim_start_matches("http://")])
             .args(["--", "/bin/sh", "-c", script])
-            .stdin(Stdio::null())
-            .output()
-            .context("running coffer")
+            .stdin(Stdio::null());
+        c
     }
 
     /// `app` printed exactly `want` (the secret, read inside the guest) and `other` was refused
@@ -203,15 +216,26 @@ fn text(b: &[u8]) -> String {
 
 /// A one-layer busybox image made by umoci, as an OCI layout.
 fn busybox_layout(work: &Path) -> anyhow::Result<PathBuf> {
-    busybox_layout_with(work, "busybox", &[("pulled.txt", "pulled in the guest\n")])
+    busybox_layout_with(
+        work,
+        "busybox",
+        &[("pulled.txt", b"pulled in the guest\n".as_slice())],
+    )
 }
 
-/// A one-layer busybox image with `files` (path in the root, content), as the OCI layout
-/// `<work>/<name>-layout` (tag v1).
-fn busybox_layout_with(work: &Path, name: &str, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+/// A one-layer busybox image with `files` (path in the root, content; mode 0755, so a program
+/// can be one), as the OCI layout `<work>/<name>-layout` (tag v1).
+fn busybox_layout_with(
+    work: &Path,
+    name: &str,
+    files: &[(&str, &[u8])],
+) -> anyhow::Result<PathBuf> {
     coffer_tests::umoci_layout(work, name, |root| {
+        use std::os::unix::fs::PermissionsExt as _;
         for (path, content) in files {
-            std::fs::write(root.join(path), content)?;
+            let file = root.join(path);
+            std::fs::write(&file, content)?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
         }
         Ok(())
     })
@@ -568,7 +592,8 @@ fn main() -> ExitCode {
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_nanos()
             );
-            let layout = busybox_layout_with(&ctx.work, "leak", &[("secret.txt", &marker)])?;
+            let layout =
+                busybox_layout_with(&ctx.work, "leak", &[("secret.txt", marker.as_bytes())])?;
             let encrypted = ctx.work.join("leak-encrypted");
             encrypt_with_kek(&layout, &encrypted, &kek_file)?;
             let digest = registry.push(&encrypted, "guest/leak:v1")?;
@@ -848,6 +873,20 @@ spec:
 
     case!(
         suite,
+        // #9: two sandboxes talk mTLS with broker-issued identities. The server's port is
+        // published on the host (`--publish`); the client reaches it through a tunnel. Each side
+        // verifies the other's chain to the broker's bundle and its SPIFFE ID, which names what
+        // the pod's measured initdata says; clients with a certificate they made themselves, or
+        // none, are refused; no key reaches the host side.
+        "mesh_mtls_between_two_sandboxes",
+        (|| {
+            let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            mesh_mtls(&ctx, &registry, broker)
+        })()
+    );
+
+    case!(
+        suite,
         // #8: each failure closes with a clear error and no container: the broker's policy
         // refuses the evidence; the broker is unreachable (bounded retries, then an error).
         "no_key_when_the_broker_refuses_or_is_unreachable",
@@ -893,6 +932,236 @@ spec:
     );
 
     suite.finish()
+}
+
+/// The workload of the mesh case: `coffer-mesh-probe`'s mode and flags, as a pod's command.
+fn mesh_pod(name: &str, namespace: &str, account: &str, image: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  annotations:
+    coffer.dev/allow-logs: "true"
+    coffer.dev/workload-identity.app: /run/spiffe
+spec:
+  serviceAccountName: {account}
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+  containers:
+    - name: app
+      image: {image}
+      command: ["/bin/sh", "-c", "{script}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
+"#,
+        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+    )
+}
+
+/// A `coffer sandbox run` in the background, its stdout lines arriving on a channel; stopped
+/// (SIGTERM, which tears the sandbox down) when dropped.
+struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    fn spawn(mut c: Command) -> anyhow::Result<Self> {
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut stderr = child.stderr.take().context("stderr")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut all);
+            all
+        });
+        Ok(Self {
+            child,
+            lines,
+            stderr: Some(stderr),
+        })
+    }
+
+    /// The next stdout line, within `timeout`.
+    fn line(&self, timeout: std::time::Duration) -> anyhow::Result<String> {
+        self.lines
+            .recv_timeout(timeout)
+            .with_context(|| format!("no output line within {timeout:?}"))
+    }
+
+    /// Waits (at most `timeout`) for the exit; the exit code, the remaining stdout lines, stderr.
+    fn finish(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<(Option<i32>, Vec<String>, Vec<u8>)> {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "still running after {timeout:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        let lines = std::iter::from_fn(|| self.lines.recv().ok()).collect();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        Ok((status.code(), lines, stderr))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The mesh case (#9 scope 4): see its comment in `main`.
+fn mesh_mtls(ctx: &Ctx, registry: &Registry, broker: &Broker) -> anyhow::Result<()> {
+    use std::time::Duration;
+    // Stripped: the debug build's symbols are six times the code the guest pulls.
+    let stripped = ctx.work.join("coffer-mesh-probe");
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(env!("CARGO_BIN_EXE_coffer-mesh-probe"))
+        .output()?;
+    ensure!(out.status.success(), "strip: {}", text(&out.stderr));
+    let probe = std::fs::read(&stripped)?;
+    let layout = busybox_layout_with(
+        &ctx.work,
+        "mesh",
+        &[("bin/coffer-mesh-probe", probe.as_slice())],
+    )?;
+    let digest = registry.push(&layout, "guest/mesh:v1")?;
+    let image = format!("{}/guest/mesh@{digest}", ctx.host);
+    let server_id = format!("spiffe://{TRUST_DOMAIN}/ns/payments/sa/api");
+    let client_id = format!("spiffe://{TRUST_DOMAIN}/ns/web/sa/frontend");
+    let published = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let tunnel = published.to_string();
+
+    // Two refused clients run on the host, then the sandboxed one.
+    let serve = format!(
+        "exec /bin/coffer-mesh-probe server --listen 0.0.0.0:8443 --svid /run/spiffe --trust-domain {TRUST_DOMAIN} --connections 3"
+    );
+    let connect = format!(
+        "exec /bin/coffer-mesh-probe client --connect {published} --server-id {server_id} --bundle /run/spiffe/svid_bundle.pem --svid /run/spiffe"
+    );
+    let server_initdata = ctx.policy_gen(
+        "mesh-server",
+        &mesh_pod("api", "payments", "api", &image, &serve),
+        &broker.url,
+    )?;
+    let client_initdata = ctx.policy_gen(
+        "mesh-client",
+        &mesh_pod("frontend", "web", "frontend", &image, &connect),
+        &broker.url,
+    )?;
+    let identity = [
+        "-u",
+        "1000:1000",
+        "-e",
+        "HOME=/root",
+        "--identity",
+        "/run/spiffe",
+    ];
+
+    let publish = format!("127.0.0.1:{}:8443", published.port());
+    let mut flags = identity.to_vec();
+    flags.extend(["--publish", &publish]);
+    let server = Background::spawn(ctx.script_command(
+        &image,
+        &server_initdata,
+        &broker.url,
+        &flags,
+        &serve,
+    ))?;
+    let first = server.line(Duration::from_secs(300))?;
+    ensure!(first == "listening on 0.0.0.0:8443", "server: {first}");
+
+    // On the host, with the broker's CA as the bundle (public): a certificate made by the client
+    // itself for the client's very name, and no certificate. Each verifies the real server, then
+    // gets its refusal as an alert.
+    let bundle = ctx.work.join("kbs-identity/ca.crt");
+    let host_client = |extra: &[&str]| -> anyhow::Result<Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_coffer-mesh-probe"))
+            .args(["client", "--connect", &tunnel])
+            .args(["--server-id", &server_id, "--bundle"])
+            .arg(&bundle)
+            .args(extra)
+            .output()?)
+    };
+    let forged = host_client(&["--self-signed", &client_id])?;
+    let anonymous = host_client(&[])?;
+    for (what, out) in [("self-signed", &forged), ("no certificate", &anonymous)] {
+        let stdout = text(&out.stdout);
+        ensure!(
+            !out.status.success()
+                && stdout.starts_with(&format!("server {server_id}\n"))
+                && stdout.contains("received fatal alert")
+                && !stdout.lines().any(|l| l.starts_with("reply ")),
+            "{what} client: exit {:?}, stdout {stdout:?}",
+            out.status.code()
+        );
+        let refusal = server.line(Duration::from_secs(60))?;
+        ensure!(
+            refusal.starts_with("refused: "),
+            "server, {what} client: {refusal}"
+        );
+    }
+
+    // The sandboxed client, through a tunnel to the published port.
+    let mut flags = identity.to_vec();
+    flags.extend(["--registry", &tunnel]);
+    let client = ctx.run_script(&image, &client_initdata, &broker.url, &flags, &connect)?;
+    let accepted = server.line(Duration::from_secs(300));
+    let (code, rest, server_stderr) = server.finish(Duration::from_secs(120))?;
+    ensure!(
+        client.status.code() == Some(0)
+            && text(&client.stdout) == format!("server {server_id}\nreply hello {client_id}\n"),
+        "client: exit {:?}, stdout {:?}, stderr {}",
+        client.status.code(),
+        text(&client.stdout),
+        text(&client.stderr)
+    );
+    // The server saw the client's broker-issued identity, bound to its (sample) attestation.
+    let accepted = accepted?;
+    ensure!(
+        accepted == format!("accepted {client_id} tee=sample")
+            && code == Some(0)
+            && rest.is_empty(),
+        "server: {accepted:?}, then exit {code:?}, {rest:?}, stderr {}",
+        text(&server_stderr)
+    );
+    for out in [
+        &client.stdout,
+        &client.stderr,
+        &server_stderr,
+        &forged.stdout,
+        &anonymous.stdout,
+    ] {
+        ensure!(!text(out).contains("PRIVATE KEY"), "a key reached the host");
+    }
+    ctx.assert_clean()
 }
 
 /// A pod manifest named `name` whose containers' output the host may read, with `spec` (YAML, the

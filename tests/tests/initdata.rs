@@ -45,6 +45,7 @@ impl Boot<'_> {
             kernel_params,
             tee: None,
             registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
         };
         let console = match Sandbox::start(self.qemu, config).await {
             Ok(sandbox) => {

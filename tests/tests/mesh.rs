@@ -294,6 +294,7 @@ fn main() -> ExitCode {
             kernel_params: Vec::new(),
             tee: None,
             registry_tunnels: vec![RegistryTunnel::same_address(registry_addr)],
+            published_ports: Vec::new(),
         };
         let started = Instant::now();
         let sandbox = match Sandbox::start(&qemu, config).await {

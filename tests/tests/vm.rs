@@ -124,6 +124,7 @@ fn main() -> ExitCode {
             kernel_params: Vec::new(),
             tee: None,
             registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
         };
         let started = std::time::Instant::now();
         let sandbox = match Sandbox::start(&qemu, config).await {

@@ -19,9 +19,12 @@
 //!
 //! This module holds what both sides share: name validation, the extension's encoding and
 //! reading a certificate's SPIFFE ID. The guest helper is [`guest`]; the issuing CA is
-//! `kbs::server::identity` (feature `server`).
+//! `kbs::server::identity` (feature `server`); rustls verifiers for relying parties are `mtls`
+//! (feature `mtls`).
 
 pub mod guest;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 
 use x509_cert::der::asn1::{ObjectIdentifier, OctetString, Utf8StringRef};
 use x509_cert::der::{Decode, Encode, Reader, SliceReader};

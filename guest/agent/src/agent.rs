@@ -97,7 +97,7 @@ impl Container {
 struct State {
     sandbox: Option<Id>,
     containers: HashMap<Id, Arc<Container>>,
-    /// Registry tunnel servers, closed with the sandbox.
+    /// Registry tunnel and published port servers, closed with the sandbox.
     tunnels: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -208,7 +208,11 @@ impl Agent {
                 sandbox_id,
                 hostname,
                 tunnels,
-            } => self.create_sandbox(sandbox_id, hostname, tunnels).await,
+                published,
+            } => {
+                self.create_sandbox(sandbox_id, hostname, tunnels, published)
+                    .await
+            }
             AgentRequest::DestroySandbox { power_off } => self.destroy_sandbox(power_off).await,
             AgentRequest::UploadRootfs {
                 container,
@@ -367,6 +371,7 @@ impl Agent {
         id: Id,
         hostname: Option<String>,
         tunnels: Vec<crate::tunnel::Tunnel>,
+        published: Vec<crate::publish::PublishedPort>,
     ) -> Result<Reply, AgentError> {
         let mut state = self.state.lock().await;
         if let Some(existing) = &state.sandbox {
@@ -376,12 +381,20 @@ impl Agent {
             let name = hostname.as_deref().unwrap_or("coffer");
             nix::unistd::sethostname(name)
                 .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
-            if !tunnels.is_empty() {
+            if !tunnels.is_empty() || !published.is_empty() {
                 crate::tunnel::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
             }
         }
-        state.tunnels = crate::tunnel::open(&tunnels).await?;
-        tracing::info!(sandbox_id = %id, tunnels = tunnels.len(), "sandbox created");
+        let mut servers = crate::tunnel::open(&tunnels).await?;
+        match crate::publish::open(&published) {
+            Ok(more) => servers.extend(more),
+            Err(err) => {
+                servers.iter().for_each(tokio::task::JoinHandle::abort);
+                return Err(err);
+            }
+        }
+        state.tunnels = servers;
+        tracing::info!(sandbox_id = %id, tunnels = tunnels.len(), published = published.len(), "sandbox created");
         state.sandbox = Some(id);
         Ok(Reply::Sandbox(pb::CreateSandboxResponse {
             agent_version: env!("CARGO_PKG_VERSION").into(),

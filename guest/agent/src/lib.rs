@@ -21,6 +21,7 @@ pub mod oci;
 pub mod policy;
 pub mod policy_input;
 pub mod process;
+pub mod publish;
 pub mod pull_report;
 pub mod reaper;
 pub mod request;

@@ -160,12 +160,17 @@ pub fn request(request: &AgentRequest) -> pol::Request {
             sandbox_id,
             hostname,
             tunnels,
+            published,
         } => R::CreateSandbox {
             sandbox_id: sandbox_id.to_string(),
             hostname: hostname.clone(),
             registry_tunnels: tunnels
                 .iter()
                 .map(|t| format!("{}->{}", t.listen, t.host_port))
+                .collect(),
+            published_ports: published
+                .iter()
+                .map(|p| format!("{}->{}", p.vsock_port, p.target()))
                 .collect(),
         },
         AgentRequest::DestroySandbox { .. } => R::DestroySandbox,

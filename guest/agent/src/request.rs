@@ -122,6 +122,8 @@ pub enum AgentRequest {
         hostname: Option<String>,
         /// Registry tunnels to open.
         tunnels: Vec<crate::tunnel::Tunnel>,
+        /// Ports to publish to the host.
+        published: Vec<crate::publish::PublishedPort>,
     },
     /// `DestroySandbox`.
     DestroySandbox {
@@ -349,10 +351,31 @@ impl Decode for pb::CreateSandboxRequest {
             }
             tunnels.push(tunnel);
         }
+        if self.published_ports.len() > crate::publish::MAX_PUBLISHED {
+            return Err(AgentError::InvalidArgument(format!(
+                "{} published ports; at most {}",
+                self.published_ports.len(),
+                crate::publish::MAX_PUBLISHED
+            )));
+        }
+        let mut published: Vec<crate::publish::PublishedPort> = Vec::new();
+        for p in &self.published_ports {
+            let port = crate::publish::PublishedPort::parse(p.guest_port, p.vsock_port)?;
+            if published.iter().any(|seen| {
+                seen.vsock_port == port.vsock_port || seen.guest_port == port.guest_port
+            }) {
+                return Err(AgentError::InvalidArgument(format!(
+                    "published port vsock {} → {} repeats a vsock or guest port",
+                    port.vsock_port, port.guest_port
+                )));
+            }
+            published.push(port);
+        }
         Ok(AgentRequest::CreateSandbox {
             sandbox_id: Id::parse("sandbox_id", &self.sandbox_id)?,
             hostname: parse_hostname(&self.hostname)?,
             tunnels,
+            published,
         })
     }
 }
@@ -599,5 +622,47 @@ mod tests {
             all: false,
         };
         assert!(req.decode().is_err());
+    }
+
+    #[test]
+    fn published_ports_are_bounded_distinct_and_valid() {
+        let port = |guest_port, vsock_port| pb::PublishedPort {
+            guest_port,
+            vsock_port,
+        };
+        let create = |published_ports| pb::CreateSandboxRequest {
+            sandbox_id: "s".into(),
+            published_ports,
+            ..Default::default()
+        };
+        let Ok(AgentRequest::CreateSandbox { published, .. }) =
+            create(vec![port(8443, 30000), port(9000, 30001)]).decode()
+        else {
+            panic!("two valid ports refused");
+        };
+        assert_eq!(
+            published
+                .iter()
+                .map(|p| p.target().to_string())
+                .collect::<Vec<_>>(),
+            ["127.0.0.2:8443", "127.0.0.2:9000"]
+        );
+        let too_many = (0..=crate::publish::MAX_PUBLISHED as u32)
+            .map(|i| port(8000 + i, 30000 + i))
+            .collect();
+        for bad in [
+            too_many,
+            vec![port(8443, 30000), port(8443, 30001)],
+            vec![port(8443, 30000), port(9000, 30000)],
+            vec![port(8443, coffer_agent_protocol::AGENT_VSOCK_PORT)],
+            vec![port(70000, 30000)],
+        ] {
+            let shown = format!("{bad:?}");
+            let err = create(bad).decode().unwrap_err();
+            assert!(
+                matches!(err, AgentError::InvalidArgument(_)),
+                "{shown}: {err}"
+            );
+        }
     }
 }

@@ -102,6 +102,7 @@ async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
             sandbox_id: "test".into(),
             hostname: String::new(),
             registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
         })
         .await
         .unwrap();
@@ -446,6 +447,7 @@ async fn policy_denials_are_enforced() {
         sandbox_id: "p".into(),
         hostname: String::new(),
         registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
     })
     .await
     .unwrap();
@@ -517,6 +519,7 @@ async fn every_rpc_passes_the_gate() {
             sandbox_id: "s".into(),
             hostname: String::new(),
             registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
         })
         .await
         .map(drop),
@@ -771,6 +774,7 @@ async fn requests_outside_a_sandbox_are_refused() {
         sandbox_id: "s".into(),
         hostname: String::new(),
         registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
     })
     .await
     .unwrap();
@@ -896,6 +900,7 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
             sandbox_id: "again".into(),
             hostname: String::new(),
             registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
         })
         .await
         .unwrap_err();

@@ -12,6 +12,7 @@ use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::config::RuntimeConfig;
 use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu};
+use coffer_runtime::publish::PublishedPort;
 use coffer_runtime::rootfs::{self, ContainerRootfs};
 use coffer_runtime::sandbox::{InitdataDisk, Sandbox};
 use coffer_runtime::tee::TeeKind;
@@ -38,6 +39,12 @@ pub struct RunArgs {
     /// at the same address, through a vsock tunnel (repeatable). The guest has no other network.
     #[arg(long = "registry", value_name = "ADDR")]
     registries: Vec<std::net::SocketAddrV4>,
+    /// Publish a guest port: connections to host address IPV4:HOSTPORT reach GUESTPORT in the
+    /// guest on 127.0.0.2 — a service listening on all addresses, never one bound to 127.0.0.1
+    /// only (repeatable) [config: guest.published_ports]. The host is the network: what it
+    /// reaches must authenticate its peers (mTLS).
+    #[arg(long = "publish", short = 'p', value_name = "IPV4:HOSTPORT:GUESTPORT")]
+    published: Vec<PublishedPort>,
     /// Environment variable for the command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -188,6 +195,10 @@ fn override_config(runtime: &mut RuntimeConfig, args: &RunArgs) {
     if let Some(secs) = args.boot_timeout {
         runtime.guest.boot_timeout_secs = Some(secs);
     }
+    runtime
+        .guest
+        .published_ports
+        .extend(args.published.iter().copied());
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {

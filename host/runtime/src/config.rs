@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::qemu::QemuConfig;
+use crate::publish::PublishedPort;
 use crate::sandbox::{InitdataDisk, SandboxConfig};
 use crate::tee::{SnpConfig, TdxConfig, TeeError, TeeKind, TeeLaunch};
 use crate::tunnel::RegistryTunnel;
@@ -80,6 +81,12 @@ pub struct GuestConfig {
     /// Registry endpoints (IPv4 loopback `host:port`) tunnelled into every guest, reachable there
     /// at the same address. Default none: the guest has no network.
     pub registry_tunnels: Vec<std::net::SocketAddrV4>,
+    /// Guest ports published at host addresses, `IPV4:HOSTPORT:GUESTPORT`: the runtime listens on
+    /// the host address and carries each connection into the guest to `127.0.0.2:GUESTPORT`
+    /// (services listening on all addresses; never one bound to 127.0.0.1). Every sandbox of this
+    /// configuration binds these addresses, so only one runs at a time; for `coffer sandbox run`
+    /// only (the shim refuses it). Default none.
+    pub published_ports: Vec<PublishedPort>,
 }
 
 impl Default for GuestConfig {
@@ -92,6 +99,7 @@ impl Default for GuestConfig {
             kernel_params: Vec::new(),
             guest_pull: false,
             registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
         }
     }
 }
@@ -184,6 +192,24 @@ impl RuntimeConfig {
                 "guest.registry_tunnels: {addr} is not a loopback address"
             )));
         }
+        let published = &self.guest.published_ports;
+        if published.len() > crate::publish::MAX_PORTS {
+            return Err(invalid(format!(
+                "guest.published_ports: {} ports; at most {}",
+                published.len(),
+                crate::publish::MAX_PORTS
+            )));
+        }
+        for (i, p) in published.iter().enumerate() {
+            if published[..i]
+                .iter()
+                .any(|q| q.host == p.host || q.guest_port == p.guest_port)
+            {
+                return Err(invalid(format!(
+                    "guest.published_ports: {p} repeats a host address or guest port"
+                )));
+            }
+        }
         let tee = |source| ConfigError::Tee {
             path: path.to_owned(),
             source,
@@ -262,6 +288,7 @@ impl RuntimeConfig {
                 .iter()
                 .map(|addr| RegistryTunnel::same_address(*addr))
                 .collect(),
+            published_ports: self.guest.published_ports.clone(),
         }
     }
 }
@@ -313,6 +340,14 @@ mod tests {
                 "[guest]\nregistry_tunnels = [\"10.0.0.1:5000\"]",
                 "not a loopback address",
             ),
+            (
+                "[guest]\npublished_ports = [\"127.0.0.1:8443\"]",
+                "expected IPV4:HOSTPORT:GUESTPORT",
+            ),
+            (
+                "[guest]\npublished_ports = [\"127.0.0.1:8443:443\", \"127.0.0.1:8444:443\"]",
+                "repeats a host address or guest port",
+            ),
         ] {
             let err = RuntimeConfig::parse(text, Path::new("rt.toml"))
                 .unwrap_err()
@@ -320,6 +355,20 @@ mod tests {
             assert!(err.contains(want), "{text}: {err}");
             assert!(err.contains("rt.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn published_ports_reach_every_sandbox() {
+        let config = RuntimeConfig::parse(
+            "[guest]\npublished_ports = [\"127.0.0.1:18443:8443\"]",
+            Path::new("x"),
+        )
+        .unwrap();
+        let sandbox = config.sandbox("a".into(), None, None);
+        assert_eq!(
+            sandbox.published_ports,
+            ["127.0.0.1:18443:8443".parse::<PublishedPort>().unwrap()]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod agent_client;
 pub mod config;
 pub mod hypervisor;
 pub mod image;
+pub mod publish;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spec;

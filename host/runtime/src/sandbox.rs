@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
 use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+use crate::publish::{self, PublishedPort};
 use crate::tee::{TeeError, TeeLaunch};
 use crate::tunnel::{self, RegistryTunnel};
 
@@ -52,6 +53,8 @@ pub struct SandboxConfig {
     pub tee: Option<TeeLaunch>,
     /// Registry endpoints the guest may reach for guest pull (none by default).
     pub registry_tunnels: Vec<RegistryTunnel>,
+    /// Guest ports reachable at host addresses (none by default).
+    pub published_ports: Vec<PublishedPort>,
 }
 
 /// Initdata as the guest receives it: the disk image and the digest the guest must find.
@@ -104,6 +107,9 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// A published port's host address could not be listened on.
+    #[error(transparent)]
+    Publish(#[from] publish::BindError),
     /// The VM could not be launched.
     #[error("launching the VM: {0}")]
     Launch(#[source] HypervisorError),
@@ -230,6 +236,8 @@ impl Sandbox {
         if dir.exists() {
             return Err(SandboxError::Exists(id));
         }
+        // A taken host address fails before anything is created.
+        let published = publish::bind_all(&config.published_ports)?;
         std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
             op: "create",
             path: dir.clone(),
@@ -344,6 +352,14 @@ impl Sandbox {
                     .into_iter()
                     .map(|(listen, host_port)| pb::RegistryTunnel { listen, host_port })
                     .collect(),
+                published_ports: published
+                    .announced()
+                    .into_iter()
+                    .map(|(guest_port, vsock_port)| pb::PublishedPort {
+                        guest_port: u32::from(guest_port),
+                        vsock_port,
+                    })
+                    .collect(),
             })
             .await
         {
@@ -355,14 +371,18 @@ impl Sandbox {
             });
         }
 
+        // The agent listens on the published ports' vsock ports now.
+        let published_servers = published.serve(vm.vsock_socket());
+
         let (state_tx, state) = watch::channel(SandboxState::Ready);
         let (commands, mut rx) = mpsc::channel::<Command>(4);
         let state_root = config.state_root.clone();
         let task_id = id.clone();
         let task_dir = dir.clone();
         let task = tokio::spawn(async move {
-            // The tunnels live exactly as long as the VM's supervisor.
+            // The tunnels and published ports live exactly as long as the VM's supervisor.
             let _tunnel_servers = tunnel_servers;
+            let _published_servers = published_servers;
             loop {
                 tokio::select! {
                     exit = vm.wait_exit() => {

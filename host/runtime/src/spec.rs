@@ -1,8 +1,10 @@
 //! OCI runtime specs for the containers the CLI runs: runc's defaults (mount, pid, ipc, uts and
-//! network namespaces; masked and read-only paths; default capabilities and rlimits) with the
-//! user's command, environment, working directory and user.
+//! cgroup namespaces; masked and read-only paths; default capabilities and rlimits) with the
+//! user's command, environment, working directory and user. The container shares the guest's
+//! network namespace: the VM is the pod, and its network (loopback, the registry tunnels' and
+//! published ports' ends) is the pod's, as a Kubernetes pod's containers share theirs.
 
-use oci_spec::runtime::{Mount, Process, Spec, User};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec, User};
 
 /// What to run and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +107,17 @@ pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
     }
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(namespaces) = linux.namespaces().clone() {
+            linux.set_namespaces(Some(
+                namespaces
+                    .into_iter()
+                    .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+                    .collect(),
+            ));
+        }
+        spec.set_linux(Some(linux));
+    }
     if !opts.sealed_files.is_empty() || opts.identity_dir.is_some() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         mounts.extend(opts.sealed_files.iter().map(|(d, r)| sealed_mount(d, r)));
@@ -157,15 +170,10 @@ mod tests {
             .map(|n| n.typ())
             .collect();
         use oci_spec::runtime::LinuxNamespaceType as Ns;
-        for want in [
-            Ns::Pid,
-            Ns::Network,
-            Ns::Ipc,
-            Ns::Uts,
-            Ns::Mount,
-            Ns::Cgroup,
-        ] {
+        for want in [Ns::Pid, Ns::Ipc, Ns::Uts, Ns::Mount, Ns::Cgroup] {
             assert!(ns.contains(&want), "{want:?} missing from {ns:?}");
         }
+        // The guest's network is the pod's.
+        assert!(!ns.contains(&Ns::Network), "{ns:?}");
     }
 }

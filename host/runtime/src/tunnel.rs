@@ -33,9 +33,15 @@ impl RegistryTunnel {
     }
 }
 
-/// Running tunnel servers; dropping this closes them.
+/// Running tunnel (or published port) servers; dropping this closes them.
 #[derive(Debug, Default)]
 pub struct Servers(Vec<JoinHandle<()>>);
+
+impl FromIterator<JoinHandle<()>> for Servers {
+    fn from_iter<I: IntoIterator<Item = JoinHandle<()>>>(servers: I) -> Self {
+        Self(servers.into_iter().collect())
+    }
+}
 
 impl Drop for Servers {
     fn drop(&mut self) {

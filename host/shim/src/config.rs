@@ -7,7 +7,10 @@
 //! 2. the environment variable [`CONFIG_ENV`] (shims inherit containerd's environment);
 //! 3. [`coffer_runtime::config::DEFAULT_PATH`] if it exists, else the documented defaults.
 //!
-//! A file named explicitly (1 or 2) must exist and parse.
+//! A file named explicitly (1 or 2) must exist and parse. `guest.published_ports` is refused: it
+//! is for `coffer sandbox run`, whose container shares the guest's network namespace; a pod's
+//! containers keep their own, which it would not reach, and every pod would bind the same host
+//! addresses.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +25,16 @@ pub fn settings(explicit: Option<&Path>) -> Result<RuntimeConfig, ConfigError> {
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
         .filter(|p| !p.as_os_str().is_empty());
-    RuntimeConfig::load_or_default(named.as_deref())
+    let config = RuntimeConfig::load_or_default(named.as_deref())?;
+    if !config.guest.published_ports.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: named.unwrap_or_else(|| coffer_runtime::config::DEFAULT_PATH.into()),
+            reason: "guest.published_ports is for `coffer sandbox run`: a pod's containers keep \
+                     their own network namespaces, and every pod would bind the same host addresses"
+                .into(),
+        });
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -41,5 +53,21 @@ mod tests {
             settings(Some(Path::new("/nonexistent/coffer.toml"))),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn published_ports_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.toml");
+        std::fs::write(
+            &path,
+            "[guest]\npublished_ports = [\"127.0.0.1:8443:443\"]\n",
+        )
+        .unwrap();
+        let err = settings(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("guest.published_ports is for `coffer sandbox run`"),
+            "{err}"
+        );
     }
 }

@@ -129,6 +129,7 @@ pub fn one_of_each() -> Vec<Request> {
             sandbox_id: "sb".into(),
             hostname: Some("pod".into()),
             registry_tunnels: vec!["127.0.0.1:5000->20000".into()],
+            published_ports: vec!["30000->127.0.0.2:8443".into()],
         },
         Request::DestroySandbox,
         Request::UploadRootfs { container_id: c() },
