@@ -41,6 +41,9 @@ const GUEST_PULL_HANDLER: &str = "coffer-gp";
 const IMAGE: &str = "coffer.test/busybox:latest";
 const PAUSE_IMAGE: &str = "coffer.test/pause:latest";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+/// What the pod's first container serves on localhost, for the second to read.
+const LOOPBACK_REPLY: &str = "hello-over-the-pod-loopback";
+const LOOPBACK_PORT: u16 = 8080;
 /// Deadline of one CRI call: RunPodSandbox boots the pod VM (≈10 s under TCG, more on a loaded box).
 const CRI_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -553,14 +556,20 @@ fn main() -> ExitCode {
                     &pod,
                     "first",
                     IMAGE,
-                    &format!("cat {BOOT_ID}; exec sleep 1000"),
+                    &format!(
+                        "cat {BOOT_ID}; echo {LOOPBACK_REPLY} | nc -l -p {LOOPBACK_PORT} & exec sleep 1000"
+                    ),
                 )?;
+                // The pod's containers share one network namespace, the VM's: the second reaches
+                // the first's listener on localhost (retrying until it listens).
                 let second = ctx.create_and_start(
                     &sandbox_id,
                     &pod,
                     "second",
                     IMAGE,
-                    &format!("cat {BOOT_ID}; exit 7"),
+                    &format!(
+                        "cat {BOOT_ID}; for i in $(seq 100); do echo hi | nc -w 5 127.0.0.1 {LOOPBACK_PORT} 2>/dev/null && break; sleep 0.1; done; exit 7"
+                    ),
                 )?;
                 let running = ctx.wait_state(&first, v1::ContainerState::ContainerRunning)?;
                 ensure!(running.started_at > 0, "no start time: {running:?}");
@@ -572,7 +581,12 @@ fn main() -> ExitCode {
 
                 let log_dir = Path::new(&pod.log_directory);
                 let id_first = boot_id(&ctx.stdout_lines(&log_dir.join("first.log"), 1)?[0])?;
-                let id_second = boot_id(&ctx.stdout_lines(&log_dir.join("second.log"), 1)?[0])?;
+                let second_lines = ctx.stdout_lines(&log_dir.join("second.log"), 2)?;
+                let id_second = boot_id(&second_lines[0])?;
+                ensure!(
+                    second_lines[1] == LOOPBACK_REPLY,
+                    "the second container did not reach the first on localhost: {second_lines:?}"
+                );
                 let host = std::fs::read_to_string(BOOT_ID)?;
                 ensure!(
                     id_first == id_second,

@@ -8,9 +8,8 @@
 //! 3. [`coffer_runtime::config::DEFAULT_PATH`] if it exists, else the documented defaults.
 //!
 //! A file named explicitly (1 or 2) must exist and parse. `guest.published_ports` is refused: it
-//! is for `coffer sandbox run`, whose container shares the guest's network namespace; a pod's
-//! containers keep their own, which it would not reach, and every pod would bind the same host
-//! addresses.
+//! is for `coffer sandbox run`; one configuration serves every pod of a node, which would all bind
+//! the same host addresses.
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +28,8 @@ pub fn settings(explicit: Option<&Path>) -> Result<RuntimeConfig, ConfigError> {
     if !config.guest.published_ports.is_empty() {
         return Err(ConfigError::Invalid {
             path: named.unwrap_or_else(|| coffer_runtime::config::DEFAULT_PATH.into()),
-            reason: "guest.published_ports is for `coffer sandbox run`: a pod's containers keep \
-                     their own network namespaces, and every pod would bind the same host addresses"
+            reason: "guest.published_ports is for `coffer sandbox run`: every pod of the node \
+                     would bind the same host addresses"
                 .into(),
         });
     }

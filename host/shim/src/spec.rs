@@ -236,6 +236,12 @@ fn guest_shm() -> Value {
 /// `/etc/hostname`, `/etc/resolv.conf`; `/dev/shm` becomes a guest tmpfs). Binds of Secret
 /// volumes holding only sealed references become `sealed` mounts, and a container the pod's
 /// `coffer.dev/workload-identity.<name>` annotation names gets an `identity` mount there.
+/// A network namespace with a `path` (CRI's: the pod's, held by its pause container) is dropped,
+/// so the container shares the VM's namespace: the VM is the pod, and its network (loopback, the
+/// tunnels' guest ends) the one all of the pod's containers share, as in Kubernetes — a sidecar
+/// reaches the app on localhost, and a mesh init's redirect rules reach both. A network namespace
+/// without a path (a fresh one, `ctr run`'s default) stays fresh; other namespaces lose their path
+/// and are made fresh in the guest.
 /// Everything else is the guest agent's to validate and its policy's to decide.
 pub fn for_guest(mut spec: Value, pod_id: &str) -> Value {
     if let Some(obj) = spec.as_object_mut() {
@@ -271,6 +277,9 @@ pub fn for_guest(mut spec: Value, pod_id: &str) -> Value {
         .and_then(|l| l.get_mut("namespaces"))
         .and_then(Value::as_array_mut)
     {
+        namespaces.retain(|ns| {
+            !(ns.get("type").and_then(Value::as_str) == Some("network") && ns.get("path").is_some())
+        });
         for ns in namespaces {
             if let Some(ns) = ns.as_object_mut() {
                 ns.remove("path");
@@ -308,16 +317,27 @@ mod tests {
     fn guest_spec_drops_host_paths_and_hooks() {
         let spec = json!({
             "hooks": {"prestart": [{"path": "/usr/bin/x"}]},
-            "linux": {"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}, {"type": "pid"}]},
+            "linux": {"namespaces": [
+                {"type": "network", "path": "/var/run/netns/cni-1"},
+                {"type": "ipc", "path": "/proc/1/ns/ipc"},
+                {"type": "pid"}
+            ]},
             "process": {"args": ["echo"]}
         });
         let guest = for_guest(spec, "p1");
         assert!(guest.get("hooks").is_none());
+        // The pod's network namespace is the VM's; the others become fresh in the guest.
         assert_eq!(
             guest["linux"]["namespaces"],
-            json!([{"type": "network"}, {"type": "pid"}])
+            json!([{"type": "ipc"}, {"type": "pid"}])
         );
         assert_eq!(guest["process"]["args"], json!(["echo"]));
+        // A fresh network namespace asked for (no path) stays fresh.
+        let spec = json!({"linux": {"namespaces": [{"type": "network"}, {"type": "mount"}]}});
+        assert_eq!(
+            for_guest(spec, "p1")["linux"]["namespaces"],
+            json!([{"type": "network"}, {"type": "mount"}])
+        );
     }
 
     #[test]
