@@ -340,8 +340,11 @@ admitted_entry := names[0] if names := sort(matching)
 # set-up: created and started while no container of the sandbox has started.
 network_capabilities := {"CAP_NET_ADMIN", "CAP_NET_RAW"}
 
-# The network capabilities a CreateContainer's process holds, in any of its sets.
+# The network capabilities a CreateContainer's process holds, in any of its sets. Looked for only
+# when an entry listing the request's image allows one of them: otherwise holding one is already a
+# capability problem, and the common request (no entry allows them) skips the walk over its sets.
 held_network_capabilities := {cap |
+	count({c | some e in candidates; some c in object.get(e, "capabilities", []); c in network_capabilities}) > 0
 	some caps in input.request.process.capabilities
 	some cap in caps
 	cap in network_capabilities
