@@ -381,9 +381,9 @@ impl Agent {
             let name = hostname.as_deref().unwrap_or("coffer");
             nix::unistd::sethostname(name)
                 .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
-            if !tunnels.is_empty() || !published.is_empty() {
-                crate::tunnel::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
-            }
+            // The pod's loopback: its containers share the guest's network namespace and talk
+            // over it (a sidecar and its app), and the tunnels' guest ends listen on it.
+            crate::tunnel::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
         }
         let mut servers = crate::tunnel::open(&tunnels).await?;
         match crate::publish::open(&published) {
