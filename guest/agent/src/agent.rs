@@ -383,7 +383,7 @@ impl Agent {
                 .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
             // The pod's loopback: its containers share the guest's network namespace and talk
             // over it (a sidecar and its app), and the tunnels' guest ends listen on it.
-            crate::tunnel::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
+            crate::network::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
         }
         let mut servers = crate::tunnel::open(&tunnels).await?;
         match crate::publish::open(&published) {

@@ -91,60 +91,6 @@ async fn serve(listener: TcpListener, tunnel: Tunnel) {
     }
 }
 
-/// Brings the loopback interface up (a fresh guest has it down), over rtnetlink.
-pub fn loopback_up() -> std::io::Result<()> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
-        socket,
-    };
-    use std::os::fd::AsRawFd;
-
-    const RTM_NEWLINK: u16 = 16;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    const IFF_UP: u32 = 1;
-
-    let index = nix::net::if_::if_nametoindex("lo")?;
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    // nlmsghdr (16 bytes) + ifinfomsg (16 bytes), native endian.
-    let mut msg = Vec::with_capacity(32);
-    msg.extend_from_slice(&32u32.to_ne_bytes());
-    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-    msg.push(0); // AF_UNSPEC
-    msg.push(0);
-    msg.extend_from_slice(&0u16.to_ne_bytes()); // device type
-    msg.extend_from_slice(&(index as i32).to_ne_bytes());
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
-    sendto(
-        fd.as_raw_fd(),
-        &msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut reply = [0u8; 256];
-    let n = recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty())?;
-    // The acknowledgement: an NLMSG_ERROR message whose error field is 0.
-    if n < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != NLMSG_ERROR {
-        return Err(std::io::Error::other("unexpected rtnetlink reply"));
-    }
-    let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-    if errno != 0 {
-        return Err(std::io::Error::from_raw_os_error(-errno));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
