@@ -237,7 +237,9 @@ impl Suite {
                 self.passed += 1;
             }
             Err(err) => {
-                println!("case {}::{case} ... FAILED ({ms} ms): {err:#}", self.name);
+                let message = format!("{err:#}");
+                println!("case {}::{case} ... FAILED ({ms} ms): {message}", self.name);
+                print_console_tail(&message);
                 self.failed.push(case.to_owned());
             }
         }
@@ -270,4 +272,29 @@ macro_rules! case {
         let result: anyhow::Result<()> = $body;
         $suite.record($name, started, result);
     }};
+}
+
+/// Lines of a kept console log printed under a failed case.
+const CONSOLE_TAIL_LINES: usize = 60;
+
+/// A failed case whose error names a kept console log (`console log: PATH`) gets the log's last
+/// lines printed under it: the temporary directory holding it is gone by the time anyone reads CI
+/// output, and a guest that did not come up is otherwise undiagnosable.
+fn print_console_tail(message: &str) {
+    let Some((_, rest)) = message.split_once("console log: ") else {
+        return;
+    };
+    let path = rest.split_whitespace().next().unwrap_or_default();
+    let path = path.trim_end_matches([')', ',', ';']);
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+    println!("  --- last {} lines of {path} ---", lines.len() - from);
+    for line in &lines[from..] {
+        println!("  | {line}");
+    }
+    println!("  --- end of console log ---");
 }

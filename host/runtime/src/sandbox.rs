@@ -122,10 +122,14 @@ pub enum SandboxError {
         console: PathBuf,
     },
     /// The agent did not answer in time.
-    #[error("the guest agent did not answer within {timeout:?} ({last}); console log: {console}")]
+    #[error(
+        "the guest agent did not answer within {timeout:?} under {accel} ({last}); console log: {console}"
+    )]
     AgentTimeout {
         /// The deadline.
         timeout: Duration,
+        /// The accelerator the VM ran under (`TCG` or `KVM`): an emulated boot is many times slower.
+        accel: &'static str,
         /// Last connection error.
         last: String,
         /// Kept console log.
@@ -330,6 +334,7 @@ impl Sandbox {
                 let console = retire(&config.state_root, &id, &dir, &console, true);
                 return Err(SandboxError::AgentTimeout {
                     timeout: boot_timeout,
+                    accel: if vm.emulated() { "TCG" } else { "KVM" },
                     last,
                     console,
                 });
