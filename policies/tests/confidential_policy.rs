@@ -11,33 +11,13 @@ use coffer_policies::{
     CONFIDENTIAL_POLICY, ContainerState, CreateContainer, Decision, Device, Engine, Limits,
     Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState,
 };
-use common::{default_mounts, mount, new_namespaces, one_of_each};
+use common::{mount, one_of_each};
 use serde_json::json;
 
 const IMAGE: &str =
     "registry.example/app@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const SIDECAR: &str =
     "registry.example/side@sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-const MASKED: [&str; 10] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-const READONLY: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 fn data() -> serde_json::Value {
     json!({
@@ -89,21 +69,7 @@ fn app_process() -> Process {
 
 /// The CreateContainer containerd would send for the `app` entry.
 fn app() -> CreateContainer {
-    CreateContainer {
-        container_id: "c1".into(),
-        rootfs: Rootfs {
-            source: RootfsSource::Image,
-            image: Some(IMAGE.into()),
-        },
-        process: app_process(),
-        namespaces: new_namespaces(),
-        mounts: default_mounts(),
-        devices: vec![],
-        hooks_present: false,
-        sysctls: BTreeMap::new(),
-        masked_paths: MASKED.iter().map(|s| (*s).to_owned()).collect(),
-        readonly_paths: READONLY.iter().map(|s| (*s).to_owned()).collect(),
-    }
+    common::image_container(IMAGE, app_process())
 }
 
 /// A sandbox where `c1` was admitted as `app` and `c2` exists without a record.
@@ -127,7 +93,7 @@ fn state() -> SandboxState {
 }
 
 fn decide(request: Request) -> Decision {
-    engine_with(&data()).decide(&PolicyInput::new(request, state()))
+    common::decide(&engine_with(&data()), &PolicyInput::new(request, state()))
 }
 
 fn create(edit: impl FnOnce(&mut CreateContainer)) -> Request {
@@ -491,13 +457,16 @@ fn pull_image_only_for_listed_pinned_images() {
     assert!(d.reason.contains("is not pinned by digest"), "{}", d.reason);
     // Without policy data nothing may be pulled.
     let engine = Engine::new(CONFIDENTIAL_POLICY, None, Limits::default()).unwrap();
-    let d = engine.decide(&PolicyInput::new(
-        Request::PullImage {
-            container_id: "c1".into(),
-            image: IMAGE.into(),
-        },
-        state(),
-    ));
+    let d = common::decide(
+        &engine,
+        &PolicyInput::new(
+            Request::PullImage {
+                container_id: "c1".into(),
+                image: IMAGE.into(),
+            },
+            state(),
+        ),
+    );
     assert!(!d.allowed);
 }
 
@@ -505,14 +474,17 @@ fn pull_image_only_for_listed_pinned_images() {
 #[test]
 fn without_policy_data_nothing_runs() {
     let engine = Engine::new(CONFIDENTIAL_POLICY, None, Limits::default()).unwrap();
-    let d = engine.decide(&PolicyInput::new(create(|_| {}), state()));
+    let d = common::decide(&engine, &PolicyInput::new(create(|_| {}), state()));
     assert!(!d.allowed);
     assert!(
         d.reason.contains("is not listed in the policy data"),
         "{}",
         d.reason
     );
-    let details = engine.decide(&PolicyInput::new(Request::GetGuestDetails, state()));
+    let details = common::decide(
+        &engine,
+        &PolicyInput::new(Request::GetGuestDetails, state()),
+    );
     assert!(details.allowed);
 }
 
@@ -592,18 +564,21 @@ fn record_only_on_create_container() {
     let policy = r#"package coffer.policy
 decision := {"allow": true, "reason": "", "record": {"entry": "x"}}"#;
     let engine = Engine::new(policy, None, Limits::default()).unwrap();
-    let d = engine.decide(&PolicyInput::new(Request::GetGuestDetails, state()));
+    let d = common::decide(
+        &engine,
+        &PolicyInput::new(Request::GetGuestDetails, state()),
+    );
     assert!(!d.allowed);
     assert!(
         d.reason
             .contains("record is only valid for CreateContainer")
     );
-    let d = engine.decide(&PolicyInput::new(create(|_| {}), state()));
+    let d = common::decide(&engine, &PolicyInput::new(create(|_| {}), state()));
     assert!(d.allowed);
     let bad = r#"package coffer.policy
 decision := {"allow": true, "reason": "", "record": {"entry": 1}}"#;
     let engine = Engine::new(bad, None, Limits::default()).unwrap();
-    let d = engine.decide(&PolicyInput::new(create(|_| {}), state()));
+    let d = common::decide(&engine, &PolicyInput::new(create(|_| {}), state()));
     assert!(!d.allowed);
     assert!(
         d.reason.contains("record must map strings to strings"),
@@ -622,10 +597,10 @@ fn namespaces_listed_as_host_are_allowed() {
         kind: NamespaceType::Network,
         path: Some("/proc/1/ns/net".into()),
     };
-    let d = engine.decide(&PolicyInput::new(
-        Request::CreateContainer(Box::new(c)),
-        state(),
-    ));
+    let d = common::decide(
+        &engine,
+        &PolicyInput::new(Request::CreateContainer(Box::new(c)), state()),
+    );
     assert!(d.allowed, "{}", d.reason);
 }
 
@@ -645,7 +620,7 @@ fn sealed_secrets_only_when_listed() {
         let request = create(|c| {
             c.process.env = env.iter().map(|s| (*s).to_owned()).collect();
         });
-        engine.decide(&PolicyInput::new(request, state()))
+        common::decide(&engine, &PolicyInput::new(request, state()))
     };
     let listed = decide(&["PATH=/usr/bin:/bin", "DB=sealed.kbs:///default/secret/db"]);
     assert!(listed.allowed, "{}", listed.reason);
@@ -663,16 +638,19 @@ fn sealed_secrets_only_when_listed() {
         other.reason
     );
     // The sidecar's entry lists no secrets at all.
-    let d = engine.decide(&PolicyInput::new(
-        create(|c| {
-            c.rootfs.image = Some(SIDECAR.into());
-            c.process.args = vec!["/side".into()];
-            c.process.cwd = "/".into();
-            c.process.user = coffer_policies::User { uid: 0, gid: 0 };
-            c.process.env = vec!["DB=sealed.kbs:///default/secret/db".into()];
-        }),
-        state(),
-    ));
+    let d = common::decide(
+        &engine,
+        &PolicyInput::new(
+            create(|c| {
+                c.rootfs.image = Some(SIDECAR.into());
+                c.process.args = vec!["/side".into()];
+                c.process.cwd = "/".into();
+                c.process.user = coffer_policies::User { uid: 0, gid: 0 };
+                c.process.env = vec!["DB=sealed.kbs:///default/secret/db".into()];
+            }),
+            state(),
+        ),
+    );
     assert!(!d.allowed);
 }
 
@@ -691,7 +669,10 @@ fn sealed_files_only_as_listed() {
         .push(listed.clone());
     let engine = engine_with(&data);
     let decide = |m: coffer_policies::Mount| {
-        engine.decide(&PolicyInput::new(create(|c| c.mounts.push(m)), state()))
+        common::decide(
+            &engine,
+            &PolicyInput::new(create(|c| c.mounts.push(m)), state()),
+        )
     };
     let d = decide(sealed("/run/secrets/db", "kbs:///default/secret/db"));
     assert!(d.allowed, "{}", d.reason);
@@ -714,13 +695,16 @@ fn sealed_files_only_as_listed() {
     );
     // A listed mount whose secret the entry forgot to list is still refused.
     let engine = engine_with(&data_without_secrets(listed));
-    let d = engine.decide(&PolicyInput::new(
-        create(|c| {
-            c.mounts
-                .push(sealed("/run/secrets/db", "kbs:///default/secret/db"))
-        }),
-        state(),
-    ));
+    let d = common::decide(
+        &engine,
+        &PolicyInput::new(
+            create(|c| {
+                c.mounts
+                    .push(sealed("/run/secrets/db", "kbs:///default/secret/db"))
+            }),
+            state(),
+        ),
+    );
     assert!(!d.allowed);
     assert!(d.reason.contains("names secret"), "{}", d.reason);
 }
@@ -975,7 +959,7 @@ fn network_set_up_table() {
         ),
     ];
     for (name, request, state, want) in cases {
-        let d = engine.decide(&PolicyInput::new(request, state));
+        let d = common::decide(&engine, &PolicyInput::new(request, state));
         match want {
             Ok(record) => {
                 assert!(d.allowed, "{name}: {}", d.reason);

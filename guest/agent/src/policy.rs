@@ -53,8 +53,16 @@ pub struct RegoPolicy {
 impl RegoPolicy {
     /// Loads `source` (with optional policy data) under a name for logs.
     pub fn load(name: &str, source: &str, data: Option<&str>) -> Result<Self, pol::PolicyError> {
+        let engine = pol::Engine::new(source, data, agent_limits())?;
+        // Whether the shipped confidential policy's allows are answered natively (a policy edited
+        // by its owner is interpreted throughout; both decide the same).
+        tracing::info!(
+            policy = name,
+            native_allows = engine.has_fast_path(),
+            "policy loaded"
+        );
         Ok(Self {
-            engine: pol::Engine::new(source, data, agent_limits())?,
+            engine,
             name: name.to_owned(),
         })
     }

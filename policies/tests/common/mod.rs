@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use coffer_policies::{
-    Capabilities, ContainerState, CreateContainer, Mount, Namespace, NamespaceType, PolicyInput,
-    Process, Request, Rootfs, RootfsSource, SandboxState, User,
+    Capabilities, ContainerState, CreateContainer, Decision, Engine, Mount, Namespace,
+    NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState, User,
 };
 
 pub fn process(args: &[&str]) -> Process {
@@ -100,6 +100,49 @@ pub fn new_namespaces() -> Vec<Namespace> {
     .into_iter()
     .map(|kind| Namespace { kind, path: None })
     .collect()
+}
+
+/// The masked paths of containerd's default spec.
+pub const MASKED: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// The read-only paths of containerd's default spec.
+pub const READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// A CreateContainer of `process` in a pulled `image`, as containerd would send it: new
+/// namespaces, the default mounts, masked and read-only paths.
+pub fn image_container(image: &str, process: Process) -> CreateContainer {
+    CreateContainer {
+        container_id: "c1".into(),
+        rootfs: Rootfs {
+            source: RootfsSource::Image,
+            image: Some(image.into()),
+        },
+        process,
+        namespaces: new_namespaces(),
+        mounts: default_mounts(),
+        devices: vec![],
+        hooks_present: false,
+        sysctls: BTreeMap::new(),
+        masked_paths: MASKED.iter().map(|s| (*s).to_owned()).collect(),
+        readonly_paths: READONLY.iter().map(|s| (*s).to_owned()).collect(),
+    }
 }
 
 /// A CreateContainer the sandbox policy allows.
@@ -199,4 +242,17 @@ pub fn state() -> SandboxState {
 
 pub fn input(request: Request) -> PolicyInput {
     PolicyInput::new(request, state())
+}
+
+/// Decides `input` with `engine` and checks that the decision is the interpreter's: with the
+/// shipped confidential policy, `decide` answers allowed requests natively (the fast path), and it
+/// must never differ from the Rego.
+pub fn decide(engine: &Engine, input: &PolicyInput) -> Decision {
+    let decision = engine.decide(input);
+    assert_eq!(
+        decision,
+        engine.decide_interpreted(input),
+        "the fast path and the interpreter disagree on {input:?}"
+    );
+    decision
 }
