@@ -44,7 +44,9 @@ const MESH_ARGS: &[&str] = &[
 
 /// The app: a "sidecar" listener on 15001 answers; a port the rule does not name (9081) is refused,
 /// the app's connection to 9080 reaches the listener and prints its reply.
-const APP_SCRIPT: &str = "echo reply-from-15001 | nc -l -p 15001 > /tmp/heard & sleep 1; echo x | nc -w 5 127.0.0.1 9081 || echo 9081-refused; echo hello | nc -w 5 127.0.0.1 9080; wait; echo listener-heard:$(cat /tmp/heard)";
+/// The proxy's listener is waited for in `/proc/net/tcp{,6}` (port 15001 = 0x3A99, 0A = LISTEN)
+/// rather than slept for: under emulation on a loaded host a fixed sleep can be too short.
+const APP_SCRIPT: &str = "echo reply-from-15001 | nc -l -p 15001 > /tmp/heard & i=0; until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ':3A99 [0-9A-F]+:0000 0A' || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done; echo x | nc -w 5 127.0.0.1 9081 || echo 9081-refused; echo hello | nc -w 5 127.0.0.1 9080; wait; echo listener-heard:$(cat /tmp/heard)";
 
 const REPLY: &str = "9081-refused\nreply-from-15001\nlistener-heard:hello\n";
 
@@ -361,6 +363,17 @@ fn main() -> ExitCode {
         for line in console.lines().filter(|l| l.contains("netfilter modules loaded")) {
             println!("  guest: {}", line.trim());
         }
+        case!(suite, "generated_policy_is_decided_natively", async {
+            // `coffer policy gen` wrote the shipped confidential.rego and documented data: the
+            // agent answers this pod's allowed requests on the policy's native fast path.
+            let loaded: Vec<&str> =
+                console.lines().filter(|l| l.contains("policy loaded")).collect();
+            ensure!(
+                loaded.len() == 1 && loaded[0].contains("native_allows=true"),
+                "agent policy log lines: {loaded:?}"
+            );
+            Ok(())
+        }.await);
         for id in ["early", "mesh-init", "app"] {
             if let Err(err) = pod.remove(id).await {
                 println!("  removing {id}: {err:#}");

@@ -53,18 +53,17 @@ pub struct RegoPolicy {
 impl RegoPolicy {
     /// Loads `source` (with optional policy data) under a name for logs.
     pub fn load(name: &str, source: &str, data: Option<&str>) -> Result<Self, pol::PolicyError> {
-        let engine = pol::Engine::new(source, data, agent_limits())?;
-        // Whether the shipped confidential policy's allows are answered natively (a policy edited
-        // by its owner is interpreted throughout; both decide the same).
-        tracing::info!(
-            policy = name,
-            native_allows = engine.has_fast_path(),
-            "policy loaded"
-        );
         Ok(Self {
-            engine,
+            engine: pol::Engine::new(source, data, agent_limits())?,
             name: name.to_owned(),
         })
+    }
+
+    /// Whether the requests this policy allows are answered natively: true for the shipped
+    /// confidential policy with data of the documented shape (a policy edited by its owner is
+    /// interpreted throughout; both decide the same).
+    pub fn native_allows(&self) -> bool {
+        self.engine.has_fast_path()
     }
 
     /// The shipped sandbox-mode policy.
