@@ -15,7 +15,8 @@
 #     A process holding CAP_NET_ADMIN or CAP_NET_RAW (in any set; only where its entry lists them)
 #     is created and started only while no container has started: the pod's network is set up
 #     (the mesh init, istio-init's pattern) before the workload runs and is fixed from then on.
-#     Such a container is recorded as `network: set-up`, which StartContainer checks.
+#     Such a container is recorded as `network: set-up`, which StartContainer checks. A container
+#     that started counts even after its removal (`state.ever_started`).
 #     Sealed environment values (`sealed.kbs:///…`) and sealed files (mounts of type `sealed`),
 #     resolved by the agent from the key broker, only for the secrets the entry lists.
 #   - Root filesystems uploaded by the host are refused: images are pulled inside the guest.
@@ -306,9 +307,8 @@ create_denials := {msg |
 	msg := sprintf("CreateContainer %s: policy entry %v: %s", [input.request.container_id, name, concat(", ", sort(problems))])
 } | {msg |
 	count(held_network_capabilities) > 0
-	some c in input.state.containers
-	c.started == true
-	msg := sprintf("CreateContainer %s: capabilities %s change the pod's network, allowed only before the first container starts (%s started)", [input.request.container_id, concat(", ", sort(held_network_capabilities)), c.id])
+	some id in started_ids
+	msg := sprintf("CreateContainer %s: capabilities %s change the pod's network, allowed only before the first container starts (%s started)", [input.request.container_id, concat(", ", sort(held_network_capabilities)), id])
 }
 
 # The image a request names: CreateContainer's root filesystem, or what PullImage fetches.
@@ -350,14 +350,17 @@ held_network_capabilities := {cap |
 	cap in network_capabilities
 }
 
+# Every container this sandbox has started: those still there, and the ones the agent remembers
+# starting (`state.ever_started`), so removing the started containers does not reopen set-up.
+started_ids := {c.id | some c in input.state.containers; c.started == true} | {id | some id in object.get(input.state, "ever_started", [])}
+
 start_denials := {msg |
 	some c in input.state.containers
 	c.id == input.request.container_id
 	object.get(c.record, "network", null) == "set-up"
-	some other in input.state.containers
-	other.started == true
-	other.id != input.request.container_id
-	msg := sprintf("StartContainer %s: it holds capabilities that change the pod's network, allowed only before the first container starts (%s started)", [input.request.container_id, other.id])
+	some other in started_ids
+	other != input.request.container_id
+	msg := sprintf("StartContainer %s: it holds capabilities that change the pod's network, allowed only before the first container starts (%s started)", [input.request.container_id, other])
 }
 
 # Everything about a CreateContainer request `r` that its entry `e` does not allow (a set).
@@ -500,10 +503,9 @@ exec_denials := {msg |
 	some caps in input.request.process.capabilities
 	some cap in caps
 	cap in network_capabilities
-	some c in input.state.containers
-	c.started == true
-	c.id != input.request.container_id
-	msg := sprintf("ExecProcess %s: capability %s changes the pod's network, allowed only before the first container starts (%s started)", [input.request.exec_id, cap, c.id])
+	some id in started_ids
+	id != input.request.container_id
+	msg := sprintf("ExecProcess %s: capability %s changes the pod's network, allowed only before the first container starts (%s started)", [input.request.exec_id, cap, id])
 }
 
 output_kinds := {"ReadStdout", "ReadStderr"}

@@ -149,6 +149,7 @@ fn state() -> SandboxState {
                 record: BTreeMap::from([("entry".to_owned(), format!("c{i}"))]),
             })
             .collect(),
+        ever_started: vec!["running0".to_owned(), "running1".to_owned()],
     }
 }
 

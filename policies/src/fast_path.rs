@@ -339,7 +339,7 @@ impl ConfidentialFastPath {
                 .any(|cap| e.capabilities.contains(*cap))
         });
         let holds_network = network_listed && holds_network_capability(&c.process.capabilities);
-        if holds_network && state.containers.iter().any(|s| s.started) {
+        if holds_network && started_ids(state).next().is_some() {
             return None;
         }
         let mut record = Allowed::from([("entry".to_owned(), admitted.to_owned())]);
@@ -356,10 +356,7 @@ impl ConfidentialFastPath {
             && !p.terminal
             && process_admitted(p, e)
             && !(holds_network_capability(&p.capabilities)
-                && state
-                    .containers
-                    .iter()
-                    .any(|c| c.started && c.id != container_id));
+                && started_ids(state).any(|id| id != container_id));
         admitted.then(Allowed::new)
     }
 
@@ -391,11 +388,17 @@ fn start_allowed(container_id: &str, state: &SandboxState) -> bool {
     let sets_up_network = state.containers.iter().any(|c| {
         c.id == container_id && c.record.get("network").map(String::as_str) == Some("set-up")
     });
-    !sets_up_network
-        || !state
-            .containers
-            .iter()
-            .any(|c| c.started && c.id != container_id)
+    !sets_up_network || !started_ids(state).any(|id| id != container_id)
+}
+
+/// `started_ids`: the containers that have started, present or remembered.
+fn started_ids(state: &SandboxState) -> impl Iterator<Item = &str> {
+    state
+        .containers
+        .iter()
+        .filter(|c| c.started)
+        .map(|c| c.id.as_str())
+        .chain(state.ever_started.iter().map(String::as_str))
 }
 
 /// `entry_problems(r, e)` empty.

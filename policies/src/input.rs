@@ -370,6 +370,26 @@ pub struct Device {
 pub struct SandboxState {
     /// Containers that exist in the sandbox.
     pub containers: Vec<ContainerState>,
+    /// Ids of containers this sandbox has started, removed ones included: the first
+    /// [`EVER_STARTED_KEPT`] distinct ids, in start order (recorded when the start is attempted).
+    /// Enough for a policy to tell whether any container, or any container other than a given
+    /// one, has ever started; `containers[].started` alone forgets a started container once the
+    /// host removes it. (Added to schema version 1 as an optional member: absent means `[]`.)
+    #[serde(default)]
+    pub ever_started: Vec<String>,
+}
+
+/// How many distinct ids [`SandboxState::ever_started`] keeps: two answer "has a container other
+/// than X ever started" for every X, and keep the state bounded however many containers the host
+/// starts and removes.
+pub const EVER_STARTED_KEPT: usize = 2;
+
+/// Notes in `ever_started` (see [`SandboxState::ever_started`]) that container `id` is being
+/// started. Call it before the start, so a start that fails half-way still counts.
+pub fn note_started(ever_started: &mut Vec<String>, id: &str) {
+    if ever_started.len() < EVER_STARTED_KEPT && !ever_started.iter().any(|e| e == id) {
+        ever_started.push(id.to_owned());
+    }
 }
 
 /// One existing container.

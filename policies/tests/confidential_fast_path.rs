@@ -420,7 +420,22 @@ fn state(rng: &mut Rng) -> SandboxState {
         containers.push(first); // the same id twice: the host cannot make this, the agent's
         // state could only by a bug, and the Rego's entry_of then conflicts
     }
-    SandboxState { containers }
+    // What the agent remembers starting: usually the started ones, sometimes removed ones too
+    // (the host removed them), sometimes less (a state a test hand-made).
+    let mut ever_started = Vec::new();
+    if rng.chance(80) {
+        for c in containers.iter().filter(|c| c.started) {
+            coffer_policies::note_started(&mut ever_started, &c.id);
+        }
+    }
+    if rng.chance(25) {
+        let id = *rng.pick(&["gone", "c1", "c2"]);
+        coffer_policies::note_started(&mut ever_started, id);
+    }
+    SandboxState {
+        containers,
+        ever_started,
+    }
 }
 
 fn request(rng: &mut Rng, data: &Value, state: &SandboxState) -> Request {

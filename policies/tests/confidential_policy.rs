@@ -74,22 +74,20 @@ fn app() -> CreateContainer {
 
 /// A sandbox where `c1` was admitted as `app` and `c2` exists without a record.
 fn state() -> SandboxState {
-    SandboxState {
-        containers: vec![
-            ContainerState {
-                id: "c1".into(),
-                image_digest: None,
-                started: true,
-                record: BTreeMap::from([("entry".to_owned(), "app".to_owned())]),
-            },
-            ContainerState {
-                id: "c2".into(),
-                image_digest: None,
-                started: true,
-                record: BTreeMap::new(),
-            },
-        ],
-    }
+    common::sandbox(vec![
+        ContainerState {
+            id: "c1".into(),
+            image_digest: None,
+            started: true,
+            record: BTreeMap::from([("entry".to_owned(), "app".to_owned())]),
+        },
+        ContainerState {
+            id: "c2".into(),
+            image_digest: None,
+            started: true,
+            record: BTreeMap::new(),
+        },
+    ])
 }
 
 fn decide(request: Request) -> Decision {
@@ -792,6 +790,14 @@ fn container(id: &str, started: bool, record: &[(&str, &str)]) -> ContainerState
     }
 }
 
+/// A state whose `ever_started` remembers containers that are no longer there.
+fn removed(containers: Vec<ContainerState>, ever_started: &[&str]) -> SandboxState {
+    SandboxState {
+        containers,
+        ever_started: ever_started.iter().map(|id| (*id).to_owned()).collect(),
+    }
+}
+
 fn start(id: &str) -> Request {
     Request::StartContainer {
         container_id: id.into(),
@@ -816,25 +822,15 @@ fn network_set_up_table() {
     let engine = engine_with(&mesh_data());
     let mesh = [("entry", "mesh-init"), ("network", "set-up")];
     let app_record = [("entry", "app")];
-    let nothing_started = SandboxState { containers: vec![] };
-    let app_started = SandboxState {
-        containers: vec![container("app1", true, &app_record)],
-    };
-    let mesh_created = SandboxState {
-        containers: vec![container("init", false, &mesh)],
-    };
-    let mesh_created_app_started = SandboxState {
-        containers: vec![
-            container("app1", true, &app_record),
-            container("init", false, &mesh),
-        ],
-    };
-    let mesh_started = SandboxState {
-        containers: vec![container("init", true, &mesh)],
-    };
-    let app_created = SandboxState {
-        containers: vec![container("app1", false, &app_record)],
-    };
+    let nothing_started = common::sandbox(vec![]);
+    let app_started = common::sandbox(vec![container("app1", true, &app_record)]);
+    let mesh_created = common::sandbox(vec![container("init", false, &mesh)]);
+    let mesh_created_app_started = common::sandbox(vec![
+        container("app1", true, &app_record),
+        container("init", false, &mesh),
+    ]);
+    let mesh_started = common::sandbox(vec![container("init", true, &mesh)]);
+    let app_created = common::sandbox(vec![container("app1", false, &app_record)]);
     let cases: Vec<NetworkCase> = vec![
         (
             "NET_ADMIN init created before any start",
@@ -911,12 +907,10 @@ fn network_set_up_table() {
         (
             "the app starts after the mesh init",
             start("app1"),
-            SandboxState {
-                containers: vec![
-                    container("app1", false, &app_record),
-                    container("init", true, &mesh),
-                ],
-            },
+            common::sandbox(vec![
+                container("app1", false, &app_record),
+                container("init", true, &mesh),
+            ]),
             Ok(&[]),
         ),
         (
@@ -947,15 +941,50 @@ fn network_set_up_table() {
         (
             "listed NET_ADMIN exec into the mesh init after the app started",
             mesh_exec(),
-            SandboxState {
-                containers: vec![
-                    container("app1", true, &app_record),
-                    container("init", true, &mesh),
-                ],
-            },
+            common::sandbox(vec![
+                container("app1", true, &app_record),
+                container("init", true, &mesh),
+            ]),
             Err(
                 "ExecProcess e1: capability CAP_NET_ADMIN changes the pod's network, allowed only before the first container starts (app1 started)",
             ),
+        ),
+        // The host removes the started containers: set-up stays closed (`ever_started`).
+        (
+            "NET_ADMIN init created after the started app was removed",
+            mesh_create("init", with_caps(&["CAP_NET_ADMIN"])),
+            removed(vec![], &["app1"]),
+            Err(
+                "CreateContainer init: capabilities CAP_NET_ADMIN change the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+        (
+            "NET_ADMIN init created early, started after the app started and was removed",
+            start("init"),
+            removed(vec![container("init", false, &mesh)], &["app1"]),
+            Err(
+                "StartContainer init: it holds capabilities that change the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+        (
+            "listed NET_ADMIN exec into the mesh init after the app started and was removed",
+            mesh_exec(),
+            removed(vec![container("init", true, &mesh)], &["init", "app1"]),
+            Err(
+                "ExecProcess e1: capability CAP_NET_ADMIN changes the pod's network, allowed only before the first container starts (app1 started)",
+            ),
+        ),
+        (
+            "listed NET_ADMIN exec into the mesh init, the only container ever started",
+            mesh_exec(),
+            removed(vec![container("init", true, &mesh)], &["init"]),
+            Ok(&[]),
+        ),
+        (
+            "the mesh init started and was removed: a new NET_ADMIN container is refused",
+            mesh_create("init2", with_caps(&["CAP_NET_ADMIN"])),
+            removed(vec![], &["init"]),
+            Err("(init started)"),
         ),
     ];
     for (name, request, state, want) in cases {

@@ -374,11 +374,18 @@ fn main() -> ExitCode {
             );
             Ok(())
         }.await);
-        for id in ["early", "mesh-init", "app"] {
-            if let Err(err) = pod.remove(id).await {
-                println!("  removing {id}: {err:#}");
+        case!(suite, "removing_the_started_containers_does_not_reopen_set_up", async {
+            // The host removes every container, so none is started any more: the agent still
+            // remembers that containers started, and set-up stays closed.
+            for id in ["early", "mesh-init", "app"] {
+                pod.remove(id).await.with_context(|| format!("RemoveContainer {id}"))?;
             }
-        }
+            let mesh = pod_spec(MESH_ARGS, &net)?;
+            denied(
+                pod.create("after-removal", &mesh).await,
+                "CreateContainer after-removal: capabilities CAP_NET_ADMIN, CAP_NET_RAW change the pod's network, allowed only before the first container starts (app started)",
+            )
+        }.await);
         let dir = sandbox.dir().to_path_buf();
         sandbox.stop().await;
         case!(suite, "teardown_leaves_nothing", assert_stopped_sandbox_gone(&dir, &state));

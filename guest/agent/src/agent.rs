@@ -97,6 +97,9 @@ impl Container {
 struct State {
     sandbox: Option<Id>,
     containers: HashMap<Id, Arc<Container>>,
+    /// The containers this sandbox has started, removed ones included (the policy input's
+    /// `state.ever_started`): removing the started containers must not reopen network set-up.
+    ever_started: Vec<String>,
     /// Registry tunnel and published port servers, closed with the sandbox.
     tunnels: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -199,7 +202,10 @@ impl Agent {
             })
             .collect();
         containers.sort_by(|a, b| a.id.cmp(&b.id));
-        coffer_policies::SandboxState { containers }
+        coffer_policies::SandboxState {
+            containers,
+            ever_started: state.ever_started.clone(),
+        }
     }
 
     async fn dispatch(&self, permit: Permit, request: AgentRequest) -> Result<Reply, AgentError> {
@@ -812,6 +818,8 @@ impl Agent {
                 "container {id} was already started"
             )));
         }
+        // Noted before the start: one that fails half-way may still have run the process.
+        coffer_policies::note_started(&mut self.state.lock().await.ever_started, id.as_str());
         self.oci.start(id.as_str()).await?;
         c.started.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(container_id = %id, pid = c.init.pid, "container started");

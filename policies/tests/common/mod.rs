@@ -228,15 +228,26 @@ pub fn one_of_each() -> Vec<Request> {
 }
 
 pub fn state() -> SandboxState {
+    sandbox(vec![ContainerState {
+        id: "c1".into(),
+        image_digest: Some(
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+        ),
+        started: true,
+        record: BTreeMap::new(),
+    }])
+}
+
+/// The state the agent reports with these containers: the started ones are also remembered in
+/// `ever_started`.
+pub fn sandbox(containers: Vec<ContainerState>) -> SandboxState {
+    let mut ever_started = Vec::new();
+    for c in containers.iter().filter(|c| c.started) {
+        coffer_policies::note_started(&mut ever_started, &c.id);
+    }
     SandboxState {
-        containers: vec![ContainerState {
-            id: "c1".into(),
-            image_digest: Some(
-                "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
-            ),
-            started: true,
-            record: BTreeMap::new(),
-        }],
+        containers,
+        ever_started,
     }
 }
 
