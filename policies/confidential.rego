@@ -10,8 +10,9 @@
 #     argv, user, working directory and terminal setting, environment drawn from the listed values,
 #     no capabilities beyond the default set plus the listed ones, no_new_privileges unless listed,
 #     fresh mount and pid namespaces and no joined namespace unless listed, only the standard kernel
-#     filesystems plus the listed mounts, no devices, sysctls or relaxed masked/read-only paths
-#     unless listed, and never OCI hooks. An admitted container is recorded with its entry's name.
+#     filesystems plus the listed mounts, no devices (nodes or device cgroup rules beyond the
+#     standard character devices), sysctls or relaxed masked/read-only paths unless listed, and
+#     never OCI hooks. An admitted container is recorded with its entry's name.
 #     A process holding CAP_NET_ADMIN or CAP_NET_RAW (in any set; only where its entry lists them)
 #     is created and started only while no container has started: the pod's network is set up
 #     (the mesh init, istio-init's pattern) before the workload runs and is fixed from then on.
@@ -328,6 +329,35 @@ screened := {e.name: entry_problems(input.request, e) | some e in candidates}
 # a mount is standard does not depend on the entry, so it is decided once per request.
 nonstandard_mounts := [m | some m in input.request.mounts; not standard_mount(m)]
 
+# The request's device cgroup rules that allow reading or writing more than the standard character
+# devices (which the OCI runtime allows anyway): only these need a listed device. Decided once per
+# request.
+nonstandard_device_rules := [rule |
+	some rule in object.get(input.request, "device_cgroup", [])
+	rule.allow == true
+	not standard_device_rule(rule)
+]
+
+# null, zero, full, random, urandom, tty, console, ptmx, and the pseudo-terminals.
+standard_char_devices := {[1, 3], [1, 5], [1, 7], [1, 8], [1, 9], [5, 0], [5, 1], [5, 2]}
+
+standard_device_rule(rule) if {
+	rule.type == "c"
+	[rule.major, rule.minor] in standard_char_devices
+}
+
+standard_device_rule(rule) if {
+	rule.type == "c"
+	rule.major == 136
+}
+
+# A rule granting neither read nor write (`m`: mknod alone) opens no device.
+standard_device_rule(rule) if {
+	is_string(rule.access)
+	not contains(rule.access, "r")
+	not contains(rule.access, "w")
+}
+
 matching := {name | some name, problems in screened; count(problems) == 0}
 
 # Deterministic when several entries admit the same request.
@@ -393,6 +423,12 @@ entry_problems(r, e) := (((({msg |
 	some d in r.devices
 	not d in object.get(e, "devices", [])
 	msg := sprintf("device %s is not listed", [d.path])
+} | {msg |
+	# A device cgroup rule allowing more than the standard devices (a privileged container's
+	# "allow all", say) must name one of the entry's devices exactly.
+	some rule in nonstandard_device_rules
+	count({1 | some d in object.get(e, "devices", []); d.type == rule.type; d.major == rule.major; d.minor == rule.minor}) == 0
+	msg := sprintf("device cgroup rule allows %s %v:%v (%s), which is not a listed device", [rule.type, rule.major, rule.minor, rule.access])
 } | {msg |
 	some key, value in r.sysctls
 	object.get(object.get(e, "sysctls", {}), key, null) != value

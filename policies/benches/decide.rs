@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coffer_policies::{
-    CONFIDENTIAL_POLICY, Capabilities, ContainerState, CreateContainer, Decision, Engine, Limits,
-    Mount, Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource,
-    SandboxState, User,
+    CONFIDENTIAL_POLICY, Capabilities, ContainerState, CreateContainer, Decision, DeviceRule,
+    Engine, Limits, Mount, Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs,
+    RootfsSource, SandboxState, User,
 };
 use serde_json::json;
 
@@ -109,6 +109,13 @@ fn create() -> PolicyInput {
             mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
         ],
         devices: vec![],
+        device_cgroup: vec![DeviceRule {
+            allow: false,
+            kind: "a".into(),
+            major: None,
+            minor: None,
+            access: "rwm".into(),
+        }],
         hooks_present: false,
         sysctls: BTreeMap::new(),
         masked_paths: [

@@ -30,8 +30,8 @@ use serde::Deserialize;
 
 use crate::engine::MAX_RECORD_BYTES;
 use crate::input::{
-    Capabilities, ContainerState, CreateContainer, Device, Mount, NamespaceType, PolicyInput,
-    Process, Request, RootfsSource, SandboxState,
+    Capabilities, ContainerState, CreateContainer, Device, DeviceRule, Mount, NamespaceType,
+    PolicyInput, Process, Request, RootfsSource, SandboxState,
 };
 
 /// `default_capabilities`.
@@ -81,6 +81,18 @@ const REQUIRED_MASKED_PATHS: [&str; 9] = [
     "/proc/timer_list",
     "/proc/timer_stats",
     "/sys/firmware",
+];
+
+/// `standard_char_devices`, as (major, minor); `standard_device_rule` also admits major 136.
+const STANDARD_CHAR_DEVICES: [(i64, i64); 8] = [
+    (1, 3),
+    (1, 5),
+    (1, 7),
+    (1, 8),
+    (1, 9),
+    (5, 0),
+    (5, 1),
+    (5, 2),
 ];
 
 /// `required_readonly_paths`.
@@ -311,6 +323,7 @@ impl ConfidentialFastPath {
             || c.hooks_present
             || c.mounts.len() > MAX_SCANNED_ITEMS
             || c.devices.len() > MAX_SCANNED_ITEMS
+            || c.device_cgroup.len() > MAX_SCANNED_ITEMS
         {
             return None;
         }
@@ -324,8 +337,15 @@ impl ConfidentialFastPath {
         if candidates.is_empty() {
             return None;
         }
-        // `nonstandard_mounts`
-        let nonstandard: Vec<&Mount> = c.mounts.iter().filter(|m| !standard_mount(m)).collect();
+        // `nonstandard_mounts`, `nonstandard_device_rules`
+        let nonstandard = Nonstandard {
+            mounts: c.mounts.iter().filter(|m| !standard_mount(m)).collect(),
+            device_rules: c
+                .device_cgroup
+                .iter()
+                .filter(|r| r.allow && !standard_device_rule(r))
+                .collect(),
+        };
         // `matching`, `admitted_entry`: the smallest name among the entries with no problem.
         let admitted = candidates
             .iter()
@@ -401,8 +421,25 @@ fn started_ids(state: &SandboxState) -> impl Iterator<Item = &str> {
         .chain(state.ever_started.iter().map(String::as_str))
 }
 
+/// The parts of a request that need a listing, decided once per request.
+struct Nonstandard<'a> {
+    mounts: Vec<&'a Mount>,
+    device_rules: Vec<&'a DeviceRule>,
+}
+
+/// `standard_device_rule(rule)`.
+fn standard_device_rule(rule: &DeviceRule) -> bool {
+    let standard_char = rule.kind == "c"
+        && match (rule.major, rule.minor) {
+            (Some(136), _) => true,
+            (Some(major), Some(minor)) => STANDARD_CHAR_DEVICES.contains(&(major, minor)),
+            _ => false,
+        };
+    standard_char || !(rule.access.contains('r') || rule.access.contains('w'))
+}
+
 /// `entry_problems(r, e)` empty.
-fn entry_admits(c: &CreateContainer, e: &Listed, nonstandard: &[&Mount]) -> bool {
+fn entry_admits(c: &CreateContainer, e: &Listed, nonstandard: &Nonstandard<'_>) -> bool {
     let listed = &e.entry;
     c.process.args == listed.args
         && process_admitted(&c.process, e)
@@ -416,8 +453,14 @@ fn entry_admits(c: &CreateContainer, e: &Listed, nonstandard: &[&Mount]) -> bool
                 || e.host_namespaces.contains(*required)
         })
         && nonstandard
+            .mounts
             .iter()
             .all(|m| listed.mounts.iter().any(|l| l == *m))
+        && nonstandard.device_rules.iter().all(|rule| {
+            listed.devices.iter().any(|d| {
+                d.kind == rule.kind && Some(d.major) == rule.major && Some(d.minor) == rule.minor
+            })
+        })
         && c.mounts
             .iter()
             .filter(|m| m.kind == "sealed")

@@ -225,6 +225,11 @@ pub struct CreateContainer {
     pub mounts: Vec<Mount>,
     /// Device nodes to create.
     pub devices: Vec<Device>,
+    /// The device cgroup rules (`linux.resources.devices`), in spec order: what the container may
+    /// open or create (with `CAP_MKNOD`, in the default set) beyond its device nodes. (Added to
+    /// schema version 1 as an optional member: absent means `[]`.)
+    #[serde(default)]
+    pub device_cgroup: Vec<DeviceRule>,
     /// Whether the spec carries any OCI hook (these run as guest root).
     pub hooks_present: bool,
     /// Sysctls to set.
@@ -364,6 +369,23 @@ pub struct Device {
     pub minor: i64,
 }
 
+/// A device cgroup rule of the spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRule {
+    /// Whether the rule allows (or denies) access.
+    pub allow: bool,
+    /// Device type (`"type"` in the input): `a` (all, also when the spec omits it), `c` or `b`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Major number; `null` for every major.
+    pub major: Option<i64>,
+    /// Minor number; `null` for every minor.
+    pub minor: Option<i64>,
+    /// Access, a combination of `r`, `w` and `m` (`rwm` when the spec omits it).
+    pub access: String,
+}
+
 /// The sandbox state a decision may depend on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -460,6 +482,7 @@ mod tests {
                 }],
                 mounts: vec![],
                 devices: vec![],
+                device_cgroup: vec![],
                 hooks_present: false,
                 sysctls: BTreeMap::new(),
                 masked_paths: vec![],

@@ -13,9 +13,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use coffer_policies::{
-    CONFIDENTIAL_POLICY, Capabilities, ContainerState, CreateContainer, Device, Engine, Limits,
-    Mount, Namespace, NamespaceType, PolicyInput, Process, Request, RootfsSource, SandboxState,
-    User,
+    CONFIDENTIAL_POLICY, Capabilities, ContainerState, CreateContainer, Device, DeviceRule, Engine,
+    Limits, Mount, Namespace, NamespaceType, PolicyInput, Process, Request, RootfsSource,
+    SandboxState, User,
 };
 use serde_json::{Value, json};
 
@@ -338,6 +338,27 @@ fn create(rng: &mut Rng, data: &Value) -> CreateContainer {
     c.mounts.extend(rng.subset(&entry_mounts(e), 60));
     if rng.chance(20) {
         c.devices.push(fuse());
+    }
+    if rng.chance(35) {
+        let rules = [
+            common::device_rule(true, "c", Some(1), Some(3)),
+            common::device_rule(true, "c", Some(136), None),
+            common::device_rule(true, "c", Some(10), Some(229)),
+            common::device_rule(true, "b", Some(10), Some(229)),
+            common::device_rule(true, "a", None, None),
+            common::device_rule(true, "c", Some(1), None),
+            common::device_rule(true, "c", Some(1), Some(1)),
+            common::device_rule(false, "a", None, None),
+            DeviceRule {
+                access: "m".into(),
+                ..common::device_rule(true, "b", None, None)
+            },
+            DeviceRule {
+                access: "mr".into(),
+                ..common::device_rule(true, "c", None, None)
+            },
+        ];
+        c.device_cgroup.push(rng.pick(&rules).clone());
     }
     if rng.chance(15) {
         c.sysctls.insert(

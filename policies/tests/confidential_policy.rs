@@ -8,8 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use coffer_policies::{
-    CONFIDENTIAL_POLICY, ContainerState, CreateContainer, Decision, Device, Engine, Limits,
-    Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState,
+    CONFIDENTIAL_POLICY, ContainerState, CreateContainer, Decision, Device, DeviceRule, Engine,
+    Limits, Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource,
+    SandboxState,
 };
 use common::{mount, one_of_each};
 use serde_json::json;
@@ -144,6 +145,22 @@ fn create_container_deny_table() {
                 }
             }),
             "root filesystem source uploaded is not allowed",
+        ),
+        (
+            "device cgroup allowing every device (a privileged container's rule)",
+            create(|c| {
+                c.device_cgroup
+                    .push(common::device_rule(true, "a", None, None))
+            }),
+            "device cgroup rule allows a null:null (rwm), which is not a listed device",
+        ),
+        (
+            "device cgroup allowing a block device",
+            create(|c| {
+                c.device_cgroup
+                    .push(common::device_rule(true, "b", Some(8), Some(0)))
+            }),
+            "device cgroup rule allows b 8:0 (rwm), which is not a listed device",
         ),
         (
             "image by tag",
@@ -1003,5 +1020,85 @@ fn network_set_up_table() {
                 assert!(d.reason.contains(reason), "{name}: {:?}", d.reason);
             }
         }
+    }
+}
+
+/// AGT-CC ("no devices unless listed"): device cgroup rules may allow the standard character
+/// devices and the entry's listed devices, nothing else; deny rules are always fine.
+#[test]
+fn device_cgroup_rules_follow_listed_devices() {
+    let mut data = data();
+    data["containers"][0]["devices"] =
+        json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]);
+    let engine = engine_with(&data);
+    let fuse = Device {
+        path: "/dev/fuse".into(),
+        kind: "c".into(),
+        major: 10,
+        minor: 229,
+    };
+    let allowed = [
+        (
+            "standard null",
+            common::device_rule(true, "c", Some(1), Some(3)),
+        ),
+        (
+            "pseudo-terminals",
+            common::device_rule(true, "c", Some(136), None),
+        ),
+        (
+            "the listed device",
+            common::device_rule(true, "c", Some(10), Some(229)),
+        ),
+        ("a deny rule", common::device_rule(false, "a", None, None)),
+        (
+            "mknod of any block device (no read or write)",
+            DeviceRule {
+                access: "m".into(),
+                ..common::device_rule(true, "b", None, None)
+            },
+        ),
+    ];
+    for (name, rule) in allowed {
+        let request = create(|c| {
+            c.devices.push(fuse.clone());
+            c.device_cgroup.push(rule);
+        });
+        let d = common::decide(&engine, &PolicyInput::new(request, state()));
+        assert!(d.allowed, "{name}: {}", d.reason);
+    }
+    let denied = [
+        (
+            "every char device",
+            common::device_rule(true, "c", None, None),
+            "c null:null",
+        ),
+        (
+            "every minor of major 10",
+            common::device_rule(true, "c", Some(10), None),
+            "c 10:null",
+        ),
+        (
+            "the listed numbers as a block device",
+            common::device_rule(true, "b", Some(10), Some(229)),
+            "b 10:229",
+        ),
+        (
+            "/dev/mem",
+            common::device_rule(true, "c", Some(1), Some(1)),
+            "c 1:1",
+        ),
+    ];
+    for (name, rule, shown) in denied {
+        let request = create(|c| c.device_cgroup.push(rule));
+        let d = common::decide(&engine, &PolicyInput::new(request, state()));
+        assert!(!d.allowed, "{name}: allowed");
+        assert!(
+            d.reason.contains(&format!(
+                "device cgroup rule allows {shown} (rwm), which is not a listed device"
+            )),
+            "{name}: {}",
+            d.reason
+        );
     }
 }

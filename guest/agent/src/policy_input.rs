@@ -138,6 +138,24 @@ fn create_container(id: &str, spec: &Spec, rootfs: &RootfsSource) -> pol::Create
                     .collect()
             })
             .unwrap_or_default(),
+        device_cgroup: linux
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().as_ref())
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| pol::DeviceRule {
+                        allow: r.allow(),
+                        kind: r
+                            .typ()
+                            .map_or_else(|| "a".to_owned(), |t| t.as_str().to_owned()),
+                        major: r.major(),
+                        minor: r.minor(),
+                        access: r.access().clone().unwrap_or_else(|| "rwm".to_owned()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         hooks_present: hooks_present(spec),
         sysctls: linux
             .and_then(|l| l.sysctl().as_ref())

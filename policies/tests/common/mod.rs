@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use coffer_policies::{
-    Capabilities, ContainerState, CreateContainer, Decision, Engine, Mount, Namespace,
+    Capabilities, ContainerState, CreateContainer, Decision, DeviceRule, Engine, Mount, Namespace,
     NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState, User,
 };
 
@@ -102,6 +102,22 @@ pub fn new_namespaces() -> Vec<Namespace> {
     .collect()
 }
 
+/// containerd's device cgroup default: deny everything (the runtime allows the standard devices).
+pub fn deny_all_devices() -> DeviceRule {
+    device_rule(false, "a", None, None)
+}
+
+/// A device cgroup rule with access `rwm`.
+pub fn device_rule(allow: bool, kind: &str, major: Option<i64>, minor: Option<i64>) -> DeviceRule {
+    DeviceRule {
+        allow,
+        kind: kind.into(),
+        major,
+        minor,
+        access: "rwm".into(),
+    }
+}
+
 /// The masked paths of containerd's default spec.
 pub const MASKED: [&str; 10] = [
     "/proc/acpi",
@@ -138,6 +154,7 @@ pub fn image_container(image: &str, process: Process) -> CreateContainer {
         namespaces: new_namespaces(),
         mounts: default_mounts(),
         devices: vec![],
+        device_cgroup: vec![deny_all_devices()],
         hooks_present: false,
         sysctls: BTreeMap::new(),
         masked_paths: MASKED.iter().map(|s| (*s).to_owned()).collect(),
@@ -157,6 +174,7 @@ pub fn create_container() -> CreateContainer {
         namespaces: new_namespaces(),
         mounts: default_mounts(),
         devices: vec![],
+        device_cgroup: vec![deny_all_devices()],
         hooks_present: false,
         sysctls: BTreeMap::from([("net.ipv4.ip_forward".to_owned(), "0".to_owned())]),
         masked_paths: vec!["/proc/kcore".into()],
