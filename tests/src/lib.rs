@@ -280,6 +280,9 @@ const CONSOLE_TAIL_LINES: usize = 60;
 /// A failed case whose error names a kept console log (`console log: PATH`) gets the log's last
 /// lines printed under it: the temporary directory holding it is gone by the time anyone reads CI
 /// output, and a guest that did not come up is otherwise undiagnosable.
+/// Lines shown of each VMM log kept beside a failed case's console log.
+const VMM_LOG_TAIL_LINES: usize = 20;
+
 fn print_console_tail(message: &str) {
     let Some((_, rest)) = message.split_once("console log: ") else {
         return;
@@ -297,4 +300,35 @@ fn print_console_tail(message: &str) {
         println!("  | {line}");
     }
     println!("  --- end of console log ---");
+    // The VMM's own logs the runtime kept beside it (`<id>-qemu.log`, `<id>-vhost.err`…).
+    let kept = std::path::Path::new(path);
+    let (Some(dir), Some(name)) = (kept.parent(), kept.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Some(id) = name.strip_suffix("-console.log") else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file == name || !file.starts_with(&format!("{id}-")) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(VMM_LOG_TAIL_LINES);
+        println!(
+            "  --- last {} lines of {} ---",
+            lines.len() - from,
+            entry.path().display()
+        );
+        for line in &lines[from..] {
+            println!("  | {line}");
+        }
+    }
 }

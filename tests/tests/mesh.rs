@@ -291,7 +291,8 @@ fn main() -> ExitCode {
             initrd: image.initramfs.clone(),
             vcpus: 1,
             memory_mib: 512,
-            boot_timeout: Some(Duration::from_secs(60)),
+            // The runtime default (120 s under TCG, 30 s under KVM), as `coffer sandbox run` has.
+            boot_timeout: None,
             initdata: Some(InitdataDisk::new(&ctx.initdata)),
             kernel_params: Vec::new(),
             tee: None,

@@ -4,8 +4,9 @@
 //! dies during boot fails fast), and sends `CreateSandbox`. From then on one supervisor task owns the
 //! VM: it notices an unexpected VMM exit at once (publishing [`SandboxState::Failed`]) and performs
 //! the ordered teardown on [`Sandbox::stop`] or when the handle is dropped. Every file of the
-//! sandbox lives in `state_root/sandboxes/<id>` and is removed at the end; only the console log of a
-//! failed sandbox is kept, in `state_root/logs/`, and named in the error.
+//! sandbox lives in `state_root/sandboxes/<id>` and is removed at the end; only the logs of a
+//! failed sandbox are kept, in `state_root/logs/` (the console log, named in the error, and the
+//! VMM's own beside it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -193,19 +194,44 @@ pub fn sandbox_dir(state_root: &Path, id: &str) -> PathBuf {
     state_root.join("sandboxes").join(id)
 }
 
-/// Keeps the console log of a failed sandbox in `state_root/logs/` and removes its directory.
+/// Keeps the logs of a failed sandbox in `state_root/logs/` and removes its directory.
 fn retire(state_root: &Path, id: &str, dir: &Path, console: &Path, keep_console: bool) -> PathBuf {
-    let kept = state_root.join("logs").join(format!("{id}-console.log"));
+    let logs = state_root.join("logs");
+    let kept = logs.join(format!("{id}-console.log"));
     if keep_console {
-        let _ = std::fs::create_dir_all(state_root.join("logs"));
+        let _ = std::fs::create_dir_all(&logs);
         if std::fs::rename(console, &kept).is_err() {
             let _ = std::fs::copy(console, &kept);
         }
+        keep_vmm_logs(dir, &logs, id);
     }
     if let Err(err) = std::fs::remove_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), %err, "removing sandbox directory");
     }
     kept
+}
+
+/// Keeps the non-empty logs the VMM and its helpers wrote in `dir` (`*.log`, `*.err`: QEMU's and
+/// the vsock backend's stderr) as `<logs>/<id>-<name>` beside the console log, so a boot that
+/// failed can be diagnosed after its directory is gone. Best effort, like the console's.
+fn keep_vmm_logs(dir: &Path, logs: &Path, id: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_log = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("log" | "err")
+        );
+        let non_empty = entry.metadata().is_ok_and(|m| m.is_file() && m.len() > 0);
+        if is_log && non_empty && path != dir.join("console.log") {
+            let _ = std::fs::copy(
+                &path,
+                logs.join(format!("{id}-{}", entry.file_name().to_string_lossy())),
+            );
+        }
+    }
 }
 
 impl Sandbox {
@@ -523,5 +549,51 @@ impl Sandbox {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sandbox_keeps_its_console_and_vmm_logs_and_nothing_else() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = state.path().join("sandboxes/s1");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let console = dir.join("console.log");
+        std::fs::write(&console, "guest says\n").expect("write");
+        std::fs::write(dir.join("vhost.err"), "backend error\n").expect("write");
+        std::fs::write(dir.join("qemu.log"), "").expect("write");
+        std::fs::write(dir.join("vm.vsock"), "not a log").expect("write");
+
+        let kept = retire(state.path(), "s1", &dir, &console, true);
+        assert_eq!(kept, state.path().join("logs/s1-console.log"));
+        assert_eq!(
+            std::fs::read_to_string(&kept).expect("read"),
+            "guest says\n"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(state.path().join("logs"))
+            .expect("logs")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        // The empty QEMU log and the socket are not kept.
+        assert_eq!(names, ["s1-console.log", "s1-vhost.err"]);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_sandbox_retired_without_keeping_leaves_no_logs() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = state.path().join("sandboxes/s2");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let console = dir.join("console.log");
+        std::fs::write(&console, "guest says\n").expect("write");
+        std::fs::write(dir.join("vhost.err"), "backend error\n").expect("write");
+
+        retire(state.path(), "s2", &dir, &console, false);
+        assert!(!dir.exists());
+        assert!(!state.path().join("logs").exists());
     }
 }
