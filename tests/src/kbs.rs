@@ -33,6 +33,29 @@ impl Broker {
         policy: Option<&str>,
         secret: &[u8],
     ) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, policy, secret, None)
+    }
+
+    /// [`Broker::start`] with workload identities issued for `lifetime_secs` (the broker's
+    /// `default_lifetime_secs`, at least 60) rather than the configured default of an hour, so a
+    /// test sees the guest rotate its identity.
+    pub fn start_with_identity_lifetime(
+        dir: &Path,
+        name: &str,
+        policy: Option<&str>,
+        secret: &[u8],
+        lifetime_secs: u64,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, policy, secret, Some(lifetime_secs))
+    }
+
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        policy: Option<&str>,
+        secret: &[u8],
+        identity_lifetime_secs: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -58,10 +81,13 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n",
+                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n{lifetime}",
                 resources.display().to_string(),
                 ca("ca.key"),
                 ca("ca.crt"),
+                lifetime = identity_lifetime_secs
+                    .map(|secs| format!("default_lifetime_secs = {secs}\n"))
+                    .unwrap_or_default(),
             ),
         )?;
         let log = dir.join(format!("{name}.log"));

@@ -806,30 +806,7 @@ stringData: {{db: "sealed.kbs:///default/secret/db"}}
             ensure!(!pinned.is_empty(), "needs the pushed image");
             let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             let show = "cat /run/spiffe/svid.pem; stat -c '%a %u' /run/spiffe/svid_key.pem; echo x > /run/spiffe/svid_key.pem || echo read-only";
-            let yaml = format!(
-                r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: identity
-  namespace: payments
-  annotations:
-    coffer.dev/allow-logs: "true"
-    coffer.dev/workload-identity.app: /run/spiffe
-spec:
-  serviceAccountName: api
-  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
-  containers:
-    - name: app
-      image: {pinned}
-      command: ["/bin/sh", "-c", "{show}"]
-      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
-    - name: other
-      image: {pinned}
-      command: ["/bin/sh", "-c", "{show}"]
-      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /}}]
-"#,
-                path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
-            );
+            let yaml = identity_pod_yaml(&pinned, show);
             let run = |home: &str, initdata: &Path, url: &str| {
                 let home = format!("HOME={home}");
                 let flags = ["-u", "1000:1000", "-e", &home, "--identity", "/run/spiffe"];
@@ -868,6 +845,112 @@ spec:
             let strict = Broker::start(&ctx.work, "strict-identity", None, b"unused")?;
             let initdata = ctx.policy_gen("identity-strict", &yaml, &strict.url)?;
             ctx.refused(run("/root", &initdata, &strict.url)?, "workload identity")
+        })()
+    );
+
+    case!(
+        suite,
+        // #9: the agent rotates the identity before it expires. A broker issuing one-minute
+        // certificates (valid from a minute back, so renewal is due 20 s after issue): the
+        // container keeps the first certificate and key, waits for the files to change under it,
+        // and the host checks the new certificate is for a new key, the same SPIFFE ID, from the
+        // same CA, and issued later.
+        "workload_identity_rotates_before_expiry",
+        (|| {
+            ensure!(!pinned.is_empty(), "needs the pushed image");
+            let broker = Broker::start_with_identity_lifetime(
+                &ctx.work,
+                "rotating",
+                Some(ALLOW_SAMPLE_POLICY),
+                b"unused",
+                60,
+            )?;
+            let yaml = identity_pod_yaml(&pinned, ROTATION_SCRIPT);
+            let initdata = ctx.policy_gen("rotating", &yaml, &broker.url)?;
+            let out = ctx.run_script(
+                &pinned,
+                &initdata,
+                &broker.url,
+                &APP_IDENTITY_FLAGS,
+                ROTATION_SCRIPT,
+            )?;
+            let stdout = text(&out.stdout);
+            ensure!(
+                out.status.code() == Some(0) && stdout.ends_with("key-rotated\n"),
+                "exit {:?}, stdout {stdout:?}, stderr {}",
+                out.status.code(),
+                text(&out.stderr)
+            );
+            ensure!(!stdout.contains("PRIVATE KEY"), "a key reached the host");
+            let (first, second) = stdout
+                .trim_end_matches("key-rotated\n")
+                .split_once("===\n")
+                .context("no separator in the container's output")?;
+            let x509 = |name: &str, pem: &str, args: &[&str]| -> anyhow::Result<String> {
+                let file = ctx.work.join(name);
+                std::fs::write(&file, pem)?;
+                let o = Command::new("openssl")
+                    .arg("x509")
+                    .args(args)
+                    .arg("-in")
+                    .arg(&file)
+                    .output()?;
+                ensure!(o.status.success(), "openssl x509: {}", text(&o.stderr));
+                Ok(text(&o.stdout))
+            };
+            let want = format!("URI:spiffe://{TRUST_DOMAIN}/ns/payments/sa/api");
+            for (name, pem) in [("rotated-1.pem", first), ("rotated-2.pem", second)] {
+                let san = x509(name, pem, &["-noout", "-ext", "subjectAltName"])?;
+                ensure!(san.contains(&want), "{name}: SAN {san:?}, want {want}");
+                let file = ctx.work.join(name);
+                let verify = Command::new("openssl")
+                    .arg("verify")
+                    .arg("-CAfile")
+                    .arg(ctx.work.join("rotating-identity/ca.crt"))
+                    .arg(&file)
+                    .output()?;
+                ensure!(
+                    verify.status.success(),
+                    "{name} does not chain to the broker's CA: {}{}",
+                    text(&verify.stdout),
+                    text(&verify.stderr)
+                );
+            }
+            let key_of = |name: &str, pem: &str| x509(name, pem, &["-noout", "-pubkey"]);
+            ensure!(
+                key_of("rotated-1.pem", first)? != key_of("rotated-2.pem", second)?,
+                "the renewed certificate is for the same key"
+            );
+            // `notBefore=`/`notAfter=` of a certificate, in Unix seconds.
+            let date = |name: &str, pem: &str, field: &str| -> anyhow::Result<i64> {
+                let out = x509(name, pem, &["-noout", "-dates", "-dateopt", "iso_8601"])?;
+                let line = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .with_context(|| format!("no {field}"))?;
+                let secs = Command::new("date")
+                    .args(["-u", "+%s", "-d", line.trim()])
+                    .output()?;
+                ensure!(secs.status.success(), "date: {}", text(&secs.stderr));
+                Ok(text(&secs.stdout).trim().parse()?)
+            };
+            let (first_from, first_to) = (
+                date("rotated-1.pem", first, "notBefore=")?,
+                date("rotated-1.pem", first, "notAfter=")?,
+            );
+            let second_from = date("rotated-2.pem", second, "notBefore=")?;
+            ensure!(
+                second_from > first_from,
+                "the second certificate is not issued after the first"
+            );
+            // Both are backdated by the same minute, so the second was issued before the first
+            // expired.
+            ensure!(
+                second_from + 60 < first_to,
+                "renewed at {} s, after the first certificate expired at {first_to} s",
+                second_from + 60
+            );
+            Ok(())
         })()
     );
 
@@ -934,8 +1017,9 @@ spec:
     suite.finish()
 }
 
-/// The workload of the mesh case: `coffer-mesh-probe`'s mode and flags, as a pod's command.
-fn mesh_pod(name: &str, namespace: &str, account: &str, image: &str, script: &str) -> String {
+/// A pod (user 1000) whose one container `app` runs `sh -c script` with the workload identity
+/// at `/run/spiffe`: SPIFFE ID `ns/<namespace>/sa/<account>`.
+fn identity_pod(name: &str, namespace: &str, account: &str, image: &str, script: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -954,6 +1038,7 @@ spec:
       command: ["/bin/sh", "-c", "{script}"]
       env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
 "#,
+        script = yaml_quoted(script),
         path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
     )
 }
@@ -1036,6 +1121,44 @@ impl Drop for Background {
 }
 
 /// The mesh case (#9 scope 4): see its comment in `main`.
+/// `coffer sandbox run` flags of an identity pod's `app` container: user 1000, the workload
+/// identity at `/run/spiffe`.
+const APP_IDENTITY_FLAGS: [&str; 6] = [
+    "-u",
+    "1000:1000",
+    "-e",
+    "HOME=/root",
+    "--identity",
+    "/run/spiffe",
+];
+
+/// Keeps the container's first certificate and key, waits (up to 2 min) for the agent to rotate
+/// them, prints both certificates around a `===` line, then `key-rotated` if the key file changed
+/// too (the keys themselves stay in the guest). Shell builtins and busybox `cat`/`sleep` only.
+const ROTATION_SCRIPT: &str = r#"cd /run/spiffe && a=$(cat svid.pem) && k=$(cat svid_key.pem) && i=0; while [ "$(cat svid.pem)" = "$a" ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; echo "$a"; echo ===; cat svid.pem; [ "$(cat svid_key.pem)" = "$k" ] || echo key-rotated"#;
+
+/// The pod of the workload-identity cases: [`identity_pod`] `identity` in namespace `payments`
+/// (service account `api`) plus a container `other`, running the same script in the same image
+/// without the identity.
+fn identity_pod_yaml(image: &str, script: &str) -> String {
+    let mut yaml = identity_pod("identity", "payments", "api", image, script);
+    yaml.push_str(&format!(
+        r#"    - name: other
+      image: {image}
+      command: ["/bin/sh", "-c", "{script}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /}}]
+"#,
+        script = yaml_quoted(script),
+        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+    ));
+    yaml
+}
+
+/// `s` escaped for a YAML double-quoted scalar.
+fn yaml_quoted(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 fn mesh_mtls(ctx: &Ctx, registry: &Registry, broker: &Broker) -> anyhow::Result<()> {
     use std::time::Duration;
     // Stripped: the debug build's symbols are six times the code the guest pulls.
@@ -1068,22 +1191,15 @@ fn mesh_mtls(ctx: &Ctx, registry: &Registry, broker: &Broker) -> anyhow::Result<
     );
     let server_initdata = ctx.policy_gen(
         "mesh-server",
-        &mesh_pod("api", "payments", "api", &image, &serve),
+        &identity_pod("api", "payments", "api", &image, &serve),
         &broker.url,
     )?;
     let client_initdata = ctx.policy_gen(
         "mesh-client",
-        &mesh_pod("frontend", "web", "frontend", &image, &connect),
+        &identity_pod("frontend", "web", "frontend", &image, &connect),
         &broker.url,
     )?;
-    let identity = [
-        "-u",
-        "1000:1000",
-        "-e",
-        "HOME=/root",
-        "--identity",
-        "/run/spiffe",
-    ];
+    let identity = APP_IDENTITY_FLAGS;
 
     let publish = format!("127.0.0.1:{}:8443", published.port());
     let mut flags = identity.to_vec();
