@@ -897,3 +897,131 @@ async fn img15_a_download_cut_mid_stream_is_not_reused() {
         400_000usize.div_ceil(32) * 32
     );
 }
+
+/// REG-02 through a real registry: layers and manifests whose declared type lies are refused
+/// with a typed error, nothing is left, and a layer whose manifest was refused is never fetched.
+#[tokio::test]
+async fn reg02_mislabelled_layers_and_manifests_are_refused() {
+    let env = Env::new();
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let src = env.vector_layout("src");
+    let (gz_digest, gz) = {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&get_blob(&src, SRC_MANIFEST)).unwrap();
+        let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+        let blob = get_blob(&src, &digest);
+        (digest, blob)
+    };
+    let mut tar = Vec::new();
+    std::io::copy(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    // A layer no other case uses, to see it is never fetched.
+    let mut fast = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    fast.write_all(&tar).unwrap();
+    let unseen = fast.finish().unwrap();
+    let unseen_digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&unseen))
+    );
+    assert_ne!(unseen_digest, gz_digest);
+
+    // Each case: the layer's bytes and the media type its manifest declares, or a config edit.
+    type Edit = Box<dyn FnOnce(&Path, &mut serde_json::Value, &mut serde_json::Value)>;
+    let layer = |blob: Vec<u8>, media_type: &'static str| -> Edit {
+        Box::new(move |layout, manifest, _| {
+            let (digest, size) = put_blob(layout, &blob);
+            manifest["layers"][0] =
+                serde_json::json!({"mediaType": media_type, "digest": digest, "size": size});
+        })
+    };
+    type Case = (&'static str, Edit, fn(&PullError) -> bool);
+    let cases: Vec<Case> = vec![
+        ("zstd-as-gzip", layer(zst.clone(), GZIP), |e| {
+            matches!(e, PullError::Decompress { index: 0, .. })
+        }),
+        ("gzip-as-zstd", layer(gz.clone(), ZSTD), |e| {
+            matches!(e, PullError::Decompress { index: 0, .. })
+        }),
+        (
+            // Declared encrypted, with no key annotation: no key, no plaintext guess.
+            "plain-as-encrypted",
+            layer(
+                gz.clone(),
+                "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+            ),
+            |e| matches!(e, PullError::LayerKey { index: 0, .. }),
+        ),
+        (
+            "unknown-layer-type",
+            layer(unseen, "application/vnd.example.layer.v1.tar+lz4"),
+            |e| {
+                matches!(
+                    e,
+                    PullError::Manifest(coffer_image::manifest::ManifestError::MediaType(_))
+                )
+            },
+        ),
+        (
+            "arm64-config",
+            Box::new(|_, _, config| config["architecture"] = "arm64".into()),
+            |e| {
+                matches!(
+                    e,
+                    PullError::Manifest(coffer_image::manifest::ManifestError::Platform { .. })
+                )
+            },
+        ),
+    ];
+    let mut options = env.options();
+    options.decryptor = Decryptor::default().with_private_key(key("rsa-priv.pem"));
+    for (name, edit, expected) in cases {
+        let layout = env.path(&format!("reg02-{name}"));
+        copy_tree(&src, &layout);
+        edit_layout(&layout, edit);
+        env.push_layout(&layout, "latest", &format!("reg02/{name}:v1"), &[]);
+        let dest = env.path(&format!("reg02-{name}-root"));
+        let err = pull(&env.reference(&format!("reg02/{name}:v1")), &dest, &options)
+            .await
+            .unwrap_err();
+        assert!(expected(&err), "{name}: {err:?}");
+        env.assert_clean_failure(&dest);
+    }
+    // The manifest naming an unknown layer type was refused before its layer was fetched.
+    assert_eq!(env.registry.blob_gets(&unseen_digest), 0);
+
+    // An index whose only image is linux/arm64: nothing past the index is fetched.
+    let layout = env.path("reg02-index");
+    copy_tree(&src, &layout);
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut entry = index["manifests"][0].clone();
+    entry["platform"] = serde_json::json!({"os": "linux", "architecture": "arm64"});
+    entry.as_object_mut().unwrap().remove("annotations");
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry],
+    });
+    let (digest, size) = put_blob(&layout, &serde_json::to_vec(&image_index).unwrap());
+    index["manifests"][0]["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    env.push_layout(&layout, "latest", "reg02/arm-only:v1", &["--all"]);
+    let dest = env.path("reg02-index-root");
+    let layer_gets = env.registry.blob_gets(&gz_digest);
+    let err = pull(&env.reference("reg02/arm-only:v1"), &dest, &options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Manifest(coffer_image::manifest::ManifestError::NoPlatform)
+        ),
+        "{err:?}"
+    );
+    env.assert_clean_failure(&dest);
+    assert_eq!(env.registry.blob_gets(&gz_digest), layer_gets);
+}
