@@ -203,7 +203,7 @@ fn retire(state_root: &Path, id: &str, dir: &Path, console: &Path, keep_console:
         if std::fs::rename(console, &kept).is_err() {
             let _ = std::fs::copy(console, &kept);
         }
-        keep_vmm_logs(dir, &logs, id);
+        keep_vmm_logs(dir, console, &logs, id);
     }
     if let Err(err) = std::fs::remove_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), %err, "removing sandbox directory");
@@ -212,9 +212,10 @@ fn retire(state_root: &Path, id: &str, dir: &Path, console: &Path, keep_console:
 }
 
 /// Keeps the non-empty logs the VMM and its helpers wrote in `dir` (`*.log`, `*.err`: QEMU's and
-/// the vsock backend's stderr) as `<logs>/<id>-<name>` beside the console log, so a boot that
-/// failed can be diagnosed after its directory is gone. Best effort, like the console's.
-fn keep_vmm_logs(dir: &Path, logs: &Path, id: &str) {
+/// the vsock backend's stderr), other than `console`, as `<logs>/<id>-<name>` beside the console
+/// log, so a boot that failed can be diagnosed after its directory is gone. Best effort, like the
+/// console's.
+fn keep_vmm_logs(dir: &Path, console: &Path, logs: &Path, id: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -225,7 +226,7 @@ fn keep_vmm_logs(dir: &Path, logs: &Path, id: &str) {
             Some("log" | "err")
         );
         let non_empty = entry.metadata().is_ok_and(|m| m.is_file() && m.len() > 0);
-        if is_log && non_empty && path != dir.join("console.log") {
+        if is_log && non_empty && path != console {
             let _ = std::fs::copy(
                 &path,
                 logs.join(format!("{id}-{}", entry.file_name().to_string_lossy())),
