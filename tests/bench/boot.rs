@@ -101,18 +101,12 @@ fn main() -> anyhow::Result<()> {
             let sandbox = Sandbox::start(
                 &qemu,
                 SandboxConfig {
-                    id: format!("bench-{i}"),
-                    state_root: work.path().join("state"),
-                    kernel: image.vmlinux.clone(),
-                    initrd: image.initramfs.clone(),
-                    vcpus: 1,
-                    memory_mib: 512,
                     boot_timeout: Some(Duration::from_secs(60)),
-                    initdata: None,
-                    kernel_params: Vec::new(),
-                    tee: None,
-                    registry_tunnels: Vec::new(),
-                    published_ports: Vec::new(),
+                    ..coffer_tests::vm_config(
+                        &image,
+                        &format!("bench-{i}"),
+                        &work.path().join("state"),
+                    )
                 },
             )
             .await?;

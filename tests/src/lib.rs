@@ -17,7 +17,9 @@ pub mod scan;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use coffer_runtime::hypervisor::Hypervisor;
 use coffer_runtime::image::{self, GuestImage, GuestImageSpec};
+use coffer_runtime::sandbox::{Sandbox, SandboxConfig};
 
 /// The directory holding the workspace's binaries (`coffer`, `coffer-agent`) for this build.
 pub fn bin_dir() -> PathBuf {
@@ -62,6 +64,26 @@ pub fn guest_image() -> GuestImage {
         .expect("no guest kernel: run tests/setup.sh (installs linux-image-amd64)");
     let out = bin_dir().join("coffer-test-image");
     image::build(&spec, &out).expect("building the guest image")
+}
+
+/// The test VM every VM suite boots: sandbox `id` under `state_root` on `image`, one vCPU, 512 MiB,
+/// the runtime's default boot timeout (120 s under TCG, 30 s under KVM, as `coffer sandbox run`
+/// has), no initdata, tunnels, published ports or TEE. Suites set what they need on top.
+pub fn vm_config(image: &GuestImage, id: &str, state_root: &Path) -> SandboxConfig {
+    SandboxConfig {
+        id: id.into(),
+        state_root: state_root.to_path_buf(),
+        kernel: image.vmlinux.clone(),
+        initrd: image.initramfs.clone(),
+        vcpus: 1,
+        memory_mib: 512,
+        boot_timeout: None,
+        initdata: None,
+        kernel_params: Vec::new(),
+        tee: None,
+        registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
+    }
 }
 
 /// Fails unless no sandbox directory under `state_root` and no process mentioning one is left.
@@ -223,6 +245,25 @@ impl Suite {
             }
             Err(err) => {
                 self.record("setup", started, Err(err));
+                None
+            }
+        }
+    }
+
+    /// Boots the suite's shared VM as its `boot` case; `None` (recorded as failed) if it fails.
+    pub async fn boot<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        config: SandboxConfig,
+    ) -> Option<Sandbox> {
+        let started = Instant::now();
+        match Sandbox::start(hypervisor, config).await {
+            Ok(sandbox) => {
+                self.record("boot", started, Ok(()));
+                Some(sandbox)
+            }
+            Err(err) => {
+                self.record("boot", started, Err(err.into()));
                 None
             }
         }

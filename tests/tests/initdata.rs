@@ -13,7 +13,7 @@ use coffer_policies::initdata::{Algorithm, Initdata, device};
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::image::GuestImage;
 use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig, SandboxError};
-use coffer_tests::{Suite, case, guest_image, leftover_sandboxes};
+use coffer_tests::{Suite, case, guest_image, leftover_sandboxes, vm_config};
 
 const DOC: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"kbs-url\" = \"https://kbs.example:8080\"\n";
 
@@ -34,18 +34,10 @@ impl Boot<'_> {
         reason: &str,
     ) -> anyhow::Result<()> {
         let config = SandboxConfig {
-            id: id.into(),
-            state_root: self.state.clone(),
-            kernel: self.image.vmlinux.clone(),
-            initrd: self.image.initramfs.clone(),
-            vcpus: 1,
-            memory_mib: 512,
             boot_timeout: Some(Duration::from_secs(60)),
             initdata,
             kernel_params,
-            tee: None,
-            registry_tunnels: Vec::new(),
-            published_ports: Vec::new(),
+            ..vm_config(self.image, id, &self.state)
         };
         let console = match Sandbox::start(self.qemu, config).await {
             Ok(sandbox) => {

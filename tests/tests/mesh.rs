@@ -18,11 +18,13 @@ use coffer_agent_protocol::v1 as pb;
 use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
-use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig};
+use coffer_runtime::sandbox::{InitdataDisk, SandboxConfig};
 use coffer_runtime::spec::{self, ProcessOptions};
 use coffer_runtime::tunnel::RegistryTunnel;
 use coffer_tests::registry::Registry;
-use coffer_tests::{Suite, agent, assert_stopped_sandbox_gone, case, coffer, guest_image};
+use coffer_tests::{
+    Suite, agent, assert_stopped_sandbox_gone, case, coffer, guest_image, vm_config,
+};
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Spec};
 
 /// The mesh init's command: istio-iptables' outbound capture, reduced to one port.
@@ -285,29 +287,13 @@ fn main() -> ExitCode {
             ctx.registry.port,
         );
         let config = SandboxConfig {
-            id: "mesh-suite".into(),
-            state_root: state.clone(),
-            kernel: image.vmlinux.clone(),
-            initrd: image.initramfs.clone(),
-            vcpus: 1,
-            memory_mib: 512,
-            // The runtime default (120 s under TCG, 30 s under KVM), as `coffer sandbox run` has.
-            boot_timeout: None,
             initdata: Some(InitdataDisk::new(&ctx.initdata)),
-            kernel_params: Vec::new(),
-            tee: None,
             registry_tunnels: vec![RegistryTunnel::same_address(registry_addr)],
-            published_ports: Vec::new(),
+            ..vm_config(&image, "mesh-suite", &state)
         };
-        let started = Instant::now();
-        let sandbox = match Sandbox::start(&qemu, config).await {
-            Ok(s) => s,
-            Err(err) => {
-                suite.record("boot", started, Err(anyhow::anyhow!(err)));
-                return;
-            }
+        let Some(sandbox) = suite.boot(&qemu, config).await else {
+            return;
         };
-        suite.record("boot", started, Ok(()));
         let pod = Pod {
             agent: sandbox.agent(),
             image: ctx.image.clone(),

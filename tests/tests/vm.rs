@@ -12,9 +12,11 @@ use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::rootfs::{self, ContainerRootfs};
-use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig};
+use coffer_runtime::sandbox::{InitdataDisk, SandboxConfig};
 use coffer_runtime::spec::{self, ProcessOptions};
-use coffer_tests::{Suite, agent, assert_stopped_sandbox_gone, busybox_rootfs, case, guest_image};
+use coffer_tests::{
+    Suite, agent, assert_stopped_sandbox_gone, busybox_rootfs, case, guest_image, vm_config,
+};
 use oci_spec::runtime::Spec;
 
 struct Env {
@@ -111,31 +113,14 @@ fn main() -> ExitCode {
             ..QemuConfig::default()
         });
         let config = SandboxConfig {
-            id: "vm-suite".into(),
-            state_root: state.clone(),
-            kernel: image.vmlinux.clone(),
-            initrd: image.initramfs.clone(),
-            vcpus: 1,
-            memory_mib: 512,
-            // The runtime default (120 s under TCG, 30 s under KVM), as `coffer sandbox run` has.
-            boot_timeout: None,
             // The suite's VM takes its policy from initdata: the sandbox policy plus one rule of
             // its own, which the `initdata_policy_is_enforced` case observes.
             initdata: Some(InitdataDisk::new(&suite_initdata())),
-            kernel_params: Vec::new(),
-            tee: None,
-            registry_tunnels: Vec::new(),
-            published_ports: Vec::new(),
+            ..vm_config(&image, "vm-suite", &state)
         };
-        let started = std::time::Instant::now();
-        let sandbox = match Sandbox::start(&qemu, config).await {
-            Ok(s) => s,
-            Err(err) => {
-                suite.record("boot", started, Err(anyhow::anyhow!(err)));
-                return;
-            }
+        let Some(sandbox) = suite.boot(&qemu, config).await else {
+            return;
         };
-        suite.record("boot", started, Ok(()));
         let env = Env { agent: sandbox.agent(), rootfs: rootfs_dir.clone() };
 
         case!(suite, "qmp_status_running", async {
