@@ -14,6 +14,15 @@ pub mod v1 {
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host vsock port the agent connects to once it listens, to announce itself with
+/// [`READY_ANNOUNCEMENT`]. The host opens no connection into the guest before that: a hybrid-vsock
+/// backend can be broken by a host connection that arrives while the guest's vsock driver is still
+/// setting the device up (see `PROTOCOL.md`, "Start-up").
+pub const HOST_READY_VSOCK_PORT: u32 = 1023;
+
+/// What the agent writes on its connection to [`HOST_READY_VSOCK_PORT`], then closes it.
+pub const READY_ANNOUNCEMENT: &[u8] = b"coffer-agent ready\n";
+
 /// The agent's version, reported by `CreateSandbox` and `GetGuestDetails`.
 pub const PROTOCOL_PACKAGE: &str = "coffer.agent.v1";
 

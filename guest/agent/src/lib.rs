@@ -23,6 +23,7 @@ pub mod policy_input;
 pub mod process;
 pub mod publish;
 pub mod pull_report;
+pub mod ready;
 pub mod reaper;
 pub mod request;
 pub mod rootfs;

@@ -154,6 +154,8 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
                     .with_context(|| format!("binding vsock port {port}"))?;
                 tracing::info!(port, "listening on vsock");
                 eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
+                // The host connects only after this (PROTOCOL.md, "Start-up").
+                tokio::spawn(coffer_agent::ready::announce());
                 coffer_agent::serve(agent, listener.incoming(), shutdown).await?;
             }
             Listen::Unix(path) => {

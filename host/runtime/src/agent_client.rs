@@ -1,13 +1,15 @@
-//! The host's connection to `coffer-agent`: gRPC over hybrid vsock, retried until the agent
-//! listens or a deadline passes.
+//! The host's connection to `coffer-agent`: gRPC over hybrid vsock, opened once the agent has
+//! announced itself and retried until it answers or a deadline passes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use coffer_agent_protocol::AGENT_VSOCK_PORT;
 use coffer_agent_protocol::v1 as pb;
+use coffer_agent_protocol::{AGENT_VSOCK_PORT, HOST_READY_VSOCK_PORT};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::vsock::ReadyListener;
 
 /// The generated client over a tonic channel.
 pub type AgentClient = pb::agent_client::AgentClient<Channel>;
@@ -55,12 +57,27 @@ pub async fn connect_once(uds: PathBuf) -> Result<AgentClient, tonic::transport:
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// Connects to the agent, retrying every 50 ms until it answers `GetGuestDetails` or `deadline`.
+/// Waits for the agent's start-up announcement on `ready`, then connects to it, retrying every
+/// 50 ms until it answers `GetGuestDetails` or `deadline`. Nothing connects into the guest before
+/// the announcement (see [`crate::vsock`] for why).
 pub async fn connect(
     uds: PathBuf,
+    ready: ReadyListener,
     deadline: Instant,
 ) -> Result<(AgentClient, pb::GuestDetails), ConnectError> {
     let started = Instant::now();
+    if tokio::time::timeout_at(deadline.into(), ready.announced())
+        .await
+        .is_err()
+    {
+        return Err(ConnectError::Timeout {
+            waited: started.elapsed(),
+            last: format!(
+                "no start-up announcement from the agent on host vsock port {HOST_READY_VSOCK_PORT}"
+            ),
+        });
+    }
+    drop(ready);
     let mut last: String;
     loop {
         match connect_once(uds.clone()).await {

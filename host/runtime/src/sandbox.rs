@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use coffer_agent_protocol::HOST_READY_VSOCK_PORT;
 use coffer_agent_protocol::v1 as pb;
 use coffer_policies::initdata::{Digest, Initdata, device as initdata_device};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,6 +21,7 @@ use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
 use crate::publish::{self, PublishedPort};
 use crate::tee::{TeeError, TeeLaunch};
 use crate::tunnel::{self, RegistryTunnel};
+use crate::vsock::{ReadyListener, host_socket};
 
 /// How long the agent may take to answer after launch under hardware virtualization, unless
 /// configured.
@@ -331,6 +333,19 @@ impl Sandbox {
         // run (up to its own deadline) is not the guest's boot time.
         let launched = Instant::now();
         let console = vm.console_log().to_path_buf();
+        // Bound first: the agent announces itself here before anything connects into the guest.
+        let ready = match ReadyListener::bind(vm.vsock_socket()) {
+            Ok(ready) => ready,
+            Err(source) => {
+                vm.shutdown().await;
+                retire(&config.state_root, &id, &dir, &console, false);
+                return Err(SandboxError::Io {
+                    op: "listen",
+                    path: host_socket(vm.vsock_socket(), HOST_READY_VSOCK_PORT),
+                    source,
+                });
+            }
+        };
         let (tunnel_servers, tunnels) =
             match tunnel::serve_all(vm.vsock_socket(), &config.registry_tunnels) {
                 Ok(served) => served,
@@ -351,7 +366,7 @@ impl Sandbox {
         });
         let deadline = launched + boot_timeout;
         let connected = tokio::select! {
-            r = agent_client::connect(vm.vsock_socket().to_path_buf(), deadline) => Some(r),
+            r = agent_client::connect(vm.vsock_socket().to_path_buf(), ready, deadline) => Some(r),
             _ = vm.wait_exit() => None,
         };
         let (mut agent, details) = match connected {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::task::JoinHandle;
 
+use crate::vsock::host_socket;
+
 /// First host vsock port given to tunnels; tunnel `i` uses `FIRST_HOST_PORT + i`.
 pub const FIRST_HOST_PORT: u32 = 20000;
 
@@ -73,13 +75,6 @@ pub fn serve_all(
         announced.push((t.guest_listen.to_string(), port));
     }
     Ok((servers, announced))
-}
-
-/// The unix socket hybrid vsock delivers guest connections to host `port` on.
-pub fn host_socket(vsock_socket: &Path, port: u32) -> PathBuf {
-    let mut name = vsock_socket.as_os_str().to_owned();
-    name.push(format!("_{port}"));
-    PathBuf::from(name)
 }
 
 /// Serves `port` of the VM whose hybrid-vsock socket is `vsock_socket`, forwarding to `target`.

@@ -925,9 +925,10 @@ fn check_socket_paths(dir: &Path) -> Result<(), ShimError> {
         paths.vhost_socket,
         paths.qmp_socket,
         paths.console_socket,
-        // The host ends of guest-initiated vsock connections: the agent's and the tunnels'
-        // ports (from `tunnel::FIRST_HOST_PORT`) have at most five digits.
-        coffer_runtime::tunnel::host_socket(&paths.vsock_socket, u32::from(u16::MAX)),
+        // The host ends of guest-initiated vsock connections: the agent's start-up
+        // announcement's and the tunnels' ports (from `tunnel::FIRST_HOST_PORT`) have at most
+        // five digits.
+        coffer_runtime::vsock::host_socket(&paths.vsock_socket, u32::from(u16::MAX)),
     ]
     .into_iter()
     .max_by_key(|p| p.as_os_str().len())
