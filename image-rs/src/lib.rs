@@ -21,6 +21,7 @@ pub mod decrypt;
 pub mod digest;
 pub mod encrypt_image;
 pub mod gpg;
+pub mod logging;
 pub mod manifest;
 pub mod policy;
 mod pull;

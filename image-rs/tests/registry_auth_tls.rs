@@ -1,14 +1,61 @@
 //! Registry transport against a real docker-registry: HTTPS with an extra CA (no plain-HTTP
-//! fallback) and HTTP basic auth with credentials from an auth.json file.
+//! fallback), HTTP basic auth with credentials from an auth.json file, bearer tokens — and that
+//! the token never reaches a log filtered by `coffer_image::logging::may_log`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use coffer_image::{BlobStore, Credentials, PullError, PullOptions, RegistriesConfig, pull};
 use common::{RegistryOptions, TestRegistry, VECTORS, skopeo_copy};
+
+/// Everything logged at TRACE in this test binary: unfiltered, and through `may_log` as the agent
+/// and the CLI log.
+struct Logs {
+    unfiltered: Arc<Mutex<Vec<u8>>>,
+    filtered: Arc<Mutex<Vec<u8>>>,
+}
+
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
+        use tracing_subscriber::layer::SubscriberExt;
+        let logs = Logs {
+            unfiltered: Arc::default(),
+            filtered: Arc::default(),
+        };
+        let (all, kept) = (logs.unfiltered.clone(), logs.filtered.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || Captured(all.clone()))
+                    .with_filter(LevelFilter::TRACE),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || Captured(kept.clone()))
+                    .with_filter(LevelFilter::TRACE.and(filter_fn(coffer_image::logging::may_log))),
+            );
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+}
 
 const SRC_MANIFEST: &str =
     "sha256:4d4ff208a9c28dd70701e7ef0380563735c9ad8a7cdb5c2ec6832e8131234312";
@@ -106,6 +153,7 @@ async fn basic_auth_credentials_come_from_an_auth_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_are_obtained_with_basic_credentials() {
+    let logs = logs();
     let work = tempfile::tempdir().unwrap();
     let tokens = common::token::TokenServer::start(work.path(), "coffer", "t0ken-pass").await;
     let registry = TestRegistry::start_with(RegistryOptions {
@@ -150,5 +198,18 @@ async fn bearer_tokens_are_obtained_with_basic_credentials() {
     assert!(
         tokens.issued.load(std::sync::atomic::Ordering::SeqCst) > after_push,
         "no token was issued to the puller"
+    );
+
+    // oci-client logs the token service's answer at DEBUG; the filter keeps it out.
+    let logged = |buf: &Mutex<Vec<u8>>| String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    let (unfiltered, filtered) = (logged(&logs.unfiltered), logged(&logs.filtered));
+    assert!(
+        unfiltered.contains("access_token"),
+        "the unfiltered log should show what the filter is for"
+    );
+    assert!(!filtered.contains("access_token"), "a token was logged");
+    assert!(
+        filtered.contains("coffer_image"),
+        "Coffer's own DEBUG/TRACE events stay: {filtered}"
     );
 }

@@ -10,6 +10,10 @@ use coffer_agent::policy::{Gate, RegoPolicy};
 use coffer_agent::reaper::Reaper;
 use coffer_agent::{Agent, AgentConfig, init, oci};
 use coffer_policies::initdata::{Entry, Initdata};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where to listen.
 #[derive(Debug, Clone)]
@@ -78,13 +82,17 @@ fn main() -> ExitCode {
         }
         eprintln!("coffer-agent: guest up (uptime {})", init::uptime());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    // The console is the host's to read: dependencies' DEBUG/TRACE output is never let through,
+    // whatever COFFER_LOG (which the kernel command line can set) asks for.
+    let levels = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_filter(levels.and(filter_fn(coffer_image::logging::may_log))),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
         .init();
     let result = run(cli, is_init);
     if let Err(err) = &result {
