@@ -103,3 +103,70 @@ pub async fn connect(
         tokio::time::sleep(RETRY_INTERVAL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_agent_protocol::READY_ANNOUNCEMENT;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    /// A stand-in for the VM's hybrid-vsock socket that counts connections and refuses each.
+    fn counting_backend(path: &std::path::Path) -> Arc<AtomicUsize> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        count
+    }
+
+    #[tokio::test]
+    async fn nothing_connects_into_the_guest_before_the_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let vsock = dir.path().join("vm.vsock");
+        let connections = counting_backend(&vsock);
+        let ready = ReadyListener::bind(&vsock).unwrap();
+        let announce_at = ready.path().to_path_buf();
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let client = tokio::spawn(connect(vsock.clone(), ready, deadline));
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            0,
+            "connected before the guest spoke"
+        );
+
+        let mut guest = tokio::net::UnixStream::connect(&announce_at).await.unwrap();
+        guest.write_all(READY_ANNOUNCEMENT).await.unwrap();
+        drop(guest);
+        let Err(ConnectError::Timeout { last, .. }) = client.await.unwrap() else {
+            panic!("the stand-in refuses every connection");
+        };
+        assert!(
+            connections.load(Ordering::SeqCst) > 0,
+            "never connected after it"
+        );
+        assert!(!last.contains("announcement"), "{last}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_guest_times_out_naming_the_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let vsock = dir.path().join("vm.vsock");
+        let connections = counting_backend(&vsock);
+        let ready = ReadyListener::bind(&vsock).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let Err(ConnectError::Timeout { last, .. }) = connect(vsock, ready, deadline).await else {
+            panic!("nothing answers");
+        };
+        assert!(last.contains("no start-up announcement"), "{last}");
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+    }
+}
