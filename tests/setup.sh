@@ -15,6 +15,7 @@ command -v umoci >/dev/null || need_apt+=(umoci)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v gpg >/dev/null || need_apt+=(gnupg)
+command -v socat >/dev/null || need_apt+=(socat)
 # The mesh suite's init-container image: Debian's iptables (iptables-nft) copied into a layer.
 [ -x /usr/sbin/xtables-nft-multi ] || need_apt+=(iptables)
 

@@ -458,7 +458,11 @@ async fn verify_cosign(
         .await
     {
         Ok(found) => found,
-        Err(RegistryError::Request { .. }) => {
+        Err(
+            RegistryError::Request { .. }
+            | RegistryError::Status { .. }
+            | RegistryError::Transport { .. },
+        ) => {
             return Err(CosignFailure::Reason(
                 "no cosign signature found".to_owned(),
             ));

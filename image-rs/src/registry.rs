@@ -1,10 +1,14 @@
 //! Talking to registries through `oci-client`: source selection (mirrors, insecure hosts),
 //! authentication, bounded manifest/config fetches and streamed blob downloads into the store.
+//! Manifests are fetched with our own request (oci-client's token, our HTTP client) because
+//! oci-client reads a manifest's whole body before anyone can check its size (REG-03); that client
+//! follows at most five redirects and never one from HTTPS to plain HTTP (REG-07).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -46,6 +50,27 @@ pub enum RegistryError {
         /// The client's error.
         #[source]
         source: oci_client::errors::OciDistributionError,
+    },
+    /// The registry answered a manifest request with an error status.
+    #[error("registry answered {status} for the {what} of {reference}")]
+    Status {
+        /// What was fetched.
+        what: &'static str,
+        /// From where.
+        reference: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// A manifest request failed in transport (connection, TLS, redirect, timeout).
+    #[error("fetching the {what} of {reference} failed")]
+    Transport {
+        /// What was fetched.
+        what: &'static str,
+        /// From where.
+        reference: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
     },
     /// A download broke off mid-stream.
     #[error("download of {digest} broke off")]
@@ -99,6 +124,8 @@ pub struct Source {
 pub struct Registry {
     client: Client,
     lookaside: reqwest::Client,
+    /// Hosts (`host[:port]`) reached over plain HTTP.
+    insecure: Arc<Vec<String>>,
     config: Arc<RegistriesConfig>,
     credentials: Arc<Credentials>,
 }
@@ -127,7 +154,8 @@ impl Registry {
         let mut extra = Vec::new();
         let mut lookaside = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(60));
+            .timeout(Duration::from_secs(60))
+            .redirect(redirect_policy());
         for path in &config.ca_files {
             let data = std::fs::read(path).map_err(|source| RegistryError::CaFile {
                 path: path.clone(),
@@ -149,7 +177,7 @@ impl Registry {
             tracing::warn!(registry = %host, "INSECURE: plain HTTP enabled for this registry");
         }
         let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
+            protocol: ClientProtocol::HttpsExcept(insecure.clone()),
             extra_root_certificates: extra,
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(30)),
@@ -163,14 +191,36 @@ impl Registry {
         Ok(Self {
             client,
             lookaside,
+            insecure: Arc::new(insecure),
             config: Arc::new(config),
             credentials: Arc::new(credentials),
         })
     }
 
-    /// The HTTP client for lookaside signature storage (same extra CAs).
+    /// The HTTP client for manifests and lookaside signature storage (same extra CAs).
     pub(crate) fn lookaside_client(&self) -> &reqwest::Client {
         &self.lookaside
+    }
+
+    /// The URL of `reference`'s manifest: HTTPS unless its host is configured insecure.
+    fn manifest_url(&self, reference: &Reference) -> String {
+        let host = reference.resolve_registry();
+        let scheme = if self.insecure.iter().any(|h| h == host) {
+            "http"
+        } else {
+            "https"
+        };
+        let tag_or_digest = reference
+            .digest()
+            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
+        let ns = reference
+            .namespace()
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default();
+        format!(
+            "{scheme}://{host}/v2/{}/manifests/{tag_or_digest}{ns}",
+            reference.repository()
+        )
     }
 
     /// The lookaside base configured for `host`.
@@ -227,20 +277,51 @@ impl Registry {
         expected: Option<&Digest>,
         limit: u64,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
-        let (bytes, _) = self
+        const WHAT: &str = "manifest";
+        let transport = |source| RegistryError::Transport {
+            what: WHAT,
+            reference: reference.whole(),
+            source,
+        };
+        // oci-client does the token dance (and keeps the token for the blob requests); the
+        // manifest itself is fetched here so that its body is read only up to `limit`.
+        let token = self
             .client
-            .pull_manifest_raw(reference, &source.auth, ACCEPTED_MANIFESTS)
+            .auth(reference, &source.auth, RegistryOperation::Pull)
             .await
-            .map_err(|source| RegistryError::Request {
-                what: "manifest",
+            .map_err(|err| RegistryError::Request {
+                what: WHAT,
                 reference: reference.whole(),
-                source,
+                source: err,
             })?;
-        if bytes.len() as u64 > limit {
-            return Err(RegistryError::TooLarge {
-                what: "manifest",
-                limit,
+        let mut request = self
+            .lookaside
+            .get(self.manifest_url(reference))
+            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        request = match (&token, &source.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(RegistryError::Status {
+                what: WHAT,
+                reference: reference.whole(),
+                status: status.as_u16(),
             });
+        }
+        let too_large = RegistryError::TooLarge { what: WHAT, limit };
+        if response.content_length().is_some_and(|len| len > limit) {
+            return Err(too_large);
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(too_large);
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let actual = Digest::of(&bytes);
         if let Some(expected) = expected
@@ -397,6 +478,25 @@ impl Registry {
         writer.publish().await?;
         Ok(true)
     }
+}
+
+/// Most redirects one manifest or signature request follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Redirects are followed (registries send manifests and blobs to other hosts), but never from
+/// HTTPS to plain HTTP and at most [`MAX_REDIRECTS`] times (REG-07).
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error("refusing a redirect from HTTPS to plain HTTP")
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// A broken blob stream; the client's own digest check at the end of the stream becomes a

@@ -268,9 +268,7 @@ async fn existing_signatures(
         Ok((bytes, _)) => bytes,
         // Nothing signed yet. Any other failure stops the signing: overwriting an artifact that
         // could not be read would drop its signatures.
-        Err(RegistryError::Request { source, .. }) if is_not_found(&source) => {
-            return Ok(Vec::new());
-        }
+        Err(RegistryError::Status { status: 404, .. }) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
     let layers: Vec<Descriptor> = match ManifestDoc::parse(&bytes) {
@@ -298,20 +296,6 @@ async fn existing_signatures(
         ));
     }
     Ok(kept)
-}
-
-/// Whether the registry said the manifest does not exist (as opposed to failing).
-fn is_not_found(err: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
-    match err {
-        E::ImageManifestNotFoundError(_) => true,
-        E::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, C::ManifestUnknown | C::NotFound | C::NameUnknown)),
-        E::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
 }
 
 /// The artifact's config: one diff_id and one history entry per signature layer.

@@ -194,7 +194,7 @@ impl TestRegistry {
 }
 
 /// A test CA and a leaf for 127.0.0.1 signed by it, made with openssl.
-fn make_certs(dir: &Path) {
+pub fn make_certs(dir: &Path) {
     require_tool("openssl", "openssl");
     let d = dir.display();
     let steps: [&str; 4] = [

@@ -1,0 +1,313 @@
+//! A hostile registry (REG-03, REG-07): a manifest that never ends, one whose `Content-Length`
+//! is beyond the limit, a redirect loop, and a redirect from HTTPS down to plain HTTP. The
+//! registry is a raw HTTP/1.1 server in this file; its HTTPS face is socat with a certificate from
+//! a test CA. Each pull fails with a typed error, reads no more than it must, and leaves nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use coffer_image::registry::RegistryError;
+use coffer_image::{BlobStore, PullError, PullOptions, RegistriesConfig, pull};
+use common::registry::make_certs;
+use common::require_tool;
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CHUNK: usize = 64 << 10;
+
+/// What the hostile registry saw and sent.
+#[derive(Default)]
+struct Seen {
+    body_bytes: AtomicU64,
+    loop_hits: AtomicUsize,
+    plain_hits: AtomicUsize,
+}
+
+struct Hostile {
+    port: u16,
+    seen: Arc<Seen>,
+}
+
+impl Hostile {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Seen::default());
+        let shared = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = shared.clone();
+                std::thread::spawn(move || serve(stream, port, &seen));
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Answers one connection's requests (keep-alive) until the client goes away.
+fn serve(stream: TcpStream, port: u16, seen: &Seen) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        let chunk = vec![b' '; CHUNK];
+        let sent = match path.as_str() {
+            "/v2/" => out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            ),
+            // A manifest with no end, sent chunked: a client that reads it all never returns.
+            "/v2/endless/manifests/v1" => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST_TYPE}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                let mut result = out.write_all(head.as_bytes());
+                while result.is_ok() {
+                    result = out
+                        .write_all(format!("{CHUNK:x}\r\n").as_bytes())
+                        .and_then(|()| out.write_all(&chunk))
+                        .and_then(|()| out.write_all(b"\r\n"));
+                    if result.is_ok() {
+                        seen.body_bytes.fetch_add(CHUNK as u64, Ordering::SeqCst);
+                    }
+                }
+                return;
+            }
+            // A gigabyte announced up front.
+            "/v2/announced/manifests/v1" => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST_TYPE}\r\nContent-Length: {}\r\n\r\n",
+                    1u64 << 30
+                );
+                let mut result = out.write_all(head.as_bytes());
+                while result.is_ok() {
+                    result = out.write_all(&chunk);
+                    if result.is_ok() {
+                        seen.body_bytes.fetch_add(CHUNK as u64, Ordering::SeqCst);
+                    }
+                }
+                return;
+            }
+            "/v2/loop/manifests/v1" => {
+                seen.loop_hits.fetch_add(1, Ordering::SeqCst);
+                out.write_all(
+                    b"HTTP/1.1 302 Found\r\nLocation: /v2/loop/manifests/v1\r\nContent-Length: 0\r\n\r\n",
+                )
+            }
+            // Reached over HTTPS (through socat): sends the client to plain HTTP.
+            "/v2/downgrade/manifests/v1" => out.write_all(
+                format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/v2/plain/manifests/v1\r\nContent-Length: 0\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            "/v2/plain/manifests/v1" => {
+                seen.plain_hits.fetch_add(1, Ordering::SeqCst);
+                out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            }
+            _ => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// socat terminating TLS (a leaf for 127.0.0.1 from a fresh CA) in front of the hostile server.
+struct TlsFront {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    fn start(backend: u16) -> Self {
+        require_tool("socat", "socat");
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={d}/leaf.pem,key={d}/leaf.key"
+            ))
+            .arg(format!("TCP:127.0.0.1:{backend}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, dir }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The registry error under the pull's "no source could serve" wrapper.
+fn registry_error(err: PullError) -> RegistryError {
+    let PullError::Registry(err) = err else {
+        panic!("expected a registry error, got {err:?}");
+    };
+    match err {
+        RegistryError::AllSourcesFailed { source, .. } => *source,
+        other => other,
+    }
+}
+
+async fn pull_fails(reference: &str, registries: RegistriesConfig) -> RegistryError {
+    let work = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(&work.path().join("store")).unwrap();
+    let dest = work.path().join("root");
+    let options = PullOptions::new(store).with_registries(registries);
+    let err = tokio::time::timeout(Duration::from_secs(60), pull(reference, &dest, &options))
+        .await
+        .expect("the pull ends")
+        .unwrap_err();
+    assert!(!dest.exists(), "{reference}: a destination was left");
+    let blobs = work.path().join("store");
+    let stored: Vec<_> = walk(&blobs).into_iter().filter(|p| p.is_file()).collect();
+    assert!(stored.is_empty(), "{reference}: stored {stored:?}");
+    registry_error(err)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+/// The manifest request failed in transport (here: a redirect the client would not follow).
+fn is_manifest_transport(err: &RegistryError) -> bool {
+    matches!(
+        err,
+        RegistryError::Transport {
+            what: "manifest",
+            ..
+        }
+    )
+}
+
+fn insecure(host: &str) -> RegistriesConfig {
+    let mut registries = RegistriesConfig::default();
+    registries.add_insecure(host).unwrap();
+    registries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reg03_a_manifest_is_read_no_further_than_its_limit() {
+    let registry = Hostile::start();
+    let limit = coffer_image::Limits::default().max_manifest_bytes;
+
+    let err = pull_fails(
+        &format!("{}/endless:v1", registry.host()),
+        insecure(&registry.host()),
+    )
+    .await;
+    assert!(
+        matches!(err, RegistryError::TooLarge { what: "manifest", limit: l } if l == limit),
+        "{err:?}"
+    );
+    // What the client read, plus what the sockets' buffers held when it stopped.
+    let sent = registry.seen.body_bytes.load(Ordering::SeqCst);
+    assert!(sent < limit + (32 << 20), "the client read {sent} bytes");
+
+    registry.seen.body_bytes.store(0, Ordering::SeqCst);
+    let err = pull_fails(
+        &format!("{}/announced:v1", registry.host()),
+        insecure(&registry.host()),
+    )
+    .await;
+    assert!(
+        matches!(
+            err,
+            RegistryError::TooLarge {
+                what: "manifest",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let sent = registry.seen.body_bytes.load(Ordering::SeqCst);
+    assert!(
+        sent < 32 << 20,
+        "refused on the header, yet {sent} bytes were taken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reg07_redirect_loops_and_https_downgrades_are_refused() {
+    let registry = Hostile::start();
+
+    let err = pull_fails(
+        &format!("{}/loop:v1", registry.host()),
+        insecure(&registry.host()),
+    )
+    .await;
+    assert!(is_manifest_transport(&err), "{err:?}");
+    let hits = registry.seen.loop_hits.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&hits), "followed the loop {hits} times");
+
+    let front = TlsFront::start(registry.port);
+    let registries = RegistriesConfig::from_toml(&format!(
+        "ca_files = [{:?}]\n",
+        front.dir.path().join("ca.pem")
+    ))
+    .unwrap();
+    let err = pull_fails(
+        &format!("127.0.0.1:{}/downgrade:v1", front.port),
+        registries,
+    )
+    .await;
+    assert!(is_manifest_transport(&err), "{err:?}");
+    assert_eq!(
+        registry.seen.plain_hits.load(Ordering::SeqCst),
+        0,
+        "followed the redirect to plain HTTP"
+    );
+}
