@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pull benchmark (issue #4): a ~200 MB, 5-layer image in a local docker-registry; median of 3,
-# interleaved, of the coffer-image pull (examples/pull.rs, release) versus
+# interleaved (rotated order, `sync` before each), of the coffer-image pull (examples/pull.rs, release) versus
 # `skopeo copy docker://… oci:…` + `umoci unpack`; plus encrypted (JWE RSA) versus plain pull.
 # Needs docker-registry, skopeo, umoci (tests/setup.sh). Run from the workspace root as root.
 set -euo pipefail
@@ -53,10 +53,22 @@ t_skopeo() { local s; s=$(now); skopeo copy -q --src-tls-verify=false "docker://
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 : > "$work/coffer"; : > "$work/skopeo"; : > "$work/enc"
-for _ in $(seq "$RUNS"); do
-    t_coffer plain >> "$work/coffer"
-    t_skopeo >> "$work/skopeo"
-    t_coffer enc "$VECTORS/keys/rsa-priv.pem" >> "$work/enc"
+# Each round runs the three in a rotated order, each after `sync`: no kind always follows the
+# one whose writeback it would pay for (skopeo + umoci write the most).
+for round in $(seq "$RUNS"); do
+    case $((round % 3)) in
+        1) order="plain skopeo enc" ;;
+        2) order="skopeo enc plain" ;;
+        *) order="enc plain skopeo" ;;
+    esac
+    for kind in $order; do
+        sync
+        case $kind in
+            plain) t_coffer plain >> "$work/coffer" ;;
+            skopeo) t_skopeo >> "$work/skopeo" ;;
+            enc) t_coffer enc "$VECTORS/keys/rsa-priv.pem" >> "$work/enc" ;;
+        esac
+    done
 done
 c=$(median < "$work/coffer"); s=$(median < "$work/skopeo"); e=$(median < "$work/enc")
 echo "coffer-image pull:        median ${c}s  ($(tr '\n' ' ' < "$work/coffer"))"
