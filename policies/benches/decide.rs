@@ -13,11 +13,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coffer_policies::{
-    CONFIDENTIAL_POLICY, Capabilities, ContainerState, CreateContainer, Decision, DeviceRule,
-    Engine, Limits, Mount, Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs,
-    RootfsSource, SandboxState, User,
+    CONFIDENTIAL_POLICY, Capabilities, ContainerState, Decision, Engine, Limits, PolicyInput,
+    Process, Request, SandboxState, User,
 };
 use serde_json::json;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const ENTRIES: usize = 10;
 
@@ -47,15 +49,6 @@ fn data() -> serde_json::Value {
     json!({ "containers": containers })
 }
 
-fn mount(destination: &str, kind: &str, options: &[&str]) -> Mount {
-    Mount {
-        destination: destination.into(),
-        source: kind.into(),
-        kind: kind.into(),
-        options: options.iter().map(|o| (*o).to_owned()).collect(),
-    }
-}
-
 /// The CreateContainer for the last entry (the policy has to consider every entry's image).
 fn create() -> PolicyInput {
     let i = ENTRIES - 1;
@@ -63,86 +56,31 @@ fn create() -> PolicyInput {
         .iter()
         .map(|c| (*c).to_owned())
         .collect();
-    let request = CreateContainer {
-        container_id: "ctr".into(),
-        rootfs: Rootfs {
-            source: RootfsSource::Image,
-            image: Some(image(i)),
-        },
-        process: Process {
-            args: vec!["/app/server".into(), "--id".into(), i.to_string()],
-            env: vec![
-                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
-                format!("ID={i}"),
-                "HOSTNAME=pod".into(),
-            ],
-            cwd: "/app".into(),
-            user: User {
-                uid: 1000,
-                gid: 1000,
-            },
-            terminal: false,
-            capabilities: Capabilities {
-                bounding: caps.clone(),
-                effective: caps.clone(),
-                permitted: caps,
-                inheritable: vec![],
-                ambient: vec![],
-            },
-            no_new_privileges: true,
-        },
-        namespaces: [
-            NamespaceType::Pid,
-            NamespaceType::Network,
-            NamespaceType::Ipc,
-            NamespaceType::Uts,
-            NamespaceType::Mount,
-        ]
-        .into_iter()
-        .map(|kind| Namespace { kind, path: None })
-        .collect(),
-        mounts: vec![
-            mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755"]),
-            mount("/dev/pts", "devpts", &["nosuid", "noexec"]),
-            mount("/dev/shm", "tmpfs", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+    let process = Process {
+        args: vec!["/app/server".into(), "--id".into(), i.to_string()],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            format!("ID={i}"),
+            "HOSTNAME=pod".into(),
         ],
-        devices: vec![],
-        device_cgroup: vec![DeviceRule {
-            allow: false,
-            kind: "a".into(),
-            major: None,
-            minor: None,
-            access: "rwm".into(),
-        }],
-        hooks_present: false,
-        sysctls: BTreeMap::new(),
-        masked_paths: [
-            "/proc/acpi",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/sched_debug",
-            "/proc/scsi",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/sys/firmware",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-        readonly_paths: [
-            "/proc/bus",
-            "/proc/fs",
-            "/proc/irq",
-            "/proc/sys",
-            "/proc/sysrq-trigger",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
+        cwd: "/app".into(),
+        user: User {
+            uid: 1000,
+            gid: 1000,
+        },
+        terminal: false,
+        capabilities: Capabilities {
+            bounding: caps.clone(),
+            effective: caps.clone(),
+            permitted: caps,
+            inheritable: vec![],
+            ambient: vec![],
+        },
+        no_new_privileges: true,
     };
+    // containerd's spec for a pulled image (the policy tests' builder), as the agent would get it.
+    let mut request = common::image_container(&image(i), process);
+    request.container_id = "ctr".into();
     PolicyInput::new(Request::CreateContainer(Box::new(request)), state())
 }
 
