@@ -4,7 +4,8 @@
 //! oci-client reads a manifest's whole body before anyone can check its size (REG-03); that client
 //! follows at most five redirects and never one from HTTPS to plain HTTP (REG-07).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -126,6 +127,8 @@ pub struct Registry {
     lookaside: reqwest::Client,
     /// Hosts (`host[:port]`) reached over plain HTTP.
     insecure: Arc<Vec<String>>,
+    /// [`Registry::pull_token`]'s answers, per `registry/repository`.
+    tokens: Arc<Mutex<HashMap<String, Option<String>>>>,
     config: Arc<RegistriesConfig>,
     credentials: Arc<Credentials>,
 }
@@ -192,6 +195,7 @@ impl Registry {
             client,
             lookaside,
             insecure: Arc::new(insecure),
+            tokens: Arc::default(),
             config: Arc::new(config),
             credentials: Arc::new(credentials),
         })
@@ -200,6 +204,32 @@ impl Registry {
     /// The HTTP client for manifests and lookaside signature storage (same extra CAs).
     pub(crate) fn lookaside_client(&self) -> &reqwest::Client {
         &self.lookaside
+    }
+
+    /// The bearer token, if the registry wants one, for pulling from `reference`'s repository.
+    /// `Client::auth` goes back to the registry on every call, so its answer is kept per
+    /// repository for this client's life (one pull, signing or encryption: minutes at most).
+    async fn pull_token(
+        &self,
+        source: &Source,
+        reference: &Reference,
+    ) -> Result<Option<String>, oci_client::errors::OciDistributionError> {
+        let key = format!(
+            "{}/{}",
+            reference.resolve_registry(),
+            reference.repository()
+        );
+        if let Some(token) = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
+            return Ok(token);
+        }
+        let token = self
+            .client
+            .auth(reference, &source.auth, RegistryOperation::Pull)
+            .await?;
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(key, token.clone());
+        }
+        Ok(token)
     }
 
     /// The URL of `reference`'s manifest: HTTPS unless its host is configured insecure.
@@ -285,15 +315,14 @@ impl Registry {
         };
         // oci-client does the token dance (and keeps the token for the blob requests); the
         // manifest itself is fetched here so that its body is read only up to `limit`.
-        let token = self
-            .client
-            .auth(reference, &source.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|err| RegistryError::Request {
-                what: WHAT,
-                reference: reference.whole(),
-                source: err,
-            })?;
+        let token =
+            self.pull_token(source, reference)
+                .await
+                .map_err(|err| RegistryError::Request {
+                    what: WHAT,
+                    reference: reference.whole(),
+                    source: err,
+                })?;
         let mut request = self
             .lookaside
             .get(self.manifest_url(reference))

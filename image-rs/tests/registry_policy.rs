@@ -146,6 +146,7 @@ async fn cosign_policy_admits_only_correctly_signed_images() {
     assert_eq!(registry.blob_gets(CONFIG), 0);
     assert_eq!(registry.blob_gets(LAYER), 0);
 
+    let (probes, blobs) = (registry.api_root_gets(), registry.blob_requests());
     let pulled = pull(
         &format!("{host}/peers/hello:signed"),
         &work.path().join("admitted"),
@@ -156,6 +157,16 @@ async fn cosign_policy_admits_only_correctly_signed_images() {
     assert_eq!(
         pulled.manifest_digest.to_string(),
         format!("sha256:{DIGEST_HEX}")
+    );
+    // oci-client probes `/v2/` before each blob request to a registry without auth; the two
+    // manifests (the image's and its signature's) cost one probe between them.
+    let blobs = registry.blob_requests() - blobs;
+    assert!(blobs >= 3, "config, layer and signature: {blobs}");
+    assert_eq!(
+        registry.api_root_gets() - probes,
+        1 + blobs,
+        "{}",
+        registry.log()
     );
     let anything = policy(r#"{"default":[{"type":"insecureAcceptAnything"}]}"#);
     pull(

@@ -154,6 +154,23 @@ impl TestRegistry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
+    /// Requests for the API root `/v2/` (a client's auth probe) served so far, from the access log;
+    /// the harness's own readiness probes (HTTP/1.0) are not counted.
+    pub fn api_root_gets(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/ HTTP/1.1\""))
+            .count()
+    }
+
+    /// Blob GETs (any blob, any status) served so far, from the access log.
+    pub fn blob_requests(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+            .count()
+    }
+
     /// Successful GETs of blob `digest` (`sha256:…`) served so far, from the access log.
     pub fn blob_gets(&self, digest: &str) -> usize {
         let needle = format!("/blobs/{digest} HTTP/1.1\" 200");
