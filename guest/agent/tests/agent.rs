@@ -257,6 +257,26 @@ async fn remove(client: &mut AgentClient<Channel>, id: &str) {
         .unwrap();
 }
 
+/// The agent runs here with `COFFER_LOG=debug`: its own DEBUG events are logged, its
+/// dependencies' (h2 logs every frame at DEBUG) are not — they are not reviewed for secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logging_is_coffers_own_only() {
+    let (agent, mut c) = start_agent().await;
+    let (out, _) = run(&mut c, "logged", &["echo", "hello"]).await;
+    assert_eq!(out, "hello\n");
+    let log = std::fs::read_to_string(agent.dir.path().join("agent.log")).unwrap();
+    let verbose: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" DEBUG ") || l.contains(" TRACE "))
+        .collect();
+    let foreign: Vec<&&str> = verbose.iter().filter(|l| !l.contains("coffer")).collect();
+    assert!(foreign.is_empty(), "dependency DEBUG/TRACE lines: {foreign:#?}");
+    assert!(
+        log.contains("INFO") && log.contains("coffer_agent"),
+        "the agent's own events are logged: {log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_run_and_report_status() {
     let (agent, mut c) = start_agent().await;
