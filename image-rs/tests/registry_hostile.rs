@@ -204,22 +204,13 @@ async fn pull_fails(reference: &str, registries: RegistriesConfig) -> RegistryEr
         .expect("the pull ends")
         .unwrap_err();
     assert!(!dest.exists(), "{reference}: a destination was left");
-    let blobs = work.path().join("store");
-    let stored: Vec<_> = walk(&blobs).into_iter().filter(|p| p.is_file()).collect();
-    assert!(stored.is_empty(), "{reference}: stored {stored:?}");
+    // Nothing but the store's empty directories: no blob, no staging root.
+    let left: Vec<_> = common::tree(work.path())
+        .into_iter()
+        .filter(|(_, node)| !matches!(node, common::Node::Dir { .. }))
+        .collect();
+    assert!(left.is_empty(), "{reference}: left {left:?}");
     registry_error(err)
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        }
-        out.push(path);
-    }
-    out
 }
 
 /// The manifest request failed in transport (here: a redirect the client would not follow).

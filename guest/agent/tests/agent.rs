@@ -270,7 +270,10 @@ async fn debug_logging_is_coffers_own_only() {
         .filter(|l| l.contains(" DEBUG ") || l.contains(" TRACE "))
         .collect();
     let foreign: Vec<&&str> = verbose.iter().filter(|l| !l.contains("coffer")).collect();
-    assert!(foreign.is_empty(), "dependency DEBUG/TRACE lines: {foreign:#?}");
+    assert!(
+        foreign.is_empty(),
+        "dependency DEBUG/TRACE lines: {foreign:#?}"
+    );
     assert!(
         log.contains("INFO") && log.contains("coffer_agent"),
         "the agent's own events are logged: {log}"
