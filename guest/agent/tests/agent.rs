@@ -103,6 +103,7 @@ async fn start_agent() -> (AgentProc, AgentClient<Channel>) {
             hostname: String::new(),
             registry_tunnels: Vec::new(),
             published_ports: Vec::new(),
+            network: None,
         })
         .await
         .unwrap();
@@ -471,6 +472,7 @@ async fn policy_denials_are_enforced() {
         hostname: String::new(),
         registry_tunnels: Vec::new(),
         published_ports: Vec::new(),
+        network: None,
     })
     .await
     .unwrap();
@@ -543,6 +545,7 @@ async fn every_rpc_passes_the_gate() {
             hostname: String::new(),
             registry_tunnels: Vec::new(),
             published_ports: Vec::new(),
+            network: None,
         })
         .await
         .map(drop),
@@ -798,6 +801,7 @@ async fn requests_outside_a_sandbox_are_refused() {
         hostname: String::new(),
         registry_tunnels: Vec::new(),
         published_ports: Vec::new(),
+        network: None,
     })
     .await
     .unwrap();
@@ -924,6 +928,7 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
             hostname: String::new(),
             registry_tunnels: Vec::new(),
             published_ports: Vec::new(),
+            network: None,
         })
         .await
         .unwrap_err();
