@@ -23,6 +23,7 @@ pub mod events;
 pub mod io;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod pod;
 pub mod process;
 pub mod service;

@@ -77,21 +77,30 @@ pub fn membership(spec: &Value, container_id: &str) -> Membership {
 }
 
 /// Files CRI writes per pod under its sandbox directory and bind-mounts into every container of
-/// the pod, by destination in the container and file name on the host.
+/// the pod, by destination in the container and file name on the host. The guest agent writes the
+/// same three files for the pod (from what `CreateSandbox` told it) and binds them for a mount of
+/// type [`POD_FILE_MOUNT_TYPE`] whose source is that file name.
 const CRI_POD_FILES: [(&str, &str); 3] = [
     ("/etc/hosts", "hosts"),
     ("/etc/hostname", "hostname"),
     ("/etc/resolv.conf", "resolv.conf"),
 ];
+/// The kubelet's own `/etc/hosts` for a pod's containers (`/var/lib/kubelet/pods/<uid>/etc-hosts`),
+/// which it mounts in place of CRI's.
+const KUBELET_HOSTS_FILE: &str = "etc-hosts";
+/// The mount type of the pod's guest-side files (`/etc/hosts`, `/etc/hostname`,
+/// `/etc/resolv.conf`), which the agent resolves.
+pub const POD_FILE_MOUNT_TYPE: &str = "pod";
 
 /// What [`for_guest`] does with one of the spec's mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum GuestMount {
     /// Sent as it is: the guest agent and its policy decide.
     Keep,
-    /// A host file of CRI's pod directory: no host file reaches the VM, so the container keeps
-    /// its image's file.
-    Drop,
+    /// A host file of the pod's (CRI's or the kubelet's `/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf`): no host file reaches the VM, the container gets the guest's own file
+    /// of that name, which the agent wrote from the pod's network description.
+    PodFile(&'static str),
     /// CRI's pod `/dev/shm` (a host tmpfs): the container gets a tmpfs of its own in the guest.
     GuestShm,
     /// A bind of a Secret volume (or one file of it) whose values are sealed references: each
@@ -205,11 +214,17 @@ fn guest_mount(mount: &Value, pod_id: &str) -> GuestMount {
             .strip_prefix("/")
             .is_ok_and(|p| p.ends_with(std::path::Path::new(pod_id).join(file)))
     };
-    if CRI_POD_FILES
+    if let Some((_, file)) = CRI_POD_FILES
         .iter()
-        .any(|(dest, file)| destination == *dest && in_pod_dir(file))
+        .find(|(dest, file)| destination == *dest && in_pod_dir(file))
     {
-        return GuestMount::Drop;
+        return GuestMount::PodFile(file);
+    }
+    if destination == "/etc/hosts"
+        && std::path::Path::new(source).file_name()
+            == Some(std::ffi::OsStr::new(KUBELET_HOSTS_FILE))
+    {
+        return GuestMount::PodFile("hosts");
     }
     if destination == "/dev/shm" && in_pod_dir("shm") {
         return GuestMount::GuestShm;
@@ -218,6 +233,16 @@ fn guest_mount(mount: &Value, pod_id: &str) -> GuestMount {
         return GuestMount::Sealed(sealed);
     }
     GuestMount::Keep
+}
+
+/// The guest's own pod file `file` at `mount`'s destination.
+fn pod_file(mount: &Value, file: &str) -> Value {
+    serde_json::json!({
+        "destination": mount.get("destination").cloned().unwrap_or(Value::Null),
+        "type": POD_FILE_MOUNT_TYPE,
+        "source": file,
+        "options": [],
+    })
 }
 
 /// The guest's own `/dev/shm` for a container, as runc's default spec has it.
@@ -233,7 +258,8 @@ fn guest_shm() -> Value {
 /// The spec sent to the guest: host-side settings that mean nothing inside the VM are removed —
 /// namespace `path`s (they name host processes' namespaces), hooks (host binaries), and the
 /// bind mounts of CRI's per-pod host files for a container of pod `pod_id` (`/etc/hosts`,
-/// `/etc/hostname`, `/etc/resolv.conf`; `/dev/shm` becomes a guest tmpfs). Binds of Secret
+/// `/etc/hostname`, `/etc/resolv.conf`, and the kubelet's `/etc/hosts`) become mounts of the
+/// guest's own pod files (type [`POD_FILE_MOUNT_TYPE`]); `/dev/shm` becomes a guest tmpfs. Binds of Secret
 /// volumes holding only sealed references become `sealed` mounts, and a container the pod's
 /// `coffer.dev/workload-identity.<name>` annotation names gets an `identity` mount there.
 /// A network namespace with a `path` (CRI's: the pod's, held by its pause container) is dropped,
@@ -263,9 +289,7 @@ pub fn for_guest(mut spec: Value, pod_id: &str) -> Value {
         for mount in mounts.drain(..) {
             match guest_mount(&mount, pod_id) {
                 GuestMount::Keep => kept.push(mount),
-                GuestMount::Drop => {
-                    tracing::debug!(sandbox_id = %pod_id, destination = ?mount.get("destination"), "CRI pod file not sent to the guest");
-                }
+                GuestMount::PodFile(file) => kept.push(pod_file(&mount, file)),
                 GuestMount::GuestShm => kept.push(guest_shm()),
                 GuestMount::Sealed(sealed) => kept.extend(sealed),
             }
@@ -341,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn cri_pod_files_stay_on_the_host_and_other_binds_reach_the_policy() {
+    fn pod_files_become_the_guests_and_other_binds_reach_the_policy() {
         let dir = "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/p1";
         let bind = |dest: &str, src: &str| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rw"]});
         let spec = json!({"mounts": [
@@ -354,19 +378,31 @@ mod tests {
             bind("/etc/hosts", "/x/sandboxes/p2/hosts"),
             bind("/data", "/srv/data"),
             bind("/etc/passwd", &format!("{dir}/hosts")),
-            // A CRI file mounted with another type whose options bind: dropped too.
+            // A CRI file mounted with another type whose options bind: the pod file too.
             {"destination": "/etc/resolv.conf", "type": "none", "source": format!("{dir}/resolv.conf"), "options": ["bind"]},
         ]});
         let guest = for_guest(spec, "p1");
+        let pod = |dest: &str, file: &str| json!({"destination": dest, "type": "pod", "source": file, "options": []});
         assert_eq!(
             guest["mounts"],
             json!([
                 {"destination": "/proc", "type": "proc", "source": "proc"},
+                pod("/etc/hosts", "hosts"),
+                pod("/etc/hostname", "hostname"),
+                pod("/etc/resolv.conf", "resolv.conf"),
                 guest_shm(),
                 bind("/etc/hosts", "/x/sandboxes/p2/hosts"),
                 bind("/data", "/srv/data"),
                 bind("/etc/passwd", &format!("{dir}/hosts")),
+                pod("/etc/resolv.conf", "resolv.conf"),
             ])
+        );
+        // The kubelet's /etc/hosts is the pod's too; its file at another destination is not.
+        let kubelet = "/var/lib/kubelet/pods/uid-1/etc-hosts";
+        let spec = json!({"mounts": [bind("/etc/hosts", kubelet), bind("/x", kubelet)]});
+        assert_eq!(
+            for_guest(spec, "p1")["mounts"],
+            json!([pod("/etc/hosts", "hosts"), bind("/x", kubelet)])
         );
         // A relative source is no CRI file.
         let relative = json!({"mounts": [bind("/etc/hosts", "p1/hosts")]});
