@@ -21,6 +21,8 @@ pub struct Containerd {
     dir: PathBuf,
     namespace: String,
     env: Vec<(String, OsString)>,
+    /// The network namespace containerd runs in (and with it CNI, its shims and their VMs).
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -34,17 +36,21 @@ impl Containerd {
             env,
             "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
             "",
+            None,
         )
     }
 
     /// Starts containerd as [`Containerd::start`] does, with its CRI plugin configured by `cri`
-    /// (TOML tables under `[plugins."io.containerd.grpc.v1.cri"]`, appended to the config).
+    /// (TOML tables under `[plugins."io.containerd.grpc.v1.cri"]`, appended to the config), inside
+    /// network namespace `netns` (the test's "node": CNI builds the pods' bridge there, and the
+    /// pods' traffic never reaches the machine's own interfaces).
     pub fn start_with_cri(
         dir: &Path,
         env: Vec<(String, OsString)>,
         cri: &str,
+        netns: &crate::netns::NetNs,
     ) -> anyhow::Result<Self> {
-        Self::start_with(dir, env, "", cri)
+        Self::start_with(dir, env, "", cri, Some(netns.path()))
     }
 
     /// The config gets `keys` among its top-level keys and `tables` at its end.
@@ -53,6 +59,7 @@ impl Containerd {
         env: Vec<(String, OsString)>,
         keys: &str,
         tables: &str,
+        netns: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         require_tool("containerd");
         require_tool("ctr");
@@ -75,6 +82,7 @@ impl Containerd {
             dir: dir.to_path_buf(),
             namespace: NAMESPACE.to_owned(),
             env,
+            netns,
             child: None,
         };
         containerd.spawn()?;
@@ -91,7 +99,19 @@ impl Containerd {
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new("containerd")
+        // nsenter joins the network namespace only and then executes containerd (no fork), so the
+        // child is containerd itself.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = command
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)

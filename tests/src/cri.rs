@@ -52,10 +52,57 @@ pub struct CriConfig {
     /// can be pulled.
     pub sandbox_image: String,
     /// Runtime handlers: (name, shim runtime type, `options.ConfigPath` if any); the first is
-    /// the default.
+    /// the default. Handlers of Coffer's shim get the pod annotations Coffer reads
+    /// ([`COFFER_POD_ANNOTATIONS`]) passed to their containers.
     pub handlers: Vec<(String, String, Option<PathBuf>)>,
-    /// Private CNI directories (unused by node-network pods, but the plugin reads them).
-    pub cni_dir: PathBuf,
+    /// The CNI network configuration directory (the plugins are Debian's, in [`CNI_BIN_DIR`]).
+    pub cni_conf_dir: PathBuf,
+}
+
+/// Where Debian's `containernetworking-plugins` installs the CNI plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// Pod annotations containerd passes to the containers of a Coffer pod (its runtime's
+/// `pod_annotations`): the initdata and the workload identity.
+pub const COFFER_POD_ANNOTATIONS: [&str; 3] = [
+    "io.coffer.initdata",
+    "io.katacontainers.config.hypervisor.cc_init_data",
+    "coffer.dev/*",
+];
+
+/// A CNI network list for containerd's CRI plugin: a `bridge` named `bridge` (the pods' gateway
+/// at the subnet's first address, no masquerading: nothing leaves the test's namespace) with
+/// `host-local` addresses from `subnet` (an IPv4 `/24`, e.g. `198.18.0.0/24`), and `portmap` for
+/// host ports. `host-local` keeps its allocations in `ipam_dir` (the test's, not the machine's
+/// `/var/lib/cni`).
+pub fn bridge_conflist(
+    name: &str,
+    bridge: &str,
+    subnet: std::net::Ipv4Addr,
+    ipam_dir: &Path,
+) -> String {
+    let [a, b, c, _] = subnet.octets();
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": ipam_dir,
+                    "ranges": [[{"subnet": format!("{a}.{b}.{c}.0/24"), "gateway": format!("{a}.{b}.{c}.1")}]],
+                    "routes": [{"dst": "0.0.0.0/0"}]
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+    .to_string()
 }
 
 impl CriConfig {
@@ -64,19 +111,25 @@ impl CriConfig {
         const CRI: &str = "plugins.\"io.containerd.grpc.v1.cri\"";
         let mut out = format!(
             "[{CRI}]\n  sandbox_image = \"{image}\"\n  stream_server_address = \"127.0.0.1\"\n  \
-             stream_server_port = \"0\"\n  disable_apparmor = true\n  \
+             stream_server_port = \"0\"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n  \
              enable_selinux = false\n\
-             [{CRI}.cni]\n  bin_dir = \"{cni}/bin\"\n  conf_dir = \"{cni}/conf\"\n\
+             [{CRI}.cni]\n  bin_dir = \"{CNI_BIN_DIR}\"\n  conf_dir = \"{cni}\"\n\
              [{CRI}.containerd]\n  snapshotter = \"overlayfs\"\n  \
              default_runtime_name = \"{default}\"\n",
             image = self.sandbox_image,
-            cni = self.cni_dir.display(),
+            cni = self.cni_conf_dir.display(),
             default = self.handlers.first().map_or("", |h| h.0.as_str()),
         );
         for (name, runtime_type, config_path) in &self.handlers {
             out.push_str(&format!(
                 "[{CRI}.containerd.runtimes.{name}]\n  runtime_type = \"{runtime_type}\"\n"
             ));
+            if runtime_type.starts_with("io.containerd.coffer.") {
+                out.push_str(&format!(
+                    "  pod_annotations = {:?}\n",
+                    COFFER_POD_ANNOTATIONS
+                ));
+            }
             if let Some(path) = config_path {
                 out.push_str(&format!(
                     "[{CRI}.containerd.runtimes.{name}.options]\n  ConfigPath = \"{}\"\n",

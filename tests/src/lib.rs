@@ -8,9 +8,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod agent;
+pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod kbs;
+pub mod netns;
 pub mod registry;
 pub mod scan;
 

@@ -4,11 +4,17 @@
 //! StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox — with the runtime handlers
 //! `coffer` and `coffer-gp` (guest pull).
 //!
-//! Nothing is pulled: the pause image (an empty layer whose entrypoint `/pause` does not exist,
-//! so it cannot have run anywhere) and the busybox image are built with `umoci` and imported into
-//! CRI's `k8s.io` namespace. Pods use the node's network (`NamespaceMode::Node`): the pod VM has
-//! no network device for a CNI-made network namespace to reach, so CNI would only configure a
-//! host namespace nothing in the pod uses.
+//! Nothing is pulled: the pause image (busybox sleeping, which only runc pods run: a Coffer pod's
+//! sandbox container runs nothing in the guest) and the busybox image are built with `umoci` and
+//! imported into CRI's `k8s.io` namespace.
+//!
+//! Pods are on a real pod network (`NamespaceMode::Pod`): containerd runs inside a network
+//! namespace the suite creates (the "node"), where CRI runs Debian's CNI plugins — `bridge` with
+//! `host-local` addresses from 198.18.0.0/24 (the RFC 2544 benchmarking range; nothing outside
+//! the node namespace routes it) and `portmap` — so every packet stays between namespaces the test
+//! made. A Coffer pod's VM gets the CNI interface's address and MAC on a virtio-net NIC wired to
+//! it; runc pods (handler `runc`) share the bridge. The suite itself stands in for the node and
+//! kube-proxy when it connects to pod addresses from the node namespace.
 //!
 //! The two containers prove they share one VM: both print the same guest boot id (the host's
 //! differs), and exactly one QEMU process exists for the pod, in the pod sandbox's directory.
@@ -17,314 +23,66 @@
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::ffi::OsString;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, ensure};
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
-use coffer_tests::containerd::{Containerd, busybox_oci_archive, oci_archive};
-use coffer_tests::cri::{self, CriConfig, ImageClient, RuntimeClient, v1};
-use coffer_tests::registry::Registry;
-use coffer_tests::{
-    Suite, bin, case, eventually, guest_image, leftover_sandboxes, processes_mentioning,
+use coffer_tests::cluster::{
+    BRIDGE_IP, Cluster, HANDLER, IMAGE, PAUSE_IMAGE, RUNC_HANDLER, RUNTIME,
 };
+use coffer_tests::cri::{self, v1};
+use coffer_tests::netns::{Forwarder, NetNs};
+use coffer_tests::registry::Registry;
+use coffer_tests::{Suite, case, eventually};
 
-const RUNTIME: &str = "io.containerd.coffer.v2";
-const HANDLER: &str = "coffer";
 /// A handler whose runtime config (CRI's `options.ConfigPath`) asks for guest pull, as the TEE
 /// handlers' do.
 const GUEST_PULL_HANDLER: &str = "coffer-gp";
-const IMAGE: &str = "coffer.test/busybox:latest";
-const PAUSE_IMAGE: &str = "coffer.test/pause:latest";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// What the pod's first container serves on localhost, for the second to read.
 const LOOPBACK_REPLY: &str = "hello-over-the-pod-loopback";
 const LOOPBACK_PORT: u16 = 8080;
-/// Deadline of one CRI call: RunPodSandbox boots the pod VM (≈10 s under TCG, more on a loaded box).
-const CRI_TIMEOUT: Duration = Duration::from_secs(300);
+/// The port the network cases' HTTP servers listen on in their pods, and pod A's host port.
+const HTTP_PORT: u16 = 8080;
+const HOST_PORT: u16 = 18080;
 
 struct Ctx {
-    containerd: Containerd,
-    containerd_dir: PathBuf,
-    rt: tokio::runtime::Runtime,
-    runtime: RuntimeClient,
-    images: ImageClient,
-    work: PathBuf,
-    state: PathBuf,
-    /// Holds `state`.
-    _state_dir: tempfile::TempDir,
-    /// The registry the guest pulls from (through a tunnel) with [`GUEST_PULL_HANDLER`].
-    _registry: Registry,
+    cluster: Cluster,
+    /// The registry the guest pulls from (over its pod network) with [`GUEST_PULL_HANDLER`], and
+    /// its address on the node.
+    _registry: (Registry, Forwarder),
     /// The guest-pull test image: in CRI's store without a marker file, in the registry with one.
     pulled_image: String,
 }
 
-fn node_namespaces() -> v1::NamespaceOption {
-    v1::NamespaceOption {
-        network: v1::NamespaceMode::Node.into(),
-        pid: v1::NamespaceMode::Container.into(),
-        ipc: v1::NamespaceMode::Pod.into(),
-        target_id: String::new(),
+impl std::ops::Deref for Ctx {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
     }
 }
 
-impl Ctx {
-    /// Runs one CRI call (at most [`CRI_TIMEOUT`]).
-    fn call<T>(
-        &self,
-        what: &str,
-        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> anyhow::Result<T> {
-        self.rt
-            .block_on(async { tokio::time::timeout(CRI_TIMEOUT, call).await })
-            .map_err(|_| anyhow!("{what}: no answer within {CRI_TIMEOUT:?}"))?
-            .map(tonic::Response::into_inner)
-            .map_err(|s| anyhow!("{what}: {:?}: {}", s.code(), s.message()))
-    }
-
-    fn pod_config(&self, name: &str) -> v1::PodSandboxConfig {
-        v1::PodSandboxConfig {
-            metadata: Some(v1::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "coffer-test".into(),
-                attempt: 0,
-            }),
-            hostname: String::new(),
-            log_directory: self.work.join("pods").join(name).display().to_string(),
-            labels: HashMap::new(),
-            annotations: HashMap::new(),
-            linux: Some(v1::LinuxPodSandboxConfig {
-                cgroup_parent: String::new(),
-                security_context: Some(v1::LinuxSandboxSecurityContext {
-                    namespace_options: Some(node_namespaces()),
-                }),
-            }),
+/// A container script serving `reply` over HTTP on [`HTTP_PORT`] (busybox `httpd`), after printing
+/// nothing (or, with `print_resolv`, its `/etc/resolv.conf`).
+fn serve_script(reply: &str, print_resolv: bool) -> String {
+    format!(
+        "{}mkdir -p /www && echo {reply} > /www/index.html && exec httpd -f -p {HTTP_PORT} -h /www",
+        if print_resolv {
+            "cat /etc/resolv.conf; "
+        } else {
+            ""
         }
-    }
+    )
+}
 
-    fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerConfig {
-        v1::ContainerConfig {
-            metadata: Some(v1::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(v1::ImageSpec {
-                image: image.into(),
-                annotations: HashMap::new(),
-            }),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}.log"),
-            linux: Some(v1::LinuxContainerConfig {
-                security_context: Some(v1::LinuxContainerSecurityContext {
-                    privileged: false,
-                    namespace_options: Some(node_namespaces()),
-                }),
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// RunPodSandbox of `pod` with `handler`; the sandbox id and the pod shim's socket (read from
-    /// the sandbox task's bundle, to check it goes with the pod).
-    fn run_pod(
-        &self,
-        pod: &v1::PodSandboxConfig,
-        handler: &str,
-    ) -> anyhow::Result<(String, Option<PathBuf>)> {
-        std::fs::create_dir_all(&pod.log_directory)?;
-        let sandbox_id = self
-            .call(
-                "RunPodSandbox",
-                self.runtime
-                    .clone()
-                    .run_pod_sandbox(v1::RunPodSandboxRequest {
-                        config: Some(pod.clone()),
-                        runtime_handler: handler.into(),
-                    }),
-            )?
-            .pod_sandbox_id;
-        let shim_socket = self
-            .containerd
-            .bundles()
-            .into_iter()
-            .find(|b| b.ends_with(&sandbox_id))
-            .and_then(|b| std::fs::read_to_string(b.join("address")).ok())
-            .map(|a| PathBuf::from(a.trim().trim_start_matches("unix://")));
-        Ok((sandbox_id, shim_socket))
-    }
-
-    /// CreateContainer of `sh -c script` from `image` in the pod, then StartContainer; its id.
-    fn create_and_start(
-        &self,
-        sandbox_id: &str,
-        pod: &v1::PodSandboxConfig,
-        name: &str,
-        image: &str,
-        script: &str,
-    ) -> anyhow::Result<String> {
-        let id = self
-            .call(
-                "CreateContainer",
-                self.runtime
-                    .clone()
-                    .create_container(v1::CreateContainerRequest {
-                        pod_sandbox_id: sandbox_id.into(),
-                        config: Some(Ctx::container_config(name, image, script)),
-                        sandbox_config: Some(pod.clone()),
-                    }),
-            )?
-            .container_id;
-        self.call(
-            "StartContainer",
-            self.runtime
-                .clone()
-                .start_container(v1::StartContainerRequest {
-                    container_id: id.clone(),
-                }),
-        )?;
-        Ok(id)
-    }
-
-    fn container_status(&self, id: &str) -> anyhow::Result<v1::ContainerStatus> {
-        self.call(
-            "ContainerStatus",
-            self.runtime
-                .clone()
-                .container_status(v1::ContainerStatusRequest {
-                    container_id: id.into(),
-                    verbose: false,
-                }),
-        )?
-        .status
-        .context("ContainerStatus without a status")
-    }
-
-    /// Waits until container `id` is in `state`; its status then.
-    fn wait_state(
-        &self,
-        id: &str,
-        state: v1::ContainerState,
-    ) -> anyhow::Result<v1::ContainerStatus> {
-        eventually(Duration::from_secs(120), &format!("{id} {state:?}"), || {
-            let status = self.container_status(id)?;
-            Ok((status.state == i32::from(state)).then_some(status))
-        })
-    }
-
-    /// The stdout lines of a container's CRI log, once it has at least `n` of them.
-    fn stdout_lines(&self, log: &Path, n: usize) -> anyhow::Result<Vec<String>> {
-        eventually(
-            Duration::from_secs(60),
-            &format!("{n} lines in {}", log.display()),
-            || {
-                if !log.exists() {
-                    return Ok(None);
-                }
-                let lines: Vec<String> = cri::log_lines(log)?
-                    .into_iter()
-                    .filter(|(stream, _)| stream == "stdout")
-                    .map(|(_, line)| line)
-                    .collect();
-                Ok((lines.len() >= n).then_some(lines))
-            },
-        )
-    }
-
-    fn stop_and_remove(&self, sandbox_id: &str) -> anyhow::Result<()> {
-        self.call(
-            "StopPodSandbox",
-            self.runtime
-                .clone()
-                .stop_pod_sandbox(v1::StopPodSandboxRequest {
-                    pod_sandbox_id: sandbox_id.into(),
-                }),
-        )?;
-        self.call(
-            "RemovePodSandbox",
-            self.runtime
-                .clone()
-                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-                    pod_sandbox_id: sandbox_id.into(),
-                }),
-        )?;
-        Ok(())
-    }
-
-    fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.state.join("sandboxes").join(id)
-    }
-
-    fn qemu_processes(&self) -> Vec<(u32, String)> {
-        processes_mentioning("qemu-system")
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains(&self.state.display().to_string()))
-            .collect()
-    }
-
-    fn shim_processes(&self) -> Vec<(u32, String)> {
-        processes_mentioning("containerd-shim-coffer-v2")
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains(&self.work.display().to_string()))
-            .collect()
-    }
-
-    /// Everything a removed pod could leave behind, listed. `shim_socket` is the pod shim's.
-    fn leftovers(&self, sandbox_id: &str, shim_socket: Option<&Path>) -> Vec<String> {
-        let mut left = Vec::new();
-        for dir in leftover_sandboxes(&self.state) {
-            left.push(format!("sandbox directory {}", dir.display()));
-        }
-        for (pid, cmd) in processes_mentioning(&self.state.display().to_string()) {
-            left.push(format!("VM process {pid}: {cmd}"));
-        }
-        for (pid, cmd) in self.shim_processes() {
-            left.push(format!("shim process {pid}: {cmd}"));
-        }
-        if let Some(socket) = shim_socket.filter(|s| s.exists()) {
-            left.push(format!("shim socket {}", socket.display()));
-        }
-        for bundle in self.containerd.bundles() {
-            left.push(format!("bundle {}", bundle.display()));
-        }
-        for base in ["root", "state"] {
-            let dir = self
-                .containerd_dir
-                .join(base)
-                .join("io.containerd.grpc.v1.cri/sandboxes")
-                .join(sandbox_id);
-            if dir.exists() {
-                left.push(format!("CRI sandbox directory {}", dir.display()));
-            }
-        }
-        let work = self.work.display().to_string();
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-            for line in mounts.lines().filter(|l| l.contains(&work)) {
-                left.push(format!("mount {line}"));
-            }
-        }
-        left
-    }
-
-    fn assert_clean(&self, sandbox_id: &str, shim_socket: Option<&Path>) -> anyhow::Result<()> {
-        let clean = eventually(Duration::from_secs(30), "cleanup", || {
-            Ok(self
-                .leftovers(sandbox_id, shim_socket)
-                .is_empty()
-                .then_some(()))
-        });
-        if clean.is_err() {
-            bail!(
-                "left behind: {:#?}",
-                self.leftovers(sandbox_id, shim_socket)
-            );
-        }
-        Ok(())
-    }
+/// A container script fetching `http://addr/` (busybox `wget`), retrying every second for at most
+/// 60 tries; the body on stdout, exit 0 once it got one.
+fn fetch_script(addr: std::net::SocketAddr) -> String {
+    format!(
+        "for i in $(seq 60); do wget -q -T 5 -O - http://{addr}/ 2>/dev/null && exit 0; sleep 1; done; exit 1"
+    )
 }
 
 /// A guest boot id as the kernel prints it: a UUID.
@@ -342,16 +100,24 @@ fn boot_id(line: &str) -> anyhow::Result<String> {
 }
 
 /// A registry holding the busybox image of `work/image` with a marker file `/guest-pulled` (the
-/// archive imported into CRI's store has none), and the runtime config of
-/// [`GUEST_PULL_HANDLER`]: guest pull through a tunnel to that registry, whose plain HTTP the
-/// pod's initdata allows.
+/// archive imported into CRI's store has none), reached by the pods at `<bridge>:<port>` on the
+/// node (a forwarder there to the registry on the test's loopback), and the runtime config of
+/// [`GUEST_PULL_HANDLER`]: guest pull over the pod network from that registry, whose plain HTTP
+/// the pod's initdata allows. No tunnel: the guest reaches it like any pod reaches a service.
 fn guest_pull_setup(
     work: &Path,
     state: &Path,
     image_dir: &Path,
-) -> anyhow::Result<(Registry, PathBuf)> {
+    node: &NetNs,
+) -> anyhow::Result<(Registry, Forwarder, PathBuf, String)> {
     let registry = Registry::start()?;
-    let host = format!("127.0.0.1:{}", registry.port);
+    let forwarder = Forwarder::start(
+        node,
+        (BRIDGE_IP, 0).into(),
+        (std::net::Ipv4Addr::LOCALHOST, registry.port).into(),
+    )?;
+    let host = format!("{BRIDGE_IP}:{}", forwarder.addr.port());
+    // The cluster's busybox image, with the marker added.
     let layout = work.join("image/layout");
     let bundle = work.join("gp-bundle");
     let image = format!("{}:latest", layout.display());
@@ -385,7 +151,7 @@ fn guest_pull_setup(
         &config,
         format!(
             "state_dir = \"{}\"\ninitdata = \"{}\"\n[guest]\nimage_dir = \"{}\"\n\
-             boot_timeout_secs = 120\nguest_pull = true\nregistry_tunnels = [\"{host}\"]\n\
+             boot_timeout_secs = 120\nguest_pull = true\n\
              [qemu]\nprobe_cache = \"{}\"\n",
             state.display(),
             initdata.display(),
@@ -393,116 +159,33 @@ fn guest_pull_setup(
             work.join("accel-probe").display()
         ),
     )?;
-    Ok((registry, config))
+    Ok((
+        registry,
+        forwarder,
+        config,
+        format!("{host}/cri/busybox:latest"),
+    ))
 }
 
 fn setup(work: &Path) -> anyhow::Result<Ctx> {
-    let image = guest_image();
-    let image_dir = image
-        .vmlinux
-        .parent()
-        .context("guest image directory")?
-        .to_path_buf();
-    // containerd finds the shim on its PATH, which leads with this build's binary directory.
-    bin("containerd-shim-coffer-v2");
-    // The pod VM's sockets live in `state/sandboxes/<64-character CRI id>/`: a unix socket
-    // address holds 107 bytes, so the state directory must be short (as `/run/coffer` is).
-    let mut state_dir = tempfile::Builder::new().prefix("cc").tempdir_in("/tmp")?;
-    state_dir.disable_cleanup(std::env::var_os("COFFER_CRI_KEEP").is_some());
-    let state = state_dir.path().to_path_buf();
-    let config = work.join("runtime.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\n[guest]\nimage_dir = \"{}\"\nboot_timeout_secs = 120\n\
-             [qemu]\nprobe_cache = \"{}\"\n",
-            state.display(),
-            image_dir.display(),
-            work.join("accel-probe").display()
-        ),
-    )?;
-    let busybox = busybox_oci_archive(&work.join("image"))?;
-    let (registry, gp_config) = guest_pull_setup(work, &state, &image_dir)?;
-    let pulled_image = format!("127.0.0.1:{}/cri/busybox:latest", registry.port);
-    // The pause image: one empty layer. Its entrypoint does not exist, so a pod whose sandbox
-    // runs proves the pause container ran nowhere.
-    let pause = oci_archive(
-        &work.join("pause"),
-        "pause-oci.tar",
-        |_| {},
-        &["--config.entrypoint", "/pause"],
-    )?;
-    let containerd_dir = work.join("containerd");
-    let cri_config = CriConfig {
-        sandbox_image: PAUSE_IMAGE.into(),
-        handlers: vec![
-            (HANDLER.into(), RUNTIME.into(), None),
-            (GUEST_PULL_HANDLER.into(), RUNTIME.into(), Some(gp_config)),
-        ],
-        cni_dir: work.join("cni"),
-    };
-    let mut containerd = Containerd::start_with_cri(
-        &containerd_dir,
-        vec![(
-            "COFFER_RUNTIME_CONFIG".into(),
-            OsString::from(config.as_os_str()),
-        )],
-        &cri_config.toml(),
-    )?;
-    containerd.set_namespace(cri::NAMESPACE);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let (runtime, images) = rt.block_on(cri::connect(&containerd.socket()))?;
-    let ctx = Ctx {
-        containerd,
-        containerd_dir,
-        rt,
-        runtime,
-        images,
-        work: work.to_path_buf(),
-        state,
-        _state_dir: state_dir,
-        _registry: registry,
+    let mut gp = None;
+    let cluster = Cluster::start(work, |state, image_dir, node| {
+        let (registry, forwarder, config, image) = guest_pull_setup(work, state, image_dir, node)?;
+        gp = Some((registry, forwarder, image));
+        Ok(vec![(
+            GUEST_PULL_HANDLER.to_owned(),
+            RUNTIME.to_owned(),
+            Some(config),
+        )])
+    })?;
+    let (registry, forwarder, pulled_image) = gp.context("guest pull set-up")?;
+    let base = pulled_image.trim_end_matches(":latest").to_owned();
+    cluster.import(&cluster.busybox_archive, &base, &pulled_image)?;
+    Ok(Ctx {
+        cluster,
+        _registry: (registry, forwarder),
         pulled_image,
-    };
-    let pulled_name = ctx.pulled_image.trim_end_matches(":latest").to_owned();
-    for (archive, name) in [
-        (&busybox, "coffer.test/busybox"),
-        (&busybox, pulled_name.as_str()),
-        (&pause, "coffer.test/pause"),
-    ] {
-        ctx.containerd.ctr_ok(&[
-            "images",
-            "import",
-            "--base-name",
-            name,
-            &archive.display().to_string(),
-        ])?;
-    }
-    // CRI learns of imported images from containerd's events: wait until it lists both.
-    for image in [IMAGE, PAUSE_IMAGE, ctx.pulled_image.as_str()] {
-        let mut images = ctx.images.clone();
-        eventually(
-            Duration::from_secs(30),
-            &format!("CRI knows {image}"),
-            || {
-                let status = ctx.call(
-                    "ImageStatus",
-                    images.image_status(v1::ImageStatusRequest {
-                        image: Some(v1::ImageSpec {
-                            image: image.into(),
-                            annotations: HashMap::new(),
-                        }),
-                        verbose: false,
-                    }),
-                )?;
-                Ok(status.image.map(|_| ()))
-            },
-        )?;
-    }
-    Ok(ctx)
+    })
 }
 
 fn main() -> ExitCode {
@@ -768,6 +451,180 @@ fn main() -> ExitCode {
                     let _ = ctx.stop_and_remove(&sandbox_id);
                 }
                 result?;
+                ctx.assert_clean(&sandbox_id, shim_socket.as_deref())
+            })()
+        }
+    );
+
+    case!(suite, "coffer_and_runc_pods_share_the_pod_network", {
+        (|| {
+            // Pod A (Coffer) serves HTTP on its pod IP, with a host port and the pod's own DNS
+            // settings; pod B (Coffer) and pod R (runc) on the same bridge reach it, it reaches R,
+            // and the node reaches it directly and through the host port.
+            let mut pod_a = ctx.pod_config("net-a");
+            pod_a.hostname = "net-a".into();
+            pod_a.dns_config = Some(v1::DnsConfig {
+                servers: vec!["198.18.0.53".into()],
+                searches: vec!["coffer.test".into(), "svc.coffer.test".into()],
+                options: vec!["ndots:2".into()],
+            });
+            pod_a.port_mappings = vec![v1::PortMapping {
+                protocol: v1::Protocol::Tcp.into(),
+                container_port: i32::from(HTTP_PORT),
+                host_port: i32::from(HOST_PORT),
+                host_ip: String::new(),
+            }];
+            let pod_b = ctx.pod_config("net-b");
+            let pod_r = ctx.pod_config("net-r");
+            let mut pods: Vec<(String, Option<PathBuf>)> = Vec::new();
+            let result = (|| {
+                pods.push(ctx.run_pod(&pod_a, HANDLER)?);
+                let a = pods[0].0.clone();
+                pods.push(ctx.run_pod(&pod_r, RUNC_HANDLER)?);
+                let r = pods[1].0.clone();
+                let (ip_a, ip_r) = (ctx.pod_ip(&a)?, ctx.pod_ip(&r)?);
+                ensure!(ip_a != ip_r, "two pods with one address {ip_a}");
+
+                let web = ctx.create_and_start(
+                    &a,
+                    &pod_a,
+                    "web",
+                    IMAGE,
+                    &serve_script("hello-from-coffer", true),
+                )?;
+                let runc_web = ctx.create_and_start(
+                    &r,
+                    &pod_r,
+                    "runc-web",
+                    IMAGE,
+                    &serve_script("hello-from-runc", false),
+                )?;
+                ctx.wait_state(&web, v1::ContainerState::ContainerRunning)?;
+                ctx.wait_state(&runc_web, v1::ContainerState::ContainerRunning)?;
+
+                // The node (and kube-proxy acting there) reaches the pod IP, and the host port.
+                let http = |ip: std::net::Ipv4Addr| std::net::SocketAddr::from((ip, HTTP_PORT));
+                let body = ctx.http_get_from_node(http(ip_a))?;
+                ensure!(body == "hello-from-coffer\n", "node → pod A: {body:?}");
+                let body =
+                    ctx.http_get_from_node(std::net::SocketAddr::from((BRIDGE_IP, HOST_PORT)))?;
+                ensure!(body == "hello-from-coffer\n", "node → host port: {body:?}");
+
+                // Coffer → runc and runc → Coffer, over the bridge.
+                let fetch = |container: &str, ip: std::net::Ipv4Addr| {
+                    ctx.exec_sync(container, &["sh", "-c", &fetch_script(http(ip))])
+                };
+                let got = fetch(&web, ip_r)?;
+                ensure!(
+                    got.exit_code == 0 && got.stdout == b"hello-from-runc\n",
+                    "pod A → runc pod: {got:?}"
+                );
+                let got = fetch(&runc_web, ip_a)?;
+                ensure!(
+                    got.exit_code == 0 && got.stdout == b"hello-from-coffer\n",
+                    "runc pod → pod A: {got:?}"
+                );
+
+                // Coffer → Coffer: pod B's container fetches A's page and exits.
+                pods.push(ctx.run_pod(&pod_b, HANDLER)?);
+                let b = pods[2].0.clone();
+                let client =
+                    ctx.create_and_start(&b, &pod_b, "client", IMAGE, &fetch_script(http(ip_a)))?;
+                let exited = ctx.wait_state(&client, v1::ContainerState::ContainerExited)?;
+                let lines =
+                    ctx.stdout_lines(&Path::new(&pod_b.log_directory).join("client.log"), 1)?;
+                ensure!(
+                    exited.exit_code == 0 && lines == ["hello-from-coffer"],
+                    "pod B → pod A: exit {}, {lines:?}",
+                    exited.exit_code
+                );
+
+                // Pod A's resolver configuration is the one the CRI request asked for, its
+                // hostname the pod's.
+                let resolv = ctx.exec_sync(&web, &["cat", "/etc/resolv.conf"])?;
+                let words = |keyword: &str| -> Vec<String> {
+                    String::from_utf8_lossy(&resolv.stdout)
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(keyword))
+                        .flat_map(|rest| rest.split_whitespace().map(str::to_owned))
+                        .collect()
+                };
+                let want = pod_a.dns_config.clone().unwrap_or_default();
+                ensure!(
+                    words("nameserver ") == want.servers
+                        && words("search ") == want.searches
+                        && words("options ") == want.options,
+                    "pod A's /etc/resolv.conf: {:?}",
+                    String::from_utf8_lossy(&resolv.stdout)
+                );
+                let hostname = ctx.exec_sync(&web, &["hostname"])?;
+                ensure!(
+                    hostname.stdout == b"net-a\n",
+                    "pod A's hostname: {hostname:?}"
+                );
+                let hosts = ctx.exec_sync(&web, &["cat", "/etc/hosts"])?;
+                ensure!(
+                    String::from_utf8_lossy(&hosts.stdout)
+                        .lines()
+                        .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                            == [ip_a.to_string().as_str(), "net-a"]),
+                    "pod A's /etc/hosts does not name it: {hosts:?}"
+                );
+                Ok(())
+            })();
+            for (id, _) in &pods {
+                let removed = ctx.stop_and_remove(id);
+                if result.is_ok() {
+                    removed?;
+                }
+            }
+            result?;
+            for (id, socket) in &pods {
+                ctx.assert_clean(id, socket.as_deref())?;
+            }
+            Ok(())
+        })()
+    });
+
+    case!(
+        suite,
+        "a_killed_vmm_makes_the_pod_notready_and_removal_leaves_nothing",
+        {
+            (|| {
+                let pod = ctx.pod_config("net-kill");
+                let (sandbox_id, shim_socket) = ctx.run_pod(&pod, HANDLER)?;
+                let result = (|| {
+                    let id = ctx.create_and_start(
+                        &sandbox_id,
+                        &pod,
+                        "sleeper",
+                        IMAGE,
+                        "exec sleep 1000",
+                    )?;
+                    ctx.wait_state(&id, v1::ContainerState::ContainerRunning)?;
+                    let qemu = ctx.qemu_processes();
+                    ensure!(qemu.len() == 1, "one QEMU expected: {qemu:?}");
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(i32::try_from(qemu[0].0)?),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )?;
+                    eventually(Duration::from_secs(60), "the pod NOTREADY", || {
+                        let status = ctx.pod_status(&sandbox_id)?.status.context("no status")?;
+                        Ok(
+                            (status.state == i32::from(v1::PodSandboxState::SandboxNotready))
+                                .then_some(()),
+                        )
+                    })?;
+                    let exited = ctx.wait_state(&id, v1::ContainerState::ContainerExited)?;
+                    ensure!(
+                        exited.exit_code != 0,
+                        "the container exited cleanly: {exited:?}"
+                    );
+                    Ok(())
+                })();
+                let removed = ctx.stop_and_remove(&sandbox_id);
+                result?;
+                removed?;
                 ctx.assert_clean(&sandbox_id, shim_socket.as_deref())
             })()
         }
