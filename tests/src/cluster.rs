@@ -599,3 +599,31 @@ pub fn http_get(addr: SocketAddr) -> std::io::Result<String> {
     }
     Ok(body.to_owned())
 }
+
+impl Drop for Cluster {
+    /// Stops containerd, then kills whatever a failed case left running: the pods' shims and VMs
+    /// (their command lines name the cluster's directories) and any process still in a pod's
+    /// network namespace (a runc pod's containers), so a failure never leaks a VM into the rest of
+    /// the test run.
+    fn drop(&mut self) {
+        self.containerd.stop();
+        let kill = |pid: u32| {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        };
+        for dir in [&self.work, &self.state] {
+            for (pid, _) in processes_mentioning(&dir.display().to_string()) {
+                kill(pid);
+            }
+        }
+        for (_, inode) in self.pod_netns.borrow().iter() {
+            for (pid, _) in crate::netns::holders(*inode) {
+                kill(pid);
+            }
+        }
+    }
+}
