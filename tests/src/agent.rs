@@ -69,3 +69,73 @@ pub async fn remove(agent: &AgentClient, id: &str) -> anyhow::Result<()> {
         .context("RemoveContainer")?;
     Ok(())
 }
+
+/// Uploads the host directory `rootfs` for container `id` and creates it from `spec`.
+pub async fn create(
+    agent: &AgentClient,
+    rootfs: &std::path::Path,
+    id: &str,
+    spec: &oci_spec::runtime::Spec,
+) -> anyhow::Result<()> {
+    use coffer_runtime::rootfs::{self, ContainerRootfs};
+    let mut agent = agent.clone();
+    let source = rootfs::deliver(
+        &mut agent,
+        id,
+        &ContainerRootfs::HostDirectory(rootfs.to_path_buf()),
+    )
+    .await?;
+    agent
+        .create_container(pb::CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: serde_json::to_vec(spec)?,
+            rootfs: Some(source),
+        })
+        .await
+        .context("CreateContainer")?;
+    Ok(())
+}
+
+/// Creates container `id` from `spec` on the host directory `rootfs`, starts it, waits for it
+/// and removes it; its stdout and exit status.
+pub async fn run(
+    agent: &AgentClient,
+    rootfs: &std::path::Path,
+    id: &str,
+    spec: &oci_spec::runtime::Spec,
+) -> anyhow::Result<(String, i32)> {
+    create(agent, rootfs, id, spec).await?;
+    let out = read_output(agent, id, "", false);
+    start(agent, id).await.context("StartContainer")?;
+    let status = wait(agent, id, "").await?;
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), out).await???;
+    remove(agent, id).await?;
+    Ok((out, status))
+}
+
+/// Runs `args` as exec `exec` in the running container `id` (no terminal, the container's user);
+/// its stdout and exit status.
+pub async fn exec(
+    agent: &AgentClient,
+    id: &str,
+    exec: &str,
+    args: &[&str],
+) -> anyhow::Result<(String, i32)> {
+    let opts = coffer_runtime::spec::ProcessOptions {
+        args: args.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    agent
+        .clone()
+        .exec_process(pb::ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            oci_process_json: serde_json::to_vec(&coffer_runtime::spec::process(&opts))?,
+        })
+        .await
+        .context("ExecProcess")?;
+    let out = read_output(agent, id, exec, false);
+    let status = wait(agent, id, exec).await?;
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), out).await???;
+    Ok((out, status))
+}

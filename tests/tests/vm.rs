@@ -11,7 +11,6 @@ use coffer_agent_protocol::v1 as pb;
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
-use coffer_runtime::rootfs::{self, ContainerRootfs};
 use coffer_runtime::sandbox::{InitdataDisk, SandboxConfig};
 use coffer_runtime::spec::{self, ProcessOptions};
 use coffer_tests::{
@@ -33,22 +32,7 @@ fn opts(args: &[&str]) -> ProcessOptions {
 
 impl Env {
     async fn create(&self, id: &str, spec: Spec) -> anyhow::Result<()> {
-        let mut agent = self.agent.clone();
-        let source = rootfs::deliver(
-            &mut agent,
-            id,
-            &ContainerRootfs::HostDirectory(self.rootfs.clone()),
-        )
-        .await?;
-        agent
-            .create_container(pb::CreateContainerRequest {
-                container_id: id.into(),
-                oci_spec_json: serde_json::to_vec(&spec)?,
-                rootfs: Some(source),
-            })
-            .await
-            .context("CreateContainer")?;
-        Ok(())
+        agent::create(&self.agent, &self.rootfs, id, &spec).await
     }
 
     async fn start(&self, id: &str) -> anyhow::Result<()> {
@@ -71,13 +55,7 @@ impl Env {
 
     /// Creates, starts and waits for a container; returns (stdout, status).
     async fn run(&self, id: &str, o: ProcessOptions) -> anyhow::Result<(String, i32)> {
-        self.create(id, spec::container(&o, "coffer")).await?;
-        let out = self.read(id, "");
-        self.start(id).await?;
-        let status = self.wait(id, "").await?;
-        let out = tokio::time::timeout(Duration::from_secs(10), out).await???;
-        self.remove(id).await?;
-        Ok((out, status))
+        agent::run(&self.agent, &self.rootfs, id, &spec::container(&o, "coffer")).await
     }
 }
 
