@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark harness: failures abort the run
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -108,9 +111,9 @@ fn process_cpu() -> Duration {
 }
 
 fn snp_verify() {
-    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/snp/");
-    let report = std::fs::read(format!("{base}trustee-test-report.bin")).unwrap();
-    let vcek = std::fs::read(format!("{base}trustee-test-vcek.der")).unwrap();
+    let snp = common::vectors_dir().join("snp");
+    let report = std::fs::read(snp.join("trustee-test-report.bin")).unwrap();
+    let vcek = std::fs::read(snp.join("trustee-test-vcek.der")).unwrap();
     let parsed = Report::parse(&report).unwrap();
     let expected = Expected {
         report_data: parsed.report_data,

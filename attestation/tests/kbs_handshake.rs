@@ -1,9 +1,10 @@
 //! Full client ↔ broker handshakes over loopback HTTP and HTTPS (generated CA), EC and RSA keys,
 //! cookie and bearer modes; the server's replies compared in shape with Trustee's recorded
-//! replies (`shared/vectors/kbs/kbs-client-exchange.jsonl`); 1000 concurrent handshakes.
+//! replies (`tests/vectors/kbs/kbs-client-exchange.jsonl`); 1000 concurrent handshakes.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+mod common;
 mod kbs_support;
 
 use std::collections::BTreeSet;
@@ -165,12 +166,9 @@ async fn typed_errors_policy_denied_not_found_and_transport() {
 }
 
 fn exchange() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/kbs/kbs-client-exchange.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("missing vector {path}: {e}"))
+    let path = common::vectors_dir().join("kbs/kbs-client-exchange.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("missing vector {}: {e}", path.display()))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+mod common;
 mod kbs_support;
 
 use std::time::{Duration, SystemTime};
@@ -283,11 +284,8 @@ async fn kbs02_key_order_and_whitespace_do_not_change_the_binding() {
 }
 
 fn snp_vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../shared/vectors/snp/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("missing vector {path}: {e}"))
+    let path = common::vectors_dir().join("snp").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("missing vector {}: {e}", path.display()))
 }
 
 /// SNP evidence as the configfs-tsm attester sends it, with the VCEK in a certificate table.
@@ -410,11 +408,7 @@ fn kbs05_snp_report_with_flipped_byte_or_wrong_binding_refused() {
 
 #[test]
 fn kbs06_tdx_refused_without_collateral_and_sgx_quote_refused() {
-    let quote = std::fs::read(format!(
-        "{}/../../shared/vectors/tdx/dcap-qvl-sgx_quote",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let quote = std::fs::read(common::vectors_dir().join("tdx/dcap-qvl-sgx_quote")).unwrap();
     let evidence = json!({"quote": B64.encode(&quote)});
     let none = snp_verifier();
     assert!(matches!(
@@ -425,13 +419,7 @@ fn kbs06_tdx_refused_without_collateral_and_sgx_quote_refused() {
         false,
         SnpSettings::default(),
         TdxSettings {
-            collateral: Some(
-                format!(
-                    "{}/../../shared/vectors/tdx/dcap-qvl-tdx_quote_collateral.json",
-                    env!("CARGO_MANIFEST_DIR")
-                )
-                .into(),
-            ),
+            collateral: Some(common::vectors_dir().join("tdx/dcap-qvl-tdx_quote_collateral.json")),
             ..TdxSettings::default()
         },
     );

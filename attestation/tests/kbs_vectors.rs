@@ -1,10 +1,12 @@
 //! Wire compatibility with Trustee's KBS 0.4.0, proven against the recorded exchanges in
-//! `shared/vectors/kbs/` (see its README): our types parse every recorded message and re-encode
+//! `tests/vectors/kbs/` (see its README): our types parse every recorded message and re-encode
 //! it field for field; our report_data binding reproduces every recorded report_data; our JWE
 //! decryption yields the recorded plaintexts with the recorded TEE private keys. A missing vector
 //! fails the test.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
@@ -23,8 +25,7 @@ const PY_VECTORS: [&str; 3] = [
 ];
 
 fn vector(name: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/kbs/");
-    std::fs::read(format!("{path}{name}"))
+    std::fs::read(common::vectors_dir().join("kbs").join(name))
         .unwrap_or_else(|e| panic!("KBS vector {name} is missing or unreadable: {e}"))
 }
 

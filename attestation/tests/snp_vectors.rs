@@ -1,5 +1,7 @@
-//! SEV-SNP verification against the real vectors in `shared/vectors/snp/` (see its README and
+//! SEV-SNP verification against the real vectors in `tests/vectors/snp/` (see its README and
 //! EXPECTED.json). Test names cite catalogue ID KBS-05. A missing vector fails the test.
+
+mod common;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,9 +24,7 @@ fn at(unix: u64) -> SystemTime {
 }
 
 fn vector_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors/snp")
-        .join(name)
+    common::vectors_dir().join("snp").join(name)
 }
 
 fn vector(name: &str) -> Vec<u8> {

@@ -1,8 +1,10 @@
-//! Intel TDX verification against the real vectors in `shared/vectors/tdx/` (see its README,
+//! Intel TDX verification against the real vectors in `tests/vectors/tdx/` (see its README,
 //! EXPECTED-signature-chain.json and EXPECTED-dcap-qvl.json). Test names cite catalogue ID KBS-06
 //! (TDX evidence, §1.7) and KBS-03 (MRCONFIGID binding). A missing vector fails the test.
 // Test code: a failed expectation (in helpers too) is a test failure.
 #![allow(clippy::expect_used)]
+
+mod common;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,11 +35,7 @@ fn at(unix: u64) -> SystemTime {
 }
 
 fn vector_path(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/tdx"
-    ))
-    .join(name)
+    common::vectors_dir().join("tdx").join(name)
 }
 
 fn vector(name: &str) -> Vec<u8> {

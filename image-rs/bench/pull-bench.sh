@@ -7,7 +7,8 @@ set -euo pipefail
 
 MB=${BENCH_LAYER_MB:-40}          # unpacked MB per layer (half random, half text); 5 layers
 RUNS=${BENCH_RUNS:-3}
-VECTORS=${VECTORS:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/vectors/ocicrypt}
+# The repository's ocicrypt vectors (tests/vectors/README.md).
+VECTORS=$(cd "$(dirname "$0")/../../tests/vectors/ocicrypt" && pwd)
 work=$(mktemp -d)
 reg_pid=
 cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }

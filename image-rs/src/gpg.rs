@@ -174,10 +174,7 @@ pub async fn lookaside_signatures(
 mod tests {
     use super::*;
 
-    const GPG: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/signatures/skopeo-gpg"
-    );
+    const GPG: &str = vectors_dir!("signatures/skopeo-gpg");
     const HEX: &str = "4d4ff208a9c28dd70701e7ef0380563735c9ad8a7cdb5c2ec6832e8131234312";
 
     #[tokio::test]

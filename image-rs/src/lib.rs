@@ -15,6 +15,12 @@
 
 #![forbid(unsafe_code)]
 
+// `vectors_dir!`: the repository's test vectors, for the unit tests (the integration tests' helper).
+#[cfg(test)]
+#[macro_use]
+#[path = "../tests/common/vectors.rs"]
+mod test_vectors;
+
 pub mod config;
 mod decode;
 pub mod decrypt;

@@ -252,10 +252,7 @@ impl ImageConfig {
 mod tests {
     use super::*;
 
-    const SRC: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/ocicrypt/src"
-    );
+    const SRC: &str = vectors_dir!("ocicrypt/src");
 
     #[test]
     fn parses_vector_manifest_and_config() {

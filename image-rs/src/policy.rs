@@ -572,10 +572,7 @@ fn identity_matches(
 mod tests {
     use super::*;
 
-    const SIGS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/signatures"
-    );
+    const SIGS: &str = vectors_dir!("signatures");
 
     #[test]
     fn scopes_resolve_most_specific_first() {

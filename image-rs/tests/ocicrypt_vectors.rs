@@ -1,5 +1,9 @@
-//! ocicrypt decryption against the skopeo-made vectors in shared/vectors/ocicrypt.
+//! ocicrypt decryption against the skopeo-made vectors in tests/vectors/ocicrypt.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+#[path = "common/vectors.rs"]
+mod vectors;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,7 +16,7 @@ use coffer_image::manifest::{ImageConfig, ManifestDoc};
 use coffer_image::{DecryptError, Decryptor, Digest, LocalKek, PrivateKey};
 use zeroize::Zeroizing;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/ocicrypt");
+const VECTORS: &str = vectors_dir!("ocicrypt");
 
 struct Layout {
     dir: String,

@@ -3,6 +3,7 @@
 //! the manifest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -13,10 +14,7 @@ use coffer_image::{
 };
 use common::{TestRegistry, VECTORS, put_blob, skopeo_copy};
 
-const SIGS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/signatures/cosign-style"
-);
+const SIGS: &str = vectors_dir!("signatures/cosign-style");
 const DIGEST_HEX: &str = "4d4ff208a9c28dd70701e7ef0380563735c9ad8a7cdb5c2ec6832e8131234312";
 const CONFIG: &str = "sha256:4719207419e448d0224d72513750e87c0b391572d2024e76506bc36e39bf8bc0";
 const LAYER: &str = "sha256:d4e77de63d8cce3d4f2bb34bca3f21b5e919a2c7a40700b6671aee759bbd5f98";
@@ -178,10 +176,7 @@ async fn cosign_policy_admits_only_correctly_signed_images() {
     .unwrap();
 }
 
-const GPG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/signatures/skopeo-gpg"
-);
+const GPG: &str = vectors_dir!("signatures/skopeo-gpg");
 
 fn signed_by(host: &str, repo: &str, keyring: &Path, identity: &str) -> Arc<Policy> {
     policy(&format!(

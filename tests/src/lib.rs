@@ -49,6 +49,12 @@ pub fn coffer() -> PathBuf {
     bin("coffer")
 }
 
+/// The workspace's test vectors: `tests/vectors/` of the repository (provenance and expected
+/// results in its README).
+pub fn vectors_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/vectors"))
+}
+
 /// Checks that a required host tool is installed; panics naming the setup script otherwise.
 pub fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")

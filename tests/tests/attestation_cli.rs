@@ -1,5 +1,5 @@
 //! `coffer attestation verify` end to end: the real `coffer` binary on every SEV-SNP and TDX
-//! vector in `shared/vectors/` with the verdict its README (and EXPECTED*.json) gives: exit 0 and
+//! vector in `tests/vectors/` with the verdict its README (and EXPECTED*.json) gives: exit 0 and
 //! claims JSON when verified, exit 1 and the reason on stderr when refused. Catalogue IDs:
 //! KBS-05 (SNP evidence), KBS-06 (TDX evidence), KBS-02/KBS-03 (report_data / init-data binding).
 // Test harness code: a failed expectation is a test failure.
@@ -25,7 +25,7 @@ const DCAP_SGX_NOW: &str = "1752919277";
 const NOV_2026: &str = "1795866000";
 
 fn vectors() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors"))
+    coffer_tests::vectors_dir()
 }
 
 fn snp(name: &str) -> PathBuf {

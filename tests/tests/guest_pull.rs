@@ -204,10 +204,7 @@ impl Ctx {
 }
 
 fn vectors() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/ocicrypt"
-    ))
+    coffer_tests::vectors_dir().join("ocicrypt")
 }
 
 fn text(b: &[u8]) -> String {

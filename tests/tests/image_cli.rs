@@ -14,10 +14,7 @@ use coffer_tests::registry::Registry;
 use coffer_tests::{Suite, case, coffer};
 
 fn vectors() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/ocicrypt"
-    ))
+    coffer_tests::vectors_dir().join("ocicrypt")
 }
 
 fn run(args: &[&str]) -> anyhow::Result<Output> {

@@ -340,11 +340,8 @@ fn main() -> ExitCode {
         "gen_admits_exactly_the_pod",
         (|| {
             let registry = coffer_tests::registry::Registry::start()?;
-            let layout = Path::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/vectors/ocicrypt/src"
-            ));
-            let digest = registry.push(layout, "peers/hello:v1")?;
+            let layout = coffer_tests::vectors_dir().join("ocicrypt/src");
+            let digest = registry.push(&layout, "peers/hello:v1")?;
             let host = format!("127.0.0.1:{}", registry.port);
             let pod = write(dir, "pod.yaml", &POD.replace("HOST", &host));
             let init_file = dir.join("pod-initdata.toml");

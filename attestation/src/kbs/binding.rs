@@ -1,7 +1,7 @@
 //! The report_data binding: which bytes the TEE evidence must carry for a given challenge.
 //!
 //! As observed from Trustee's KBS 0.4.0 (and checked against every exchange in
-//! `shared/vectors/kbs/`): when the challenge selects no hash algorithm (`"extra-params": ""`),
+//! `tests/vectors/kbs/`): when the challenge selects no hash algorithm (`"extra-params": ""`),
 //! report_data is **SHA-384** over the canonical JSON (RFC 8785 JCS: keys sorted, no whitespace)
 //! of `{"additional-evidence": <tee-evidence.additional_evidence>, "nonce": <nonce>,
 //! "tee-pubkey": <JWK>}`. Sample evidence carries it base64-encoded (48 bytes); a 64-byte hardware

@@ -1,6 +1,6 @@
 //! The JSON messages of the KBS protocol, version 0.4.0, exactly as they travel on the wire
 //! (field names and shapes as in the `kbs-types` crate and the recorded Trustee exchanges in
-//! `shared/vectors/kbs/`).
+//! `tests/vectors/kbs/`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

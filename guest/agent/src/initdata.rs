@@ -306,8 +306,9 @@ mod tests {
     }
 
     fn vector(name: &str) -> Vec<u8> {
+        // The repository's test vectors (tests/vectors/README.md).
         std::fs::read(format!(
-            "{}/../../../shared/vectors/{name}",
+            "{}/../../tests/vectors/{name}",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()

@@ -2,6 +2,8 @@
 //! editing and file-by-file tree comparison.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
+#[macro_use]
+pub mod vectors;
 pub mod registry;
 pub mod token;
 
@@ -15,7 +17,8 @@ use sha2::{Digest as _, Sha256};
 
 pub use registry::{RegistryOptions, TestRegistry, require_tool};
 
-pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/ocicrypt");
+/// The skopeo-made ocicrypt layouts and their keys (`tests/vectors/ocicrypt/`).
+pub const VECTORS: &str = vectors_dir!("ocicrypt");
 
 /// Runs a tool and asserts success, returning stdout.
 pub fn run(tool: &str, package: &str, args: &[&str]) -> String {
