@@ -190,6 +190,7 @@ pub fn request(request: &AgentRequest) -> pol::Request {
                 .iter()
                 .map(|p| format!("{}->{}", p.vsock_port, p.target()))
                 .collect(),
+            network: None,
         },
         AgentRequest::DestroySandbox { .. } => R::DestroySandbox,
         AgentRequest::UploadRootfs { container, .. } => R::UploadRootfs {
