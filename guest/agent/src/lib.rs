@@ -18,6 +18,8 @@ pub mod init;
 pub mod initdata;
 pub mod network;
 pub mod oci;
+pub mod pod_files;
+pub mod pod_network;
 pub mod policy;
 pub mod policy_input;
 pub mod process;
