@@ -124,6 +124,8 @@ pub struct Agent {
     starting: Mutex<()>,
     /// The netfilter modules, loaded for the first container that may change the pod's network.
     netfilter: crate::network::Netfilter,
+    /// The pod's network, applied once.
+    network_setup: crate::network_setup::NetworkSetup,
 }
 
 /// Removes an id from the busy set when dropped.
@@ -168,6 +170,7 @@ impl Agent {
             identities,
             starting: Mutex::new(()),
             netfilter: crate::network::Netfilter::default(),
+            network_setup: crate::network_setup::NetworkSetup::default(),
         });
         tokio::spawn(watch_oom(Arc::downgrade(&agent)));
         Ok(agent)
@@ -389,9 +392,10 @@ impl Agent {
         if self.config.is_init {
             nix::unistd::sethostname(name)
                 .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
-            // The pod's loopback: its containers share the guest's network namespace and talk
-            // over it (a sidecar and its app), and the tunnels' guest ends listen on it.
-            crate::network::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
+            // The pod's loopback (its containers share the guest's network namespace and talk
+            // over it; the tunnels' guest ends listen on it) and its network, before any
+            // container exists.
+            self.network_setup.apply(network.as_ref()).await?;
         }
         // Always, so a container can always mount them (PROTOCOL.md, "Pod files").
         crate::pod_files::write(

@@ -17,6 +17,7 @@ pub mod images;
 pub mod init;
 pub mod initdata;
 pub mod network;
+pub mod network_setup;
 pub mod oci;
 pub mod pod_files;
 pub mod pod_network;

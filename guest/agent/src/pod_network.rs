@@ -1,5 +1,5 @@
 //! The pod's network as `CreateSandbox` describes it (`PodNetwork` in `agent.proto`): decoded
-//! here, once, into typed values the policy sees and the agent applies.
+//! here, once, into typed values the policy sees and [`crate::network_setup`] applies.
 //!
 //! The host found this description in the pod's CNI network namespace and attached one virtio-net
 //! NIC per interface, with the interface's MAC. It is untrusted like every request field: each
