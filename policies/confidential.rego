@@ -27,11 +27,17 @@
 #     container has started.
 #   - Reading the init process's stdout/stderr only when the entry allows logs; writing its stdin
 #     only when the entry allows stdin.
-# Protocol v1 has no network-mutating or policy-replacing RPC (the guest has no NIC; a container
-# without a network namespace of its own shares the guest's loopback-only one): only a container
-# with those capabilities can change the pod's network, hence the rule above. Any kind this
-# policy does not know (SetPolicy, SetIPTables, ...) is denied. With no policy data every
-# container is refused.
+#   - CreateSandbox: the pod's network (NICs, routes, DNS; the agent validated its form) is the
+#     host's to describe, except that the policy data may pin the pod's resolver
+#     (`network.dns_servers`, `network.dns_searches`): a DNS server or search domain not listed
+#     there is refused.
+#   - The pod's resolver and host files (`pod` mounts of `resolv.conf`, `hosts`, `hostname` at
+#     `/etc/…`, written by the agent from CreateSandbox) are standard mounts, like `proc /proc`.
+# Protocol v1 has no network-mutating or policy-replacing RPC (the network is described once, by
+# CreateSandbox, and applied before any container exists; a container without a network
+# namespace of its own shares the guest's): only a container with those capabilities can change
+# the pod's network afterwards, hence the rule above. Any kind this policy does not know
+# (SetPolicy, SetIPTables, ...) is denied. With no policy data every container is refused.
 package coffer.policy
 
 import rego.v1
@@ -87,6 +93,14 @@ standard_mounts := {
 	["cgroup2", "/sys/fs/cgroup"],
 }
 
+# The pod's own files a `pod` mount may name, by [source, destination]: the agent writes them from
+# CreateSandbox and binds them read-only (never a guest path the request chooses).
+pod_files := {
+	["resolv.conf", "/etc/resolv.conf"],
+	["hosts", "/etc/hosts"],
+	["hostname", "/etc/hostname"],
+}
+
 # Filesystems that must be mounted read-only when present.
 read_only_types := {"sysfs", "cgroup", "cgroup2"}
 
@@ -136,7 +150,6 @@ decision := {"allow": true, "reason": ""} if {
 	# process exists). A set written here rather than a rule of its own: a rule reference costs
 	# a plain request more than the rest of its decision.
 	input.request.kind in {
-		"CreateSandbox",
 		"DestroySandbox",
 		"RemoveContainer",
 		"StatsContainer",
@@ -183,6 +196,8 @@ version_denials := {msg |
 
 # The checks of each kind other than CreateContainer (a set). One definition per kind, so a check
 # that is undefined leaves the decision undefined (denied) instead of falling through to another.
+kind_denials("CreateSandbox") := sandbox_denials
+
 kind_denials("PullImage") := pull_denials
 
 kind_denials("ExecProcess") := exec_denials
@@ -207,7 +222,7 @@ kind_denials(k) := set() if {
 kind_denials(k) := {sprintf("%v is not an RPC this policy allows", [k])} if not k in known_kinds
 
 # The kinds with checks of their own.
-checked_kinds := {"PullImage", "CreateContainer", "StartContainer", "ExecProcess", "ReadStdout", "ReadStderr", "WriteStdin", "CloseStdin", "UploadRootfs"}
+checked_kinds := {"CreateSandbox", "PullImage", "CreateContainer", "StartContainer", "ExecProcess", "ReadStdout", "ReadStderr", "WriteStdin", "CloseStdin", "UploadRootfs"}
 
 # Problems with the policy data. The engine evaluates this rule once when it loads the policy and
 # refuses to load on any problem, so malformed data is never read leniently.
@@ -260,6 +275,29 @@ data_problems contains msg if {
 	msg := sprintf("container name %v is listed twice", [e.name])
 }
 
+# The optional `network` pin: an object with `dns_servers` and/or `dns_searches`, arrays of strings.
+# A member this policy does not know is a problem rather than no pin, so a misspelt pin never
+# silently pins nothing.
+data_problems contains "network must be an object" if {
+	pin := data.network
+	not is_object(pin)
+}
+
+data_problems contains msg if {
+	is_object(data.network)
+	some key, _ in data.network
+	not key in {"dns_servers", "dns_searches"}
+	msg := sprintf("network.%v is not a member this policy knows (dns_servers, dns_searches)", [key])
+}
+
+data_problems contains msg if {
+	is_object(data.network)
+	some key in ["dns_servers", "dns_searches"]
+	value := data.network[key]
+	not string_array(value)
+	msg := sprintf("network.%s must be an array of strings", [key])
+}
+
 pinned(ref) if {
 	is_string(ref)
 	regex.match(`^[^@ \t\n]+@sha256:[0-9a-f]{64}$`, ref)
@@ -270,6 +308,25 @@ string_array(value) if {
 	every v in value {
 		is_string(v)
 	}
+}
+
+# --- CreateSandbox ------------------------------------------------------------------------------
+#
+# The pod's network comes from the host (it found it in the pod's CNI namespace). Without a pin any
+# network the agent validated is allowed; with `network.dns_servers` (`network.dns_searches`) in
+# the data, every DNS server (search domain) of the request must be listed there, so the host
+# cannot send the pod's name lookups elsewhere. A request without a network (or without DNS)
+# names none.
+sandbox_denials := {msg |
+	listed := data.network.dns_servers
+	some server in input.request.network.dns.servers
+	not server in listed
+	msg := sprintf("CreateSandbox %s: DNS server %s is not listed in the policy data (network.dns_servers)", [input.request.sandbox_id, server])
+} | {msg |
+	listed := data.network.dns_searches
+	some search in input.request.network.dns.searches
+	not search in listed
+	msg := sprintf("CreateSandbox %s: DNS search domain %s is not listed in the policy data (network.dns_searches)", [input.request.sandbox_id, search])
 }
 
 # --- PullImage ----------------------------------------------------------------------------------
@@ -453,6 +510,13 @@ standard_mount(m) if {
 	m.type != "bind"
 	count({o | some o in m.options; o in {"bind", "rbind"}}) == 0
 	count({1 | m.type in read_only_types; not "ro" in m.options}) == 0
+}
+
+# One of the pod's files at its destination, without options (the agent chooses them: read-only).
+standard_mount(m) if {
+	m.type == "pod"
+	[m.source, m.destination] in pod_files
+	count(m.options) == 0
 }
 
 # Problems of a process against an entry (shared by CreateContainer and ExecProcess). (Each check

@@ -10,8 +10,11 @@
 #     "bind"/"rbind" option, whatever the declared type, since MS_BIND ignores the filesystem type,
 #   - joining an existing namespace (a namespace entry with a path).
 # Mounts of the standard kernel filesystems (proc, sysfs, cgroup, cgroup2, tmpfs for /dev and
-# /dev/shm, devpts, mqueue) are not binds and pass. Unknown request kinds and input versions are
-# denied. Every denial names the RPC and the offending field.
+# /dev/shm, devpts, mqueue) are not binds and pass; so do the pod's own files (type "pod": the
+# agent binds the resolv.conf, hosts and hostname it wrote from CreateSandbox, read-only, never a
+# guest path the request chooses), as do the agent's other typed mounts. CreateSandbox's network
+# (the pod's NICs, routes and DNS, validated by the agent) is allowed as described. Unknown
+# request kinds and input versions are denied. Every denial names the RPC and the offending field.
 package coffer.policy
 
 import rego.v1

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use crate::engine::MAX_RECORD_BYTES;
 use crate::input::{
     Capabilities, ContainerState, CreateContainer, Device, DeviceRule, Mount, NamespaceType,
-    PolicyInput, Process, Request, RootfsSource, SandboxState,
+    PodNetwork, PolicyInput, Process, Request, RootfsSource, SandboxState,
 };
 
 /// `default_capabilities`.
@@ -65,6 +65,13 @@ const STANDARD_MOUNTS: [(&str, &str); 9] = [
     ("sysfs", "/sys"),
     ("cgroup", "/sys/fs/cgroup"),
     ("cgroup2", "/sys/fs/cgroup"),
+];
+
+/// `pod_files`, as (source, destination).
+const POD_FILES: [(&str, &str); 3] = [
+    ("resolv.conf", "/etc/resolv.conf"),
+    ("hosts", "/etc/hosts"),
+    ("hostname", "/etc/hostname"),
 ];
 
 /// `read_only_types`.
@@ -111,6 +118,19 @@ const REQUIRED_READONLY_PATHS: [&str; 5] = [
 struct Data {
     #[serde(default)]
     containers: Vec<Entry>,
+    #[serde(default)]
+    network: Option<NetworkPin>,
+}
+
+/// The optional `network` pin: each list, when present, holds every value a `CreateSandbox` may
+/// name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkPin {
+    #[serde(default)]
+    dns_servers: Option<BTreeSet<String>>,
+    #[serde(default)]
+    dns_searches: Option<BTreeSet<String>>,
 }
 
 /// One policy entry. Defaults are those of the Rego's `object.get(e, field, default)`.
@@ -234,6 +254,7 @@ const MAX_SCANNED_ITEMS: usize = 256;
 #[derive(Debug)]
 pub(crate) struct ConfidentialFastPath {
     entries: Vec<Listed>,
+    network: NetworkPin,
 }
 
 /// What the fast path concluded: the Rego allows the request and records exactly this.
@@ -243,10 +264,15 @@ impl ConfidentialFastPath {
     /// The fast path for `data_json` (already accepted by the Rego's `data_problems` check), or
     /// `None` when the data has a shape this module does not model.
     pub(crate) fn new(data_json: Option<&str>) -> Option<Self> {
-        let entries = match data_json {
-            None => Vec::new(),
-            Some(json) => serde_json::from_str::<Data>(json).ok()?.containers,
+        let data = match data_json {
+            None => Data {
+                containers: Vec::new(),
+                network: None,
+            },
+            Some(json) => serde_json::from_str::<Data>(json).ok()?,
         };
+        let network = data.network.unwrap_or_default();
+        let entries = data.containers;
         // The Rego refuses duplicate names at load; a record must fit the engine's limit.
         let mut names = BTreeSet::new();
         for e in &entries {
@@ -256,6 +282,7 @@ impl ConfidentialFastPath {
         }
         Some(Self {
             entries: entries.into_iter().map(Listed::new).collect(),
+            network,
         })
     }
 
@@ -268,9 +295,11 @@ impl ConfidentialFastPath {
         }
         let state = &input.state;
         match &input.request {
+            Request::CreateSandbox { network, .. } => {
+                self.sandbox_allowed(network.as_ref()).then(Allowed::new)
+            }
             // The kinds `decision` allows by kind alone.
-            Request::CreateSandbox { .. }
-            | Request::DestroySandbox
+            Request::DestroySandbox
             | Request::RemoveContainer { .. }
             | Request::StatsContainer { .. }
             | Request::WaitProcess { .. }
@@ -315,6 +344,20 @@ impl ConfidentialFastPath {
                 .stream(container_id, exec_id.as_deref(), state, |e| e.entry.stdin)
                 .then(Allowed::new),
         }
+    }
+
+    /// `sandbox_denials` empty: every DNS server and search domain is listed where the data pins
+    /// them.
+    fn sandbox_allowed(&self, network: Option<&PodNetwork>) -> bool {
+        let Some(dns) = network.map(|n| &n.dns) else {
+            return true;
+        };
+        let listed = |pin: &Option<BTreeSet<String>>, values: &[String]| {
+            pin.as_ref()
+                .is_none_or(|pin| values.iter().all(|v| pin.contains(v)))
+        };
+        listed(&self.network.dns_servers, &dns.servers)
+            && listed(&self.network.dns_searches, &dns.searches)
     }
 
     /// `create_denials` empty, with `create_record`.
@@ -514,12 +557,16 @@ fn sealed_allowed(var: &str, e: &Listed) -> bool {
     }
 }
 
-/// `standard_mount(m)`.
+/// `standard_mount(m)`: a standard kernel filesystem, or one of the pod's files.
 fn standard_mount(m: &Mount) -> bool {
-    STANDARD_MOUNTS.contains(&(m.kind.as_str(), m.destination.as_str()))
+    let kernel = STANDARD_MOUNTS.contains(&(m.kind.as_str(), m.destination.as_str()))
         && m.kind != "bind"
         && !m.options.iter().any(|o| o == "bind" || o == "rbind")
-        && (!READ_ONLY_TYPES.contains(&m.kind.as_str()) || m.options.iter().any(|o| o == "ro"))
+        && (!READ_ONLY_TYPES.contains(&m.kind.as_str()) || m.options.iter().any(|o| o == "ro"));
+    let pod_file = m.kind == "pod"
+        && POD_FILES.contains(&(m.source.as_str(), m.destination.as_str()))
+        && m.options.is_empty();
+    kernel || pod_file
 }
 
 fn capability_sets(caps: &Capabilities) -> impl Iterator<Item = &String> {
@@ -587,12 +634,26 @@ mod tests {
                 r#"{{"containers": [{entry}, "mounts": [{{"destination": "/d", "source": "s", "type": "tmpfs"}}]}}]}}"#
             ),
             format!(r#"{{"containers": [{entry}}}], "other": 1}}"#),
+            format!(
+                r#"{{"containers": [{entry}}}], "network": {{"dns_server": ["192.0.2.53"]}}}}"#
+            ),
+            format!(r#"{{"containers": [{entry}}}], "network": {{"dns_servers": "192.0.2.53"}}}}"#),
             format!(r#"{{"containers": [{entry}}}, {entry}}}]}}"#),
         ] {
             assert!(ConfidentialFastPath::new(Some(&json)).is_none(), "{json}");
         }
         let ok = format!(r#"{{"containers": [{entry}}}]}}"#);
         assert!(ConfidentialFastPath::new(Some(&ok)).is_some());
+        let pinned = format!(
+            r#"{{"containers": [{entry}}}], "network": {{"dns_servers": ["192.0.2.53"]}}}}"#
+        );
+        assert!(
+            ConfidentialFastPath::new(Some(&pinned)).is_some_and(|f| f
+                .network
+                .dns_servers
+                .is_some()
+                && f.network.dns_searches.is_none())
+        );
         assert!(ConfidentialFastPath::new(None).is_some());
     }
 }

@@ -58,6 +58,13 @@ pub enum Request {
         /// guest address, always on `127.0.0.2`.
         #[serde(default)]
         published_ports: Vec<String>,
+        /// The pod's network as the host describes it (NICs, routes, DNS, extra hosts entries),
+        /// validated by the agent and written in canonical form; `null` when the request has
+        /// none (the guest keeps its loopback only). The agent applies it once, before any
+        /// container exists. (Added to schema version 1 as an optional member: absent means
+        /// `null`.)
+        #[serde(default)]
+        network: Option<PodNetwork>,
     },
     /// `DestroySandbox`.
     DestroySandbox,
@@ -207,6 +214,75 @@ impl Request {
             Self::GetOomEvent => "GetOOMEvent",
         }
     }
+}
+
+/// The pod's network of a `CreateSandbox` request. Every string is in canonical form, as the agent
+/// renders it from the validated value: IPv4 addresses dotted-decimal, IPv6 addresses as RFC 5952
+/// writes them (lowercase, `::` for the longest run of zeros), MACs lowercase with colons, DNS
+/// names (search domains, host names) lowercase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodNetwork {
+    /// The NICs, in request order.
+    pub interfaces: Vec<NetworkInterface>,
+    /// Routes of the main table, in request order.
+    pub routes: Vec<NetworkRoute>,
+    /// The resolver configuration (empty lists when the request has none).
+    pub dns: DnsConfig,
+    /// Extra `/etc/hosts` entries.
+    pub hosts: Vec<HostEntry>,
+}
+
+/// One NIC of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// Its name in the guest, e.g. `eth0`.
+    pub name: String,
+    /// Its MAC address, e.g. `02:42:ac:11:00:05`.
+    pub mac: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Addresses with prefix length, e.g. `10.1.0.5/24`, `fd00::5/64`.
+    pub addresses: Vec<String>,
+}
+
+/// One route of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRoute {
+    /// Destination network, e.g. `0.0.0.0/0`.
+    pub destination: String,
+    /// Next hop; `null` for an on-link route.
+    pub gateway: Option<String>,
+    /// The interface, by name.
+    pub device: String,
+    /// Preferred source address; `null` for none.
+    pub source: Option<String>,
+    /// Metric (priority); 0 for the kernel's default.
+    pub metric: u32,
+}
+
+/// The pod's resolver configuration (its `/etc/resolv.conf`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name server addresses.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// Resolver options, e.g. `ndots:5`.
+    pub options: Vec<String>,
+}
+
+/// An extra `/etc/hosts` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    /// The address.
+    pub ip: String,
+    /// Its names.
+    pub names: Vec<String>,
 }
 
 /// The policy-relevant facts of a `CreateContainer` request (from its OCI runtime spec).

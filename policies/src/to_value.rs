@@ -599,7 +599,10 @@ fn key_error() -> ToValueError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::{PolicyInput, Request, SandboxState};
+    use crate::input::{
+        DnsConfig, HostEntry, NetworkInterface, NetworkRoute, PodNetwork, PolicyInput, Request,
+        SandboxState,
+    };
 
     fn sample() -> PolicyInput {
         let mut input = PolicyInput::new(
@@ -608,6 +611,30 @@ mod tests {
                 hostname: None,
                 registry_tunnels: vec!["127.0.0.1:5000->20000".into()],
                 published_ports: vec!["30000->127.0.0.2:8443".into()],
+                network: Some(PodNetwork {
+                    interfaces: vec![NetworkInterface {
+                        name: "eth0".into(),
+                        mac: "02:42:ac:11:00:05".into(),
+                        mtu: 1500,
+                        addresses: vec!["192.0.2.5/24".into(), "2001:db8::5/64".into()],
+                    }],
+                    routes: vec![NetworkRoute {
+                        destination: "0.0.0.0/0".into(),
+                        gateway: Some("192.0.2.1".into()),
+                        device: "eth0".into(),
+                        source: None,
+                        metric: 4_294_967_295,
+                    }],
+                    dns: DnsConfig {
+                        servers: vec!["192.0.2.53".into()],
+                        searches: vec![],
+                        options: vec!["ndots:5".into()],
+                    },
+                    hosts: vec![HostEntry {
+                        ip: "192.0.2.99".into(),
+                        names: vec!["db".into()],
+                    }],
+                }),
             },
             SandboxState::default(),
         );

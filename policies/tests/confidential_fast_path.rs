@@ -2,9 +2,9 @@
 //!
 //! The fast path may only allow what the Rego allows, recording exactly what it records
 //! (`Engine::decide_fast_path`). This test generates policy data and requests around every rule's
-//! edge — near-miss copies of listed containers, one or two fields changed — and checks that
-//! property on each; it also checks that the fast path is not vacuous (it answers nearly every
-//! request the Rego allows). Deterministic: a fixed seed, so a failure reproduces.
+//! edge — near-miss copies of listed containers, one or two fields changed, resolver pins and the
+//! DNS a CreateSandbox names — and checks that property on each; it also checks that the fast
+//! path is not vacuous (it answers nearly every request the Rego allows). Deterministic: a fixed seed, so a failure reproduces.
 //! (AGT-CC, AGT-EX, AGT-ST, AGT-NW, AGT-ORD, POL-03.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test-only file: panics are failures
 
@@ -98,6 +98,13 @@ const ENTRY_CAPS: [&str; 3] = ["CAP_SYS_NICE", "CAP_NET_ADMIN", "CAP_NET_RAW"];
 const HOST_NAMESPACES: [&str; 3] = ["pid", "mount", "network"];
 const EXECS: [&[&str]; 3] = [&["/health"], &["sh", "-c", "echo hi"], &["/app"]];
 const CONTAINER_IDS: [&str; 3] = ["c1", "c2", "c3"];
+const DNS_SERVERS: [&str; 4] = ["10.96.0.10", "fd00:10:96::a", "192.0.2.53", "10.96.0.1"];
+const DNS_SEARCHES: [&str; 4] = [
+    "default.svc.cluster.local",
+    "svc.cluster.local",
+    "cluster.local",
+    "evil.example",
+];
 
 fn argv(rng: &mut Rng, pool: &[&[&str]]) -> Vec<String> {
     let chosen: &[&str] = pool[rng.below(pool.len())];
@@ -121,6 +128,10 @@ fn extra_mounts() -> Vec<Mount> {
         common::mount("/sys/fs/cgroup", "cgroup", "cgroup2", &["ro"]),
         common::mount("/dev/shm", "shm", "shm", &[]),
         common::mount("/id", "spiffe", "identity", &[]),
+        common::pod_mount("hosts", "/etc/hosts"),
+        common::pod_mount("resolv.conf", "/etc/resolv.conf"),
+        common::pod_mount("resolv.conf", "/etc/hosts"),
+        common::mount("/etc/hostname", "hostname", "pod", &["ro"]),
     ]
 }
 
@@ -213,7 +224,36 @@ fn policy_data(rng: &mut Rng) -> Value {
             entry(rng, name)
         })
         .collect();
-    json!({ "containers": entries })
+    let mut data = json!({ "containers": entries });
+    // The optional resolver pin, each list present or not.
+    if rng.chance(50) {
+        let mut pin = serde_json::Map::new();
+        if rng.chance(70) {
+            pin.insert("dns_servers".into(), json!(rng.subset(&DNS_SERVERS, 60)));
+        }
+        if rng.chance(50) {
+            pin.insert("dns_searches".into(), json!(rng.subset(&DNS_SEARCHES, 60)));
+        }
+        data["network"] = Value::Object(pin);
+    }
+    data
+}
+
+/// A CreateSandbox whose DNS is drawn from the pools the pins are (so often, not always, listed).
+fn create_sandbox(rng: &mut Rng) -> Request {
+    let network = rng.chance(85).then(|| {
+        let mut network = common::pod_network();
+        network.dns.servers = strings(&rng.subset(&DNS_SERVERS, 40));
+        network.dns.searches = strings(&rng.subset(&DNS_SEARCHES, 40));
+        network
+    });
+    Request::CreateSandbox {
+        sandbox_id: "sb".into(),
+        hostname: Some("web-0".into()),
+        registry_tunnels: vec![],
+        published_ports: vec![],
+        network,
+    }
 }
 
 fn entry_strings(e: &Value, key: &str) -> Vec<String> {
@@ -463,8 +503,9 @@ fn request(rng: &mut Rng, data: &Value, state: &SandboxState) -> Request {
     let entries = data["containers"].as_array().unwrap();
     let container_id = (*rng.pick(&CONTAINER_IDS)).to_owned();
     let exec_id = rng.chance(30).then(|| "e1".to_owned());
-    match rng.below(14) {
+    match rng.below(15) {
         0..=5 => Request::CreateContainer(Box::new(create(rng, data))),
+        13 => create_sandbox(rng),
         6 | 7 => {
             // Usually a container the state records as admitted by an entry, with that entry's
             // process: the case the exec rules actually have to check.
@@ -587,6 +628,7 @@ fn fast_path_never_allows_what_the_rego_denies() {
     // answers all of them except where the state names a container twice (`entry_of` is then a
     // conflict or a duplicate the fast path does not model).
     for kind in [
+        "CreateSandbox",
         "CreateContainer",
         "ExecProcess",
         "ReadStdout",
@@ -642,6 +684,7 @@ fn input_size_cap_applies_to_the_fast_path() {
             hostname: None,
             registry_tunnels: vec![],
             published_ports: vec![],
+            network: None,
         },
         SandboxState::default(),
     );

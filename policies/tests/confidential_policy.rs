@@ -1102,3 +1102,200 @@ fn device_cgroup_rules_follow_listed_devices() {
         );
     }
 }
+
+fn create_sandbox(edit: impl FnOnce(&mut coffer_policies::PodNetwork)) -> Request {
+    let mut network = common::pod_network();
+    edit(&mut network);
+    Request::CreateSandbox {
+        sandbox_id: "sb".into(),
+        hostname: Some("web-0".into()),
+        registry_tunnels: vec![],
+        published_ports: vec![],
+        network: Some(network),
+    }
+}
+
+/// AGT-NW: the policy data may pin the pod's resolver. With `network.dns_servers` (and
+/// `network.dns_searches`) listed, a CreateSandbox naming another DNS server (search domain) is
+/// refused with a reason naming it; without a pin, any network the agent validated is allowed.
+#[test]
+fn network_dns_pin_table() {
+    let mut pinned = data();
+    pinned["network"] = json!({
+        "dns_servers": ["10.96.0.10", "fd00:10:96::a"],
+        "dns_searches": ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    });
+    let mut servers_only = data();
+    servers_only["network"] = json!({"dns_servers": ["10.96.0.10"]});
+    let mut empty_pin = data();
+    empty_pin["network"] = json!({});
+    let unpinned = data();
+    let no_network = Request::CreateSandbox {
+        sandbox_id: "sb".into(),
+        hostname: None,
+        registry_tunnels: vec![],
+        published_ports: vec![],
+        network: None,
+    };
+    let cases: Vec<(&str, &serde_json::Value, Request, Option<&str>)> = vec![
+        (
+            "listed server and searches",
+            &pinned,
+            create_sandbox(|_| {}),
+            None,
+        ),
+        (
+            "a listed IPv6 server too",
+            &pinned,
+            create_sandbox(|n| n.dns.servers.push("fd00:10:96::a".into())),
+            None,
+        ),
+        (
+            "no DNS at all",
+            &pinned,
+            create_sandbox(|n| n.dns = Default::default()),
+            None,
+        ),
+        ("no network at all", &pinned, no_network.clone(), None),
+        (
+            "an unlisted server",
+            &pinned,
+            create_sandbox(|n| n.dns.servers = vec!["10.96.0.10".into(), "192.0.2.53".into()]),
+            Some(
+                "CreateSandbox sb: DNS server 192.0.2.53 is not listed in the policy data (network.dns_servers)",
+            ),
+        ),
+        (
+            "an unlisted search domain",
+            &pinned,
+            create_sandbox(|n| n.dns.searches.push("evil.example".into())),
+            Some(
+                "CreateSandbox sb: DNS search domain evil.example is not listed in the policy data (network.dns_searches)",
+            ),
+        ),
+        (
+            "searches are free when only servers are pinned",
+            &servers_only,
+            create_sandbox(|n| n.dns.searches.push("anything.example".into())),
+            None,
+        ),
+        (
+            "servers pinned, one unlisted",
+            &servers_only,
+            create_sandbox(|n| n.dns.servers = vec!["10.96.0.11".into()]),
+            Some("DNS server 10.96.0.11 is not listed"),
+        ),
+        (
+            "an empty pin pins nothing",
+            &empty_pin,
+            create_sandbox(|n| n.dns.servers = vec!["192.0.2.53".into()]),
+            None,
+        ),
+        (
+            "no pin: any validated network",
+            &unpinned,
+            create_sandbox(|n| n.dns.servers = vec!["192.0.2.53".into()]),
+            None,
+        ),
+        ("no pin, no network", &unpinned, no_network, None),
+    ];
+    for (name, data, request, denied) in cases {
+        let engine = engine_with(data);
+        let d = common::decide(&engine, &PolicyInput::new(request, SandboxState::default()));
+        match denied {
+            None => assert!(d.allowed, "{name}: {}", d.reason),
+            Some(reason) => {
+                assert!(!d.allowed, "{name} allowed");
+                assert!(d.reason.contains(reason), "{name}: {}", d.reason);
+            }
+        }
+    }
+    // Both denials at once, sorted into one reason.
+    let d = common::decide(
+        &engine_with(&pinned),
+        &PolicyInput::new(
+            create_sandbox(|n| {
+                n.dns.servers = vec!["192.0.2.53".into()];
+                n.dns.searches = vec!["evil.example".into()];
+            }),
+            SandboxState::default(),
+        ),
+    );
+    assert_eq!(
+        d.reason,
+        "CreateSandbox sb: DNS search domain evil.example is not listed in the policy data (network.dns_searches); \
+         CreateSandbox sb: DNS server 192.0.2.53 is not listed in the policy data (network.dns_servers)"
+    );
+}
+
+/// A malformed `network` pin stops the policy from loading, like any other data problem: a
+/// misspelt member is not "no pin".
+#[test]
+fn malformed_network_pin_does_not_load() {
+    for (pin, reason) in [
+        (json!("10.96.0.10"), "network must be an object"),
+        (
+            json!({"dns_server": ["10.96.0.10"]}),
+            "network.dns_server is not a member this policy knows",
+        ),
+        (
+            json!({"dns_servers": "10.96.0.10"}),
+            "network.dns_servers must be an array of strings",
+        ),
+        (
+            json!({"dns_searches": [5]}),
+            "network.dns_searches must be an array of strings",
+        ),
+    ] {
+        let mut data = data();
+        data["network"] = pin.clone();
+        let err = Engine::new(
+            CONFIDENTIAL_POLICY,
+            Some(&data.to_string()),
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, coffer_policies::PolicyError::Data { .. }),
+            "{pin}: {err}"
+        );
+        assert!(err.to_string().contains(reason), "{pin}: {err}");
+    }
+}
+
+/// The pod's resolv.conf, hosts and hostname (`pod` mounts, bound read-only by the agent from the
+/// files it wrote at CreateSandbox) are standard mounts: no entry lists them. Only the exact
+/// pairing without options is.
+#[test]
+fn pod_files_are_standard_mounts() {
+    let pod_files = [
+        common::pod_mount("resolv.conf", "/etc/resolv.conf"),
+        common::pod_mount("hosts", "/etc/hosts"),
+        common::pod_mount("hostname", "/etc/hostname"),
+    ];
+    let d = decide(create(|c| c.mounts.extend(pod_files.clone())));
+    assert!(d.allowed, "{}", d.reason);
+    assert_eq!(d.record.get("entry").map(String::as_str), Some("app"));
+    for (m, shown) in [
+        (
+            common::pod_mount("resolv.conf", "/etc/hosts"),
+            "mount /etc/hosts (type pod, source resolv.conf) is not allowed",
+        ),
+        (
+            mount("/etc/hosts", "hosts", "pod", &["rw"]),
+            "mount /etc/hosts (type pod, source hosts) is not allowed",
+        ),
+        (
+            common::pod_mount("/etc/passwd", "/etc/hosts"),
+            "mount /etc/hosts (type pod, source /etc/passwd) is not allowed",
+        ),
+        (
+            mount("/etc/hosts", "hosts", "bind", &["rbind", "ro"]),
+            "mount /etc/hosts (type bind, source hosts) is not allowed",
+        ),
+    ] {
+        let d = decide(create(|c| c.mounts.push(m)));
+        assert!(!d.allowed, "{shown}");
+        assert!(d.reason.contains(shown), "{}", d.reason);
+    }
+}

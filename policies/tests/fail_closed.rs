@@ -19,6 +19,7 @@ fn create_sandbox(hostname: Option<&str>) -> coffer_policies::PolicyInput {
         hostname: hostname.map(str::to_owned),
         registry_tunnels: Vec::new(),
         published_ports: Vec::new(),
+        network: None,
     })
 }
 

@@ -194,3 +194,60 @@ fn decisions_are_consistent_across_threads() {
         }
     });
 }
+
+/// The pod's network is the host's to describe in sandbox mode: `sandbox.rego` has no data and
+/// pins no resolver, so any DNS server the agent validated is allowed, as is no network; the
+/// pod's files (`pod` mounts, which the agent binds read-only from files it wrote) are not binds
+/// of guest paths the request chooses, so they pass too.
+#[test]
+fn pod_network_and_pod_files_are_allowed() {
+    let engine = engine();
+    let sandbox = |servers: &[&str]| {
+        let mut network = common::pod_network();
+        network.dns.servers = servers.iter().map(|s| (*s).to_owned()).collect();
+        Request::CreateSandbox {
+            sandbox_id: "sb".into(),
+            hostname: Some("web-0".into()),
+            registry_tunnels: vec![],
+            published_ports: vec![],
+            network: Some(network),
+        }
+    };
+    for (name, request) in [
+        ("the cluster's DNS server", sandbox(&["10.96.0.10"])),
+        (
+            "another DNS server",
+            sandbox(&["192.0.2.53", "2001:db8::53"]),
+        ),
+        ("no DNS server", sandbox(&[])),
+        (
+            "no network",
+            Request::CreateSandbox {
+                sandbox_id: "sb".into(),
+                hostname: None,
+                registry_tunnels: vec![],
+                published_ports: vec![],
+                network: None,
+            },
+        ),
+        (
+            "the pod's files",
+            create(|c| {
+                c.mounts
+                    .push(common::pod_mount("resolv.conf", "/etc/resolv.conf"));
+                c.mounts.push(common::pod_mount("hosts", "/etc/hosts"));
+                c.mounts
+                    .push(common::pod_mount("hostname", "/etc/hostname"));
+            }),
+        ),
+    ] {
+        let decision = engine.decide(&input(request));
+        assert!(decision.allowed, "{name}: {}", decision.reason);
+    }
+    // A bind of the host's copy instead is what the sandbox policy refuses.
+    let decision = engine.decide(&input(create(|c| {
+        c.mounts
+            .push(mount("/etc/hosts", "/etc/hosts", "bind", &["rbind", "ro"]))
+    })));
+    assert!(!decision.allowed);
+}

@@ -124,6 +124,8 @@ pub struct Agent {
     starting: Mutex<()>,
     /// The netfilter modules, loaded for the first container that may change the pod's network.
     netfilter: crate::network::Netfilter,
+    /// The pod's network, applied once.
+    network_setup: crate::network_setup::NetworkSetup,
 }
 
 /// Removes an id from the busy set when dropped.
@@ -168,6 +170,7 @@ impl Agent {
             identities,
             starting: Mutex::new(()),
             netfilter: crate::network::Netfilter::default(),
+            network_setup: crate::network_setup::NetworkSetup::default(),
         });
         tokio::spawn(watch_oom(Arc::downgrade(&agent)));
         Ok(agent)
@@ -215,8 +218,9 @@ impl Agent {
                 hostname,
                 tunnels,
                 published,
+                network,
             } => {
-                self.create_sandbox(sandbox_id, hostname, tunnels, published)
+                self.create_sandbox(sandbox_id, hostname, tunnels, published, network)
                     .await
             }
             AgentRequest::DestroySandbox { power_off } => self.destroy_sandbox(power_off).await,
@@ -378,19 +382,27 @@ impl Agent {
         hostname: Option<String>,
         tunnels: Vec<crate::tunnel::Tunnel>,
         published: Vec<crate::publish::PublishedPort>,
+        network: Option<crate::pod_network::PodNetwork>,
     ) -> Result<Reply, AgentError> {
         let mut state = self.state.lock().await;
         if let Some(existing) = &state.sandbox {
             return Err(AgentError::SandboxExists(existing.to_string()));
         }
+        let name = hostname.as_deref().unwrap_or("coffer");
         if self.config.is_init {
-            let name = hostname.as_deref().unwrap_or("coffer");
             nix::unistd::sethostname(name)
                 .map_err(|e| AgentError::io("sethostname", name, e.into()))?;
-            // The pod's loopback: its containers share the guest's network namespace and talk
-            // over it (a sidecar and its app), and the tunnels' guest ends listen on it.
-            crate::network::loopback_up().map_err(|e| AgentError::io("bring up", "lo", e))?;
+            // The pod's loopback (its containers share the guest's network namespace and talk
+            // over it; the tunnels' guest ends listen on it) and its network, before any
+            // container exists.
+            self.network_setup.apply(network.as_ref()).await?;
         }
+        // Always, so a container can always mount them (PROTOCOL.md, "Pod files").
+        crate::pod_files::write(
+            &crate::pod_files::dir(&self.config.state_dir),
+            name,
+            network.as_ref(),
+        )?;
         let mut servers = crate::tunnel::open(&tunnels).await?;
         match crate::publish::open(&published) {
             Ok(more) => servers.extend(more),
@@ -741,6 +753,7 @@ impl Agent {
         self.identities
             .resolve(id.as_str(), spec, &crate::identity::files_dir(bundle))
             .await?;
+        crate::pod_files::resolve_mounts(spec, &crate::pod_files::dir(&self.config.state_dir))?;
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(rootfs_dir.clone());
         spec.set_root(Some(root));

@@ -79,6 +79,9 @@ pub enum AgentError {
     /// Loading kernel modules a container needs (the netfilter modules) failed.
     #[error("loading kernel modules: {0}")]
     Modules(#[source] crate::init::InitError),
+    /// Applying the pod's network (CreateSandbox) failed.
+    #[error("pod network: {0}")]
+    Network(#[source] crate::network_setup::NetworkSetupError),
     /// The OCI runtime (libcontainer, in the helper process) failed.
     #[error("container runtime: {0}")]
     Runtime(String),
@@ -130,6 +133,13 @@ impl From<AgentError> for tonic::Status {
                 Status::failed_precondition(err.to_string())
             }
             AgentError::Runtime(_) | AgentError::Modules(_) => Status::internal(err.to_string()),
+            // The guest does not have what the host described (a NIC with that MAC, IPv6).
+            AgentError::Network(
+                crate::network_setup::NetworkSetupError::NoLink { .. }
+                | crate::network_setup::NetworkSetupError::AmbiguousLink { .. }
+                | crate::network_setup::NetworkSetupError::NoIpv6,
+            ) => Status::failed_precondition(err.to_string()),
+            AgentError::Network(_) => Status::internal(err.to_string()),
             AgentError::Io { op, .. } => {
                 tracing::warn!(error = %err, "request failed");
                 Status::internal(format!("{op} failed"))

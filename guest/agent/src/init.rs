@@ -1,7 +1,8 @@
 //! PID 1 duties in the guest: leave the initramfs for a tmpfs root (so containers can
 //! `pivot_root`), mount the kernel filesystems, load the kernel modules the image lists, and power
 //! the VM off when the agent is done. All of it runs before the async runtime starts, except the
-//! netfilter modules, which the agent loads on demand ([`load_netfilter_modules`]).
+//! netfilter modules, which the agent loads on demand ([`load_netfilter_modules`]), and the NIC
+//! driver, which it loads when `CreateSandbox` describes a network ([`load_network_modules`]).
 
 use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -18,6 +19,9 @@ const MODULE_LIST: &str = "/etc/coffer/modules";
 /// The netfilter modules (iptables-nft: nf_tables, NAT, the xtables targets) in load order, loaded
 /// only for a container that may change the pod's network.
 const NETFILTER_MODULE_LIST: &str = "/etc/coffer/modules-netfilter";
+/// The NIC driver (virtio_net and what it needs) in load order, loaded only for a sandbox whose
+/// `CreateSandbox` describes a network.
+const NETWORK_MODULE_LIST: &str = "/etc/coffer/modules-network";
 pub use coffer_agent_protocol::{
     GUEST_INIT_MARKER as INIT_MARKER, GUEST_READY_MARKER as READY_MARKER,
 };
@@ -223,6 +227,15 @@ fn load_modules() -> Result<(), InitError> {
 /// loaded are skipped, so a second call is harmless.
 pub fn load_netfilter_modules() -> Result<(), InitError> {
     load_module_list(Path::new(NETFILTER_MODULE_LIST))
+}
+
+/// Loads the image's NIC driver (virtio_net and its dependencies), which the guest kernel cannot
+/// autoload. Only a pod with a network needs it, so the agent calls this from `CreateSandbox`
+/// (after setting the `default` sysctls the new interfaces inherit), not at boot. Without the
+/// list (not a Coffer guest, or a kernel with the driver built in) there is nothing to load;
+/// modules already loaded are skipped.
+pub fn load_network_modules() -> Result<(), InitError> {
+    load_module_list(Path::new(NETWORK_MODULE_LIST))
 }
 
 fn load_module_list(list: &Path) -> Result<(), InitError> {

@@ -1,10 +1,10 @@
-//! The pod's network inside the guest. Protocol v1 has no network RPC and the guest has no NIC:
-//! containers share the guest's loopback-only network namespace unless their spec asks for a new
-//! one, and only a process holding CAP_NET_ADMIN or CAP_NET_RAW can change it (an Istio-style mesh
-//! init installing redirect rules). The policy decides when such a container may run
+//! Changes to the pod's network from inside the guest. Protocol v1 has no network RPC: the pod's
+//! network is described once by `CreateSandbox` and applied then ([`crate::network_setup`]);
+//! containers share the guest's network namespace unless their spec asks for a new one, and only a
+//! process holding CAP_NET_ADMIN or CAP_NET_RAW can change it afterwards (an Istio-style mesh init
+//! installing redirect rules). The policy decides when such a container may run
 //! (`confidential.rego`: only before the first container starts); this module finds such a
-//! container and loads the netfilter modules it needs, once, before it is created; it also brings
-//! the loopback up when the sandbox is created.
+//! container and loads the netfilter modules it needs, once, before it is created.
 
 use oci_spec::runtime::{Capability, Spec};
 
@@ -58,61 +58,6 @@ impl Netfilter {
             .await
             .map(drop)
     }
-}
-
-/// Brings the loopback interface up (a fresh guest has it down), over rtnetlink: the pod's
-/// loopback, which its containers share and the tunnels' guest ends listen on.
-pub fn loopback_up() -> std::io::Result<()> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
-        socket,
-    };
-    use std::os::fd::AsRawFd;
-
-    const RTM_NEWLINK: u16 = 16;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    const IFF_UP: u32 = 1;
-
-    let index = nix::net::if_::if_nametoindex("lo")?;
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    // nlmsghdr (16 bytes) + ifinfomsg (16 bytes), native endian.
-    let mut msg = Vec::with_capacity(32);
-    msg.extend_from_slice(&32u32.to_ne_bytes());
-    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-    msg.push(0); // AF_UNSPEC
-    msg.push(0);
-    msg.extend_from_slice(&0u16.to_ne_bytes()); // device type
-    msg.extend_from_slice(&(index as i32).to_ne_bytes());
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
-    sendto(
-        fd.as_raw_fd(),
-        &msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut reply = [0u8; 256];
-    let n = recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty())?;
-    // The acknowledgement: an NLMSG_ERROR message whose error field is 0.
-    if n < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != NLMSG_ERROR {
-        return Err(std::io::Error::other("unexpected rtnetlink reply"));
-    }
-    let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-    if errno != 0 {
-        return Err(std::io::Error::from_raw_os_error(-errno));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -124,6 +124,8 @@ pub enum AgentRequest {
         tunnels: Vec<crate::tunnel::Tunnel>,
         /// Ports to publish to the host.
         published: Vec<crate::publish::PublishedPort>,
+        /// The pod's network; `None`: the guest has its loopback only.
+        network: Option<crate::pod_network::PodNetwork>,
     },
     /// `DestroySandbox`.
     DestroySandbox {
@@ -309,7 +311,8 @@ fn validate_spec(spec: &Spec) -> Result<(), AgentError> {
         .ok_or_else(|| AgentError::InvalidArgument("oci spec has no process".into()))?;
     validate_process(process)?;
     crate::secrets::validate_mounts(spec)?;
-    crate::identity::validate_mounts(spec)
+    crate::identity::validate_mounts(spec)?;
+    crate::pod_files::validate_mounts(spec)
 }
 
 fn validate_process(process: &Process) -> Result<(), AgentError> {
@@ -376,6 +379,10 @@ impl Decode for pb::CreateSandboxRequest {
             hostname: parse_hostname(&self.hostname)?,
             tunnels,
             published,
+            network: self
+                .network
+                .map(crate::pod_network::PodNetwork::decode)
+                .transpose()?,
         })
     }
 }

@@ -955,3 +955,169 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     }
     drop(agent);
 }
+
+/// A pod network as the host describes it (documentation addresses).
+fn pod_network() -> pb::PodNetwork {
+    pb::PodNetwork {
+        interfaces: vec![pb::NetworkInterface {
+            name: "eth0".into(),
+            mac: "02:42:AC:11:00:05".into(),
+            mtu: 1450,
+            addresses: vec!["192.0.2.5/24".into(), "2001:db8::5/64".into()],
+        }],
+        routes: vec![pb::NetworkRoute {
+            destination: "0.0.0.0/0".into(),
+            gateway: "192.0.2.1".into(),
+            device: "eth0".into(),
+            source: String::new(),
+            metric: 0,
+        }],
+        dns: Some(pb::DnsConfig {
+            servers: vec!["192.0.2.53".into()],
+            searches: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        hosts: vec![pb::HostEntry {
+            ip: "192.0.2.99".into(),
+            names: vec!["db.internal".into()],
+        }],
+    }
+}
+
+/// A spec running `args` with the pod mounts `files` (source, destination).
+fn spec_with_pod_mounts(args: &[&str], files: &[(&str, &str)]) -> Vec<u8> {
+    let mut spec: oci_spec::runtime::Spec = serde_json::from_slice(&spec(args)).unwrap();
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (source, destination) in files {
+        mounts.push(
+            serde_json::from_value(serde_json::json!({
+                "type": "pod", "source": source, "destination": destination, "options": []
+            }))
+            .unwrap(),
+        );
+    }
+    spec.set_mounts(Some(mounts));
+    serde_json::to_vec(&spec).unwrap()
+}
+
+/// The pod's network end to end outside a guest (the agent is not PID 1 here, so it changes no
+/// interface): CreateSandbox validates it (a bad field is INVALID_ARGUMENT naming it, and no
+/// sandbox is created), writes the pod files into its state directory, and a container's `pod`
+/// mounts become read-only binds of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_files_reach_containers() {
+    let (agent, mut c) = start_bare_agent().await;
+    let mut bad = pod_network();
+    bad.interfaces[0].mtu = 70000;
+    let err = c
+        .create_sandbox(pb::CreateSandboxRequest {
+            sandbox_id: "pod".into(),
+            hostname: "web-0".into(),
+            registry_tunnels: Vec::new(),
+            published_ports: Vec::new(),
+            network: Some(bad),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "invalid request: network.interfaces[0].mtu: 70000 is outside 68..=65535"
+    );
+    let pod = agent.dir.path().join("state").join("pod");
+    assert!(!pod.exists(), "a refused CreateSandbox wrote pod files");
+
+    c.create_sandbox(pb::CreateSandboxRequest {
+        sandbox_id: "pod".into(),
+        hostname: "web-0".into(),
+        registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
+        network: Some(pod_network()),
+    })
+    .await
+    .unwrap();
+    let resolv = "# The pod's resolver configuration, written by coffer-agent at CreateSandbox.\n\
+                  nameserver 192.0.2.53\n\
+                  search default.svc.cluster.local cluster.local\n\
+                  options ndots:5\n";
+    let hosts = "# The pod's hosts file, written by coffer-agent at CreateSandbox.\n\
+                 127.0.0.1\tlocalhost\n\
+                 ::1\tlocalhost ip6-localhost ip6-loopback\n\
+                 192.0.2.5\tweb-0\n\
+                 2001:db8::5\tweb-0\n\
+                 192.0.2.99\tdb.internal\n";
+    assert_eq!(
+        std::fs::read_to_string(pod.join("resolv.conf")).unwrap(),
+        resolv
+    );
+    assert_eq!(std::fs::read_to_string(pod.join("hosts")).unwrap(), hosts);
+    assert_eq!(
+        std::fs::read_to_string(pod.join("hostname")).unwrap(),
+        "web-0\n"
+    );
+
+    let files = [
+        ("resolv.conf", "/etc/resolv.conf"),
+        ("hosts", "/etc/hosts"),
+        ("hostname", "/etc/hostname"),
+    ];
+    let create_with =
+        |id: &str, args: &[&str], files: &[(&str, &str)]| pb::CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: spec_with_pod_mounts(args, files),
+            rootfs: Some(pb::create_container_request::Rootfs::Uploaded(
+                pb::UploadedRootfs {},
+            )),
+        };
+    // A pod mount of the wrong pairing is refused at decode time.
+    let err = c
+        .create_container(create_with(
+            "bad",
+            &["true"],
+            &[("hosts", "/etc/resolv.conf")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("the pod's hosts can only be mounted at /etc/hosts"),
+        "{}",
+        err.message()
+    );
+
+    for (id, args, expected) in [
+        (
+            "reader",
+            &["cat", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"][..],
+            format!("{resolv}{hosts}web-0\n"),
+        ),
+        (
+            "writer",
+            &[
+                "sh",
+                "-c",
+                "echo 6.6.6.6 evil >> /etc/hosts || echo read-only",
+            ][..],
+            "read-only\n".to_owned(),
+        ),
+    ] {
+        upload(&mut c, id).await;
+        c.create_container(create_with(id, args, &files))
+            .await
+            .unwrap();
+        let mut reader = c.clone();
+        let owned = id.to_owned();
+        let out = tokio::spawn(async move { read_all(&mut reader, &owned, "", false).await });
+        c.start_container(pb::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(wait(&mut c, id, "").await, 0, "{id}");
+        assert_eq!(out.await.unwrap(), expected, "{id}");
+        remove(&mut c, id).await;
+    }
+    assert_eq!(std::fs::read_to_string(pod.join("hosts")).unwrap(), hosts);
+    drop(agent);
+}

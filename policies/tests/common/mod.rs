@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use coffer_policies::{
-    Capabilities, ContainerState, CreateContainer, Decision, DeviceRule, Engine, Mount, Namespace,
-    NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState, User,
+    Capabilities, ContainerState, CreateContainer, Decision, DeviceRule, DnsConfig, Engine,
+    HostEntry, Mount, Namespace, NamespaceType, NetworkInterface, NetworkRoute, PodNetwork,
+    PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState, User,
 };
 
 pub fn process(args: &[&str]) -> Process {
@@ -182,6 +183,53 @@ pub fn create_container() -> CreateContainer {
     }
 }
 
+/// A pod network as the agent shows it to the policy: one dual-stack NIC, its default routes, the
+/// cluster's DNS.
+pub fn pod_network() -> PodNetwork {
+    PodNetwork {
+        interfaces: vec![NetworkInterface {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:05".into(),
+            mtu: 1450,
+            addresses: vec!["10.244.1.5/24".into(), "fd00:10:244:1::5/64".into()],
+        }],
+        routes: vec![
+            NetworkRoute {
+                destination: "0.0.0.0/0".into(),
+                gateway: Some("10.244.1.1".into()),
+                device: "eth0".into(),
+                source: None,
+                metric: 0,
+            },
+            NetworkRoute {
+                destination: "::/0".into(),
+                gateway: Some("fe80::1".into()),
+                device: "eth0".into(),
+                source: None,
+                metric: 1024,
+            },
+        ],
+        dns: DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        },
+        hosts: vec![HostEntry {
+            ip: "10.244.1.9".into(),
+            names: vec!["db.internal".into()],
+        }],
+    }
+}
+
+/// The `mount` of one of the pod's files (type `pod`).
+pub fn pod_mount(source: &str, destination: &str) -> Mount {
+    mount(destination, source, "pod", &[])
+}
+
 /// One well-formed request of every RPC, in [`Request::NAMES`] order.
 pub fn one_of_each() -> Vec<Request> {
     let c = || "c1".to_owned();
@@ -191,6 +239,7 @@ pub fn one_of_each() -> Vec<Request> {
             hostname: Some("pod".into()),
             registry_tunnels: vec!["127.0.0.1:5000->20000".into()],
             published_ports: vec!["30000->127.0.0.2:8443".into()],
+            network: Some(pod_network()),
         },
         Request::DestroySandbox,
         Request::UploadRootfs { container_id: c() },

@@ -11,6 +11,10 @@ pub const MODULES_LIST: &str = "/etc/coffer/modules";
 /// container that may change the pod's network.
 pub const NETFILTER_MODULES_LIST: &str = "/etc/coffer/modules-netfilter";
 
+/// The guest path of the NIC driver's load order, which the agent reads at `CreateSandbox` when
+/// the host describes a pod network.
+pub const NETWORK_MODULES_LIST: &str = "/etc/coffer/modules-network";
+
 /// The guest path of the agent, which the kernel runs as PID 1.
 pub const INIT: &str = "/init";
 
@@ -32,13 +36,16 @@ const DIRS: &[(&str, u32)] = &[
 ];
 
 /// Lays out the initramfs for kernel `release`: the base directories, `/dev/console`, the agent as
-/// `/init`, `/etc/hosts`, the modules (in load order) and `/etc/coffer/modules` listing them, and
-/// the netfilter modules with `/etc/coffer/modules-netfilter` listing those.
+/// `/init`, `/etc/hosts`, the modules (in load order) and `/etc/coffer/modules` listing them, the
+/// netfilter modules with `/etc/coffer/modules-netfilter` listing those, and the NIC driver with
+/// `/etc/coffer/modules-network`. A module two on-demand lists share is stored once and listed in
+/// both.
 pub(crate) fn assemble(
     release: &str,
     agent: &[u8],
     modules: &[ModuleFile],
     netfilter: &[ModuleFile],
+    network: &[ModuleFile],
 ) -> Result<Archive, ImageError> {
     let mut archive = Archive::new();
     for (dir, perm) in DIRS {
@@ -50,11 +57,18 @@ pub(crate) fn assemble(
     archive.char_dev("/dev/console", 0o600, 5, 1)?;
     archive.file(INIT, 0o755, agent.to_vec())?;
     archive.file("/etc/hosts", 0o644, HOSTS.to_vec())?;
-    for (list, modules) in [(MODULES_LIST, modules), (NETFILTER_MODULES_LIST, netfilter)] {
+    let mut stored = std::collections::BTreeSet::new();
+    for (list, modules) in [
+        (MODULES_LIST, modules),
+        (NETFILTER_MODULES_LIST, netfilter),
+        (NETWORK_MODULES_LIST, network),
+    ] {
         let mut load_order = String::new();
         for module in modules {
             let guest_path = format!("{modules_root}/{}", module.guest_relative());
-            archive.file(&guest_path, 0o644, module.contents()?)?;
+            if stored.insert(guest_path.clone()) {
+                archive.file(&guest_path, 0o644, module.contents()?)?;
+            }
             load_order.push_str(&guest_path);
             load_order.push('\n');
         }

@@ -15,6 +15,7 @@
 //!   | `/etc/hosts` (0644) | `127.0.0.1 localhost`, `::1 localhost` |
 //!   | `/etc/coffer/modules` (0644) | absolute guest paths of the modules, one per line, in load order |
 //!   | `/etc/coffer/modules-netfilter` (0644) | the same for the [`NETFILTER_MODULES`] the boot list lacks, which the agent loads only for a container holding CAP_NET_ADMIN/CAP_NET_RAW |
+//!   | `/etc/coffer/modules-network` (0644) | the same for the [`NETWORK_MODULES`] (the NIC driver) the boot list lacks, which the agent loads only when `CreateSandbox` describes a pod network |
 //!   | `/lib/modules/<release>/…` (0644) | the requested modules and their dependencies (`.ko.xz` stored decompressed as `.ko`) |
 //!   | `/dev /etc /etc/coffer /lib /lib/modules /newroot /proc /run /sys` (0755), `/tmp` (01777) | empty mount points and parents |
 //!
@@ -55,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use error::ImageError;
-pub use initramfs::{INIT, MODULES_LIST, NETFILTER_MODULES_LIST};
+pub use initramfs::{INIT, MODULES_LIST, NETFILTER_MODULES_LIST, NETWORK_MODULES_LIST};
 use modules::{ModuleFile, ModuleIndex};
 
 /// The modules the agent needs: virtio transports (MMIO for `microvm`, PCI for `q35`), the virtio
@@ -94,6 +95,13 @@ pub const NETFILTER_MODULES: &[&str] = &[
     "xt_tcpudp",
 ];
 
+/// The NIC driver of a pod with a network: virtio-net (`modules.dep` adds `net_failover` and
+/// `failover`, and the virtio core the boot list already has). Added when the kernel has it (a
+/// kernel with it built in needs no list), listed apart and loaded by the agent at `CreateSandbox`
+/// only when the host describes a network, after it set the sysctls the new interfaces inherit: a
+/// pod without a network never has a NIC driver, whatever devices the host attaches.
+pub const NETWORK_MODULES: &[&str] = &["virtio_net"];
+
 /// File names of the artifacts in the output directory.
 const VMLINUX: &str = "vmlinux";
 const BZIMAGE: &str = "vmlinuz";
@@ -101,7 +109,7 @@ const INITRAMFS: &str = "initramfs";
 const MANIFEST: &str = "guest-image.json";
 
 /// Bumped whenever the builder's output for the same inputs changes; part of the inputs digest.
-const BUILDER_VERSION: &[u8] = b"coffer-guest-image/4";
+const BUILDER_VERSION: &[u8] = b"coffer-guest-image/5";
 
 /// Where the host keeps kernels and their modules.
 const BOOT_DIR: &str = "/boot";
@@ -193,6 +201,9 @@ struct Manifest {
     /// The load order of the netfilter modules the agent loads on demand (guest paths).
     #[serde(default)]
     netfilter_modules: Vec<String>,
+    /// The load order of the NIC driver the agent loads for a pod network (guest paths).
+    #[serde(default)]
+    network_modules: Vec<String>,
 }
 
 /// Everything read from the host for one build.
@@ -205,6 +216,8 @@ struct Inputs {
     modules: Vec<ModuleFile>,
     /// The netfilter modules not already in `modules`, in load order.
     netfilter: Vec<ModuleFile>,
+    /// The NIC driver's modules not already in `modules`, in load order.
+    network: Vec<ModuleFile>,
     digest: String,
 }
 
@@ -241,17 +254,23 @@ impl Inputs {
             .iter()
             .map(|relative| ModuleFile::read(&spec.modules_dir, relative))
             .collect::<Result<Vec<_>, _>>()?;
-        let netfilter_wanted: Vec<String> = NETFILTER_MODULES
-            .iter()
-            .filter(|m| index.knows(m))
-            .map(|m| (*m).to_owned())
-            .collect();
-        let netfilter = index
-            .load_order(&netfilter_wanted)?
-            .iter()
-            .filter(|relative| !order.contains(relative))
-            .map(|relative| ModuleFile::read(&spec.modules_dir, relative))
-            .collect::<Result<Vec<_>, _>>()?;
+        // An on-demand list: the wanted modules the kernel has, in load order, less what the
+        // boot list already loaded.
+        let on_demand = |names: &[&str]| -> Result<Vec<ModuleFile>, ImageError> {
+            let wanted: Vec<String> = names
+                .iter()
+                .filter(|m| index.knows(m))
+                .map(|m| (*m).to_owned())
+                .collect();
+            index
+                .load_order(&wanted)?
+                .iter()
+                .filter(|relative| !order.contains(relative))
+                .map(|relative| ModuleFile::read(&spec.modules_dir, relative))
+                .collect()
+        };
+        let netfilter = on_demand(NETFILTER_MODULES)?;
+        let network = on_demand(NETWORK_MODULES)?;
 
         // Length-prefixed fields, so no two different input sets hash the same byte stream.
         let mut hasher = Sha256::new();
@@ -265,7 +284,7 @@ impl Inputs {
         spec.modules.iter().for_each(|name| field(name.as_bytes()));
         field(&bzimage);
         field(&agent);
-        for list in [&modules, &netfilter] {
+        for list in [&modules, &netfilter, &network] {
             field(&(list.len() as u64).to_le_bytes());
             for module in list {
                 field(module.guest_relative().as_bytes());
@@ -279,6 +298,7 @@ impl Inputs {
             agent,
             modules,
             netfilter,
+            network,
             digest,
         })
     }
@@ -317,12 +337,18 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
     let vmlinux = kernel::extract_vmlinux(&inputs.bzimage, &spec.kernel)?;
     let mut initramfs = Vec::new();
     let agent = strip_debug_info(&inputs.agent);
-    initramfs::assemble(&inputs.release, &agent, &inputs.modules, &inputs.netfilter)?
-        .write_to(&mut initramfs)
-        .map_err(|source| ImageError::Write {
-            path: initramfs_path.clone(),
-            source,
-        })?;
+    initramfs::assemble(
+        &inputs.release,
+        &agent,
+        &inputs.modules,
+        &inputs.netfilter,
+        &inputs.network,
+    )?
+    .write_to(&mut initramfs)
+    .map_err(|source| ImageError::Write {
+        path: initramfs_path.clone(),
+        source,
+    })?;
 
     let manifest = Manifest {
         image: GuestImage {
@@ -337,6 +363,7 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
         inputs_sha256: inputs.digest.clone(),
         modules: inputs.guest_paths(&inputs.modules),
         netfilter_modules: inputs.guest_paths(&inputs.netfilter),
+        network_modules: inputs.guest_paths(&inputs.network),
     };
     let mut json = serde_json::to_vec_pretty(&manifest).map_err(|source| ImageError::Manifest {
         path: manifest_path.clone(),

@@ -29,6 +29,8 @@ impl Fixture {
         let modules_dir = root.join("lib/modules").join(RELEASE);
         for sub in [
             "kernel/drivers/virtio",
+            "kernel/drivers/net",
+            "kernel/net/core",
             "kernel/net/vmw_vsock",
             "kernel/fs/overlayfs",
         ] {
@@ -42,7 +44,10 @@ impl Fixture {
              kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
              kernel/net/vmw_vsock/vsock.ko:\n\
              kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko\n\
-             kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/net/vmw_vsock/vsock.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n",
+             kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/net/vmw_vsock/vsock.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+             kernel/net/core/failover.ko:\n",
         )
         .unwrap();
         fs::write(
@@ -57,6 +62,9 @@ impl Fixture {
             "net/vmw_vsock/vsock",
             "net/vmw_vsock/vmw_vsock_virtio_transport_common",
             "net/vmw_vsock/vmw_vsock_virtio_transport",
+            "drivers/net/virtio_net",
+            "drivers/net/net_failover",
+            "net/core/failover",
         ] {
             fs::write(
                 modules_dir.join(format!("kernel/{module}.ko")),
@@ -156,6 +164,35 @@ fn builds_expected_layout() {
         entry(&entries, "etc/coffer/modules-netfilter").mode,
         0o100_644
     );
+    // The NIC driver, apart from the boot list, after its dependencies; the virtio core it needs
+    // is already in the boot list and not repeated.
+    let network_order = [
+        "kernel/net/core/failover.ko",
+        "kernel/drivers/net/net_failover.ko",
+        "kernel/drivers/net/virtio_net.ko",
+    ];
+    let network_list: String = network_order
+        .iter()
+        .map(|m| format!("/{root}/{m}\n"))
+        .collect();
+    assert_eq!(
+        String::from_utf8(entry(&entries, "etc/coffer/modules-network").data.clone()).unwrap(),
+        network_list
+    );
+    assert_eq!(
+        entry(&entries, "etc/coffer/modules-network").mode,
+        0o100_644
+    );
+    for module in network_order {
+        assert_eq!(
+            entry(&entries, &format!("{root}/{module}")).data,
+            format!(
+                "module {}",
+                module.trim_start_matches("kernel/").trim_end_matches(".ko")
+            )
+            .into_bytes()
+        );
+    }
     for module in expected_order {
         let file = entry(&entries, &format!("{root}/{module}"));
         assert_eq!(file.mode, 0o100_644);
@@ -206,6 +243,11 @@ fn builds_expected_layout() {
         manifest.modules,
         list.lines().map(String::from).collect::<Vec<_>>()
     );
+    assert_eq!(
+        manifest.network_modules,
+        network_list.lines().map(String::from).collect::<Vec<_>>()
+    );
+    assert!(manifest.netfilter_modules.is_empty());
 }
 
 #[test]
@@ -410,7 +452,20 @@ fn builds_real_debian_kernel() {
         netfilter.iter().all(|m| !order.contains(m)),
         "{netfilter:?}"
     );
-    for path in order.iter().chain(&netfilter) {
+    // The NIC driver after what modules.dep says it needs, apart from the boot list (which has
+    // the virtio core it also needs).
+    let network: Vec<String> =
+        String::from_utf8(entry(&entries, "etc/coffer/modules-network").data.clone())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+    let net_position = |file: &str| position_in(&network, file);
+    assert!(net_position("failover.ko") < net_position("net_failover.ko"));
+    assert!(net_position("net_failover.ko") < net_position("virtio_net.ko"));
+    assert!(network.iter().all(|m| !order.contains(m)), "{network:?}");
+    position("virtio.ko");
+    for path in order.iter().chain(&netfilter).chain(&network) {
         assert!(
             entry(&entries, path.trim_start_matches('/'))
                 .data
