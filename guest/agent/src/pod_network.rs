@@ -25,10 +25,11 @@ pub const MAX_ADDRESSES: usize = 16;
 pub const MAX_ROUTES: usize = 64;
 /// Most DNS servers (the resolver reads no more).
 pub const MAX_DNS_SERVERS: usize = 3;
-/// Most search domains.
-pub const MAX_SEARCHES: usize = 6;
-/// Most characters of all search domains together.
-pub const MAX_SEARCH_CHARS: usize = 256;
+/// Most search domains: Kubernetes' limit (`MaxDNSSearchPaths`, since its expanded DNS
+/// configuration); glibc 2.26 and later read them all.
+pub const MAX_SEARCHES: usize = 32;
+/// Most characters of all search domains together (Kubernetes' `MaxDNSSearchListChars`).
+pub const MAX_SEARCH_CHARS: usize = 2048;
 /// Most resolver options.
 pub const MAX_DNS_OPTIONS: usize = 16;
 /// Longest resolver option.
@@ -803,11 +804,19 @@ pub(crate) mod tests {
         );
         refused(
             |n| n.dns.as_mut().unwrap().searches = vec!["a.b".into(); MAX_SEARCHES + 1],
-            "network.dns.searches: 7 entries; at most 6",
+            "network.dns.searches: 33 entries; at most 32",
         );
         refused(
-            |n| n.dns.as_mut().unwrap().searches = vec!["a".repeat(60); 5],
-            "network.dns.searches: 300 characters together; at most 256",
+            |n| n.dns.as_mut().unwrap().searches = vec!["a".repeat(63); 33],
+            "network.dns.searches: 33 entries; at most 32",
+        );
+        refused(
+            |n| {
+                n.dns.as_mut().unwrap().searches = (0..32)
+                    .map(|i| format!("{}.{i:02}", "a".repeat(63)))
+                    .collect()
+            },
+            "network.dns.searches: 2112 characters together; at most 2048",
         );
         refused(
             |n| n.dns.as_mut().unwrap().options = vec!["rotate".into(); MAX_DNS_OPTIONS + 1],
