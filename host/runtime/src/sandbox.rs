@@ -407,6 +407,7 @@ impl Sandbox {
                         vsock_port,
                     })
                     .collect(),
+                network: None,
             })
             .await
         {
