@@ -3,7 +3,7 @@
 //! [`hypervisor::Hypervisor`] backend, and talks to `coffer-agent` over hybrid vsock
 //! ([`agent_client`]). A [`sandbox::Sandbox`] ties one VM and its agent together, and joins the VM
 //! to its pod's network ([`network`]).
-// `unsafe` lives in `sys` only (the tap ioctl).
+// `unsafe` lives in `sys` only (the tap ioctl, a VMM child's set-up before exec).
 #![deny(unsafe_code)]
 
 pub mod agent_client;

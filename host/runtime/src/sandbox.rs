@@ -314,6 +314,7 @@ impl Sandbox {
             memory_mib: config.memory_mib,
             kernel_params,
             disks,
+            nics: Vec::new(),
             confidential,
         };
         let mut vm = match hypervisor.launch(&spec).await {
