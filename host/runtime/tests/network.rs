@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use coffer_agent_protocol::v1 as pb;
-use coffer_runtime::network::{self, MacAddr, NetworkError};
+use coffer_runtime::hypervisor::{Hypervisor, HypervisorError, Vm, VmExit, VmSpec};
+use coffer_runtime::network::{self, MacAddr, NetworkConfig, NetworkError};
+use coffer_runtime::sandbox::{Sandbox, SandboxConfig, SandboxError};
+use coffer_runtime::tee::TeeKind;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sched::{CloneFlags, setns};
 
@@ -550,4 +553,127 @@ async fn namespaces_a_guest_cannot_be_given_are_refused_and_left_as_they_were() 
     );
     assert!(!topology.link_exists("tap0_coffer"));
     assert!(!topology.has_ingress_qdisc("eth0"));
+}
+
+/// A VMM that never runs: it records what `Sandbox::start` handed it and fails the launch.
+#[derive(Default)]
+struct RecordingHypervisor {
+    seen: std::sync::Mutex<Option<Launch>>,
+}
+
+/// What the launch saw.
+#[derive(Debug)]
+struct Launch {
+    nics: Vec<(String, u32)>,
+    tap_open: bool,
+    record: Option<network::NetworkRecord>,
+    qdisc_on_eth0: bool,
+}
+
+/// The VM type of [`RecordingHypervisor`], which is never made.
+struct NeverVm;
+
+impl Vm for NeverVm {
+    fn vsock_socket(&self) -> &Path {
+        Path::new("/nonexistent")
+    }
+    fn console_log(&self) -> &Path {
+        Path::new("/nonexistent")
+    }
+    fn emulated(&self) -> bool {
+        true
+    }
+    async fn wait_exit(&mut self) -> VmExit {
+        std::future::pending().await
+    }
+    async fn status(&mut self) -> Result<String, HypervisorError> {
+        Err(HypervisorError::Timeout("a VM that never ran"))
+    }
+    async fn shutdown(&mut self) -> VmExit {
+        VmExit {
+            status: "never ran".into(),
+            requested: true,
+        }
+    }
+}
+
+impl Hypervisor for RecordingHypervisor {
+    type Vm = NeverVm;
+
+    fn check_tee(&self, _tee: TeeKind) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
+    async fn launch(&self, spec: &VmSpec) -> Result<NeverVm, HypervisorError> {
+        let pod = spec
+            .kernel_params
+            .first()
+            .expect("the pod namespace's name");
+        let launch = Launch {
+            nics: spec
+                .nics
+                .iter()
+                .map(|n| (n.mac.to_string(), n.mtu))
+                .collect(),
+            tap_open: spec
+                .nics
+                .iter()
+                .all(|n| n.tap.as_fd().try_clone_to_owned().is_ok()),
+            record: network::NetworkRecord::read(&spec.dir).expect("read the record"),
+            qdisc_on_eth0: run("tc", &["-n", pod, "qdisc", "show", "dev", "eth0"])
+                .contains("qdisc ingress"),
+        };
+        *self.seen.lock().expect("lock") = Some(launch);
+        Err(HypervisorError::Timeout("the test's VMM"))
+    }
+}
+
+#[tokio::test]
+async fn a_sandbox_attaches_before_launch_and_detaches_when_the_launch_fails() {
+    let topology = Topology::new("sandbox");
+    let state = tempfile::tempdir().expect("tempdir");
+    let hypervisor = RecordingHypervisor::default();
+    let config = SandboxConfig {
+        id: "net-1".into(),
+        state_root: state.path().to_path_buf(),
+        kernel: "/nonexistent/vmlinux".into(),
+        initrd: "/nonexistent/initramfs".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        boot_timeout: None,
+        initdata: None,
+        // How the test's hypervisor learns which namespace to look at.
+        kernel_params: vec![topology.pod.clone()],
+        tee: None,
+        registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
+        network: Some(NetworkConfig::new(topology.pod_path())),
+        hostname: Some("web-0".into()),
+    };
+    let err = Sandbox::start(&hypervisor, config)
+        .await
+        .expect_err("the launch fails");
+    assert!(matches!(err, SandboxError::Launch(_)), "{err}");
+    let seen = hypervisor
+        .seen
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("launched");
+    // At launch: the NIC with the CNI interface's MAC and MTU on an open tap, the record in the
+    // sandbox directory, the redirect in place.
+    assert_eq!(seen.nics, [("0a:58:c6:12:00:02".to_owned(), 1400)]);
+    assert!(seen.tap_open);
+    assert_eq!(
+        seen.record,
+        Some(network::NetworkRecord {
+            netns: topology.pod_path(),
+            interfaces: vec!["eth0".into()],
+        })
+    );
+    assert!(seen.qdisc_on_eth0);
+    // After the failed start: nothing left, in the namespace or the state directory.
+    assert!(!topology.has_ingress_qdisc("eth0"));
+    eventually("the tap to go", || !topology.link_exists("tap0_coffer"));
+    assert!(!state.path().join("sandboxes/net-1").exists());
 }
