@@ -22,7 +22,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 async fn bare(spec: &VmSpec, accel: Accel) -> anyhow::Result<Duration> {
     let paths = VmPaths::new(&spec.dir);
-    let full = argv(spec, Machine::Microvm, accel, &paths, host_tsc_khz());
+    let full = argv(spec, Machine::Microvm, accel, &paths, host_tsc_khz(), &[]);
     // Drop the vsock chardev/device and the monitor; the console goes straight to a file.
     let mut args = Vec::new();
     let mut it = full.into_iter();
@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             memory_mib: 512,
             kernel_params: Vec::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
             confidential: None,
         };
         let accel = qemu.resolve_accel(&spec).await?;

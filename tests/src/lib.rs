@@ -91,6 +91,8 @@ pub fn vm_config(image: &GuestImage, id: &str, state_root: &Path) -> SandboxConf
         tee: None,
         registry_tunnels: Vec::new(),
         published_ports: Vec::new(),
+        network: None,
+        hostname: None,
     }
 }
 

@@ -99,6 +99,7 @@ fn snp_argv(dir: &Path, firmware: &str) -> anyhow::Result<Vec<String>> {
             serial: "coffer-initdata".into(),
             read_only: true,
         }],
+        nics: Vec::new(),
         confidential: Some(ConfidentialSpec::Snp {
             config: SnpConfig {
                 firmware: firmware.into(),
@@ -114,6 +115,7 @@ fn snp_argv(dir: &Path, firmware: &str) -> anyhow::Result<Vec<String>> {
         Accel::Tcg,
         &VmPaths::new(dir),
         None,
+        &[],
     ))
 }
 

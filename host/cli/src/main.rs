@@ -57,7 +57,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum SandboxCommand {
     /// Boot a sandbox, run CMD in a container made from a rootfs directory, tear down.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Sandbox(SandboxCommand::Run(args)) => run::run(args).await,
+            Command::Sandbox(SandboxCommand::Run(args)) => run::run(*args).await,
             Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
             Command::Image(ImageCommand::Pull(args)) => oci_image::pull_command(args).await,
             Command::Image(ImageCommand::Inspect(args)) => oci_image::inspect_command(args).await,

@@ -12,6 +12,7 @@ use coffer_policies::initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::config::RuntimeConfig;
 use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu};
+use coffer_runtime::network::{DnsConfig, HostEntry, NetworkConfig};
 use coffer_runtime::publish::PublishedPort;
 use coffer_runtime::rootfs::{self, ContainerRootfs};
 use coffer_runtime::sandbox::{InitdataDisk, Sandbox};
@@ -25,6 +26,8 @@ use crate::{EXIT_COFFER_FAILED, EXIT_INTERRUPTED};
 
 /// The container's id inside the sandbox.
 const CONTAINER_ID: &str = "main";
+/// The container's hostname unless `--hostname` names one.
+const DEFAULT_HOSTNAME: &str = "coffer";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -45,6 +48,27 @@ pub struct RunArgs {
     /// reaches must authenticate its peers (mTLS).
     #[arg(long = "publish", short = 'p', value_name = "IPV4:HOSTPORT:GUESTPORT")]
     published: Vec<PublishedPort>,
+    /// Attach the network of this namespace (e.g. one CNI configured, /var/run/netns/NAME): each
+    /// of its interfaces becomes a guest NIC with the interface's MAC, MTU and addresses, and its
+    /// routes the guest's; the namespace's own stack stops seeing that traffic. The container
+    /// gets the pod's /etc/resolv.conf, /etc/hosts and /etc/hostname.
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+    /// A name server for the pod's /etc/resolv.conf (repeatable).
+    #[arg(long = "dns", value_name = "IP", requires = "netns")]
+    dns_servers: Vec<std::net::IpAddr>,
+    /// A search domain for the pod's /etc/resolv.conf (repeatable).
+    #[arg(long = "dns-search", value_name = "DOMAIN", requires = "netns")]
+    dns_searches: Vec<String>,
+    /// A resolver option for the pod's /etc/resolv.conf, e.g. ndots:5 (repeatable).
+    #[arg(long = "dns-option", value_name = "OPT", requires = "netns")]
+    dns_options: Vec<String>,
+    /// An extra /etc/hosts entry of the pod (repeatable).
+    #[arg(long = "add-host", value_name = "NAME:IP", requires = "netns")]
+    add_hosts: Vec<HostEntry>,
+    /// The guest's and the container's hostname (default: coffer).
+    #[arg(long, value_parser = parse_hostname)]
+    hostname: Option<String>,
     /// Environment variable for the command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -137,6 +161,35 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
         uid.parse().with_context(|| format!("user {s:?}: uid"))?,
         gid.parse().with_context(|| format!("user {s:?}: gid"))?,
     ))
+}
+
+fn parse_hostname(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.']);
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: 1 to 64 characters of [A-Za-z0-9.-], not starting with - or ."
+        ))
+    }
+}
+
+/// The pod network `args` ask for, if any.
+fn network_config(args: &RunArgs) -> Option<NetworkConfig> {
+    let netns = args.netns.as_ref()?;
+    Some(NetworkConfig {
+        netns: netns.clone(),
+        dns: DnsConfig {
+            servers: args.dns_servers.clone(),
+            searches: args.dns_searches.clone(),
+            options: args.dns_options.clone(),
+        },
+        hosts: args.add_hosts.clone(),
+    })
 }
 
 fn parse_identity_dir(s: &str) -> Result<String, String> {
@@ -257,6 +310,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|addr| RegistryTunnel::same_address(*addr)),
     );
+    config.network = network_config(&args);
+    config.hostname = args.hostname.clone();
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -288,9 +343,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         gid,
         sealed_files: args.sealed_files.clone(),
         identity_dir: args.identity_dir.clone(),
+        pod_files: args.netns.is_some(),
     };
+    let hostname = args.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     let outcome = tokio::select! {
-        r = run_container(sandbox.agent(), &rootfs, &opts, args.interactive, &timings) => match r {
+        r = run_container(sandbox.agent(), &rootfs, &opts, hostname, args.interactive, &timings) => match r {
             Ok(status) => Ok(status),
             // An RPC failing because the VM died is reported as the VM's death, which the
             // supervisor notices within moments of the RPC.
@@ -402,6 +459,7 @@ async fn run_container(
     mut agent: AgentClient,
     rootfs: &ContainerRootfs,
     opts: &spec::ProcessOptions,
+    hostname: &str,
     interactive: bool,
     timings: &Timings,
 ) -> anyhow::Result<i32> {
@@ -423,7 +481,7 @@ async fn run_container(
         ));
     }
     let source = rootfs::deliver(&mut agent, CONTAINER_ID, rootfs).await?;
-    let spec = spec::container(opts, "coffer");
+    let spec = spec::container(opts, hostname);
     agent
         .create_container(pb::CreateContainerRequest {
             container_id: CONTAINER_ID.into(),
@@ -474,4 +532,95 @@ async fn run_container(
         .await
         .map_err(|s| anyhow::anyhow!("removing the container: {}", s.message()))?;
     Ok(exit.exit_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(["coffer"].iter().chain(args)).map(|c| c.run)
+    }
+
+    #[test]
+    fn the_network_flags_make_the_pod_network() {
+        let args = parse(&[
+            "--rootfs",
+            "/r",
+            "--netns",
+            "/var/run/netns/pod",
+            "--dns",
+            "198.18.0.53",
+            "--dns",
+            "2001:2::53",
+            "--dns-search",
+            "svc.cluster.local",
+            "--dns-option",
+            "ndots:5",
+            "--add-host",
+            "db:198.18.0.9",
+            "--hostname",
+            "web-0",
+            "--",
+            "true",
+        ])
+        .expect("parse");
+        assert_eq!(args.hostname.as_deref(), Some("web-0"));
+        assert_eq!(
+            network_config(&args),
+            Some(NetworkConfig {
+                netns: "/var/run/netns/pod".into(),
+                dns: DnsConfig {
+                    servers: vec![
+                        "198.18.0.53".parse().expect("ip"),
+                        "2001:2::53".parse().expect("ip")
+                    ],
+                    searches: vec!["svc.cluster.local".into()],
+                    options: vec!["ndots:5".into()],
+                },
+                hosts: vec!["db:198.18.0.9".parse().expect("host")],
+            })
+        );
+        let plain = parse(&["--rootfs", "/r", "--", "true"]).expect("parse");
+        assert_eq!(network_config(&plain), None);
+    }
+
+    #[test]
+    fn resolver_and_hosts_flags_need_a_namespace_and_hostnames_are_checked() {
+        for flags in [
+            ["--dns", "198.18.0.53"],
+            ["--dns-search", "a.example"],
+            ["--dns-option", "ndots:1"],
+            ["--add-host", "db:198.18.0.9"],
+        ] {
+            let err = parse(&["--rootfs", "/r", flags[0], flags[1], "--", "true"])
+                .expect_err(flags[0])
+                .to_string();
+            assert!(err.contains("--netns"), "{err}");
+        }
+        let err = parse(&["--rootfs", "/r", "--hostname=-bad", "--", "true"])
+            .expect_err("hostname")
+            .to_string();
+        assert!(err.contains("[A-Za-z0-9.-]"), "{err}");
+        let err = parse(&[
+            "--rootfs",
+            "/r",
+            "--netns",
+            "/n",
+            "--add-host",
+            "nocolon",
+            "--",
+            "true",
+        ])
+        .expect_err("add-host")
+        .to_string();
+        assert!(err.contains("expected NAME:IP"), "{err}");
+    }
 }

@@ -289,6 +289,8 @@ impl RuntimeConfig {
                 .map(|addr| RegistryTunnel::same_address(*addr))
                 .collect(),
             published_ports: self.guest.published_ports.clone(),
+            network: None,
+            hostname: None,
         }
     }
 }

@@ -7,8 +7,15 @@
 //! sandbox lives in `state_root/sandboxes/<id>` and is removed at the end; only the logs of a
 //! failed sandbox are kept, in `state_root/logs/` (the console log, named in the error, and the
 //! VMM's own beside it).
+//!
+//! With a pod network ([`SandboxConfig::network`]) the sandbox attaches the namespace's network
+//! before launching the VM ([`crate::network`]), records what it attached in `network.json` in its
+//! directory (for a garbage collector after a crash), hands the taps to the VMM and closes its own
+//! copies once the VMM runs, and tells the guest the network in `CreateSandbox`. Every teardown
+//! (stop, failed start, the VM exiting on its own) detaches it once the VM is gone.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_agent_protocol::HOST_READY_VSOCK_PORT;
@@ -17,7 +24,8 @@ use coffer_policies::initdata::{Digest, Initdata, device as initdata_device};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
-use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, NicSpec, Vm, VmSpec};
+use crate::network::{self, AttachedNetwork, NetworkConfig, NetworkError};
 use crate::publish::{self, PublishedPort};
 use crate::tee::{TeeError, TeeLaunch};
 use crate::tunnel::{self, RegistryTunnel};
@@ -58,6 +66,11 @@ pub struct SandboxConfig {
     pub registry_tunnels: Vec<RegistryTunnel>,
     /// Guest ports reachable at host addresses (none by default).
     pub published_ports: Vec<PublishedPort>,
+    /// The pod network to attach: a CNI-configured namespace and the pod's resolver and hosts
+    /// entries. `None`: the guest has its loopback only.
+    pub network: Option<NetworkConfig>,
+    /// The guest's hostname, sent in `CreateSandbox`; `None`: the agent's default.
+    pub hostname: Option<String>,
 }
 
 /// Initdata as the guest receives it: the disk image and the digest the guest must find.
@@ -113,6 +126,9 @@ pub enum SandboxError {
     /// A published port's host address could not be listened on.
     #[error(transparent)]
     Publish(#[from] publish::BindError),
+    /// The pod network could not be attached.
+    #[error("pod network: {0}")]
+    Network(#[source] NetworkError),
     /// The VM could not be launched.
     #[error("launching the VM: {0}")]
     Launch(#[source] HypervisorError),
@@ -237,6 +253,44 @@ fn keep_vmm_logs(dir: &Path, console: &Path, logs: &Path, id: &str) {
     }
 }
 
+/// Detaches `network`, if any (after the VM that held its taps is gone); failures are logged.
+async fn detach(network: Option<AttachedNetwork>, id: &str) {
+    if let Some(network) = network
+        && let Err(err) = network.detach().await
+    {
+        tracing::warn!(sandbox_id = %id, %err, "detaching the pod network");
+    }
+}
+
+/// Undoes a start that failed once the sandbox directory existed: detaches the network, then
+/// [`retire`]s the directory. Returns where the console log was kept.
+async fn abandon(
+    state_root: &Path,
+    id: &str,
+    dir: &Path,
+    console: &Path,
+    network: Option<AttachedNetwork>,
+    keep_console: bool,
+) -> PathBuf {
+    detach(network, id).await;
+    retire(state_root, id, dir, console, keep_console)
+}
+
+/// Attaches `config`'s network and records it in `dir` (see [`network::NetworkRecord`]).
+async fn attach_network(
+    config: &NetworkConfig,
+    dir: &Path,
+) -> Result<AttachedNetwork, NetworkError> {
+    let attached = network::attach(&config.netns).await?;
+    if let Err(err) = attached.record().write(dir) {
+        if let Err(undo) = attached.detach().await {
+            tracing::warn!(%undo, "detaching the pod network after a failed record");
+        }
+        return Err(err);
+    }
+    Ok(attached)
+}
+
 impl Sandbox {
     /// Boots a sandbox on `hypervisor` and waits for its agent.
     pub async fn start<H: Hypervisor>(
@@ -305,6 +359,38 @@ impl Sandbox {
                 read_only: true,
             });
         }
+        let mut network = match &config.network {
+            None => None,
+            Some(net) => match attach_network(net, &dir).await {
+                Ok(attached) => Some(attached),
+                Err(err) => {
+                    retire(
+                        &config.state_root,
+                        &id,
+                        &dir,
+                        &dir.join("console.log"),
+                        false,
+                    );
+                    return Err(SandboxError::Network(err));
+                }
+            },
+        };
+        let nics = match &mut network {
+            None => Vec::new(),
+            Some(attached) => {
+                let taps = attached.take_taps();
+                attached
+                    .interfaces()
+                    .iter()
+                    .zip(taps)
+                    .map(|(interface, tap)| NicSpec {
+                        tap: Arc::new(tap),
+                        mac: interface.mac,
+                        mtu: interface.mtu,
+                    })
+                    .collect()
+            }
+        };
         let spec = VmSpec {
             id: id.clone(),
             dir: dir.clone(),
@@ -314,18 +400,24 @@ impl Sandbox {
             memory_mib: config.memory_mib,
             kernel_params,
             disks,
+            nics,
             confidential,
         };
-        let mut vm = match hypervisor.launch(&spec).await {
+        let launched = hypervisor.launch(&spec).await;
+        // The VMM has its copies of the taps (or failed): ours close now.
+        drop(spec);
+        let mut vm = match launched {
             Ok(vm) => vm,
             Err(err) => {
-                retire(
+                abandon(
                     &config.state_root,
                     &id,
                     &dir,
                     &dir.join("console.log"),
+                    network,
                     false,
-                );
+                )
+                .await;
                 return Err(SandboxError::Launch(err));
             }
         };
@@ -338,7 +430,7 @@ impl Sandbox {
             Ok(ready) => ready,
             Err(source) => {
                 vm.shutdown().await;
-                retire(&config.state_root, &id, &dir, &console, false);
+                abandon(&config.state_root, &id, &dir, &console, network, false).await;
                 return Err(SandboxError::Io {
                     op: "listen",
                     path: host_socket(vm.vsock_socket(), HOST_READY_VSOCK_PORT),
@@ -351,7 +443,7 @@ impl Sandbox {
                 Ok(served) => served,
                 Err((path, source)) => {
                     vm.shutdown().await;
-                    retire(&config.state_root, &id, &dir, &console, false);
+                    abandon(&config.state_root, &id, &dir, &console, network, false).await;
                     return Err(SandboxError::Io {
                         op: "listen",
                         path,
@@ -373,7 +465,7 @@ impl Sandbox {
             Some(Ok(c)) => c,
             Some(Err(agent_client::ConnectError::Timeout { last, .. })) => {
                 vm.shutdown().await;
-                let console = retire(&config.state_root, &id, &dir, &console, true);
+                let console = abandon(&config.state_root, &id, &dir, &console, network, true).await;
                 return Err(SandboxError::AgentTimeout {
                     timeout: boot_timeout,
                     accel: if vm.emulated() { "TCG" } else { "KVM" },
@@ -383,7 +475,7 @@ impl Sandbox {
             }
             None => {
                 let exit = vm.wait_exit().await;
-                let console = retire(&config.state_root, &id, &dir, &console, true);
+                let console = abandon(&config.state_root, &id, &dir, &console, network, true).await;
                 return Err(SandboxError::DiedDuringBoot {
                     status: exit.status,
                     console,
@@ -394,7 +486,7 @@ impl Sandbox {
         if let Err(status) = agent
             .create_sandbox(pb::CreateSandboxRequest {
                 sandbox_id: id.clone(),
-                hostname: String::new(),
+                hostname: config.hostname.clone().unwrap_or_default(),
                 registry_tunnels: tunnels
                     .into_iter()
                     .map(|(listen, host_port)| pb::RegistryTunnel { listen, host_port })
@@ -407,12 +499,16 @@ impl Sandbox {
                         vsock_port,
                     })
                     .collect(),
-                network: None,
+                network: config
+                    .network
+                    .as_ref()
+                    .zip(network.as_ref())
+                    .map(|(settings, attached)| settings.pod_network(attached)),
             })
             .await
         {
             vm.shutdown().await;
-            retire(&config.state_root, &id, &dir, &console, false);
+            abandon(&config.state_root, &id, &dir, &console, network, false).await;
             return Err(SandboxError::Agent {
                 call: "CreateSandbox",
                 message: status.message().to_owned(),
@@ -431,9 +527,12 @@ impl Sandbox {
             // The tunnels and published ports live exactly as long as the VM's supervisor.
             let _tunnel_servers = tunnel_servers;
             let _published_servers = published_servers;
+            // So does the pod network, detached once the VM is gone.
+            let mut network = network;
             loop {
                 tokio::select! {
                     exit = vm.wait_exit() => {
+                        detach(network.take(), &task_id).await;
                         let kept = retire(&state_root, &task_id, &task_dir, &console, true);
                         tracing::error!(sandbox_id = %task_id, status = %exit.status, "VM exited unexpectedly");
                         let _ = state_tx.send(SandboxState::Failed(format!(
@@ -464,6 +563,7 @@ impl Sandbox {
                             None => None,
                         };
                         let exit = vm.shutdown().await;
+                        detach(network.take(), &task_id).await;
                         retire(&state_root, &task_id, &task_dir, &console, false);
                         tracing::info!(sandbox_id = %task_id, status = %exit.status, "sandbox stopped");
                         let _ = state_tx.send(SandboxState::Stopped);

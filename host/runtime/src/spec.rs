@@ -2,7 +2,11 @@
 //! cgroup namespaces; masked and read-only paths; default capabilities and rlimits) with the
 //! user's command, environment, working directory and user. The container shares the guest's
 //! network namespace: the VM is the pod, and its network (loopback, the registry tunnels' and
-//! published ports' ends) is the pod's, as a Kubernetes pod's containers share theirs.
+//! published ports' ends) is the pod's, as a Kubernetes pod's containers share theirs. With a
+//! pod network the container's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` are the
+//! pod's, which the agent generates from `CreateSandbox` ([`pod_file_mount`]).
+
+use std::path::Path;
 
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec, User};
 
@@ -25,6 +29,8 @@ pub struct ProcessOptions {
     /// Where the pod's workload identity (the broker-issued SVID, its key and trust bundle)
     /// appears in the container, placed there by the guest agent; `None`: no identity.
     pub identity_dir: Option<String>,
+    /// Give the container the pod's network files ([`POD_FILES`]) in place of the image's.
+    pub pod_files: bool,
 }
 
 impl Default for ProcessOptions {
@@ -37,6 +43,7 @@ impl Default for ProcessOptions {
             gid: 0,
             sealed_files: Vec::new(),
             identity_dir: None,
+            pod_files: false,
         }
     }
 }
@@ -98,6 +105,28 @@ pub fn identity_mount(destination: &str) -> Mount {
     m
 }
 
+/// The mount type the guest agent resolves into one of the pod's files, which it generates from
+/// `CreateSandbox` (its network's resolver and hosts entries, its hostname) and binds read-only.
+pub const POD_MOUNT_TYPE: &str = "pod";
+
+/// The pod's files (the mount's source) and where a container sees them.
+pub const POD_FILES: [(&str, &str); 3] = [
+    ("resolv.conf", "/etc/resolv.conf"),
+    ("hosts", "/etc/hosts"),
+    ("hostname", "/etc/hostname"),
+];
+
+/// A pod-file mount in its canonical form: source the file's name, no options (the agent alone
+/// decides how it is mounted).
+pub fn pod_file_mount(source: &str, destination: &str) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some(POD_MOUNT_TYPE.into()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(Vec::new()));
+    m
+}
+
 /// A container spec running `opts`, with a read-write root.
 pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
     let mut spec = Spec::default();
@@ -118,10 +147,18 @@ pub fn container(opts: &ProcessOptions, hostname: &str) -> Spec {
         }
         spec.set_linux(Some(linux));
     }
-    if !opts.sealed_files.is_empty() || opts.identity_dir.is_some() {
+    if !opts.sealed_files.is_empty() || opts.identity_dir.is_some() || opts.pod_files {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         mounts.extend(opts.sealed_files.iter().map(|(d, r)| sealed_mount(d, r)));
         mounts.extend(opts.identity_dir.as_deref().map(identity_mount));
+        if opts.pod_files {
+            mounts.retain(|m| {
+                !POD_FILES
+                    .iter()
+                    .any(|(_, d)| m.destination() == Path::new(d))
+            });
+            mounts.extend(POD_FILES.iter().map(|(s, d)| pod_file_mount(s, d)));
+        }
         spec.set_mounts(Some(mounts));
     }
     spec
@@ -141,6 +178,7 @@ mod tests {
             gid: 100,
             sealed_files: vec![("/run/secrets/db".into(), "kbs:///default/secret/db".into())],
             identity_dir: Some("/var/run/secrets/spiffe".into()),
+            pod_files: false,
         };
         let spec = container(&opts, "h");
         let mounts = spec.mounts().as_ref().unwrap();
@@ -175,5 +213,35 @@ mod tests {
         }
         // The guest's network is the pod's.
         assert!(!ns.contains(&Ns::Network), "{ns:?}");
+    }
+
+    #[test]
+    fn pod_files_are_typed_mounts_in_place_of_the_images() {
+        let plain = container(&ProcessOptions::default(), "h");
+        let mounts = plain.mounts().as_ref().expect("mounts");
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m.typ().as_deref() == Some(POD_MOUNT_TYPE)),
+            "{mounts:?}"
+        );
+        let opts = ProcessOptions {
+            pod_files: true,
+            ..ProcessOptions::default()
+        };
+        let spec = container(&opts, "h");
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        let pod: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination().starts_with("/etc"))
+            .collect();
+        assert_eq!(
+            serde_json::to_value(&pod).expect("json"),
+            serde_json::json!([
+                {"destination": "/etc/resolv.conf", "type": "pod", "source": "resolv.conf", "options": []},
+                {"destination": "/etc/hosts", "type": "pod", "source": "hosts", "options": []},
+                {"destination": "/etc/hostname", "type": "pod", "source": "hostname", "options": []}
+            ])
+        );
     }
 }

@@ -5,10 +5,13 @@ pub mod qemu;
 pub mod qmp;
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::network::MacAddr;
 use crate::tee::{ConfidentialSpec, TeeError, TeeKind};
 
 /// What to boot.
@@ -30,6 +33,8 @@ pub struct VmSpec {
     pub kernel_params: Vec<String>,
     /// Block devices to attach (virtio-blk), in order.
     pub disks: Vec<DiskSpec>,
+    /// Network interfaces to attach (virtio-net on taps), in order; none: the VM has no NIC.
+    pub nics: Vec<NicSpec>,
     /// Launch in a TEE; `None` is a plain VM.
     pub confidential: Option<ConfidentialSpec>,
 }
@@ -43,6 +48,17 @@ pub struct DiskSpec {
     pub serial: String,
     /// Attach read-only: the guest cannot write it.
     pub read_only: bool,
+}
+
+/// A virtio-net NIC backed by a tap device.
+#[derive(Debug, Clone)]
+pub struct NicSpec {
+    /// The tap's queue. The VMM gets a copy at launch; the tap lives as long as any copy.
+    pub tap: Arc<OwnedFd>,
+    /// The guest NIC's MAC.
+    pub mac: MacAddr,
+    /// The MTU the device offers the guest (VIRTIO_NET_F_MTU), 68..=65535.
+    pub mtu: u32,
 }
 
 /// Hypervisor failures.

@@ -6,6 +6,7 @@
 //! Both processes get their own process group (a terminal's Ctrl-C reaches only the runtime, which
 //! then tears down in order) and are killed if their handle is dropped.
 
+use std::os::fd::{AsFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tokio::process::{Child, Command};
 
 use super::qmp::Qmp;
 use super::{Hypervisor, HypervisorError, Vm, VmExit, VmSpec};
+use crate::sys::ChildSetup;
 use crate::tee::TeeKind;
 use crate::tee::detect::{self, QemuInfo};
 
@@ -146,13 +148,15 @@ pub fn kernel_cmdline(machine: Machine, tsc_khz: Option<u64>, extra: &[String]) 
     params.join(" ")
 }
 
-/// QEMU's argv (without the binary) for `spec`.
+/// QEMU's argv (without the binary) for `spec`. `tap_fds` are the descriptor numbers QEMU finds
+/// the taps of `spec.nics` at, in the same order (see [`crate::sys::ChildSetup`]).
 pub fn argv(
     spec: &VmSpec,
     machine: Machine,
     accel: Accel,
     paths: &VmPaths,
     tsc_khz: Option<u64>,
+    tap_fds: &[RawFd],
 ) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
     // A confidential guest boots OVMF on q35 under KVM; nothing else can launch it.
@@ -246,6 +250,27 @@ pub fn argv(
                 } else {
                     ""
                 }
+            ),
+        ]);
+    }
+    // QEMU serves the queues itself (vhost off: no dependency on /dev/vhost-net, whose module
+    // not every host loads); no option ROM: nothing boots from the network.
+    let net_device = match machine {
+        Machine::Microvm => "virtio-net-device",
+        Machine::Q35 => "virtio-net-pci",
+    };
+    for (i, (nic, fd)) in spec.nics.iter().zip(tap_fds).enumerate() {
+        let pci = match machine {
+            Machine::Microvm => String::new(),
+            Machine::Q35 => format!(",romfile={pci_extra}"),
+        };
+        args.extend([
+            "-netdev".into(),
+            format!("tap,id=net{i},fd={fd},vhost=off"),
+            "-device".into(),
+            format!(
+                "{net_device},netdev=net{i},mac={},host_mtu={}{pci}",
+                nic.mac, nic.mtu
             ),
         ]);
     }
@@ -524,20 +549,45 @@ impl Hypervisor for Qemu {
         )
         .await?;
 
-        let args = argv(spec, self.config.machine, accel, &paths, host_tsc_khz());
+        // What QEMU gets between fork and exec: the taps, at numbers held until it runs.
+        let mut child = ChildSetup::new();
+        let mut tap_fds = Vec::with_capacity(spec.nics.len());
+        for nic in &spec.nics {
+            tap_fds.push(
+                child
+                    .inherit(nic.tap.as_fd())
+                    .map_err(|source| HypervisorError::Io {
+                        op: "duplicate the tap descriptor for",
+                        path: self.config.binary.clone(),
+                        source,
+                    })?,
+            );
+        }
+        let args = argv(
+            spec,
+            self.config.machine,
+            accel,
+            &paths,
+            host_tsc_khz(),
+            &tap_fds,
+        );
         tracing::debug!(?args, "starting qemu");
-        let mut qemu = Command::new(&self.config.binary)
+        let mut command = Command::new(&self.config.binary);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log_file(&paths.qemu_log)?)
             .stderr(log_file(&paths.qemu_log.with_extension("err"))?)
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| HypervisorError::Spawn {
-                binary: self.config.binary.clone(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        child.install(&mut command);
+        let spawned = command.spawn();
+        // QEMU has its copies (or failed): ours close now.
+        drop(child);
+        let mut qemu = spawned.map_err(|source| HypervisorError::Spawn {
+            binary: self.config.binary.clone(),
+            source,
+        })?;
         let qemu_err = paths.qemu_log.with_extension("err");
         self.wait_for_socket(&paths.qmp_socket, &mut qemu, "qemu", &qemu_err)
             .await?;
@@ -729,7 +779,8 @@ mod tests {
     }
 
     use super::*;
-    use crate::hypervisor::DiskSpec;
+    use crate::hypervisor::{DiskSpec, NicSpec};
+    use crate::network::MacAddr;
     use crate::tee::{ConfidentialSpec, SnpConfig, TdxConfig};
 
     fn spec() -> VmSpec {
@@ -742,7 +793,18 @@ mod tests {
             memory_mib: 512,
             kernel_params: vec!["coffer.debug=0".into()],
             disks: vec![],
+            nics: vec![],
             confidential: None,
+        }
+    }
+
+    /// A NIC whose tap is a stand-in descriptor (the argv only names the number it is given).
+    fn nic(mac: [u8; 6], mtu: u32) -> NicSpec {
+        let stand_in = std::fs::File::open("/dev/null").expect("open /dev/null");
+        NicSpec {
+            tap: std::sync::Arc::new(stand_in.into()),
+            mac: MacAddr(mac),
+            mtu,
         }
     }
 
@@ -755,9 +817,18 @@ mod tests {
             read_only: true,
         });
         spec.confidential = Some(tee);
+        spec.nics
+            .push(nic([0x0a, 0x58, 0xc6, 0x12, 0x00, 0x02], 1450));
         let paths = VmPaths::new(Path::new("/run/coffer/s1"));
         // The configured machine and accelerator are overridden: a TEE guest is q35 under KVM.
-        let args = argv(&spec, Machine::Microvm, Accel::Tcg, &paths, Some(2_450_000));
+        let args = argv(
+            &spec,
+            Machine::Microvm,
+            Accel::Tcg,
+            &paths,
+            Some(2_450_000),
+            &[17],
+        );
         let want: Vec<String> = [
             "-name",
             "coffer-s1",
@@ -798,6 +869,11 @@ mod tests {
             "file=/run/coffer/s1/initdata.img,if=none,id=disk0,format=raw,readonly=on",
             "-device",
             "virtio-blk-pci,drive=disk0,serial=coffer-initdata,iommu_platform=on,disable-legacy=on",
+            "-netdev",
+            "tap,id=net0,fd=17,vhost=off",
+            "-device",
+            "virtio-net-pci,netdev=net0,mac=0a:58:c6:12:00:02,host_mtu=1450,romfile=,\
+             iommu_platform=on,disable-legacy=on",
             "-vga",
             "none",
             "-bios",
@@ -895,6 +971,7 @@ mod tests {
             Accel::Tcg,
             &paths,
             Some(2_450_000),
+            &[],
         );
         assert_eq!(
             value_of(&args, "-machine"),
@@ -932,7 +1009,10 @@ mod tests {
     #[test]
     fn q35_kvm_argv() {
         let paths = VmPaths::new(Path::new("/d"));
-        let args = argv(&spec(), Machine::Q35, Accel::Kvm, &paths, None);
+        let args = argv(&spec(), Machine::Q35, Accel::Kvm, &paths, None, &[]);
+        // Without NICs nothing network-related is added (`-nodefaults`: no default NIC either).
+        assert!(value_of(&args, "-netdev").is_empty(), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("virtio-net")), "{args:?}");
         assert_eq!(value_of(&args, "-machine"), ["q35,memory-backend=mem"]);
         assert_eq!(value_of(&args, "-accel"), ["kvm"]);
         assert_eq!(value_of(&args, "-cpu"), ["host"]);
@@ -941,6 +1021,49 @@ mod tests {
             ["vhost-user-vsock-pci,chardev=vsock"]
         );
         assert!(!value_of(&args, "-append")[0].contains("tsc"));
+    }
+
+    #[test]
+    fn nics_are_virtio_net_devices_on_the_tap_descriptors_given() {
+        let paths = VmPaths::new(Path::new("/d"));
+        let mut spec = spec();
+        spec.nics = vec![
+            nic([0x0a, 0x58, 0xc6, 0x12, 0x00, 0x02], 1500),
+            nic([0x02, 0x42, 0xc6, 0x13, 0x00, 0x07], 9000),
+        ];
+        let args = argv(&spec, Machine::Q35, Accel::Kvm, &paths, None, &[5, 9]);
+        assert_eq!(
+            value_of(&args, "-netdev"),
+            ["tap,id=net0,fd=5,vhost=off", "tap,id=net1,fd=9,vhost=off"]
+        );
+        assert_eq!(
+            value_of(&args, "-device")[1..],
+            [
+                "virtio-net-pci,netdev=net0,mac=0a:58:c6:12:00:02,host_mtu=1500,romfile=",
+                "virtio-net-pci,netdev=net1,mac=02:42:c6:13:00:07,host_mtu=9000,romfile="
+            ]
+        );
+        // The NICs come after the disks and before `-vga`, as the golden TEE argv has them.
+        let netdev = args.iter().position(|a| a == "-netdev").expect("-netdev");
+        let vga = args.iter().position(|a| a == "-vga").expect("-vga");
+        assert!(netdev < vga);
+
+        // microvm has no PCI: virtio-mmio devices, no option ROM property.
+        let args = argv(
+            &spec,
+            Machine::Microvm,
+            Accel::Tcg,
+            &paths,
+            Some(2_450_000),
+            &[5, 9],
+        );
+        assert_eq!(
+            value_of(&args, "-device")[1..],
+            [
+                "virtio-net-device,netdev=net0,mac=0a:58:c6:12:00:02,host_mtu=1500",
+                "virtio-net-device,netdev=net1,mac=02:42:c6:13:00:07,host_mtu=9000"
+            ]
+        );
     }
 
     #[tokio::test]
