@@ -55,7 +55,13 @@ impl Env {
 
     /// Creates, starts and waits for a container; returns (stdout, status).
     async fn run(&self, id: &str, o: ProcessOptions) -> anyhow::Result<(String, i32)> {
-        agent::run(&self.agent, &self.rootfs, id, &spec::container(&o, "coffer")).await
+        agent::run(
+            &self.agent,
+            &self.rootfs,
+            id,
+            &spec::container(&o, "coffer"),
+        )
+        .await
     }
 }
 

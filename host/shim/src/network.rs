@@ -6,17 +6,16 @@
 //! as content in `CreateSandbox`, never as a host file.
 //!
 //! Nothing read here is trusted by the guest: the agent validates it and its policy decides.
+//! The resolver file is parsed by the runtime's [`DnsConfig::from_resolv_conf`].
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use coffer_runtime::network::{DnsConfig, NetworkConfig};
 use serde_json::Value;
 
 /// Largest resolv.conf read (a Kubernetes pod's has a few hundred bytes).
 const MAX_RESOLV_CONF_BYTES: u64 = 64 * 1024;
-/// Name servers the resolver uses (glibc's and musl's MAXNS); later lines are ignored, as the
-/// resolver itself does.
-const MAX_NAME_SERVERS: usize = 3;
 
 /// The pod's network as its sandbox container's spec describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,18 +63,6 @@ pub fn source(spec: &Value) -> PodNetworkSource {
     }
 }
 
-/// Resolver settings, as `resolv.conf` states them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolvConf {
-    /// `nameserver` addresses, in order (at most [`MAX_NAME_SERVERS`]).
-    pub servers: Vec<String>,
-    /// `search` domains (a `domain` line counts as a one-domain search list; the last of the two
-    /// wins, as in the resolver).
-    pub searches: Vec<String>,
-    /// `options` words.
-    pub options: Vec<String>,
-}
-
 /// A resolv.conf that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvConfError {
@@ -96,8 +83,9 @@ pub enum ResolvConfError {
     },
 }
 
-/// Reads and parses `path` (at most [`MAX_RESOLV_CONF_BYTES`]).
-pub fn read_resolv_conf(path: &Path) -> Result<ResolvConf, ResolvConfError> {
+/// Reads the resolver configuration in `path` (at most [`MAX_RESOLV_CONF_BYTES`]), as the
+/// resolver reads it ([`DnsConfig::from_resolv_conf`]).
+pub fn read_resolv_conf(path: &Path) -> Result<DnsConfig, ResolvConfError> {
     let read_err = |source| ResolvConfError::Read {
         path: path.to_path_buf(),
         source,
@@ -112,30 +100,25 @@ pub fn read_resolv_conf(path: &Path) -> Result<ResolvConf, ResolvConfError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(parse_resolv_conf(&text))
+    Ok(DnsConfig::from_resolv_conf(&text))
 }
 
-/// Parses resolv.conf text the way the resolver reads it: one keyword per line, `#` and `;` start
-/// comments, unknown keywords are ignored.
-pub fn parse_resolv_conf(text: &str) -> ResolvConf {
-    let mut conf = ResolvConf::default();
-    for line in text.lines() {
-        let line = line.split(['#', ';']).next().unwrap_or_default();
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => {
-                if let Some(server) = words.next()
-                    && conf.servers.len() < MAX_NAME_SERVERS
-                {
-                    conf.servers.push(server.to_owned());
-                }
-            }
-            Some("search" | "domain") => conf.searches = words.map(str::to_owned).collect(),
-            Some("options") => conf.options.extend(words.map(str::to_owned)),
-            _ => {}
-        }
+impl PodNetworkSource {
+    /// The sandbox's network: the namespace's interfaces with the resolver settings of the file
+    /// CRI wrote (none when it names none); `None` for a pod on the node's network.
+    pub fn config(&self) -> Result<Option<NetworkConfig>, ResolvConfError> {
+        let Some(netns) = &self.netns else {
+            return Ok(None);
+        };
+        let dns = match &self.resolv_conf {
+            Some(path) => read_resolv_conf(path)?,
+            None => DnsConfig::default(),
+        };
+        Ok(Some(NetworkConfig {
+            dns,
+            ..NetworkConfig::new(netns)
+        }))
     }
-    conf
 }
 
 #[cfg(test)]
@@ -175,28 +158,14 @@ mod tests {
     }
 
     #[test]
-    fn resolv_conf_is_read_as_the_resolver_reads_it() {
-        let conf = parse_resolv_conf(
-            "# written by CRI\nsearch ns.svc.cluster.local svc.cluster.local\n\
-             nameserver 192.0.2.10\nnameserver 2001:db8::a ; second\n\
-             options ndots:5\noptions edns0 timeout:2\nsortlist 1.2.3.4\n\
-             nameserver 1.1.1.1\nnameserver 8.8.8.8\n   \nnameserver\n",
-        );
-        assert_eq!(conf.servers, ["192.0.2.10", "2001:db8::a", "1.1.1.1"]);
-        assert_eq!(conf.searches, ["ns.svc.cluster.local", "svc.cluster.local"]);
-        assert_eq!(conf.options, ["ndots:5", "edns0", "timeout:2"]);
-        // `domain` and `search` replace each other: the last wins.
-        let conf = parse_resolv_conf("search a.example b.example\ndomain c.example\n");
-        assert_eq!(conf.searches, ["c.example"]);
-        assert_eq!(parse_resolv_conf(""), ResolvConf::default());
-    }
-
-    #[test]
-    fn a_resolv_conf_file_is_bounded() {
+    fn a_resolv_conf_file_is_bounded_and_makes_the_network_config() {
         let dir = tempfile::tempdir().unwrap();
         let ok = dir.path().join("ok");
         std::fs::write(&ok, "nameserver 192.0.2.53\n").unwrap();
-        assert_eq!(read_resolv_conf(&ok).unwrap().servers, ["192.0.2.53"]);
+        assert_eq!(
+            read_resolv_conf(&ok).unwrap().servers,
+            ["192.0.2.53".parse::<std::net::IpAddr>().unwrap()]
+        );
         let big = dir.path().join("big");
         std::fs::write(&big, "#".repeat(70_000)).unwrap();
         assert!(matches!(
@@ -207,5 +176,17 @@ mod tests {
             read_resolv_conf(&dir.path().join("absent")),
             Err(ResolvConfError::Read { .. })
         ));
+        let mut source = PodNetworkSource {
+            netns: Some("/run/netns/p".into()),
+            hostname: None,
+            resolv_conf: Some(ok),
+        };
+        let config = source.config().unwrap().unwrap();
+        assert_eq!(config.netns, Path::new("/run/netns/p"));
+        assert_eq!(config.dns.servers.len(), 1);
+        source.resolv_conf = Some(big);
+        assert!(source.config().is_err());
+        source.netns = None;
+        assert!(source.config().unwrap().is_none());
     }
 }

@@ -180,6 +180,7 @@ impl Pod {
         pod_id: &str,
         settings: &coffer_runtime::config::RuntimeConfig,
         initdata: Option<InitdataDisk>,
+        network: &crate::network::PodNetworkSource,
     ) -> Result<Arc<PodVm>, ShimError> {
         let vm = self
             .vm
@@ -204,7 +205,13 @@ impl Pod {
                 })?;
                 check_socket_paths(&sandbox::sandbox_dir(&settings.state_dir, pod_id))?;
                 let qemu = Qemu::new(settings.qemu_backend());
-                let config = settings.sandbox(pod_id.to_owned(), settings.tee, initdata);
+                let mut config = settings.sandbox(pod_id.to_owned(), settings.tee, initdata);
+                // The pod's network namespace (CNI's) is wired into the VM; its resolver settings
+                // and hostname travel to the guest as content.
+                config.network = network.config().map_err(|e| {
+                    ShimError::InvalidArgument(format!("the pod's resolver configuration: {e}"))
+                })?;
+                config.hostname.clone_from(&network.hostname);
                 tracing::info!(sandbox_id = %pod_id, "booting the pod VM");
                 let booting = std::time::Instant::now();
                 let sandbox = Sandbox::start(&qemu, config).await?;
@@ -377,12 +384,17 @@ impl Pod {
             },
         )
         .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
-        let initdata = if owns_vm {
-            pod_initdata(&spec, &settings)?
+        let (initdata, network) = if owns_vm {
+            (
+                pod_initdata(&spec, &settings)?,
+                crate::network::source(&spec),
+            )
         } else {
-            None
+            (None, crate::network::PodNetworkSource::default())
         };
-        let vm = self.ensure_vm(&pod_id, &settings, initdata).await?;
+        let vm = self
+            .ensure_vm(&pod_id, &settings, initdata, &network)
+            .await?;
 
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         if role == Role::Workload {

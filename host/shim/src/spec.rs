@@ -1,6 +1,7 @@
 //! What the shim reads from a container's OCI bundle: which pod the container belongs to (CRI
 //! annotations), and the spec as the guest receives it.
 
+use coffer_runtime::spec::POD_FILES;
 use serde_json::Value;
 
 /// CRI annotation: `sandbox` for a pod's pause container, `container` for its workloads.
@@ -76,21 +77,14 @@ pub fn membership(spec: &Value, container_id: &str) -> Membership {
     }
 }
 
-/// Files CRI writes per pod under its sandbox directory and bind-mounts into every container of
-/// the pod, by destination in the container and file name on the host. The guest agent writes the
-/// same three files for the pod (from what `CreateSandbox` told it) and binds them for a mount of
-/// type [`POD_FILE_MOUNT_TYPE`] whose source is that file name.
-const CRI_POD_FILES: [(&str, &str); 3] = [
-    ("/etc/hosts", "hosts"),
-    ("/etc/hostname", "hostname"),
-    ("/etc/resolv.conf", "resolv.conf"),
-];
+// Files CRI writes per pod under its sandbox directory and bind-mounts into every container of
+// the pod are named as the pod files the guest agent writes (from what `CreateSandbox` told it):
+// `POD_FILES`, each (file name, destination in the container). A bind of CRI's file becomes a
+// mount of type `POD_MOUNT_TYPE` whose source is that file name.
+
 /// The kubelet's own `/etc/hosts` for a pod's containers (`/var/lib/kubelet/pods/<uid>/etc-hosts`),
 /// which it mounts in place of CRI's.
 const KUBELET_HOSTS_FILE: &str = "etc-hosts";
-/// The mount type of the pod's guest-side files (`/etc/hosts`, `/etc/hostname`,
-/// `/etc/resolv.conf`), which the agent resolves.
-pub const POD_FILE_MOUNT_TYPE: &str = "pod";
 
 /// What [`for_guest`] does with one of the spec's mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,9 +208,9 @@ fn guest_mount(mount: &Value, pod_id: &str) -> GuestMount {
             .strip_prefix("/")
             .is_ok_and(|p| p.ends_with(std::path::Path::new(pod_id).join(file)))
     };
-    if let Some((_, file)) = CRI_POD_FILES
+    if let Some((file, _)) = POD_FILES
         .iter()
-        .find(|(dest, file)| destination == *dest && in_pod_dir(file))
+        .find(|(file, dest)| destination == *dest && in_pod_dir(file))
     {
         return GuestMount::PodFile(file);
     }
@@ -239,7 +233,7 @@ fn guest_mount(mount: &Value, pod_id: &str) -> GuestMount {
 fn pod_file(mount: &Value, file: &str) -> Value {
     serde_json::json!({
         "destination": mount.get("destination").cloned().unwrap_or(Value::Null),
-        "type": POD_FILE_MOUNT_TYPE,
+        "type": coffer_runtime::spec::POD_MOUNT_TYPE,
         "source": file,
         "options": [],
     })
@@ -259,7 +253,8 @@ fn guest_shm() -> Value {
 /// namespace `path`s (they name host processes' namespaces), hooks (host binaries), and the
 /// bind mounts of CRI's per-pod host files for a container of pod `pod_id` (`/etc/hosts`,
 /// `/etc/hostname`, `/etc/resolv.conf`, and the kubelet's `/etc/hosts`) become mounts of the
-/// guest's own pod files (type [`POD_FILE_MOUNT_TYPE`]); `/dev/shm` becomes a guest tmpfs. Binds of Secret
+/// guest's own pod files (type [`coffer_runtime::spec::POD_MOUNT_TYPE`]); `/dev/shm` becomes a
+/// guest tmpfs. Binds of Secret
 /// volumes holding only sealed references become `sealed` mounts, and a container the pod's
 /// `coffer.dev/workload-identity.<name>` annotation names gets an `identity` mount there.
 /// A network namespace with a `path` (CRI's: the pod's, held by its pause container) is dropped,

@@ -163,6 +163,10 @@ impl fmt::Debug for MacAddr {
     }
 }
 
+/// Name servers the resolver uses (glibc's and musl's `MAXNS`); it ignores later lines, and so does
+/// [`DnsConfig::from_resolv_conf`] (the guest accepts no more).
+pub const MAX_NAME_SERVERS: usize = 3;
+
 /// The pod's resolver configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsConfig {
@@ -176,7 +180,8 @@ pub struct DnsConfig {
 
 impl DnsConfig {
     /// The configuration a `resolv.conf` holds (as the kubelet writes one for the pod's sandbox):
-    /// `nameserver` lines (addresses that do not parse are skipped, as the resolver skips them),
+    /// the first [`MAX_NAME_SERVERS`] `nameserver` lines (addresses that do not parse are skipped,
+    /// as the resolver skips them),
     /// the last `search` or `domain` line, and every `options` line. Comments (`#`, `;`) and
     /// other keywords are ignored.
     pub fn from_resolv_conf(text: &str) -> Self {
@@ -185,7 +190,9 @@ impl DnsConfig {
             let mut words = line.split_whitespace();
             match words.next() {
                 Some("nameserver") => {
-                    if let Some(ip) = words.next().and_then(|w| w.parse().ok()) {
+                    if let Some(ip) = words.next().and_then(|w| w.parse().ok())
+                        && dns.servers.len() < MAX_NAME_SERVERS
+                    {
                         dns.servers.push(ip);
                     }
                 }
@@ -583,6 +590,12 @@ mod tests {
                 options: vec!["ndots:5".into(), "edns0".into()],
             }
         );
+        // Only the first three name servers count, as in the resolver.
+        let dns = DnsConfig::from_resolv_conf(
+            "nameserver 192.0.2.1\nnameserver 192.0.2.2\nnameserver 192.0.2.3\nnameserver 192.0.2.4\n",
+        );
+        assert_eq!(dns.servers.len(), MAX_NAME_SERVERS);
+        assert_eq!(dns.servers[2], "192.0.2.3".parse::<IpAddr>().expect("ip"));
     }
 
     #[test]
