@@ -175,6 +175,16 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// A busybox shell command printing the body of `GET http://addr/` (with `nc`: busybox-static's
+/// `wget` crashes on the name-service lookups a static glibc cannot do).
+pub fn http_get_script(addr: std::net::SocketAddr) -> String {
+    format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} {} | sed '1,/^\\r$/d'",
+        addr.ip(),
+        addr.port()
+    )
+}
+
 /// Most connections a [`Forwarder`] carries at once; more wait in its listen backlog.
 const FORWARDER_CONNECTIONS: usize = 64;
 

@@ -77,11 +77,12 @@ fn serve_script(reply: &str, print_resolv: bool) -> String {
     )
 }
 
-/// A container script fetching `http://addr/` (busybox `wget`), retrying every second for at most
-/// 60 tries; the body on stdout, exit 0 once it got one.
+/// A container script fetching `http://addr/`, retrying every second for at most 60 tries; the
+/// body on stdout, exit 0 once it got one.
 fn fetch_script(addr: std::net::SocketAddr) -> String {
     format!(
-        "for i in $(seq 60); do wget -q -T 5 -O - http://{addr}/ 2>/dev/null && exit 0; sleep 1; done; exit 1"
+        "for i in $(seq 60); do b=$({}); [ -n \"$b\" ] && echo \"$b\" && exit 0; sleep 1; done; exit 1",
+        coffer_tests::netns::http_get_script(addr)
     )
 }
 
