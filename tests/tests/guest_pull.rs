@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode, Output, Stdio};
 use anyhow::{Context, ensure};
 use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker, TRUST_DOMAIN};
+use coffer_tests::netns::{Forwarder, NetNs, veth_pair};
 use coffer_tests::registry::Registry;
 use coffer_tests::{Suite, assert_nothing_left, case, coffer, guest_image};
 
@@ -25,10 +26,20 @@ impl Ctx {
     /// Initdata whose guest-pull configuration trusts the test registry over plain HTTP, plus
     /// `extra` entries.
     fn initdata(&self, name: &str, extra: &[(Entry, &str)]) -> anyhow::Result<PathBuf> {
+        self.initdata_for(name, &self.host, extra)
+    }
+
+    /// [`Ctx::initdata`] for the registry at `host` (the test registry as the guest reaches it).
+    fn initdata_for(
+        &self,
+        name: &str,
+        host: &str,
+        extra: &[(Entry, &str)],
+    ) -> anyhow::Result<PathBuf> {
         let mut entries = BTreeMap::new();
         entries.insert(
             Entry::Registries,
-            format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n", self.host),
+            format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n"),
         );
         for (entry, text) in extra {
             entries.insert(*entry, (*text).to_owned());
@@ -493,6 +504,66 @@ fn main() -> ExitCode {
                 "pulled in the guest
 ",
             )
+        })()
+    );
+
+    case!(
+        suite,
+        // #10: the same encrypted image with the pod network in place of tunnels: the VM's NIC is
+        // wired into a pod namespace (a veth to a node namespace the test made), the registry and
+        // the broker answer on the node's address (forwarded to them on the test's loopback), and
+        // the guest reaches both over its own network: pull, attestation, key release, decrypt.
+        "encrypted_image_over_the_pod_network",
+        (|| {
+            ensure!(!encrypted_ref.is_empty(), "needs the encrypted image");
+            let broker = broker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let node_ip = std::net::Ipv4Addr::new(198, 18, 3, 1);
+            let node = NetNs::create("gp-node")?;
+            let pod = NetNs::create("gp-pod")?;
+            veth_pair(
+                &node,
+                "vgp0",
+                node_ip,
+                &pod,
+                std::net::Ipv4Addr::new(198, 18, 3, 2),
+            )?;
+            let to_node =
+                |target: std::net::SocketAddr| Forwarder::start(&node, (node_ip, 0).into(), target);
+            let registry_on_node = to_node((std::net::Ipv4Addr::LOCALHOST, registry.port).into())?;
+            let broker_on_node = to_node(broker.url.trim_start_matches("http://").parse()?)?;
+            let host = registry_on_node.addr.to_string();
+            let initdata = ctx.initdata_for(
+                "pod-network",
+                &host,
+                &[
+                    (Entry::KbsUrl, &format!("http://{}", broker_on_node.addr)),
+                    (Entry::KbsEvidence, "sample"),
+                ],
+            )?;
+            let reference = encrypted_ref.replacen(&ctx.host, &host, 1);
+            let out = Command::new(coffer())
+                .args(["sandbox", "run", "--image", &reference, "--image-dir"])
+                .arg(&ctx.image_dir)
+                .arg("--state-dir")
+                .arg(&ctx.state)
+                .arg("--initdata")
+                .arg(&initdata)
+                .arg("--netns")
+                .arg(pod.path())
+                .args(["--", "/bin/cat", "/pulled.txt"])
+                .stdin(Stdio::null())
+                .output()
+                .context("running coffer")?;
+            ctx.printed(out, "pulled in the guest\n")?;
+            let qdiscs = pod
+                .command("tc")
+                .args(["qdisc", "show", "dev", "eth0"])
+                .output()?;
+            ensure!(
+                !String::from_utf8_lossy(&qdiscs.stdout).contains("ingress"),
+                "the run left its tc redirect on the pod's eth0"
+            );
+            Ok(())
         })()
     );
 
