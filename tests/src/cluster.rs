@@ -38,6 +38,28 @@ pub const IMAGE: &str = "coffer.test/busybox:latest";
 /// The pause image: busybox sleeping. Only runc pods run it; a Coffer pod's sandbox container
 /// holds the VM and runs nothing.
 pub const PAUSE_IMAGE: &str = "coffer.test/pause:latest";
+/// The masked paths the kubelet asks for in every unprivileged container (its default
+/// `procMount`); containerd applies the request's list, not defaults of its own.
+const KUBELET_MASKED_PATHS: [&str; 9] = [
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+/// The read-only paths the kubelet asks for with them.
+const KUBELET_READONLY_PATHS: [&str; 6] = [
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 /// Deadline of one CRI call: RunPodSandbox boots the pod VM (≈10 s under TCG, more on a loaded box).
 const CRI_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -197,7 +219,40 @@ impl Cluster {
             base,
             &archive.display().to_string(),
         ])?;
-        // CRI learns of imported images from containerd's events.
+        self.wait_known(image)
+    }
+
+    /// Renames the image `source` (in CRI's store) `target` — e.g. its digest reference
+    /// `repo@sha256:…`, the one name an image pulled by digest has (CRI names a container's image
+    /// by its first name) — and waits until CRI lists it under that name only.
+    pub fn rename(&self, source: &str, target: &str) -> anyhow::Result<()> {
+        self.containerd.ctr_ok(&["images", "tag", source, target])?;
+        self.wait_known(target)?;
+        self.containerd.ctr_ok(&["images", "rm", source])?;
+        eventually(
+            Duration::from_secs(30),
+            &format!("CRI forgets {source}"),
+            || {
+                let status = self.call(
+                    "ImageStatus",
+                    self.images.clone().image_status(v1::ImageStatusRequest {
+                        image: Some(v1::ImageSpec {
+                            image: target.into(),
+                            annotations: HashMap::new(),
+                        }),
+                        verbose: false,
+                    }),
+                )?;
+                Ok(status
+                    .image
+                    .is_some_and(|i| !i.repo_tags.iter().any(|t| t == source))
+                    .then_some(()))
+            },
+        )
+    }
+
+    /// Waits until CRI lists `image` (it learns of imported images from containerd's events).
+    fn wait_known(&self, image: &str) -> anyhow::Result<()> {
         let mut images = self.images.clone();
         eventually(
             Duration::from_secs(30),
@@ -270,6 +325,9 @@ impl Cluster {
                 security_context: Some(v1::LinuxContainerSecurityContext {
                     privileged: false,
                     namespace_options: Some(pod_namespaces()),
+                    masked_paths: KUBELET_MASKED_PATHS.map(str::to_owned).to_vec(),
+                    readonly_paths: KUBELET_READONLY_PATHS.map(str::to_owned).to_vec(),
+                    ..Default::default()
                 }),
             }),
             ..Default::default()
@@ -321,6 +379,20 @@ impl Cluster {
         image: &str,
         script: &str,
     ) -> anyhow::Result<String> {
+        self.start_container(
+            sandbox_id,
+            pod,
+            Cluster::container_config(name, image, script),
+        )
+    }
+
+    /// CreateContainer of `config` in the pod, then StartContainer; its id.
+    pub fn start_container(
+        &self,
+        sandbox_id: &str,
+        pod: &v1::PodSandboxConfig,
+        config: v1::ContainerConfig,
+    ) -> anyhow::Result<String> {
         let id = self
             .call(
                 "CreateContainer",
@@ -328,7 +400,7 @@ impl Cluster {
                     .clone()
                     .create_container(v1::CreateContainerRequest {
                         pod_sandbox_id: sandbox_id.into(),
-                        config: Some(Cluster::container_config(name, image, script)),
+                        config: Some(config),
                         sandbox_config: Some(pod.clone()),
                     }),
             )?

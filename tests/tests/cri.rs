@@ -23,6 +23,7 @@
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,9 +34,10 @@ use coffer_tests::cluster::{
     BRIDGE_IP, Cluster, HANDLER, IMAGE, PAUSE_IMAGE, RUNC_HANDLER, RUNTIME,
 };
 use coffer_tests::cri::{self, v1};
+use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker, TRUST_DOMAIN};
 use coffer_tests::netns::{Forwarder, NetNs};
 use coffer_tests::registry::Registry;
-use coffer_tests::{Suite, case, eventually};
+use coffer_tests::{Suite, case, coffer, eventually};
 
 /// A handler whose runtime config (CRI's `options.ConfigPath`) asks for guest pull, as the TEE
 /// handlers' do.
@@ -52,9 +54,11 @@ struct Ctx {
     cluster: Cluster,
     /// The registry the guest pulls from (over its pod network) with [`GUEST_PULL_HANDLER`], and
     /// its address on the node.
-    _registry: (Registry, Forwarder),
+    registry: (Registry, Forwarder),
     /// The guest-pull test image: in CRI's store without a marker file, in the registry with one.
     pulled_image: String,
+    /// The key broker (workload identities for sample evidence) and its address on the node.
+    broker: (Broker, Forwarder),
 }
 
 impl std::ops::Deref for Ctx {
@@ -182,10 +186,17 @@ fn setup(work: &Path) -> anyhow::Result<Ctx> {
     let (registry, forwarder, pulled_image) = gp.context("guest pull set-up")?;
     let base = pulled_image.trim_end_matches(":latest").to_owned();
     cluster.import(&cluster.busybox_archive, &base, &pulled_image)?;
+    let broker = Broker::start(work, "kbs", Some(ALLOW_SAMPLE_POLICY), b"unused-key")?;
+    let broker_on_node = Forwarder::start(
+        &cluster.node,
+        (BRIDGE_IP, 0).into(),
+        broker.url.trim_start_matches("http://").parse()?,
+    )?;
     Ok(Ctx {
         cluster,
-        _registry: (registry, forwarder),
+        registry: (registry, forwarder),
         pulled_image,
+        broker: (broker, broker_on_node),
     })
 }
 
@@ -631,10 +642,231 @@ fn main() -> ExitCode {
         }
     );
 
+    case!(suite, "mesh_mtls_between_two_pods_over_pod_ips", {
+        (|| {
+            let mut pods = Vec::new();
+            let result = mesh_mtls(&ctx, &mut pods);
+            for id in &pods {
+                let removed = ctx.stop_and_remove(id);
+                if result.is_ok() {
+                    removed?;
+                }
+            }
+            result?;
+            for id in &pods {
+                ctx.assert_clean(id, None)?;
+            }
+            Ok(())
+        })()
+    });
+
     let code = suite.finish();
     drop(ctx);
     if std::env::var_os("COFFER_CRI_KEEP").is_some() {
         println!("kept {}", work.keep().display());
     }
     code
+}
+
+/// The mesh case over the pod network (`mesh_mtls_between_two_sandboxes`' sibling, #10): two
+/// Coffer pods (guest pull, initdata from `coffer policy gen` in the pod annotation, the workload
+/// identity from the broker the pods reach on the node) talk mTLS over their pod IPs. The server
+/// (`payments/api`) sees the client's SPIFFE ID bound to its attestation, the client
+/// (`web/frontend`) the server's. `pods` gets every pod started, for the caller to remove.
+fn mesh_mtls(ctx: &Ctx, pods: &mut Vec<String>) -> anyhow::Result<()> {
+    // The mTLS workload (stripped) in a busybox image, in the registry and, under the same
+    // digest, in CRI's store (nothing is pulled on the node).
+    let probe = ctx.work.join("coffer-mesh-probe");
+    let out = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&probe)
+        .arg(env!("CARGO_BIN_EXE_coffer-mesh-probe"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "strip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = ctx.work.join("mesh");
+    let archive = coffer_tests::containerd::oci_archive(
+        &dir,
+        "mesh-oci.tar",
+        |root| {
+            coffer_tests::busybox_rootfs(root);
+            std::fs::copy(&probe, root.join("bin/coffer-mesh-probe")).expect("copy the probe");
+        },
+        &["--config.cmd", "/bin/sh"],
+    )?;
+    let registry = &ctx.registry;
+    let digest = registry.0.push(&dir.join("layout"), "guest/mesh:v1")?;
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("layout/index.json"))?)?;
+    ensure!(
+        index["manifests"][0]["digest"] == digest.as_str(),
+        "the registry holds manifest {digest}, the archive {}",
+        index["manifests"][0]["digest"]
+    );
+    let host = format!("{BRIDGE_IP}:{}", registry.1.addr.port());
+    let repository = format!("{host}/guest/mesh");
+    ctx.import(&archive, &repository, &format!("{repository}:latest"))?;
+    ctx.rename(
+        &format!("{repository}:latest"),
+        &format!("{repository}@{digest}"),
+    )?;
+    let image = format!("{repository}@{digest}");
+    let broker_url = format!("http://{}", ctx.broker.1.addr);
+    let server_id = format!("spiffe://{TRUST_DOMAIN}/ns/payments/sa/api");
+    let client_id = format!("spiffe://{TRUST_DOMAIN}/ns/web/sa/frontend");
+
+    // A pod per side; its initdata comes from `coffer policy gen` (run on the node, where the
+    // registry is) for its manifest, in the pod's annotation.
+    let start = |name: &str,
+                 namespace: &str,
+                 account: &str,
+                 script: &str|
+     -> anyhow::Result<(String, v1::PodSandboxConfig)> {
+        let yaml = mesh_pod(name, namespace, account, &image, script);
+        let manifest = ctx.work.join(format!("{name}-pod.yaml"));
+        std::fs::write(&manifest, yaml)?;
+        let out = ctx
+            .node
+            .command(coffer())
+            .args(["policy", "gen"])
+            .arg(&manifest)
+            .args(["--insecure-registry", &host, "--kbs-url", &broker_url])
+            .args(["--kbs-evidence", "sample", "--annotation"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "policy gen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pod = ctx.pod_config(name);
+        pod.metadata.as_mut().context("metadata")?.namespace = namespace.into();
+        pod.annotations = HashMap::from([
+            (
+                "io.coffer.initdata".to_owned(),
+                String::from_utf8(out.stdout)?.trim().to_owned(),
+            ),
+            ("coffer.dev/allow-logs".to_owned(), "true".to_owned()),
+            (
+                "coffer.dev/workload-identity.app".to_owned(),
+                "/run/spiffe".to_owned(),
+            ),
+        ]);
+        let (id, _) = ctx.run_pod(&pod, GUEST_PULL_HANDLER)?;
+        Ok((id, pod))
+    };
+    let serve = format!(
+        "exec /bin/coffer-mesh-probe server --listen 0.0.0.0:8443 --svid /run/spiffe --trust-domain {TRUST_DOMAIN} --connections 1"
+    );
+    let (server_pod, server_config) = start("mesh-api", "payments", "api", &serve)?;
+    pods.push(server_pod.clone());
+    let server_ip = ctx.pod_ip(&server_pod)?;
+    let server =
+        ctx.start_container(&server_pod, &server_config, mesh_container(&image, &serve))?;
+    let server_log = Path::new(&server_config.log_directory).join("app.log");
+    let first = ctx.stdout_lines(&server_log, 1)?;
+    ensure!(first == ["listening on 0.0.0.0:8443"], "server: {first:?}");
+
+    let connect = format!(
+        "exec /bin/coffer-mesh-probe client --connect {server_ip}:8443 --server-id {server_id} --bundle /run/spiffe/svid_bundle.pem --svid /run/spiffe"
+    );
+    let (client_pod, client_config) = start("mesh-frontend", "web", "frontend", &connect)?;
+    pods.push(client_pod.clone());
+    let client = ctx.start_container(
+        &client_pod,
+        &client_config,
+        mesh_container(&image, &connect),
+    )?;
+    let exited = ctx.wait_state(&client, v1::ContainerState::ContainerExited)?;
+    let client_lines =
+        ctx.stdout_lines(&Path::new(&client_config.log_directory).join("app.log"), 2)?;
+    ensure!(
+        exited.exit_code == 0
+            && client_lines
+                == [
+                    format!("server {server_id}"),
+                    format!("reply hello {client_id}")
+                ],
+        "client: exit {}, {client_lines:?}",
+        exited.exit_code
+    );
+    let server_lines = ctx.stdout_lines(&server_log, 2)?;
+    ensure!(
+        server_lines[1] == format!("accepted {client_id} tee=sample"),
+        "server: {server_lines:?}"
+    );
+    let exited = ctx.wait_state(&server, v1::ContainerState::ContainerExited)?;
+    ensure!(exited.exit_code == 0, "server exit {}", exited.exit_code);
+    for log in [
+        &server_log,
+        &Path::new(&client_config.log_directory).join("app.log"),
+    ] {
+        ensure!(
+            !std::fs::read_to_string(log)?.contains("PRIVATE KEY"),
+            "a key reached the host in {}",
+            log.display()
+        );
+    }
+    Ok(())
+}
+
+/// The pod manifest of a mesh side: one container `app` (user 1000, NET_RAW dropped as a
+/// confidential pod's containers must) running `sh -c script` with the workload identity at
+/// `/run/spiffe`, SPIFFE ID `ns/<namespace>/sa/<account>`.
+fn mesh_pod(name: &str, namespace: &str, account: &str, image: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  annotations:
+    coffer.dev/allow-logs: "true"
+    coffer.dev/workload-identity.app: /run/spiffe
+spec:
+  serviceAccountName: {account}
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+  containers:
+    - name: app
+      image: {image}
+      command: ["/bin/sh", "-c", "{script}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
+      securityContext: {{capabilities: {{drop: [NET_RAW]}}}}
+"#,
+        path = MESH_PATH,
+    )
+}
+
+/// The `PATH` of the mesh pods' containers.
+const MESH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The CRI container config the kubelet makes of [`mesh_pod`]'s container.
+fn mesh_container(image: &str, script: &str) -> v1::ContainerConfig {
+    let mut config = Cluster::container_config("app", image, script);
+    config.command = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    config.envs = vec![
+        v1::KeyValue {
+            key: "PATH".into(),
+            value: MESH_PATH.into(),
+        },
+        v1::KeyValue {
+            key: "HOME".into(),
+            value: "/root".into(),
+        },
+    ];
+    if let Some(sc) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        sc.run_as_user = Some(v1::Int64Value { value: 1000 });
+        sc.run_as_group = Some(v1::Int64Value { value: 1000 });
+        sc.capabilities = Some(v1::Capability {
+            add_capabilities: Vec::new(),
+            drop_capabilities: vec!["NET_RAW".into()],
+        });
+    }
+    config
 }
