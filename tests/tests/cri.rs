@@ -569,6 +569,12 @@ fn main() -> ExitCode {
                     "pod A's /etc/resolv.conf: {:?}",
                     String::from_utf8_lossy(&resolv.stdout)
                 );
+                // The address CRI reports (CNI's) is the one the guest has on its NIC.
+                let addr = ctx.exec_sync(&web, &["sh", "-c", "ip addr show dev eth0"])?;
+                ensure!(
+                    String::from_utf8_lossy(&addr.stdout).contains(&format!("inet {ip_a}/24")),
+                    "the guest's eth0 lacks the pod IP {ip_a}: {addr:?}"
+                );
                 let hostname = ctx.exec_sync(&web, &["hostname"])?;
                 ensure!(
                     hostname.stdout == b"net-a\n",
