@@ -13,6 +13,8 @@ pub mod binding;
 pub mod client;
 pub mod jwe;
 pub mod jwt;
+#[cfg(feature = "load")]
+pub mod load;
 pub mod path;
 #[cfg(feature = "server")]
 pub mod server;
