@@ -433,6 +433,63 @@ async fn kbs10_slow_and_oversized_bodies_are_refused() {
     );
 }
 
+/// Bodies being read share one memory budget: two slow uploads holding it make a third body
+/// wait until they are cut off at the body timeout (408), while requests without a body are
+/// served at once.
+#[tokio::test]
+async fn kbs10_request_bodies_share_one_memory_budget() {
+    let kbs = start(Options {
+        max_body: 4096,
+        http_lines: "max_body_memory_bytes = 8192\nbody_timeout_secs = 2\n",
+        ..Options::default()
+    })
+    .await;
+    let to = addr(&kbs);
+    let mut hogs = Vec::new();
+    for from in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        let mut c = connect_from(from, to).await.unwrap();
+        c.write_all(b"POST /kbs/v0/auth HTTP/1.1\r\nHost: kbs\r\nContent-Length: 4096\r\n\r\n{")
+            .await
+            .unwrap();
+        hogs.push(BufReader::new(c));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let auth = |from| async move {
+        let body = r#"{"version":"0.4.0","tee":"sample","extra-params":{}}"#;
+        let mut c = BufReader::new(connect_from(from, to).await.unwrap());
+        c.get_mut()
+            .write_all(
+                format!(
+                    "POST /kbs/v0/auth HTTP/1.1\r\nHost: kbs\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (status, _) = read_response(&mut c).await.unwrap();
+        (status, started.elapsed())
+    };
+    let waiting = tokio::spawn(auth([127, 0, 0, 4]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No body, no reservation: served at once.
+    let (status, took) = health(to).await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    for hog in hogs.iter_mut() {
+        assert_eq!(read_response(hog).await.unwrap().0, 408);
+    }
+    // The hogs held the budget for 2 s from t = 0; the third body, sent at t = 0.3 s, was read
+    // only once they were cut off.
+    let (status, waited) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "a body beyond the budget was read after {waited:?}"
+    );
+}
+
 /// Beyond `max_connections_per_ip` from one address, or `max_connections` in all, a connection
 /// is closed at once; others are served; closing connections frees their places.
 #[tokio::test]

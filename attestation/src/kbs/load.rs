@@ -147,6 +147,9 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// The broker's CPU and memory, with its PID.
     pub server: Option<ServerUsage>,
+    /// This load generator's own CPU ms per successful handshake (client side: key generation,
+    /// evidence, decryption, HTTP), to tell which side a shared machine's cores went to.
+    pub client_cpu_ms_per_handshake: Option<f64>,
     /// Listen-queue counters, with `nstat`.
     pub listen: Option<ListenCounters>,
     /// Progress samples.
@@ -401,6 +404,8 @@ pub async fn run(
     KbsClient::new(client_config.clone(), attester.clone()).map_err(LoadError::Client)?;
 
     let pid = config.server_pid;
+    let own_pid = std::process::id();
+    let own_before = cpu_ticks(own_pid).ok();
     let cpu_before = pid.map(cpu_ticks).transpose()?;
     let rss_start = pid.map(rss_kib).transpose()?.map(|(rss, _)| rss);
     let listen_before = config.nstat.then(listen_counters).flatten();
@@ -481,6 +486,10 @@ pub async fn run(
         }
         _ => None,
     };
+    let client_cpu_ms_per_handshake = own_before
+        .zip(cpu_ticks(own_pid).ok())
+        .filter(|_| ok > 0)
+        .map(|(a, b)| b.saturating_sub(a) as f64 * 1000.0 / ticks_per_sec() / ok as f64);
     let listen = match (listen_before, config.nstat.then(listen_counters).flatten()) {
         (Some(a), Some(b)) => Some(ListenCounters {
             listen_overflows: b.listen_overflows.saturating_sub(a.listen_overflows),
@@ -499,6 +508,7 @@ pub async fn run(
         latency: histogram.latency(),
         errors,
         server,
+        client_cpu_ms_per_handshake,
         listen,
         samples,
     })
@@ -531,6 +541,9 @@ impl std::fmt::Display for LoadReport {
                 s.rss_end_kib,
                 s.rss_peak_kib
             )?;
+        }
+        if let Some(ms) = self.client_cpu_ms_per_handshake {
+            writeln!(f, "load generator: cpu {ms:.3} ms/handshake")?;
         }
         if let Some(c) = &self.listen {
             writeln!(

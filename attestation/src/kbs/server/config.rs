@@ -71,6 +71,9 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
     /// Largest request body in bytes (evidence, uploads). Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all connections together: a body's declared
+    /// length (else `max_body_bytes`) is reserved before it is read. Default 64 MiB.
+    pub max_body_memory_bytes: usize,
     /// Listen backlog (the kernel caps it at `net.core.somaxconn`). Default 1024.
     pub backlog: u32,
     /// Seconds a client has to deliver a request's complete headers: from the connection's accept
@@ -98,6 +101,7 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             max_body_bytes: 1024 * 1024,
+            max_body_memory_bytes: 64 * 1024 * 1024,
             backlog: 1024,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 30,
@@ -329,6 +333,10 @@ impl Config {
             return invalid("http.max_body_bytes must be in 1..=64 MiB");
         }
         let h = &self.http;
+        if h.max_body_memory_bytes < h.max_body_bytes || h.max_body_memory_bytes > u32::MAX as usize
+        {
+            return invalid("http.max_body_memory_bytes must be in max_body_bytes..=4 GiB");
+        }
         if h.backlog == 0 || h.backlog > 65535 {
             return invalid("http.backlog must be in 1..=65535");
         }
@@ -465,6 +473,7 @@ mod tests {
         assert!(c.sessions.keys.is_empty());
         for bad in [
             "[http]\nbacklog = 0",
+            "[http]\nmax_body_memory_bytes = 1000",
             "[http]\nbacklog = 70000",
             "[http]\nheader_read_timeout_secs = 0",
             "[http]\nidle_timeout_secs = 0",

@@ -14,6 +14,10 @@
 //!   headers within it of their first byte; a connection with no request in progress (keep-alive
 //!   idle, or its last response not yet taken) is closed after `idle_timeout_secs`; a request
 //!   body must arrive within `body_timeout_secs` of its headers, else HTTP 408.
+//! - **Memory**: request bodies are read whole (at most `max_body_bytes` each) against one budget
+//!   for all connections, `max_body_memory_bytes`: a body's declared length (or `max_body_bytes`
+//!   when it declares none) is reserved before it is read, waiting within the body timeout (then
+//!   HTTP 503). A connection's header buffer is at most [`MAX_HEADER_BUFFER`].
 //! - **Shutdown**: stop accepting, let each connection finish its request (graceful), then close
 //!   whatever is left after [`DRAIN_TIMEOUT`].
 
@@ -32,7 +36,7 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH};
 use axum::http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -49,6 +53,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Connection-refusal and accept-error warnings: at most one a minute each.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Largest read buffer of a connection (request line and headers): room for a bearer token
+/// whose claims carry a large initdata (the evidence's init-data is at most 256 KiB).
+pub const MAX_HEADER_BUFFER: usize = 512 * 1024;
 
 /// Transport limits, from `[http]`.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +72,8 @@ pub struct HttpLimits {
     pub max_connections_per_ip: usize,
     /// Largest request body.
     pub max_body: usize,
+    /// Bytes of request bodies held at once, all connections together.
+    pub max_body_memory: usize,
 }
 
 impl HttpLimits {
@@ -77,6 +86,7 @@ impl HttpLimits {
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
             max_body: config.max_body_bytes,
+            max_body_memory: config.max_body_memory_bytes,
         }
     }
 }
@@ -339,6 +349,8 @@ enum Stage {
 struct Shared {
     router: Router,
     limits: HttpLimits,
+    /// Body bytes that may still be reserved (`max_body_memory`).
+    body_budget: Arc<tokio::sync::Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     stage: watch::Receiver<Stage>,
@@ -366,17 +378,37 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Body> 
     if declared.is_some_and(|n| n > max as u64) {
         return closing(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let body = match tokio::time::timeout(
-        shared.limits.body_timeout,
-        Limited::new(body, max).collect(),
-    )
-    .await
-    {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    // What this body may take of the budget: its exact size when known, else the most it may be.
+    let reserve = match body.size_hint().exact() {
+        Some(n) => n.min(max as u64),
+        None => declared.unwrap_or(max as u64).min(max as u64),
+    };
+    let read = async {
+        let permit = match u32::try_from(reserve) {
+            Ok(0) => None,
+            Ok(n) => Some(
+                shared
+                    .body_budget
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(|_| None)?,
+            ),
+            Err(_) => return Err(None),
+        };
+        Limited::new(body, max)
+            .collect()
+            .await
+            .map(|c| (c.to_bytes(), permit))
+            .map_err(Some)
+    };
+    let (body, _permit) = match tokio::time::timeout(shared.limits.body_timeout, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(None)) => return closing(StatusCode::SERVICE_UNAVAILABLE),
+        Ok(Err(Some(e))) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return closing(StatusCode::PAYLOAD_TOO_LARGE);
         }
-        Ok(Err(e)) => {
+        Ok(Err(Some(e))) => {
             tracing::debug!(error = %e, "request body failed");
             return closing(StatusCode::BAD_REQUEST);
         }
@@ -432,6 +464,7 @@ where
         // Our own watchdog below times headers and idleness (hyper's needs a timer and would
         // count idle time as header time).
         .header_read_timeout(None)
+        .max_buf_size(MAX_HEADER_BUFFER)
         .serve_connection(TokioIo::new(watched), service);
     tokio::pin!(conn);
     let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -517,6 +550,7 @@ pub(super) async fn run(
     let shared = Shared {
         router,
         limits,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(limits.max_body_memory)),
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
         metrics: metrics.clone(),
         stage: stage_rx,
@@ -644,6 +678,7 @@ mod tests {
             max_connections: 1,
             max_connections_per_ip: 1,
             max_body: 1,
+            max_body_memory: 1,
         };
         let a = Activity::new();
         let fresh = a.deadline(&limits).unwrap();
