@@ -112,8 +112,14 @@ fn run_load(args: &Args) -> anyhow::Result<bool> {
         let rss = s
             .server_rss_kib
             .map_or(String::new(), |r| format!(", server rss {r} KiB"));
+        let cpu = s.server_cpu_ms_per_handshake.map_or(String::new(), |c| {
+            format!(", server cpu {c:.3} ms/handshake")
+        });
+        let load = s
+            .load_1m
+            .map_or(String::new(), |l| format!(", load {l:.2}"));
         eprintln!(
-            "{:>7.1} s: {} ok, {} failed, {:.1}/s{rss}",
+            "{:>7.1} s: {} ok, {} failed, {:.1}/s{rss}{cpu}{load}",
             s.secs, s.ok, s.failed, s.rate
         );
     }))?;

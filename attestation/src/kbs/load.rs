@@ -83,6 +83,10 @@ pub struct Sample {
     pub rate: f64,
     /// The broker's resident set, KiB.
     pub server_rss_kib: Option<u64>,
+    /// The broker's CPU ms per successful handshake since the previous sample.
+    pub server_cpu_ms_per_handshake: Option<f64>,
+    /// The machine's 1-minute load average (`/proc/loadavg`): on a shared machine, what else ran.
+    pub load_1m: Option<f64>,
 }
 
 /// The broker's resource use over the run.
@@ -98,7 +102,8 @@ pub struct ServerUsage {
     pub rss_start_kib: u64,
     /// VmRSS at the end, KiB.
     pub rss_end_kib: u64,
-    /// VmHWM (peak resident set over the process's life), KiB.
+    /// Peak resident set over the process's life, KiB: VmHWM, or the largest VmRSS seen if
+    /// larger (the kernel updates VmHWM lazily).
     pub rss_peak_kib: u64,
 }
 
@@ -316,6 +321,16 @@ pub fn rss_kib(pid: u32) -> Result<(u64, u64), LoadError> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
+/// The 1-minute load average.
+fn load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `TcpExt: ListenOverflows` and `ListenDrops` of this network namespace.
 pub fn listen_counters() -> Option<ListenCounters> {
     let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
@@ -438,6 +453,7 @@ pub async fn run(
             let mut samples = Vec::new();
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let (mut last_ok, mut last_t) = (0u64, Instant::now());
+            let mut last_cpu = pid.and_then(|p| cpu_ticks(p).ok());
             // Ends when the workers have (or the run is dropped).
             loop {
                 tokio::select! {
@@ -446,12 +462,24 @@ pub async fn run(
                 }
                 let ok = tally.ok.load(Ordering::Relaxed);
                 let now = Instant::now();
+                let cpu = pid.and_then(|p| cpu_ticks(p).ok());
+                let server_cpu_ms_per_handshake = match (last_cpu, cpu) {
+                    (Some(a), Some(b)) if ok > last_ok => Some(
+                        b.saturating_sub(a) as f64 * 1000.0
+                            / ticks_per_sec()
+                            / (ok - last_ok) as f64,
+                    ),
+                    _ => None,
+                };
+                last_cpu = cpu;
                 let sample = Sample {
                     secs: start.elapsed().as_secs_f64(),
                     ok,
                     failed: tally.failed.load(Ordering::Relaxed),
                     rate: (ok - last_ok) as f64 / now.duration_since(last_t).as_secs_f64(),
                     server_rss_kib: pid.and_then(|p| rss_kib(p).ok()).map(|(rss, _)| rss),
+                    server_cpu_ms_per_handshake,
+                    load_1m: load_1m(),
                 };
                 on_sample(&sample);
                 samples.push(sample);
@@ -481,7 +509,12 @@ pub async fn run(
                 cpu_ms_per_handshake: if ok > 0 { cpu_ms / ok as f64 } else { 0.0 },
                 rss_start_kib: rss_start.unwrap_or(0),
                 rss_end_kib: rss_end,
-                rss_peak_kib: peak,
+                rss_peak_kib: samples
+                    .iter()
+                    .filter_map(|s| s.server_rss_kib)
+                    .chain([peak, rss_end])
+                    .max()
+                    .unwrap_or(peak),
             })
         }
         _ => None,
