@@ -10,7 +10,9 @@
 //!
 //! Request path: decode (bounded body) → validate into typed values → authenticate (session /
 //! token / admin key) → authorize (verifier, resource policy) → act. Every refusal is one
-//! [`KbsError`] → HTTP 401 problem JSON; internals are logged, not sent.
+//! [`KbsError`] → HTTP 401 problem JSON; internals are logged, not sent. Transport limits
+//! (connection caps, header/idle/body timeouts, body sizes and memory: 408, 413, 503 or a closed
+//! connection) are [`http`]'s; what sessions keep, and for how long, is [`session`]'s.
 
 pub mod config;
 pub mod error;
