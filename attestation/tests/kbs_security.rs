@@ -657,8 +657,12 @@ async fn kbs09_path_traversal_and_odd_paths_refused() {
     assert!(!kbs.dir.path().join("evil").exists());
 }
 
+/// KBS-10: oversized and deeply nested bodies are refused; a flood of `/auth` calls (far more
+/// than `sessions.max`) stores nothing and locks nobody out (issue #21: it used to fill the
+/// session table and refuse every client with "too many sessions"); attesting more sessions
+/// than `sessions.max` drops the oldest attested session instead of refusing the newest.
 #[tokio::test]
-async fn kbs10_oversized_nested_bodies_and_session_flood_refused() {
+async fn kbs10_oversized_nested_bodies_refused_and_auth_flood_locks_nobody_out() {
     let kbs = open_kbs(Options {
         max_body: 64 * 1024,
         max_sessions: 20,
@@ -682,15 +686,53 @@ async fn kbs10_oversized_nested_bodies_and_session_flood_refused() {
     let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let r = post(&kbs, "/kbs/v0/attest", b.cookie.as_deref(), nested).await;
     assert_refused(&r, "AttestationError");
-    // Session flood: the bounded store refuses beyond its capacity.
-    let mut refused = 0;
-    for _ in 0..25 {
-        if auth(&kbs, "sample").await.status == 401 {
-            refused += 1;
-        }
+
+    // An /auth flood five times `sessions.max`: every call answered, nothing stored.
+    let mut challenges = Vec::new();
+    for _ in 0..100 {
+        let c = auth(&kbs, "sample").await;
+        assert_eq!(c.status, 200, "{:?}", c.body);
+        challenges.push(c);
     }
-    assert!(refused >= 5, "refused {refused}");
-    assert!(kbs.broker.session_count() <= 20);
+    assert_eq!(kbs.broker.session_count(), 0);
+    assert_eq!(kbs.broker.session_stats().used, 0);
+
+    // Every challenge can still be answered: 25 attestations, more than `sessions.max`, all
+    // succeed; the table keeps the newest 20.
+    let mut attested = Vec::new();
+    for c in challenges.iter().take(25) {
+        let key = TeeKeyPair::generate_ec();
+        let cookie = c.cookie.clone().unwrap();
+        let body = attest_body(c.body["nonce"].as_str().unwrap(), &key).to_string();
+        let r = post(&kbs, "/kbs/v0/attest", Some(&cookie), body.clone()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let token = r.body["token"].as_str().unwrap().to_owned();
+        attested.push((cookie, token, body));
+    }
+    let stats = kbs.broker.session_stats();
+    assert_eq!(stats.sessions, 20, "{stats:?}");
+    assert_eq!(stats.evicted, 5, "{stats:?}");
+    // The oldest session's cookie no longer authenticates (its client attests again); its
+    // bearer token still does; its challenge stays used.
+    let (cookie0, token0, body0) = &attested[0];
+    assert_refused(
+        &get(&kbs, "default/key/1", Some(cookie0), None).await,
+        "TokenNotFound",
+    );
+    assert_eq!(
+        get(&kbs, "default/key/1", None, Some(token0)).await.status,
+        200
+    );
+    assert_refused(
+        &post(&kbs, "/kbs/v0/attest", Some(cookie0), body0.clone()).await,
+        "AttestationError",
+    );
+    assert_eq!(
+        get(&kbs, "default/key/1", Some(&attested[24].0), None)
+            .await
+            .status,
+        200
+    );
     let health = kbs
         .http()
         .get(format!("{}/health", kbs.url))

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use coffer_attestation::kbs::server::config::Config;
-use coffer_attestation::kbs::server::{Broker, serve, tls_config_from_pem};
+use coffer_attestation::kbs::server::{Broker, bind, serve, tls_config_from_pem};
 
 /// Coffer key broker service.
 #[derive(Debug, Parser)]
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
+    raise_fd_limit(config.http.max_connections);
     let broker = Broker::from_config(&config).context("cannot build the broker")?;
     let tls = if config.http.insecure_http {
         None
@@ -59,13 +60,41 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
+        let listener = bind(&config.http)
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         serve(listener, tls, broker, shutdown_signal())
             .await
             .context("server failed")
     })
+}
+
+/// File descriptors beyond the connections: the listener, resource and key files, the runtime.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft open-file limit towards the hard one so that `max_connections` can be open;
+/// warns when the hard limit is lower (connections beyond it fail at accept, which the server
+/// survives).
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FD_RESERVE);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < wanted => {
+            let target = wanted.min(hard);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+            } else if target < wanted {
+                tracing::warn!(
+                    limit = target,
+                    wanted,
+                    "open-file hard limit is below http.max_connections + {FD_RESERVE}"
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 async fn shutdown_signal() {

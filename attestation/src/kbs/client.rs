@@ -303,34 +303,32 @@ impl KbsClient {
                         .map(Resource)
                         .map_err(KbsClientError::Jwe);
                 }
-                Fetch::Refused(info) => match info.kind() {
-                    "PolicyDeny" => {
-                        return Err(KbsClientError::PolicyDenied {
-                            path: path.to_string(),
-                            detail: info.detail,
-                        });
-                    }
-                    "ResourceNotFound" => {
-                        return Err(KbsClientError::NotFound {
-                            path: path.to_string(),
-                            detail: info.detail,
-                        });
-                    }
-                    _ if !fresh => {
-                        tracing::debug!(
-                            kind = info.kind(),
-                            "resource refused, attesting again once"
-                        );
-                        fresh = true;
-                    }
-                    _ => {
-                        return Err(KbsClientError::Unauthorized {
-                            path: path.to_string(),
-                            info,
-                        });
-                    }
-                },
+                Fetch::Refused(info)
+                    if !fresh && !matches!(info.kind(), "PolicyDeny" | "ResourceNotFound") =>
+                {
+                    tracing::debug!(kind = info.kind(), "resource refused, attesting again once");
+                    fresh = true;
+                }
+                Fetch::Refused(info) => return Err(refusal(path, info)),
             }
+        }
+    }
+
+    /// Exactly one handshake and one fetch of `repo/type/tag`: no cached token, no second
+    /// handshake on a refusal (requests are still retried up to [`ClientConfig::max_attempts`]).
+    /// For load generators, which must see every failure as it happened.
+    pub async fn handshake_and_fetch(
+        &self,
+        path: &ResourcePath,
+    ) -> Result<Resource, KbsClientError> {
+        let session = self.session(true).await?;
+        match self.fetch(&session, path).await? {
+            Fetch::Ok(jwe) => session
+                .key
+                .decrypt(&jwe)
+                .map(Resource)
+                .map_err(KbsClientError::Jwe),
+            Fetch::Refused(info) => Err(refusal(path, info)),
         }
     }
 
@@ -609,6 +607,24 @@ fn identity_bundle(csr_der: &[u8], reply: IdentityReply) -> Result<IdentityBundl
         not_before: seen.not_before,
         not_after: seen.not_after,
     })
+}
+
+/// The typed error for a refused resource request.
+fn refusal(path: &ResourcePath, info: ErrorInformation) -> KbsClientError {
+    match info.kind() {
+        "PolicyDeny" => KbsClientError::PolicyDenied {
+            path: path.to_string(),
+            detail: info.detail,
+        },
+        "ResourceNotFound" => KbsClientError::NotFound {
+            path: path.to_string(),
+            detail: info.detail,
+        },
+        _ => KbsClientError::Unauthorized {
+            path: path.to_string(),
+            info,
+        },
+    }
 }
 
 fn session_cookie(reply: &reqwest::Response) -> Option<Zeroizing<String>> {

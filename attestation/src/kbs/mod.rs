@@ -1,7 +1,7 @@
 //! The KBS protocol, version 0.4.0 (Trustee-compatible): wire types ([`types`]), the report_data
 //! binding ([`binding`]), JWE resource encryption ([`jwe`]), ES256 tokens ([`jwt`]), validated
-//! resource paths ([`path`]), the RCAR client ([`client`]) and the `coffer-kbs` broker
-//! ([`server`]).
+//! resource paths ([`path`]), the RCAR client ([`client`]), the `coffer-kbs` broker
+//! ([`server`]) and an external load generator for any KBS 0.4.0 broker ([`load`]).
 //!
 //! Flow: `POST /kbs/v0/auth {version, tee, extra-params}` → `{nonce, extra-params: ""}` and the
 //! `kbs-session-id` cookie; the guest makes an ephemeral key and evidence whose report_data is
@@ -13,6 +13,8 @@ pub mod binding;
 pub mod client;
 pub mod jwe;
 pub mod jwt;
+#[cfg(feature = "load")]
+pub mod load;
 pub mod path;
 #[cfg(feature = "server")]
 pub mod server;

@@ -11,7 +11,7 @@ use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KbsClient, KeyKind
 use coffer_attestation::kbs::jwe::TeeKeyPair;
 use coffer_attestation::kbs::jwt::TokenSigner;
 use coffer_attestation::kbs::server::config::Config;
-use coffer_attestation::kbs::server::{Broker, serve, tls_config_from_pem};
+use coffer_attestation::kbs::server::{Broker, bind, serve, tls_config_from_pem};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
 /// A policy that releases to any attested requester (like Trustee's allow-all upload).
@@ -31,6 +31,8 @@ pub struct Options {
     pub ed25519_admin: bool,
     /// `[identity] trust_domain` (CA generated under the test directory); none: disabled.
     pub identity: Option<&'static str>,
+    /// More `[http]` lines (timeouts, caps), each ending in a newline.
+    pub http_lines: &'static str,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             es256_admin: true,
             ed25519_admin: false,
             identity: None,
+            http_lines: "",
         }
     }
 }
@@ -167,7 +170,7 @@ pub async fn start(opts: Options) -> TestKbs {
         policy_line = format!("[policy]\nfile = {:?}\n", dir.path().join("policy.rego"));
     }
     let toml = format!(
-        "[http]\ninsecure_http = {insecure}\nmax_body_bytes = {max_body}\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\ninsecure_http = {insecure}\nmax_body_bytes = {max_body}\n{http_lines}\
          [token]\nsigning_key = {token:?}\n\
          [admin]\n{admin_lines}insecure_allow_anonymous = {anon}\n\
          [sessions]\nmax = {max}\nttl_secs = {ttl}\n\
@@ -175,6 +178,7 @@ pub async fn start(opts: Options) -> TestKbs {
          [attestation]\nallow_sample = {sample}\n{identity_lines}",
         insecure = !opts.tls,
         max_body = opts.max_body,
+        http_lines = opts.http_lines,
         token = dir.path().join("token.key"),
         anon = opts.anonymous_admin,
         max = opts.max_sessions,
@@ -188,7 +192,8 @@ pub async fn start(opts: Options) -> TestKbs {
         config.http.tls_key = Some(dir.path().join("tls.key"));
     }
     let broker = Broker::from_config(&config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The broker's own listener (its backlog), as coffer-kbs binds it.
+    let listener = bind(&config.http).unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tls, ca_pem, scheme) = if opts.tls {
         let (cert, key, ca) = tls_material();

@@ -71,6 +71,26 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
     /// Largest request body in bytes (evidence, uploads). Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all connections together: a body's declared
+    /// length (else `max_body_bytes`) is reserved before it is read. Default 64 MiB.
+    pub max_body_memory_bytes: usize,
+    /// Listen backlog (the kernel caps it at `net.core.somaxconn`). Default 1024.
+    pub backlog: u32,
+    /// Seconds a client has to deliver a request's complete headers: from the connection's accept
+    /// for its first request (the TLS handshake has as long again), from the request's first byte
+    /// for later ones. Default 10.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may sit with no request in progress (keep-alive idle, or its last
+    /// response not yet taken by the client) before it is closed. Default 30.
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to deliver a request body once its headers are in; then HTTP 408.
+    /// Default 30.
+    pub body_timeout_secs: u64,
+    /// Open connections at most; more are accepted and closed at once. Default 4096.
+    pub max_connections: usize,
+    /// Open connections at most from one client address (an IPv4 address, an IPv6 /64).
+    /// Default 1024.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -81,6 +101,13 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             max_body_bytes: 1024 * 1024,
+            max_body_memory_bytes: 64 * 1024 * 1024,
+            backlog: 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            body_timeout_secs: 30,
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
         }
     }
 }
@@ -120,21 +147,43 @@ pub struct AdminConfig {
     pub insecure_allow_anonymous: bool,
 }
 
-/// `[sessions]`
+/// `[sessions]` (the model: [`super::session`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
-    /// Most sessions held at once. Default 10000.
-    pub max: usize,
-    /// Session (and challenge) lifetime in seconds. Default 300; at most 300.
+    /// Seconds between `/auth` and the `/attest` that answers it (never more than `ttl_secs`).
+    /// The challenge travels sealed in the cookie: no broker memory. Default 30; 1..=300.
+    pub challenge_ttl_secs: u64,
+    /// Lifetime of an attested cookie session in seconds (never longer than its token).
+    /// Default 300; 1..=86400.
     pub ttl_secs: u64,
+    /// Attested cookie sessions held at once; when full, the oldest is dropped (its client
+    /// attests again; its bearer token stays valid). Never a refusal. Default 10000.
+    pub max: usize,
+    /// Memory budget of the attested sessions (their claims) in bytes; the oldest are dropped
+    /// beyond it. Default 64 MiB.
+    pub max_bytes: usize,
+    /// Challenges answered by a successful `/attest` that are remembered until they expire, so
+    /// each nonce is used once. When more are live, the closest to expiry are forgotten and every
+    /// challenge expiring no later is refused. At most 40 bytes each. Default 262144 (10 MiB;
+    /// 8,700 attestations/s sustained with `challenge_ttl_secs` = 30).
+    pub max_used_challenges: usize,
+    /// Files holding the keys (base64 of 32 random bytes each) that seal session cookies: the
+    /// first seals, every one opens (rotation: put the new key first, drop the old one after
+    /// `challenge_ttl_secs`). Replicas sharing a key accept each other's cookies. Default none:
+    /// a fresh key per start.
+    pub keys: Vec<PathBuf>,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            max: 10_000,
+            challenge_ttl_secs: 30,
             ttl_secs: 300,
+            max: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_used_challenges: 262_144,
+            keys: Vec::new(),
         }
     }
 }
@@ -283,8 +332,45 @@ impl Config {
         if self.http.max_body_bytes == 0 || self.http.max_body_bytes > 64 * 1024 * 1024 {
             return invalid("http.max_body_bytes must be in 1..=64 MiB");
         }
-        if self.sessions.max == 0 || self.sessions.ttl_secs == 0 || self.sessions.ttl_secs > 300 {
-            return invalid("sessions.max must be > 0 and sessions.ttl_secs in 1..=300");
+        let h = &self.http;
+        if h.max_body_memory_bytes < h.max_body_bytes || h.max_body_memory_bytes > u32::MAX as usize
+        {
+            return invalid("http.max_body_memory_bytes must be in max_body_bytes..=4 GiB");
+        }
+        if h.backlog == 0 || h.backlog > 65535 {
+            return invalid("http.backlog must be in 1..=65535");
+        }
+        if !(1..=300).contains(&h.header_read_timeout_secs)
+            || !(1..=3600).contains(&h.idle_timeout_secs)
+            || !(1..=600).contains(&h.body_timeout_secs)
+        {
+            return invalid(
+                "http: header_read_timeout_secs in 1..=300, idle_timeout_secs in 1..=3600, \
+                 body_timeout_secs in 1..=600",
+            );
+        }
+        if h.max_connections == 0
+            || h.max_connections > 1_000_000
+            || h.max_connections_per_ip == 0
+            || h.max_connections_per_ip > h.max_connections
+        {
+            return invalid("http: need 1 <= max_connections_per_ip <= max_connections <= 1000000");
+        }
+        let s = &self.sessions;
+        if !(1..=300).contains(&s.challenge_ttl_secs) || !(1..=86400).contains(&s.ttl_secs) {
+            return invalid("sessions: challenge_ttl_secs in 1..=300, ttl_secs in 1..=86400");
+        }
+        if s.max == 0 || s.max > 10_000_000 {
+            return invalid("sessions.max must be in 1..=10000000");
+        }
+        if s.max_bytes < 1024 * 1024 || s.max_bytes > 16 * 1024 * 1024 * 1024 {
+            return invalid("sessions.max_bytes must be in 1 MiB..=16 GiB");
+        }
+        if s.max_used_challenges < 1024 || s.max_used_challenges > 100_000_000 {
+            return invalid("sessions.max_used_challenges must be in 1024..=100000000");
+        }
+        if s.keys.len() > 4 {
+            return invalid("sessions.keys: at most 4 keys (the sealing key and older ones)");
         }
         if self.token.lifetime_secs == 0 || self.token.issuer.is_empty() {
             return invalid("token.lifetime_secs must be > 0 and token.issuer non-empty");
@@ -375,6 +461,43 @@ mod tests {
             assert!(c.validate().is_err(), "{bad} accepted");
         }
         assert!(toml::from_str::<Config>("[identity]\ntrust = 1\n").is_err());
+    }
+
+    #[test]
+    fn transport_and_session_limits_have_safe_defaults_and_validate() {
+        let c: Config = toml::from_str("[http]\ninsecure_http = true\n").unwrap();
+        c.validate().unwrap();
+        assert!(c.http.backlog >= 1024);
+        assert_eq!(c.http.header_read_timeout_secs, 10);
+        assert_eq!(c.sessions.challenge_ttl_secs, 30);
+        assert!(c.sessions.keys.is_empty());
+        for bad in [
+            "[http]\nbacklog = 0",
+            "[http]\nmax_body_memory_bytes = 1000",
+            "[http]\nbacklog = 70000",
+            "[http]\nheader_read_timeout_secs = 0",
+            "[http]\nidle_timeout_secs = 0",
+            "[http]\nbody_timeout_secs = 601",
+            "[http]\nmax_connections = 0",
+            "[http]\nmax_connections = 10\nmax_connections_per_ip = 11",
+            "[sessions]\nchallenge_ttl_secs = 0",
+            "[sessions]\nchallenge_ttl_secs = 301",
+            "[sessions]\nttl_secs = 0",
+            "[sessions]\nmax = 0",
+            "[sessions]\nmax_bytes = 1000",
+            "[sessions]\nmax_used_challenges = 10",
+            "[sessions]\nkeys = [\"a\", \"b\", \"c\", \"d\", \"e\"]",
+        ] {
+            let text = format!("{bad}\n").replacen("[http]\n", "[http]\ninsecure_http = true\n", 1);
+            let text = if text.starts_with("[sessions]") {
+                format!("[http]\ninsecure_http = true\n{text}")
+            } else {
+                text
+            };
+            let c: Config = toml::from_str(&text).unwrap();
+            assert!(c.validate().is_err(), "{bad} accepted");
+        }
+        assert!(toml::from_str::<Config>("[sessions]\nmax_session = 1\n").is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::session::Stats;
+
 /// Broker counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -24,6 +26,14 @@ pub struct Metrics {
     pub admin_ok: AtomicU64,
     /// Admin requests refused.
     pub admin_refused: AtomicU64,
+    /// Open connections (a gauge).
+    pub connections_open: AtomicU64,
+    /// Connections closed at accept because a cap was reached.
+    pub connections_refused: AtomicU64,
+    /// Connections closed by the header, idle or TLS-handshake timeout.
+    pub connections_timed_out: AtomicU64,
+    /// Requests answered 408 because their body did not arrive in time.
+    pub body_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -42,8 +52,8 @@ impl Metrics {
         result
     }
 
-    /// The exposition text, with the current session count as a gauge.
-    pub fn render(&self, sessions: usize) -> String {
+    /// The exposition text, with the session counts as gauges and counters.
+    pub fn render(&self, sessions: &Stats) -> String {
         let mut out = String::new();
         let counters = [
             ("coffer_kbs_auth_total", "Challenges issued.", &self.auth),
@@ -87,6 +97,21 @@ impl Metrics {
                 "Refused admin requests.",
                 &self.admin_refused,
             ),
+            (
+                "coffer_kbs_connections_refused_total",
+                "Connections closed at accept: a connection cap was reached.",
+                &self.connections_refused,
+            ),
+            (
+                "coffer_kbs_connections_timed_out_total",
+                "Connections closed by the header, idle or TLS handshake timeout.",
+                &self.connections_timed_out,
+            ),
+            (
+                "coffer_kbs_body_timeouts_total",
+                "Requests answered 408: the body did not arrive in time.",
+                &self.body_timeouts,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -95,10 +120,52 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP coffer_kbs_sessions Sessions in the store.\n# TYPE coffer_kbs_sessions gauge\ncoffer_kbs_sessions {sessions}"
-        );
+        let evicted = [
+            (
+                "coffer_kbs_sessions_evicted_total",
+                "Attested sessions dropped before expiry to stay within sessions.max/max_bytes.",
+                sessions.evicted,
+            ),
+            (
+                "coffer_kbs_used_challenges_forgotten_total",
+                "Used challenges forgotten before expiry (sessions.max_used_challenges); challenges expiring no later are refused.",
+                sessions.used_forgotten,
+            ),
+        ];
+        for (name, help, value) in evicted {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let gauges = [
+            (
+                "coffer_kbs_sessions",
+                "Attested sessions held.",
+                sessions.sessions as u64,
+            ),
+            (
+                "coffer_kbs_session_bytes",
+                "Bytes accounted to attested sessions.",
+                sessions.bytes as u64,
+            ),
+            (
+                "coffer_kbs_used_challenges",
+                "Used challenges remembered until they expire.",
+                sessions.used as u64,
+            ),
+            (
+                "coffer_kbs_connections",
+                "Open connections.",
+                self.connections_open.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
         out
     }
 }

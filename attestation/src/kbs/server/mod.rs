@@ -10,19 +10,23 @@
 //!
 //! Request path: decode (bounded body) → validate into typed values → authenticate (session /
 //! token / admin key) → authorize (verifier, resource policy) → act. Every refusal is one
-//! [`KbsError`] → HTTP 401 problem JSON; internals are logged, not sent.
+//! [`KbsError`] → HTTP 401 problem JSON; internals are logged, not sent. Transport limits
+//! (connection caps, header/idle/body timeouts, body sizes and memory: 408, 413, 503 or a closed
+//! connection) are [`http`]'s; what sessions keep, and for how long, is [`session`]'s.
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod seal;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod verify;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,13 +41,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use p256::ecdsa::VerifyingKey;
 use serde_json::{Map, Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use self::config::{Config, parse_measurements};
+use self::config::{Config, HttpConfig, parse_measurements};
 use self::error::{KbsError, json_response};
+use self::http::HttpLimits;
 use self::metrics::Metrics;
 use self::policy::ResourcePolicy;
-use self::session::{Attested, SessionStore};
+use self::seal::SessionKeys;
+use self::session::{Attested, LiveChallenge, Sessions};
 use self::store::ResourceStore;
 use self::verify::{EvidenceVerifier, SnpSettings, TdxSettings, digest_init_data};
 use super::binding;
@@ -55,7 +61,6 @@ use super::types::{
 };
 
 const RESOURCE_PREFIX: &str = "/kbs/v0/resource/";
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Failures building the broker or its TLS configuration.
@@ -88,6 +93,9 @@ pub enum BrokerError {
     /// The identity CA cannot be loaded or created.
     #[error("identity CA")]
     IdentityCa(#[from] identity::CaError),
+    /// The session keys cannot be loaded.
+    #[error("sessions.keys")]
+    SessionKeys(#[from] seal::KeyError),
     /// TLS certificate or key rejected.
     #[error("tls configuration: {reason}")]
     Tls {
@@ -97,7 +105,7 @@ pub enum BrokerError {
 }
 
 struct Inner {
-    sessions: SessionStore,
+    sessions: Sessions,
     verifier: EvidenceVerifier,
     signer: TokenSigner,
     /// The one key that verifies this broker's bearer tokens.
@@ -109,8 +117,9 @@ struct Inner {
     /// Keys that verify admin tokens (none: admin disabled unless anonymous).
     admin_keys: Vec<VerificationKey>,
     admin_anonymous: bool,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     max_body: usize,
+    http: HttpLimits,
     /// The workload identity CA, when `[identity] trust_domain` is set.
     identity: Option<identity::IdentityCa>,
 }
@@ -210,12 +219,21 @@ impl Broker {
             .as_deref()
             .map(|td| identity::IdentityCa::load_or_create(&config.identity, td))
             .transpose()?;
+        let s = &config.sessions;
+        let sessions = Sessions::new(
+            SessionKeys::load(&s.keys)?,
+            session::Limits {
+                // A challenge never outlives the session it opens.
+                challenge_ttl: Duration::from_secs(s.challenge_ttl_secs.min(s.ttl_secs)),
+                session_ttl: Duration::from_secs(s.ttl_secs),
+                max_sessions: s.max,
+                max_bytes: s.max_bytes,
+                max_used: s.max_used_challenges,
+            },
+        );
         Ok(Self {
             inner: Arc::new(Inner {
-                sessions: SessionStore::new(
-                    config.sessions.max,
-                    Duration::from_secs(config.sessions.ttl_secs),
-                ),
+                sessions,
                 verifier: EvidenceVerifier::new(
                     config.attestation.allow_sample,
                     snp_settings,
@@ -229,8 +247,9 @@ impl Broker {
                 store: ResourceStore::new(&config.resources.dir, config.http.max_body_bytes),
                 admin_keys,
                 admin_anonymous: config.admin.insecure_allow_anonymous,
-                metrics: Metrics::default(),
+                metrics: Arc::new(Metrics::default()),
                 max_body: config.http.max_body_bytes,
+                http: HttpLimits::from_config(&config.http),
                 identity,
             }),
         })
@@ -249,9 +268,14 @@ impl Broker {
             .map(identity::IdentityCa::ca_pem)
     }
 
-    /// Number of live sessions.
+    /// Number of attested sessions held.
     pub fn session_count(&self) -> usize {
-        self.inner.sessions.len()
+        self.inner.sessions.stats().sessions
+    }
+
+    /// Session counts (attested sessions, their bytes, evictions, used challenges).
+    pub fn session_stats(&self) -> session::Stats {
+        self.inner.sessions.stats()
     }
 
     /// The HTTP routes.
@@ -299,9 +323,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn set_cookie(id: &str, ttl: Duration) -> Option<HeaderValue> {
-    let expires = httpdate::fmt_http_date(SystemTime::now() + ttl);
-    HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Expires={expires}")).ok()
+fn set_cookie(value: &str, expires: SystemTime) -> Option<HeaderValue> {
+    let expires = httpdate::fmt_http_date(expires);
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}={value}; Expires={expires}")).ok()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, KbsError> {
@@ -321,14 +345,17 @@ async fn auth(State(broker): State<Broker>, body: Bytes) -> Result<Response, Kbs
             tee: request.tee.as_str(),
         });
     }
-    let session = b.sessions.create(request.tee)?;
+    let challenge = b.sessions.challenge(request.tee)?;
     Metrics::inc(&b.metrics.auth);
-    let challenge = Challenge {
-        nonce: session.nonce,
-        extra_params: Value::String(String::new()),
-    };
-    let mut reply = json_response(StatusCode::OK, &challenge);
-    if let Some(v) = set_cookie(&session.id, session.ttl) {
+    tracing::debug!(tee = %request.tee, "challenge issued");
+    let mut reply = json_response(
+        StatusCode::OK,
+        &Challenge {
+            nonce: challenge.nonce,
+            extra_params: Value::String(String::new()),
+        },
+    );
+    if let Some(v) = set_cookie(&challenge.cookie, challenge.expires) {
         reply.headers_mut().insert(SET_COOKIE, v);
     }
     Ok(reply)
@@ -340,39 +367,55 @@ async fn attest(
     body: Bytes,
 ) -> Result<Response, KbsError> {
     let b = &broker.inner;
-    let id = cookie(&headers).ok_or(KbsError::NoChallenge)?.to_owned();
-    let (tee, nonce) = b.sessions.begin_attest(&id)?;
-    let outcome = broker.appraise(tee, nonce.as_str(), &body);
+    let outcome = cookie(&headers)
+        .ok_or(KbsError::NoChallenge)
+        .and_then(|value| Ok((value, b.sessions.live_challenge(value)?)))
+        .and_then(|(value, challenge)| {
+            let appraised = broker.appraise(&challenge, &body)?;
+            // The atomic single-use check: of two attests racing on one challenge, one wins.
+            let expires = b.sessions.complete(
+                &challenge,
+                &appraised.claims,
+                appraised.tee_pubkey,
+                appraised.expires,
+            )?;
+            tracing::debug!(tee = %challenge.tee(), status = appraised.status, "attested");
+            Ok((value, appraised.token, expires))
+        });
     match outcome {
-        Ok((token, attested)) => {
-            b.sessions.finish_attest(&id, Some(attested));
+        Ok((value, token, expires)) => {
             Metrics::inc(&b.metrics.attest_ok);
             let mut reply = json_response(StatusCode::OK, &AttestationToken { token });
-            if let Some(v) = set_cookie(&id, Duration::from_secs(b.token_lifetime)) {
+            // The same cookie value, as Trustee answers: it now names the attested session.
+            if let Some(v) = set_cookie(value, expires) {
                 reply.headers_mut().insert(SET_COOKIE, v);
             }
             Ok(reply)
         }
         Err(e) => {
-            b.sessions.finish_attest(&id, None);
             Metrics::inc(&b.metrics.attest_refused);
             Err(e)
         }
     }
 }
 
+/// A successful appraisal, before the session is recorded.
+struct Appraised {
+    token: String,
+    claims: Map<String, Value>,
+    tee_pubkey: TeePubKey,
+    status: &'static str,
+    expires: SystemTime,
+}
+
 impl Broker {
-    /// Verifies one `/attest` body for a session opened for `tee` with `nonce`; returns the
-    /// signed token and the session's attested state.
-    fn appraise(
-        &self,
-        tee: super::types::Tee,
-        nonce: &str,
-        body: &[u8],
-    ) -> Result<(String, Attested), KbsError> {
+    /// Verifies one `/attest` body answering `challenge`; returns the signed token and what the
+    /// attested session keeps.
+    fn appraise(&self, challenge: &LiveChallenge, body: &[u8]) -> Result<Appraised, KbsError> {
         let b = &self.inner;
+        let tee = challenge.tee();
         let attestation: Attestation = parse("attest", body)?;
-        if attestation.runtime_data.nonce != nonce {
+        if attestation.runtime_data.nonce != challenge.nonce() {
             return Err(KbsError::NonceMismatch);
         }
         jwe::validate_tee_pubkey(&attestation.runtime_data.tee_pubkey).map_err(KbsError::TeeKey)?;
@@ -441,13 +484,13 @@ impl Broker {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        Ok((
+        Ok(Appraised {
             token,
-            Attested {
-                claims: Arc::new(claims),
-                tee_pubkey: attestation.runtime_data.tee_pubkey,
-            },
-        ))
+            claims,
+            tee_pubkey: attestation.runtime_data.tee_pubkey,
+            status: appraisal.status.as_str(),
+            expires: UNIX_EPOCH + Duration::from_secs(now + b.token_lifetime),
+        })
     }
 
     /// Claims and TEE key of the requester: an attested cookie session, else a bearer token.
@@ -531,6 +574,7 @@ impl Broker {
         if !allowed {
             return Err(KbsError::PolicyDeny);
         }
+        tracing::debug!(%path, "resource released");
         let plaintext = b
             .store
             .read(&path)
@@ -650,7 +694,7 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(broker): State<Broker>) -> Response {
-    let text = broker.inner.metrics.render(broker.inner.sessions.len());
+    let text = broker.inner.metrics.render(&broker.inner.sessions.stats());
     (
         StatusCode::OK,
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -684,75 +728,14 @@ pub fn tls_config_from_pem(
     Ok(Arc::new(config))
 }
 
-/// TLS-terminating listener for axum: handshakes run in their own tasks (bounded by a timeout)
-/// so a slow client cannot stall accepts.
-struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    acceptor_task: tokio::task::JoinHandle<()>,
+/// A listener for `[http]`: its address and backlog.
+pub fn bind(config: &HttpConfig) -> std::io::Result<TcpListener> {
+    http::bind(config.listen, config.backlog)
 }
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor_task.abort();
-    }
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let acceptor_task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            rx,
-            local,
-            acceptor_task,
-        })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves `broker` on `listener` until `shutdown` completes, then drains in-flight requests.
-/// HTTPS when `tls` is given; plain HTTP only when the caller passes `None` explicitly.
+/// Serves `broker` on `listener` until `shutdown` completes, then drains in-flight requests
+/// ([`http`]: connection caps and timeouts from the broker's `[http]`). HTTPS when `tls` is
+/// given; plain HTTP only when the caller passes `None` explicitly.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -765,26 +748,30 @@ pub async fn serve(
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
-                let left = broker.inner.sessions.sweep();
-                tracing::debug!(sessions = left, "expired sessions swept");
+                let stats = broker.inner.sessions.sweep();
+                tracing::debug!(
+                    sessions = stats.sessions,
+                    used = stats.used,
+                    "expired sessions swept"
+                );
             }
         })
     };
-    let router = broker.router();
-    let result = match tls {
-        Some(config) => {
-            tracing::info!(addr = ?listener.local_addr().ok(), "coffer-kbs serving https");
-            axum::serve(TlsListener::new(listener, config)?, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        None => {
-            tracing::warn!(addr = ?listener.local_addr().ok(), "coffer-kbs serving PLAIN HTTP");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    };
+    let addr = listener.local_addr().ok();
+    if tls.is_some() {
+        tracing::info!(?addr, "coffer-kbs serving https");
+    } else {
+        tracing::warn!(?addr, "coffer-kbs serving PLAIN HTTP");
+    }
+    let result = http::run(
+        listener,
+        tls,
+        broker.router(),
+        broker.inner.http,
+        broker.inner.metrics.clone(),
+        shutdown,
+    )
+    .await;
     sweeper.abort();
     result
 }

@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+use super::throttle::Throttle;
 use crate::kbs::binding::BINDING_LEN;
 use crate::kbs::types::{InitData, Tee};
 use crate::snp::{Expected as SnpExpected, Report, SnpError, SnpPolicy, SnpVerifier};
@@ -34,6 +35,8 @@ use crate::tdx::{
     TdxVerifier, verify_signatures,
 };
 
+/// How often "accepting sample evidence" may be logged.
+const SAMPLE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest accepted init-data document.
 pub const MAX_INIT_DATA_LEN: usize = 256 * 1024;
 const VCEK_GUID: [u8; 16] = guid(
@@ -216,6 +219,8 @@ pub struct EvidenceVerifier {
     tdx: TdxSettings,
     /// Accepted MRTD values; `None` leaves MRTD unpinned.
     tdx_mr_td: RwLock<Option<Vec<[u8; 48]>>>,
+    /// "accepting sample evidence", at most once a minute.
+    sample_warning: Throttle,
 }
 
 impl EvidenceVerifier {
@@ -232,6 +237,7 @@ impl EvidenceVerifier {
             snp_measurements: RwLock::new(measurements),
             tdx,
             tdx_mr_td: RwLock::new(mr_td),
+            sample_warning: Throttle::new(SAMPLE_WARNING_EVERY),
         }
     }
 
@@ -307,7 +313,12 @@ impl EvidenceVerifier {
                 true
             }
         };
-        tracing::warn!("accepting sample evidence (development only)");
+        if let Some(count) = self.sample_warning.due() {
+            tracing::warn!(
+                count,
+                "accepting sample evidence (development only; logged at most once a minute, count since the last line)"
+            );
+        }
         Ok(Appraisal {
             status: EarStatus::Warning,
             tee_claims: json!({
