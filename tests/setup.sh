@@ -16,6 +16,8 @@ command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v gpg >/dev/null || need_apt+=(gnupg)
 command -v socat >/dev/null || need_apt+=(socat)
+# The pod network: test-made network namespaces, veths and bridges (ip), tc redirects checked (tc).
+{ command -v ip >/dev/null && command -v tc >/dev/null; } || need_apt+=(iproute2)
 # The mesh suite's init-container image: Debian's iptables (iptables-nft) copied into a layer.
 [ -x /usr/sbin/xtables-nft-multi ] || need_apt+=(iptables)
 

@@ -5,7 +5,8 @@
 //! then the medians and the Coffer / runc ratios. Under TCG the absolute figures mean little; the
 //! ratio and its trend do.
 //!
-//! `cargo bench -p coffer-tests --bench podnet [-- ROUNDS]` (default 5); `NET_BENCH_BYTES` sets the
+//! `cargo build --release --workspace && cargo bench -p coffer-tests --bench podnet [-- ROUNDS]`
+//! (default 5 rounds; the shim and the guest agent come from the release build); `NET_BENCH_BYTES` sets the
 //! stream size (default 16 MiB), `NET_BENCH_CONNECTS` the connect probes per round (default 50).
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
