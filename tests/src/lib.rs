@@ -202,6 +202,31 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
     found
 }
 
+/// Paths of the bound unix sockets (`/proc/net/unix`, this process's network namespace) under
+/// `dir`: a socket some process still holds open there.
+pub fn unix_sockets_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(7))
+        .filter(|path| path.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Lines of `/proc/self/mountinfo` naming a path under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Entries left in `state_root/sandboxes`.
 pub fn leftover_sandboxes(state_root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(state_root.join("sandboxes"))

@@ -1,6 +1,6 @@
 //! The `coffer` CLI end to end, each case booting its own real VM: output and exit status, stdin,
-//! env/workdir/user, QEMU killed with SIGKILL, an agent that never answers in time, Ctrl-C, and
-//! the reproducible guest image build.
+//! env/workdir/user, QEMU killed with SIGKILL, an agent that never answers in time, Ctrl-C (once
+//! the container runs, and during boot), and the reproducible guest image build.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -350,6 +350,33 @@ fn main() -> ExitCode {
                 o.status.code() == Some(130),
                 "status {:?}: {}",
                 o.status,
+                text(&o.stderr)
+            );
+            ctx.assert_clean()
+        })()
+    );
+
+    case!(
+        suite,
+        "ctrl_c_during_boot_leaves_no_sandbox_directory",
+        (|| {
+            let child = ctx.command(&[], &["sleep", "1000"]).spawn()?;
+            // The VM is launched, the agent not yet up: the start itself is interrupted.
+            wait_for_qemu(&ctx.state, Duration::from_secs(30))?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )?;
+            let o = wait_output(child, Duration::from_secs(30))?;
+            ensure!(
+                o.status.code() == Some(130),
+                "status {:?}: {}",
+                o.status,
+                text(&o.stderr)
+            );
+            ensure!(
+                text(&o.stderr).contains("interrupted during boot"),
+                "not interrupted during boot: {}",
                 text(&o.stderr)
             );
             ctx.assert_clean()

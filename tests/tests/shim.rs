@@ -2,7 +2,9 @@
 //! containerd for the suite (private root, state, sockets and config in a temp dir), a busybox
 //! OCI image imported from an archive, and one pod VM per container. Cases: output and exit
 //! status of `ctr run --rm`, exec/ps/kill/metrics on a detached task, nothing left after delete,
-//! a VM killed under a task, a shim killed under a task with containerd restarted after.
+//! a VM killed under a task, a containerd restart with a running pod (the pod runs on, whole), a
+//! shim killed under a task (its VM dies with it) with containerd restarted after (which cleans
+//! the rest).
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -744,6 +746,50 @@ fn main() -> ExitCode {
     });
 
     let mut ctx = ctx;
+    case!(suite, "containerd_restart_keeps_running_pods_whole", {
+        (|| {
+            // The shim is a process of its own, not containerd's child: a containerd restart
+            // leaves the pod running — the same shim, the same VM, its state — and the
+            // restarted containerd takes it up again. Never half of it.
+            let id = "ctdrestart";
+            ctx.run_detached(id, &["sh", "-c", "echo before >/tmp/mark; exec sleep 1000"])?;
+            ctx.wait_status(id, "RUNNING")?;
+            let vm = ctx.vm_processes(id);
+            let shims = ctx.shim_processes();
+            ensure!(!vm.is_empty(), "no VM processes found for {id}");
+            ensure!(shims.len() == 1, "expected one shim: {shims:?}");
+            let result = (|| {
+                ctx.containerd.restart()?;
+                ensure!(
+                    ctx.vm_processes(id) == vm,
+                    "the VM changed across the restart"
+                );
+                ensure!(
+                    ctx.shim_processes() == shims,
+                    "the shim changed across the restart"
+                );
+                ctx.wait_status(id, "RUNNING")?;
+                let out = ctx.containerd.ctr_output(
+                    &["task", "exec", "--exec-id", "after", id, "cat", "/tmp/mark"],
+                    Duration::from_secs(60),
+                )?;
+                ensure!(
+                    out.status.success() && out.stdout == b"before\n",
+                    "exec after the restart: {} {:?} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ensure!(ctx.sandbox_dir(id).exists(), "the pod's state is gone");
+                Ok(())
+            })();
+            let removed = ctx.remove(id);
+            result?;
+            removed?;
+            ctx.assert_clean(&sockets_before)
+        })()
+    });
+
     case!(suite, "killed_shim_and_containerd_restart_leave_no_vm", {
         (|| {
             let id = "shimkill";
@@ -759,9 +805,18 @@ fn main() -> ExitCode {
                 nix::unistd::Pid::from_raw(i32::try_from(shims[0].0)?),
                 nix::sys::signal::Signal::SIGKILL,
             )?;
+            // The VM dies with its shim (a parent-death signal), before containerd does
+            // anything about the dead shim.
+            let died = eventually(
+                Duration::from_secs(10),
+                "VM processes dying with the shim",
+                || Ok(ctx.vm_processes(id).is_empty().then_some(())),
+            );
             ctx.containerd.restart()?;
-            let gone = eventually(Duration::from_secs(30), "VM processes gone", || {
-                Ok(ctx.vm_processes(id).is_empty().then_some(()))
+            let gone = died.and_then(|()| {
+                eventually(Duration::from_secs(30), "VM processes gone", || {
+                    Ok(ctx.vm_processes(id).is_empty().then_some(()))
+                })
             });
             let vm_left = ctx.vm_processes(id);
             let status = ctx.task(id)?;

@@ -2,6 +2,7 @@
 //! `sandbox run`; 125 when Coffer itself fails; 130 when interrupted.
 
 mod attestation;
+mod gc;
 mod image;
 mod kbs;
 mod measure;
@@ -58,6 +59,11 @@ enum Command {
 enum SandboxCommand {
     /// Boot a sandbox, run CMD in a container made from a rootfs directory, tear down.
     Run(Box<run::RunArgs>),
+    /// Remove what sandboxes whose supervisor died (killed `sandbox run`, crashed shim) left in
+    /// the state directory: their directories, sockets and logs, processes still running for
+    /// them, pod network filters. Sandboxes whose supervisor runs are never touched. Prints each
+    /// sandbox removed. `sandbox run` does this before it starts.
+    Gc(gc::GcArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +107,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sandbox(SandboxCommand::Run(args)) => run::run(*args).await,
+            Command::Sandbox(SandboxCommand::Gc(args)) => gc::run(args).await,
             Command::Image(ImageCommand::Build(args)) => image::build(args).map(|()| 0),
             Command::Image(ImageCommand::Pull(args)) => oci_image::pull_command(args).await,
             Command::Image(ImageCommand::Inspect(args)) => oci_image::inspect_command(args).await,

@@ -1,5 +1,7 @@
 //! `coffer sandbox run`: boot a sandbox, run one command in a container, stream its output, exit
-//! with its status, and tear everything down — also when the VM dies or the user interrupts.
+//! with its status, and tear everything down — also when the VM dies or the user interrupts. When
+//! it is killed outright, its VM dies with it and the next run (or `coffer sandbox gc`) removes
+//! what it left.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -303,6 +305,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let state_dir = runtime.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
+    // What runs killed before us left (their VMs died with them) goes first.
+    crate::gc::before_run(&state_dir).await;
     let qemu = Qemu::new(runtime.qemu_backend());
     let mut config = runtime.sandbox(id, args.tee.or(runtime.tee), initdata);
     config.registry_tunnels.extend(

@@ -8,6 +8,7 @@
 
 pub mod agent_client;
 pub mod config;
+pub mod gc;
 pub mod hypervisor;
 pub mod image;
 pub mod network;

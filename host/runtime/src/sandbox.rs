@@ -6,7 +6,11 @@
 //! the ordered teardown on [`Sandbox::stop`] or when the handle is dropped. Every file of the
 //! sandbox lives in `state_root/sandboxes/<id>` and is removed at the end; only the logs of a
 //! failed sandbox are kept, in `state_root/logs/` (the console log, named in the error, and the
-//! VMM's own beside it).
+//! VMM's own beside it). The directory records its owner, this process, from the moment it exists
+//! ([`gc::claim`]): when the process dies without a teardown (its VM dies with it), a collector
+//! ([`gc::collect`]) tells the state left from a live sandbox's and removes it. A start that does
+//! not finish, by an error or because its future was dropped (Ctrl-C during boot), removes what
+//! it made.
 //!
 //! With a pod network ([`SandboxConfig::network`]) the sandbox attaches the namespace's network
 //! before launching the VM ([`crate::network`]), records what it attached in `network.json` in its
@@ -24,6 +28,7 @@ use coffer_policies::initdata::{Digest, Initdata, device as initdata_device};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
+use crate::gc;
 use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, NicSpec, Vm, VmSpec};
 use crate::network::{self, AttachedNetwork, NetworkConfig, NetworkError};
 use crate::publish::{self, PublishedPort};
@@ -112,6 +117,9 @@ pub enum SandboxError {
     /// A sandbox with this id exists.
     #[error("sandbox {0} already exists")]
     Exists(String),
+    /// The sandbox directory could not be made.
+    #[error("claiming the sandbox directory: {0}")]
+    Claim(#[source] gc::GcError),
     /// Local state could not be written.
     #[error("{op} {path}: {source}")]
     Io {
@@ -262,18 +270,54 @@ async fn detach(network: Option<AttachedNetwork>, id: &str) {
     }
 }
 
-/// Undoes a start that failed once the sandbox directory existed: detaches the network, then
-/// [`retire`]s the directory. Returns where the console log was kept.
-async fn abandon(
-    state_root: &Path,
-    id: &str,
-    dir: &Path,
-    console: &Path,
+/// A sandbox directory from its claim until the supervisor task takes it over. Every way out of
+/// [`Sandbox::start`] but success ends here, once: an error ([`abandon`](Self::abandon)), or the
+/// start's future dropped (Ctrl-C during boot: `Drop`, after the VM's handles, declared later,
+/// killed its processes). Either way the pod network is detached and the directory removed.
+#[derive(Debug)]
+struct Setup {
+    state_root: PathBuf,
+    id: String,
+    dir: PathBuf,
     network: Option<AttachedNetwork>,
-    keep_console: bool,
-) -> PathBuf {
-    detach(network, id).await;
-    retire(state_root, id, dir, console, keep_console)
+    armed: bool,
+}
+
+impl Setup {
+    /// Undoes a start that failed: detaches the network, then [`retire`]s the directory. Returns
+    /// where the console log was kept.
+    async fn abandon(mut self, console: &Path, keep_console: bool) -> PathBuf {
+        self.armed = false;
+        detach(self.network.take(), &self.id).await;
+        retire(&self.state_root, &self.id, &self.dir, console, keep_console)
+    }
+
+    /// The start succeeded: the supervisor owns the directory and the network from here.
+    fn hand_over(mut self) -> Option<AttachedNetwork> {
+        self.armed = false;
+        self.network.take()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::info!(sandbox_id = %self.id, "sandbox start abandoned; removing what it made");
+        if let Some(network) = self.network.take()
+            && let Err(err) = network.detach_blocking()
+        {
+            tracing::warn!(sandbox_id = %self.id, %err, "detaching the pod network");
+        }
+        retire(
+            &self.state_root,
+            &self.id,
+            &self.dir,
+            &self.dir.join("console.log"),
+            false,
+        );
+    }
 }
 
 /// Attaches `config`'s network and records it in `dir` (see [`network::NetworkRecord`]).
@@ -325,23 +369,25 @@ impl Sandbox {
         }
         // A taken host address fails before anything is created.
         let published = publish::bind_all(&config.published_ports)?;
-        std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
+        // The directory exists only with this process recorded as its owner: a collector tells
+        // a live sandbox's state from a crashed one's by it.
+        gc::claim(&dir).map_err(|err| match err {
+            gc::GcError::Exists(_) => SandboxError::Exists(id.clone()),
+            err => SandboxError::Claim(err),
         })?;
+        let mut setup = Setup {
+            state_root: config.state_root.clone(),
+            id: id.clone(),
+            dir: dir.clone(),
+            network: None,
+            armed: true,
+        };
         let mut kernel_params = config.kernel_params.clone();
         let mut disks = Vec::new();
         if let Some(initdata) = &config.initdata {
             let path = dir.join("initdata.img");
             if let Err(source) = std::fs::write(&path, &initdata.image) {
-                retire(
-                    &config.state_root,
-                    &id,
-                    &dir,
-                    &dir.join("console.log"),
-                    false,
-                );
+                setup.abandon(&dir.join("console.log"), false).await;
                 return Err(SandboxError::Io {
                     op: "write",
                     path,
@@ -359,23 +405,16 @@ impl Sandbox {
                 read_only: true,
             });
         }
-        let mut network = match &config.network {
-            None => None,
-            Some(net) => match attach_network(net, &dir).await {
-                Ok(attached) => Some(attached),
+        if let Some(net) = &config.network {
+            match attach_network(net, &dir).await {
+                Ok(attached) => setup.network = Some(attached),
                 Err(err) => {
-                    retire(
-                        &config.state_root,
-                        &id,
-                        &dir,
-                        &dir.join("console.log"),
-                        false,
-                    );
+                    setup.abandon(&dir.join("console.log"), false).await;
                     return Err(SandboxError::Network(err));
                 }
-            },
-        };
-        let nics = match &mut network {
+            }
+        }
+        let nics = match &mut setup.network {
             None => Vec::new(),
             Some(attached) => {
                 let taps = attached.take_taps();
@@ -409,15 +448,7 @@ impl Sandbox {
         let mut vm = match launched {
             Ok(vm) => vm,
             Err(err) => {
-                abandon(
-                    &config.state_root,
-                    &id,
-                    &dir,
-                    &dir.join("console.log"),
-                    network,
-                    false,
-                )
-                .await;
+                setup.abandon(&dir.join("console.log"), false).await;
                 return Err(SandboxError::Launch(err));
             }
         };
@@ -430,7 +461,7 @@ impl Sandbox {
             Ok(ready) => ready,
             Err(source) => {
                 vm.shutdown().await;
-                abandon(&config.state_root, &id, &dir, &console, network, false).await;
+                setup.abandon(&console, false).await;
                 return Err(SandboxError::Io {
                     op: "listen",
                     path: host_socket(vm.vsock_socket(), HOST_READY_VSOCK_PORT),
@@ -443,7 +474,7 @@ impl Sandbox {
                 Ok(served) => served,
                 Err((path, source)) => {
                     vm.shutdown().await;
-                    abandon(&config.state_root, &id, &dir, &console, network, false).await;
+                    setup.abandon(&console, false).await;
                     return Err(SandboxError::Io {
                         op: "listen",
                         path,
@@ -465,7 +496,7 @@ impl Sandbox {
             Some(Ok(c)) => c,
             Some(Err(agent_client::ConnectError::Timeout { last, .. })) => {
                 vm.shutdown().await;
-                let console = abandon(&config.state_root, &id, &dir, &console, network, true).await;
+                let console = setup.abandon(&console, true).await;
                 return Err(SandboxError::AgentTimeout {
                     timeout: boot_timeout,
                     accel: if vm.emulated() { "TCG" } else { "KVM" },
@@ -475,7 +506,7 @@ impl Sandbox {
             }
             None => {
                 let exit = vm.wait_exit().await;
-                let console = abandon(&config.state_root, &id, &dir, &console, network, true).await;
+                let console = setup.abandon(&console, true).await;
                 return Err(SandboxError::DiedDuringBoot {
                     status: exit.status,
                     console,
@@ -502,13 +533,13 @@ impl Sandbox {
                 network: config
                     .network
                     .as_ref()
-                    .zip(network.as_ref())
+                    .zip(setup.network.as_ref())
                     .map(|(settings, attached)| settings.pod_network(attached)),
             })
             .await
         {
             vm.shutdown().await;
-            abandon(&config.state_root, &id, &dir, &console, network, false).await;
+            setup.abandon(&console, false).await;
             return Err(SandboxError::Agent {
                 call: "CreateSandbox",
                 message: status.message().to_owned(),
@@ -517,6 +548,7 @@ impl Sandbox {
 
         // The agent listens on the published ports' vsock ports now.
         let published_servers = published.serve(vm.vsock_socket());
+        let network = setup.hand_over();
 
         let (state_tx, state) = watch::channel(SandboxState::Ready);
         let (commands, mut rx) = mpsc::channel::<Command>(4);

@@ -454,20 +454,48 @@ async fn a_crashed_attachment_is_replaced_by_the_next_and_collected_by_the_gc() 
     std::mem::forget(next);
     eventually("the tap to go", || !topology.link_exists("tap0_coffer"));
     assert!(topology.has_ingress_qdisc("eth0"));
-    network::collect_stale(&record.netns, &record.interfaces)
+    let outcome = network::collect_stale(&record.netns, &record.interfaces)
         .await
         .expect("collect");
+    assert_eq!(outcome, network::StaleNetwork::Removed);
     assert!(!topology.has_ingress_qdisc("eth0"));
     // Idempotent, and a namespace that is gone is nothing to collect.
-    network::collect_stale(&record.netns, &record.interfaces)
+    let outcome = network::collect_stale(&record.netns, &record.interfaces)
         .await
         .expect("collect again");
-    network::collect_stale(
+    assert_eq!(outcome, network::StaleNetwork::Removed);
+    let outcome = network::collect_stale(
         Path::new("/run/netns/coffer-nt-never-existed"),
         &["eth0".into()],
     )
     .await
     .expect("collect a missing namespace");
+    assert_eq!(outcome, network::StaleNetwork::Gone);
+}
+
+#[tokio::test]
+async fn the_gc_leaves_a_namespace_a_live_sandbox_attached_again_alone() {
+    let topology = Topology::new("reattach");
+    let path = topology.pod_path();
+    // A crash leaves its record and qdisc...
+    let mut crashed = network::attach(&path).await.expect("attach");
+    drop(crashed.take_taps());
+    let record = crashed.record();
+    std::mem::forget(crashed);
+    eventually("the tap to go", || !topology.link_exists("tap0_coffer"));
+    // ...and a live sandbox attaches the namespace again before the collector runs.
+    let mut live = network::attach(&path).await.expect("attach again");
+    let mut tap = File::from(live.take_taps().into_iter().next().expect("tap"));
+    let outcome = network::collect_stale(&record.netns, &record.interfaces)
+        .await
+        .expect("collect");
+    assert_eq!(outcome, network::StaleNetwork::InUse);
+    // The live attachment still carries frames, then detaches as usual.
+    assert!(topology.has_ingress_qdisc("eth0"));
+    exchange_through_the_tap(&topology, &mut tap);
+    drop(tap);
+    live.detach().await.expect("detach");
+    assert!(!topology.has_ingress_qdisc("eth0"));
 }
 
 #[tokio::test]
@@ -676,4 +704,73 @@ async fn a_sandbox_attaches_before_launch_and_detaches_when_the_launch_fails() {
     assert!(!topology.has_ingress_qdisc("eth0"));
     eventually("the tap to go", || !topology.link_exists("tap0_coffer"));
     assert!(!state.path().join("sandboxes/net-1").exists());
+}
+
+/// A VMM whose launch never returns: what a start interrupted during boot (Ctrl-C) is waiting on.
+#[derive(Default)]
+struct StuckHypervisor {
+    launched: std::sync::atomic::AtomicBool,
+}
+
+impl Hypervisor for StuckHypervisor {
+    type Vm = NeverVm;
+
+    fn check_tee(&self, _tee: TeeKind) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
+    async fn launch(&self, _spec: &VmSpec) -> Result<NeverVm, HypervisorError> {
+        self.launched.store(true, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_start_dropped_during_launch_leaves_no_directory_and_no_qdisc() {
+    let topology = Topology::new("dropped");
+    let state = tempfile::tempdir().expect("tempdir");
+    let hypervisor = StuckHypervisor::default();
+    let config = SandboxConfig {
+        id: "net-2".into(),
+        state_root: state.path().to_path_buf(),
+        kernel: "/nonexistent/vmlinux".into(),
+        initrd: "/nonexistent/initramfs".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        boot_timeout: None,
+        initdata: None,
+        kernel_params: Vec::new(),
+        tee: None,
+        registry_tunnels: Vec::new(),
+        published_ports: Vec::new(),
+        network: Some(NetworkConfig::new(topology.pod_path())),
+        hostname: None,
+    };
+    let dir = state.path().join("sandboxes/net-2");
+    {
+        let start = Sandbox::start(&hypervisor, config);
+        tokio::pin!(start);
+        // Poll until the launch is under way, with the directory claimed and the network
+        // attached; then drop the start as `coffer sandbox run` does on Ctrl-C.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !hypervisor.launched.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the launch never began");
+            let _ = tokio::time::timeout(Duration::from_millis(20), &mut start).await;
+        }
+        assert!(
+            dir.join("owner.json").exists(),
+            "the directory has its owner"
+        );
+        assert!(topology.has_ingress_qdisc("eth0"));
+    }
+    assert!(!dir.exists(), "the dropped start left its directory");
+    assert!(
+        !topology.has_ingress_qdisc("eth0"),
+        "the dropped start left its qdisc"
+    );
+    eventually("the tap to go", || !topology.link_exists("tap0_coffer"));
+    let left: Vec<_> = std::fs::read_dir(state.path().join("sandboxes"))
+        .expect("list")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

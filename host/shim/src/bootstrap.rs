@@ -257,6 +257,7 @@ fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
 async fn delete(flags: &Flags) -> anyhow::Result<api::DeleteResponse> {
     let bundle = bundle_dir(flags)?;
     cleanup::cleanup_bundle(&bundle)
+        .await
         .with_context(|| format!("cleaning up after the shim of {}", flags.id))?;
     // The dead shim's socket.
     if let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE))

@@ -1,15 +1,15 @@
 //! Leaving nothing behind, also after a crash. The serving shim writes a [`Record`] into each
-//! container's bundle before it boots anything; containerd runs `containerd-shim-coffer-v2 …
-//! delete` in that bundle when a shim died without deleting its task (and again after its own
-//! restart), and [`cleanup_bundle`] then unmounts the snapshot and — for the container that owns
-//! the pod VM — kills the VM's processes (found by their working directory on their command line)
-//! and removes the sandbox directory.
+//! container's bundle before it boots anything. The pod VM's processes die with the shim however
+//! it ends (they get SIGKILL when their supervisor does, see `coffer_runtime::gc`); containerd
+//! runs `containerd-shim-coffer-v2 … delete` in the bundle when a shim died without deleting its
+//! task (and again after its own restart), and [`cleanup_bundle`] then unmounts the snapshot and
+//! — for the container that owns the pod VM — removes what the VM left with the runtime's
+//! collector ([`coffer_runtime::gc::remove`]): processes still naming the sandbox directory, the
+//! pod network's qdiscs, the directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use coffer_runtime::gc;
 use serde::{Deserialize, Serialize};
 
 /// The record's file name inside a bundle.
@@ -58,14 +58,9 @@ pub enum CleanupError {
         /// Cause.
         message: String,
     },
-    /// VM processes survived SIGKILL.
-    #[error("VM processes {pids:?} of {dir} did not exit")]
-    Survivors {
-        /// The sandbox directory.
-        dir: PathBuf,
-        /// Their pids.
-        pids: Vec<i32>,
-    },
+    /// What the pod VM left could not be removed.
+    #[error(transparent)]
+    Sandbox(#[from] gc::GcError),
 }
 
 /// Writes `record` into `bundle`.
@@ -107,72 +102,15 @@ pub fn unmount_rootfs(target: &Path) -> Result<(), CleanupError> {
     })
 }
 
-/// Pids of the processes whose command line names a file inside `dir` (QEMU and its vsock
-/// backend name their sockets there).
-pub fn vm_processes(dir: &Path) -> Vec<i32> {
-    let needle = format!("{}/", dir.display());
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| {
-                    String::from_utf8_lossy(&raw)
-                        .replace('\0', " ")
-                        .contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .filter_map(|pid| i32::try_from(pid).ok())
-        .collect()
-}
-
-/// Kills the VM processes of `dir` and waits (up to 5 s) until they are gone.
-pub fn kill_vm_processes(dir: &Path) -> Result<(), CleanupError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids = vm_processes(dir);
-        if pids.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(CleanupError::Survivors {
-                dir: dir.to_path_buf(),
-                pids,
-            });
-        }
-        for pid in pids {
-            tracing::warn!(pid, dir = %dir.display(), "killing orphaned VM process");
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Cleans what a dead shim left for the container whose bundle is `bundle`.
-pub fn cleanup_bundle(bundle: &Path) -> Result<(), CleanupError> {
+pub async fn cleanup_bundle(bundle: &Path) -> Result<(), CleanupError> {
     unmount_rootfs(&bundle.join("rootfs"))?;
     let Some(record) = read_record(bundle)? else {
         return Ok(());
     };
     if record.owns_vm {
-        kill_vm_processes(&record.sandbox_dir)?;
-        match std::fs::remove_dir_all(&record.sandbox_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(CleanupError::Io {
-                    op: "remove",
-                    path: record.sandbox_dir,
-                    source,
-                });
-            }
-        }
+        let removed = gc::remove(&record.sandbox_dir).await?;
+        tracing::info!(sandbox_id = %record.pod_id, %removed, "removed what the pod VM left");
     }
     Ok(())
 }
@@ -194,35 +132,48 @@ mod tests {
         assert_eq!(read_record(dir.path()).unwrap(), Some(record));
     }
 
-    #[test]
-    fn processes_are_found_by_their_directory() {
+    #[tokio::test]
+    async fn cleanup_removes_the_owned_sandbox_and_its_processes_only() {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = dir.path().join("sandboxes/p1");
         std::fs::create_dir_all(&sandbox).unwrap();
         let log = sandbox.join("console.log");
         std::fs::write(&log, "").unwrap();
-        let mut child = std::process::Command::new("tail")
+        let mut vm = std::process::Command::new("tail")
             .arg("-f")
             .arg(&log)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         // Until the child has exec'd, its command line is still ours (the test's): wait for it.
-        let pid = i32::try_from(child.id()).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let found = loop {
-            let found = vm_processes(&sandbox);
-            if !found.is_empty() || std::time::Instant::now() > deadline {
-                break found;
-            }
+        while gc::processes_of(&sandbox).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "tail never ran");
             std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        assert_eq!(found, vec![pid]);
-        // A sibling whose name extends ours is not ours.
-        assert!(vm_processes(&dir.path().join("sandboxes/p")).is_empty());
-        // A killed child is a zombie until reaped; its empty command line no longer matches.
-        kill_vm_processes(&sandbox).unwrap();
-        assert!(!child.wait().unwrap().success());
-        assert!(vm_processes(&sandbox).is_empty());
+        }
+        let member = dir.path().join("member");
+        let owner = dir.path().join("owner");
+        for (bundle, owns_vm) in [(&member, false), (&owner, true)] {
+            std::fs::create_dir_all(bundle).unwrap();
+            write_record(
+                bundle,
+                &Record {
+                    pod_id: "p1".into(),
+                    sandbox_dir: sandbox.clone(),
+                    owns_vm,
+                },
+            )
+            .unwrap();
+        }
+        // A member's bundle leaves the pod VM alone.
+        cleanup_bundle(&member).await.unwrap();
+        assert!(sandbox.exists());
+        assert!(vm.try_wait().unwrap().is_none());
+        // The owner's takes it.
+        cleanup_bundle(&owner).await.unwrap();
+        assert!(!vm.wait().unwrap().success());
+        assert!(!sandbox.exists());
+        // A bundle the shim never wrote a record into has nothing of a VM.
+        cleanup_bundle(dir.path()).await.unwrap();
     }
 }

@@ -4,7 +4,9 @@
 //! socket the runtime copies into `console.log` up to a size limit (a guest flooding its console must
 //! not fill the host's disk).
 //! Both processes get their own process group (a terminal's Ctrl-C reaches only the runtime, which
-//! then tears down in order) and are killed if their handle is dropped.
+//! then tears down in order), are killed if their handle is dropped, and die with the process
+//! that launched them, however it ends (a parent-death signal, see `crate::sys`); so does the
+//! accelerator probe's QEMU.
 
 use std::os::fd::{AsFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -406,7 +408,9 @@ impl Qemu {
         .stderr(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
-        let ok = match cmd.spawn() {
+        // Supervised like the VM's processes: a runtime killed during the probe takes the probe
+        // with it (a KVM that cannot boot the guest would otherwise keep it running for ever).
+        let ok = match ChildSetup::new().spawn(cmd).await {
             Ok(mut child) => {
                 let deadline = Instant::now() + Duration::from_secs(15);
                 let mut seen = false;
@@ -524,7 +528,8 @@ impl Hypervisor for Qemu {
             None => self.resolve_accel(spec).await?,
         };
         let paths = VmPaths::new(&spec.dir);
-        let mut vhost = Command::new(&self.config.vhost_vsock_binary)
+        let mut vhost = Command::new(&self.config.vhost_vsock_binary);
+        vhost
             .arg("--vm")
             .arg(format!(
                 "guest-cid={GUEST_CID},socket={},uds-path={}",
@@ -535,12 +540,15 @@ impl Hypervisor for Qemu {
             .stdout(log_file(&paths.vhost_log)?)
             .stderr(log_file(&paths.vhost_log.with_extension("err"))?)
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| HypervisorError::Spawn {
-                binary: self.config.vhost_vsock_binary.clone(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        let mut vhost =
+            ChildSetup::new()
+                .spawn(vhost)
+                .await
+                .map_err(|source| HypervisorError::Spawn {
+                    binary: self.config.vhost_vsock_binary.clone(),
+                    source,
+                })?;
         self.wait_for_socket(
             &paths.vhost_socket,
             &mut vhost,
@@ -580,14 +588,14 @@ impl Hypervisor for Qemu {
             .stderr(log_file(&paths.qemu_log.with_extension("err"))?)
             .process_group(0)
             .kill_on_drop(true);
-        child.install(&mut command);
-        let spawned = command.spawn();
-        // QEMU has its copies (or failed): ours close now.
-        drop(child);
-        let mut qemu = spawned.map_err(|source| HypervisorError::Spawn {
-            binary: self.config.binary.clone(),
-            source,
-        })?;
+        // QEMU gets its copies of the taps; ours close once it runs (or failed).
+        let mut qemu = child
+            .spawn(command)
+            .await
+            .map_err(|source| HypervisorError::Spawn {
+                binary: self.config.binary.clone(),
+                source,
+            })?;
         let qemu_err = paths.qemu_log.with_extension("err");
         self.wait_for_socket(&paths.qmp_socket, &mut qemu, "qemu", &qemu_err)
             .await?;

@@ -67,7 +67,8 @@ impl Found {
     }
 }
 
-fn link_name(link: &LinkMessage) -> Option<&str> {
+/// A link's name.
+pub(super) fn link_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(name) => Some(name.as_str()),
         _ => None,

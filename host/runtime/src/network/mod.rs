@@ -477,16 +477,50 @@ async fn remove_qdiscs(
     first_error.map_or(Ok(()), Err)
 }
 
+/// What [`collect_stale`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleNetwork {
+    /// The ingress qdiscs (and filters) of the recorded interfaces are gone.
+    Removed,
+    /// A live sandbox has the namespace attached again (one of our taps is there; a tap lives
+    /// only while a VMM or an attaching runtime holds it): its attachment replaced what the
+    /// crash left, and its detach removes it. Nothing was touched.
+    InUse,
+    /// The namespace is gone (CNI deleted it), or its path names another one now.
+    Gone,
+}
+
 /// Removes what an attachment that was never detached left on `interfaces` of the namespace at
 /// `netns` (their ingress qdiscs and filters): for a garbage collector reading a crashed
-/// sandbox's [`NetworkRecord`]. A namespace or interface that is gone is no error.
-pub async fn collect_stale(netns: &Path, interfaces: &[String]) -> Result<(), NetworkError> {
+/// sandbox's [`NetworkRecord`], once the crashed sandbox's VMM is gone. A namespace or interface
+/// that is gone is no error; a namespace a live sandbox has attached again is left alone.
+pub async fn collect_stale(
+    netns: &Path,
+    interfaces: &[String],
+) -> Result<StaleNetwork, NetworkError> {
     let interfaces = interfaces.to_vec();
-    netns::run(netns, Entry::IfStillThere(None), move |handle| {
-        remove_qdiscs(handle, interfaces)
+    let outcome = netns::run(netns, Entry::IfStillThere(None), move |handle| {
+        collect_here(handle, interfaces)
     })
-    .await
-    .map(|_| ())
+    .await?;
+    Ok(outcome.map_or(StaleNetwork::Gone, |(_, outcome)| outcome))
+}
+
+/// The work of [`collect_stale`] inside the namespace.
+async fn collect_here(
+    handle: rtnetlink::Handle,
+    interfaces: Vec<String>,
+) -> Result<StaleNetwork, NetworkError> {
+    let links = netns::links(&handle).await?;
+    if links
+        .iter()
+        .filter_map(describe::link_name)
+        .any(|name| name.ends_with(TAP_SUFFIX))
+    {
+        return Ok(StaleNetwork::InUse);
+    }
+    remove_qdiscs(handle, interfaces).await?;
+    Ok(StaleNetwork::Removed)
 }
 
 impl AttachedNetwork {
@@ -543,6 +577,21 @@ impl AttachedNetwork {
         if removed.is_none() {
             tracing::debug!(netns = %self.netns.display(), "network namespace already gone");
         }
+        tracing::info!(netns = %self.netns.display(), "pod network detached");
+        Ok(())
+    }
+
+    /// [`detach`](Self::detach) for a caller that cannot await (a `Drop` on a cancelled start):
+    /// the same work on a thread of its own, waited for.
+    pub fn detach_blocking(mut self) -> Result<(), NetworkError> {
+        self.attached = false;
+        drop(self.take_taps());
+        let names = self.record().interfaces;
+        netns::run_blocking(
+            self.netns.clone(),
+            Entry::IfStillThere(Some(self.id)),
+            move |handle| remove_qdiscs(handle, names),
+        )?;
         tracing::info!(netns = %self.netns.display(), "pod network detached");
         Ok(())
     }

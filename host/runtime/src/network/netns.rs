@@ -158,6 +158,22 @@ where
         .map_err(|_| NetworkError::Worker(io::Error::other("the namespace worker ended early")))?
 }
 
+/// Runs `work` in the namespace at `path` on a thread of its own and blocks until it is done: for
+/// a caller that cannot await.
+pub fn run_blocking<T, F, Fut>(path: PathBuf, entry: Entry, work: F) -> Outcome<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetworkError>>,
+{
+    std::thread::Builder::new()
+        .name("coffer-netns".into())
+        .spawn(move || run_here(&path, entry, work))
+        .map_err(NetworkError::Worker)?
+        .join()
+        .map_err(|_| NetworkError::Worker(io::Error::other("the namespace worker panicked")))?
+}
+
 /// Starts `work` in the namespace at `path` on a thread of its own and does not wait: for
 /// best-effort clean-up from `Drop`. Failures are logged.
 pub fn run_detached<F, Fut>(path: PathBuf, entry: Entry, work: F)
