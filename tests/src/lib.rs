@@ -408,3 +408,43 @@ fn print_console_tail(message: &str) {
         }
     }
 }
+
+/// A pod manifest (user 1000) whose one container `app` runs `sh -c script` from `image` with the
+/// workload identity at `/run/spiffe` (SPIFFE ID `ns/<namespace>/sa/<account>`) and its output
+/// readable by the host, dropping `NET_RAW` as a confidential pod's containers must (containerd's
+/// default set has it, the confidential policy's does not).
+pub fn identity_pod(
+    name: &str,
+    namespace: &str,
+    account: &str,
+    image: &str,
+    script: &str,
+) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  annotations:
+    coffer.dev/allow-logs: "true"
+    coffer.dev/workload-identity.app: /run/spiffe
+spec:
+  serviceAccountName: {account}
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+  containers:
+    - name: app
+      image: {image}
+      command: ["/bin/sh", "-c", "{script}"]
+      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
+      securityContext: {{capabilities: {{drop: [NET_RAW]}}}}
+"#,
+        script = yaml_quoted(script),
+        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
+    )
+}
+
+/// `s` escaped for a YAML double-quoted scalar.
+pub fn yaml_quoted(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}

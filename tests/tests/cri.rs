@@ -37,7 +37,7 @@ use coffer_tests::cri::{self, v1};
 use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker, TRUST_DOMAIN};
 use coffer_tests::netns::{Forwarder, NetNs};
 use coffer_tests::registry::Registry;
-use coffer_tests::{Suite, case, coffer, eventually};
+use coffer_tests::{Suite, case, coffer, eventually, identity_pod};
 
 /// A handler whose runtime config (CRI's `options.ConfigPath`) asks for guest pull, as the TEE
 /// handlers' do.
@@ -731,7 +731,7 @@ fn mesh_mtls(ctx: &Ctx, pods: &mut Vec<String>) -> anyhow::Result<()> {
                  account: &str,
                  script: &str|
      -> anyhow::Result<(String, v1::PodSandboxConfig)> {
-        let yaml = mesh_pod(name, namespace, account, &image, script);
+        let yaml = identity_pod(name, namespace, account, &image, script);
         let manifest = ctx.work.join(format!("{name}-pod.yaml"));
         std::fs::write(&manifest, yaml)?;
         let out = ctx
@@ -818,44 +818,16 @@ fn mesh_mtls(ctx: &Ctx, pods: &mut Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pod manifest of a mesh side: one container `app` (user 1000, NET_RAW dropped as a
-/// confidential pod's containers must) running `sh -c script` with the workload identity at
-/// `/run/spiffe`, SPIFFE ID `ns/<namespace>/sa/<account>`.
-fn mesh_pod(name: &str, namespace: &str, account: &str, image: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {namespace}
-  annotations:
-    coffer.dev/allow-logs: "true"
-    coffer.dev/workload-identity.app: /run/spiffe
-spec:
-  serviceAccountName: {account}
-  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
-  containers:
-    - name: app
-      image: {image}
-      command: ["/bin/sh", "-c", "{script}"]
-      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
-      securityContext: {{capabilities: {{drop: [NET_RAW]}}}}
-"#,
-        path = MESH_PATH,
-    )
-}
-
-/// The `PATH` of the mesh pods' containers.
-const MESH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The CRI container config the kubelet makes of [`mesh_pod`]'s container.
+/// The CRI container config the kubelet makes of [`identity_pod`]'s container.
 fn mesh_container(image: &str, script: &str) -> v1::ContainerConfig {
     let mut config = Cluster::container_config("app", image, script);
     config.command = vec!["/bin/sh".into(), "-c".into(), script.into()];
     config.envs = vec![
         v1::KeyValue {
             key: "PATH".into(),
-            value: MESH_PATH.into(),
+            value: coffer_runtime::spec::DEFAULT_ENV[0]
+                .trim_start_matches("PATH=")
+                .into(),
         },
         v1::KeyValue {
             key: "HOME".into(),

@@ -13,7 +13,9 @@ use coffer_policies::initdata::{Algorithm, Entry, Initdata};
 use coffer_tests::kbs::{ALLOW_SAMPLE_POLICY, Broker, TRUST_DOMAIN};
 use coffer_tests::netns::{Forwarder, NetNs, veth_pair};
 use coffer_tests::registry::Registry;
-use coffer_tests::{Suite, assert_nothing_left, case, coffer, guest_image};
+use coffer_tests::{
+    Suite, assert_nothing_left, case, coffer, guest_image, identity_pod, yaml_quoted,
+};
 
 struct Ctx {
     image_dir: PathBuf,
@@ -1085,32 +1087,6 @@ stringData: {{db: "sealed.kbs:///default/secret/db"}}
     suite.finish()
 }
 
-/// A pod (user 1000) whose one container `app` runs `sh -c script` with the workload identity
-/// at `/run/spiffe`: SPIFFE ID `ns/<namespace>/sa/<account>`.
-fn identity_pod(name: &str, namespace: &str, account: &str, image: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {namespace}
-  annotations:
-    coffer.dev/allow-logs: "true"
-    coffer.dev/workload-identity.app: /run/spiffe
-spec:
-  serviceAccountName: {account}
-  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
-  containers:
-    - name: app
-      image: {image}
-      command: ["/bin/sh", "-c", "{script}"]
-      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
-"#,
-        script = yaml_quoted(script),
-        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
-    )
-}
-
 /// A `coffer sandbox run` in the background, its stdout lines arriving on a channel; stopped
 /// (SIGTERM, which tears the sandbox down) when dropped.
 struct Background {
@@ -1220,11 +1196,6 @@ fn identity_pod_yaml(image: &str, script: &str) -> String {
         path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
     ));
     yaml
-}
-
-/// `s` escaped for a YAML double-quoted scalar.
-fn yaml_quoted(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 fn mesh_mtls(ctx: &Ctx, registry: &Registry, broker: &Broker) -> anyhow::Result<()> {
