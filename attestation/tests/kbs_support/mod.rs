@@ -283,25 +283,6 @@ impl TestKbs {
     }
 }
 
-/// Sends raw bytes over TCP (HTTP only) and returns the status code and body, so that paths
-/// reach the server exactly as written (no client-side normalization).
-pub async fn raw_request(url: &str, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
-}
-
 /// The SPKI PEM (RFC 8410) of an Ed25519 key pair, as `openssl pkey -pubout` writes it.
 pub fn ed25519_spki_pem(pair: &ring::signature::Ed25519KeyPair) -> String {
     use ring::signature::KeyPair as _;
