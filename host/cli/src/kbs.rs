@@ -1,21 +1,37 @@
-//! `coffer kbs get-resource`: attest to a key broker (KBS protocol 0.4.0) and print one resource.
+//! `coffer kbs …`: the key broker (KBS protocol 0.4.0) from a client's side.
 //!
-//! Runs where the evidence comes from: inside a TEE guest (`--tee snp|tdx`, or detection), or
-//! anywhere with development-only sample evidence (`--tee sample`, which a broker refuses unless it
-//! explicitly enables sample evidence and its policy admits it).
+//! - `get-resource`: attest and print one resource. Runs where the evidence comes from: inside a
+//!   TEE guest (`--tee snp|tdx`, or detection), or anywhere with development-only sample evidence
+//!   (`--tee sample`, which a broker refuses unless it explicitly enables sample evidence and its
+//!   policy admits it).
+//! - `check`: the conformance and hostile-input check of any KBS 0.4.0 broker
+//!   (`coffer_attestation::kbs::check`): one line per case, a summary; exit 1 when a case failed.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use coffer_attestation::attester::AttesterKind;
+use coffer_attestation::attester::{Attester, AttesterKind, attester_for};
+use coffer_attestation::kbs::check::{self, CheckConfig};
 use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KeyKind, fetch_resource};
+use zeroize::Zeroizing;
+
+/// Exit code of `kbs check` when a case failed.
+pub const EXIT_CHECK_FAILED: u8 = 1;
 
 #[derive(Debug, Subcommand)]
 pub enum KbsCommand {
     /// Attest and print the resource at repo/type/tag to stdout.
     GetResource(GetResourceArgs),
+    /// Check a KBS 0.4.0 broker (coffer-kbs, Trustee): protocol conformance, and the hostile
+    /// requests it must refuse (replays, crossed sessions, swapped keys, report_data mismatch,
+    /// a switched TEE, path traversal, oversized bodies, admin writes without a token). One line
+    /// per case (pass, FAIL, n/a with the reason) and a summary; exit 0 when no case failed, 1
+    /// when one did.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,8 +68,100 @@ pub struct GetResourceArgs {
     bearer: bool,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CheckTeeArg {
+    /// Development-only sample evidence (works anywhere; the broker must accept it for the
+    /// cases that need accepted evidence).
+    Sample,
+    /// SEV-SNP evidence (inside an SNP guest).
+    Snp,
+    /// TDX evidence (inside a TDX guest).
+    Tdx,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Broker URL, e.g. https://kbs.example:8080.
+    #[arg(long)]
+    url: String,
+    /// PEM CA certificate(s) for the broker's HTTPS certificate (no system roots are used).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// A resource repo/type/tag the broker releases to the evidence used: the JWE cases fetch
+    /// and decrypt it.
+    #[arg(long)]
+    resource: Option<String>,
+    /// File holding an admin token (a JWT the broker's admin key verifies): the check then writes
+    /// the resource coffer-check/probe/1 and fetches it (and decrypts it to what it wrote).
+    #[arg(long, value_name = "FILE")]
+    admin_token: Option<PathBuf>,
+    /// Evidence source.
+    #[arg(long, value_enum, default_value = "sample")]
+    tee: CheckTeeArg,
+    /// The broker is a development broker that accepts sample evidence on purpose: a resource
+    /// released to sample evidence is then not a failure.
+    #[arg(long)]
+    allow_sample: bool,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub async fn run(command: KbsCommand) -> anyhow::Result<u8> {
-    let KbsCommand::GetResource(args) = command;
+    match command {
+        KbsCommand::GetResource(args) => get_resource(args).await,
+        KbsCommand::Check(args) => check(args).await,
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<u8> {
+    let attester: Arc<dyn Attester> = Arc::from(
+        attester_for(match args.tee {
+            CheckTeeArg::Sample => AttesterKind::Sample,
+            CheckTeeArg::Snp => AttesterKind::Snp,
+            CheckTeeArg::Tdx => AttesterKind::Tdx,
+        })
+        .context("the evidence source")?,
+    );
+    let mut config = CheckConfig::new(args.url.clone(), attester);
+    if let Some(path) = &args.cert {
+        config.ca_cert_pem =
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    if let Some(resource) = &args.resource {
+        config.resource = Some(
+            resource
+                .parse()
+                .with_context(|| format!("--resource {resource:?}"))?,
+        );
+    }
+    if let Some(path) = &args.admin_token {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        config.admin_token = Some(Zeroizing::new(text.trim().to_owned()));
+    }
+    config.allow_sample = args.allow_sample;
+    config.timeout = Duration::from_secs(args.timeout.max(1));
+    let report = check::run(config)
+        .await
+        .with_context(|| format!("checking {}", args.url))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.failed == 0 {
+        0
+    } else {
+        EXIT_CHECK_FAILED
+    })
+}
+
+async fn get_resource(args: GetResourceArgs) -> anyhow::Result<u8> {
     let mut config = ClientConfig::new(args.url.clone());
     if let Some(path) = &args.cert {
         config.ca_cert_pem =
