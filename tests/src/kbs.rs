@@ -125,6 +125,11 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stores another resource at `path` (repo/type/tag).
     pub fn put(&self, path: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let file = self.resources.join(path);

@@ -3,7 +3,8 @@
 //! resource policy admits it; under the shipped default policy nothing is released (KBS-04).
 //! `coffer kbs check` against the same brokers: every case reported, none failing against a
 //! correctly configured `coffer-kbs`, and the expected failures (exit 1) against one whose
-//! policy allows everything and whose admin API takes anonymous writes.
+//! policy allows everything and whose admin API takes anonymous writes. `coffer kbs load` prints
+//! its figures against one.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -168,6 +169,60 @@ fn main() -> ExitCode {
                 "failed: {failed:?}\n{text}"
             );
             ensure!(text.contains("2 failed"), "{text}");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "load_prints_the_figures",
+        (|| {
+            let broker = coffer_tests::kbs::Broker::start(
+                dir,
+                "load",
+                Some(coffer_tests::kbs::ALLOW_SAMPLE_POLICY),
+                SECRET,
+            )?;
+            let pid = broker.pid().to_string();
+            let out = Command::new(coffer())
+                .args(["kbs", "load", "--url", &broker.url, "-c", "4", "-n", "40"])
+                .args([
+                    "--resource",
+                    "default/key/1",
+                    "--server-pid",
+                    &pid,
+                    "--nstat",
+                ])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(out.status.code() == Some(0), "{out:?}\n{text}");
+            ensure!(text.contains("40 handshakes ok, 0 failed"), "{text}");
+            ensure!(text.contains("handshakes/s"), "{text}");
+            ensure!(text.contains("latency ms: p50"), "{text}");
+            ensure!(text.contains(&format!("server pid {pid}: cpu")), "{text}");
+            ensure!(text.contains("kernel: ListenOverflows"), "{text}");
+            // A resource the broker does not have: every handshake fails, counted by kind.
+            let out = Command::new(coffer())
+                .args([
+                    "kbs",
+                    "load",
+                    "--url",
+                    &broker.url,
+                    "-c",
+                    "2",
+                    "-n",
+                    "4",
+                    "--json",
+                ])
+                .args(["--resource", "default/key/missing"])
+                .output()?;
+            ensure!(out.status.code() == Some(1), "{out:?}");
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            ensure!(report["failed"] == 4, "{report}");
+            ensure!(
+                report["errors"]["refused:resource:ResourceNotFound"] == 4,
+                "{report}"
+            );
             Ok(())
         })()
     );

@@ -6,6 +6,8 @@
 //!   policy admits it).
 //! - `check`: the conformance and hostile-input check of any KBS 0.4.0 broker
 //!   (`coffer_attestation::kbs::check`): one line per case, a summary; exit 1 when a case failed.
+//! - `load`: the load generator `coffer_attestation::kbs::load` (the same code and command line
+//!   as `kbs-load`); exit 1 when a handshake failed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,10 +19,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use coffer_attestation::attester::{Attester, AttesterKind, attester_for};
 use coffer_attestation::kbs::check::{self, CheckConfig};
 use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KeyKind, fetch_resource};
+use coffer_attestation::kbs::load::{self, LoadArgs};
 use zeroize::Zeroizing;
 
-/// Exit code of `kbs check` when a case failed.
-pub const EXIT_CHECK_FAILED: u8 = 1;
+/// Exit code when what was checked failed: a `kbs check` case, a `kbs load` handshake.
+pub const EXIT_FAILED: u8 = 1;
 
 #[derive(Debug, Subcommand)]
 pub enum KbsCommand {
@@ -32,6 +35,12 @@ pub enum KbsCommand {
     /// per case (pass, FAIL, n/a with the reason) and a summary; exit 0 when no case failed, 1
     /// when one did.
     Check(CheckArgs),
+    /// Drive a KBS 0.4.0 broker with `-c` concurrent clients, one fresh handshake each (auth,
+    /// attest with sample evidence, one resource), until `-n` handshakes or `--duration`: prints
+    /// handshakes/s, latency percentiles and failures by kind; with `--server-pid` the broker's
+    /// CPU per handshake and RSS. The broker must accept sample evidence and release
+    /// `--resource` to it. Exit 1 when a handshake failed. (The same as `kbs-load`.)
+    Load(LoadArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,6 +123,12 @@ pub async fn run(command: KbsCommand) -> anyhow::Result<u8> {
     match command {
         KbsCommand::GetResource(args) => get_resource(args).await,
         KbsCommand::Check(args) => check(args).await,
+        KbsCommand::Load(args) => {
+            let report = load::command(&args)
+                .await
+                .with_context(|| format!("load on {}", args.url))?;
+            Ok(if report.failed == 0 { 0 } else { EXIT_FAILED })
+        }
     }
 }
 
@@ -154,11 +169,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
     } else {
         print!("{report}");
     }
-    Ok(if report.failed == 0 {
-        0
-    } else {
-        EXIT_CHECK_FAILED
-    })
+    Ok(if report.failed == 0 { 0 } else { EXIT_FAILED })
 }
 
 async fn get_resource(args: GetResourceArgs) -> anyhow::Result<u8> {
