@@ -280,7 +280,7 @@ async fn a_broker_without_the_testing_section_refuses_the_same_evidence_at_the_c
     )
     .await;
     assert!(
-        detail.contains("root other than the embedded Intel SGX Root CA"),
+        detail.contains("is not a trusted root (the embedded Intel SGX Root CA)"),
         "{detail}"
     );
 }

@@ -4,7 +4,9 @@
 //! `coffer kbs check` against the same brokers: every case reported, none failing against a
 //! correctly configured `coffer-kbs`, and the expected failures (exit 1) against one whose
 //! policy allows everything and whose admin API takes anonymous writes. `coffer kbs load` prints
-//! its figures against one.
+//! its figures against one. Evidence forged with a test chain (`coffer attestation testing-ca`)
+//! through a `coffer-kbs` whose `[testing]` section trusts it: the pinned measurement gets the
+//! resource, a wrong field is refused naming it, and without the section nothing is accepted.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -223,6 +225,106 @@ fn main() -> ExitCode {
                 report["errors"]["refused:resource:ResourceNotFound"] == 4,
                 "{report}"
             );
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "forged_evidence_through_coffer_kbs_with_a_testing_section",
+        (|| {
+            let chain = dir.join("test-chain");
+            let o = Command::new(coffer())
+                .args(["attestation", "testing-ca", "--out"])
+                .arg(&chain)
+                .output()?;
+            ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let m = "5a".repeat(48);
+            let reference = format!(
+                "\n[attestation.snp]\nmeasurements = [\"{m}\"]\n\
+                 [attestation.snp.min_reported_tcb]\nbootloader = 4\n\
+                 [attestation.tdx]\nmr_td = [\"{m}\"]\ncollateral = {:?}\n",
+                chain.join("tdx/collateral").display().to_string()
+            );
+            let testing = format!(
+                "{reference}[testing]\nca_dir = {:?}\n",
+                chain.display().to_string()
+            );
+            // The shipped default policy: affirming, non-sample evidence only.
+            let broker = coffer_tests::kbs::Broker::start_with_config(
+                dir, "testing", None, SECRET, &testing,
+            )?;
+            let get = |url: &str, tee: &str, fields: &[&str]| {
+                Command::new(coffer())
+                    .args([
+                        "kbs",
+                        "get-resource",
+                        "--url",
+                        url,
+                        "--path",
+                        "default/key/1",
+                    ])
+                    .args(["--tee", tee, "--testing-ca"])
+                    .arg(&chain)
+                    .args(fields)
+                    .output()
+            };
+            for tee in ["snp", "tdx"] {
+                let out = get(&broker.url, tee, &["--measurement", &m])?;
+                ensure!(
+                    out.status.success() && out.stdout == SECRET,
+                    "{tee}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let other = "5b".repeat(48);
+            for (tee, fields, reason) in [
+                (
+                    "snp",
+                    vec!["--measurement", &other],
+                    "is not an allowed reference value",
+                ),
+                ("snp", vec!["--measurement", &m, "--debug"], "debug allowed"),
+                (
+                    "snp",
+                    vec!["--measurement", &m, "--tcb", "bootloader=3"],
+                    "bootloader is 3, below minimum 4",
+                ),
+                ("tdx", vec!["--measurement", &other], "mr_td"),
+                ("tdx", vec!["--measurement", &m, "--debug"], "Debug"),
+            ] {
+                let out = get(&broker.url, tee, &fields)?;
+                let err = String::from_utf8_lossy(&out.stderr);
+                ensure!(out.status.code() == Some(125), "{tee} {fields:?}: {out:?}");
+                ensure!(out.stdout.is_empty(), "{tee} {fields:?}: released");
+                ensure!(err.contains(reason), "{tee} {fields:?}: {err}");
+            }
+            let log = std::fs::read_to_string(&broker.log)?;
+            ensure!(log.contains("TESTING CHAIN TRUSTED"), "{log}");
+            // The same reference values without [testing]: the same evidence is refused.
+            let plain = coffer_tests::kbs::Broker::start_with_config(
+                dir,
+                "no-testing",
+                None,
+                SECRET,
+                &reference,
+            )?;
+            let out = get(&plain.url, "snp", &["--measurement", &m])?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(125) && out.stdout.is_empty(),
+                "{out:?}"
+            );
+            ensure!(err.contains("is not an embedded AMD ASK or ASVK"), "{err}");
+            let out = get(&plain.url, "tdx", &["--measurement", &m])?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(125) && out.stdout.is_empty(),
+                "{out:?}"
+            );
+            ensure!(err.contains("is not a trusted root"), "{err}");
+            let log = std::fs::read_to_string(&plain.log)?;
+            ensure!(!log.contains("TESTING CHAIN"), "{log}");
             Ok(())
         })()
     );

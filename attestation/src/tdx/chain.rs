@@ -115,10 +115,9 @@ pub fn verify_pck_chain_in(
             .to_der()
             .map_err(|e| format_err(CertRole::Root, e))?;
         if der != root_der {
-            return Err(format_err(
-                CertRole::Root,
-                "the quote carries a root other than the embedded Intel SGX Root CA",
-            ));
+            return Err(TdxError::UntrustedRoot {
+                subject: carried.tbs_certificate.subject.to_string(),
+            });
         }
     }
     check_issued_by(ca, CertRole::PckCa, &root, CertRole::Root)?;

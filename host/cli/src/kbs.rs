@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use coffer_attestation::attester::{Attester, AttesterKind, attester_for};
 use coffer_attestation::kbs::check::{self, CheckConfig};
-use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KeyKind, fetch_resource};
+use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KbsClient, KeyKind, fetch_resource};
 use coffer_attestation::kbs::load::{self, LoadArgs};
 use zeroize::Zeroizing;
 
@@ -75,6 +75,13 @@ pub struct GetResourceArgs {
     /// Send the token as `Authorization: Bearer` instead of the session cookie.
     #[arg(long)]
     bearer: bool,
+    /// Forge the `--tee snp|tdx` evidence with the test chain in DIR (`coffer attestation
+    /// testing-ca`), with the fields below: for a broker whose [testing] section trusts it
+    /// (development and CI only).
+    #[arg(long, value_name = "DIR")]
+    testing_ca: Option<PathBuf>,
+    #[command(flatten, next_help_heading = "Forged evidence (with --testing-ca)")]
+    fields: crate::forge::FieldArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -184,15 +191,36 @@ async fn get_resource(args: GetResourceArgs) -> anyhow::Result<u8> {
     if args.bearer {
         config.auth = AuthMode::Bearer;
     }
-    let tee = match args.tee {
-        TeeArg::Detect => AttesterKind::Detect,
-        TeeArg::Snp => AttesterKind::Snp,
-        TeeArg::Tdx => AttesterKind::Tdx,
-        TeeArg::Sample => AttesterKind::Sample,
-    };
-    let resource = fetch_resource(config, tee, &args.path)
-        .await
-        .with_context(|| format!("fetching {} from {}", args.path, args.url))?;
+    let resource = match &args.testing_ca {
+        Some(ca) => {
+            let tee = match args.tee {
+                TeeArg::Snp => crate::attestation::Tee::Snp,
+                TeeArg::Tdx => crate::attestation::Tee::Tdx,
+                TeeArg::Detect | TeeArg::Sample => {
+                    anyhow::bail!("--testing-ca forges --tee snp or --tee tdx evidence")
+                }
+            };
+            let attester: Arc<dyn Attester> = Arc::new(args.fields.attester(tee, ca)?);
+            let path = args
+                .path
+                .parse()
+                .with_context(|| format!("--path {:?}", args.path))?;
+            KbsClient::new(config, attester)?.get_resource(&path).await
+        }
+        None => {
+            if args.fields != crate::forge::FieldArgs::default() {
+                anyhow::bail!("the evidence fields need --testing-ca");
+            }
+            let tee = match args.tee {
+                TeeArg::Detect => AttesterKind::Detect,
+                TeeArg::Snp => AttesterKind::Snp,
+                TeeArg::Tdx => AttesterKind::Tdx,
+                TeeArg::Sample => AttesterKind::Sample,
+            };
+            fetch_resource(config, tee, &args.path).await
+        }
+    }
+    .with_context(|| format!("fetching {} from {}", args.path, args.url))?;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(resource.expose())
