@@ -301,6 +301,31 @@ fn main() -> ExitCode {
             }
             let log = std::fs::read_to_string(&broker.log)?;
             ensure!(log.contains("TESTING CHAIN TRUSTED"), "{log}");
+            // `kbs check` with forged evidence: every hostile case runs against the default
+            // policy, no sample evidence needed.
+            let out = Command::new(coffer())
+                .args([
+                    "kbs",
+                    "check",
+                    "--url",
+                    &broker.url,
+                    "--resource",
+                    "default/key/1",
+                ])
+                .args(["--tee", "snp", "--testing-ca"])
+                .arg(&chain)
+                .args(["--measurement", &m])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(out.status.code() == Some(0), "{out:?}\n{text}");
+            ensure!(text.contains("(evidence: snp)"), "{text}");
+            for id in ["replayed-nonce", "swapped-tee-key", "report-data-mismatch"] {
+                ensure!(
+                    text.lines()
+                        .any(|l| l.starts_with("pass") && l.contains(id)),
+                    "{id}: {text}"
+                );
+            }
             // The same reference values without [testing]: the same evidence is refused.
             let plain = coffer_tests::kbs::Broker::start_with_config(
                 dir,

@@ -11,9 +11,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use coffer_attestation::kbs::load::{LoadArgs, command};
 
-/// Load generator for KBS 0.4.0 brokers.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "Load generator for KBS 0.4.0 brokers (the same as `coffer kbs load`)"
+)]
 struct Args {
     #[command(flatten)]
     load: LoadArgs,

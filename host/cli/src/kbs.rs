@@ -114,6 +114,13 @@ pub struct CheckArgs {
     /// Evidence source.
     #[arg(long, value_enum, default_value = "sample")]
     tee: CheckTeeArg,
+    /// Forge the `--tee snp|tdx` evidence with the test chain in DIR (`coffer attestation
+    /// testing-ca`), with the fields below: checks a broker configured as in production plus a
+    /// [testing] section trusting that chain, hostile cases included, without TEE hardware.
+    #[arg(long, value_name = "DIR")]
+    testing_ca: Option<PathBuf>,
+    #[command(flatten, next_help_heading = "Forged evidence (with --testing-ca)")]
+    fields: crate::forge::FieldArgs,
     /// The broker is a development broker that accepts sample evidence on purpose: a resource
     /// released to sample evidence is then not a failure.
     #[arg(long)]
@@ -140,14 +147,30 @@ pub async fn run(command: KbsCommand) -> anyhow::Result<u8> {
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let attester: Arc<dyn Attester> = Arc::from(
-        attester_for(match args.tee {
-            CheckTeeArg::Sample => AttesterKind::Sample,
-            CheckTeeArg::Snp => AttesterKind::Snp,
-            CheckTeeArg::Tdx => AttesterKind::Tdx,
-        })
-        .context("the evidence source")?,
-    );
+    let attester: Arc<dyn Attester> = match (&args.testing_ca, args.tee) {
+        (Some(ca), CheckTeeArg::Snp) => {
+            Arc::new(args.fields.attester(crate::attestation::Tee::Snp, ca)?)
+        }
+        (Some(ca), CheckTeeArg::Tdx) => {
+            Arc::new(args.fields.attester(crate::attestation::Tee::Tdx, ca)?)
+        }
+        (Some(_), CheckTeeArg::Sample) => {
+            anyhow::bail!("--testing-ca forges --tee snp or --tee tdx evidence")
+        }
+        (None, tee) => {
+            if args.fields != crate::forge::FieldArgs::default() {
+                anyhow::bail!("the evidence fields need --testing-ca");
+            }
+            Arc::from(
+                attester_for(match tee {
+                    CheckTeeArg::Sample => AttesterKind::Sample,
+                    CheckTeeArg::Snp => AttesterKind::Snp,
+                    CheckTeeArg::Tdx => AttesterKind::Tdx,
+                })
+                .context("the evidence source")?,
+            )
+        }
+    };
     let mut config = CheckConfig::new(args.url.clone(), attester);
     if let Some(path) = &args.cert {
         config.ca_cert_pem =
