@@ -11,108 +11,60 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
-use coffer_attestation::kbs::binding;
+use coffer_attestation::attester::SampleAttester;
 use coffer_attestation::kbs::jwe::TeeKeyPair;
 use coffer_attestation::kbs::jwt::TokenSigner;
+use coffer_attestation::kbs::probe::{self, Credential, Probe, Reply};
 use coffer_attestation::kbs::server::verify::{
     EvidenceVerifier, SnpSettings, TdxSettings, VerifyError, digest_init_data,
 };
-use coffer_attestation::kbs::types::{InitData, RuntimeData, Tee};
-use kbs_support::{Options, TestKbs, now, raw_request, start};
+use coffer_attestation::kbs::types::{InitData, Tee};
+use kbs_support::{Options, TestKbs, now, start};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"top-secret-resource";
 
-struct Reply {
-    status: u16,
-    cookie: Option<String>,
-    body: Value,
-}
-
-async fn post(kbs: &TestKbs, path: &str, cookie: Option<&str>, body: String) -> Reply {
-    let mut req = kbs
-        .http()
-        .post(format!("{}{path}", kbs.url))
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(c) = cookie {
-        req = req.header("cookie", format!("kbs-session-id={c}"));
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .and_then(|v| v.strip_prefix("kbs-session-id="))
-        .map(str::to_owned);
-    let bytes = r.bytes().await.unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Reply {
-        status,
-        cookie,
-        body,
-    }
+/// The broker's hand-made requests go through the library's probe (the same requests
+/// `coffer kbs check` sends).
+fn probe_of(kbs: &TestKbs) -> Probe {
+    Probe::new(&kbs.url, kbs.ca_pem.as_deref()).unwrap()
 }
 
 async fn auth(kbs: &TestKbs, tee: &str) -> Reply {
-    post(
-        kbs,
-        "/kbs/v0/auth",
-        None,
-        json!({"version": "0.4.0", "tee": tee, "extra-params": {}}).to_string(),
-    )
-    .await
+    probe_of(kbs).auth(tee).await.unwrap()
+}
+
+async fn auth_raw(kbs: &TestKbs, body: String) -> Reply {
+    probe_of(kbs).auth_raw(body.into_bytes()).await.unwrap()
+}
+
+async fn attest(kbs: &TestKbs, cookie: Option<&str>, body: String) -> Reply {
+    probe_of(kbs).attest(cookie, body).await.unwrap()
 }
 
 /// A correct sample attestation body for `nonce` and `key`.
 fn attest_body(nonce: &str, key: &TeeKeyPair) -> Value {
-    let runtime = RuntimeData {
-        nonce: nonce.to_owned(),
-        tee_pubkey: key.public_jwk(),
-    };
-    let rd = binding::report_data(&runtime, "");
-    json!({
-        "init-data": null,
-        "runtime-data": runtime,
-        "tee-evidence": {"primary_evidence": {"svn": "1", "report_data": B64.encode(rd)},
-                         "additional_evidence": ""},
-    })
+    probe::attestation(nonce, key, &SampleAttester::default()).unwrap()
 }
 
 async fn get(kbs: &TestKbs, path: &str, cookie: Option<&str>, bearer: Option<&str>) -> Reply {
-    let mut req = kbs
-        .http()
-        .get(format!("{}/kbs/v0/resource/{path}", kbs.url));
-    if let Some(c) = cookie {
-        req = req.header("cookie", format!("kbs-session-id={c}"));
-    }
-    if let Some(t) = bearer {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let bytes = r.bytes().await.unwrap();
-    Reply {
-        status,
-        cookie: None,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    let credential = match (cookie, bearer) {
+        (Some(c), _) => Credential::Cookie(c),
+        (None, Some(t)) => Credential::Bearer(t),
+        (None, None) => Credential::None,
+    };
+    probe_of(kbs).resource(path, credential).await.unwrap()
 }
 
-fn kind(r: &Reply) -> &str {
-    r.body["type"]
-        .as_str()
-        .and_then(|t| t.rsplit('/').next())
-        .unwrap_or("")
+fn nonce(r: &Reply) -> String {
+    r.json()["nonce"].as_str().unwrap().to_owned()
 }
 
 /// A refusal: 401 problem JSON, and certainly no JWE.
 fn assert_refused(r: &Reply, expected_kind: &str) {
-    assert_eq!(r.status, 401, "{:?}", r.body);
-    assert_eq!(kind(r), expected_kind, "{:?}", r.body);
-    assert!(r.body.get("ciphertext").is_none());
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.kind().as_deref(), Some(expected_kind), "{r:?}");
+    assert!(!r.is_jwe());
 }
 
 async fn open_kbs(opts: Options) -> TestKbs {
@@ -126,20 +78,15 @@ async fn kbs01_replayed_nonce_and_second_attest_on_a_session_refused() {
     let kbs = open_kbs(Options::default()).await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let cookie = a.cookie.unwrap();
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
-    assert_eq!(
-        post(&kbs, "/kbs/v0/attest", Some(&cookie), body.clone())
-            .await
-            .status,
-        200
-    );
+    let cookie = a.cookie.clone().unwrap();
+    let body = attest_body(&nonce(&a), &key).to_string();
+    assert_eq!(attest(&kbs, Some(&cookie), body.clone()).await.status, 200);
     // The nonce is single use: the same evidence again on the same session is refused.
-    let again = post(&kbs, "/kbs/v0/attest", Some(&cookie), body.clone()).await;
+    let again = attest(&kbs, Some(&cookie), body.clone()).await;
     assert_refused(&again, "AttestationError");
     // Same evidence on a new session (new nonce) is refused too.
     let b = auth(&kbs, "sample").await;
-    let replay = post(&kbs, "/kbs/v0/attest", b.cookie.as_deref(), body).await;
+    let replay = attest(&kbs, b.cookie.as_deref(), body).await;
     assert_refused(&replay, "AttestationError");
     assert_refused(
         &get(&kbs, "default/key/1", b.cookie.as_deref(), None).await,
@@ -157,8 +104,8 @@ async fn kbs01_stale_nonce_after_session_timeout_refused() {
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
-    let r = post(&kbs, "/kbs/v0/attest", a.cookie.as_deref(), body).await;
+    let body = attest_body(&nonce(&a), &key).to_string();
+    let r = attest(&kbs, a.cookie.as_deref(), body).await;
     assert_refused(&r, "AttestationError");
 }
 
@@ -168,13 +115,13 @@ async fn kbs01_attest_without_cookie_or_with_other_sessions_nonce_refused() {
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
     let b = auth(&kbs, "sample").await;
-    let body_a = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
+    let body_a = attest_body(&nonce(&a), &key).to_string();
     assert_refused(
-        &post(&kbs, "/kbs/v0/attest", None, body_a.clone()).await,
+        &attest(&kbs, None, body_a.clone()).await,
         "AttestationError",
     );
     // Evidence for session A presented on session B.
-    let cross = post(&kbs, "/kbs/v0/attest", b.cookie.as_deref(), body_a).await;
+    let cross = attest(&kbs, b.cookie.as_deref(), body_a).await;
     assert_refused(&cross, "AttestationError");
     assert_refused(
         &get(&kbs, "default/key/1", b.cookie.as_deref(), None).await,
@@ -187,15 +134,13 @@ async fn kbs01_concurrent_attests_on_one_cookie_exactly_one_wins() {
     let kbs = std::sync::Arc::new(open_kbs(Options::default()).await);
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let cookie = a.cookie.unwrap();
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
+    let cookie = a.cookie.clone().unwrap();
+    let body = attest_body(&nonce(&a), &key).to_string();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (kbs, cookie, body) = (kbs.clone(), cookie.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            post(&kbs, "/kbs/v0/attest", Some(&cookie), body)
-                .await
-                .status
+            attest(&kbs, Some(&cookie), body).await.status
         }));
     }
     let mut ok = 0;
@@ -213,15 +158,9 @@ async fn kbs02_swapped_tee_pubkey_and_tampered_report_data_refused() {
     let bound = TeeKeyPair::generate_ec();
     let attacker = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let mut body = attest_body(a.body["nonce"].as_str().unwrap(), &bound);
+    let mut body = attest_body(&nonce(&a), &bound);
     body["runtime-data"]["tee-pubkey"] = serde_json::to_value(attacker.public_jwk()).unwrap();
-    let r = post(
-        &kbs,
-        "/kbs/v0/attest",
-        a.cookie.as_deref(),
-        body.to_string(),
-    )
-    .await;
+    let r = attest(&kbs, a.cookie.as_deref(), body.to_string()).await;
     assert_refused(&r, "AttestationError");
     assert_refused(
         &get(&kbs, "default/key/1", a.cookie.as_deref(), None).await,
@@ -229,7 +168,7 @@ async fn kbs02_swapped_tee_pubkey_and_tampered_report_data_refused() {
     );
 
     let b = auth(&kbs, "sample").await;
-    let mut body = attest_body(b.body["nonce"].as_str().unwrap(), &bound);
+    let mut body = attest_body(&nonce(&b), &bound);
     let mut rd = B64
         .decode(
             body["tee-evidence"]["primary_evidence"]["report_data"]
@@ -239,26 +178,14 @@ async fn kbs02_swapped_tee_pubkey_and_tampered_report_data_refused() {
         .unwrap();
     rd[0] ^= 1;
     body["tee-evidence"]["primary_evidence"]["report_data"] = json!(B64.encode(&rd));
-    let r = post(
-        &kbs,
-        "/kbs/v0/attest",
-        b.cookie.as_deref(),
-        body.to_string(),
-    )
-    .await;
+    let r = attest(&kbs, b.cookie.as_deref(), body.to_string()).await;
     assert_refused(&r, "AttestationError");
 
     // A binding over the additional evidence: changing it after binding is refused.
     let c = auth(&kbs, "sample").await;
-    let mut body = attest_body(c.body["nonce"].as_str().unwrap(), &bound);
+    let mut body = attest_body(&nonce(&c), &bound);
     body["tee-evidence"]["additional_evidence"] = json!("{\"gpu\":1}");
-    let r = post(
-        &kbs,
-        "/kbs/v0/attest",
-        c.cookie.as_deref(),
-        body.to_string(),
-    )
-    .await;
+    let r = attest(&kbs, c.cookie.as_deref(), body.to_string()).await;
     assert_refused(&r, "AttestationError");
 }
 
@@ -267,7 +194,7 @@ async fn kbs02_key_order_and_whitespace_do_not_change_the_binding() {
     let kbs = open_kbs(Options::default()).await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key);
+    let body = attest_body(&nonce(&a), &key);
     let jwk = &body["runtime-data"]["tee-pubkey"];
     // Hand-written JSON: members reordered, extra whitespace.
     let raw = format!(
@@ -279,8 +206,8 @@ async fn kbs02_key_order_and_whitespace_do_not_change_the_binding() {
         crv = jwk["crv"],
         nonce = body["runtime-data"]["nonce"],
     );
-    let r = post(&kbs, "/kbs/v0/attest", a.cookie.as_deref(), raw).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = attest(&kbs, a.cookie.as_deref(), raw).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 fn snp_vector(name: &str) -> Vec<u8> {
@@ -359,16 +286,10 @@ async fn kbs03_malformed_initdata_refused_over_http() {
     let kbs = open_kbs(Options::default()).await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let mut body = attest_body(a.body["nonce"].as_str().unwrap(), &key);
+    let mut body = attest_body(&nonce(&a), &key);
     body["init-data"] =
         json!({"format": "toml", "body": "version = \"0.1.0\"\nalgorithm = \"md5\"\n"});
-    let r = post(
-        &kbs,
-        "/kbs/v0/attest",
-        a.cookie.as_deref(),
-        body.to_string(),
-    )
-    .await;
+    let r = attest(&kbs, a.cookie.as_deref(), body.to_string()).await;
     assert_refused(&r, "AttestationError");
 }
 
@@ -436,10 +357,8 @@ async fn kbs04_tee_checks_at_auth_and_attest() {
     // No TDX collateral configured: TDX is not offered.
     assert_refused(&auth(&kbs, "tdx").await, "AttestationError");
     // Wrong protocol version.
-    let r = post(
+    let r = auth_raw(
         &kbs,
-        "/kbs/v0/auth",
-        None,
         json!({"version": "0.1.0", "tee": "sample", "extra-params": {}}).to_string(),
     )
     .await;
@@ -447,9 +366,9 @@ async fn kbs04_tee_checks_at_auth_and_attest() {
     // Session opened for SNP, sample evidence presented: refused.
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "snp").await;
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
+    let body = attest_body(&nonce(&a), &key).to_string();
     assert_refused(
-        &post(&kbs, "/kbs/v0/attest", a.cookie.as_deref(), body).await,
+        &attest(&kbs, a.cookie.as_deref(), body).await,
         "AttestationError",
     );
 
@@ -471,10 +390,10 @@ async fn kbs04_sample_evidence_under_the_default_policy_gets_nothing() {
     .await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
-    let r = post(&kbs, "/kbs/v0/attest", a.cookie.as_deref(), body).await;
+    let body = attest_body(&nonce(&a), &key).to_string();
+    let r = attest(&kbs, a.cookie.as_deref(), body).await;
     assert_eq!(r.status, 200);
-    let token = r.body["token"].as_str().unwrap().to_owned();
+    let token = r.json()["token"].as_str().unwrap().to_owned();
     assert_refused(
         &get(&kbs, "default/key/1", a.cookie.as_deref(), None).await,
         "PolicyDeny",
@@ -521,9 +440,9 @@ async fn kbs07_bad_tokens_refused_and_nothing_released() {
     let kbs = open_kbs(Options::default()).await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
-    let r = post(&kbs, "/kbs/v0/attest", a.cookie.as_deref(), body).await;
-    let token = r.body["token"].as_str().unwrap().to_owned();
+    let body = attest_body(&nonce(&a), &key).to_string();
+    let r = attest(&kbs, a.cookie.as_deref(), body).await;
+    let token = r.json()["token"].as_str().unwrap().to_owned();
     // Control: the genuine token works as a bearer token.
     assert_eq!(
         get(&kbs, "default/key/1", None, Some(&token)).await.status,
@@ -587,16 +506,13 @@ async fn kbs07_bad_tokens_refused_and_nothing_released() {
     ];
     for (name, bad) in cases {
         let r = get(&kbs, "default/key/1", None, Some(&bad)).await;
+        assert!(r.status == 401 && !r.is_jwe(), "{name}: {r:?}");
         assert!(
-            r.status == 401 && r.body.get("ciphertext").is_none(),
-            "{name}: {} {:?}",
-            r.status,
-            r.body
-        );
-        assert!(
-            ["JwtVerificationFailed", "TokenNotFound"].contains(&kind(&r)) || r.status == 431,
-            "{name}: {:?}",
-            r.body
+            matches!(
+                r.kind().as_deref(),
+                Some("JwtVerificationFailed" | "TokenNotFound")
+            ) || r.status == 431,
+            "{name}: {r:?}"
         );
     }
 }
@@ -606,14 +522,9 @@ async fn kbs09_path_traversal_and_odd_paths_refused() {
     let kbs = open_kbs(Options::default()).await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let cookie = a.cookie.unwrap();
-    let body = attest_body(a.body["nonce"].as_str().unwrap(), &key).to_string();
-    assert_eq!(
-        post(&kbs, "/kbs/v0/attest", Some(&cookie), body)
-            .await
-            .status,
-        200
-    );
+    let cookie = a.cookie.clone().unwrap();
+    let body = attest_body(&nonce(&a), &key).to_string();
+    assert_eq!(attest(&kbs, Some(&cookie), body).await.status, 200);
     // A secret outside the resource directory that traversal would reach.
     std::fs::write(kbs.dir.path().join("outside"), SECRET).unwrap();
     let long = "a".repeat(10 * 1024);
@@ -629,15 +540,14 @@ async fn kbs09_path_traversal_and_odd_paths_refused() {
         format!("default/key/{long}"),
     ];
     for p in &paths {
-        let req = format!(
-            "GET /kbs/v0/resource/{p} HTTP/1.1\r\nHost: x\r\nCookie: kbs-session-id={cookie}\r\nConnection: close\r\n\r\n"
-        );
-        let (status, body) = raw_request(&kbs.url, &req).await;
+        // Sent as written: no client-side resolution of the dot segments.
+        let r = get(&kbs, p, Some(&cookie), None).await;
         assert!(
-            status == 401 || status == 404 || status == 400 || status == 431,
-            "{p}: {status}"
+            matches!(r.status, 400 | 401 | 404 | 431),
+            "{p}: {}",
+            r.status
         );
-        assert!(!body.contains("ciphertext"), "{p}: released {body}");
+        assert!(!r.is_jwe(), "{p}: released");
     }
     // The proper path still works with the same session.
     assert_eq!(
@@ -648,11 +558,11 @@ async fn kbs09_path_traversal_and_odd_paths_refused() {
     // Admin writes through traversal are refused and create nothing.
     let admin = kbs.admin_token();
     for p in ["../evil", "default/../../evil", "default/key/.evil"] {
-        let req = format!(
-            "POST /kbs/v0/resource/{p} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad"
-        );
-        let (status, _) = raw_request(&kbs.url, &req).await;
-        assert!(status == 401 || status == 404, "{p}: {status}");
+        let r = probe_of(&kbs)
+            .admin_post(&format!("/kbs/v0/resource/{p}"), Some(&admin), "bad")
+            .await
+            .unwrap();
+        assert!(r.status == 401 || r.status == 404, "{p}: {}", r.status);
     }
     assert!(!kbs.dir.path().join("evil").exists());
 }
@@ -671,27 +581,21 @@ async fn kbs10_oversized_nested_bodies_refused_and_auth_flood_locks_nobody_out()
     .await;
     let key = TeeKeyPair::generate_ec();
     let a = auth(&kbs, "sample").await;
-    let mut body = attest_body(a.body["nonce"].as_str().unwrap(), &key);
+    let mut body = attest_body(&nonce(&a), &key);
     body["tee-evidence"]["primary_evidence"]["padding"] = json!("A".repeat(1024 * 1024));
-    let r = post(
-        &kbs,
-        "/kbs/v0/attest",
-        a.cookie.as_deref(),
-        body.to_string(),
-    )
-    .await;
+    let r = attest(&kbs, a.cookie.as_deref(), body.to_string()).await;
     assert_eq!(r.status, 413);
     // Deeply nested JSON hits the decoder's recursion limit: refused, server unharmed.
     let b = auth(&kbs, "sample").await;
     let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let r = post(&kbs, "/kbs/v0/attest", b.cookie.as_deref(), nested).await;
+    let r = attest(&kbs, b.cookie.as_deref(), nested).await;
     assert_refused(&r, "AttestationError");
 
     // An /auth flood five times `sessions.max`: every call answered, nothing stored.
     let mut challenges = Vec::new();
     for _ in 0..100 {
         let c = auth(&kbs, "sample").await;
-        assert_eq!(c.status, 200, "{:?}", c.body);
+        assert_eq!(c.status, 200, "{c:?}");
         challenges.push(c);
     }
     assert_eq!(kbs.broker.session_count(), 0);
@@ -703,10 +607,10 @@ async fn kbs10_oversized_nested_bodies_refused_and_auth_flood_locks_nobody_out()
     for c in challenges.iter().take(25) {
         let key = TeeKeyPair::generate_ec();
         let cookie = c.cookie.clone().unwrap();
-        let body = attest_body(c.body["nonce"].as_str().unwrap(), &key).to_string();
-        let r = post(&kbs, "/kbs/v0/attest", Some(&cookie), body.clone()).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let token = r.body["token"].as_str().unwrap().to_owned();
+        let body = attest_body(&nonce(c), &key).to_string();
+        let r = attest(&kbs, Some(&cookie), body.clone()).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let token = r.json()["token"].as_str().unwrap().to_owned();
         attested.push((cookie, token, body));
     }
     let stats = kbs.broker.session_stats();
@@ -724,7 +628,7 @@ async fn kbs10_oversized_nested_bodies_refused_and_auth_flood_locks_nobody_out()
         200
     );
     assert_refused(
-        &post(&kbs, "/kbs/v0/attest", Some(cookie0), body0.clone()).await,
+        &attest(&kbs, Some(cookie0), body0.clone()).await,
         "AttestationError",
     );
     assert_eq!(

@@ -33,7 +33,19 @@ impl Broker {
         policy: Option<&str>,
         secret: &[u8],
     ) -> anyhow::Result<Self> {
-        Self::start_with(dir, name, policy, secret, None)
+        Self::start_with(dir, name, policy, secret, None, "")
+    }
+
+    /// [`Broker::start`] with `extra` appended to the configuration (whole TOML sections, e.g.
+    /// a deliberately insecure `[admin]`).
+    pub fn start_with_config(
+        dir: &Path,
+        name: &str,
+        policy: Option<&str>,
+        secret: &[u8],
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, policy, secret, None, extra)
     }
 
     /// [`Broker::start`] with workload identities issued for `lifetime_secs` (the broker's
@@ -46,7 +58,7 @@ impl Broker {
         secret: &[u8],
         lifetime_secs: u64,
     ) -> anyhow::Result<Self> {
-        Self::start_with(dir, name, policy, secret, Some(lifetime_secs))
+        Self::start_with(dir, name, policy, secret, Some(lifetime_secs), "")
     }
 
     fn start_with(
@@ -55,6 +67,7 @@ impl Broker {
         policy: Option<&str>,
         secret: &[u8],
         identity_lifetime_secs: Option<u64>,
+        extra: &str,
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -81,7 +94,7 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n{lifetime}",
+                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n{lifetime}{extra}",
                 resources.display().to_string(),
                 ca("ca.key"),
                 ca("ca.crt"),
@@ -110,6 +123,11 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(broker)
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stores another resource at `path` (repo/type/tag).

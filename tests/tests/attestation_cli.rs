@@ -2,6 +2,8 @@
 //! vector in `tests/vectors/` with the verdict its README (and EXPECTED*.json) gives: exit 0 and
 //! claims JSON when verified, exit 1 and the reason on stderr when refused. Catalogue IDs:
 //! KBS-05 (SNP evidence), KBS-06 (TDX evidence), KBS-02/KBS-03 (report_data / init-data binding).
+//! `coffer attestation testing-ca` and `forge`: forged evidence verifies with `--testing-ca` and
+//! is refused without it, each wrong field refused like real evidence.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -648,5 +650,183 @@ fn main() -> ExitCode {
         })()
     );
 
+    // ---- Test chain and forged evidence (#26) --------------------------------------------
+
+    let chain = tmp.join("test-chain");
+    case!(
+        suite,
+        "testing_ca_writes_a_test_chain_with_private_keys_0600",
+        (|| {
+            let o = coffer_cmd(&["attestation", "testing-ca", "--out"], &chain)?;
+            ensure!(o.status.success(), "{}", text(&o.stderr));
+            let out = text(&o.stdout);
+            ensure!(
+                out.contains("TEST chain") && out.contains("[testing]"),
+                "{out}"
+            );
+            use std::os::unix::fs::PermissionsExt as _;
+            for (file, mode) in [
+                ("TESTING-ONLY", None),
+                ("snp/ark.pem", None),
+                ("snp/ask.pem", None),
+                ("snp/ask-key.pem", Some(0o600)),
+                ("tdx/root.der", None),
+                ("tdx/pck-chain.pem", None),
+                ("tdx/pck-key.pem", Some(0o600)),
+                ("tdx/collateral/C0FFE2000000.json", None),
+            ] {
+                let meta = std::fs::metadata(chain.join(file)).with_context(|| file.to_owned())?;
+                if let Some(mode) = mode {
+                    ensure!(meta.permissions().mode() & 0o777 == mode, "{file} mode");
+                }
+            }
+            // A directory that is not a test chain is not written into.
+            let other = tmp.join("not-a-chain");
+            std::fs::create_dir_all(&other)?;
+            std::fs::write(other.join("keep"), b"x")?;
+            let o = coffer_cmd(&["attestation", "testing-ca", "--out"], &other)?;
+            ensure!(o.status.code() == Some(125), "{o:?}");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "forged_snp_report_verifies_only_with_the_test_chain",
+        (|| {
+            let out = tmp.join("forged-snp");
+            let m = "5a".repeat(48);
+            forge(&chain, "snp", &out, &["--measurement", &m])?;
+            let (report, vcek) = (out.join("report.bin"), out.join("vcek.der"));
+            let claims = accepted(&verify(&[
+                &"--tee",
+                &"snp",
+                &"--evidence",
+                &report,
+                &"--vcek",
+                &vcek,
+                &"--testing-ca",
+                &chain,
+            ])?)?;
+            ensure!(claims["measurement"] == m.as_str(), "{claims}");
+            ensure!(claims["testing_root"] == true, "{claims}");
+            // AMD's roots alone: refused at the chain.
+            refused(
+                &verify(&[&"--tee", &"snp", &"--evidence", &report, &"--vcek", &vcek])?,
+                "is not an embedded AMD ASK or ASVK",
+            )?;
+            // The same checks as real evidence: a flipped measurement byte breaks the signature.
+            let bad = flipped(tmp, &report, 0x90)?;
+            refused(
+                &verify(&[
+                    &"--tee",
+                    &"snp",
+                    &"--evidence",
+                    &bad,
+                    &"--vcek",
+                    &vcek,
+                    &"--testing-ca",
+                    &chain,
+                ])?,
+                "report signature does not verify",
+            )?;
+            let debug = tmp.join("forged-snp-debug");
+            forge(&chain, "snp", &debug, &["--debug"])?;
+            refused(
+                &verify(&[
+                    &"--tee",
+                    &"snp",
+                    &"--evidence",
+                    &debug.join("report.bin"),
+                    &"--vcek",
+                    &debug.join("vcek.der"),
+                    &"--testing-ca",
+                    &chain,
+                ])?,
+                "debug allowed",
+            )
+        })()
+    );
+
+    case!(
+        suite,
+        "forged_tdx_quote_verifies_only_with_the_test_chain",
+        (|| {
+            let out = tmp.join("forged-tdx");
+            let m = "5a".repeat(48);
+            forge(&chain, "tdx", &out, &["--measurement", &m])?;
+            let quote = out.join("quote.dat");
+            let collateral = chain.join("tdx/collateral");
+            let claims = accepted(&verify(&[
+                &"--tee",
+                &"tdx",
+                &"--evidence",
+                &quote,
+                &"--collateral",
+                &collateral,
+                &"--testing-ca",
+                &chain,
+            ])?)?;
+            ensure!(claims["mr_td"] == m.as_str(), "{claims}");
+            ensure!(claims["tcb_status"] == "UpToDate", "{claims}");
+            ensure!(claims["testing_root"] == true, "{claims}");
+            refused(
+                &verify(&[
+                    &"--tee",
+                    &"tdx",
+                    &"--evidence",
+                    &quote,
+                    &"--collateral",
+                    &collateral,
+                ])?,
+                "is not a trusted root",
+            )?;
+            let old = tmp.join("forged-tdx-old");
+            forge(
+                &chain,
+                "tdx",
+                &old,
+                &["--tcb", &format!("03000200{}", "00".repeat(12))],
+            )?;
+            refused(
+                &verify(&[
+                    &"--tee",
+                    &"tdx",
+                    &"--evidence",
+                    &old.join("quote.dat"),
+                    &"--collateral",
+                    &collateral,
+                    &"--testing-ca",
+                    &chain,
+                ])?,
+                "OutOfDate",
+            )
+        })()
+    );
+
     suite.finish()
+}
+
+/// `coffer ARGS PATH`.
+fn coffer_cmd(args: &[&str], path: &Path) -> anyhow::Result<Output> {
+    Command::new(coffer())
+        .args(args)
+        .arg(path)
+        .output()
+        .context("running coffer")
+}
+
+/// `coffer attestation forge --tee TEE --testing-ca CHAIN --out OUT EXTRA`, which must succeed.
+fn forge(chain: &Path, tee: &str, out: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    let o = Command::new(coffer())
+        .args(["attestation", "forge", "--tee", tee, "--testing-ca"])
+        .arg(chain)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .context("running coffer")?;
+    ensure!(o.status.success(), "forge: {}", text(&o.stderr));
+    ensure!(out.join("evidence.json").exists(), "no evidence.json");
+    Ok(())
 }

@@ -86,6 +86,12 @@ pub enum AttesterError {
     /// The `/dev/sev-guest` ioctl path failed.
     #[error(transparent)]
     SevGuest(sev_guest::SevGuestError),
+    /// Forging test evidence failed (`crate::testing`, development and CI only).
+    #[error("forging test evidence: {reason}")]
+    Forge {
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// An SEV-SNP report carrying `user_data`: through configfs-tsm when the kernel offers it, else

@@ -1,4 +1,6 @@
-//! An external load generator for any KBS 0.4.0 broker (`kbs-load`; later `coffer kbs load`).
+//! An external load generator for any KBS 0.4.0 broker: `coffer kbs load` and `kbs-load`, which
+//! share [`LoadArgs`] (the command line) and [`command`] (run and print), so both are this one
+//! implementation.
 //!
 //! Each handshake is what a starting pod does, with nothing shared: a new [`KbsClient`] (so a
 //! new connection and a new TEE key), `auth` → `attest` with sample evidence → one resource
@@ -26,6 +28,26 @@ use crate::attester::{Attester, SampleAttester};
 /// Load generator failures (not handshake failures: those are counted).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// A file named on the command line could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command-line value is unusable.
+    #[error("{flag}: {reason}")]
+    Argument {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The report could not be encoded as JSON.
+    #[error("encoding the report")]
+    Json(#[source] serde_json::Error),
     /// Neither a handshake count nor a duration bounds the run, or a bound is zero.
     #[error("a run needs a total > 0 or a duration > 0, and concurrency > 0")]
     Unbounded,
@@ -589,9 +611,157 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// TEE key type on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyArg {
+    /// EC P-256 (`ECDH-ES+A256KW`).
+    Ec,
+    /// RSA-3072 (`RSA-OAEP-256`).
+    Rsa,
+}
+
+/// The command line of `coffer kbs load` and `kbs-load`: drives a separate KBS 0.4.0 broker with
+/// fresh clients, one handshake each (auth → attest with sample evidence → one resource), and
+/// prints handshakes/s, latency percentiles, failures by kind, and with `--server-pid` the
+/// broker's CPU per handshake and RSS, with `--nstat` the kernel's listen-queue overflows. The
+/// broker must accept sample evidence and release `--resource` to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Broker base URL (http:// or https://).
+    #[arg(long)]
+    pub url: String,
+    /// Concurrent clients.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Handshakes to run in all.
+    #[arg(short = 'n', long)]
+    pub total: Option<u64>,
+    /// Seconds to keep starting handshakes.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Resource each handshake fetches.
+    #[arg(long, default_value = "default/load/key")]
+    pub resource: String,
+    /// PEM CA certificate for HTTPS.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The broker's PID: report its CPU time per handshake and its RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Report the kernel's ListenOverflows/ListenDrops delta (/proc/net/netstat).
+    #[arg(long)]
+    pub nstat: bool,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10)]
+    pub sample_secs: u64,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// TEE key type.
+    #[arg(long, value_enum, default_value = "ec")]
+    pub key: KeyArg,
+    /// Print the report as JSON (progress lines still go to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LoadArgs {
+    /// The run these arguments describe (reads `--cert`).
+    pub fn config(&self) -> Result<LoadConfig, LoadError> {
+        let ca_cert_pem = self
+            .cert
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                })
+            })
+            .transpose()?;
+        Ok(LoadConfig {
+            url: self.url.clone(),
+            ca_cert_pem,
+            resource: self.resource.parse().map_err(|e: super::path::PathError| {
+                LoadError::Argument {
+                    flag: "--resource",
+                    reason: e.to_string(),
+                }
+            })?,
+            concurrency: self.concurrency,
+            total: self.total,
+            duration: self.duration.map(Duration::from_secs),
+            server_pid: self.server_pid,
+            nstat: self.nstat,
+            sample_every: Duration::from_secs(self.sample_secs.max(1)),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            key: match self.key {
+                KeyArg::Ec => KeyKind::Ec,
+                KeyArg::Rsa => KeyKind::Rsa,
+            },
+        })
+    }
+}
+
+/// A progress line (stderr): `  10.0 s: 13680 ok, 0 failed, 1368.0/s, server rss …`.
+pub fn progress_line(s: &Sample) -> String {
+    let rss = s
+        .server_rss_kib
+        .map_or(String::new(), |r| format!(", server rss {r} KiB"));
+    let cpu = s.server_cpu_ms_per_handshake.map_or(String::new(), |c| {
+        format!(", server cpu {c:.3} ms/handshake")
+    });
+    let load = s
+        .load_1m
+        .map_or(String::new(), |l| format!(", load {l:.2}"));
+    format!(
+        "{:>7.1} s: {} ok, {} failed, {:.1}/s{rss}{cpu}{load}",
+        s.secs, s.ok, s.failed, s.rate
+    )
+}
+
+/// Runs `args` as both commands do: progress lines on stderr every `--sample-secs`, then the
+/// report on stdout (text, or JSON with `--json`). Returns the report; the caller turns failed
+/// handshakes into its exit status.
+pub async fn command(args: &LoadArgs) -> Result<LoadReport, LoadError> {
+    let report = run(args.config()?, |s| eprintln!("{}", progress_line(s))).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(LoadError::Json)?
+        );
+    } else {
+        print!("{report}");
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_becomes_the_run() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        let cli = Cli::parse_from(["x", "--url", "http://127.0.0.1:1", "-c", "8", "-n", "100"]);
+        let c = cli.load.config().unwrap();
+        assert_eq!((c.concurrency, c.total, c.duration), (8, Some(100), None));
+        assert_eq!(c.resource.to_string(), "default/load/key");
+        assert_eq!(c.key, KeyKind::Ec);
+        let cli = Cli::parse_from(["x", "--url", "u", "--resource", "../x", "--key", "rsa"]);
+        assert!(matches!(
+            cli.load.config(),
+            Err(LoadError::Argument {
+                flag: "--resource",
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["x", "--url", "u", "--key", "dsa"]).is_err());
+    }
 
     #[test]
     fn histogram_quantiles_within_two_percent() {

@@ -11,7 +11,7 @@ use rsa::signature::Verifier;
 use sha2::Sha384;
 use x509_cert::Certificate;
 use x509_cert::der::asn1::{ObjectIdentifier, OctetStringRef};
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::{Decode, DecodePem, Encode};
 
 use super::error::SnpError;
 use super::report::Generation;
@@ -77,14 +77,17 @@ fn format_err(role: CertRole, reason: impl fmt::Display) -> SnpError {
     }
 }
 
-/// The embedded AMD ARK, ASK and ASVK of one generation.
+/// The ARK, ASK and ASVK of one generation: AMD's, embedded ([`AmdRoots::embedded`]), or a test
+/// chain's ([`AmdRoots::testing`]) that a verifier trusts only when told to, in addition to AMD's.
 #[derive(Debug, Clone)]
 pub struct AmdRoots {
     /// The generation these roots belong to.
     pub generation: Generation,
     ark: Certificate,
     ask: Certificate,
-    asvk: Certificate,
+    /// Absent from a test chain (which certifies VCEKs only).
+    asvk: Option<Certificate>,
+    testing: bool,
 }
 
 impl AmdRoots {
@@ -123,8 +126,34 @@ impl AmdRoots {
             generation,
             ark: ark.ok_or_else(|| missing(CertRole::Ark))?,
             ask: ask.ok_or_else(|| missing(CertRole::Ask))?,
-            asvk: asvk.ok_or_else(|| missing(CertRole::Asvk))?,
+            asvk: Some(asvk.ok_or_else(|| missing(CertRole::Asvk))?),
+            testing: false,
         })
+    }
+
+    /// A test chain's ARK and ASK (PEM, as `coffer attestation testing-ca` writes them) for
+    /// `generation`. Verified like AMD's (self-signed ARK signing the ASK, RSASSA-PSS, validity)
+    /// wherever it is used; a verifier uses it only when configured to, and marks what it
+    /// verifies as testing ([`EndorsementKey::testing`]).
+    pub fn testing(
+        generation: Generation,
+        ark_pem: &[u8],
+        ask_pem: &[u8],
+    ) -> Result<Self, SnpError> {
+        let ark = Certificate::from_pem(ark_pem).map_err(|e| format_err(CertRole::Ark, e))?;
+        let ask = Certificate::from_pem(ask_pem).map_err(|e| format_err(CertRole::Ask, e))?;
+        Ok(Self {
+            generation,
+            ark,
+            ask,
+            asvk: None,
+            testing: true,
+        })
+    }
+
+    /// Whether these are a test chain's roots.
+    pub fn is_testing(&self) -> bool {
+        self.testing
     }
 
     /// Checks that the ARK is self-signed and signs the ASK and ASVK, all valid at `now`.
@@ -138,7 +167,10 @@ impl AmdRoots {
     pub fn verify_path(&self, intermediate: CertRole, now: SystemTime) -> Result<(), SnpError> {
         let cert = match intermediate {
             CertRole::Ask => &self.ask,
-            CertRole::Asvk => &self.asvk,
+            CertRole::Asvk => self
+                .asvk
+                .as_ref()
+                .ok_or_else(|| format_err(CertRole::Asvk, "this chain has no ASVK"))?,
             other => return Err(format_err(other, "not an AMD intermediate")),
         };
         if self.ark.tbs_certificate.subject != self.ark.tbs_certificate.issuer {
@@ -182,6 +214,8 @@ pub struct EndorsementKey {
     pub hw_id: Option<Vec<u8>>,
     /// The P-384 key that signs reports.
     pub key: P384VerifyingKey,
+    /// The chain ends at a test chain's ARK ([`AmdRoots::testing`]), not AMD's.
+    pub testing: bool,
 }
 
 /// Verifies a VCEK/VLEK (DER) against the embedded roots at `now`: the issuer picks the
@@ -190,22 +224,36 @@ pub fn verify_endorsement_key(
     leaf_der: &[u8],
     now: SystemTime,
 ) -> Result<EndorsementKey, SnpError> {
+    verify_endorsement_key_in(leaf_der, now, &[])
+}
+
+/// [`verify_endorsement_key`] trusting the test chains `testing` too, after AMD's roots: one
+/// code path, only the set of roots differs.
+pub fn verify_endorsement_key_in(
+    leaf_der: &[u8],
+    now: SystemTime,
+    testing: &[AmdRoots],
+) -> Result<EndorsementKey, SnpError> {
     let leaf = Certificate::from_der(leaf_der).map_err(|e| format_err(CertRole::Vcek, e))?;
     let issuer = &leaf.tbs_certificate.issuer;
-    for generation in Generation::ALL {
-        let roots = AmdRoots::embedded(generation)?;
+    let embedded = Generation::ALL
+        .into_iter()
+        .map(AmdRoots::embedded)
+        .collect::<Result<Vec<_>, _>>()?;
+    for roots in embedded.iter().chain(testing) {
+        let asvk = roots.asvk.as_ref();
         let (role, intermediate, intermediate_role) =
             if *issuer == roots.ask.tbs_certificate.subject {
                 (CertRole::Vcek, &roots.ask, CertRole::Ask)
-            } else if *issuer == roots.asvk.tbs_certificate.subject {
-                (CertRole::Vlek, &roots.asvk, CertRole::Asvk)
+            } else if let Some(asvk) = asvk.filter(|a| *issuer == a.tbs_certificate.subject) {
+                (CertRole::Vlek, asvk, CertRole::Asvk)
             } else {
                 continue;
             };
         roots.verify_path(intermediate_role, now)?;
         check_validity(&leaf, role, now)?;
         verify_signed_by(&leaf, role, intermediate, intermediate_role)?;
-        return endorsement_key(&leaf, role, generation);
+        return endorsement_key(&leaf, role, roots.generation, roots.testing);
     }
     Err(SnpError::UnknownIssuer {
         issuer: issuer.to_string(),
@@ -216,6 +264,7 @@ fn endorsement_key(
     leaf: &Certificate,
     role: CertRole,
     generation: Generation,
+    testing: bool,
 ) -> Result<EndorsementKey, SnpError> {
     let spki = &leaf.tbs_certificate.subject_public_key_info;
     let curve = spki
@@ -275,6 +324,7 @@ fn endorsement_key(
         tcb,
         hw_id,
         key,
+        testing,
     })
 }
 

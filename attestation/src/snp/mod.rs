@@ -19,6 +19,10 @@
 //! 9. **Reference values**: optional minimum reported/launch TCB and measurement allow-list.
 //! 10. **Expected data**: `report_data` (64 B) and, if given, `host_data` (32 B) match exactly.
 //!
+//! Step 5 trusts AMD's embedded roots and, only when the caller adds them
+//! ([`SnpVerifier::trusting_testing_roots`]), a test chain's ([`AmdRoots::testing`], made by
+//! `coffer attestation testing-ca`): every other step is the same for both.
+//!
 //! Not done here: fetching VCEKs from AMD KDS and CRL (revocation) checks.
 
 mod certs;
@@ -26,7 +30,10 @@ mod error;
 mod report;
 mod verifier;
 
-pub use certs::{AmdRoots, CertRole, CertTcb, EndorsementKey, oids, verify_endorsement_key};
+pub use certs::{
+    AmdRoots, CertRole, CertTcb, EndorsementKey, oids, verify_endorsement_key,
+    verify_endorsement_key_in,
+};
 pub use error::SnpError;
 pub use report::{
     Cpuid, Generation, GuestPolicy, REPORT_LEN, Report, SIG_ALGO_ECDSA_P384_SHA384, SIGNED_LEN,

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use p384::ecdsa::Signature;
 use ring::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 
-use super::certs::{CertRole, EndorsementKey, verify_endorsement_key};
+use super::certs::{AmdRoots, CertRole, EndorsementKey, verify_endorsement_key_in};
 use super::error::{SnpError, to_hex};
 use super::report::{
     Generation, Report, SIG_ALGO_ECDSA_P384_SHA384, SIGNED_LEN, SigningKey, TcbVersion,
@@ -112,18 +112,32 @@ pub struct VerifiedReport {
     pub signer: CertRole,
     /// Processor generation of the certificate chain.
     pub generation: Generation,
+    /// The chain ends at a test chain's ARK, not AMD's.
+    pub testing: bool,
 }
 
 /// Verifies SEV-SNP evidence against the embedded AMD roots and a [`SnpPolicy`].
 #[derive(Debug, Clone, Default)]
 pub struct SnpVerifier {
     policy: SnpPolicy,
+    testing_roots: Vec<AmdRoots>,
 }
 
 impl SnpVerifier {
-    /// A verifier enforcing `policy`.
+    /// A verifier enforcing `policy`, trusting AMD's roots.
     pub fn new(policy: SnpPolicy) -> Self {
-        Self { policy }
+        Self {
+            policy,
+            testing_roots: Vec::new(),
+        }
+    }
+
+    /// The same verifier trusting the test chains `roots` too (development and CI only): reports
+    /// they certify pass the same checks as AMD-certified ones and are marked
+    /// [`VerifiedReport::testing`].
+    pub fn trusting_testing_roots(mut self, roots: Vec<AmdRoots>) -> Self {
+        self.testing_roots = roots;
+        self
     }
 
     /// The policy in force.
@@ -143,7 +157,7 @@ impl SnpVerifier {
     ) -> Result<VerifiedReport, SnpError> {
         let report = Report::parse(report_bytes)?;
         self.check_fields(&report)?;
-        let key = verify_endorsement_key(endorsement_key_der, now)?;
+        let key = verify_endorsement_key_in(endorsement_key_der, now, &self.testing_roots)?;
         self.check_key_kind(&report, &key)?;
         verify_report_signature(report_bytes, &report, &key)?;
         check_tcb_binding(&report, &key)?;
@@ -153,6 +167,7 @@ impl SnpVerifier {
             report,
             signer: key.role,
             generation: key.generation,
+            testing: key.testing,
         })
     }
 

@@ -9,6 +9,10 @@
 //! 4. the quote (header and TD report body) is signed by the attestation key.
 //!
 //! Revocation (CRLs), TCB status and QE identity need collateral: see [`super::TdxVerifier`].
+//!
+//! The `_in` functions trust a test chain's root too (`coffer attestation testing-ca`), when the
+//! caller passes one: the root is picked by the PCK CA's issuer, every check is the same, and
+//! [`PckInfo::testing`] says which root it was.
 
 use std::time::SystemTime;
 
@@ -40,6 +44,8 @@ pub struct PckInfo {
     pub ca_subject: String,
     /// End of the PCK certificate's validity.
     pub pck_not_after: SystemTime,
+    /// The chain ends at a test chain's root, not Intel's.
+    pub testing: bool,
 }
 
 fn format_err(role: CertRole, reason: impl std::fmt::Display) -> TdxError {
@@ -51,8 +57,12 @@ fn format_err(role: CertRole, reason: impl std::fmt::Display) -> TdxError {
 
 /// The embedded Intel root, checked to be self-signed and valid at `now`.
 pub fn intel_root(now: SystemTime) -> Result<Certificate, TdxError> {
-    let root =
-        Certificate::from_der(INTEL_ROOT_CA_DER).map_err(|e| format_err(CertRole::Root, e))?;
+    trusted_root(INTEL_ROOT_CA_DER, now)
+}
+
+/// A root certificate (DER), checked to be a self-signed CA valid at `now`.
+fn trusted_root(der: &[u8], now: SystemTime) -> Result<Certificate, TdxError> {
+    let root = Certificate::from_der(der).map_err(|e| format_err(CertRole::Root, e))?;
     check_validity(&root, CertRole::Root, now)?;
     check_ca(&root, CertRole::Root)?;
     verify_signed_by(&root, CertRole::Root, &root, CertRole::Root)?;
@@ -63,6 +73,15 @@ pub fn intel_root(now: SystemTime) -> Result<Certificate, TdxError> {
 pub fn verify_pck_chain(
     quote: &TdQuote,
     now: SystemTime,
+) -> Result<(VerifyingKey, PckInfo), TdxError> {
+    verify_pck_chain_in(quote, now, None)
+}
+
+/// [`verify_pck_chain`] trusting `testing_root` (DER) too, after Intel's.
+pub fn verify_pck_chain_in(
+    quote: &TdQuote,
+    now: SystemTime,
+    testing_root: Option<&[u8]>,
 ) -> Result<(VerifyingKey, PckInfo), TdxError> {
     let pem = trim_pem(&quote.pck_chain_pem);
     let certs = Certificate::load_pem_chain(pem).map_err(|e| format_err(CertRole::Pck, e))?;
@@ -79,16 +98,26 @@ pub fn verify_pck_chain(
             ));
         }
     };
-    let root = intel_root(now)?;
+    // Intel's root, unless the PCK CA names the test chain's root as its issuer (and one is
+    // trusted): the issuer check below refuses any other.
+    let (root_der, testing) = match testing_root {
+        Some(der)
+            if Certificate::from_der(der)
+                .is_ok_and(|t| t.tbs_certificate.subject == ca.tbs_certificate.issuer) =>
+        {
+            (der, true)
+        }
+        _ => (INTEL_ROOT_CA_DER, false),
+    };
+    let root = trusted_root(root_der, now)?;
     if let Some(carried) = carried_root {
         let der = carried
             .to_der()
             .map_err(|e| format_err(CertRole::Root, e))?;
-        if der != INTEL_ROOT_CA_DER {
-            return Err(format_err(
-                CertRole::Root,
-                "the quote carries a root other than the embedded Intel SGX Root CA",
-            ));
+        if der != root_der {
+            return Err(TdxError::UntrustedRoot {
+                subject: carried.tbs_certificate.subject.to_string(),
+            });
         }
     }
     check_issued_by(ca, CertRole::PckCa, &root, CertRole::Root)?;
@@ -108,6 +137,7 @@ pub fn verify_pck_chain(
             fmspc: ext.fmspc,
             ca_subject: ca.tbs_certificate.subject.to_string(),
             pck_not_after: leaf.tbs_certificate.validity.not_after.to_system_time(),
+            testing,
         },
     ))
 }
@@ -118,7 +148,17 @@ pub fn verify_signatures(
     quote: &TdQuote,
     now: SystemTime,
 ) -> Result<PckInfo, TdxError> {
-    let (pck_key, info) = verify_pck_chain(quote, now)?;
+    verify_signatures_in(quote_bytes, quote, now, None)
+}
+
+/// [`verify_signatures`] trusting `testing_root` (DER) too, after Intel's.
+pub fn verify_signatures_in(
+    quote_bytes: &[u8],
+    quote: &TdQuote,
+    now: SystemTime,
+    testing_root: Option<&[u8]>,
+) -> Result<PckInfo, TdxError> {
+    let (pck_key, info) = verify_pck_chain_in(quote, now, testing_root)?;
     let qe_sig = Signature::from_slice(&quote.qe_report_signature)
         .map_err(|_| TdxError::QeReportSignature)?;
     pck_key

@@ -98,6 +98,13 @@ pub enum TdxError {
         /// End of validity.
         not_after: SystemTime,
     },
+    /// The root certificate the quote carries is not a trusted root (the embedded Intel SGX
+    /// Root CA, or a test chain's root where one is trusted).
+    #[error("the quote's root CA {subject} is not a trusted root (the embedded Intel SGX Root CA)")]
+    UntrustedRoot {
+        /// The carried root's subject.
+        subject: String,
+    },
     /// A certificate was not issued by the next one in the chain.
     #[error("{role} certificate is not issued by the {issuer}")]
     CertificateIssuer {

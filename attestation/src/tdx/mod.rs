@@ -17,6 +17,10 @@
 //!    accepted value refuses.
 //! 7. **Expected data**: REPORTDATA (64 B) and MRCONFIGID (48 B, init-data digest) exact.
 //!
+//! Step 2 and 3 trust Intel's embedded root and, only when the caller adds one
+//! ([`TdxVerifier::trusting_testing_root`]), a test chain's root (made by `coffer attestation
+//! testing-ca`, with its own collateral): every other step is the same for both.
+//!
 //! [`ccel`] parses the CCEL event log and replays it into RTMR values to compare with a quote.
 //! Not done here: fetching collateral from Intel PCS / a PCCS.
 
@@ -27,7 +31,10 @@ mod policy;
 mod quote;
 mod verifier;
 
-pub use chain::{INTEL_ROOT_CA_DER, PckInfo, intel_root, verify_pck_chain, verify_signatures};
+pub use chain::{
+    INTEL_ROOT_CA_DER, PckInfo, intel_root, verify_pck_chain, verify_pck_chain_in,
+    verify_signatures, verify_signatures_in,
+};
 pub use error::{CertRole, TdxError};
 pub use policy::{Expected, Pinned, ReferenceValues, TcbStatus, TdxPolicy, check_expected};
 pub use quote::{

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::verify::QuoteVerifier;
 
-use super::chain::{INTEL_ROOT_CA_DER, PckInfo, verify_signatures};
+use super::chain::{INTEL_ROOT_CA_DER, PckInfo, verify_signatures_in};
 use super::error::{TdxError, to_hex};
 use super::policy::{Expected, TcbStatus, TdxPolicy, check_expected};
 use super::quote::TdQuote;
@@ -105,12 +105,32 @@ pub struct VerifiedQuote {
 #[derive(Debug, Clone, Default)]
 pub struct TdxVerifier {
     policy: TdxPolicy,
+    testing_root: Option<Vec<u8>>,
 }
 
 impl TdxVerifier {
-    /// A verifier enforcing `policy`.
+    /// A verifier enforcing `policy`, trusting Intel's root.
     pub fn new(policy: TdxPolicy) -> Self {
-        Self { policy }
+        Self {
+            policy,
+            testing_root: None,
+        }
+    }
+
+    /// The same verifier trusting a test chain's root (DER) too (development and CI only):
+    /// quotes it certifies, with collateral it signed, pass the same checks as Intel-certified
+    /// ones and are marked [`PckInfo::testing`].
+    pub fn trusting_testing_root(mut self, root_der: Vec<u8>) -> Self {
+        self.testing_root = Some(root_der);
+        self
+    }
+
+    /// The root a verified PCK chain ended at (DER).
+    fn root_of(&self, pck: &PckInfo) -> Vec<u8> {
+        match (&self.testing_root, pck.testing) {
+            (Some(root), true) => root.clone(),
+            _ => INTEL_ROOT_CA_DER.to_vec(),
+        }
     }
 
     /// The policy in force.
@@ -138,7 +158,7 @@ impl TdxVerifier {
         expected: &Expected,
     ) -> Result<VerifiedQuote, TdxError> {
         let quote = TdQuote::parse(quote_bytes)?;
-        let pck = verify_signatures(quote_bytes, &quote, now)?;
+        let pck = verify_signatures_in(quote_bytes, &quote, now, self.testing_root.as_deref())?;
         if pck.fmspc != collateral.fmspc {
             return Err(TdxError::FmspcMismatch {
                 quote: to_hex(&pck.fmspc).to_uppercase(),
@@ -149,7 +169,7 @@ impl TdxVerifier {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let report = QuoteVerifier::new(INTEL_ROOT_CA_DER.to_vec())
+        let report = QuoteVerifier::new(self.root_of(&pck))
             .allow_service_td(self.policy.allow_service_td)
             .verify(quote_bytes, &collateral.inner, now_secs)
             .map_err(|e| TdxError::Dcap {
@@ -179,7 +199,7 @@ impl TdxVerifier {
         expected: &Expected,
     ) -> Result<VerifiedQuote, TdxError> {
         let quote = TdQuote::parse(quote_bytes)?;
-        let pck = verify_signatures(quote_bytes, &quote, now)?;
+        let pck = verify_signatures_in(quote_bytes, &quote, now, self.testing_root.as_deref())?;
         self.check_report(&quote, expected)?;
         tracing::warn!(
             "tdx quote verified without collateral: TCB status and revocation unchecked"

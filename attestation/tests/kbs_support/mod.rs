@@ -33,6 +33,8 @@ pub struct Options {
     pub identity: Option<&'static str>,
     /// More `[http]` lines (timeouts, caps), each ending in a newline.
     pub http_lines: &'static str,
+    /// Whole TOML sections appended to the configuration (`[attestation.snp]`, `[testing]`, ...).
+    pub extra: String,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             ed25519_admin: false,
             identity: None,
             http_lines: "",
+            extra: String::new(),
         }
     }
 }
@@ -175,7 +178,7 @@ pub async fn start(opts: Options) -> TestKbs {
          [admin]\n{admin_lines}insecure_allow_anonymous = {anon}\n\
          [sessions]\nmax = {max}\nttl_secs = {ttl}\n\
          [resources]\ndir = {res:?}\n{policy_line}\
-         [attestation]\nallow_sample = {sample}\n{identity_lines}",
+         [attestation]\nallow_sample = {sample}\n{identity_lines}{extra}",
         insecure = !opts.tls,
         max_body = opts.max_body,
         http_lines = opts.http_lines,
@@ -185,6 +188,7 @@ pub async fn start(opts: Options) -> TestKbs {
         ttl = opts.ttl_secs,
         res = dir.path().join("resources"),
         sample = opts.allow_sample,
+        extra = opts.extra,
     );
     let mut config: Config = toml::from_str(&toml).unwrap();
     if opts.tls {
@@ -281,25 +285,6 @@ impl TestKbs {
         }
         b.build().unwrap()
     }
-}
-
-/// Sends raw bytes over TCP (HTTP only) and returns the status code and body, so that paths
-/// reach the server exactly as written (no client-side normalization).
-pub async fn raw_request(url: &str, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
 }
 
 /// The SPKI PEM (RFC 8410) of an Ed25519 key pair, as `openssl pkey -pubout` writes it.

@@ -1,6 +1,9 @@
 //! `coffer attestation verify`: checks SEV-SNP or TDX evidence offline with the verifiers of
 //! `coffer-attestation` and prints the verified claims as JSON (exit 0), or the reason for the
-//! refusal (exit 1). Unreadable input files are failures of Coffer itself (exit 125).
+//! refusal (exit 1). Unreadable input files are failures of Coffer itself (exit 125). With
+//! `--testing-ca DIR` the verifiers also trust that test chain (the same checks).
+//!
+//! `coffer attestation testing-ca` and `forge` make test evidence ([`crate::forge`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use coffer_attestation::snp::{self, SnpPolicy, SnpVerifier, TcbVersion};
 use coffer_attestation::tdx::ccel::EventLog;
 use coffer_attestation::tdx::{self, Collateral, TdQuote, TdxPolicy, TdxVerifier};
+use coffer_attestation::testing::TestChainRoots;
 use serde_json::{Value, json};
 
 /// Exit code when the evidence is refused.
@@ -24,6 +28,13 @@ const MAX_EVENT_LOG_LEN: u64 = 4 * 1024 * 1024;
 pub enum AttestationCommand {
     /// Verify TEE evidence offline; print the verified claims as JSON or the refusal reason.
     Verify(VerifyArgs),
+    /// Write a TEST chain standing in for AMD's (SNP ARK/ASK) and Intel's (TDX root, PCK chain,
+    /// collateral), for forged evidence (development and CI only: whoever holds it can forge any
+    /// measurement; a broker trusts it only when its [testing] section names it).
+    TestingCa(crate::forge::TestingCaArgs),
+    /// Write an SNP report or TDX quote with chosen fields (measurement, policy bits, TCB, host
+    /// data, report_data) signed by a test chain, and the evidence JSON a guest sends.
+    Forge(crate::forge::ForgeArgs),
 }
 
 /// The TEE that produced the evidence.
@@ -69,13 +80,29 @@ pub struct VerifyArgs {
     /// no revocation). The claims say so.
     #[arg(long, conflicts_with = "collateral")]
     pub signature_only: bool,
+    /// Trust the test chain in DIR too (`coffer attestation testing-ca`); the claims say
+    /// `testing_root` when it certified the evidence.
+    #[arg(long, value_name = "DIR")]
+    pub testing_ca: Option<PathBuf>,
 }
 
 /// Runs the command; `Ok(exit code)`.
 pub fn run(command: AttestationCommand) -> anyhow::Result<u8> {
     match command {
         AttestationCommand::Verify(args) => verify(&args),
+        AttestationCommand::TestingCa(args) => crate::forge::testing_ca(&args),
+        AttestationCommand::Forge(args) => crate::forge::forge(&args),
     }
+}
+
+fn testing_roots(args: &VerifyArgs) -> anyhow::Result<Option<TestChainRoots>> {
+    args.testing_ca
+        .as_deref()
+        .map(|dir| {
+            TestChainRoots::load(dir)
+                .with_context(|| format!("the test chain in {}", dir.display()))
+        })
+        .transpose()
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<u8> {
@@ -113,8 +140,12 @@ fn verify_snp(args: &VerifyArgs, evidence: &[u8], now: SystemTime) -> anyhow::Re
         .as_deref()
         .context("--tee snp needs --vcek FILE (the VCEK or VLEK in DER)")?;
     let vcek = read_bounded(vcek_path, MAX_EVIDENCE_LEN)?;
+    let testing: Vec<_> = testing_roots(args)?
+        .and_then(|t| t.snp)
+        .into_iter()
+        .collect();
     // The endorsement key first, so that an expired or foreign VCEK/VLEK is the reason given.
-    if let Err(e) = snp::verify_endorsement_key(&vcek, now) {
+    if let Err(e) = snp::verify_endorsement_key_in(&vcek, now, &testing) {
         return Ok(Err(anyhow!(e).context("snp endorsement key")));
     }
     let report_bytes = match snp_report_bytes(evidence) {
@@ -139,7 +170,8 @@ fn verify_snp(args: &VerifyArgs, evidence: &[u8], now: SystemTime) -> anyhow::Re
         allow_vlek: args.allow_vlek,
         ..SnpPolicy::default()
     };
-    let verified = match SnpVerifier::new(policy).verify(&report_bytes, &vcek, now, &expected) {
+    let verifier = SnpVerifier::new(policy).trusting_testing_roots(testing);
+    let verified = match verifier.verify(&report_bytes, &vcek, now, &expected) {
         Ok(v) => v,
         Err(e) => return Ok(Err(anyhow!(e).context("snp evidence"))),
     };
@@ -151,6 +183,7 @@ fn verify_snp(args: &VerifyArgs, evidence: &[u8], now: SystemTime) -> anyhow::Re
         "report_version": r.version,
         "generation": verified.generation.name(),
         "signer": verified.signer.to_string(),
+        "testing_root": verified.testing,
         "measurement": hex::encode(r.measurement),
         "report_data": hex::encode(r.report_data),
         "report_data_checked": args.report_data.is_some(),
@@ -216,10 +249,14 @@ fn verify_tdx(args: &VerifyArgs, quote: &[u8], now: SystemTime) -> anyhow::Resul
             Err(refusal) => return Ok(Err(refusal)),
         },
     };
-    let verifier = TdxVerifier::new(TdxPolicy::default());
+    let testing_root = testing_roots(args)?.and_then(|t| t.tdx_root_der);
+    let mut verifier = TdxVerifier::new(TdxPolicy::default());
+    if let Some(root) = &testing_root {
+        verifier = verifier.trusting_testing_root(root.clone());
+    }
     let result = match (&args.collateral, args.signature_only) {
         (Some(path), _) => {
-            let fmspc = match tdx::verify_pck_chain(&parsed, now) {
+            let fmspc = match tdx::verify_pck_chain_in(&parsed, now, testing_root.as_deref()) {
                 Ok((_, pck)) => pck.fmspc,
                 Err(e) => return Ok(Err(anyhow!(e).context("tdx evidence"))),
             };
@@ -262,6 +299,7 @@ fn verify_tdx(args: &VerifyArgs, quote: &[u8], now: SystemTime) -> anyhow::Resul
         "tee": "tdx",
         "verified": true,
         "verification": verification,
+        "testing_root": verified.pck.testing,
         "quote_version": verified.quote.version,
         "tcb_status": tcb_status,
         "advisory_ids": advisories,

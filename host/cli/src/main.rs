@@ -2,6 +2,7 @@
 //! `sandbox run`; 125 when Coffer itself fails; 130 when interrupted.
 
 mod attestation;
+mod forge;
 mod gc;
 mod image;
 mod kbs;

@@ -55,6 +55,22 @@ pub struct Config {
     pub attestation: AttestationConfig,
     /// Workload identity CA (`POST /kbs/v0/identity`). Default: disabled.
     pub identity: IdentityConfig,
+    /// A test chain trusted in addition to AMD's and Intel's roots (development and CI only).
+    /// Default: none.
+    pub testing: TestingConfig,
+}
+
+/// `[testing]`: **development and CI only.** Trust the test chain that `coffer attestation
+/// testing-ca` wrote to `ca_dir` (its SNP ARK/ASK, its TDX root) in addition to AMD's and
+/// Intel's, so evidence `coffer attestation forge` signs with it verifies like real evidence
+/// (the same checks, only the root differs). Logged loudly at start; every token for such
+/// evidence says `testing_root: true`. Never set on a production broker: whoever holds the
+/// test chain's keys can then forge any measurement.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// The test chain's directory (`snp/ark.pem`, `snp/ask.pem`, `tdx/root.der`). Default none.
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// `[http]`
@@ -240,6 +256,37 @@ pub struct SnpConfig {
     pub allow_vlek: bool,
     /// Accepted launch measurements (hex, 48 bytes). Default none: evidence is `warning`.
     pub measurements: Vec<String>,
+    /// `[attestation.snp.min_reported_tcb]`: each component of the reported TCB (the one the
+    /// VCEK certifies) must be at least this. Default none.
+    pub min_reported_tcb: Option<MinTcbConfig>,
+}
+
+/// A minimum TCB: security patch levels per component. Missing components are 0.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinTcbConfig {
+    /// Boot loader SPL.
+    pub bootloader: u8,
+    /// TEE (PSP OS) SPL.
+    pub tee: u8,
+    /// SNP firmware SPL.
+    pub snp: u8,
+    /// Microcode SPL.
+    pub microcode: u8,
+    /// FMC SPL (Turin only).
+    pub fmc: u8,
+}
+
+impl From<MinTcbConfig> for crate::snp::MinimumTcb {
+    fn from(c: MinTcbConfig) -> Self {
+        Self {
+            fmc: c.fmc,
+            bootloader: c.bootloader,
+            tee: c.tee,
+            snp: c.snp,
+            microcode: c.microcode,
+        }
+    }
 }
 
 impl Default for SnpConfig {
@@ -251,6 +298,7 @@ impl Default for SnpConfig {
             allow_migrate_ma: false,
             allow_vlek: false,
             measurements: Vec::new(),
+            min_reported_tcb: None,
         }
     }
 }
@@ -461,6 +509,24 @@ mod tests {
             assert!(c.validate().is_err(), "{bad} accepted");
         }
         assert!(toml::from_str::<Config>("[identity]\ntrust = 1\n").is_err());
+    }
+
+    #[test]
+    fn testing_section_and_minimum_tcb() {
+        let c: Config = toml::from_str(
+            "[http]\ninsecure_http = true\n[testing]\nca_dir = \"/ci/ca\"\n\
+             [attestation.snp.min_reported_tcb]\nbootloader = 3\nmicrocode = 115\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.testing.ca_dir.as_deref(), Some(Path::new("/ci/ca")));
+        let tcb = c.attestation.snp.min_reported_tcb.unwrap();
+        assert_eq!((tcb.bootloader, tcb.snp, tcb.microcode), (3, 0, 115));
+        assert!(toml::from_str::<Config>("[testing]\nroots = 1\n").is_err());
+        assert!(toml::from_str::<Config>("[attestation.snp.min_reported_tcb]\nbl = 1\n").is_err());
+        // Off by default.
+        let c: Config = toml::from_str("[http]\ninsecure_http = true\n").unwrap();
+        assert!(c.testing.ca_dir.is_none());
     }
 
     #[test]

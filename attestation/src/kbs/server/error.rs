@@ -1,6 +1,8 @@
 //! Broker errors and their one mapping to HTTP: like Trustee, every refusal is HTTP 401 with a
 //! problem JSON `{type, detail}`; the detail names the category, never internals (those are
-//! logged).
+//! logged). A refused evidence names the check it failed and the values of the client's own
+//! evidence ([`VerifyError::detail`]): nothing the client did not send, except the broker's
+//! policy minimums.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -129,9 +131,11 @@ impl KbsError {
     pub fn info(&self) -> ErrorInformation {
         ErrorInformation {
             error_type: format!("{ERROR_TYPE_PREFIX}{}", self.kind()),
-            // Identity refusals name their cause (CSR, initdata, lifetime: nothing secret).
+            // Identity refusals name their cause (CSR, initdata, lifetime: nothing secret);
+            // evidence refusals the check that failed (the field), without broker paths.
             detail: match self {
                 Self::Identity(_) => error_chain(self),
+                Self::Verify(e) => format!("{self}: {}", e.detail()),
                 _ => self.to_string(),
             },
         }

@@ -96,6 +96,9 @@ pub enum BrokerError {
     /// The session keys cannot be loaded.
     #[error("sessions.keys")]
     SessionKeys(#[from] seal::KeyError),
+    /// The `[testing]` test chain cannot be loaded.
+    #[error("[testing] ca_dir")]
+    Testing(#[source] crate::testing::TestChainError),
     /// TLS certificate or key rejected.
     #[error("tls configuration: {reason}")]
     Tls {
@@ -188,6 +191,13 @@ impl Broker {
             None => ResourcePolicy::default_policy(),
         }
         .map_err(BrokerError::Policy)?;
+        let testing = config
+            .testing
+            .ca_dir
+            .as_deref()
+            .map(crate::testing::TestChainRoots::load)
+            .transpose()
+            .map_err(BrokerError::Testing)?;
         let snp = &config.attestation.snp;
         let snp_settings = SnpSettings {
             policy: crate::snp::SnpPolicy {
@@ -196,9 +206,15 @@ impl Broker {
                 allow_migrate_ma: snp.allow_migrate_ma,
                 allow_vlek: snp.allow_vlek,
                 allowed_measurements: config.snp_measurements()?,
+                min_reported_tcb: snp.min_reported_tcb.map(Into::into),
                 ..crate::snp::SnpPolicy::default()
             },
             vcek_dir: snp.vcek_dir.clone(),
+            testing_roots: testing
+                .as_ref()
+                .and_then(|t| t.snp.clone())
+                .into_iter()
+                .collect(),
         };
         let tdx_settings = TdxSettings {
             policy: {
@@ -211,6 +227,7 @@ impl Broker {
                 policy
             },
             collateral: config.attestation.tdx.collateral.clone(),
+            testing_root: testing.as_ref().and_then(|t| t.tdx_root_der.clone()),
         };
         let token_keys = [signer.verification_key()];
         let identity = config
@@ -462,6 +479,8 @@ impl Broker {
             "init_data_claims".into(),
             init.map_or(Value::Null, |d| d.claims),
         );
+        // Evidence certified by the configured test chain (`[testing]`), not AMD or Intel.
+        annotated.insert("testing_root".into(), json!(appraisal.testing_root));
         let claims = json!({
             "iss": b.issuer,
             "iat": now,

@@ -13,6 +13,10 @@
 //! - **tdx**: [`crate::tdx::TdxVerifier`] with collateral from the configured file/directory;
 //!   MRCONFIGID exactly the SHA-384 init-data digest, or zero without init-data.
 //!
+//! With `[testing] ca_dir` the SNP and TDX verifiers trust a test chain's roots too
+//! ([`crate::testing::TestChainRoots`]): the same verifiers and checks, and the appraisal says
+//! `testing_root` (the token's annotated evidence carries it).
+//!
 //! Status is `affirming` only when reference values pin the measurement (SNP measurement
 //! allow-list, TDX reference registers); hardware-valid evidence without reference values is
 //! `warning`.
@@ -29,12 +33,14 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use super::throttle::Throttle;
 use crate::kbs::binding::BINDING_LEN;
 use crate::kbs::types::{InitData, Tee};
-use crate::snp::{Expected as SnpExpected, Report, SnpError, SnpPolicy, SnpVerifier};
+use crate::snp::{AmdRoots, Expected as SnpExpected, Report, SnpError, SnpPolicy, SnpVerifier};
 use crate::tdx::{
     Collateral, Expected as TdxExpected, ReferenceValues, TdQuote, TdxError, TdxPolicy,
-    TdxVerifier, verify_signatures,
+    TdxVerifier, verify_signatures_in,
 };
 
+/// How often "accepting evidence certified by the test chain" may be logged.
+const TESTING_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often "accepting sample evidence" may be logged.
 const SAMPLE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest accepted init-data document.
@@ -110,6 +116,20 @@ pub enum VerifyError {
     Tdx(#[source] TdxError),
 }
 
+impl VerifyError {
+    /// What the client is told: the check that failed and the values from its own evidence
+    /// (so that a refusal names the field), but not the broker's files: a collateral problem
+    /// is reported without its path.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Tdx(TdxError::Collateral { .. }) => {
+                "tdx evidence rejected: no usable collateral for this platform".to_owned()
+            }
+            other => super::error::error_chain(other),
+        }
+    }
+}
+
 /// EAR appraisal status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EarStatus {
@@ -139,6 +159,8 @@ pub struct Appraisal {
     /// Whether the evidence's measured init-data field was compared with the init-data digest
     /// (always for SNP and TDX; for sample evidence only when it carries `init_data`).
     pub init_data_bound: bool,
+    /// The evidence is certified by the configured test chain (`[testing]`), not AMD or Intel.
+    pub testing_root: bool,
 }
 
 /// Init-data as measured: declared algorithm, digest of the raw body, parsed `[data]`.
@@ -199,6 +221,8 @@ pub struct SnpSettings {
     pub policy: SnpPolicy,
     /// Offline VCEK store: `<dir>/<chip_id hex>.der`.
     pub vcek_dir: Option<PathBuf>,
+    /// A test chain's roots trusted after AMD's (`[testing]`; development and CI only).
+    pub testing_roots: Vec<AmdRoots>,
 }
 
 /// TDX settings.
@@ -208,6 +232,8 @@ pub struct TdxSettings {
     pub policy: TdxPolicy,
     /// Collateral file or directory (`<FMSPC>.json`).
     pub collateral: Option<PathBuf>,
+    /// A test chain's root (DER) trusted after Intel's (`[testing]`; development and CI only).
+    pub testing_root: Option<Vec<u8>>,
 }
 
 /// The broker's verifiers.
@@ -221,6 +247,8 @@ pub struct EvidenceVerifier {
     tdx_mr_td: RwLock<Option<Vec<[u8; 48]>>>,
     /// "accepting sample evidence", at most once a minute.
     sample_warning: Throttle,
+    /// "accepting evidence certified by the test chain", at most once a minute.
+    testing_warning: Throttle,
 }
 
 impl EvidenceVerifier {
@@ -228,6 +256,15 @@ impl EvidenceVerifier {
     pub fn new(allow_sample: bool, snp: SnpSettings, tdx: TdxSettings) -> Self {
         if allow_sample {
             tracing::warn!("sample evidence is ENABLED: tokens for it are marked tee=sample");
+        }
+        if !snp.testing_roots.is_empty() || tdx.testing_root.is_some() {
+            tracing::warn!(
+                snp = !snp.testing_roots.is_empty(),
+                tdx = tdx.testing_root.is_some(),
+                "TESTING CHAIN TRUSTED ([testing]): evidence signed by a test chain's keys is \
+                 accepted as SNP/TDX evidence (tokens say testing_root: true); development and \
+                 CI only, never on a production broker"
+            );
         }
         let measurements = snp.policy.allowed_measurements.clone();
         let mr_td = tdx.policy.reference.mr_td.clone();
@@ -238,6 +275,7 @@ impl EvidenceVerifier {
             tdx,
             tdx_mr_td: RwLock::new(mr_td),
             sample_warning: Throttle::new(SAMPLE_WARNING_EVERY),
+            testing_warning: Throttle::new(TESTING_WARNING_EVERY),
         }
     }
 
@@ -327,6 +365,7 @@ impl EvidenceVerifier {
                 "development_only": true,
             }),
             init_data_bound,
+            testing_root: false,
         })
     }
 
@@ -357,6 +396,7 @@ impl EvidenceVerifier {
             .clone();
         let pinned = !policy.allowed_measurements.is_empty();
         let verified = SnpVerifier::new(policy)
+            .trusting_testing_roots(self.snp.testing_roots.clone())
             .verify(
                 &report_bytes,
                 &key_der,
@@ -367,6 +407,7 @@ impl EvidenceVerifier {
                 },
             )
             .map_err(VerifyError::Snp)?;
+        self.warn_if_testing(verified.testing);
         let r = &verified.report;
         Ok(Appraisal {
             status: if pinned {
@@ -374,6 +415,7 @@ impl EvidenceVerifier {
             } else {
                 EarStatus::Warning
             },
+            testing_root: verified.testing,
             tee_claims: json!({
                 "version": r.version,
                 "generation": verified.generation.name(),
@@ -419,7 +461,8 @@ impl EvidenceVerifier {
             .ok_or(VerifyError::TdxDisabled)?;
         let quote_bytes = b64_field(Tee::Tdx, evidence, "quote")?;
         let quote = TdQuote::parse(&quote_bytes).map_err(VerifyError::Tdx)?;
-        let pck = verify_signatures(&quote_bytes, &quote, now).map_err(VerifyError::Tdx)?;
+        let pck = verify_signatures_in(&quote_bytes, &quote, now, self.tdx.testing_root.as_deref())
+            .map_err(VerifyError::Tdx)?;
         let collateral = Collateral::load(collateral_path, &pck.fmspc).map_err(VerifyError::Tdx)?;
         let mr_config_id: [u8; 48] = init_data_field(init_data, Tee::Tdx, "sha384")?;
         let report_data = padded_report_data(binding);
@@ -430,7 +473,11 @@ impl EvidenceVerifier {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let pinned = policy.reference != ReferenceValues::default();
-        let verified = TdxVerifier::new(policy)
+        let mut verifier = TdxVerifier::new(policy);
+        if let Some(root) = &self.tdx.testing_root {
+            verifier = verifier.trusting_testing_root(root.clone());
+        }
+        let verified = verifier
             .verify(
                 &quote_bytes,
                 &collateral,
@@ -441,6 +488,7 @@ impl EvidenceVerifier {
                 },
             )
             .map_err(VerifyError::Tdx)?;
+        self.warn_if_testing(verified.pck.testing);
         let r = &verified.quote.report;
         Ok(Appraisal {
             status: if pinned {
@@ -448,6 +496,7 @@ impl EvidenceVerifier {
             } else {
                 EarStatus::Warning
             },
+            testing_root: verified.pck.testing,
             tee_claims: json!({
                 "quote_version": verified.quote.version,
                 "tcb_status": verified.tcb.as_ref().map(|t| t.status.as_str()),
@@ -463,6 +512,17 @@ impl EvidenceVerifier {
             }),
             init_data_bound: true,
         })
+    }
+}
+
+impl EvidenceVerifier {
+    fn warn_if_testing(&self, testing: bool) {
+        if testing && let Some(count) = self.testing_warning.due() {
+            tracing::warn!(
+                count,
+                "accepting evidence certified by the TESTING chain ([testing]; logged at most once a minute, count since the last line)"
+            );
+        }
     }
 }
 
