@@ -11,7 +11,6 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{LimitError, PolicyLengthConfig, Value};
 use thiserror::Error;
 
-use crate::fast_path::ConfidentialFastPath;
 use crate::input::{PolicyInput, Request};
 use crate::to_value::ToValueError;
 
@@ -186,16 +185,12 @@ pub struct Engine {
     prepared: Arc<regorus::Engine>,
     idle: Arc<Mutex<Vec<regorus::Engine>>>,
     limits: Limits,
-    /// The native evaluation of the allows of the shipped confidential policy, when that is the
-    /// policy (see the `fast_path` module).
-    fast_path: Option<Arc<ConfidentialFastPath>>,
 }
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
             .field("limits", &self.limits)
-            .field("fast_path", &self.fast_path.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -244,25 +239,12 @@ impl Engine {
                 message: e.to_string(),
             })?;
         check_data(&mut engine)?;
-        // Only after the Rego accepted the policy and its data.
-        let fast_path = (policy_rego == crate::CONFIDENTIAL_POLICY)
-            .then(|| ConfidentialFastPath::new(data_json))
-            .flatten()
-            .map(Arc::new);
 
         Ok(Self {
             prepared: Arc::new(engine),
             idle: Arc::new(Mutex::new(Vec::new())),
             limits,
-            fast_path,
         })
-    }
-
-    /// Whether this engine answers the requests its policy allows natively: the policy is the
-    /// shipped [`CONFIDENTIAL_POLICY`](crate::CONFIDENTIAL_POLICY), byte for byte, with policy data
-    /// of the documented shape. Every other decision is the interpreter's.
-    pub fn has_fast_path(&self) -> bool {
-        self.fast_path.is_some()
     }
 
     /// The limits this engine enforces.
@@ -270,32 +252,10 @@ impl Engine {
         self.limits
     }
 
-    /// Decides one request. Never fails: any problem with the input, the evaluation or the policy's
-    /// result is a denial whose reason names the cause (INV-5).
-    ///
-    /// With the shipped confidential policy ([`Engine::has_fast_path`]) a request that policy
-    /// allows is decided natively, with the same result; everything else, and every request under
-    /// any other policy, is evaluated by the Rego interpreter ([`Engine::decide_interpreted`]).
+    /// Decides one request with the Rego interpreter, the only authority. Never fails: any
+    /// problem with the input, the evaluation or the policy's result is a denial whose reason
+    /// names the cause (INV-5).
     pub fn decide(&self, input: &PolicyInput) -> Decision {
-        match self.decide_fast_path(input) {
-            Some(decision) => decision,
-            None => self.decide_interpreted(input),
-        }
-    }
-
-    /// The native decision of [`Engine::decide`] alone: `Some` (an allow) only where the shipped
-    /// confidential policy allows `input`, `None` where the interpreter decides. For the
-    /// differential tests and the benchmark; the agent calls [`Engine::decide`].
-    pub fn decide_fast_path(&self, input: &PolicyInput) -> Option<Decision> {
-        let record = self.fast_path.as_ref()?.allows(input)?;
-        // The input size cap holds whatever evaluates the input.
-        let mut size = ByteCount(0);
-        serde_json::to_writer(&mut size, input).ok()?;
-        (size.0 <= self.limits.max_input_bytes).then(|| Decision::allow(String::new(), record))
-    }
-
-    /// Decides one request with the Rego interpreter, never the fast path.
-    pub fn decide_interpreted(&self, input: &PolicyInput) -> Decision {
         // Built directly (no JSON text): the same value and the same size as the JSON encoding.
         let value = match crate::to_value::to_value(input, self.limits.max_input_bytes) {
             Ok((value, _)) => value,
@@ -348,20 +308,6 @@ impl Engine {
             Ok(result) => interpret(&result),
             Err(e) => Decision::deny(eval_error_reason(&e)),
         }
-    }
-}
-
-/// Counts the bytes written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 = self.0.saturating_add(buf.len());
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -56,7 +56,6 @@
 #![forbid(unsafe_code)]
 
 mod engine;
-mod fast_path;
 pub mod initdata;
 mod input;
 mod json_patch;

@@ -125,11 +125,7 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         let initdata = load_initdata(&cli, is_init, tee).context("initdata")?;
         let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
             .context("loading the agent policy")?;
-        tracing::info!(
-            policy = policy.name(),
-            native_allows = policy.native_allows(),
-            "policy loaded"
-        );
+        tracing::info!(policy = policy.name(), "policy loaded");
         // Guest pull takes its registries, signature policy and broker from initdata only; a
         // document whose entries do not load means the agent does not serve (INV-1).
         let images =

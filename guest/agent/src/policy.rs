@@ -59,13 +59,6 @@ impl RegoPolicy {
         })
     }
 
-    /// Whether the requests this policy allows are answered natively: true for the shipped
-    /// confidential policy with data of the documented shape (a policy edited by its owner is
-    /// interpreted throughout; both decide the same).
-    pub fn native_allows(&self) -> bool {
-        self.engine.has_fast_path()
-    }
-
     /// The shipped sandbox-mode policy.
     pub fn sandbox_default() -> Result<Self, pol::PolicyError> {
         Self::load("sandbox.rego (built in)", pol::SANDBOX_POLICY, None)
