@@ -64,6 +64,7 @@ fn create() -> PolicyInput {
         user: User {
             uid: 1000,
             gid: 1000,
+            ..User::default()
         },
         terminal: false,
         capabilities: Capabilities {
@@ -74,6 +75,7 @@ fn create() -> PolicyInput {
             ambient: vec![],
         },
         no_new_privileges: true,
+        ..Process::default()
     };
     // containerd's spec for a pulled image (the policy tests' builder), as the agent would get it.
     let mut request = common::image_container(&image(i), process);

@@ -68,10 +68,11 @@ pub use engine::{
     MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,
 };
 pub use input::{
-    Capabilities, ContainerState, CreateContainer, Device, DeviceRule, DnsConfig,
-    EVER_STARTED_KEPT, HostEntry, INPUT_VERSION, Mount, Namespace, NamespaceType, NetworkInterface,
-    NetworkRoute, PodNetwork, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState,
-    User, note_started,
+    Capabilities, ConsoleSize, ContainerState, CpuLimits, CreateContainer, Device, DeviceRule,
+    DnsConfig, EVER_STARTED_KEPT, HostEntry, HugepageLimit, INPUT_VERSION, MemoryLimits, Mount,
+    Namespace, NamespaceType, NetworkInterface, NetworkRoute, PodNetwork, PolicyInput, Process,
+    Request, Resources, Rlimit, Rootfs, RootfsSource, SandboxState, Seccomp, SeccompArg,
+    SeccompRule, User, note_started,
 };
 pub use kata::{
     FAILING_POLICY_SETTING, KATA_PACKAGE, KATA_REQUESTS, KataDecision, KataEngine, MAX_PRINTS,

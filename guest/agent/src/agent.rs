@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coffer_agent_protocol::v1 as pb;
-use oci_spec::runtime::{Process as OciProcess, Spec};
+use coffer_policies as pol;
 use tokio::sync::{Mutex, broadcast};
 
 use crate::cgroup;
@@ -659,7 +659,7 @@ impl Agent {
     async fn create_container(
         &self,
         id: Id,
-        mut spec: Spec,
+        mut spec: pol::CreateContainer,
         rootfs: RootfsSource,
         record: crate::policy::Record,
     ) -> Result<Reply, AgentError> {
@@ -670,7 +670,7 @@ impl Agent {
                 id: id.to_string(),
             });
         }
-        if crate::network::holds_network_capabilities(&spec) && self.config.is_init {
+        if crate::network::holds_network_capabilities(&spec.process) && self.config.is_init {
             self.netfilter.load().await?;
         }
         let bundle = self.bundle_dir(&id);
@@ -703,7 +703,7 @@ impl Agent {
     async fn build_container(
         &self,
         id: &Id,
-        spec: &mut Spec,
+        spec: &mut pol::CreateContainer,
         rootfs: RootfsSource,
         bundle: &Path,
         record: crate::policy::Record,
@@ -740,36 +740,42 @@ impl Agent {
             }
         }
         // After the policy admitted the request as the host sent it: sealed references become
-        // their secrets, inside the guest only.
+        // their secrets and the agent's typed mounts binds of the files it made, inside the guest
+        // only. Everything else runs as authorized.
         let broker = self.config.images.as_ref().and_then(|i| i.broker());
-        crate::secrets::resolve_env(id.as_str(), spec, broker.as_ref()).await?;
+        let owner = (spec.process.user.uid, spec.process.user.gid);
+        crate::secrets::resolve_env(id.as_str(), &mut spec.process, broker.as_ref()).await?;
         crate::secrets::resolve_files(
             id.as_str(),
-            spec,
+            &mut spec.mounts,
+            owner,
             broker.as_ref(),
             &crate::secrets::files_dir(bundle),
         )
         .await?;
         self.identities
-            .resolve(id.as_str(), spec, &crate::identity::files_dir(bundle))
+            .resolve(
+                id.as_str(),
+                &mut spec.mounts,
+                owner,
+                &crate::identity::files_dir(bundle),
+            )
             .await?;
-        crate::pod_files::resolve_mounts(spec, &crate::pod_files::dir(&self.config.state_dir))?;
-        let mut root = spec.root().clone().unwrap_or_default();
-        root.set_path(rootfs_dir.clone());
-        spec.set_root(Some(root));
-        if let Some(linux) = spec.linux_mut() {
-            linux.set_cgroups_path(Some(PathBuf::from(cgroup::relative_path(id.as_str()))));
-        }
+        crate::pod_files::resolve_mounts(
+            &mut spec.mounts,
+            &crate::pod_files::dir(&self.config.state_dir),
+        )?;
         let config = bundle.join("config.json");
-        let json = serde_json::to_vec(spec)
+        let rendered = crate::spec::render_container(
+            spec,
+            &rootfs_dir.display().to_string(),
+            &cgroup::relative_path(id.as_str()),
+        );
+        let json = serde_json::to_vec(&rendered)
             .map_err(|e| AgentError::Internal(format!("serialize spec: {e}")))?;
         std::fs::write(&config, json).map_err(|e| AgentError::io("write", &config, e))?;
 
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = spec.process.terminal;
         let (child, pending) = self.prepare_io(terminal)?;
         let pid = match self.oci.create(id.as_str(), bundle, child).await {
             Ok(pid) => pid,
@@ -841,7 +847,11 @@ impl Agent {
         }))
     }
 
-    async fn exec_process(&self, r: ProcessRef, process: OciProcess) -> Result<Reply, AgentError> {
+    async fn exec_process(
+        &self,
+        r: ProcessRef,
+        process: pol::Process,
+    ) -> Result<Reply, AgentError> {
         let c = self.container(&r.container).await?;
         let exec = r
             .exec
@@ -863,10 +873,10 @@ impl Agent {
             }
         }
         let file = c.bundle.join(format!("exec-{exec}.json"));
-        let json = serde_json::to_vec(&process)
+        let json = serde_json::to_vec(&crate::spec::render_process(&process))
             .map_err(|e| AgentError::Internal(format!("serialize process: {e}")))?;
         std::fs::write(&file, json).map_err(|e| AgentError::io("write", &file, e))?;
-        let (child, pending) = self.prepare_io(process.terminal().unwrap_or(false))?;
+        let (child, pending) = self.prepare_io(process.terminal)?;
         let pid = self.oci.exec(c.id.as_str(), &file, child).await;
         let _ = std::fs::remove_file(&file);
         let pid = match pid {

@@ -32,6 +32,7 @@ pub mod request;
 pub mod rootfs;
 pub mod secrets;
 pub mod service;
+pub mod spec;
 pub mod tunnel;
 
 use std::future::Future;
