@@ -88,17 +88,19 @@ default_capabilities := {
 	"CAP_SYS_CHROOT",
 }
 
-# Kernel filesystems every container may have, by [type, destination]. Never bind mounts.
+# Kernel filesystems every container may have, by [type, destination]. Never bind mounts. The
+# second set must be mounted read-only.
 standard_mounts := {
-	["proc", "/proc"],
-	["tmpfs", "/dev"],
-	["devpts", "/dev/pts"],
-	["tmpfs", "/dev/shm"],
-	["shm", "/dev/shm"],
-	["mqueue", "/dev/mqueue"],
-	["sysfs", "/sys"],
-	["cgroup", "/sys/fs/cgroup"],
-	["cgroup2", "/sys/fs/cgroup"],
+	"/proc": {"proc"},
+	"/dev": {"tmpfs"},
+	"/dev/pts": {"devpts"},
+	"/dev/shm": {"tmpfs", "shm"},
+	"/dev/mqueue": {"mqueue"},
+}
+
+read_only_standard_mounts := {
+	"/sys": {"sysfs"},
+	"/sys/fs/cgroup": {"cgroup", "cgroup2"},
 }
 
 # The pod's own files a `pod` mount may name, by [source, destination]: the agent writes them from
@@ -108,10 +110,6 @@ pod_files := {
 	["hosts", "/etc/hosts"],
 	["hostname", "/etc/hostname"],
 }
-
-# Filesystems that must be mounted read-only when present: with `ro` (or `rro`) and neither `rw`
-# nor `rrw` among their options, since the runtime applies options in order and the last wins.
-read_only_types := {"sysfs", "cgroup", "cgroup2"}
 
 # Resource limits a container may set without its entry listing them, with their ceilings.
 default_rlimits := {"RLIMIT_NOFILE": {"soft": 1048576, "hard": 1048576}}
@@ -472,14 +470,49 @@ requested_image := input.request.rootfs.image if {
 }
 
 # The entries listing that image (normally one; entry names are unique).
-candidates := [e | some e in data.containers; e.image == requested_image]
+candidates := object.get(data.coffer_index.by_image, requested_image, [])
+
+# Indexes of the policy data (rule indexing): the engine evaluates this rule once, when it loads
+# the policy and its data, and every decision reads the result as `data.coffer_index` — a
+# decision looks its entries up by image or name instead of scanning all of them.
+data_index := {
+	"by_image": {image: [e | some e in data.containers; e.image == image] | some x in data.containers; image := x.image},
+	"by_name": {e.name: e | some e in data.containers},
+}
 
 # Each candidate's problems with the request, by entry name.
 screened := {e.name: entry_problems(input.request, e) | some e in candidates}
 
 # The request's mounts that are not standard kernel filesystems: only these need listing. Whether
 # a mount is standard does not depend on the entry, so it is decided once per request.
-nonstandard_mounts := [m | some m in input.request.mounts; not standard_mount(m)]
+nonstandard_mounts := [m | some m in input.request.mounts; not m in standard_request_mounts]
+
+# The request's mounts that are standard: a kernel filesystem at its place, not a bind mount (by
+# type or option), and read-only where it must be — `ro` or `rro` among its options and neither
+# `rw` nor `rrw` (the runtime applies them in order, so `ro` followed by `rw` would mount it
+# writable); or one of the pod's files at its destination, without options (the agent chooses
+# them: read-only). (Comprehensions of membership tests: no call per mount, the costliest thing
+# per mount in regorus.)
+standard_request_mounts := {m |
+	some m in input.request.mounts
+	m.type in standard_mounts[m.destination]
+	not "bind" in m.options
+	not "rbind" in m.options
+} | {m |
+	some m in input.request.mounts
+	m.type in read_only_standard_mounts[m.destination]
+	not "rw" in m.options
+	not "rrw" in m.options
+	not "bind" in m.options
+	not "rbind" in m.options
+	some o in m.options
+	o in {"ro", "rro"}
+} | {m |
+	some m in input.request.mounts
+	m.type == "pod"
+	[m.source, m.destination] in pod_files
+	count(m.options) == 0
+}
 
 # The request's device cgroup rules that allow reading or writing more than the standard character
 # devices (which the OCI runtime allows anyway): only these need a listed device. Decided once per
@@ -625,25 +658,6 @@ entry_problems(r, e) := (((({msg |
 	msg := sprintf("terminal %v differs from %v", [r.process.terminal, object.get(e, "terminal", false)])
 }
 
-# A standard kernel filesystem: not a bind mount (by type or option), and read-only where its type
-# must be: `ro` or `rro` among its options and neither `rw` nor `rrw` (the runtime applies them in
-# order, so `ro` followed by `rw` would mount it writable). (One body without helper calls: this
-# runs for every mount of every CreateContainer.)
-standard_mount(m) if {
-	[m.type, m.destination] in standard_mounts
-	m.type != "bind"
-	count({o | some o in m.options; o in {"bind", "rbind"}}) == 0
-	count({1 | m.type in read_only_types; count({o | some o in m.options; o in {"ro", "rro"}}) == 0}) == 0
-	count({1 | m.type in read_only_types; some o in m.options; o in {"rw", "rrw"}}) == 0
-}
-
-# One of the pod's files at its destination, without options (the agent chooses them: read-only).
-standard_mount(m) if {
-	m.type == "pod"
-	[m.source, m.destination] in pod_files
-	count(m.options) == 0
-}
-
 # Problems of a process against an entry (shared by CreateContainer and ExecProcess). (Each check
 # is a comprehension here rather than a helper function: a call costs more than the check.)
 process_problems(p, e) := ((({sprintf("user %v differs from %v", [{"uid": p.user.uid, "gid": p.user.gid}, expected]) |
@@ -755,8 +769,7 @@ env_allowed(var, e) if {
 entry_of(container_id) := e if {
 	some c in input.state.containers
 	c.id == container_id
-	some e in data.containers
-	e.name == object.get(c.record, "entry", null)
+	e := data.coffer_index.by_name[c.record.entry]
 }
 
 # The entry of the container an ExecProcess names (undefined if none admitted it).

@@ -61,11 +61,10 @@ mod input;
 mod json_patch;
 mod kata;
 mod recursion;
-mod to_value;
 
 pub use engine::{
-    DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits, MAX_REASON_BYTES,
-    MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,
+    DATA_INDEX_KEY, DATA_INDEX_RULE, DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits,
+    MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,
 };
 pub use input::{
     Capabilities, ConsoleSize, ContainerState, CpuLimits, CreateContainer, Device, DeviceRule,
