@@ -51,17 +51,19 @@
 //! [`SANDBOX_POLICY`] (`sandbox.rego`) is the non-confidential default: it allows the API but
 //! refuses containers with OCI hooks, bind mounts of guest paths, or joined (host) namespaces.
 //! [`CONFIDENTIAL_POLICY`] (`confidential.rego`) is the confidential-mode default: it admits only
-//! what its policy data lists (schema in `POLICY-DATA.md`). Initdata ([`initdata`]) carries the
-//! policy a sandbox actually enforces.
+//! what its policy data lists (schema in `POLICY-DATA.md`). Initdata (the `coffer-initdata` crate)
+//! carries the policy a sandbox actually enforces.
 #![forbid(unsafe_code)]
 
 mod engine;
-pub mod initdata;
 mod input;
 mod json_patch;
 mod kata;
 mod recursion;
 
+/// The initdata parser, which moved to its own crate (`coffer-initdata`, #20); this path remains
+/// for code written against it. New code uses `coffer_initdata`.
+pub use coffer_initdata as initdata;
 pub use engine::{
     DATA_INDEX_KEY, DATA_INDEX_RULE, DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits,
     MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Output};
 
 use anyhow::{Context, ensure};
-use coffer_policies::initdata::{Algorithm, Entry, Initdata};
+use coffer_initdata::{Algorithm, Entry, Initdata};
 use coffer_tests::{Suite, case, coffer};
 use serde_json::json;
 

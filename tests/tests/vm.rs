@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use coffer_agent_protocol::v1 as pb;
-use coffer_policies::initdata::{Algorithm, Entry, Initdata};
+use coffer_initdata::{Algorithm, Entry, Initdata};
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::sandbox::{InitdataDisk, SandboxConfig};

@@ -9,7 +9,7 @@ use coffer_agent::initdata::{self, Tee};
 use coffer_agent::policy::{Gate, RegoPolicy};
 use coffer_agent::reaper::Reaper;
 use coffer_agent::{Agent, AgentConfig, init, oci};
-use coffer_policies::initdata::{Entry, Initdata};
+use coffer_initdata::{Entry, Initdata};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -53,7 +53,7 @@ struct Cli {
     /// Expected initdata digest (`sha256:HEX`…). As PID 1 it comes from `coffer.initdata=` on
     /// the kernel command line; when given, initdata is required and must match.
     #[arg(long)]
-    initdata_digest: Option<coffer_policies::initdata::Digest>,
+    initdata_digest: Option<coffer_initdata::Digest>,
     /// Largest rootfs upload, bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_rootfs_bytes: u64,

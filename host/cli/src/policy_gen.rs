@@ -38,7 +38,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Args;
 use coffer_image::registry::Registry;
 use coffer_image::{Credentials, RegistriesConfig};
-use coffer_policies::initdata::{Algorithm, Entry, Initdata};
+use coffer_initdata::{Algorithm, Entry, Initdata};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
