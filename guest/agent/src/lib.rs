@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod error;
+pub mod host;
 pub mod identity;
 pub mod images;
 pub mod init;

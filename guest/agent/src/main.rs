@@ -138,7 +138,12 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
             max_rootfs_bytes: cli.max_rootfs_bytes,
             images: Some(std::sync::Arc::new(images)),
         };
-        let agent = Agent::new(config, Gate::new(Box::new(policy)), reaper)?;
+        let agent = Agent::new(
+            config,
+            Gate::new(Box::new(policy)),
+            reaper,
+            std::sync::Arc::new(coffer_agent::host::GuestHost::new(is_init)),
+        )?;
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
