@@ -10,9 +10,17 @@
 #     argv, user, working directory and terminal setting, environment drawn from the listed values,
 #     no capabilities beyond the default set plus the listed ones, no_new_privileges unless listed,
 #     fresh mount and pid namespaces and no joined namespace unless listed, only the standard kernel
-#     filesystems plus the listed mounts, no devices (nodes or device cgroup rules beyond the
-#     standard character devices), sysctls or relaxed masked/read-only paths unless listed, and
-#     never OCI hooks. An admitted container is recorded with its entry's name.
+#     filesystems (sysfs and cgroup read-only, without rw/rrw) plus the listed mounts, no devices
+#     (nodes or device cgroup rules beyond the standard character devices; never a rule of type
+#     `a`, which the runtime reads as every device), sysctls or relaxed masked/read-only paths
+#     unless listed, exactly the listed seccomp profile (none unless listed), resource limits
+#     within the listed bounds (RLIMIT_NOFILE up to 1048576 unless listed otherwise), no
+#     supplementary group but the process's own and the listed ones, exactly the listed AppArmor
+#     and SELinux labels (none unless listed), no OOM-killer exemption (oom_score_adj -1000),
+#     cgroup limits within the listed ceilings and no raw cgroup setting unless listed, a
+#     read-only root filesystem where listed. (OCI hooks never reach the policy: the agent
+#     refuses them, and every spec field it does not model, when it decodes the request.) An
+#     admitted container is recorded with its entry's name.
 #     A process holding CAP_NET_ADMIN or CAP_NET_RAW (in any set; only where its entry lists them)
 #     is created and started only while no container has started: the pod's network is set up
 #     (the mesh init, istio-init's pattern) before the workload runs and is fixed from then on.
@@ -80,17 +88,19 @@ default_capabilities := {
 	"CAP_SYS_CHROOT",
 }
 
-# Kernel filesystems every container may have, by [type, destination]. Never bind mounts.
+# Kernel filesystems every container may have, by [type, destination]. Never bind mounts. The
+# second set must be mounted read-only.
 standard_mounts := {
-	["proc", "/proc"],
-	["tmpfs", "/dev"],
-	["devpts", "/dev/pts"],
-	["tmpfs", "/dev/shm"],
-	["shm", "/dev/shm"],
-	["mqueue", "/dev/mqueue"],
-	["sysfs", "/sys"],
-	["cgroup", "/sys/fs/cgroup"],
-	["cgroup2", "/sys/fs/cgroup"],
+	"/proc": {"proc"},
+	"/dev": {"tmpfs"},
+	"/dev/pts": {"devpts"},
+	"/dev/shm": {"tmpfs", "shm"},
+	"/dev/mqueue": {"mqueue"},
+}
+
+read_only_standard_mounts := {
+	"/sys": {"sysfs"},
+	"/sys/fs/cgroup": {"cgroup", "cgroup2"},
 }
 
 # The pod's own files a `pod` mount may name, by [source, destination]: the agent writes them from
@@ -101,8 +111,8 @@ pod_files := {
 	["hostname", "/etc/hostname"],
 }
 
-# Filesystems that must be mounted read-only when present.
-read_only_types := {"sysfs", "cgroup", "cgroup2"}
+# Resource limits a container may set without its entry listing them, with their ceilings.
+default_rlimits := {"RLIMIT_NOFILE": {"soft": 1048576, "hard": 1048576}}
 
 required_masked_paths := {
 	"/proc/acpi",
@@ -262,9 +272,47 @@ data_problems contains msg if {
 
 data_problems contains msg if {
 	some i, e in entries
-	some field in ["terminal", "logs", "stdin", "allow_privilege_escalation"]
+	some field in ["terminal", "logs", "stdin", "allow_privilege_escalation", "readonly_rootfs"]
 	not is_boolean(object.get(e, field, false))
 	msg := sprintf("containers[%d].%s must be a boolean", [i, field])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	some field in ["apparmor_profile", "selinux_label", "mount_label"]
+	value := object.get(e, field, null)
+	value != null
+	not is_string(value)
+	msg := sprintf("containers[%d].%s must be a string", [i, field])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	gids := object.get(e, "additional_gids", [])
+	not number_array(gids)
+	msg := sprintf("containers[%d].additional_gids must be an array of numbers", [i])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	profile := object.get(e, "seccomp", null)
+	profile != null
+	not seccomp_shape(profile)
+	msg := sprintf("containers[%d].seccomp must be a profile {default_action, default_errno_ret, architectures, flags, syscalls} as the input shows it", [i])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	limits := object.get(e, "rlimits", {})
+	not rlimit_bounds(limits)
+	msg := sprintf("containers[%d].rlimits must map RLIMIT_… names to {\"soft\": n, \"hard\": n}", [i])
+}
+
+data_problems contains msg if {
+	some i, e in entries
+	r := object.get(e, "resources", {})
+	not resource_ceilings(r)
+	msg := sprintf("containers[%d].resources may hold memory_limit and pids_limit (numbers) and unified (an object of strings), nothing else", [i])
 }
 
 data_problems contains msg if {
@@ -307,6 +355,51 @@ string_array(value) if {
 	is_array(value)
 	every v in value {
 		is_string(v)
+	}
+}
+
+number_array(value) if {
+	is_array(value)
+	every v in value {
+		is_number(v)
+	}
+}
+
+seccomp_shape(p) if {
+	is_object(p)
+	every k, _ in p {
+		k in {"default_action", "default_errno_ret", "architectures", "flags", "syscalls"}
+	}
+	is_string(p.default_action)
+	is_array(p.syscalls)
+}
+
+rlimit_bounds(limits) if {
+	is_object(limits)
+	every name, b in limits {
+		startswith(name, "RLIMIT_")
+		is_number(b.soft)
+		is_number(b.hard)
+	}
+}
+
+resource_ceilings(r) if {
+	is_object(r)
+	every k, v in r {
+		k in {"memory_limit", "pids_limit", "unified"}
+		resource_value(k, v)
+	}
+}
+
+resource_value(k, v) if {
+	k != "unified"
+	is_number(v)
+}
+
+resource_value("unified", v) if {
+	is_object(v)
+	every _, x in v {
+		is_string(x)
 	}
 }
 
@@ -377,14 +470,49 @@ requested_image := input.request.rootfs.image if {
 }
 
 # The entries listing that image (normally one; entry names are unique).
-candidates := [e | some e in data.containers; e.image == requested_image]
+candidates := object.get(data.coffer_index.by_image, requested_image, [])
+
+# Indexes of the policy data (rule indexing): the engine evaluates this rule once, when it loads
+# the policy and its data, and every decision reads the result as `data.coffer_index` — a
+# decision looks its entries up by image or name instead of scanning all of them.
+data_index := {
+	"by_image": {image: [e | some e in data.containers; e.image == image] | some x in data.containers; image := x.image},
+	"by_name": {e.name: e | some e in data.containers},
+}
 
 # Each candidate's problems with the request, by entry name.
 screened := {e.name: entry_problems(input.request, e) | some e in candidates}
 
 # The request's mounts that are not standard kernel filesystems: only these need listing. Whether
 # a mount is standard does not depend on the entry, so it is decided once per request.
-nonstandard_mounts := [m | some m in input.request.mounts; not standard_mount(m)]
+nonstandard_mounts := [m | some m in input.request.mounts; not m in standard_request_mounts]
+
+# The request's mounts that are standard: a kernel filesystem at its place, not a bind mount (by
+# type or option), and read-only where it must be — `ro` or `rro` among its options and neither
+# `rw` nor `rrw` (the runtime applies them in order, so `ro` followed by `rw` would mount it
+# writable); or one of the pod's files at its destination, without options (the agent chooses
+# them: read-only). (Comprehensions of membership tests: no call per mount, the costliest thing
+# per mount in regorus.)
+standard_request_mounts := {m |
+	some m in input.request.mounts
+	m.type in standard_mounts[m.destination]
+	not "bind" in m.options
+	not "rbind" in m.options
+} | {m |
+	some m in input.request.mounts
+	m.type in read_only_standard_mounts[m.destination]
+	not "rw" in m.options
+	not "rrw" in m.options
+	not "bind" in m.options
+	not "rbind" in m.options
+	some o in m.options
+	o in {"ro", "rro"}
+} | {m |
+	some m in input.request.mounts
+	m.type == "pod"
+	[m.source, m.destination] in pod_files
+	count(m.options) == 0
+}
 
 # The request's device cgroup rules that allow reading or writing more than the standard character
 # devices (which the OCI runtime allows anyway): only these need a listed device. Decided once per
@@ -408,8 +536,10 @@ standard_device_rule(rule) if {
 	rule.major == 136
 }
 
-# A rule granting neither read nor write (`m`: mknod alone) opens no device.
+# A rule granting neither read nor write (`m`: mknod alone) opens no device. Not for type `a`:
+# the runtime reads any allow rule of type `a` as "every device, every access".
 standard_device_rule(rule) if {
+	rule.type != "a"
 	is_string(rule.access)
 	not contains(rule.access, "r")
 	not contains(rule.access, "w")
@@ -477,9 +607,23 @@ entry_problems(r, e) := (((({msg |
 	not m.source in object.get(e, "secrets", [])
 	msg := sprintf("mount %s names secret %v, which its entry does not list", [m.destination, m.source])
 } | {msg |
+	# The listed device with this path, type and numbers (and mode and owner, where listed).
 	some d in r.devices
-	not d in object.get(e, "devices", [])
+	count({1 |
+		some ed in object.get(e, "devices", [])
+		ed.path == d.path
+		ed.type == d.type
+		ed.major == d.major
+		ed.minor == d.minor
+		object.get(ed, "file_mode", d.file_mode) == d.file_mode
+		object.get(ed, "uid", d.uid) == d.uid
+		object.get(ed, "gid", d.gid) == d.gid
+	}) == 0
 	msg := sprintf("device %s is not listed", [d.path])
+} | {msg |
+	some rule in nonstandard_device_rules
+	rule.type == "a"
+	msg := "device cgroup rule of type a allows every device"
 } | {msg |
 	# A device cgroup rule allowing more than the standard devices (a privileged container's
 	# "allow all", say) must name one of the entry's devices exactly.
@@ -490,7 +634,18 @@ entry_problems(r, e) := (((({msg |
 	some key, value in r.sysctls
 	object.get(object.get(e, "sysctls", {}), key, null) != value
 	msg := sprintf("sysctl %s=%s is not listed", [key, value])
-})) | ({msg |
+})) | (({msg |
+	# The seccomp profile the entry lists, exactly (none when it lists none).
+	r.seccomp != object.get(e, "seccomp", null)
+	msg := sprintf("seccomp profile %s differs from the entry's %s", [seccomp_summary(r.seccomp), seccomp_summary(object.get(e, "seccomp", null))])
+} | {msg |
+	r.mount_label != object.get(e, "mount_label", null)
+	msg := sprintf("mount label %v differs from %v", [r.mount_label, object.get(e, "mount_label", null)])
+} | {msg |
+	object.get(e, "readonly_rootfs", false) == true
+	r.root_readonly != true
+	msg := "the root filesystem is not read-only"
+}) | resource_problems(r, e)) | ({msg |
 	missing := required_masked_paths - {p | some p in r.masked_paths}
 	count(missing) > 0
 	msg := sprintf("masked paths %v are not masked", [sort(missing)])
@@ -503,34 +658,72 @@ entry_problems(r, e) := (((({msg |
 	msg := sprintf("terminal %v differs from %v", [r.process.terminal, object.get(e, "terminal", false)])
 }
 
-# A standard kernel filesystem: not a bind mount (by type or option), and read-only where its type
-# must be. (One body without helper calls: this runs for every mount of every CreateContainer.)
-standard_mount(m) if {
-	[m.type, m.destination] in standard_mounts
-	m.type != "bind"
-	count({o | some o in m.options; o in {"bind", "rbind"}}) == 0
-	count({1 | m.type in read_only_types; not "ro" in m.options}) == 0
-}
-
-# One of the pod's files at its destination, without options (the agent chooses them: read-only).
-standard_mount(m) if {
-	m.type == "pod"
-	[m.source, m.destination] in pod_files
-	count(m.options) == 0
-}
-
 # Problems of a process against an entry (shared by CreateContainer and ExecProcess). (Each check
 # is a comprehension here rather than a helper function: a call costs more than the check.)
-process_problems(p, e) := (({sprintf("user %v differs from %v", [p.user, expected]) |
+process_problems(p, e) := ((({sprintf("user %v differs from %v", [{"uid": p.user.uid, "gid": p.user.gid}, expected]) |
 	expected := object.get(e, "user", {"uid": 0, "gid": 0})
-	p.user != expected
+	{"uid": p.user.uid, "gid": p.user.gid} != expected
 } | {sprintf("working directory %v differs from %v", [p.cwd, expected]) |
 	expected := object.get(e, "cwd", "/")
 	p.cwd != expected
 }) | ({"no_new_privileges is off" |
 	p.no_new_privileges != true
 	object.get(e, "allow_privilege_escalation", false) != true
-} | capability_problems(p, e))) | (env_problems(p, e) | sealed_problems(p, e))
+} | capability_problems(p, e))) | (env_problems(p, e) | sealed_problems(p, e))) | hardening_problems(p, e)
+
+# Resource limits, supplementary groups, LSM labels and the OOM score of a process against an
+# entry (CreateContainer and ExecProcess).
+hardening_problems(p, e) := (({msg |
+	some rl in p.rlimits
+	bound := object.get(object.get(e, "rlimits", {}), rl.type, object.get(default_rlimits, rl.type, null))
+	not rlimit_within(rl, bound)
+	msg := rlimit_problem(rl, bound)
+} | {sprintf("supplementary group %v is not listed", [g]) |
+	some g in p.user.additional_gids
+	g != p.user.gid
+	not g in object.get(e, "additional_gids", [])
+}) | ({sprintf("AppArmor profile %v differs from %v", [p.apparmor_profile, expected]) |
+	expected := object.get(e, "apparmor_profile", null)
+	p.apparmor_profile != expected
+} | {sprintf("SELinux label %v differs from %v", [p.selinux_label, expected]) |
+	expected := object.get(e, "selinux_label", null)
+	p.selinux_label != expected
+})) | {"oom_score_adj -1000 exempts it from the OOM killer" |
+	p.oom_score_adj == -1000
+}
+
+rlimit_problem(rl, null) := sprintf("rlimit %s is not listed", [rl.type])
+
+rlimit_problem(rl, bound) := sprintf("rlimit %s (soft %v, hard %v) is above its bound (soft %v, hard %v)", [rl.type, rl.soft, rl.hard, bound.soft, bound.hard]) if bound != null
+
+rlimit_within(rl, bound) if {
+	is_object(bound)
+	rl.soft <= bound.soft
+	rl.hard <= bound.hard
+}
+
+# The entry's cgroup ceilings: a listed memory or pids limit must be set, and at most the listed
+# value; raw cgroup settings (`unified`) only as listed, exactly.
+resource_problems(r, e) := ({sprintf("memory limit %v is not within the entry's %v", [r.resources.memory.limit, ceiling]) |
+	ceiling := e.resources.memory_limit
+	not limit_within(r.resources.memory.limit, ceiling)
+} | {sprintf("pids limit %v is not within the entry's %v", [r.resources.pids_limit, ceiling]) |
+	ceiling := e.resources.pids_limit
+	not limit_within(r.resources.pids_limit, ceiling)
+}) | {sprintf("cgroup setting %s=%s is not listed", [key, value]) |
+	some key, value in r.resources.unified
+	object.get(object.get(object.get(e, "resources", {}), "unified", {}), key, null) != value
+}
+
+limit_within(limit, ceiling) if {
+	is_number(limit)
+	limit >= 0
+	limit <= ceiling
+}
+
+seccomp_summary(null) := "none"
+
+seccomp_summary(p) := sprintf("(default %s, %d rules)", [p.default_action, count(p.syscalls)]) if p != null
 
 capability_problems(p, e) := {sprintf("capability %s (%s set) is not allowed", [cap, set_name]) |
 	allowed := default_capabilities | {c | some c in object.get(e, "capabilities", [])}
@@ -576,8 +769,7 @@ env_allowed(var, e) if {
 entry_of(container_id) := e if {
 	some c in input.state.containers
 	c.id == container_id
-	some e in data.containers
-	e.name == object.get(c.record, "entry", null)
+	e := data.coffer_index.by_name[c.record.entry]
 }
 
 # The entry of the container an ExecProcess names (undefined if none admitted it).

@@ -3,12 +3,21 @@
 # Contract (see the coffer-policies crate docs): input schema version 1, one decision per request in
 # data.coffer.policy.decision = {"allow": bool, "reason": string}.
 #
-# Permissive for the agent API, but CreateContainer is refused when it would give a container the
-# guest's own resources:
-#   - OCI hooks (they run as guest root before the container exists),
+# Permissive for the agent API, but CreateContainer (and ExecProcess, for its process) is refused
+# when it would give a container the guest's own resources:
 #   - bind mounts of guest ("host", from the container's point of view) paths: type "bind" or a
 #     "bind"/"rbind" option, whatever the declared type, since MS_BIND ignores the filesystem type,
-#   - joining an existing namespace (a namespace entry with a path).
+#   - joining an existing namespace (a namespace entry with a path),
+#   - the guest's devices: a device cgroup rule allowing type `a` (the runtime reads it as every
+#     device, whatever its numbers and access),
+#   - writable kernel interfaces: sysfs and cgroup mounted without `ro`/`rro`, or with `rw`/`rrw`
+#     (the runtime applies options in order, so `ro` then `rw` mounts it writable),
+#   - an exemption from the guest's OOM killer (oom_score_adj -1000),
+#   - AppArmor or SELinux labels: the guest loads no such policy, so a label names nothing.
+# OCI hooks (they run as guest root) and every other spec field the agent does not model never
+# reach the policy: the agent refuses them when it decodes the request. Seccomp profiles,
+# resource limits, supplementary groups and cgroup limits are applied as the host sends them:
+# the host is trusted in sandbox mode, and they only restrict the container.
 # Mounts of the standard kernel filesystems (proc, sysfs, cgroup, cgroup2, tmpfs for /dev and
 # /dev/shm, devpts, mqueue) are not binds and pass; so do the pod's own files (type "pod": the
 # agent binds the resolv.conf, hosts and hostname it wrote from CreateSandbox, read-only, never a
@@ -76,6 +85,46 @@ denials contains msg if {
 	is_string(ns.path)
 	ns.path != ""
 	msg := sprintf("%s: %s namespace joins the existing namespace %s (host namespace)", [kind, ns.type, ns.path])
+}
+
+denials contains msg if {
+	some rule in input.request.device_cgroup
+	rule.allow == true
+	rule.type == "a"
+	msg := sprintf("%s: device cgroup rule of type a allows every device of the guest", [kind])
+}
+
+# sysfs and cgroup filesystems must be read-only.
+read_only_types := {"sysfs", "cgroup", "cgroup2"}
+
+denials contains msg if {
+	some m in input.request.mounts
+	m.type in read_only_types
+	not read_only(m.options)
+	msg := sprintf("%s: %s mount at %s is not read-only (ro or rro, and no rw or rrw)", [kind, m.type, m.destination])
+}
+
+read_only(options) if {
+	count({o | some o in options; o in {"ro", "rro"}}) > 0
+	count({o | some o in options; o in {"rw", "rrw"}}) == 0
+}
+
+denials contains msg if {
+	input.request.process.oom_score_adj == -1000
+	msg := sprintf("%s: oom_score_adj -1000 exempts the process from the guest's OOM killer", [kind])
+}
+
+denials contains msg if {
+	some field in ["apparmor_profile", "selinux_label"]
+	label := input.request.process[field]
+	is_string(label)
+	msg := sprintf("%s: %s %s names a policy the guest does not load", [kind, field, label])
+}
+
+denials contains msg if {
+	label := input.request.mount_label
+	is_string(label)
+	msg := sprintf("%s: mount_label %s names a policy the guest does not load", [kind, label])
 }
 
 is_bind(m) if m.type == "bind"

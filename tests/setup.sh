@@ -8,6 +8,11 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt+=(busybox-static)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+# The guest agent links libseccomp (seccomp profiles) and libelf (libbpf, the cgroup v2 device
+# filter) statically: their archives.
+[ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ] || need_apt+=(libseccomp-dev)
+[ -f /usr/lib/x86_64-linux-gnu/libelf.a ] || need_apt+=(libelf-dev)
+[ -f /usr/lib/x86_64-linux-gnu/libz.a ] || need_apt+=(zlib1g-dev)
 # image-rs tests: a real registry, real image tools (skopeo, umoci), htpasswd, openssl and gpg.
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)

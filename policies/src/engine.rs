@@ -1,7 +1,7 @@
 //! The engine: one Rego policy (plus optional data) loaded once, then one [`Engine::decide`] per
 //! request. Every failure mode of evaluation is a denial (INV-5); only loading returns errors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
@@ -11,9 +11,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{LimitError, PolicyLengthConfig, Value};
 use thiserror::Error;
 
-use crate::fast_path::ConfidentialFastPath;
 use crate::input::{PolicyInput, Request};
-use crate::to_value::ToValueError;
 
 /// The package every policy must declare.
 pub const POLICY_PACKAGE: &str = "coffer.policy";
@@ -178,6 +176,19 @@ const MAX_IDLE_INTERPRETERS: usize = 8;
 /// The optional rule listing problems with the policy data, evaluated once at load.
 pub const DATA_PROBLEMS_RULE: &str = "data.coffer.policy.data_problems";
 
+/// The optional rule computing indexes of the policy data, evaluated once at load (after the data
+/// passed [`DATA_PROBLEMS_RULE`]); decisions read its value as `data.`[`DATA_INDEX_KEY`].
+pub const DATA_INDEX_RULE: &str = "data.coffer.policy.data_index";
+
+/// Where decisions find [`DATA_INDEX_RULE`]'s value: a top-level data key the policy data must
+/// not use itself when the policy declares an index.
+pub const DATA_INDEX_KEY: &str = "coffer_index";
+
+/// Most decisions remembered for byte-identical inputs (see [`Engine::decide`]).
+const MEMO_ENTRIES: usize = 256;
+/// Longest input (JSON) whose decision is remembered.
+const MEMO_MAX_INPUT_BYTES: usize = 4096;
+
 /// A loaded policy. Cheap to share: [`Engine::decide`] takes `&self` and evaluates on an
 /// interpreter no other decision is using at the time (a pooled copy of the prepared one), so one
 /// engine serves any number of threads and no decision can observe another's evaluation state.
@@ -186,16 +197,14 @@ pub struct Engine {
     prepared: Arc<regorus::Engine>,
     idle: Arc<Mutex<Vec<regorus::Engine>>>,
     limits: Limits,
-    /// The native evaluation of the allows of the shipped confidential policy, when that is the
-    /// policy (see the `fast_path` module).
-    fast_path: Option<Arc<ConfidentialFastPath>>,
+    /// Decisions that record nothing, by the exact JSON text of their input (request and state).
+    memo: Arc<Mutex<HashMap<String, Decision>>>,
 }
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
             .field("limits", &self.limits)
-            .field("fast_path", &self.fast_path.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -244,25 +253,21 @@ impl Engine {
                 message: e.to_string(),
             })?;
         check_data(&mut engine)?;
-        // Only after the Rego accepted the policy and its data.
-        let fast_path = (policy_rego == crate::CONFIDENTIAL_POLICY)
-            .then(|| ConfidentialFastPath::new(data_json))
-            .flatten()
-            .map(Arc::new);
+        if add_data_index(&mut engine, data_json)? {
+            // Schedule again with the index in `data`, once, before interpreters are copied.
+            engine
+                .eval_query("true".to_owned(), false)
+                .map_err(|e| PolicyError::Compile {
+                    message: e.to_string(),
+                })?;
+        }
 
         Ok(Self {
             prepared: Arc::new(engine),
             idle: Arc::new(Mutex::new(Vec::new())),
             limits,
-            fast_path,
+            memo: Arc::new(Mutex::new(HashMap::new())),
         })
-    }
-
-    /// Whether this engine answers the requests its policy allows natively: the policy is the
-    /// shipped [`CONFIDENTIAL_POLICY`](crate::CONFIDENTIAL_POLICY), byte for byte, with policy data
-    /// of the documented shape. Every other decision is the interpreter's.
-    pub fn has_fast_path(&self) -> bool {
-        self.fast_path.is_some()
     }
 
     /// The limits this engine enforces.
@@ -270,46 +275,53 @@ impl Engine {
         self.limits
     }
 
-    /// Decides one request. Never fails: any problem with the input, the evaluation or the policy's
-    /// result is a denial whose reason names the cause (INV-5).
+    /// Decides one request with the Rego interpreter, the only authority. Never fails: any
+    /// problem with the input, the evaluation or the policy's result is a denial whose reason
+    /// names the cause (INV-5).
     ///
-    /// With the shipped confidential policy ([`Engine::has_fast_path`]) a request that policy
-    /// allows is decided natively, with the same result; everything else, and every request under
-    /// any other policy, is evaluated by the Rego interpreter ([`Engine::decide_interpreted`]).
+    /// A decision that records nothing is remembered for its input's exact JSON text (request and
+    /// sandbox state, at most 4 KiB): the policy has no clock, randomness or I/O, so the same text
+    /// is decided the same way, and the repeat (a stream's every chunk, a health probe) skips the
+    /// interpreter. Evaluation errors and limits are never remembered, nor any decision that
+    /// updates state (an allowed `CreateContainer`'s record).
     pub fn decide(&self, input: &PolicyInput) -> Decision {
-        match self.decide_fast_path(input) {
-            Some(decision) => decision,
-            None => self.decide_interpreted(input),
+        let json = match serde_json::to_string(input) {
+            Ok(json) => json,
+            Err(e) => return Decision::deny(format!("policy error: input not encodable: {e}")),
+        };
+        if json.len() > self.limits.max_input_bytes {
+            return Decision::deny(format!(
+                "policy input is {} bytes, over the limit of {}",
+                json.len(),
+                self.limits.max_input_bytes
+            ));
         }
-    }
-
-    /// The native decision of [`Engine::decide`] alone: `Some` (an allow) only where the shipped
-    /// confidential policy allows `input`, `None` where the interpreter decides. For the
-    /// differential tests and the benchmark; the agent calls [`Engine::decide`].
-    pub fn decide_fast_path(&self, input: &PolicyInput) -> Option<Decision> {
-        let record = self.fast_path.as_ref()?.allows(input)?;
-        // The input size cap holds whatever evaluates the input.
-        let mut size = ByteCount(0);
-        serde_json::to_writer(&mut size, input).ok()?;
-        (size.0 <= self.limits.max_input_bytes).then(|| Decision::allow(String::new(), record))
-    }
-
-    /// Decides one request with the Rego interpreter, never the fast path.
-    pub fn decide_interpreted(&self, input: &PolicyInput) -> Decision {
-        // Built directly (no JSON text): the same value and the same size as the JSON encoding.
-        let value = match crate::to_value::to_value(input, self.limits.max_input_bytes) {
-            Ok((value, _)) => value,
-            Err(ToValueError::TooLarge) => {
-                let size = serde_json::to_vec(input).map_or(usize::MAX, |json| json.len());
-                return Decision::deny(format!(
-                    "policy input is {size} bytes, over the limit of {}",
-                    self.limits.max_input_bytes
-                ));
-            }
+        let memoizable = json.len() <= MEMO_MAX_INPUT_BYTES;
+        if memoizable
+            && let Some(decision) = self.memo.lock().ok().and_then(|m| m.get(&json).cloned())
+        {
+            return decision;
+        }
+        // Built from the input's tree rather than by parsing `json` again (a third of a small
+        // decision's cost).
+        let tree = match serde_json::to_value(input) {
+            Ok(tree) => tree,
             Err(e) => return Decision::deny(format!("policy error: input not encodable: {e}")),
         };
         let is_create = matches!(input.request, Request::CreateContainer(_));
-        checked_record(self.decide_value(value), is_create)
+        let (decision, evaluated) = self.evaluate(json_value(tree));
+        let decision = checked_record(decision, is_create);
+        if memoizable
+            && evaluated
+            && decision.record.is_empty()
+            && let Ok(mut memo) = self.memo.lock()
+        {
+            if memo.len() >= MEMO_ENTRIES {
+                memo.clear();
+            }
+            memo.insert(json, decision.clone());
+        }
+        decision
     }
 
     /// Decides an input given as JSON text (for tools such as `coffer policy eval`; the agent uses
@@ -333,6 +345,12 @@ impl Engine {
 
     /// Evaluates [`DECISION_RULE`] on an already converted input.
     fn decide_value(&self, input: Value) -> Decision {
+        self.evaluate(input).0
+    }
+
+    /// Evaluates [`DECISION_RULE`] on an already converted input; whether the evaluation ran to
+    /// its end (no error, no limit), i.e. the decision is the policy's own.
+    fn evaluate(&self, input: Value) -> (Decision, bool) {
         // An idle interpreter, or a fresh copy of the prepared one. regorus clears its evaluation
         // state at the start of every `eval_rule`, so nothing of one decision reaches the next.
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
@@ -345,24 +363,84 @@ impl Engine {
             idle.push(engine);
         }
         match result {
-            Ok(result) => interpret(&result),
-            Err(e) => Decision::deny(eval_error_reason(&e)),
+            Ok(result) => (interpret(&result), true),
+            Err(e) => (Decision::deny(eval_error_reason(&e)), false),
         }
     }
 }
 
-/// Counts the bytes written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 = self.0.saturating_add(buf.len());
-        Ok(buf.len())
+/// The interpreter's value of a JSON tree: the value `Value::from_json_str` gives for its text,
+/// built without parsing it again.
+fn json_value(tree: serde_json::Value) -> Value {
+    match tree {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::from(b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::from(i),
+            (None, Some(u), _) => Value::from(u),
+            (None, None, Some(f)) => Value::from(f),
+            (None, None, None) => Value::Null,
+        },
+        serde_json::Value::String(s) => Value::from(s),
+        serde_json::Value::Array(items) => {
+            Value::from(items.into_iter().map(json_value).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(members) => Value::from(
+            members
+                .into_iter()
+                .map(|(k, v)| (Value::from(k), json_value(v)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
     }
+}
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// Evaluates [`DATA_INDEX_RULE`], if the policy declares it, and adds its value to the data as
+/// [`DATA_INDEX_KEY`]. Whether it did.
+fn add_data_index(
+    engine: &mut regorus::Engine,
+    data_json: Option<&str>,
+) -> Result<bool, PolicyError> {
+    let declared = engine
+        .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "data_index")
+        .map_err(|e| PolicyError::Compile {
+            message: e.to_string(),
+        })?;
+    if !declared {
+        return Ok(false);
     }
+    let reserved = data_json
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .is_some_and(|d| d.get(DATA_INDEX_KEY).is_some());
+    if reserved {
+        return Err(PolicyError::Data {
+            message: format!("{DATA_INDEX_KEY} is reserved for the policy's data index"),
+        });
+    }
+    engine.set_input(Value::new_object());
+    let index = engine
+        .eval_rule(DATA_INDEX_RULE.to_owned())
+        .map_err(|e| PolicyError::Data {
+            message: one_line(&e.to_string()),
+        })?;
+    if !matches!(index, Value::Object(_)) {
+        return Err(PolicyError::Data {
+            message: format!(
+                "{DATA_INDEX_RULE} is {}, expected an object",
+                type_name(&index)
+            ),
+        });
+    }
+    let mut wrapper = Value::new_object();
+    wrapper
+        .as_object_mut()
+        .map_err(|e| PolicyError::Data {
+            message: e.to_string(),
+        })?
+        .insert(Value::from(DATA_INDEX_KEY), index);
+    engine.add_data(wrapper).map_err(|e| PolicyError::Data {
+        message: e.to_string(),
+    })?;
+    Ok(true)
 }
 
 /// Checks `limits` and the source and data sizes, before anything is parsed. Returns the policy
@@ -639,6 +717,77 @@ decision := {"allow": true, "reason": ""}
     fn decide_json(policy: &str, input_json: &str) -> Decision {
         let engine = Engine::new(policy, None, Limits::default()).unwrap();
         engine.decide_value(Value::from_json_str(input_json).unwrap())
+    }
+
+    /// A policy's `data_index` is computed once from its data and read as `data.coffer_index`;
+    /// data using that key itself does not load.
+    #[test]
+    fn data_index_is_computed_at_load() {
+        let policy = r#"
+package coffer.policy
+
+data_index := {"allowed": {k | some k in data.kinds}}
+
+default decision := {"allow": false, "reason": "not in the index"}
+
+decision := {"allow": true, "reason": ""} if data.coffer_index.allowed[input.request.kind]
+"#;
+        let engine = Engine::new(
+            policy,
+            Some(r#"{"kinds": ["GetGuestDetails"]}"#),
+            Limits::default(),
+        )
+        .unwrap();
+        assert!(engine.decide(&simple_input()).allowed);
+        let other = PolicyInput::new(Request::GetOomEvent, SandboxState::default());
+        assert_eq!(engine.decide(&other).reason, "not in the index");
+        let err = Engine::new(
+            policy,
+            Some(r#"{"kinds": [], "coffer_index": {"allowed": {"GetOOMEvent": true}}}"#),
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("coffer_index is reserved"),
+            "{err}"
+        );
+    }
+
+    /// A remembered decision is only ever the one for the same bytes: another state is decided
+    /// anew.
+    #[test]
+    fn remembered_decisions_follow_the_state() {
+        let policy = r#"
+package coffer.policy
+
+default decision := {"allow": false, "reason": "no container"}
+
+decision := {"allow": true, "reason": ""} if count(input.state.containers) > 0
+"#;
+        let engine = Engine::new(policy, None, Limits::default()).unwrap();
+        let empty = simple_input();
+        let mut one = simple_input();
+        one.state.containers.push(crate::input::ContainerState {
+            id: "c".into(),
+            image_digest: None,
+            started: false,
+            record: BTreeMap::new(),
+        });
+        for _ in 0..3 {
+            assert!(!engine.decide(&empty).allowed);
+            assert!(engine.decide(&one).allowed);
+        }
+        assert_eq!(engine.memo.lock().unwrap().len(), 2);
+    }
+
+    /// The input the interpreter sees is the one its own JSON parser makes of the input's text.
+    #[test]
+    fn input_values_are_the_json_parsers() {
+        let json = serde_json::json!({"a": [1, -2, 18446744073709551615u64, 1.5, null, true, "s"], "b": {"c": {}}, "é": []});
+        assert_eq!(
+            json_value(json.clone()),
+            Value::from_json_str(&json.to_string()).unwrap()
+        );
     }
 
     #[test]

@@ -285,8 +285,20 @@ pub struct HostEntry {
     pub names: Vec<String>,
 }
 
-/// The policy-relevant facts of a `CreateContainer` request (from its OCI runtime spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A `CreateContainer` request: the container's closed spec.
+///
+/// This is the whole of what the guest honours in a host's OCI runtime spec, decoded by the agent
+/// (`guest/agent/src/spec.rs`): a field of the OCI spec outside this model that is not at its
+/// default refuses the request, naming the field, and the agent renders the `config.json` the OCI
+/// runtime runs from this value alone (after the policy admitted it), so what runs is what the
+/// policy decided. The only parts of the runtime's configuration the guest chooses itself are the
+/// root filesystem's path and the cgroup path (the host's values are never used), and the typed
+/// mounts the agent resolves after the decision (`sealed`, `identity`, `pod`: documented on
+/// [`Mount`]), and sealed environment values.
+///
+/// Members marked "added to schema version 1" are optional in the input's JSON (absent means their
+/// default), so documents written before them still parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContainer {
     /// Container id.
@@ -295,7 +307,7 @@ pub struct CreateContainer {
     pub rootfs: Rootfs,
     /// The container's init process.
     pub process: Process,
-    /// Linux namespaces, as listed in the spec.
+    /// Linux namespaces, as listed in the spec (each type at most once).
     pub namespaces: Vec<Namespace>,
     /// Mounts, in spec order.
     pub mounts: Vec<Mount>,
@@ -306,7 +318,8 @@ pub struct CreateContainer {
     /// schema version 1 as an optional member: absent means `[]`.)
     #[serde(default)]
     pub device_cgroup: Vec<DeviceRule>,
-    /// Whether the spec carries any OCI hook (these run as guest root).
+    /// Always `false`: the agent refuses a spec with OCI hooks when it decodes it (they would run
+    /// as guest root). Kept so policies written against schema version 1 still read it.
     pub hooks_present: bool,
     /// Sysctls to set.
     pub sysctls: BTreeMap<String, String>,
@@ -314,10 +327,37 @@ pub struct CreateContainer {
     pub masked_paths: Vec<String>,
     /// Paths mounted read-only inside the container.
     pub readonly_paths: Vec<String>,
+    /// The container's hostname (in its own UTS namespace); `null` keeps the guest's. (Added to
+    /// schema version 1.)
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The container's NIS domain name; `null` keeps the guest's. (Added to schema version 1.)
+    #[serde(default)]
+    pub domainname: Option<String>,
+    /// Whether the root filesystem is mounted read-only (`root.readonly`). (Added to schema
+    /// version 1.)
+    #[serde(default)]
+    pub root_readonly: bool,
+    /// The spec's annotations: metadata the OCI runtime records and nothing in the guest acts on.
+    /// (Added to schema version 1.)
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The seccomp filter of the container's processes; `null`: none (every syscall the
+    /// capabilities allow). (Added to schema version 1.)
+    #[serde(default)]
+    pub seccomp: Option<Seccomp>,
+    /// The container's cgroup limits (the device rules are [`CreateContainer::device_cgroup`]).
+    /// (Added to schema version 1.)
+    #[serde(default)]
+    pub resources: Resources,
+    /// The SELinux label of the container's mounts (`linux.mountLabel`); `null`: none. (Added to
+    /// schema version 1.)
+    #[serde(default)]
+    pub mount_label: Option<String>,
 }
 
 /// A container's root filesystem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rootfs {
     /// The source kind.
@@ -327,17 +367,19 @@ pub struct Rootfs {
 }
 
 /// Where a root filesystem comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RootfsSource {
     /// A tar stream sent with `UploadRootfs` (`"uploaded"`).
+    #[default]
     Uploaded,
     /// An image pulled inside the guest (`"image"`).
     Image,
 }
 
-/// An OCI process, for `CreateContainer` and `ExecProcess`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An OCI process, for `CreateContainer` and `ExecProcess`: every process setting the guest
+/// honours.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Process {
     /// argv, exactly as it will be passed to execve.
@@ -346,24 +388,73 @@ pub struct Process {
     pub env: Vec<String>,
     /// Working directory.
     pub cwd: String,
-    /// User and group.
+    /// User and groups.
     pub user: User,
     /// Whether a terminal is allocated.
     pub terminal: bool,
-    /// Capability sets; each list holds names such as `CAP_NET_ADMIN`.
+    /// Capability sets; each list holds names such as `CAP_NET_ADMIN`, sorted, each once. An empty
+    /// list is an empty set: the process holds no capability the spec does not list.
     pub capabilities: Capabilities,
     /// Whether `no_new_privs` is set.
     pub no_new_privileges: bool,
+    /// Resource limits (`setrlimit`), each type at most once, in spec order; a type not listed is
+    /// inherited from the guest's defaults. (Added to schema version 1.)
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// The OOM killer's score adjustment (-1000..=1000); `null` inherits the guest's (0). (Added
+    /// to schema version 1.)
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// The AppArmor profile to run under; `null`: none. (Added to schema version 1.)
+    #[serde(default)]
+    pub apparmor_profile: Option<String>,
+    /// The SELinux process label; `null`: none. (Added to schema version 1.)
+    #[serde(default)]
+    pub selinux_label: Option<String>,
+    /// The terminal's initial size, for a process with a terminal; `null`: the runtime's default.
+    /// (Added to schema version 1.)
+    #[serde(default)]
+    pub console_size: Option<ConsoleSize>,
 }
 
 /// The user a process runs as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     /// User id.
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Supplementary group ids, in spec order (containerd lists the primary group among them).
+    /// (Added to schema version 1.)
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// The process's umask; `null` inherits the runtime's (0022). (Added to schema version 1.)
+    #[serde(default)]
+    pub umask: Option<u32>,
+}
+
+/// A terminal size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSize {
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
+}
+
+/// One resource limit of a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    /// The limit (`"type"` in the input), named as in setrlimit(2): `RLIMIT_NOFILE`, ….
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Soft limit (at most `hard`).
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
 }
 
 /// The five Linux capability sets (missing sets in the spec are empty lists).
@@ -415,8 +506,40 @@ pub enum NamespaceType {
     Time,
 }
 
+impl NamespaceType {
+    /// Every type, in the order above.
+    pub const ALL: [Self; 8] = [
+        Self::Pid,
+        Self::Network,
+        Self::Mount,
+        Self::Ipc,
+        Self::Uts,
+        Self::User,
+        Self::Cgroup,
+        Self::Time,
+    ];
+
+    /// The OCI name, e.g. `pid`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pid => "pid",
+            Self::Network => "network",
+            Self::Mount => "mount",
+            Self::Ipc => "ipc",
+            Self::Uts => "uts",
+            Self::User => "user",
+            Self::Cgroup => "cgroup",
+            Self::Time => "time",
+        }
+    }
+}
+
 /// A mount of the spec. Absent `source`/`type` in the spec are empty strings here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Three types are the agent's own, resolved after the decision into read-only binds of files the
+/// guest made: `sealed` (a broker secret), `identity` (the workload identity), `pod` (the pod's
+/// `resolv.conf`, `hosts` or `hostname`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
     /// Mount point inside the container.
@@ -431,7 +554,7 @@ pub struct Mount {
 }
 
 /// A device node of the spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
     /// Path inside the container.
@@ -443,15 +566,25 @@ pub struct Device {
     pub major: i64,
     /// Minor number.
     pub minor: i64,
+    /// The node's permission bits; `null`: the runtime's default. (Added to schema version 1.)
+    #[serde(default)]
+    pub file_mode: Option<u32>,
+    /// The node's owner; `null`: root. (Added to schema version 1.)
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The node's group; `null`: root. (Added to schema version 1.)
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 /// A device cgroup rule of the spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRule {
     /// Whether the rule allows (or denies) access.
     pub allow: bool,
     /// Device type (`"type"` in the input): `a` (all, also when the spec omits it), `c` or `b`.
+    /// The OCI runtime reads an `a` rule as "every device", whatever its numbers and access.
     #[serde(rename = "type")]
     pub kind: String,
     /// Major number; `null` for every major.
@@ -460,6 +593,109 @@ pub struct DeviceRule {
     pub minor: Option<i64>,
     /// Access, a combination of `r`, `w` and `m` (`rwm` when the spec omits it).
     pub access: String,
+}
+
+/// A seccomp filter, as the OCI runtime spec describes it (names as in libseccomp).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seccomp {
+    /// The action for a syscall no rule matches, e.g. `SCMP_ACT_ERRNO`.
+    pub default_action: String,
+    /// The errno of a `SCMP_ACT_ERRNO` default action; `null`: `EPERM`.
+    pub default_errno_ret: Option<u32>,
+    /// The architectures the filter covers, e.g. `SCMP_ARCH_X86_64`.
+    pub architectures: Vec<String>,
+    /// Filter flags, e.g. `SECCOMP_FILTER_FLAG_LOG`.
+    pub flags: Vec<String>,
+    /// The rules, in spec order.
+    pub syscalls: Vec<SeccompRule>,
+}
+
+/// One seccomp rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompRule {
+    /// The syscalls it applies to.
+    pub names: Vec<String>,
+    /// Its action, e.g. `SCMP_ACT_ALLOW`.
+    pub action: String,
+    /// The errno of a `SCMP_ACT_ERRNO` action; `null`: `EPERM`.
+    pub errno_ret: Option<u32>,
+    /// Argument conditions, all of which must hold.
+    pub args: Vec<SeccompArg>,
+}
+
+/// A seccomp argument condition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompArg {
+    /// The argument's index (0..=5).
+    pub index: u32,
+    /// The value compared with.
+    pub value: u64,
+    /// The second value (`SCMP_CMP_MASKED_EQ`'s).
+    pub value_two: u64,
+    /// The comparison, e.g. `SCMP_CMP_EQ`.
+    pub op: String,
+}
+
+/// A container's cgroup limits (cgroup v2). A member at `null` (or empty) sets nothing: the
+/// container's cgroup keeps the kernel's default (no limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limits.
+    pub memory: MemoryLimits,
+    /// CPU limits.
+    pub cpu: CpuLimits,
+    /// Most tasks the container may have (`pids.max`); `-1`: no limit.
+    pub pids_limit: Option<i64>,
+    /// Huge page limits, by page size.
+    pub hugepage_limits: Vec<HugepageLimit>,
+    /// Raw cgroup v2 settings, file name → value (e.g. `memory.high`), written into the
+    /// container's cgroup. The agent accepts only `<controller>.<file>` names of the cgroup v2
+    /// controllers (no path, no `cgroup.` file).
+    pub unified: BTreeMap<String, String>,
+}
+
+/// Memory limits of a container, in bytes (`-1`: no limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryLimits {
+    /// Hard limit (`memory.max`).
+    pub limit: Option<i64>,
+    /// Soft limit (`memory.low`).
+    pub reservation: Option<i64>,
+    /// Memory plus swap.
+    pub swap: Option<i64>,
+    /// Swappiness (cgroup v1 only; ignored on v2).
+    pub swappiness: Option<u64>,
+}
+
+/// CPU limits of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuLimits {
+    /// Relative weight (cgroup v1 shares, converted to `cpu.weight`).
+    pub shares: Option<u64>,
+    /// Microseconds of CPU time per period (`cpu.max`); `-1`: no limit.
+    pub quota: Option<i64>,
+    /// The period of `quota`, microseconds.
+    pub period: Option<u64>,
+    /// The CPUs it may run on (`cpuset.cpus`), e.g. `0-1`.
+    pub cpus: Option<String>,
+    /// The memory nodes it may use (`cpuset.mems`).
+    pub mems: Option<String>,
+}
+
+/// A huge page limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HugepageLimit {
+    /// The page size, e.g. `2MB`.
+    pub page_size: String,
+    /// The limit, bytes.
+    pub limit: i64,
 }
 
 /// The sandbox state a decision may depend on.
@@ -513,10 +749,11 @@ mod tests {
             args: vec!["sh".into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
-            user: User { uid: 0, gid: 0 },
+            user: User::default(),
             terminal: false,
             capabilities: Capabilities::default(),
             no_new_privileges: true,
+            ..Process::default()
         }
     }
 
@@ -563,6 +800,7 @@ mod tests {
                 sysctls: BTreeMap::new(),
                 masked_paths: vec![],
                 readonly_paths: vec![],
+                ..CreateContainer::default()
             })),
             SandboxState::default(),
         );

@@ -51,28 +51,29 @@
 //! [`SANDBOX_POLICY`] (`sandbox.rego`) is the non-confidential default: it allows the API but
 //! refuses containers with OCI hooks, bind mounts of guest paths, or joined (host) namespaces.
 //! [`CONFIDENTIAL_POLICY`] (`confidential.rego`) is the confidential-mode default: it admits only
-//! what its policy data lists (schema in `POLICY-DATA.md`). Initdata ([`initdata`]) carries the
-//! policy a sandbox actually enforces.
+//! what its policy data lists (schema in `POLICY-DATA.md`). Initdata (the `coffer-initdata` crate)
+//! carries the policy a sandbox actually enforces.
 #![forbid(unsafe_code)]
 
 mod engine;
-mod fast_path;
-pub mod initdata;
 mod input;
 mod json_patch;
 mod kata;
 mod recursion;
-mod to_value;
 
+/// The initdata parser, which moved to its own crate (`coffer-initdata`, #20); this path remains
+/// for code written against it. New code uses `coffer_initdata`.
+pub use coffer_initdata as initdata;
 pub use engine::{
-    DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits, MAX_REASON_BYTES,
-    MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,
+    DATA_INDEX_KEY, DATA_INDEX_RULE, DATA_PROBLEMS_RULE, DECISION_RULE, Decision, Engine, Limits,
+    MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_RECORD_ENTRIES, POLICY_PACKAGE, PolicyError,
 };
 pub use input::{
-    Capabilities, ContainerState, CreateContainer, Device, DeviceRule, DnsConfig,
-    EVER_STARTED_KEPT, HostEntry, INPUT_VERSION, Mount, Namespace, NamespaceType, NetworkInterface,
-    NetworkRoute, PodNetwork, PolicyInput, Process, Request, Rootfs, RootfsSource, SandboxState,
-    User, note_started,
+    Capabilities, ConsoleSize, ContainerState, CpuLimits, CreateContainer, Device, DeviceRule,
+    DnsConfig, EVER_STARTED_KEPT, HostEntry, HugepageLimit, INPUT_VERSION, MemoryLimits, Mount,
+    Namespace, NamespaceType, NetworkInterface, NetworkRoute, PodNetwork, PolicyInput, Process,
+    Request, Resources, Rlimit, Rootfs, RootfsSource, SandboxState, Seccomp, SeccompArg,
+    SeccompRule, User, note_started,
 };
 pub use kata::{
     FAILING_POLICY_SETTING, KATA_PACKAGE, KATA_REQUESTS, KataDecision, KataEngine, MAX_PRINTS,

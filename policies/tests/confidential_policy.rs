@@ -101,6 +101,14 @@ fn create(edit: impl FnOnce(&mut CreateContainer)) -> Request {
     Request::CreateContainer(Box::new(c))
 }
 
+fn rlimit(kind: &str, soft: u64, hard: u64) -> coffer_policies::Rlimit {
+    coffer_policies::Rlimit {
+        kind: kind.into(),
+        soft,
+        hard,
+    }
+}
+
 fn exec(container: &str, edit: impl FnOnce(&mut Process)) -> Request {
     let mut p = app_process();
     p.args = vec!["/app/health".into(), "--ready".into()];
@@ -278,6 +286,7 @@ fn create_container_deny_table() {
                     kind: "c".into(),
                     major: 10,
                     minor: 124,
+                    ..Device::default()
                 })
             }),
             "device /dev/sev-guest is not listed",
@@ -299,6 +308,92 @@ fn create_container_deny_table() {
             "read-only path dropped",
             create(|c| c.readonly_paths.clear()),
             "paths [\"/proc/bus\", \"/proc/fs\", \"/proc/irq\", \"/proc/sys\", \"/proc/sysrq-trigger\"] are not read-only",
+        ),
+        (
+            "sysfs ro then rw (the runtime applies the last)",
+            create(|c| {
+                c.mounts.retain(|m| m.kind != "sysfs");
+                c.mounts
+                    .push(mount("/sys", "sysfs", "sysfs", &["nosuid", "ro", "rw"]));
+            }),
+            "mount /sys (type sysfs, source sysfs) is not allowed",
+        ),
+        (
+            "cgroup2 ro then rrw",
+            create(|c| {
+                c.mounts.retain(|m| m.destination != "/sys/fs/cgroup");
+                c.mounts.push(mount(
+                    "/sys/fs/cgroup",
+                    "cgroup",
+                    "cgroup2",
+                    &["ro", "nosuid", "rrw"],
+                ));
+            }),
+            "mount /sys/fs/cgroup (type cgroup2, source cgroup) is not allowed",
+        ),
+        (
+            "device rule of type a, mknod only",
+            create(|c| {
+                c.device_cgroup.push(DeviceRule {
+                    access: "m".into(),
+                    ..common::device_rule(true, "a", None, None)
+                })
+            }),
+            "device cgroup rule of type a allows every device",
+        ),
+        (
+            "a seccomp profile the entry does not list",
+            create(|c| {
+                c.seccomp = Some(coffer_policies::Seccomp {
+                    default_action: "SCMP_ACT_ALLOW".into(),
+                    ..Default::default()
+                })
+            }),
+            "seccomp profile (default SCMP_ACT_ALLOW, 0 rules) differs from the entry's none",
+        ),
+        (
+            "RLIMIT_NOFILE above the default bound",
+            create(|c| c.process.rlimits = vec![rlimit("RLIMIT_NOFILE", 1024, 2_000_000)]),
+            "rlimit RLIMIT_NOFILE (soft 1024, hard 2000000) is above its bound (soft 1048576, hard 1048576)",
+        ),
+        (
+            "an rlimit the entry does not list",
+            create(|c| c.process.rlimits = vec![rlimit("RLIMIT_CORE", 0, 1 << 40)]),
+            "rlimit RLIMIT_CORE is not listed",
+        ),
+        (
+            "a supplementary group",
+            create(|c| c.process.user.additional_gids = vec![1000, 6]),
+            "supplementary group 6 is not listed",
+        ),
+        (
+            "an AppArmor profile",
+            create(|c| c.process.apparmor_profile = Some("unconfined".into())),
+            "AppArmor profile unconfined differs from null",
+        ),
+        (
+            "an SELinux label",
+            create(|c| c.process.selinux_label = Some("system_u:system_r:spc_t:s0".into())),
+            "SELinux label system_u:system_r:spc_t:s0 differs from null",
+        ),
+        (
+            "a mount label",
+            create(|c| c.mount_label = Some("system_u:object_r:x:s0".into())),
+            "mount label system_u:object_r:x:s0 differs from null",
+        ),
+        (
+            "exempt from the OOM killer",
+            create(|c| c.process.oom_score_adj = Some(-1000)),
+            "oom_score_adj -1000 exempts it from the OOM killer",
+        ),
+        (
+            "a raw cgroup setting",
+            create(|c| {
+                c.resources
+                    .unified
+                    .insert("memory.oom.group".into(), "0".into());
+            }),
+            "cgroup setting memory.oom.group=0 is not listed",
         ),
     ];
     for (name, request, reason) in cases {
@@ -503,6 +598,166 @@ fn without_policy_data_nothing_runs() {
     assert!(details.allowed);
 }
 
+/// AGT-CC: the settings that harden a container (seccomp, resource limits, groups, LSM labels,
+/// cgroup ceilings, a read-only root) as its entry lists them: admitted exactly, and the host
+/// cannot drop, loosen or swap them.
+#[test]
+fn hardening_is_pinned_by_the_entry() {
+    let profile = json!({
+        "default_action": "SCMP_ACT_ERRNO",
+        "default_errno_ret": null,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "flags": [],
+        "syscalls": [{"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW", "errno_ret": null, "args": []}]
+    });
+    let mut data = data();
+    let entry = &mut data["containers"][0];
+    entry["seccomp"] = profile.clone();
+    entry["rlimits"] = json!({"RLIMIT_NOFILE": {"soft": 4096, "hard": 8192}, "RLIMIT_NPROC": {"soft": 512, "hard": 512}});
+    entry["additional_gids"] = json!([2000]);
+    entry["apparmor_profile"] = json!("coffer-app");
+    entry["resources"] =
+        json!({"memory_limit": 268435456, "pids_limit": 256, "unified": {"memory.high": "200M"}});
+    entry["readonly_rootfs"] = json!(true);
+    let engine = engine_with(&data);
+    let hardened = |c: &mut CreateContainer| {
+        c.seccomp = Some(serde_json::from_value(profile.clone()).unwrap());
+        c.process.rlimits = vec![
+            rlimit("RLIMIT_NOFILE", 4096, 8192),
+            rlimit("RLIMIT_NPROC", 256, 512),
+        ];
+        c.process.user.additional_gids = vec![1000, 2000];
+        c.process.apparmor_profile = Some("coffer-app".into());
+        c.resources.memory.limit = Some(128 << 20);
+        c.resources.pids_limit = Some(256);
+        c.resources
+            .unified
+            .insert("memory.high".into(), "200M".into());
+        c.root_readonly = true;
+    };
+    let decide = |edit: &dyn Fn(&mut CreateContainer)| {
+        let mut c = app();
+        hardened(&mut c);
+        edit(&mut c);
+        common::decide(
+            &engine,
+            &PolicyInput::new(Request::CreateContainer(Box::new(c)), state()),
+        )
+    };
+    let d = decide(&|_| {});
+    assert!(d.allowed, "{}", d.reason);
+    type Edit<'a> = &'a dyn Fn(&mut CreateContainer);
+    let cases: [(&str, Edit, &str); 12] = [
+        (
+            "seccomp dropped",
+            &|c| c.seccomp = None,
+            "seccomp profile none differs from the entry's (default SCMP_ACT_ERRNO, 1 rules)",
+        ),
+        (
+            "seccomp loosened",
+            &|c| {
+                c.seccomp.as_mut().unwrap().default_action = "SCMP_ACT_ALLOW".into();
+            },
+            "seccomp profile (default SCMP_ACT_ALLOW, 1 rules) differs",
+        ),
+        (
+            "a syscall added to the allow rule",
+            &|c| {
+                c.seccomp.as_mut().unwrap().syscalls[0]
+                    .names
+                    .push("ptrace".into());
+            },
+            "seccomp profile (default SCMP_ACT_ERRNO, 1 rules) differs",
+        ),
+        (
+            "rlimit above its listed bound",
+            &|c| c.process.rlimits[0].hard = 65536,
+            "rlimit RLIMIT_NOFILE (soft 4096, hard 65536) is above its bound (soft 4096, hard 8192)",
+        ),
+        (
+            "soft rlimit above its bound",
+            &|c| c.process.rlimits[1].soft = 1024,
+            "rlimit RLIMIT_NPROC (soft 1024, hard 512)",
+        ),
+        (
+            "an unlisted group",
+            &|c| c.process.user.additional_gids.push(0),
+            "supplementary group 0 is not listed",
+        ),
+        (
+            "AppArmor profile swapped",
+            &|c| c.process.apparmor_profile = Some("unconfined".into()),
+            "AppArmor profile unconfined differs from coffer-app",
+        ),
+        (
+            "AppArmor profile dropped",
+            &|c| c.process.apparmor_profile = None,
+            "AppArmor profile null differs from coffer-app",
+        ),
+        (
+            "memory limit above the ceiling",
+            &|c| c.resources.memory.limit = Some(1 << 30),
+            "memory limit 1073741824 is not within the entry's 268435456",
+        ),
+        (
+            "memory limit removed",
+            &|c| c.resources.memory.limit = None,
+            "memory limit null is not within the entry's 268435456",
+        ),
+        (
+            "no pids limit",
+            &|c| c.resources.pids_limit = Some(-1),
+            "pids limit -1 is not within the entry's 256",
+        ),
+        (
+            "a writable root",
+            &|c| c.root_readonly = false,
+            "the root filesystem is not read-only",
+        ),
+    ];
+    for (name, edit, reason) in cases {
+        let d = decide(edit);
+        assert!(!d.allowed, "{name}: allowed");
+        assert!(d.reason.contains(reason), "{name}: {}", d.reason);
+    }
+    // The raw setting exactly as listed, or not at all, is fine; another value is not.
+    assert!(decide(&|c| c.resources.unified.clear()).allowed);
+    let d = decide(&|c| {
+        c.resources
+            .unified
+            .insert("memory.high".into(), "max".into());
+    });
+    assert!(
+        d.reason
+            .contains("cgroup setting memory.high=max is not listed"),
+        "{}",
+        d.reason
+    );
+    // Exec'd processes get the same process rules.
+    let exec_with = |edit: &dyn Fn(&mut Process)| {
+        let request = exec("c1", |p| {
+            p.user.additional_gids = vec![2000];
+            p.apparmor_profile = Some("coffer-app".into());
+            edit(p);
+        });
+        common::decide(&engine, &PolicyInput::new(request, state()))
+    };
+    assert!(exec_with(&|_| {}).allowed);
+    let d = exec_with(&|p| p.rlimits = vec![rlimit("RLIMIT_NOFILE", 1 << 20, 1 << 20)]);
+    assert!(
+        d.reason.contains("ExecProcess e1: rlimit RLIMIT_NOFILE"),
+        "{}",
+        d.reason
+    );
+    let d = exec_with(&|p| p.user.additional_gids.push(4));
+    assert!(
+        d.reason
+            .contains("ExecProcess e1: supplementary group 4 is not listed"),
+        "{}",
+        d.reason
+    );
+}
+
 /// POL-01: policy data with wrong types does not load (the agent never serves), never read leniently.
 #[test]
 fn malformed_policy_data_does_not_load() {
@@ -533,6 +788,30 @@ fn malformed_policy_data_does_not_load() {
                 {"name": "a", "image": SIDECAR, "args": []}
             ]}),
             "container name a is listed twice",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "rlimits": {"RLIMIT_NOFILE": 1024}}]}),
+            "containers[0].rlimits must map RLIMIT_… names",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "additional_gids": ["wheel"]}]}),
+            "containers[0].additional_gids must be an array of numbers",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "seccomp": "runtime/default"}]}),
+            "containers[0].seccomp must be a profile",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "resources": {"memory": 1}}]}),
+            "containers[0].resources may hold memory_limit and pids_limit",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "apparmor_profile": true}]}),
+            "containers[0].apparmor_profile must be a string",
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": IMAGE, "args": [], "readonly_rootfs": "yes"}]}),
+            "containers[0].readonly_rootfs must be a boolean",
         ),
     ];
     for (data, reason) in cases {
@@ -660,7 +939,11 @@ fn sealed_secrets_only_when_listed() {
                 c.rootfs.image = Some(SIDECAR.into());
                 c.process.args = vec!["/side".into()];
                 c.process.cwd = "/".into();
-                c.process.user = coffer_policies::User { uid: 0, gid: 0 };
+                c.process.user = coffer_policies::User {
+                    uid: 0,
+                    gid: 0,
+                    ..coffer_policies::User::default()
+                };
                 c.process.env = vec!["DB=sealed.kbs:///default/secret/db".into()];
             }),
             state(),
@@ -1036,6 +1319,7 @@ fn device_cgroup_rules_follow_listed_devices() {
         kind: "c".into(),
         major: 10,
         minor: 229,
+        ..Device::default()
     };
     let allowed = [
         (

@@ -1,5 +1,6 @@
 //! `sandbox.rego`, table-driven: every RPC is allowed in its ordinary form; CreateContainer with
-//! hooks, bind mounts of guest paths or joined namespaces is denied with a precise reason (AGT-CC).
+//! hooks, bind mounts of guest paths, joined namespaces, every device, writable kernel
+//! filesystems, an OOM-killer exemption or LSM labels is denied with a precise reason (AGT-CC).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test-only file: panics are failures
 
 mod common;
@@ -77,6 +78,42 @@ fn allow_table() {
             create(|c| {
                 c.rootfs.source = coffer_policies::RootfsSource::Image;
                 c.rootfs.image = Some("registry.example/app@sha256:00".into());
+            }),
+        ),
+        (
+            "hardening as the host sends it: seccomp, rlimits, groups, cgroup limits, OOM score",
+            create(|c| {
+                c.seccomp = Some(coffer_policies::Seccomp {
+                    default_action: "SCMP_ACT_ERRNO".into(),
+                    ..Default::default()
+                });
+                c.process.rlimits = vec![coffer_policies::Rlimit {
+                    kind: "RLIMIT_NOFILE".into(),
+                    soft: 1024,
+                    hard: 1024,
+                }];
+                c.process.user.additional_gids = vec![0, 10];
+                c.process.oom_score_adj = Some(-997);
+                c.resources.memory.limit = Some(64 << 20);
+                c.resources.pids_limit = Some(100);
+                c.resources
+                    .unified
+                    .insert("memory.high".into(), "32M".into());
+            }),
+        ),
+        (
+            "sysfs and cgroup2 read-only whatever the option order, or recursively",
+            create(|c| {
+                c.mounts
+                    .retain(|m| m.kind != "sysfs" && m.kind != "cgroup2");
+                c.mounts
+                    .push(mount("/sys", "sysfs", "sysfs", &["ro", "nosuid", "nodev"]));
+                c.mounts.push(mount(
+                    "/sys/fs/cgroup",
+                    "cgroup",
+                    "cgroup2",
+                    &["rro", "nosuid"],
+                ));
             }),
         ),
         (
@@ -158,6 +195,62 @@ fn agt_cc_deny_table() {
             "host pid namespace",
             create(|c| c.namespaces[0].path = Some("/proc/1/ns/pid".into())),
             "CreateContainer: pid namespace joins the existing namespace /proc/1/ns/pid (host namespace)",
+        ),
+        (
+            "every device (a rule of type a)",
+            create(|c| {
+                c.device_cgroup.push(coffer_policies::DeviceRule {
+                    access: "m".into(),
+                    ..common::device_rule(true, "a", None, None)
+                })
+            }),
+            "CreateContainer: device cgroup rule of type a allows every device of the guest",
+        ),
+        (
+            "writable sysfs",
+            create(|c| {
+                c.mounts.retain(|m| m.kind != "sysfs");
+                c.mounts
+                    .push(mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec"]));
+            }),
+            "CreateContainer: sysfs mount at /sys is not read-only (ro or rro, and no rw or rrw)",
+        ),
+        (
+            "cgroup2 ro then rw",
+            create(|c| {
+                c.mounts.retain(|m| m.kind != "cgroup2");
+                c.mounts
+                    .push(mount("/sys/fs/cgroup", "cgroup", "cgroup2", &["ro", "rw"]));
+            }),
+            "CreateContainer: cgroup2 mount at /sys/fs/cgroup is not read-only (ro or rro, and no rw or rrw)",
+        ),
+        (
+            "exempt from the OOM killer",
+            create(|c| c.process.oom_score_adj = Some(-1000)),
+            "CreateContainer: oom_score_adj -1000 exempts the process from the guest's OOM killer",
+        ),
+        (
+            "an AppArmor profile",
+            create(|c| c.process.apparmor_profile = Some("docker-default".into())),
+            "CreateContainer: apparmor_profile docker-default names a policy the guest does not load",
+        ),
+        (
+            "an SELinux mount label",
+            create(|c| c.mount_label = Some("system_u:object_r:x:s0".into())),
+            "CreateContainer: mount_label system_u:object_r:x:s0 names a policy the guest does not load",
+        ),
+        (
+            "an exec with an SELinux label",
+            Request::ExecProcess {
+                container_id: "c1".into(),
+                exec_id: "e2".into(),
+                process: Box::new({
+                    let mut p = common::process(&["sh"]);
+                    p.selinux_label = Some("spc_t".into());
+                    p
+                }),
+            },
+            "ExecProcess: selinux_label spc_t names a policy the guest does not load",
         ),
         (
             "several denials are all reported, sorted",

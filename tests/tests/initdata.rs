@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::ensure;
-use coffer_policies::initdata::{Algorithm, Initdata, device};
+use coffer_initdata::{Algorithm, Initdata, device};
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::image::GuestImage;
 use coffer_runtime::sandbox::{InitdataDisk, Sandbox, SandboxConfig, SandboxError};
@@ -203,7 +203,7 @@ fn main() -> ExitCode {
             async {
                 // A broken policy in valid initdata: no fallback to the default policy.
                 let entries = std::collections::BTreeMap::from([(
-                    coffer_policies::initdata::Entry::Policy,
+                    coffer_initdata::Entry::Policy,
                     "package coffer.policy\ndecision := {\"allow\": true\n".to_owned(),
                 )]);
                 let init = Initdata::build(Algorithm::Sha256, &entries)?;

@@ -1,5 +1,8 @@
 //! One real VM (QEMU, TCG unless a KVM probe boot succeeds), booted once and shared by every case:
-//! containers, stdio, exec, signals, env/cwd/user, stats and OOM events through the agent API.
+//! containers, stdio, exec, signals, env/cwd/user, stats and OOM events through the agent API; and
+//! enforcement (#20): for each restriction the policy checks, a container admitted with it tries
+//! to break it from inside (`coffer-escape-probe`, one system call per run) and gets the errno
+//! the restriction stands for.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -8,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use coffer_agent_protocol::v1 as pb;
-use coffer_policies::initdata::{Algorithm, Entry, Initdata};
+use coffer_initdata::{Algorithm, Entry, Initdata};
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
 use coffer_runtime::sandbox::{InitdataDisk, SandboxConfig};
@@ -21,6 +24,53 @@ use oci_spec::runtime::Spec;
 struct Env {
     agent: AgentClient,
     rootfs: std::path::PathBuf,
+}
+
+/// Where the suite's rootfs has the escape probe.
+const PROBE: &str = "/bin/coffer-escape-probe";
+
+/// A container spec (`spec::container`'s defaults, root) running `script`, as JSON to edit.
+fn script_spec(script: &str) -> serde_json::Value {
+    serde_json::to_value(spec::container(&opts(&["sh", "-c", script]), "coffer")).expect("spec")
+}
+
+fn from_json(value: serde_json::Value) -> Spec {
+    serde_json::from_value(value).expect("an OCI spec")
+}
+
+/// Adds `caps` to the bounding, effective and permitted sets of `spec`'s process.
+fn add_caps(spec: &mut serde_json::Value, caps: &[&str]) {
+    for set in ["bounding", "effective", "permitted"] {
+        let list = spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .expect("capability set");
+        list.extend(caps.iter().map(|c| serde_json::json!(c)));
+    }
+}
+
+/// Sets the options of `spec`'s mount at `destination`.
+fn mount_options(spec: &mut serde_json::Value, destination: &str, options: &[&str]) {
+    let mount = spec["mounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .iter_mut()
+        .find(|m| m["destination"] == destination)
+        .expect("the mount");
+    mount["options"] = serde_json::json!(options);
+}
+
+/// Fails unless the refusal is the policy's and names `reason`.
+fn ensure_denied(result: anyhow::Result<()>, reason: &str) -> anyhow::Result<()> {
+    let err = match result {
+        Ok(()) => anyhow::bail!("admitted; expected a denial naming {reason:?}"),
+        Err(err) => err,
+    };
+    let status = err
+        .downcast_ref::<tonic::Status>()
+        .context("not a gRPC status")?;
+    ensure!(status.code() == tonic::Code::PermissionDenied, "{status:?}");
+    ensure!(status.message().contains(reason), "{status:?}");
+    Ok(())
 }
 
 fn opts(args: &[&str]) -> ProcessOptions {
@@ -51,6 +101,34 @@ impl Env {
 
     async fn remove(&self, id: &str) -> anyhow::Result<()> {
         agent::remove(&self.agent, id).await
+    }
+
+    /// Creates, starts and waits for a container of `spec`; returns (stdout, status).
+    async fn run_spec(&self, id: &str, spec: serde_json::Value) -> anyhow::Result<(String, i32)> {
+        agent::run(&self.agent, &self.rootfs, id, &from_json(spec)).await
+    }
+
+    /// Runs `process` (an OCI process document) as exec `exec` of the running container `id`;
+    /// its stdout and exit status.
+    async fn exec_json(
+        &self,
+        id: &str,
+        exec: &str,
+        process: serde_json::Value,
+    ) -> anyhow::Result<(String, i32)> {
+        self.agent
+            .clone()
+            .exec_process(pb::ExecProcessRequest {
+                container_id: id.into(),
+                exec_id: exec.into(),
+                oci_process_json: serde_json::to_vec(&process)?,
+            })
+            .await
+            .context("ExecProcess")?;
+        let out = self.read(id, exec);
+        let status = self.wait(id, exec).await?;
+        let out = tokio::time::timeout(Duration::from_secs(10), out).await???;
+        Ok((out, status))
     }
 
     /// Creates, starts and waits for a container; returns (stdout, status).
@@ -84,6 +162,11 @@ fn main() -> ExitCode {
     let work = tempfile::tempdir().expect("tempdir");
     let rootfs_dir = work.path().join("rootfs");
     busybox_rootfs(&rootfs_dir);
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_coffer-escape-probe"),
+        rootfs_dir.join(PROBE.trim_start_matches('/')),
+    )
+    .expect("copy the escape probe");
     let state = work.path().join("state");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -252,6 +335,187 @@ fn main() -> ExitCode {
             env.remove("hog").await?;
             ensure!(status == 137, "status {status}");
             ensure!(event.container_id == "hog", "{event:?}");
+            Ok(())
+        }.await);
+
+        // --- Enforcement (#20): each restriction, tried from inside the container. ---
+
+        case!(suite, "enforced_device_cgroup_refuses_unlisted_devices", async {
+            // Root with CAP_MKNOD on a /dev without nodev: creating any node is allowed (the
+            // runtime's `m` rules), opening one the device cgroup does not list is not (EPERM from
+            // the eBPF filter); /dev/null, standard, opens. /dev/kmsg (1:11) opens for writing
+            // without any capability, so the only thing refusing it is the filter.
+            let script = format!(
+                "{PROBE} mknod /dev/kmsg2 c 1 11; {PROBE} open /dev/kmsg2 w; \
+                 {PROBE} mknod /dev/vda2 b 254 0; {PROBE} open /dev/vda2 r; {PROBE} open /dev/null w"
+            );
+            let mut denied = script_spec(&script);
+            add_caps(&mut denied, &["CAP_MKNOD"]);
+            let (out, status) = env.run_spec("devdeny", denied.clone()).await?;
+            ensure!(
+                status == 0 && out == "mknod: ok\nopen: EPERM\nmknod: ok\nopen: EPERM\nopen: ok\n",
+                "{status}: {out:?}"
+            );
+            // The same container with 1:11 listed opens it: the filter is what refused.
+            let mut listed = denied;
+            listed["linux"]["resources"]["devices"]
+                .as_array_mut()
+                .context("device rules")?
+                .push(serde_json::json!({"allow": true, "type": "c", "major": 1, "minor": 11, "access": "rwm"}));
+            let (out, _) = env.run_spec("devlisted", listed).await?;
+            ensure!(out.starts_with("mknod: ok\nopen: ok\n"), "{out:?}");
+            // An allow rule of type a (every device), whatever its access, is refused.
+            let mut all = script_spec("true");
+            all["linux"]["resources"]["devices"] =
+                serde_json::json!([{"allow": true, "type": "a", "access": "m"}]);
+            ensure_denied(
+                env.create("devall", from_json(all)).await,
+                "device cgroup rule of type a allows every device",
+            )
+        }.await);
+
+        case!(suite, "enforced_read_only_sysfs_and_cgroup2_whatever_the_option_order", async {
+            // sysfs and cgroup2 read-only with `ro` first or last: a root process gets EROFS.
+            let script = format!(
+                "{PROBE} mkdir /sys/escape; {PROBE} mkdir /sys/fs/cgroup/escape; \
+                 {PROBE} open /sys/fs/cgroup/cgroup.procs w"
+            );
+            for (id, sys, cgroup) in [
+                ("ro-first", ["ro", "nosuid", "noexec", "nodev"], ["ro", "nosuid", "noexec", "nodev", "relatime"]),
+                ("ro-last", ["nosuid", "noexec", "nodev", "ro"], ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+            ] {
+                let mut spec = script_spec(&script);
+                mount_options(&mut spec, "/sys", &sys);
+                mount_options(&mut spec, "/sys/fs/cgroup", &cgroup);
+                let (out, status) = env.run_spec(id, spec).await?;
+                ensure!(
+                    status == 0 && out == "mkdir: EROFS\nmkdir: EROFS\nopen: EROFS\n",
+                    "{id}: {status}: {out:?}"
+                );
+            }
+            // `rw` after `ro` (the runtime applies the last) is refused, for both.
+            for (id, destination, kind) in [("rw-sys", "/sys", "sysfs"), ("rw-cgroup", "/sys/fs/cgroup", "cgroup")] {
+                let mut spec = script_spec("true");
+                mount_options(&mut spec, destination, &["ro", "nosuid", "rw"]);
+                ensure_denied(
+                    env.create(id, from_json(spec)).await,
+                    &format!("{kind} mount at {destination} is not read-only"),
+                )?;
+            }
+            Ok(())
+        }.await);
+
+        case!(suite, "enforced_dropped_capabilities", async {
+            // The default set has neither CAP_CHOWN nor CAP_MKNOD: root gets EPERM for both; with
+            // CAP_CHOWN added, chown works.
+            let script = format!(
+                "{PROBE} write /tmp/f 1; {PROBE} chown /tmp/f 1 1; {PROBE} mknod /tmp/null c 1 3"
+            );
+            let (out, status) = env.run_spec("nocaps", script_spec(&script)).await?;
+            ensure!(
+                status == 0 && out == "write: ok, 1 bytes\nchown: EPERM\nmknod: EPERM\n",
+                "{status}: {out:?}"
+            );
+            let mut chown = script_spec(&script);
+            add_caps(&mut chown, &["CAP_CHOWN"]);
+            let (out, _) = env.run_spec("chown", chown).await?;
+            ensure!(out.contains("chown: ok\n"), "{out:?}");
+            Ok(())
+        }.await);
+
+        case!(suite, "enforced_masked_paths_read_nothing", async {
+            // Masked files read as empty (/dev/null bound over them), masked directories list
+            // nothing; an unmasked /proc file reads.
+            let script = format!(
+                "{PROBE} read /proc/kcore; {PROBE} read /proc/keys; {PROBE} read /proc/timer_list; \
+                 ls -A /sys/firmware | wc -l; {PROBE} read /proc/version | grep -qv ' 0 bytes' && echo version-read"
+            );
+            let (out, status) = env.run_spec("masked", script_spec(&script)).await?;
+            ensure!(
+                status == 0
+                    && out == "read: 0 bytes\nread: 0 bytes\nread: 0 bytes\n0\nversion-read\n",
+                "{status}: {out:?}"
+            );
+            Ok(())
+        }.await);
+
+        case!(suite, "enforced_rlimits", async {
+            // RLIMIT_FSIZE 1024: writing 4096 bytes stops at 1024 with EFBIG (SIGXFSZ ignored);
+            // RLIMIT_NOFILE 64: the shell sees it.
+            let script = format!("ulimit -n; trap '' XFSZ; exec {PROBE} write /tmp/big 4096");
+            let mut spec = script_spec(&script);
+            spec["process"]["rlimits"] = serde_json::json!([
+                {"type": "RLIMIT_FSIZE", "soft": 1024, "hard": 1024},
+                {"type": "RLIMIT_NOFILE", "soft": 64, "hard": 64}
+            ]);
+            let (out, status) = env.run_spec("rlimit", spec).await?;
+            ensure!(status == 0 && out == "64\nwrite: EFBIG after 1024 bytes\n", "{status}: {out:?}");
+            Ok(())
+        }.await);
+
+        case!(suite, "enforced_seccomp_profile", async {
+            // A profile that allows everything but mkdir/mkdirat, answered with EDQUOT (an errno
+            // nothing else here would give): mkdir fails with it; without the profile it works.
+            let script = format!("{PROBE} mkdir /tmp/d");
+            let mut spec = script_spec(&script);
+            spec["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 122}]
+            });
+            let (out, status) = env.run_spec("seccomp", spec).await?;
+            ensure!(status == 0 && out == "mkdir: EDQUOT\n", "{status}: {out:?}");
+            let (out, _) = env.run_spec("noseccomp", script_spec(&script)).await?;
+            ensure!(out == "mkdir: ok\n", "{out:?}");
+            Ok(())
+        }.await);
+
+        case!(suite, "enforced_no_new_privileges_against_setuid", async {
+            // A setuid-root copy of the probe on a tmpfs without nosuid: run as 65534 under
+            // no_new_privileges it stays 65534; without, it becomes root (the control).
+            let mut spec = script_spec("sleep 600");
+            spec["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!(
+                {"destination": "/suid", "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]}
+            ));
+            env.create("nnp", from_json(spec)).await?;
+            env.start("nnp").await?;
+            let process = |args: &[&str], uid: u32, nnp: bool| serde_json::json!({
+                "args": args, "cwd": "/", "env": ["PATH=/bin"],
+                "user": {"uid": uid, "gid": uid},
+                "noNewPrivileges": nnp,
+            });
+            let setup = format!("busybox cp {PROBE} /suid/probe && busybox chmod 4755 /suid/probe");
+            let (_, status) = env.exec_json("nnp", "setup", process(&["sh", "-c", &setup], 0, true)).await?;
+            ensure!(status == 0, "setup: {status}");
+            let (guarded, _) = env.exec_json("nnp", "guarded", process(&["/suid/probe", "euid"], 65534, true)).await?;
+            let (open, _) = env.exec_json("nnp", "open", process(&["/suid/probe", "euid"], 65534, false)).await?;
+            env.remove("nnp").await?;
+            ensure!(guarded == "euid: 65534\n", "under no_new_privileges: {guarded:?}");
+            ensure!(open == "euid: 0\n", "the control (setuid without no_new_privileges): {open:?}");
+            Ok(())
+        }.await);
+
+        case!(suite, "streams_reach_only_their_own_process", async {
+            // AGT-ST: a stream names one process; another container's exec id, a guessed one, or
+            // a process that has ended gets nothing of anyone else's.
+            env.create("streams-a", spec::container(&opts(&["sleep", "600"]), "coffer")).await?;
+            env.start("streams-a").await?;
+            env.create("streams-b", spec::container(&opts(&["sleep", "600"]), "coffer")).await?;
+            env.start("streams-b").await?;
+            let (out, status) = agent::exec(&env.agent, "streams-a", "e1", &["echo", "a's secret"]).await?;
+            ensure!(out == "a's secret\n" && status == 0, "{out:?} {status}");
+            let mut agent = env.agent.clone();
+            let read = |container: &str, exec: &str| pb::ReadOutputRequest { container_id: container.into(), exec_id: exec.into() };
+            for (container, exec) in [("streams-b", "e1"), ("streams-a", "e2"), ("streams-c", "e1")] {
+                let err = agent.read_stdout(read(container, exec)).await.err()
+                    .with_context(|| format!("ReadStdout {container}/{exec} answered"))?;
+                ensure!(err.code() == tonic::Code::NotFound, "{container}/{exec}: {err:?}");
+            }
+            let err = agent.write_stdin(pb::WriteStdinRequest { container_id: "streams-b".into(), exec_id: "e1".into(), data: b"x".to_vec() }).await.err()
+                .context("WriteStdin to another container's exec id answered")?;
+            ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+            env.remove("streams-a").await?;
+            env.remove("streams-b").await?;
             Ok(())
         }.await);
 

@@ -310,6 +310,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_entry_is_the_initdata_parsers() {
+        assert_eq!(INITDATA_KEY, coffer_initdata::Entry::WorkloadIdentity.key());
+    }
+
+    #[test]
     fn workload_names_parse_and_refuse() {
         let w = WorkloadName::parse(" ns/prod/sa/frontend.v2 ").unwrap();
         assert_eq!(

@@ -15,6 +15,10 @@ pub enum AgentError {
     /// The request did not validate into a typed request.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// An OCI spec or process the guest does not run (a field outside the closed model, or a
+    /// value it cannot apply); the error names the field.
+    #[error("invalid request: {0}")]
+    Spec(#[from] crate::spec::SpecError),
     /// The policy refused the request.
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -116,7 +120,9 @@ impl From<AgentError> for tonic::Status {
     fn from(err: AgentError) -> Self {
         use tonic::Status;
         match &err {
-            AgentError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
+            AgentError::InvalidArgument(_) | AgentError::Spec(_) => {
+                Status::invalid_argument(err.to_string())
+            }
             AgentError::Denied(_) => Status::permission_denied(err.to_string()),
             AgentError::NoSandbox | AgentError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use coffer_attestation::identity::guest::{BUNDLE_FILE, CERT_FILE, KEY_FILE, WorkloadIdentity};
 use coffer_attestation::kbs::client::KbsClient;
-use oci_spec::runtime::{Mount, Spec};
+use coffer_policies::Mount;
 use tokio::sync::Mutex;
 
 use crate::error::AgentError;
@@ -42,19 +42,14 @@ pub fn files_dir(bundle: &Path) -> PathBuf {
 }
 
 fn is_identity_mount(m: &Mount) -> bool {
-    m.typ().as_deref() == Some(IDENTITY_MOUNT_TYPE)
+    m.kind == IDENTITY_MOUNT_TYPE
 }
 
 /// Checks the form of a spec's identity mount, before the policy decides on the request: at most
 /// one, source [`IDENTITY_SOURCE`], an absolute destination other than `/`, no options (the agent
 /// alone decides how it is mounted).
-pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
-    let mounts: Vec<&Mount> = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .filter(|m| is_identity_mount(m))
-        .collect();
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), AgentError> {
+    let mounts: Vec<&Mount> = mounts.iter().filter(|m| is_identity_mount(m)).collect();
     if mounts.len() > 1 {
         return Err(AgentError::InvalidArgument(format!(
             "{} identity mounts; at most one",
@@ -62,7 +57,7 @@ pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
         )));
     }
     for m in mounts {
-        let destination = m.destination();
+        let destination = Path::new(&m.destination);
         let invalid = |why: &str| {
             AgentError::InvalidArgument(format!("identity mount {}: {why}", destination.display()))
         };
@@ -71,10 +66,10 @@ pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
                 "the destination must be an absolute directory path",
             ));
         }
-        if m.source().as_deref() != Some(Path::new(IDENTITY_SOURCE)) {
+        if m.source != IDENTITY_SOURCE {
             return Err(invalid("the source must be \"spiffe\""));
         }
-        if m.options().as_ref().is_some_and(|o| !o.is_empty()) {
+        if !m.options.is_empty() {
             return Err(invalid(
                 "options are not allowed (it is always mounted read-only, nosuid, nodev, noexec)",
             ));
@@ -114,18 +109,16 @@ impl Identities {
         })
     }
 
-    /// Replaces `spec`'s identity mount (if any) by a read-only bind of a tmpfs at `dir` holding
-    /// the identity files. On error the caller calls [`Identities::release`] and removes the
-    /// bundle.
+    /// Replaces the identity mount of `mounts` (if any) by a read-only bind of a tmpfs at `dir`
+    /// holding the identity files, the key owned by `uid`/`gid`. On error the caller calls
+    /// [`Identities::release`] and removes the bundle.
     pub async fn resolve(
         self: &Arc<Self>,
         container_id: &str,
-        spec: &mut Spec,
+        mounts: &mut [Mount],
+        (uid, gid): (u32, u32),
         dir: &Path,
     ) -> Result<(), AgentError> {
-        let Some(mut mounts) = spec.mounts().clone() else {
-            return Ok(());
-        };
         let Some(at) = mounts.iter().position(is_identity_mount) else {
             return Ok(());
         };
@@ -133,11 +126,6 @@ impl Identities {
             container_id: container_id.to_owned(),
             reason,
         };
-        let (uid, gid) = spec
-            .process()
-            .as_ref()
-            .map(|p| (p.user().uid(), p.user().gid()))
-            .unwrap_or((0, 0));
         // Held until the directory is registered, so a renewal cannot slip in between and leave
         // this container with the older identity.
         let mut current = self.current.lock().await;
@@ -157,17 +145,14 @@ impl Identities {
             holders.insert(dir.to_path_buf(), holder);
         }
         drop(current);
-        let mut bind = Mount::default();
-        bind.set_destination(mounts[at].destination().clone());
-        bind.set_typ(Some("bind".into()));
-        bind.set_source(Some(dir.to_path_buf()));
-        bind.set_options(Some(
-            ["rbind", "ro", "nosuid", "nodev", "noexec"]
+        mounts[at] = Mount {
+            destination: std::mem::take(&mut mounts[at].destination),
+            kind: "bind".into(),
+            source: dir.display().to_string(),
+            options: ["rbind", "ro", "nosuid", "nodev", "noexec"]
                 .map(String::from)
                 .to_vec(),
-        ));
-        mounts[at] = bind;
-        spec.set_mounts(Some(mounts));
+        };
         tracing::info!(
             container_id,
             spiffe_id = identity.spiffe_id(),
@@ -308,14 +293,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Spec {
-        let mut spec = Spec::default();
-        let mounts: Vec<Mount> = mounts
-            .iter()
-            .map(|m| serde_json::from_value(m.clone()).unwrap())
-            .collect();
-        spec.set_mounts(Some(mounts));
-        spec
+    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Vec<Mount> {
+        crate::spec::mounts_from_json(mounts)
     }
 
     #[test]
@@ -364,12 +343,18 @@ mod tests {
         let dir = files_dir(work.path());
         let identities = Identities::new(None);
         let mut plain = spec_with_mounts(&[]);
-        identities.resolve("c", &mut plain, &dir).await.unwrap();
+        identities
+            .resolve("c", &mut plain, (0, 0), &dir)
+            .await
+            .unwrap();
         assert!(!dir.exists());
         let mut spec = spec_with_mounts(&[
             json!({"destination": "/var/run/secrets/spiffe", "type": "identity", "source": "spiffe"}),
         ]);
-        let err = identities.resolve("c", &mut spec, &dir).await.unwrap_err();
+        let err = identities
+            .resolve("c", &mut spec, (0, 0), &dir)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, AgentError::Identity { container_id, reason }
                 if container_id == "c" && reason.contains("no key broker")),
@@ -377,10 +362,7 @@ mod tests {
         );
         // Nothing was mounted and the spec still asks for the identity (it was not resolved).
         assert!(!dir.exists());
-        assert_eq!(
-            spec.mounts().as_ref().unwrap()[0].typ().as_deref(),
-            Some(IDENTITY_MOUNT_TYPE)
-        );
+        assert_eq!(spec[0].kind, IDENTITY_MOUNT_TYPE);
         identities.release(&dir);
         assert!(identities.renewal.get().is_none());
     }

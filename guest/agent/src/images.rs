@@ -19,7 +19,7 @@ use coffer_image::{
     BlobStore, BrokerKeyUnwrapper, Decryptor, Policy, PullOptions, PulledImage, RegistriesConfig,
     pull,
 };
-use coffer_policies::initdata::{Entry, Initdata};
+use coffer_initdata::{Entry, Initdata};
 
 use crate::error::AgentError;
 use crate::pull_report::PullReport;

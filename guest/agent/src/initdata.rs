@@ -5,7 +5,7 @@
 //! (`coffer.initdata=<alg>:<hex>`). The agent, before it listens:
 //!
 //! 1. finds the disk (exactly one disk may carry the initdata magic),
-//! 2. decodes and parses it ([`coffer_policies::initdata`]),
+//! 2. decodes and parses it ([`coffer_initdata`]),
 //! 3. checks its digest against every binding it has — the command-line digest, and in a TEE the
 //!    hardware field (SEV-SNP HOSTDATA / TDX MRCONFIGID),
 //! 4. and only then takes its policy.
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use coffer_attestation::attester::{self, TsmReport};
 use coffer_attestation::{snp, tdx};
-use coffer_policies::initdata::{Binding, Digest, Initdata, InitdataError, device};
+use coffer_initdata::{Binding, Digest, Initdata, InitdataError, device};
 use thiserror::Error;
 
 /// The kernel command-line parameter carrying the expected digest.
@@ -260,7 +260,7 @@ fn scan_block_devices(sys_block: &Path, dev: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coffer_policies::initdata::Algorithm;
+    use coffer_initdata::Algorithm;
 
     const DOC: &str =
         "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"kbs-url\" = \"http://kbs\"\n";

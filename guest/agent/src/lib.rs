@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod error;
+pub mod host;
 pub mod identity;
 pub mod images;
 pub mod init;
@@ -32,6 +33,7 @@ pub mod request;
 pub mod rootfs;
 pub mod secrets;
 pub mod service;
+pub mod spec;
 pub mod tunnel;
 
 use std::future::Future;

@@ -9,7 +9,7 @@ use coffer_agent::initdata::{self, Tee};
 use coffer_agent::policy::{Gate, RegoPolicy};
 use coffer_agent::reaper::Reaper;
 use coffer_agent::{Agent, AgentConfig, init, oci};
-use coffer_policies::initdata::{Entry, Initdata};
+use coffer_initdata::{Entry, Initdata};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -53,7 +53,7 @@ struct Cli {
     /// Expected initdata digest (`sha256:HEX`…). As PID 1 it comes from `coffer.initdata=` on
     /// the kernel command line; when given, initdata is required and must match.
     #[arg(long)]
-    initdata_digest: Option<coffer_policies::initdata::Digest>,
+    initdata_digest: Option<coffer_initdata::Digest>,
     /// Largest rootfs upload, bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_rootfs_bytes: u64,
@@ -125,11 +125,7 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         let initdata = load_initdata(&cli, is_init, tee).context("initdata")?;
         let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
             .context("loading the agent policy")?;
-        tracing::info!(
-            policy = policy.name(),
-            native_allows = policy.native_allows(),
-            "policy loaded"
-        );
+        tracing::info!(policy = policy.name(), "policy loaded");
         // Guest pull takes its registries, signature policy and broker from initdata only; a
         // document whose entries do not load means the agent does not serve (INV-1).
         let images =
@@ -142,7 +138,12 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
             max_rootfs_bytes: cli.max_rootfs_bytes,
             images: Some(std::sync::Arc::new(images)),
         };
-        let agent = Agent::new(config, Gate::new(Box::new(policy)), reaper)?;
+        let agent = Agent::new(
+            config,
+            Gate::new(Box::new(policy)),
+            reaper,
+            std::sync::Arc::new(coffer_agent::host::GuestHost::new(is_init)),
+        )?;
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

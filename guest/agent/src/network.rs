@@ -6,29 +6,26 @@
 //! (`confidential.rego`: only before the first container starts); this module finds such a
 //! container and loads the netfilter modules it needs, once, before it is created.
 
-use oci_spec::runtime::{Capability, Spec};
+use coffer_policies::Process;
 
 use crate::error::AgentError;
 
+/// The capabilities that change the pod's network.
+pub const NETWORK_CAPABILITIES: [&str; 2] = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
+
 /// Whether a container's process holds CAP_NET_ADMIN or CAP_NET_RAW in any capability set.
-pub fn holds_network_capabilities(spec: &Spec) -> bool {
-    let Some(caps) = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.capabilities().as_ref())
-    else {
-        return false;
-    };
+pub fn holds_network_capabilities(process: &Process) -> bool {
+    let caps = &process.capabilities;
     [
-        caps.bounding(),
-        caps.effective(),
-        caps.permitted(),
-        caps.inheritable(),
-        caps.ambient(),
+        &caps.bounding,
+        &caps.effective,
+        &caps.permitted,
+        &caps.inheritable,
+        &caps.ambient,
     ]
     .into_iter()
     .flatten()
-    .any(|set| set.contains(&Capability::NetAdmin) || set.contains(&Capability::NetRaw))
+    .any(|cap| NETWORK_CAPABILITIES.contains(&cap.as_str()))
 }
 
 /// The guest's netfilter modules (nf_tables, NAT, the xtables targets iptables-nft uses), loaded
@@ -63,49 +60,37 @@ impl Netfilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxCapabilitiesBuilder, ProcessBuilder};
-    use std::collections::HashSet;
-
-    fn spec_with(edit: impl FnOnce(LinuxCapabilitiesBuilder) -> LinuxCapabilitiesBuilder) -> Spec {
-        let caps = edit(LinuxCapabilitiesBuilder::default()).build().unwrap();
-        let process = ProcessBuilder::default()
-            .args(vec!["true".to_owned()])
-            .capabilities(caps)
-            .build()
-            .unwrap();
-        let mut spec = Spec::default();
-        spec.set_process(Some(process));
-        spec
-    }
 
     #[test]
     fn network_capabilities_in_any_set_count() {
-        let set = |caps: &[Capability]| caps.iter().copied().collect::<HashSet<_>>();
-        let none = HashSet::new();
-        // The default spec's set (AUDIT_WRITE, KILL, NET_BIND_SERVICE) holds neither.
-        assert!(!holds_network_capabilities(&Spec::default()));
-        assert!(!holds_network_capabilities(&spec_with(|b| b
-            .bounding(set(&[Capability::NetBindService, Capability::SysAdmin]))
-            .effective(none.clone()))));
-        let cases: [fn(LinuxCapabilitiesBuilder, HashSet<Capability>) -> LinuxCapabilitiesBuilder;
-            5] = [
-            |b, s| b.bounding(s),
-            |b, s| b.effective(s),
-            |b, s| b.permitted(s),
-            |b, s| b.inheritable(s),
-            |b, s| b.ambient(s),
+        let with = |edit: fn(&mut coffer_policies::Capabilities, Vec<String>), caps: &[&str]| {
+            let mut p = Process::default();
+            edit(
+                &mut p.capabilities,
+                caps.iter().map(|c| (*c).to_owned()).collect(),
+            );
+            p
+        };
+        let places: [fn(&mut coffer_policies::Capabilities, Vec<String>); 5] = [
+            |c, s| c.bounding = s,
+            |c, s| c.effective = s,
+            |c, s| c.permitted = s,
+            |c, s| c.inheritable = s,
+            |c, s| c.ambient = s,
         ];
-        for cap in [Capability::NetAdmin, Capability::NetRaw] {
-            for place in cases {
-                assert!(holds_network_capabilities(&spec_with(|b| place(
-                    b,
-                    set(&[Capability::Chown, cap])
-                ))));
+        assert!(!holds_network_capabilities(&Process::default()));
+        assert!(!holds_network_capabilities(&with(
+            places[0],
+            &["CAP_NET_BIND_SERVICE", "CAP_SYS_ADMIN"]
+        )));
+        for cap in NETWORK_CAPABILITIES {
+            for place in places {
+                assert!(holds_network_capabilities(&with(
+                    place,
+                    &["CAP_CHOWN", cap]
+                )));
             }
         }
-        let mut no_process = Spec::default();
-        no_process.set_process(None);
-        assert!(!holds_network_capabilities(&no_process));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Mount, Spec};
+use coffer_policies::Mount;
 
 use crate::error::AgentError;
 use crate::pod_network::{PodNetwork, quote};
@@ -109,24 +109,20 @@ pub fn write(dir: &Path, hostname: &str, network: Option<&PodNetwork>) -> Result
 }
 
 fn is_pod_mount(m: &Mount) -> bool {
-    m.typ().as_deref() == Some(POD_MOUNT_TYPE)
+    m.kind == POD_MOUNT_TYPE
 }
 
 /// Checks the form of a spec's pod mounts, before the policy decides on the request: a source of
 /// [`POD_FILES`] with exactly its destination, no options (the agent alone decides how it is
 /// mounted), each file at most once.
-pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), AgentError> {
     let mut seen = HashSet::new();
-    for m in spec.mounts().iter().flatten().filter(|m| is_pod_mount(m)) {
-        let destination = m.destination().to_string_lossy();
+    for m in mounts.iter().filter(|m| is_pod_mount(m)) {
+        let destination = m.destination.as_str();
         let invalid = |why: String| {
-            AgentError::InvalidArgument(format!("pod mount {}: {why}", quote(&destination)))
+            AgentError::InvalidArgument(format!("pod mount {}: {why}", quote(destination)))
         };
-        let source = m
-            .source()
-            .as_ref()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let source = m.source.clone();
         let Some((file, expected)) = POD_FILES.iter().find(|(file, _)| *file == source) else {
             return Err(invalid(format!(
                 "the source {} is not one of resolv.conf, hosts, hostname",
@@ -138,7 +134,7 @@ pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
                 "the pod's {file} can only be mounted at {expected}"
             )));
         }
-        if m.options().as_ref().is_some_and(|o| !o.is_empty()) {
+        if !m.options.is_empty() {
             return Err(invalid(
                 "options are not allowed (it is always mounted read-only, nosuid, nodev, noexec)"
                     .into(),
@@ -151,20 +147,12 @@ pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Replaces every pod mount of `spec` (validated by [`validate_mounts`]) by a read-only bind of
+/// Replaces every pod mount of `mounts` (validated by [`validate_mounts`]) by a read-only bind of
 /// the pod file in `dir`.
-pub fn resolve_mounts(spec: &mut Spec, dir: &Path) -> Result<(), AgentError> {
-    let Some(mut mounts) = spec.mounts().clone() else {
-        return Ok(());
-    };
-    if !mounts.iter().any(is_pod_mount) {
-        return Ok(());
-    }
+pub fn resolve_mounts(mounts: &mut [Mount], dir: &Path) -> Result<(), AgentError> {
     for m in mounts.iter_mut().filter(|m| is_pod_mount(m)) {
-        let file = m
-            .source()
-            .as_ref()
-            .and_then(|s| s.file_name())
+        let file = Path::new(&m.source)
+            .file_name()
             .map(|name| dir.join(name))
             .ok_or_else(|| AgentError::Internal("a pod mount without a source".into()))?;
         if !file.is_file() {
@@ -173,14 +161,13 @@ pub fn resolve_mounts(spec: &mut Spec, dir: &Path) -> Result<(), AgentError> {
                 file.display()
             )));
         }
-        let mut bind = Mount::default();
-        bind.set_destination(m.destination().clone());
-        bind.set_typ(Some("bind".into()));
-        bind.set_source(Some(file));
-        bind.set_options(Some(POD_MOUNT_OPTIONS.map(String::from).to_vec()));
-        *m = bind;
+        *m = Mount {
+            destination: std::mem::take(&mut m.destination),
+            kind: "bind".into(),
+            source: file.display().to_string(),
+            options: POD_MOUNT_OPTIONS.map(String::from).to_vec(),
+        };
     }
-    spec.set_mounts(Some(mounts));
     Ok(())
 }
 
@@ -193,14 +180,8 @@ mod tests {
         PodNetwork::decode(crate::pod_network::tests::full()).unwrap()
     }
 
-    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Spec {
-        let mut spec = Spec::default();
-        let mounts: Vec<Mount> = mounts
-            .iter()
-            .map(|m| serde_json::from_value(m.clone()).unwrap())
-            .collect();
-        spec.set_mounts(Some(mounts));
-        spec
+    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Vec<Mount> {
+        crate::spec::mounts_from_json(mounts)
     }
 
     fn pod_mount(source: &str, destination: &str) -> serde_json::Value {
@@ -344,19 +325,16 @@ mod tests {
         assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
         write(&pod, "coffer", None).unwrap();
         resolve_mounts(&mut spec, &pod).unwrap();
-        let mounts = spec.mounts().clone().unwrap();
-        assert_eq!(mounts[0].typ().as_deref(), Some("proc"));
+        let mounts = spec;
+        assert_eq!(mounts[0].kind, "proc");
         for (m, file, destination) in [
             (&mounts[1], "resolv.conf", "/etc/resolv.conf"),
             (&mounts[2], "hosts", "/etc/hosts"),
         ] {
-            assert_eq!(m.typ().as_deref(), Some("bind"));
-            assert_eq!(m.source().as_deref(), Some(pod.join(file).as_path()));
-            assert_eq!(m.destination(), Path::new(destination));
-            assert_eq!(
-                m.options().clone().unwrap(),
-                ["rbind", "ro", "nosuid", "nodev", "noexec"]
-            );
+            assert_eq!(m.kind, "bind");
+            assert_eq!(m.source, pod.join(file).display().to_string());
+            assert_eq!(m.destination, destination);
+            assert_eq!(m.options, ["rbind", "ro", "nosuid", "nodev", "noexec"]);
         }
         // A spec without pod mounts is left alone.
         let mut plain =

@@ -1,174 +1,16 @@
 //! Builds the policy engine's typed input (owned by `coffer-policies`) from a decoded request and
-//! the agent's sandbox state. The policy sees facts, not the raw protobuf or OCI JSON.
+//! the agent's sandbox state. The policy sees facts, not the raw protobuf or OCI JSON: a
+//! container's or exec's spec is already the policy's type (the closed model `crate::spec`
+//! decodes, the value the runtime's configuration is rendered from), the other requests are
+//! spelled here.
 
 use coffer_policies as pol;
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use crate::pod_network::PodNetwork;
-use crate::request::{AgentRequest, OutputKind, ProcessRef, RootfsSource};
+use crate::request::{AgentRequest, OutputKind, ProcessRef};
 
 fn exec_id(p: &ProcessRef) -> Option<String> {
     p.exec.as_ref().map(ToString::to_string)
-}
-
-fn serde_name<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn capability_names<T: serde::Serialize>(
-    set: Option<&std::collections::HashSet<T>>,
-) -> Vec<String> {
-    let mut names: Vec<String> = set
-        .map(|s| s.iter().map(serde_name).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// The policy view of an OCI process.
-pub fn process(p: &Process) -> pol::Process {
-    let caps = p.capabilities().as_ref();
-    pol::Process {
-        args: p.args().clone().unwrap_or_default(),
-        env: p.env().clone().unwrap_or_default(),
-        cwd: p.cwd().display().to_string(),
-        user: pol::User {
-            uid: p.user().uid(),
-            gid: p.user().gid(),
-        },
-        terminal: p.terminal().unwrap_or(false),
-        capabilities: pol::Capabilities {
-            bounding: capability_names(caps.and_then(|c| c.bounding().as_ref())),
-            effective: capability_names(caps.and_then(|c| c.effective().as_ref())),
-            permitted: capability_names(caps.and_then(|c| c.permitted().as_ref())),
-            inheritable: capability_names(caps.and_then(|c| c.inheritable().as_ref())),
-            ambient: capability_names(caps.and_then(|c| c.ambient().as_ref())),
-        },
-        no_new_privileges: p.no_new_privileges().unwrap_or(false),
-    }
-}
-
-fn namespace_type(t: LinuxNamespaceType) -> pol::NamespaceType {
-    match t {
-        LinuxNamespaceType::Mount => pol::NamespaceType::Mount,
-        LinuxNamespaceType::Cgroup => pol::NamespaceType::Cgroup,
-        LinuxNamespaceType::Uts => pol::NamespaceType::Uts,
-        LinuxNamespaceType::Ipc => pol::NamespaceType::Ipc,
-        LinuxNamespaceType::User => pol::NamespaceType::User,
-        LinuxNamespaceType::Pid => pol::NamespaceType::Pid,
-        LinuxNamespaceType::Network => pol::NamespaceType::Network,
-        LinuxNamespaceType::Time => pol::NamespaceType::Time,
-    }
-}
-
-/// Whether any OCI hook list is non-empty.
-fn hooks_present(spec: &Spec) -> bool {
-    spec.hooks()
-        .as_ref()
-        .and_then(|h| serde_json::to_value(h).ok())
-        .and_then(|v| {
-            v.as_object().map(|o| {
-                o.values()
-                    .any(|list| list.as_array().is_some_and(|a| !a.is_empty()))
-            })
-        })
-        .unwrap_or(false)
-}
-
-fn create_container(id: &str, spec: &Spec, rootfs: &RootfsSource) -> pol::CreateContainer {
-    let linux = spec.linux().as_ref();
-    pol::CreateContainer {
-        container_id: id.to_owned(),
-        rootfs: match rootfs {
-            RootfsSource::Uploaded => pol::Rootfs {
-                source: pol::RootfsSource::Uploaded,
-                image: None,
-            },
-            RootfsSource::Image(reference) => pol::Rootfs {
-                source: pol::RootfsSource::Image,
-                image: Some(reference.clone()),
-            },
-        },
-        process: spec
-            .process()
-            .as_ref()
-            .map(process)
-            .unwrap_or_else(|| process(&Process::default())),
-        namespaces: linux
-            .and_then(|l| l.namespaces().as_ref())
-            .map(|ns| {
-                ns.iter()
-                    .map(|n| pol::Namespace {
-                        kind: namespace_type(n.typ()),
-                        path: n.path().as_ref().map(|p| p.display().to_string()),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        mounts: spec
-            .mounts()
-            .as_ref()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| pol::Mount {
-                        destination: m.destination().display().to_string(),
-                        source: m
-                            .source()
-                            .as_ref()
-                            .map(|s| s.display().to_string())
-                            .unwrap_or_default(),
-                        kind: m.typ().clone().unwrap_or_default(),
-                        options: m.options().clone().unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        devices: linux
-            .and_then(|l| l.devices().as_ref())
-            .map(|ds| {
-                ds.iter()
-                    .map(|d| pol::Device {
-                        path: d.path().display().to_string(),
-                        kind: serde_name(&d.typ()),
-                        major: d.major(),
-                        minor: d.minor(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        device_cgroup: linux
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.devices().as_ref())
-            .map(|rules| {
-                rules
-                    .iter()
-                    .map(|r| pol::DeviceRule {
-                        allow: r.allow(),
-                        kind: r
-                            .typ()
-                            .map_or_else(|| "a".to_owned(), |t| t.as_str().to_owned()),
-                        major: r.major(),
-                        minor: r.minor(),
-                        access: r.access().clone().unwrap_or_else(|| "rwm".to_owned()),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        hooks_present: hooks_present(spec),
-        sysctls: linux
-            .and_then(|l| l.sysctl().as_ref())
-            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default(),
-        masked_paths: linux
-            .and_then(|l| l.masked_paths().clone())
-            .unwrap_or_default(),
-        readonly_paths: linux
-            .and_then(|l| l.readonly_paths().clone())
-            .unwrap_or_default(),
-    }
 }
 
 /// The policy view of a validated pod network: every value in its canonical text form.
@@ -245,11 +87,7 @@ pub fn request(request: &AgentRequest) -> pol::Request {
             container_id: container.to_string(),
             image: reference.clone(),
         },
-        AgentRequest::CreateContainer {
-            container,
-            spec,
-            rootfs,
-        } => R::CreateContainer(Box::new(create_container(container.as_str(), spec, rootfs))),
+        AgentRequest::CreateContainer { spec, .. } => R::CreateContainer(spec.clone()),
         AgentRequest::StartContainer { container } => R::StartContainer {
             container_id: container.to_string(),
         },
@@ -263,7 +101,7 @@ pub fn request(request: &AgentRequest) -> pol::Request {
         AgentRequest::ExecProcess { process: p, spec } => R::ExecProcess {
             container_id: p.container.to_string(),
             exec_id: exec_id(p).unwrap_or_default(),
-            process: Box::new(process(spec)),
+            process: spec.clone(),
         },
         AgentRequest::WaitProcess { process: p } => R::WaitProcess {
             container_id: p.container.to_string(),

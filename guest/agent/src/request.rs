@@ -4,7 +4,7 @@
 use std::fmt;
 
 use coffer_agent_protocol::v1 as pb;
-use oci_spec::runtime::{Process, Spec};
+use coffer_policies as pol;
 use tonic::Streaming;
 
 use crate::error::AgentError;
@@ -98,6 +98,22 @@ pub enum RootfsSource {
     Image(String),
 }
 
+impl RootfsSource {
+    /// How the policy input names this source.
+    pub fn policy_view(&self) -> pol::Rootfs {
+        match self {
+            Self::Uploaded => pol::Rootfs {
+                source: pol::RootfsSource::Uploaded,
+                image: None,
+            },
+            Self::Image(reference) => pol::Rootfs {
+                source: pol::RootfsSource::Image,
+                image: Some(reference.clone()),
+            },
+        }
+    }
+}
+
 /// Longest image reference accepted.
 pub const MAX_REFERENCE_LEN: usize = 1024;
 
@@ -154,8 +170,9 @@ pub enum AgentRequest {
     CreateContainer {
         /// Container id.
         container: Id,
-        /// The parsed OCI runtime spec.
-        spec: Box<Spec>,
+        /// The container's closed spec (decoded by [`crate::spec`]), which is also the policy's
+        /// input: the runtime's `config.json` is rendered from this value once it is authorized.
+        spec: Box<pol::CreateContainer>,
         /// Rootfs source.
         rootfs: RootfsSource,
     },
@@ -180,8 +197,8 @@ pub enum AgentRequest {
     ExecProcess {
         /// Target container and new exec id.
         process: ProcessRef,
-        /// The parsed OCI process.
-        spec: Box<Process>,
+        /// The process, closed like a container's (see [`crate::spec`]).
+        spec: Box<pol::Process>,
     },
     /// `WaitProcess`.
     WaitProcess {
@@ -263,14 +280,14 @@ impl AgentRequest {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, AgentError> {
+/// Refuses a document larger than [`MAX_SPEC_BYTES`] before it is parsed.
+fn check_size(what: &str, bytes: &[u8]) -> Result<(), AgentError> {
     if bytes.len() > MAX_SPEC_BYTES {
         return Err(AgentError::InvalidArgument(format!(
             "{what} is larger than {MAX_SPEC_BYTES} bytes"
         )));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| AgentError::InvalidArgument(format!("{what} is not a valid document: {e}")))
+    Ok(())
 }
 
 fn parse_signal(raw: u32) -> Result<nix::sys::signal::Signal, AgentError> {
@@ -304,28 +321,11 @@ fn parse_hostname(raw: &str) -> Result<Option<String>, AgentError> {
     }
 }
 
-fn validate_spec(spec: &Spec) -> Result<(), AgentError> {
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| AgentError::InvalidArgument("oci spec has no process".into()))?;
-    validate_process(process)?;
-    crate::secrets::validate_mounts(spec)?;
-    crate::identity::validate_mounts(spec)?;
-    crate::pod_files::validate_mounts(spec)
-}
-
-fn validate_process(process: &Process) -> Result<(), AgentError> {
-    match process.args() {
-        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err(AgentError::InvalidArgument("process args are empty".into())),
-    }
-    if !process.cwd().is_absolute() {
-        return Err(AgentError::InvalidArgument(
-            "process cwd must be an absolute path".into(),
-        ));
-    }
-    Ok(())
+/// The checks of the agent's own mount types, on the decoded spec (before the policy sees it).
+fn validate_mounts(spec: &pol::CreateContainer) -> Result<(), AgentError> {
+    crate::secrets::validate_mounts(&spec.mounts)?;
+    crate::identity::validate_mounts(&spec.mounts)?;
+    crate::pod_files::validate_mounts(&spec.mounts)
 }
 
 /// Decoding of each unary protobuf request into [`AgentRequest`].
@@ -398,8 +398,7 @@ impl Decode for pb::DestroySandboxRequest {
 impl Decode for pb::CreateContainerRequest {
     fn decode(self) -> Result<AgentRequest, AgentError> {
         let container = Id::parse("container_id", &self.container_id)?;
-        let spec: Spec = parse_json("oci_spec_json", &self.oci_spec_json)?;
-        validate_spec(&spec)?;
+        check_size("oci_spec_json", &self.oci_spec_json)?;
         let rootfs = match self.rootfs {
             Some(pb::create_container_request::Rootfs::Uploaded(_)) => RootfsSource::Uploaded,
             Some(pb::create_container_request::Rootfs::Image(image)) => {
@@ -411,6 +410,12 @@ impl Decode for pb::CreateContainerRequest {
                 ));
             }
         };
+        let spec = crate::spec::decode_container(
+            container.as_str(),
+            rootfs.policy_view(),
+            &self.oci_spec_json,
+        )?;
+        validate_mounts(&spec)?;
         Ok(AgentRequest::CreateContainer {
             container,
             spec: Box::new(spec),
@@ -471,8 +476,8 @@ impl Decode for pb::ExecProcessRequest {
         if process.exec.is_none() {
             return Err(AgentError::InvalidArgument("exec_id is required".into()));
         }
-        let spec: Process = parse_json("oci_process_json", &self.oci_process_json)?;
-        validate_process(&spec)?;
+        check_size("oci_process_json", &self.oci_process_json)?;
+        let spec = crate::spec::decode_process(&self.oci_process_json)?;
         Ok(AgentRequest::ExecProcess {
             process,
             spec: Box::new(spec),
@@ -600,7 +605,7 @@ mod tests {
             )),
         };
         let err = req.decode().unwrap_err();
-        assert!(matches!(err, AgentError::InvalidArgument(_)), "{err}");
+        assert!(matches!(err, AgentError::Spec(_)), "{err}");
     }
 
     #[test]
@@ -614,10 +619,15 @@ mod tests {
                 pb::UploadedRootfs {},
             )),
         };
-        assert!(matches!(
-            req.decode().unwrap_err(),
-            AgentError::InvalidArgument(_)
-        ));
+        let err = req.decode().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid request: oci spec field process.args must name a program"
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use coffer_attestation::kbs::client::{KbsClient, Resource};
 use coffer_attestation::kbs::path::ResourcePath;
-use oci_spec::runtime::{Mount, Spec};
+use coffer_policies::{Mount, Process};
 
 use crate::error::AgentError;
 
@@ -44,7 +44,7 @@ pub fn files_dir(bundle: &Path) -> PathBuf {
 }
 
 fn is_sealed_mount(m: &Mount) -> bool {
-    m.typ().as_deref() == Some(SEALED_MOUNT_TYPE)
+    m.kind == SEALED_MOUNT_TYPE
 }
 
 /// The broker resource path of a `kbs:///<repo>/<type>/<tag>` reference.
@@ -59,13 +59,8 @@ fn resource_path(reference: &str) -> Result<ResourcePath, String> {
 /// Checks the form of a spec's sealed mounts, before the policy decides on the request: a
 /// `kbs:///` source, an absolute destination other than `/`, no options (the agent alone decides
 /// how the file is mounted), and at most [`MAX_SEALED_MOUNTS`].
-pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
-    let sealed: Vec<&Mount> = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .filter(|m| is_sealed_mount(m))
-        .collect();
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), AgentError> {
+    let sealed: Vec<&Mount> = mounts.iter().filter(|m| is_sealed_mount(m)).collect();
     if sealed.len() > MAX_SEALED_MOUNTS {
         return Err(AgentError::InvalidArgument(format!(
             "{} sealed mounts; at most {MAX_SEALED_MOUNTS}",
@@ -73,7 +68,7 @@ pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
         )));
     }
     for m in sealed {
-        let destination = m.destination();
+        let destination = Path::new(&m.destination);
         let invalid = |why: String| {
             AgentError::InvalidArgument(format!("sealed mount {}: {why}", destination.display()))
         };
@@ -82,13 +77,11 @@ pub fn validate_mounts(spec: &Spec) -> Result<(), AgentError> {
                 "the destination must be an absolute file path".into(),
             ));
         }
-        let source = m
-            .source()
-            .as_ref()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| invalid("no source".into()))?;
-        resource_path(source).map_err(invalid)?;
-        if m.options().as_ref().is_some_and(|o| !o.is_empty()) {
+        if m.source.is_empty() {
+            return Err(invalid("no source".into()));
+        }
+        resource_path(&m.source).map_err(invalid)?;
+        if !m.options.is_empty() {
             return Err(invalid(
                 "options are not allowed (it is always mounted read-only, nosuid, nodev, noexec)"
                     .into(),
@@ -124,18 +117,19 @@ pub fn sealed_reference(value: &str) -> Option<&str> {
     value.strip_prefix(SEALED_PREFIX)
 }
 
-/// Replaces every sealed environment value of `spec`'s process with its secret.
+/// Replaces every sealed environment value of `process` with its secret.
 pub async fn resolve_env(
     container_id: &str,
-    spec: &mut Spec,
+    process: &mut Process,
     broker: Option<&Arc<KbsClient>>,
 ) -> Result<(), AgentError> {
-    let Some(process) = spec.process_mut() else {
+    if !process.env.iter().any(|var| {
+        var.split_once('=')
+            .is_some_and(|(_, value)| sealed_reference(value).is_some())
+    }) {
         return Ok(());
-    };
-    let Some(env) = process.env().clone() else {
-        return Ok(());
-    };
+    }
+    let env = std::mem::take(&mut process.env);
     let failed = |reference: &str, reason: String| AgentError::Secret {
         container_id: container_id.to_owned(),
         reference: reference.to_owned(),
@@ -166,46 +160,33 @@ pub async fn resolve_env(
         resolved.push(format!("{name}={text}"));
         count += 1;
     }
-    if count > 0 {
-        process.set_env(Some(resolved));
-        tracing::info!(container_id, secrets = count, "sealed secrets resolved");
-    }
+    process.env = resolved;
+    tracing::info!(container_id, secrets = count, "sealed secrets resolved");
     Ok(())
 }
 
-/// Replaces every sealed mount of `spec` by a read-only bind of a file holding its secret, on a
-/// tmpfs mounted at `dir` (created here, private to the container). On error the caller removes
-/// the bundle after [`release_files`].
+/// Replaces every sealed mount of `mounts` by a read-only bind of a file holding its secret, on a
+/// tmpfs mounted at `dir` (created here, private to the container), owned by `uid`/`gid`. On
+/// error the caller removes the bundle after [`release_files`].
 pub async fn resolve_files(
     container_id: &str,
-    spec: &mut Spec,
+    mounts: &mut Vec<Mount>,
+    (uid, gid): (u32, u32),
     broker: Option<&Arc<KbsClient>>,
     dir: &Path,
 ) -> Result<(), AgentError> {
-    let Some(mounts) = spec.mounts().clone() else {
-        return Ok(());
-    };
     if !mounts.iter().any(is_sealed_mount) {
         return Ok(());
     }
-    let (uid, gid) = spec
-        .process()
-        .as_ref()
-        .map(|p| (p.user().uid(), p.user().gid()))
-        .unwrap_or((0, 0));
     mount_tmpfs(dir)?;
     let mut resolved = Vec::with_capacity(mounts.len());
     let mut count = 0usize;
-    for m in mounts {
+    for m in std::mem::take(mounts) {
         if !is_sealed_mount(&m) {
             resolved.push(m);
             continue;
         }
-        let reference = m
-            .source()
-            .as_ref()
-            .map(|s| s.display().to_string())
-            .unwrap_or_default();
+        let reference = m.source.clone();
         let secret = fetch(container_id, &reference, broker).await?;
         if secret.expose().len() > MAX_SECRET_FILE_BYTES {
             return Err(AgentError::Secret {
@@ -216,19 +197,17 @@ pub async fn resolve_files(
         }
         let file = dir.join(count.to_string());
         write_secret_file(&file, secret.expose(), uid, gid)?;
-        let mut bind = Mount::default();
-        bind.set_destination(m.destination().clone());
-        bind.set_typ(Some("bind".into()));
-        bind.set_source(Some(file));
-        bind.set_options(Some(
-            ["bind", "ro", "nosuid", "nodev", "noexec"]
+        resolved.push(Mount {
+            destination: m.destination,
+            kind: "bind".into(),
+            source: file.display().to_string(),
+            options: ["bind", "ro", "nosuid", "nodev", "noexec"]
                 .map(String::from)
                 .to_vec(),
-        ));
-        resolved.push(bind);
+        });
         count += 1;
     }
-    spec.set_mounts(Some(resolved));
+    *mounts = resolved;
     tracing::info!(container_id, files = count, "sealed files resolved");
     Ok(())
 }
@@ -287,22 +266,18 @@ fn write_secret_file(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<()
 mod tests {
     use super::*;
 
-    fn spec_with_env(env: &[&str]) -> Spec {
-        let mut spec = Spec::default();
-        let mut process = oci_spec::runtime::Process::default();
-        process.set_env(Some(env.iter().map(|s| (*s).to_owned()).collect()));
-        spec.set_process(Some(process));
-        spec
+    fn spec_with_env(env: &[&str]) -> Process {
+        Process {
+            env: env.iter().map(|s| (*s).to_owned()).collect(),
+            ..Process::default()
+        }
     }
 
     #[tokio::test]
     async fn plain_env_is_untouched_and_sealed_needs_a_broker() {
         let mut spec = spec_with_env(&["A=b", "C=sealed-not"]);
         resolve_env("c", &mut spec, None).await.unwrap();
-        assert_eq!(
-            spec.process().as_ref().unwrap().env().as_ref().unwrap(),
-            &["A=b", "C=sealed-not"]
-        );
+        assert_eq!(spec.env, ["A=b", "C=sealed-not"]);
         let mut sealed = spec_with_env(&["A=b", "PW=sealed.kbs:///default/secret/pw"]);
         let err = resolve_env("c", &mut sealed, None).await.unwrap_err();
         assert!(err.to_string().contains("no key broker"), "{err}");
@@ -315,14 +290,8 @@ mod tests {
         }
     }
 
-    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Spec {
-        let mut spec = spec_with_env(&[]);
-        let mounts: Vec<Mount> = mounts
-            .iter()
-            .map(|m| serde_json::from_value(m.clone()).unwrap())
-            .collect();
-        spec.set_mounts(Some(mounts));
-        spec
+    fn spec_with_mounts(mounts: &[serde_json::Value]) -> Vec<Mount> {
+        crate::spec::mounts_from_json(mounts)
     }
 
     #[test]
@@ -380,12 +349,16 @@ mod tests {
         let dir = files_dir(work.path());
         // No sealed mount: nothing is mounted or created.
         let mut plain = spec_with_mounts(&[]);
-        resolve_files("c", &mut plain, None, &dir).await.unwrap();
+        resolve_files("c", &mut plain, (0, 0), None, &dir)
+            .await
+            .unwrap();
         assert!(!dir.exists());
         let mut spec = spec_with_mounts(&[serde_json::json!(
             {"destination": "/run/secrets/db", "type": "sealed", "source": "kbs:///default/secret/db"}
         )]);
-        let err = resolve_files("c", &mut spec, None, &dir).await.unwrap_err();
+        let err = resolve_files("c", &mut spec, (0, 0), None, &dir)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, AgentError::Secret { reference, .. } if reference == "kbs:///default/secret/db"),
             "{err}"

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use coffer_policies::initdata::{Entry, Initdata};
+use coffer_initdata::{Entry, Initdata};
 use coffer_policies::{
     Engine, KATA_REQUESTS, KataEngine, Limits, PolicyInput, Request, SandboxState, kata_request,
 };

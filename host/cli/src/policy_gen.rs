@@ -12,6 +12,13 @@
 //!   value;
 //! * user = `runAsUser`/`runAsGroup` (container, then pod), else the image's numeric `User`;
 //! * exec = the `exec` commands of liveness, readiness and startup probes;
+//! * supplementary groups = the pod's `supplementalGroups` and `fsGroup` (the kubelet adds both;
+//!   groups the image's `/etc/group` would add are not consulted: list them there);
+//! * a read-only root filesystem where `readOnlyRootFilesystem` asks for one, and the memory limit
+//!   (`resources.limits.memory`) as the container's ceiling;
+//! * no seccomp profile (Kubernetes' default, `Unconfined`): a `RuntimeDefault` or `Localhost`
+//!   profile is written by the node's container runtime, so it cannot be pinned from the
+//!   manifest and is refused; no AppArmor or SELinux label (the guest loads no such policy);
 //! * logs allowed only with the pod annotation `coffer.dev/allow-logs: "true"`;
 //! * the workload identity (a broker-issued SPIFFE SVID) for each container named by a pod
 //!   annotation `coffer.dev/workload-identity.<container>: <directory>`: its entry lists the
@@ -31,7 +38,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Args;
 use coffer_image::registry::Registry;
 use coffer_image::{Credentials, RegistriesConfig};
-use coffer_policies::initdata::{Algorithm, Entry, Initdata};
+use coffer_initdata::{Algorithm, Entry, Initdata};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -159,6 +166,8 @@ struct Container {
     stdin: bool,
     #[serde(default)]
     tty: bool,
+    #[serde(default)]
+    resources: Resources,
     liveness_probe: Option<Probe>,
     readiness_probe: Option<Probe>,
     startup_probe: Option<Probe>,
@@ -180,6 +189,25 @@ struct SecurityContext {
     privileged: Option<bool>,
     allow_privilege_escalation: Option<bool>,
     capabilities: Option<CapabilityChanges>,
+    read_only_root_filesystem: Option<bool>,
+    seccomp_profile: Option<SeccompProfile>,
+    #[serde(default)]
+    supplemental_groups: Vec<u32>,
+    fs_group: Option<u32>,
+    se_linux_options: Option<Value>,
+    app_armor_profile: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SeccompProfile {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Resources {
+    #[serde(default)]
+    limits: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,7 +457,7 @@ fn check_pod(pod: &Pod, secrets: &Secrets) -> anyhow::Result<()> {
             "container name {} is used twice",
             c.name
         );
-        check_container(c)
+        check_container(c, spec)
             .and_then(|()| {
                 crate::sealed_volumes::sealed_files(&c.volume_mounts, &spec.volumes, secrets)
                     .map(drop)
@@ -440,7 +468,23 @@ fn check_pod(pod: &Pod, secrets: &Secrets) -> anyhow::Result<()> {
 }
 
 /// Container settings the confidential policy never admits (checked before any registry access).
-fn check_container(c: &Container) -> anyhow::Result<()> {
+fn check_container(c: &Container, pod: &PodSpec) -> anyhow::Result<()> {
+    let sc = &c.security_context;
+    let psc = &pod.security_context;
+    let seccomp = sc.seccomp_profile.as_ref().or(psc.seccomp_profile.as_ref());
+    if let Some(profile) = seccomp.filter(|p| p.kind != "Unconfined") {
+        bail!(
+            "seccompProfile {}: the node's container runtime writes that profile, so it cannot be pinned from the manifest (use Unconfined, or list the profile in the policy data by hand)",
+            profile.kind
+        );
+    }
+    ensure!(
+        sc.se_linux_options.is_none()
+            && psc.se_linux_options.is_none()
+            && sc.app_armor_profile.is_none()
+            && psc.app_armor_profile.is_none(),
+        "seLinuxOptions/appArmorProfile name policies the guest does not load"
+    );
     ensure!(
         c.security_context.privileged != Some(true),
         "privileged containers cannot be admitted in confidential mode"
@@ -606,6 +650,24 @@ fn entry(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    // The kubelet gives the process the pod's supplementary groups and fsGroup; containerd adds
+    // the primary group, which the policy always allows.
+    let additional_gids: BTreeSet<u32> = psc
+        .supplemental_groups
+        .iter()
+        .copied()
+        .chain(psc.fs_group)
+        .filter(|g| *g != gid)
+        .collect();
+    let mut resources = serde_json::Map::new();
+    if let Some(memory) = c.resources.limits.get("memory") {
+        let text = match memory {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => bail!("resources.limits.memory is not a quantity"),
+        };
+        resources.insert("memory_limit".into(), json!(memory_bytes(&text)?));
+    }
     let exec: Vec<&Vec<String>> = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
         .into_iter()
         .flatten()
@@ -615,7 +677,7 @@ fn entry(
         .into_iter()
         .collect();
 
-    Ok(json!({
+    let mut entry = json!({
         "name": c.name,
         "image": image.pinned,
         "args": args,
@@ -631,7 +693,52 @@ fn entry(
         "exec": exec,
         "logs": allow_logs,
         "stdin": c.stdin,
-    }))
+        "additional_gids": additional_gids,
+        "readonly_rootfs": sc.read_only_root_filesystem.unwrap_or(false),
+    });
+    if !resources.is_empty()
+        && let Some(object) = entry.as_object_mut()
+    {
+        object.insert("resources".into(), Value::Object(resources));
+    }
+    Ok(entry)
+}
+
+/// A Kubernetes memory quantity (`128Mi`, `1G`, `1.5Gi`, `268435456`, `129e6`) in bytes, rounded
+/// up as the kubelet does.
+fn memory_bytes(quantity: &str) -> anyhow::Result<u64> {
+    let q = quantity.trim();
+    let suffixes: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Pi", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Ei", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+        ("m", 1e-3),
+    ];
+    let (number, scale) = suffixes
+        .iter()
+        .find_map(|(suffix, scale)| q.strip_suffix(suffix).map(|n| (n, *scale)))
+        .unwrap_or((q, 1.0));
+    let valid = !number.is_empty()
+        && number
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| valid && v.is_finite() && *v >= 0.0)
+        .with_context(|| format!("memory limit {quantity:?} is not a quantity"))?;
+    let bytes = (value * scale).ceil();
+    ensure!(bytes <= 9.0e18, "memory limit {quantity:?} is out of range");
+    Ok(bytes as u64)
 }
 
 /// The image config's `User` as numeric ids; names cannot be resolved without the image's files.
@@ -669,6 +776,24 @@ mod tests {
         );
         assert_eq!(repository_of("busybox@sha256:abc"), "busybox");
         assert_eq!(repository_of("r.io/a/b:1@sha256:abc"), "r.io/a/b");
+    }
+
+    #[test]
+    fn memory_quantities_are_bytes() {
+        for (q, bytes) in [
+            ("268435456", 268_435_456),
+            ("128Mi", 128 << 20),
+            ("1Gi", 1 << 30),
+            ("1.5Gi", 3 << 29),
+            ("1G", 1_000_000_000),
+            ("129e6", 129_000_000),
+            ("100k", 100_000),
+        ] {
+            assert_eq!(memory_bytes(q).unwrap(), bytes, "{q}");
+        }
+        for bad in ["", "Mi", "12Q", "-1Gi", "1..2", "nan"] {
+            assert!(memory_bytes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use coffer_agent_protocol::v1 as pb;
-use coffer_policies::initdata::Initdata;
+use coffer_initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::config::RuntimeConfig;
 use coffer_runtime::hypervisor::qemu::{AccelMode, Machine, Qemu};

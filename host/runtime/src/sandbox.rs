@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use coffer_agent_protocol::HOST_READY_VSOCK_PORT;
 use coffer_agent_protocol::v1 as pb;
-use coffer_policies::initdata::{Digest, Initdata, device as initdata_device};
+use coffer_initdata::{Digest, Initdata, device as initdata_device};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
@@ -81,7 +81,7 @@ pub struct SandboxConfig {
 /// Initdata as the guest receives it: the disk image and the digest the guest must find.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitdataDisk {
-    /// The disk image ([`coffer_policies::initdata::device`] format).
+    /// The disk image ([`coffer_initdata::device`] format).
     pub image: Vec<u8>,
     /// The digest the guest checks the document against (`coffer.initdata=` on its command line).
     pub digest: Digest,

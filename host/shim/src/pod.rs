@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use coffer_agent_protocol::v1 as pb;
-use coffer_policies::initdata::Initdata;
+use coffer_initdata::Initdata;
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, VmPaths};
 use coffer_runtime::rootfs::{self, ContainerRootfs};

@@ -28,7 +28,6 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::throttle::Throttle;
 use crate::kbs::binding::BINDING_LEN;
@@ -174,15 +173,8 @@ pub struct InitDataDigest {
     pub claims: Value,
 }
 
-#[derive(serde::Deserialize)]
-struct InitDataToml {
-    version: String,
-    algorithm: String,
-    #[serde(default)]
-    data: toml::Table,
-}
-
-/// Parses and digests init-data (KBS-03, INI-01: bounded, known algorithms only).
+/// Parses and digests init-data with Coffer's one initdata parser (KBS-03, INI-01: bounded, strict
+/// entries, known algorithms only): the broker accepts exactly the documents a guest accepts.
 pub fn digest_init_data(init: &InitData) -> Result<InitDataDigest, String> {
     if init.format != "toml" {
         return Err(format!("format {:?} is not toml", init.format));
@@ -190,27 +182,24 @@ pub fn digest_init_data(init: &InitData) -> Result<InitDataDigest, String> {
     if init.body.len() > MAX_INIT_DATA_LEN {
         return Err("body too large".into());
     }
-    let parsed: InitDataToml = toml::from_str(&init.body).map_err(|e| e.message().to_owned())?;
-    if parsed.version != "0.1.0" {
-        return Err(format!("version {:?} is not 0.1.0", parsed.version));
-    }
-    let bytes = init.body.as_bytes();
-    let digest = match parsed.algorithm.as_str() {
-        "sha256" => Sha256::digest(bytes).to_vec(),
-        "sha384" => Sha384::digest(bytes).to_vec(),
-        "sha512" => Sha512::digest(bytes).to_vec(),
-        other => return Err(format!("algorithm {other:?} is not supported")),
-    };
-    let data = serde_json::to_value(&parsed.data).unwrap_or(Value::Null);
+    let parsed = coffer_initdata::Initdata::parse(init.body.as_bytes().to_vec())
+        .map_err(|e| e.to_string())?;
+    let digest = parsed.digest();
+    let algorithm = parsed.algorithm().name().to_owned();
+    let data: serde_json::Map<String, Value> = parsed
+        .entries()
+        .iter()
+        .map(|(entry, value)| (entry.key().to_owned(), Value::String(value.clone())))
+        .collect();
     Ok(InitDataDigest {
         claims: json!({
             "format": "toml",
-            "algorithm": parsed.algorithm,
-            "digest": hex::encode(&digest),
+            "algorithm": algorithm,
+            "digest": hex::encode(digest.value()),
             "data": data,
         }),
-        algorithm: parsed.algorithm,
-        digest,
+        algorithm,
+        digest: digest.value().to_vec(),
     })
 }
 
@@ -592,6 +581,7 @@ fn padded_report_data(binding: &[u8; BINDING_LEN]) -> [u8; 64] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     #[test]
     fn init_data_digest_and_refusals_kbs03() {
@@ -607,6 +597,20 @@ mod tests {
             ("toml", "version = \"0.1.0\"\nalgorithm = \"md5\"\n"),
             ("toml", "not toml ="),
             ("toml", "version = \"9\"\nalgorithm = \"sha256\"\n"),
+            // Strict, as in the guest: an entry Coffer does not know, a value that is not a
+            // string, a key outside the document's schema.
+            (
+                "toml",
+                "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"polcy.rego\" = \"x\"\n",
+            ),
+            (
+                "toml",
+                "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"policy.rego\" = 1\n",
+            ),
+            (
+                "toml",
+                "version = \"0.1.0\"\nalgorithm = \"sha256\"\nextra = 1\n",
+            ),
         ] {
             assert!(
                 digest_init_data(&InitData {

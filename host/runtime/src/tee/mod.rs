@@ -14,7 +14,7 @@ pub mod tdx;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use coffer_policies::initdata::{Algorithm, Digest};
+use coffer_initdata::{Algorithm, Digest};
 use serde::{Deserialize, Serialize};
 
 pub use snp::SnpConfig;

@@ -1,5 +1,10 @@
 //! Initdata: the pod owner's measured configuration for one sandbox (policy, broker, image rules).
 //!
+//! This crate is the one parser of it: the guest agent, the runtime, the shim, the CLI and the key
+//! broker all read initdata through [`Initdata`] (and the digest through [`Digest`]), so every
+//! reader refuses the same documents. It depends on no policy engine: host tools that only carry
+//! initdata do not link one.
+//!
 //! # Document
 //!
 //! A TOML document, compatible with the Confidential Containers initdata format:
@@ -29,6 +34,8 @@
 //! * The host hands the guest a read-only block device holding a [`device`] image.
 //!
 //! Decompression is bounded by [`MAX_INITDATA_BYTES`] (gzip bombs are refused).
+
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;
