@@ -605,13 +605,17 @@ impl Hypervisor for Qemu {
             .map_err(HypervisorError::Monitor)?;
         self.wait_for_socket(&paths.console_socket, &mut qemu, "qemu", &qemu_err)
             .await?;
-        let console = tokio::net::UnixStream::connect(&paths.console_socket)
-            .await
-            .map_err(|source| HypervisorError::Io {
-                op: "connect",
-                path: paths.console_socket.clone(),
-                source,
-            })?;
+        let console = tokio::time::timeout(
+            self.timeout(),
+            super::qmp::connect_listening(&paths.console_socket),
+        )
+        .await
+        .map_err(|_| HypervisorError::Timeout("the console socket"))?
+        .map_err(|source| HypervisorError::Io {
+            op: "connect",
+            path: paths.console_socket.clone(),
+            source,
+        })?;
         let log = tokio::fs::File::create(&paths.console_log)
             .await
             .map_err(|source| HypervisorError::Io {
