@@ -284,6 +284,16 @@ impl Credentials {
     pub(crate) fn get(&self, host: &str) -> Option<&Credential> {
         self.by_host.get(host)
     }
+
+    /// Whether a credential for `host` (`host[:port]`) is held.
+    pub fn has(&self, host: &str) -> bool {
+        self.by_host.contains_key(host)
+    }
+
+    /// Adds `other`'s credentials; where both hold one for a host, `other`'s wins.
+    pub fn extend(&mut self, other: Self) {
+        self.by_host.extend(other.by_host);
+    }
 }
 
 /// Bounds on what a pull may consume (INV-9).

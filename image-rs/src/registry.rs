@@ -112,6 +112,69 @@ pub enum RegistryError {
     },
 }
 
+/// What a failed registry request most likely came from, for callers that explain failures to
+/// people (the guest does not: it reports the error as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The registry wants credentials, or refused the ones given (HTTP 401).
+    Unauthorized,
+    /// A TLS handshake met a plain-HTTP answer: the registry does not speak HTTPS.
+    PlainHttp,
+}
+
+impl RegistryError {
+    /// The likely cause of this failure, when it is one of the common ones.
+    pub fn cause(&self) -> Option<FailureCause> {
+        use oci_client::errors::OciDistributionError as Oci;
+        match self {
+            Self::Status { status: 401, .. } => Some(FailureCause::Unauthorized),
+            Self::Request { source, .. } => match source {
+                Oci::UnauthorizedError { .. } | Oci::AuthenticationFailure(_) => {
+                    Some(FailureCause::Unauthorized)
+                }
+                Oci::ServerError { code: 401, .. } => Some(FailureCause::Unauthorized),
+                other => plain_http(other),
+            },
+            Self::Transport { source, .. } => plain_http(source),
+            Self::AllSourcesFailed { source, .. } => source.cause(),
+            _ => None,
+        }
+    }
+
+    /// The registry host (`host[:port]`) of the request that failed, when the error names one.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Self::Request { reference, .. }
+            | Self::Status { reference, .. }
+            | Self::Transport { reference, .. } => reference.split('/').next(),
+            Self::AllSourcesFailed { source, .. } => source.host(),
+            _ => None,
+        }
+    }
+}
+
+/// [`FailureCause::PlainHttp`] when `err`'s chain holds rustls' complaint about a non-TLS record
+/// (as the TLS stack reports it: inside one or more `io::Error`s, which hide it from `source()`).
+fn plain_http(err: &(dyn std::error::Error + 'static)) -> Option<FailureCause> {
+    fn not_tls(mut e: &(dyn std::error::Error + 'static)) -> bool {
+        while let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            e = inner;
+        }
+        matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))
+        )
+    }
+    std::iter::successors(Some(err), |e| e.source())
+        .any(not_tls)
+        .then_some(FailureCause::PlainHttp)
+}
+
 /// A place an image can be fetched from.
 #[derive(Debug, Clone)]
 pub struct Source {

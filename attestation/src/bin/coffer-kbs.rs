@@ -11,9 +11,31 @@ use clap::Parser;
 use coffer_attestation::kbs::server::config::Config;
 use coffer_attestation::kbs::server::{Broker, bind, serve, tls_config_from_pem};
 
-/// Coffer key broker service.
+/// Endpoints and examples, for `--help`.
+const AFTER_HELP: &str = "\
+Endpoints (KBS protocol 0.4.0, HTTPS unless http.insecure_http):
+  POST /kbs/v0/auth, POST /kbs/v0/attest    the attestation handshake (RCAR)
+  GET  /kbs/v0/resource/REPO/TYPE/TAG       a resource, to an attested client its policy admits
+  POST /kbs/v0/identity                     a workload identity certificate ([identity])
+  POST /kbs/v0/resource/REPO/TYPE/TAG       admin: store a resource (raw bytes)
+  POST /kbs/v0/resource-policy              admin: replace the resource policy
+  POST /kbs/v0/reference-values             admin: set the SNP reference measurements
+  GET  /health                              {\"status\": \"ok\"} while serving
+  GET  /metrics                             Prometheus text: handshakes, releases, refusals,
+                                            sessions, connections (coffer_kbs_*)
+
+Logging: COFFER_LOG (RUST_LOG when unset), e.g. COFFER_LOG=debug; default info.
+
+Examples:
+  coffer-kbs --config /etc/coffer/kbs.toml
+  curl --cacert ca.pem https://127.0.0.1:8080/health
+  coffer kbs get-resource --kbs-url https://127.0.0.1:8080 --kbs-ca ca.pem --path default/key/1
+";
+
+/// The Coffer key broker: releases secrets (keys, registry credentials, workload identities) to
+/// guests that attest with SEV-SNP or TDX evidence its policy admits (KBS protocol 0.4.0).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "coffer-kbs", version, after_help = AFTER_HELP)]
 struct Args {
     /// TOML configuration file (see attestation/coffer-kbs.toml for every key and default).
     #[arg(long, value_name = "FILE")]
@@ -22,17 +44,22 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let filter = match coffer_log::filter("info") {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("coffer-kbs: {}", coffer_log::error_line(&e));
+            return ExitCode::from(1);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
+        .with_ansi(coffer_log::ansi_on_stderr())
         .with_writer(std::io::stderr)
         .init();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coffer-kbs: {e:#}");
+            eprintln!("coffer-kbs: {}", coffer_log::error_line(e.as_ref()));
             ExitCode::from(1)
         }
     }

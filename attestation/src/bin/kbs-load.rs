@@ -23,11 +23,16 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let filter = match coffer_log::filter("error") {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("kbs-load: {}", coffer_log::error_line(&e));
+            return ExitCode::from(1);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
+        .with_env_filter(filter)
+        .with_ansi(coffer_log::ansi_on_stderr())
         .with_writer(std::io::stderr)
         .init();
     let outcome = tokio::runtime::Builder::new_multi_thread()
@@ -39,7 +44,7 @@ fn main() -> ExitCode {
         Ok(report) if report.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("kbs-load: {e:#}");
+            eprintln!("kbs-load: {}", coffer_log::error_line(e.as_ref()));
             ExitCode::from(1)
         }
     }

@@ -628,7 +628,7 @@ pub enum KeyArg {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// Broker base URL (http:// or https://).
-    #[arg(long)]
+    #[arg(long = "kbs-url", alias = "url", value_name = "URL")]
     pub url: String,
     /// Concurrent clients.
     #[arg(short = 'c', long, default_value_t = 64)]
@@ -643,7 +643,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "default/load/key")]
     pub resource: String,
     /// PEM CA certificate for HTTPS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "kbs-ca", alias = "cert", value_name = "PEM")]
     pub cert: Option<std::path::PathBuf>,
     /// The broker's PID: report its CPU time per handshake and its RSS.
     #[arg(long)]
@@ -666,7 +666,7 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    /// The run these arguments describe (reads `--cert`).
+    /// The run these arguments describe (reads `--kbs-ca`).
     pub fn config(&self) -> Result<LoadConfig, LoadError> {
         let ca_cert_pem = self
             .cert

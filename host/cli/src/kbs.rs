@@ -45,7 +45,8 @@ pub enum KbsCommand {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum TeeArg {
-    /// Detect the hardware TEE (an error when there is none).
+    /// This machine's TEE, detected (an error when there is none).
+    #[value(name = "tee", alias = "detect")]
     Detect,
     /// SEV-SNP (configfs-tsm).
     Snp,
@@ -58,16 +59,22 @@ enum TeeArg {
 #[derive(Debug, Args)]
 pub struct GetResourceArgs {
     /// Broker URL, e.g. https://kbs.example:8080.
-    #[arg(long)]
+    #[arg(long = "kbs-url", alias = "url", value_name = "URL")]
     url: String,
     /// Resource path repo/type/tag.
     #[arg(long)]
     path: String,
-    /// Evidence source.
-    #[arg(long, value_enum, default_value = "detect")]
+    /// Evidence for the broker: tee (this machine's TEE, an error if none), snp, tdx, or
+    /// development-only sample.
+    #[arg(
+        long = "kbs-evidence",
+        alias = "tee",
+        value_enum,
+        default_value = "tee"
+    )]
     tee: TeeArg,
     /// PEM CA certificate(s) for the broker's HTTPS certificate (no system roots are used).
-    #[arg(long)]
+    #[arg(long = "kbs-ca", alias = "cert", value_name = "PEM")]
     cert: Option<PathBuf>,
     /// Use an RSA-3072 TEE key (RSA-OAEP-256) instead of EC P-256 (ECDH-ES+A256KW).
     #[arg(long)]
@@ -75,7 +82,7 @@ pub struct GetResourceArgs {
     /// Send the token as `Authorization: Bearer` instead of the session cookie.
     #[arg(long)]
     bearer: bool,
-    /// Forge the `--tee snp|tdx` evidence with the test chain in DIR (`coffer attestation
+    /// Forge the `--kbs-evidence snp|tdx` evidence with the test chain in DIR (`coffer attestation
     /// testing-ca`), with the fields below: for a broker whose [testing] section trusts it
     /// (development and CI only).
     #[arg(long, value_name = "DIR")]
@@ -98,10 +105,10 @@ enum CheckTeeArg {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Broker URL, e.g. https://kbs.example:8080.
-    #[arg(long)]
+    #[arg(long = "kbs-url", alias = "url", value_name = "URL")]
     url: String,
     /// PEM CA certificate(s) for the broker's HTTPS certificate (no system roots are used).
-    #[arg(long)]
+    #[arg(long = "kbs-ca", alias = "cert", value_name = "PEM")]
     cert: Option<PathBuf>,
     /// A resource repo/type/tag the broker releases to the evidence used: the JWE cases fetch
     /// and decrypt it.
@@ -111,10 +118,15 @@ pub struct CheckArgs {
     /// the resource coffer-check/probe/1 and fetches it (and decrypts it to what it wrote).
     #[arg(long, value_name = "FILE")]
     admin_token: Option<PathBuf>,
-    /// Evidence source.
-    #[arg(long, value_enum, default_value = "sample")]
+    /// Evidence for the broker.
+    #[arg(
+        long = "kbs-evidence",
+        alias = "tee",
+        value_enum,
+        default_value = "sample"
+    )]
     tee: CheckTeeArg,
-    /// Forge the `--tee snp|tdx` evidence with the test chain in DIR (`coffer attestation
+    /// Forge the `--kbs-evidence snp|tdx` evidence with the test chain in DIR (`coffer attestation
     /// testing-ca`), with the fields below: checks a broker configured as in production plus a
     /// [testing] section trusting that chain, hostile cases included, without TEE hardware.
     #[arg(long, value_name = "DIR")]

@@ -8,9 +8,11 @@ mod image;
 mod kbs;
 mod measure;
 mod oci_image;
+mod pod_schema;
 mod policy;
 mod policy_gen;
 mod progress;
+mod report;
 mod run;
 mod sealed_volumes;
 
@@ -84,13 +86,19 @@ enum ImageCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let levels = match coffer_log::filter("warn") {
+        Ok(levels) => levels,
+        Err(err) => {
+            eprintln!("coffer: {}", report::one_line(&err.into()));
+            return ExitCode::from(EXIT_COFFER_FAILED);
+        }
+    };
     // Dependencies' DEBUG/TRACE output is never let through (`coffer_image::logging`).
-    let levels = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(coffer_log::ansi_on_stderr())
                 .with_filter(levels.and(filter_fn(coffer_image::logging::may_log))),
         )
         .init();
@@ -123,7 +131,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("coffer: {err:#}");
+            eprintln!("coffer: {}", report::one_line(&err));
             ExitCode::from(EXIT_COFFER_FAILED)
         }
     }

@@ -29,11 +29,15 @@ const DEFAULT_STORE: &str = "/var/lib/coffer/image-store";
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
     /// Registry configuration (TOML: mirrors, insecure registries, CAs).
-    #[arg(long = "registries", value_name = "FILE")]
+    #[arg(long = "registry-config", alias = "registries", value_name = "FILE")]
     registries: Option<PathBuf>,
     /// Reach this registry over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure: Vec<String>,
+    /// Registry credentials, a containers-auth.json as skopeo and podman read it:
+    /// `{"auths": {"HOST[:PORT]": {"auth": "base64(user:password)"}}}`.
+    #[arg(long, env = "REGISTRY_AUTH_FILE", value_name = "FILE")]
+    authfile: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -41,6 +45,29 @@ impl RegistryArgs {
     pub fn load(&self) -> anyhow::Result<(RegistriesConfig, Option<String>)> {
         load_registries(self.registries.as_deref(), &self.insecure)
     }
+
+    /// The credentials of `--authfile` (or `REGISTRY_AUTH_FILE`); none without either.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        match &self.authfile {
+            Some(path) => Credentials::load(path)
+                .with_context(|| format!("registry credentials {}", path.display())),
+            None => Ok(Credentials::default()),
+        }
+    }
+
+    /// The hosts given with `--insecure-registry`.
+    pub fn insecure_hosts(&self) -> &[String] {
+        &self.insecure
+    }
+}
+
+/// An image reference as given on the command line: `REF` or skopeo's `docker://REF`.
+pub fn image_reference(s: &str) -> Result<String, String> {
+    let reference = s.strip_prefix("docker://").unwrap_or(s);
+    if reference.is_empty() {
+        return Err("an image reference is empty".into());
+    }
+    Ok(reference.to_owned())
 }
 
 /// A registry configuration file (if any) plus hosts to reach over plain HTTP; also returns the
@@ -136,7 +163,8 @@ async fn fetch_at(
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Image reference, e.g. registry.example/app:1.0 or …@sha256:….
+    /// Image reference, e.g. registry.example/app:1.0, …@sha256:… or docker://….
+    #[arg(value_parser = image_reference)]
     reference: String,
     /// Directory to create with the image's root filesystem (must not exist).
     #[arg(long)]
@@ -154,11 +182,17 @@ pub struct PullArgs {
     /// after attesting.
     #[arg(long)]
     kbs_url: Option<String>,
-    /// Evidence for the broker: detect (a TEE, error if none), snp, tdx, or development-only sample.
-    #[arg(long, default_value = "detect", value_parser = ["detect", "snp", "tdx", "sample"], requires = "kbs_url")]
+    /// Evidence for the broker: tee (this machine's TEE, an error if none), snp, tdx, or
+    /// development-only sample.
+    #[arg(long = "kbs-evidence", alias = "kbs-tee", default_value = "tee", value_parser = ["tee", "detect", "snp", "tdx", "sample"], requires = "kbs_url")]
     kbs_tee: String,
     /// PEM CA certificate(s) for the broker's HTTPS certificate.
-    #[arg(long, requires = "kbs_url")]
+    #[arg(
+        long = "kbs-ca",
+        alias = "kbs-cert",
+        value_name = "PEM",
+        requires = "kbs_url"
+    )]
     kbs_cert: Option<PathBuf>,
     /// Registry credentials (an `auth.json`) from this broker resource (repo/type/tag), released
     /// after attestation like the keys.
@@ -266,7 +300,7 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
         }
         decryptor = decryptor.with_unwrapper(Arc::new(kek));
     }
-    let mut credentials = None;
+    let mut credentials = args.registry.credentials()?;
     if let Some(url) = &args.kbs_url {
         let mut config = ClientConfig::new(url.clone());
         if let Some(path) = &args.kbs_cert {
@@ -292,7 +326,7 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
                 .with_context(|| format!("fetching registry credentials {path} from {url}"))?;
             let text = std::str::from_utf8(resource.expose())
                 .with_context(|| format!("registry credentials {path} are not UTF-8"))?;
-            credentials = Some(
+            credentials.extend(
                 Credentials::from_json(text)
                     .with_context(|| format!("registry credentials {path}"))?,
             );
@@ -305,9 +339,7 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("opening the store {}", args.store.display()))?;
     let mut options = PullOptions::new(store).with_registries(registries);
     options.decryptor = decryptor;
-    if let Some(credentials) = credentials {
-        options.credentials = credentials;
-    }
+    options.credentials = credentials;
     if let Some(path) = &args.policy {
         options.policy =
             Some(Arc::new(Policy::load(path).with_context(|| {
@@ -337,7 +369,8 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Image reference.
+    /// Image reference, e.g. registry.example/app:1.0, …@sha256:… or docker://….
+    #[arg(value_parser = image_reference)]
     reference: String,
     #[command(flatten)]
     registry: RegistryArgs,
@@ -345,7 +378,7 @@ pub struct InspectArgs {
 
 pub async fn inspect_command(args: InspectArgs) -> anyhow::Result<u8> {
     let (registries, _) = args.registry.load()?;
-    let registry = Registry::new(registries, Credentials::default())?;
+    let registry = Registry::new(registries, args.registry.credentials()?)?;
     let image = fetch_image(&registry, &args.reference)
         .await
         .with_context(|| format!("inspecting {}", args.reference))?;
@@ -396,7 +429,7 @@ pub struct EncryptArgs {
     #[arg(long)]
     layout: Option<PathBuf>,
     /// Source image in a registry, e.g. registry.example/app:1.0 or …@sha256:….
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = image_reference)]
     from: Option<String>,
     /// Tag of the image in the source layout (`org.opencontainers.image.ref.name`).
     #[arg(long, default_value = "latest", requires = "layout")]
@@ -405,7 +438,7 @@ pub struct EncryptArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Destination image in a registry (a tag); its manifest is pushed last.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = image_reference)]
     to: Option<String>,
     /// Tag in the destination layout (default: the source tag).
     #[arg(long, requires = "out")]
@@ -417,9 +450,6 @@ pub struct EncryptArgs {
     /// e.g. kbs:///default/key/1=kek.bin.
     #[arg(long, value_name = "KID=FILE")]
     kek: Option<String>,
-    /// Registry credentials for the source and destination (a Docker/containers `auth.json`).
-    #[arg(long, value_name = "FILE")]
-    authfile: Option<PathBuf>,
     /// Content-addressed blob store where a registry source's layers are downloaded and verified.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: PathBuf,
@@ -461,11 +491,7 @@ pub async fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
         (None, None) => bail!("give --out or --to"),
     };
     let (registries, _) = args.registry.load()?;
-    let credentials = match &args.authfile {
-        Some(path) => Credentials::load(path)
-            .with_context(|| format!("registry credentials {}", path.display()))?,
-        None => Credentials::default(),
-    };
+    let credentials = args.registry.credentials()?;
     let mut options = EncryptOptions::default().with_registries(registries);
     options.credentials = credentials;
     if matches!(from, ImageLocation::Registry(_)) {
@@ -486,6 +512,7 @@ pub async fn encrypt_command(args: EncryptArgs) -> anyhow::Result<u8> {
 #[derive(Debug, Args)]
 pub struct SignArgs {
     /// Image to sign: a tag (resolved to its manifest digest) or …@sha256:….
+    #[arg(value_parser = image_reference)]
     reference: String,
     /// ECDSA P-256 private key, unencrypted PEM (PKCS#8 or SEC1), e.g. from `openssl genpkey
     /// -algorithm EC -pkeyopt ec_paramgen_curve:P-256`.
@@ -494,9 +521,6 @@ pub struct SignArgs {
     /// Write the matching public key (PEM) here, for a `sigstoreSigned` policy.
     #[arg(long, value_name = "FILE")]
     public_key_out: Option<PathBuf>,
-    /// Registry credentials (a Docker/containers `auth.json`).
-    #[arg(long, value_name = "FILE")]
-    authfile: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -514,11 +538,7 @@ pub async fn sign_command(args: SignArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("writing {}", out.display()))?;
     }
     let (registries, _) = args.registry.load()?;
-    let credentials = match &args.authfile {
-        Some(path) => Credentials::load(path)
-            .with_context(|| format!("registry credentials {}", path.display()))?,
-        None => Credentials::default(),
-    };
+    let credentials = args.registry.credentials()?;
     let options = coffer_image::SignOptions {
         registries,
         credentials,

@@ -7,9 +7,11 @@
 //!
 //! * argv = `command` + `args`; without `command`, the image's `Entrypoint` + (`args`, or the
 //!   image's `Cmd` when `args` is absent);
-//! * environment = the image's `Env` overridden by the container's `env` values; `valueFrom`
-//!   variables and the variables the kubelet injects (`HOSTNAME`, `KUBERNETES_*`) may take any
-//!   value;
+//! * environment = the image's `Env` overridden by the container's `env` values, and the
+//!   runtime's default `PATH` and `HOME` (`coffer_runtime::spec::DEFAULT_ENV`) for whichever of
+//!   them neither sets; `valueFrom` variables and the variables the kubelet injects (`HOSTNAME`,
+//!   `KUBERNETES_*`) may take any value;
+//! * fields the Kubernetes API does not define are an error naming their path (`pod_schema`);
 //! * user = `runAsUser`/`runAsGroup` (container, then pod), else the image's numeric `User`;
 //! * exec = the `exec` commands of liveness, readiness and startup probes;
 //! * supplementary groups = the pod's `supplementalGroups` and `fsGroup` (the kubelet adds both;
@@ -36,8 +38,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
+use coffer_image::RegistriesConfig;
 use coffer_image::registry::Registry;
-use coffer_image::{Credentials, RegistriesConfig};
 use coffer_initdata::{Algorithm, Entry, Initdata};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -68,17 +70,15 @@ pub struct GenArgs {
     /// Pod manifest (YAML, `kind: Pod`), optionally with the `kind: Secret` documents its
     /// volumes use (values: sealed references).
     pod: PathBuf,
-    /// Registry configuration (TOML: mirrors, insecure registries, CAs); also placed in initdata.
-    #[arg(long)]
-    registry_config: Option<PathBuf>,
-    /// Reach this registry over plain HTTP (repeatable); also recorded in initdata.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-    insecure_registries: Vec<String>,
+    /// Registries as the host reaches them to resolve tags; the configuration file and the
+    /// plain-HTTP hosts are also placed in initdata (the credentials never are).
+    #[command(flatten)]
+    registry: crate::oci_image::RegistryArgs,
     /// Key broker URL for the guest.
     #[arg(long)]
     kbs_url: Option<String>,
     /// CA certificate(s) (PEM) the broker's certificate must chain to.
-    #[arg(long)]
+    #[arg(long, value_name = "PEM")]
     kbs_ca: Option<PathBuf>,
     /// What the guest attests with: tee (its hardware, the default) or sample (development on
     /// hosts without a TEE; a TEE guest refuses it, and a broker accepts it only when configured
@@ -261,11 +261,8 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
     let (pod, secrets) = manifest(&text).with_context(|| format!("{}", args.pod.display()))?;
     check_pod(&pod, &secrets)?;
 
-    let (registries, registries_text) = crate::oci_image::load_registries(
-        args.registry_config.as_deref(),
-        &args.insecure_registries,
-    )?;
-    let registry = Registry::new(registries.clone(), Credentials::default())
+    let (registries, registries_text) = args.registry.load()?;
+    let registry = Registry::new(registries.clone(), args.registry.credentials()?)
         .context("setting up the registry client")?;
 
     let allow_logs = pod
@@ -343,7 +340,7 @@ pub async fn generate(args: GenArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("image policy {}", path.display()))?;
         initdata_entries.insert(Entry::ImagePolicy, policy);
     }
-    let registries_entry = if args.insecure_registries.is_empty() {
+    let registries_entry = if args.registry.insecure_hosts().is_empty() {
         registries_text
     } else {
         Some(toml_of(&registries)?)
@@ -411,6 +408,8 @@ fn manifest(text: &str) -> anyhow::Result<(Pod, Secrets)> {
         match value.get("kind").and_then(Value::as_str) {
             Some("Pod") => {
                 ensure!(pod.is_none(), "holds more than one Pod");
+                crate::pod_schema::check_pod(&value)
+                    .with_context(|| format!("document {} is not a valid Pod", i + 1))?;
                 pod = Some(
                     serde_json::from_value::<Pod>(value)
                         .with_context(|| format!("document {} is not a valid Pod", i + 1))?,
@@ -421,9 +420,16 @@ fn manifest(text: &str) -> anyhow::Result<(Pod, Secrets)> {
                     .with_context(|| format!("document {} is not a valid Secret", i + 1))?,
             )?,
             kind => bail!(
-                "document {} is of kind {kind:?}; policy gen takes a Pod and its Secrets (for a \
-                 Deployment, use its pod template as a Pod)",
-                i + 1
+                "document {} is {}; policy gen takes a Pod and its Secrets (for a Deployment, \
+                 use its pod template as a Pod)",
+                i + 1,
+                match kind {
+                    Some(kind) => format!(
+                        "of kind {}",
+                        kind.escape_debug().take(60).collect::<String>()
+                    ),
+                    None => "without a kind".to_owned(),
+                }
             ),
         }
     }
@@ -593,6 +599,12 @@ fn entry(
                 env.insert(var.name.clone(), value.clone().unwrap_or_default());
             }
         }
+    }
+    // What the runtime adds to every process (`sandbox run`; containerd for the shim) for the
+    // variables neither the image nor the pod sets.
+    for var in coffer_runtime::spec::default_env(|k| env.contains_key(k) || any_value.contains(k)) {
+        let (name, value) = var.split_once('=').unwrap_or((&var, ""));
+        env.insert(name.to_owned(), value.to_owned());
     }
     // Sealed values (`sealed.kbs:///…`) and sealed files name the broker secrets this container
     // may receive; each file is a mount pinned to its destination.

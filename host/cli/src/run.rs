@@ -42,7 +42,7 @@ pub struct RunArgs {
     image: Option<String>,
     /// A registry at this IPv4 loopback address (e.g. 127.0.0.1:5000) is reachable from the guest
     /// at the same address, through a vsock tunnel (repeatable). The guest has no other network.
-    #[arg(long = "registry", value_name = "ADDR")]
+    #[arg(long = "registry-tunnel", alias = "registry", value_name = "ADDR")]
     registries: Vec<std::net::SocketAddrV4>,
     /// Publish a guest port: connections to host address IPV4:HOSTPORT reach GUESTPORT in the
     /// guest on 127.0.0.2 — a service listening on all addresses, never one bound to 127.0.0.1
@@ -274,7 +274,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     for addr in &args.registries {
         if !addr.ip().is_loopback() {
-            bail!("--registry {addr}: only loopback addresses are tunnelled into the guest");
+            bail!("--registry-tunnel {addr}: only loopback addresses are tunnelled into the guest");
         }
     }
     let mut runtime = RuntimeConfig::load_or_default(args.config.as_deref())?;

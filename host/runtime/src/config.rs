@@ -20,7 +20,7 @@ pub const DEFAULT_PATH: &str = "/etc/coffer/runtime.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// Path.
         path: PathBuf,
@@ -29,13 +29,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML is malformed or has unknown keys.
-    #[error("{path}: {source}")]
+    #[error("{path}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Parse {
         /// Path.
         path: PathBuf,
-        /// Cause.
-        #[source]
-        source: Box<toml::de::Error>,
+        /// The line the parser stopped at.
+        line: Option<usize>,
+        /// The parser's complaint (one line, without the quoted source).
+        message: String,
     },
     /// A value is out of range.
     #[error("{path}: {reason}")]
@@ -46,7 +47,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The `[snp]`/`[tdx]` settings are unusable.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Tee {
         /// Path.
         path: PathBuf,
@@ -131,9 +132,13 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// Parses and validates `text`; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            line: e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.matches('\n').count() + 1),
+            message: e.message().to_owned(),
         })?;
         if config.state_dir.as_os_str().is_empty() {
             config.state_dir = "/run/coffer".into();

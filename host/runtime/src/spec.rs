@@ -48,25 +48,29 @@ impl Default for ProcessOptions {
     }
 }
 
-/// Default environment of a container process.
+/// Default environment of a container process: each variable the process is not given otherwise
+/// ([`default_env`]). `coffer sandbox run` adds them; `coffer policy gen` lists them for the
+/// variables neither the image nor the pod sets; containerd (hence the shim) adds the same `PATH`.
 pub const DEFAULT_ENV: &[&str] = &[
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME=/root",
 ];
+
+/// The [`DEFAULT_ENV`] entries whose variable `is_set` says is not set otherwise.
+pub fn default_env(is_set: impl Fn(&str) -> bool) -> Vec<String> {
+    DEFAULT_ENV
+        .iter()
+        .filter(|d| !is_set(d.split('=').next().unwrap_or_default()))
+        .map(|s| (*s).to_owned())
+        .collect()
+}
 
 /// The OCI `process` for `opts` (no terminal).
 pub fn process(opts: &ProcessOptions) -> Process {
     let mut process = Process::default();
     process.set_terminal(Some(false));
     process.set_args(Some(opts.args.clone()));
-    let mut env: Vec<String> = DEFAULT_ENV
-        .iter()
-        .filter(|d| {
-            let key = d.split('=').next().unwrap_or_default();
-            !opts.env.iter().any(|e| e.split('=').next() == Some(key))
-        })
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut env = default_env(|key| opts.env.iter().any(|e| e.split('=').next() == Some(key)));
     env.extend(opts.env.iter().cloned());
     process.set_env(Some(env));
     process.set_cwd(opts.cwd.clone().into());

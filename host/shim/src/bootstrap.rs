@@ -49,7 +49,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         "start" => {
             // containerd 1.6 reads `start`'s stdout and stderr together as the address: log to
             // the fifo only.
-            init_tracing(Some(bundle_logs(&flags)), flags.debug, false);
+            init_tracing(Some(bundle_logs(&flags)), flags.debug, false)?;
             let address = start(&flags).await?;
             let mut stdout = tokio::io::stdout();
             stdout.write_all(address.as_bytes()).await?;
@@ -57,7 +57,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
             Ok(())
         }
         "delete" => {
-            init_tracing(None, flags.debug, true);
+            init_tracing(None, flags.debug, true)?;
             let response = delete(&flags).await?;
             let mut stdout = tokio::io::stdout();
             stdout.write_all(&response.write_to_bytes()?).await?;
@@ -66,7 +66,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         }
         "" if !flags.socket.is_empty() => {
             let logs = bundle_logs(&flags);
-            init_tracing(Some(logs.clone()), flags.debug, true);
+            init_tracing(Some(logs.clone()), flags.debug, true)?;
             serve(flags, logs).await
         }
         "" => bail!("no action given and no -socket to serve on"),
@@ -86,22 +86,25 @@ fn bundle_logs(flags: &Flags) -> Arc<LogSink> {
 /// Logs go to containerd's log fifos (`logs`, see [`LogSink`]) when given, else to stderr if
 /// `stderr` allows, else nowhere. Writes never block: a line containerd does not read in time is
 /// dropped.
-fn init_tracing(logs: Option<Arc<LogSink>>, debug: bool, stderr: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| {
-        let level = if debug { "debug" } else { "info" };
-        // The gRPC stack's own debug lines would drown the shim's.
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
+fn init_tracing(logs: Option<Arc<LogSink>>, debug: bool, stderr: bool) -> anyhow::Result<()> {
+    let level = if debug { "debug" } else { "info" };
+    // The gRPC stack's own debug lines would drown the shim's.
+    let filter = coffer_log::filter(&format!(
+        "{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info"
+    ))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match logs {
-        Some(logs) if logs.is_open() => builder.with_writer(MakeLineWriter(logs)).init(),
-        _ if stderr => builder.with_writer(std::io::stderr).init(),
+        Some(logs) if logs.is_open() => builder
+            .with_ansi(false)
+            .with_writer(MakeLineWriter(logs))
+            .init(),
+        _ if stderr => builder
+            .with_ansi(coffer_log::ansi_on_stderr())
+            .with_writer(std::io::stderr)
+            .init(),
         _ => {}
     }
+    Ok(())
 }
 
 async fn info() -> anyhow::Result<()> {

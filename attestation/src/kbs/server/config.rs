@@ -19,13 +19,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML is invalid or has unknown keys.
-    #[error("invalid config {path}")]
+    #[error("invalid config {path}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Parse {
         /// File.
         path: PathBuf,
-        /// Cause.
-        #[source]
-        source: toml::de::Error,
+        /// The line the parser stopped at.
+        line: Option<usize>,
+        /// The parser's complaint (one line, without the quoted source).
+        message: String,
     },
     /// A semantic check failed.
     #[error("invalid config: {reason}")]
@@ -356,9 +357,13 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source,
+            line: e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.matches('\n').count() + 1),
+            message: e.message().to_owned(),
         })?;
         config.validate()?;
         Ok(config)

@@ -776,11 +776,13 @@ pub async fn serve(
             }
         })
     };
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
     if tls.is_some() {
-        tracing::info!(?addr, "coffer-kbs serving https");
+        tracing::info!(%addr, "coffer-kbs serving https");
     } else {
-        tracing::warn!(?addr, "coffer-kbs serving PLAIN HTTP");
+        tracing::warn!(%addr, "coffer-kbs serving PLAIN HTTP");
     }
     let result = http::run(
         listener,

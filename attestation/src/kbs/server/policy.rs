@@ -44,6 +44,8 @@ const MAX_PREPARED_PATHS: usize = 256;
 /// resource path; so the engine with a path's data added and analysed is kept (up to
 /// [`MAX_PREPARED_PATHS`]) and each decision clones it and sets only the input.
 pub struct ResourcePolicy {
+    /// The source is the shipped [`DEFAULT_POLICY`].
+    shipped_default: bool,
     compiled: regorus::Engine,
     prepared: RwLock<HashMap<(&'static str, String), regorus::Engine>>,
 }
@@ -81,6 +83,7 @@ impl ResourcePolicy {
             .eval_query("true".to_owned(), false)
             .map_err(compile)?;
         Ok(Self {
+            shipped_default: source == DEFAULT_POLICY,
             compiled: engine,
             prepared: RwLock::new(HashMap::new()),
         })
@@ -133,6 +136,14 @@ impl ResourcePolicy {
                 false
             }
         };
+        if !allowed && self.shipped_default && is_sample(claims) {
+            tracing::warn!(
+                plugin,
+                path = resource_path,
+                "denied: the default resource policy never releases to sample evidence; a \
+                 development broker that should, names a policy admitting it in [policy] file"
+            );
+        }
         if fresh {
             // Analysed now; keep it for this path, without this requester's input.
             engine.set_input(regorus::Value::new_object());
@@ -143,6 +154,16 @@ impl ResourcePolicy {
         }
         allowed
     }
+}
+
+/// Whether `claims` appraise development-only sample evidence.
+fn is_sample(claims: &Map<String, Value>) -> bool {
+    claims
+        .get("submods")
+        .and_then(|s| s.get("cpu0"))
+        .and_then(|c| c.get("ear.veraison.annotated-evidence"))
+        .and_then(|e| e.get("tee"))
+        .is_some_and(|tee| tee == "sample")
 }
 
 #[cfg(test)]
