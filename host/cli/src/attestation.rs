@@ -27,13 +27,16 @@ const MAX_EVENT_LOG_LEN: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Subcommand)]
 pub enum AttestationCommand {
     /// Verify TEE evidence offline; print the verified claims as JSON or the refusal reason.
+    #[command(after_help = crate::examples::ATTESTATION_VERIFY)]
     Verify(VerifyArgs),
     /// Write a TEST chain standing in for AMD's (SNP ARK/ASK) and Intel's (TDX root, PCK chain,
     /// collateral), for forged evidence (development and CI only: whoever holds it can forge any
     /// measurement; a broker trusts it only when its [testing] section names it).
+    #[command(after_help = crate::examples::ATTESTATION_TESTING_CA)]
     TestingCa(crate::forge::TestingCaArgs),
     /// Write an SNP report or TDX quote with chosen fields (measurement, policy bits, TCB, host
     /// data, report_data) signed by a test chain, and the evidence JSON a guest sends.
+    #[command(after_help = crate::examples::ATTESTATION_FORGE)]
     Forge(crate::forge::ForgeArgs),
 }
 

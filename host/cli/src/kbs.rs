@@ -28,18 +28,21 @@ pub const EXIT_FAILED: u8 = 1;
 #[derive(Debug, Subcommand)]
 pub enum KbsCommand {
     /// Attest and print the resource at repo/type/tag to stdout.
+    #[command(after_help = crate::examples::KBS_GET_RESOURCE)]
     GetResource(GetResourceArgs),
     /// Check a KBS 0.4.0 broker (coffer-kbs, Trustee): protocol conformance, and the hostile
     /// requests it must refuse (replays, crossed sessions, swapped keys, report_data mismatch,
     /// a switched TEE, path traversal, oversized bodies, admin writes without a token). One line
     /// per case (pass, FAIL, n/a with the reason) and a summary; exit 0 when no case failed, 1
     /// when one did.
+    #[command(after_help = crate::examples::KBS_CHECK)]
     Check(CheckArgs),
     /// Drive a KBS 0.4.0 broker with `-c` concurrent clients, one fresh handshake each (auth,
     /// attest with sample evidence, one resource), until `-n` handshakes or `--duration`: prints
     /// handshakes/s, latency percentiles and failures by kind; with `--server-pid` the broker's
     /// CPU per handshake and RSS. The broker must accept sample evidence and release
     /// `--resource` to it. Exit 1 when a handshake failed. (The same as `kbs-load`.)
+    #[command(after_help = crate::examples::KBS_LOAD)]
     Load(LoadArgs),
 }
 

@@ -2,6 +2,7 @@
 //! `sandbox run`; 125 when Coffer itself fails; 130 when interrupted.
 
 mod attestation;
+mod examples;
 mod forge;
 mod gc;
 mod image;
@@ -30,7 +31,7 @@ pub const EXIT_COFFER_FAILED: u8 = 125;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
-#[command(name = "coffer", version, about = "Coffer: confidential VM sandboxes")]
+#[command(name = "coffer", version, about = "Coffer: confidential VM sandboxes", after_help = examples::COFFER)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,48 +40,55 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Sandboxes: one VM each.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::SANDBOX)]
     Sandbox(SandboxCommand),
     /// The guest image (kernel + initramfs with coffer-agent).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::IMAGE)]
     Image(ImageCommand),
     /// TEE evidence (SEV-SNP reports, TDX quotes).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::ATTESTATION)]
     Attestation(attestation::AttestationCommand),
     /// Agent policies: evaluate requests as the guest would.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::POLICY)]
     Policy(policy::PolicyCommand),
     /// Key broker client (KBS protocol 0.4.0).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::KBS)]
     Kbs(kbs::KbsCommand),
     /// Expected launch measurements (SEV-SNP launch digest, TDX MRTD) of guest images.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::MEASURE)]
     Measure(measure::MeasureCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum SandboxCommand {
     /// Boot a sandbox, run CMD in a container made from a rootfs directory, tear down.
+    #[command(after_help = crate::examples::SANDBOX_RUN)]
     Run(Box<run::RunArgs>),
     /// Remove what sandboxes whose supervisor died (killed `sandbox run`, crashed shim) left in
     /// the state directory: their directories, sockets and logs, processes still running for
     /// them, pod network filters. Sandboxes whose supervisor runs are never touched. Prints each
     /// sandbox removed. `sandbox run` does this before it starts.
+    #[command(after_help = crate::examples::SANDBOX_GC)]
     Gc(gc::GcArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
     /// Build the guest image reproducibly and print the sha256 of each artifact.
+    #[command(after_help = crate::examples::IMAGE_BUILD)]
     Build(image::BuildArgs),
     /// Pull a container image: verify, decrypt and unpack it into a directory.
+    #[command(after_help = crate::examples::IMAGE_PULL)]
     Pull(oci_image::PullArgs),
     /// Show a container image's manifest, layers, encryption and run configuration.
+    #[command(after_help = crate::examples::IMAGE_INSPECT)]
     Inspect(oci_image::InspectArgs),
     /// Encrypt a container image's layers (OCI layout or registry) for JWE recipients and/or a
     /// broker-held key.
+    #[command(after_help = crate::examples::IMAGE_ENCRYPT)]
     Encrypt(oci_image::EncryptArgs),
     /// Sign an image in a registry with a cosign key (verified by `sigstoreSigned` policies).
+    #[command(after_help = crate::examples::IMAGE_SIGN)]
     Sign(oci_image::SignArgs),
 }
 

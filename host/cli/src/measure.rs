@@ -25,12 +25,15 @@ const MAX_REFERENCE_LEN: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Subcommand)]
 pub enum MeasureCommand {
     /// SEV-SNP launch digest (the report's MEASUREMENT) of a guest booted from OVMF.
+    #[command(after_help = crate::examples::MEASURE_SNP)]
     Snp(SnpArgs),
     /// TDX MRTD of a TD booted from a TDVF image (RTMRs are not computed).
+    #[command(after_help = crate::examples::MEASURE_TDX)]
     Tdx(TdxArgs),
     /// The SEV-SNP launch digest of the guest this runtime launches: the runtime configuration's
     /// `[snp]` firmware and CPU model, `guest.vcpus`, the guest image's bzImage and initramfs, and
     /// the exact kernel command line `coffer sandbox run --tee snp` uses.
+    #[command(after_help = crate::examples::MEASURE_GUEST)]
     Guest(GuestArgs),
 }
 

@@ -16,8 +16,10 @@ pub const EXIT_DENIED: u8 = 1;
 pub enum PolicyCommand {
     /// Decide one request: prints `allow` or `deny: <reason>` (exit 0 or 1); `--kata` for Kata
     /// genpolicy policies.
+    #[command(after_help = crate::examples::POLICY_EVAL)]
     Eval(EvalArgs),
     /// Write initdata whose confidential policy admits exactly the given pod.
+    #[command(after_help = crate::examples::POLICY_GEN)]
     Gen(crate::policy_gen::GenArgs),
 }
 

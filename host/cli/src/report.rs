@@ -17,8 +17,22 @@ pub fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// A hint a command attaches to its error where it knows the likely mistake (`err.context(Hint(…))`);
+/// printed after the error line, not in it.
+#[derive(Debug)]
+pub struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(()) // an empty message: `coffer_log::error_line` leaves it out
+    }
+}
+
 /// What the user most likely has to do, for the failures people commonly run into.
 fn hint(err: &anyhow::Error) -> Option<String> {
+    if let Some(Hint(hint)) = err.downcast_ref::<Hint>() {
+        return Some(hint.clone());
+    }
     for cause in err.chain() {
         let registry = cause
             .downcast_ref::<RegistryError>()

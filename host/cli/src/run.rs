@@ -473,7 +473,21 @@ async fn run_container(
         let pulled =
             rootfs::pull_in_guest(&mut agent, CONTAINER_ID, reference, |e| view.event(e)).await;
         view.finish();
-        let done = pulled?;
+        let done = pulled.map_err(anyhow::Error::new).map_err(|err| {
+            // The confidential policy's refusal of a tag (confidential.rego, PullImage).
+            if reference.contains('@') || !format!("{err:#}").contains("not pinned by digest") {
+                err
+            } else {
+                err.context(crate::report::Hint(format!(
+                    "a confidential policy admits images pinned by digest only: run with --image \
+                     {}@sha256:…, the reference `coffer policy gen` printed for the container",
+                    reference
+                        .rsplit_once(':')
+                        .filter(|(_, tag)| !tag.contains('/'))
+                        .map_or(reference.as_str(), |(repo, _)| repo)
+                )))
+            }
+        })?;
         if let Some(t) = &done.timings {
             for (step, ms) in guest_pull_steps(t) {
                 timings.report(&step, ms);

@@ -58,6 +58,34 @@ pub enum Accel {
     Kvm,
 }
 
+impl Accel {
+    /// `kvm` or `tcg`, as QEMU and the probe cache spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcg => "tcg",
+            Self::Kvm => "kvm",
+        }
+    }
+}
+
+/// How long the KVM probe boot may take to reach the agent's init marker.
+const KVM_PROBE_SECS: u64 = 15;
+
+/// Warns that this host has a usable `/dev/kvm` but the guest runs under TCG (much slower),
+/// because the probe boot under KVM failed (now, or when `cache` was written).
+fn tcg_despite_kvm(cache: Option<&Path>, cached: bool) {
+    let when = if cached { "an earlier" } else { "this" };
+    let again = match cache {
+        Some(cache) => format!("delete {} to probe again", cache.display()),
+        None => "it probes on every launch (qemu.probe_cache unset)".to_owned(),
+    };
+    tracing::warn!(
+        "/dev/kvm exists but the guest could not boot under KVM in {when} probe (one boot, up to \
+         {KVM_PROBE_SECS} s): running under TCG, much slower; {again}, or set qemu.accel = \"kvm\" \
+         to fail instead"
+    );
+}
+
 /// QEMU backend configuration. Defaults suit this project's test hosts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -352,20 +380,28 @@ impl Qemu {
                 text.strip_prefix(&format!("{key}\n"))
                     .map(|found| found.trim().to_owned())
             });
+        let cache = self.config.probe_cache.as_deref();
         match cached.as_deref() {
             Some("kvm") => return Ok(Accel::Kvm),
-            Some("tcg") => return Ok(Accel::Tcg),
+            Some("tcg") => {
+                tcg_despite_kvm(cache, true);
+                return Ok(Accel::Tcg);
+            }
             _ => {}
         }
+        tracing::info!(
+            "probing KVM: one boot of the guest under KVM, up to {} s, then cached",
+            KVM_PROBE_SECS
+        );
         let accel = if self.probe_kvm(spec).await {
             Accel::Kvm
         } else {
+            tcg_despite_kvm(cache, false);
             Accel::Tcg
         };
-        tracing::info!(?accel, "accelerator probe finished");
-        if let Some(cache) = &self.config.probe_cache {
-            let word = if accel == Accel::Kvm { "kvm" } else { "tcg" };
-            let _ = std::fs::write(cache, format!("{key}\n{word}\n"));
+        tracing::info!(accel = accel.name(), "accelerator probe finished");
+        if let Some(cache) = cache {
+            let _ = std::fs::write(cache, format!("{key}\n{}\n", accel.name()));
         }
         Ok(accel)
     }
@@ -412,7 +448,7 @@ impl Qemu {
         // with it (a KVM that cannot boot the guest would otherwise keep it running for ever).
         let ok = match ChildSetup::new().spawn(cmd).await {
             Ok(mut child) => {
-                let deadline = Instant::now() + Duration::from_secs(15);
+                let deadline = Instant::now() + Duration::from_secs(KVM_PROBE_SECS);
                 let mut seen = false;
                 while Instant::now() < deadline && !seen {
                     if let Ok(Some(_)) = child.try_wait() {
