@@ -8,13 +8,46 @@ use coffer_image::registry::{FailureCause, RegistryError};
 
 /// `err` as one line ([`coffer_log::error_line`]) with a hint where a common mistake is likely.
 pub fn one_line(err: &anyhow::Error) -> String {
-    let mut line = coffer_log::error_line(err.as_ref());
+    let mut line = coffer_log::error_line_with(err.as_ref(), in_words);
     if let Some(hint) = hint(err) {
         line.push_str(" (hint: ");
         line.push_str(&hint);
         line.push(')');
     }
     line
+}
+
+/// Dependencies' errors whose `Display` is a `Debug` dump, in words: rustls' certificate
+/// refusals (inside the `io::Error`s the TLS stack wraps them in).
+fn in_words(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::CertificateError;
+    let mut e = cause;
+    while let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        e = inner;
+    }
+    let rustls::Error::InvalidCertificate(refusal) = e.downcast_ref::<rustls::Error>()? else {
+        return None;
+    };
+    let why = match refusal {
+        CertificateError::UnknownIssuer => {
+            "it is issued by a CA not given (pass the CA that issued it, e.g. --kbs-ca PEM)".into()
+        }
+        CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => "the server presents a CA certificate as \
+                its own; it must present a certificate that CA issued for it"
+                .into(),
+            Some(webpki::Error::EndEntityUsedAsCa) => {
+                "its chain uses a server certificate as a CA".into()
+            }
+            Some(other) => format!("{other}"),
+            None => format!("{}", other.0),
+        },
+        other => format!("{other}"),
+    };
+    Some(format!("invalid peer certificate: {why}"))
 }
 
 /// A hint a command attaches to its error where it knows the likely mistake (`err.context(Hint(…))`);

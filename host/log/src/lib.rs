@@ -109,9 +109,18 @@ pub fn ansi_on_stderr() -> bool {
 /// whose text the message before it already quotes (a message that includes its source's) is left
 /// out.
 pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    error_line_with(err, |_| None)
+}
+
+/// [`error_line`] with `render` saying a cause in its own words where it returns `Some` (for
+/// dependencies' errors whose `Display` is a `Debug` dump).
+pub fn error_line_with(
+    err: &(dyn std::error::Error + 'static),
+    render: impl Fn(&(dyn std::error::Error + 'static)) -> Option<String>,
+) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in std::iter::successors(Some(err), |e| e.source()) {
-        let text = cause.to_string();
+        let text = render(cause).unwrap_or_else(|| cause.to_string());
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
             continue;
