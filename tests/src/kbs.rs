@@ -33,7 +33,13 @@ impl Broker {
         policy: Option<&str>,
         secret: &[u8],
     ) -> anyhow::Result<Self> {
-        Self::start_with(dir, name, policy, secret, None, "")
+        Self::start_with(dir, name, policy, secret, None, "", None)
+    }
+
+    /// [`Broker::start`] serving HTTPS with the certificate chain `cert` and its key `key` (PEM
+    /// files), with the shipped default policy.
+    pub fn start_https(dir: &Path, name: &str, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, None, b"unused", None, "", Some((cert, key)))
     }
 
     /// [`Broker::start`] with `extra` appended to the configuration (whole TOML sections, e.g.
@@ -45,7 +51,7 @@ impl Broker {
         secret: &[u8],
         extra: &str,
     ) -> anyhow::Result<Self> {
-        Self::start_with(dir, name, policy, secret, None, extra)
+        Self::start_with(dir, name, policy, secret, None, extra, None)
     }
 
     /// [`Broker::start`] with workload identities issued for `lifetime_secs` (the broker's
@@ -58,7 +64,7 @@ impl Broker {
         secret: &[u8],
         lifetime_secs: u64,
     ) -> anyhow::Result<Self> {
-        Self::start_with(dir, name, policy, secret, Some(lifetime_secs), "")
+        Self::start_with(dir, name, policy, secret, Some(lifetime_secs), "", None)
     }
 
     fn start_with(
@@ -68,6 +74,7 @@ impl Broker {
         secret: &[u8],
         identity_lifetime_secs: Option<u64>,
         extra: &str,
+        tls: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -94,10 +101,18 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n{lifetime}{extra}",
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n{transport}\n[resources]\ndir = {:?}\n\n[policy]\n{policy_line}\n[attestation]\nallow_sample = true\n\n[identity]\ntrust_domain = {TRUST_DOMAIN:?}\nca_key = {:?}\nca_cert = {:?}\n{lifetime}{extra}",
                 resources.display().to_string(),
                 ca("ca.key"),
                 ca("ca.crt"),
+                transport = match tls {
+                    Some((cert, key)) => format!(
+                        "tls_cert = {:?}\ntls_key = {:?}\n",
+                        cert.display().to_string(),
+                        key.display().to_string()
+                    ),
+                    None => "insecure_http = true\n".to_owned(),
+                },
                 lifetime = identity_lifetime_secs
                     .map(|secs| format!("default_lifetime_secs = {secs}\n"))
                     .unwrap_or_default(),
@@ -114,7 +129,10 @@ impl Broker {
         let broker = Self {
             child,
             resources,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!(
+                "{}://127.0.0.1:{port}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -361,6 +361,11 @@ fn main() -> ExitCode {
                 "{}",
                 text(&out.stderr)
             );
+            ensure!(
+                text(&out.stderr).contains("its default policy never releases to sample evidence"),
+                "the refusal does not explain the default policy: {}",
+                text(&out.stderr)
+            );
             ensure!(!dest.exists(), "a root was created without the key");
             Ok(())
         })()
@@ -432,6 +437,139 @@ fn main() -> ExitCode {
                 !text(&out.stderr).contains("s3cret-pass"),
                 "the password was printed"
             );
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "private_registry_with_authfile_or_registry_auth_file",
+        (|| {
+            // An htpasswd registry: pull, inspect and policy gen read a containers-auth.json
+            // (skopeo's format) from --authfile or REGISTRY_AUTH_FILE, accept skopeo's docker://
+            // references, and never print the password; without credentials, or over HTTPS to a
+            // plain-HTTP registry, the one error line says what to do.
+            let private = Registry::start_with_auth(Some(("puller", "auth-file-pass")))?;
+            private.push_as(
+                &vectors().join("src"),
+                "demo/authed:v1",
+                Some("puller:auth-file-pass"),
+            )?;
+            let private_host = format!("127.0.0.1:{}", private.port);
+            let reference = format!("{private_host}/demo/authed:v1");
+            use base64::Engine as _;
+            let auth = serde_json::json!({"auths": {private_host.clone(): {
+                "auth": base64::engine::general_purpose::STANDARD.encode("puller:auth-file-pass")
+            }}});
+            let authfile = dir.join("auth.json");
+            std::fs::write(&authfile, auth.to_string())?;
+            let coffer_with = |args: &[&str], env_authfile: bool| {
+                let mut c = Command::new(coffer());
+                c.args(args).env_remove("REGISTRY_AUTH_FILE");
+                if env_authfile {
+                    c.env("REGISTRY_AUTH_FILE", &authfile);
+                }
+                c.output().context("running coffer")
+            };
+            let one_line = |out: &Output, wanted: &str| {
+                let err = text(&out.stderr);
+                let last: Vec<&str> = err.lines().filter(|l| l.starts_with("coffer: ")).collect();
+                ensure!(
+                    out.status.code() == Some(125) && last.len() == 1,
+                    "expected one error line: {out:?}"
+                );
+                ensure!(last[0].contains(wanted), "{wanted:?} not in {err}");
+                ensure!(!err.contains("auth-file-pass"), "the password was printed");
+                Ok(())
+            };
+
+            // No credentials: 401, with the hint; over HTTPS: the plain-HTTP hint.
+            let out = coffer_with(
+                &[
+                    "image",
+                    "inspect",
+                    &reference,
+                    "--insecure-registry",
+                    &private_host,
+                ],
+                false,
+            )?;
+            one_line(
+                &out,
+                &format!(
+                    "registry answered 401 for the manifest of {reference} (hint: authentication required: give credentials for {private_host} with --authfile FILE or REGISTRY_AUTH_FILE"
+                ),
+            )?;
+            let out = coffer_with(&["image", "inspect", &reference], true)?;
+            one_line(
+                &out,
+                &format!(
+                    "(hint: this registry speaks plain HTTP: add --insecure-registry {private_host})"
+                ),
+            )?;
+
+            let plain_root = tree(&dir.join("plain-root"))?;
+            let authfile_s = p(&authfile);
+            for (how, flag, env) in [
+                ("authfile", vec!["--authfile", authfile_s.as_str()], false),
+                ("env", vec![], true),
+            ] {
+                let docker_ref = format!("docker://{reference}");
+                let mut inspect = vec!["image", "inspect", &docker_ref];
+                inspect.extend(["--insecure-registry", &private_host]);
+                inspect.extend(&flag);
+                let out = coffer_with(&inspect, env)?;
+                ensure!(out.status.success(), "{how} inspect: {}", text(&out.stderr));
+                let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                ensure!(
+                    json["cmd"] == serde_json::json!(["/app/hello.txt"]),
+                    "{how}: {json}"
+                );
+
+                let dest = dir.join(format!("root-authed-{how}"));
+                let dest_s = p(&dest);
+                let store_s = p(&dir.join(format!("authed-{how}-store")));
+                let mut pull = vec!["image", "pull", &docker_ref, "--dest", &dest_s];
+                pull.extend(["--store", &store_s, "--insecure-registry", &private_host]);
+                pull.extend(&flag);
+                let out = coffer_with(&pull, env)?;
+                ensure!(out.status.success(), "{how} pull: {}", text(&out.stderr));
+                ensure!(
+                    !text(&out.stderr).contains("auth-file-pass"),
+                    "the password was printed"
+                );
+                ensure!(tree(&dest)? == plain_root, "{how}: root differs");
+
+                // policy gen resolves the tag with the same credentials.
+                let pod = dir.join(format!("authed-{how}.yaml"));
+                std::fs::write(
+                    &pod,
+                    format!(
+                        "kind: Pod\nspec:\n  containers:\n  - name: app\n    image: {reference}\n"
+                    ),
+                )?;
+                let init = dir.join(format!("authed-{how}.toml"));
+                let pod_s = p(&pod);
+                let init_s = p(&init);
+                let mut gen_args = vec!["policy", "gen", &pod_s, "-o", &init_s];
+                gen_args.extend(["--insecure-registry", &private_host]);
+                gen_args.extend(&flag);
+                let out = coffer_with(&gen_args, env)?;
+                ensure!(
+                    out.status.success(),
+                    "{how} policy gen: {}",
+                    text(&out.stderr)
+                );
+                let initdata = std::fs::read_to_string(&init)?;
+                ensure!(
+                    initdata.contains(&format!("{private_host}/demo/authed@sha256:")),
+                    "{how}: the tag was not pinned: {initdata}"
+                );
+                ensure!(
+                    !initdata.contains("auth-file-pass") && !initdata.contains("puller"),
+                    "credentials reached the initdata"
+                );
+            }
             Ok(())
         })()
     );

@@ -428,14 +428,23 @@ fn main() -> ExitCode {
                 "app: {}",
                 stdout(&out)
             );
-            // The side container runs the image's own command and environment.
-            let side = pod_request(&pinned, &["/app/hello.txt"], &["FOO=bar"], "/", (0, 0), &[]);
-            let out = decide("pod-side.json", side)?;
-            ensure!(
-                out.status.code() == Some(0) && stdout(&out).contains("record entry=side"),
-                "side: {}",
-                stdout(&out)
-            );
+            // The side container runs the image's own command and environment, and the default
+            // PATH and HOME the runtime adds (`sandbox run`; containerd's PATH for the shim),
+            // which this image's config does not set.
+            let mut side_env = vec!["FOO=bar"];
+            side_env.extend(coffer_runtime::spec::DEFAULT_ENV);
+            for (name, env) in [
+                ("image env", &side_env[..1]),
+                ("runtime env", &side_env[..]),
+            ] {
+                let side = pod_request(&pinned, &["/app/hello.txt"], env, "/", (0, 0), &[]);
+                let out = decide("pod-side.json", side)?;
+                ensure!(
+                    out.status.code() == Some(0) && stdout(&out).contains("record entry=side"),
+                    "side with the {name}: {}",
+                    stdout(&out)
+                );
+            }
 
             // A modified pod is refused: another digest, an extra capability, a changed command.
             let other = format!("{host}/peers/hello@sha256:{}", "9".repeat(64));
@@ -495,6 +504,41 @@ fn main() -> ExitCode {
                 let err = String::from_utf8_lossy(&out.stderr);
                 ensure!(err.contains(reason), "{err}");
             }
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        "gen_refuses_a_misspelt_field_with_its_path",
+        (|| {
+            // `comand:` would otherwise be ignored and the image's CMD pinned in its place; like
+            // `kubectl --validate=strict`, the field is named with its path, before any registry
+            // is asked.
+            let typo = write(
+                dir,
+                "typo.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: t\nspec:\n  containers:\n  - name: a\n    image: 127.0.0.1:1/x:1\n    imagePullPolicy: Always\n  - name: b\n    image: 127.0.0.1:1/x:1\n    comand: [\"/bin/server\"]\n",
+            );
+            let out = Command::new(coffer())
+                .args([
+                    "policy",
+                    "gen",
+                    &p(&typo),
+                    "--insecure-registry",
+                    "127.0.0.1:1",
+                ])
+                .output()?;
+            ensure!(out.status.code() == Some(125), "{out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                err.trim_end()
+                    == format!(
+                        "coffer: {}: document 1 is not a valid Pod: unknown field spec.containers[1].comand (did you mean command?)",
+                        p(&typo)
+                    ),
+                "{err}"
+            );
             Ok(())
         })()
     );
