@@ -53,7 +53,7 @@ impl BrokerKeyUnwrapper {
             .client
             .get_resource(&path?)
             .await
-            .map_err(|e| DecryptError::Unwrapper(format!("key broker: {e}")))?;
+            .map_err(DecryptError::Broker)?;
         let bytes = resource.expose();
         if bytes.len() != 32 {
             return Err(DecryptError::Unwrapper(format!(

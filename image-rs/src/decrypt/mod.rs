@@ -99,6 +99,9 @@ pub enum DecryptError {
     /// A key broker failed (for [`KeyUnwrapper`] implementations).
     #[error("key unwrapper failed: {0}")]
     Unwrapper(String),
+    /// The key broker refused (or failed) to release a key-encryption key.
+    #[error("key broker")]
+    Broker(#[source] coffer_attestation::kbs::client::KbsClientError),
 }
 
 /// Where layer keys come from.
