@@ -327,16 +327,16 @@ fn main() -> ExitCode {
             let ca = dir.join("ca.pem");
             let key = dir.join("ca-key.pem");
             let out = Command::new("openssl")
+                .args(
+                    "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2"
+                        .split(' '),
+                )
                 .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
                 ])
-                .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
                 .args(["-addext", "basicConstraints=critical,CA:TRUE"])
                 .arg("-keyout")
                 .arg(&key)
@@ -572,20 +572,23 @@ fn main() -> ExitCode {
             ensure!(text(&out.stderr).contains(&pinned), "{}", text(&out.stderr));
 
             let state = dir.join("vm-state");
-            let out = Command::new(&coffer)
-                .args([
-                    "sandbox",
-                    "run",
-                    "--image",
-                    &pinned,
-                    "--registry-tunnel",
-                    &host,
-                ])
-                .args(["--image-dir", &image_dir, "--state-dir", &p(&state)])
-                .args(["--initdata", &p(&initdata), "--", "/bin/sh", "-c", script])
-                .env_remove("COFFER_LOG")
-                .stdin(std::process::Stdio::null())
-                .output()?;
+            let sandbox_run = |image: &str| {
+                Command::new(&coffer)
+                    .args([
+                        "sandbox",
+                        "run",
+                        "--image",
+                        image,
+                        "--registry-tunnel",
+                        &host,
+                    ])
+                    .args(["--image-dir", &image_dir, "--state-dir", &p(&state)])
+                    .args(["--initdata", &p(&initdata), "--", "/bin/sh", "-c", script])
+                    .env_remove("COFFER_LOG")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+            };
+            let out = sandbox_run(&pinned)?;
             let want = format!(
                 "home=/root path={}\n",
                 coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH=")
@@ -599,20 +602,7 @@ fn main() -> ExitCode {
             );
 
             // The same pod by tag is refused, pointing at the digest policy gen printed.
-            let out = Command::new(&coffer)
-                .args([
-                    "sandbox",
-                    "run",
-                    "--image",
-                    &tagged,
-                    "--registry-tunnel",
-                    &host,
-                ])
-                .args(["--image-dir", &image_dir, "--state-dir", &p(&state)])
-                .args(["--initdata", &p(&initdata), "--", "/bin/sh", "-c", script])
-                .env_remove("COFFER_LOG")
-                .stdin(std::process::Stdio::null())
-                .output()?;
+            let out = sandbox_run(&tagged)?;
             // The pull's progress may precede it: the error is the one line `coffer: …`.
             let err = text(&out.stderr);
             let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("coffer: ")).collect();

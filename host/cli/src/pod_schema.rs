@@ -206,7 +206,7 @@ fn check(value: &Value, fields: Fields, path: &str) -> Result<(), UnknownField> 
         };
         let Some((_, shape)) = fields.iter().find(|(name, _)| name == key) else {
             return Err(UnknownField {
-                path: escaped(&here),
+                path: coffer_log::escaped_prefix(&here, 120),
                 suggestion: closest(key, fields),
             });
         };
@@ -221,20 +221,6 @@ fn check(value: &Value, fields: Fields, path: &str) -> Result<(), UnknownField> 
         }
     }
     Ok(())
-}
-
-/// A path quoted in an error: escaped, and at most 120 characters.
-fn escaped(path: &str) -> String {
-    const MAX: usize = 120;
-    let mut out: String = path
-        .chars()
-        .take(MAX)
-        .flat_map(char::escape_debug)
-        .collect();
-    if path.chars().count() > MAX {
-        out.push('…');
-    }
-    out
 }
 
 /// The defined field within two edits (or differing only in case) of `key`.

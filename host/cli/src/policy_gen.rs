@@ -424,10 +424,7 @@ fn manifest(text: &str) -> anyhow::Result<(Pod, Secrets)> {
                  use its pod template as a Pod)",
                 i + 1,
                 match kind {
-                    Some(kind) => format!(
-                        "of kind {}",
-                        kind.escape_debug().take(60).collect::<String>()
-                    ),
+                    Some(kind) => format!("of kind {}", coffer_log::escaped_prefix(kind, 60)),
                     None => "without a kind".to_owned(),
                 }
             ),

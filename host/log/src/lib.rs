@@ -74,8 +74,8 @@ fn parse(variable: &'static str, value: &str) -> Result<EnvFilter, LogError> {
         if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
             return Err(LogError::NotALevel {
                 variable,
-                value: escaped_prefix(value),
-                directive: escaped_prefix(directive),
+                value: escaped_prefix(value, QUOTED_CHARS),
+                directive: escaped_prefix(directive, QUOTED_CHARS),
             });
         }
     }
@@ -83,18 +83,20 @@ fn parse(variable: &'static str, value: &str) -> Result<EnvFilter, LogError> {
         .parse(value)
         .map_err(|source| LogError::Invalid {
             variable,
-            value: escaped_prefix(value),
+            value: escaped_prefix(value, QUOTED_CHARS),
             source,
         })
 }
 
-fn escaped_prefix(value: &str) -> String {
+/// `value` as an error may quote it: escaped (`char::escape_debug`), at most `max_chars`
+/// characters of it, and `…` when it was longer.
+pub fn escaped_prefix(value: &str, max_chars: usize) -> String {
     let mut out: String = value
         .chars()
-        .take(QUOTED_CHARS)
+        .take(max_chars)
         .flat_map(char::escape_debug)
         .collect();
-    if value.chars().count() > QUOTED_CHARS {
+    if value.chars().count() > max_chars {
         out.push('…');
     }
     out
@@ -173,7 +175,7 @@ mod tests {
 
     #[test]
     fn long_values_are_quoted_as_a_prefix() {
-        let quoted = escaped_prefix(&"x".repeat(100));
+        let quoted = escaped_prefix(&"x".repeat(100), QUOTED_CHARS);
         assert_eq!(quoted.chars().count(), QUOTED_CHARS + 1);
     }
 }

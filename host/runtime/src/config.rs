@@ -356,9 +356,12 @@ mod tests {
                 "repeats a host address or guest port",
             ),
         ] {
-            let err = RuntimeConfig::parse(text, Path::new("rt.toml"))
-                .unwrap_err()
-                .to_string();
+            let err = RuntimeConfig::parse(text, Path::new("rt.toml")).unwrap_err();
+            // The message and its causes, as `coffer` prints them.
+            let err = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
             assert!(err.contains(want), "{text}: {err}");
             assert!(err.contains("rt.toml"), "{err}");
         }

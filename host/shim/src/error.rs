@@ -144,11 +144,11 @@ impl ShimError {
 /// understand (`NotFound` lets it treat a vanished task as deleted) and the error's message chain.
 impl From<ShimError> for ttrpc::Error {
     fn from(err: ShimError) -> Self {
-        // Wrapped library errors already spell out their own causes.
+        // Wrapped library errors with their causes, each once (as the binaries print errors).
         let message = match &err {
-            ShimError::Config(inner) => format!("{err}: {inner}"),
-            ShimError::Sandbox(inner) => format!("{err}: {inner}"),
-            ShimError::Rootfs(inner) => format!("{err}: {inner}"),
+            ShimError::Config(_) | ShimError::Sandbox(_) | ShimError::Rootfs(_) => {
+                coffer_log::error_line(&err)
+            }
             _ => err.to_string(),
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), message))
