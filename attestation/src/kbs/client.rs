@@ -552,7 +552,7 @@ impl KbsClient {
 }
 
 /// Fetches one resource with a fresh client: the library entry point for
-/// `coffer kbs get-resource --url URL --path repo/type/tag [--tee ...] [--cert CA]`.
+/// `coffer kbs get-resource --kbs-url URL --path repo/type/tag [--kbs-evidence ...] [--kbs-ca CA]`.
 pub async fn fetch_resource(
     config: ClientConfig,
     tee: AttesterKind,
