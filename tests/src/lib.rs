@@ -412,7 +412,8 @@ fn print_console_tail(message: &str) {
 /// A pod manifest (user 1000) whose one container `app` runs `sh -c script` from `image` with the
 /// workload identity at `/run/spiffe` (SPIFFE ID `ns/<namespace>/sa/<account>`) and its output
 /// readable by the host, dropping `NET_RAW` as a confidential pod's containers must (containerd's
-/// default set has it, the confidential policy's does not).
+/// default set has it, the confidential policy's does not). It sets no environment: the
+/// runtime's default `PATH` and `HOME` are what `coffer policy gen` lists for an image without them.
 pub fn identity_pod(
     name: &str,
     namespace: &str,
@@ -436,11 +437,9 @@ spec:
     - name: app
       image: {image}
       command: ["/bin/sh", "-c", "{script}"]
-      env: [{{name: PATH, value: "{path}"}}, {{name: HOME, value: /root}}]
       securityContext: {{capabilities: {{drop: [NET_RAW]}}}}
 "#,
         script = yaml_quoted(script),
-        path = coffer_runtime::spec::DEFAULT_ENV[0].trim_start_matches("PATH="),
     )
 }
 

@@ -822,18 +822,9 @@ fn mesh_mtls(ctx: &Ctx, pods: &mut Vec<String>) -> anyhow::Result<()> {
 fn mesh_container(image: &str, script: &str) -> v1::ContainerConfig {
     let mut config = Cluster::container_config("app", image, script);
     config.command = vec!["/bin/sh".into(), "-c".into(), script.into()];
-    config.envs = vec![
-        v1::KeyValue {
-            key: "PATH".into(),
-            value: coffer_runtime::spec::DEFAULT_ENV[0]
-                .trim_start_matches("PATH=")
-                .into(),
-        },
-        v1::KeyValue {
-            key: "HOME".into(),
-            value: "/root".into(),
-        },
-    ];
+    // No environment: the image sets none and the pod neither; containerd adds the default PATH,
+    // which `coffer policy gen` lists (coffer_runtime::spec::DEFAULT_ENV).
+    config.envs = Vec::new();
     if let Some(sc) = config
         .linux
         .as_mut()

@@ -37,8 +37,8 @@ pub struct RunArgs {
     #[arg(long, required_unless_present = "image", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
     /// Image the guest pulls, verifies and unpacks itself (registries, signature policy and
-    /// broker from the initdata); the host never sees its content.
-    #[arg(long, value_name = "REF")]
+    /// broker from the initdata); the host never sees its content. `docker://REF` is accepted.
+    #[arg(long, value_name = "REF", value_parser = crate::oci_image::image_reference)]
     image: Option<String>,
     /// A registry at this IPv4 loopback address (e.g. 127.0.0.1:5000) is reachable from the guest
     /// at the same address, through a vsock tunnel (repeatable). The guest has no other network.
