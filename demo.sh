@@ -179,7 +179,7 @@ step "initdata generated (coffer policy gen)"
 echo "== running the pod in a Coffer VM (guest pull, attestation, key release, decrypt)"
 "$bin/coffer" sandbox run --image-dir "$image_dir" --state-dir "$work/state" \
     --image "$image" --initdata "$work/initdata.toml" \
-    --registry "$registry" --registry "127.0.0.1:$kbs_port" --timings \
+    --registry-tunnel "$registry" --registry-tunnel "127.0.0.1:$kbs_port" --timings \
     -- /bin/cat /app/message.txt
 step "pod finished"
 total=$((($(date +%s%N) - started) / 1000000))
