@@ -76,28 +76,34 @@ fn main() -> ExitCode {
         .display()
         .to_string();
 
+    // `sandbox run` with a runtime configuration that fails to load.
+    let run_with_config = |config: &Path| {
+        let config = p(config);
+        run(
+            &coffer,
+            &[
+                "sandbox",
+                "run",
+                "--config",
+                &config,
+                "--rootfs",
+                &rootfs_s,
+                "--image-dir",
+            ]
+            .into_iter()
+            .chain([image_dir.as_str(), "--", "true"])
+            .collect::<Vec<_>>(),
+            &[],
+        )
+    };
+
     case!(
         suite,
         "runtime_toml_typo_is_one_line_with_its_line_number",
         (|| {
             let config = dir.join("typo.toml");
             std::fs::write(&config, "[guest]\nmemroy_mib = 512\n")?;
-            let out = run(
-                &coffer,
-                &[
-                    "sandbox",
-                    "run",
-                    "--config",
-                    &p(&config),
-                    "--rootfs",
-                    &rootfs_s,
-                    "--image-dir",
-                    &image_dir,
-                    "--",
-                    "true",
-                ],
-                &[],
-            )?;
+            let out = run_with_config(&config)?;
             one_line(
                 &out,
                 "coffer: ",
@@ -115,22 +121,7 @@ fn main() -> ExitCode {
         "missing_config_says_so_once",
         (|| {
             let missing = dir.join("absent.toml");
-            let out = run(
-                &coffer,
-                &[
-                    "sandbox",
-                    "run",
-                    "--config",
-                    &p(&missing),
-                    "--rootfs",
-                    &rootfs_s,
-                    "--image-dir",
-                    &image_dir,
-                    "--",
-                    "true",
-                ],
-                &[],
-            )?;
+            let out = run_with_config(&missing)?;
             let line = one_line(
                 &out,
                 "coffer: ",
@@ -502,6 +493,8 @@ fn main() -> ExitCode {
             let kbs = bin("coffer-kbs");
             let out = run(&kbs, &["--version"], &[])?;
             ensure!(text(&out.stdout).starts_with("coffer-kbs "), "{out:?}");
+            let out = run(&bin("kbs-load"), &["--version"], &[])?;
+            ensure!(text(&out.stdout).starts_with("kbs-load "), "{out:?}");
             let out = run(&kbs, &["--help"], &[])?;
             let help = text(&out.stdout);
             for wanted in ["GET  /health", "GET  /metrics", "Examples:", "key broker"] {
@@ -595,10 +588,7 @@ fn main() -> ExitCode {
             );
             ensure!(
                 out.status.code() == Some(0) && text(&out.stdout) == want,
-                "exit {:?}, stdout {:?}, stderr {}",
-                out.status.code(),
-                text(&out.stdout),
-                text(&out.stderr)
+                "{out:?}"
             );
 
             // The same pod by tag is refused, pointing at the digest policy gen printed.

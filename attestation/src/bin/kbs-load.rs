@@ -13,6 +13,7 @@ use coffer_attestation::kbs::load::{LoadArgs, command};
 
 #[derive(Debug, Parser)]
 #[command(
+    name = "kbs-load",
     version,
     about = "Load generator for KBS 0.4.0 brokers (the same as `coffer kbs load`)"
 )]
