@@ -74,16 +74,20 @@ const KVM_PROBE_SECS: u64 = 15;
 /// Warns that this host has a usable `/dev/kvm` but the guest runs under TCG (much slower),
 /// because the probe boot under KVM failed (now, or when `cache` was written).
 fn tcg_despite_kvm(cache: Option<&Path>, cached: bool) {
+    tracing::warn!("{}", tcg_despite_kvm_message(cache, cached));
+}
+
+fn tcg_despite_kvm_message(cache: Option<&Path>, cached: bool) -> String {
     let when = if cached { "an earlier" } else { "this" };
     let again = match cache {
         Some(cache) => format!("delete {} to probe again", cache.display()),
         None => "it probes on every launch (qemu.probe_cache unset)".to_owned(),
     };
-    tracing::warn!(
+    format!(
         "/dev/kvm exists but the guest could not boot under KVM in {when} probe (one boot, up to \
          {KVM_PROBE_SECS} s): running under TCG, much slower; {again}, or set qemu.accel = \"kvm\" \
          to fail instead"
-    );
+    )
 }
 
 /// QEMU backend configuration. Defaults suit this project's test hosts.
@@ -1008,6 +1012,21 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn tcg_on_a_kvm_host_is_explained() {
+        let cached = tcg_despite_kvm_message(Some(Path::new("/run/coffer/accel-probe")), true);
+        assert!(
+            cached.contains("in an earlier probe (one boot, up to 15 s)"),
+            "{cached}"
+        );
+        assert!(
+            cached.contains("delete /run/coffer/accel-probe to probe again"),
+            "{cached}"
+        );
+        let fresh = tcg_despite_kvm_message(None, false);
+        assert!(fresh.contains("in this probe") && fresh.contains("qemu.probe_cache unset"));
     }
 
     #[test]
