@@ -79,6 +79,7 @@ async fn more_handshakes_than_sessions_max_within_one_ttl_window_on_defaults_and
     let report = run(
         LoadConfig {
             url: url.clone(),
+            also_urls: Vec::new(),
             ca_cert_pem: None,
             resource: "default/load/key".parse().unwrap(),
             concurrency: 32,
