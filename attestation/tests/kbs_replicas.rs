@@ -381,8 +381,8 @@ async fn admin_put(http: &reqwest::Client, url: &str, token: &str, path: &str, v
 async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_shared_admin_writes() {
     const HANDSHAKES: usize = 1000;
     const RESOURCES: usize = 50;
-    let pg = Postgres::start();
-    let db = pg.create_db();
+    let pg = Postgres::start().unwrap();
+    let db = pg.create_db().unwrap();
     let shared = Shared::new();
     let store = format!(
         "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = {conn:?}\npassword_file = {pw:?}\ntimeout_ms = 1000\n",
@@ -547,12 +547,13 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
     // Every challenge a replica accepted is in the shared record, once.
     let used: usize = pg
         .psql(&db, "SELECT count(*) FROM kbs_used_challenges")
+        .unwrap()
         .parse()
         .unwrap();
     assert!(used >= HANDSHAKES, "{used} used challenges recorded");
 
     // The store goes away: every replica reports not ready and refuses rather than answer stale.
-    pg.stop();
+    pg.stop().unwrap();
     for r in &replicas {
         let ready = http.get(format!("{}/ready", r.url())).send().await.unwrap();
         assert_eq!(ready.status(), 503, "{}", r.addr);

@@ -664,7 +664,7 @@ async fn admin_requires_a_jwt_from_the_configured_key() {
     assert_eq!(upload(Some(foreign)).await.unwrap().status().as_u16(), 401);
     let expired = kbs.admin.sign(&json!({"exp": now() - 3600})).unwrap();
     assert_eq!(upload(Some(expired)).await.unwrap().status().as_u16(), 401);
-    assert!(!kbs.dir.path().join("resources/default/key/2").exists());
+    assert!(kbs.stored("default/key/2").is_none());
     assert_eq!(
         upload(Some(kbs.admin_token()))
             .await
@@ -673,10 +673,7 @@ async fn admin_requires_a_jwt_from_the_configured_key() {
             .as_u16(),
         200
     );
-    assert_eq!(
-        std::fs::read(kbs.dir.path().join("resources/default/key/2")).unwrap(),
-        b"new"
-    );
+    assert_eq!(kbs.stored("default/key/2").unwrap(), b"new");
     // Policy and reference-value uploads: bad content refused even with a valid token.
     let r = kbs
         .http()
@@ -718,7 +715,7 @@ async fn kbs07_eddsa_admin_tokens_like_trustee_kbs_client() {
         ..Options::default()
     })
     .await;
-    let stored = kbs.dir.path().join("resources/default/key/2");
+    let stored = || kbs.stored("default/key/2");
     let eddsa = r#"{"alg":"EdDSA","typ":"JWT"}"#;
     let live = json!({"iat": now(), "nbf": now(), "exp": now() + 60});
     // Refusals first; nothing is written by any of them.
@@ -755,13 +752,13 @@ async fn kbs07_eddsa_admin_tokens_like_trustee_kbs_client() {
         ("es256 signature labelled EdDSA", &as_eddsa),
     ] {
         assert_eq!(admin_upload(&kbs, token, "forged").await, 401, "{name}");
-        assert!(!stored.exists(), "{name} wrote the resource");
+        assert!(stored().is_none(), "{name} wrote the resource");
     }
     // The configured Ed25519 key's token is accepted; ES256 stays accepted alongside it.
     assert_eq!(admin_upload(&kbs, &good, "from eddsa").await, 200);
-    assert_eq!(std::fs::read(&stored).unwrap(), b"from eddsa");
+    assert_eq!(stored().unwrap(), b"from eddsa");
     assert_eq!(admin_upload(&kbs, &es_token, "from es256").await, 200);
-    assert_eq!(std::fs::read(&stored).unwrap(), b"from es256");
+    assert_eq!(stored().unwrap(), b"from es256");
 }
 
 #[tokio::test]
@@ -774,9 +771,9 @@ async fn kbs07_admin_token_whose_alg_has_no_configured_key_refused() {
         ..Options::default()
     })
     .await;
-    let stored = kbs.dir.path().join("resources/default/key/2");
+    let stored = || kbs.stored("default/key/2");
     assert_eq!(admin_upload(&kbs, &kbs.admin_token(), "es256").await, 401);
-    assert!(!stored.exists());
+    assert!(stored().is_none());
     let eddsa = kbs.eddsa_admin_token(
         r#"{"alg":"EdDSA","typ":"JWT"}"#,
         &json!({"exp": now() + 60}),
@@ -784,11 +781,11 @@ async fn kbs07_admin_token_whose_alg_has_no_configured_key_refused() {
     assert_eq!(admin_upload(&kbs, &eddsa, "eddsa").await, 200);
     // And the other way round: only ES256 configured, EdDSA refused.
     let kbs = open_kbs(Options::default()).await;
-    let stored = kbs.dir.path().join("resources/default/key/2");
+    let stored = || kbs.stored("default/key/2");
     let eddsa = kbs.eddsa_admin_token(
         r#"{"alg":"EdDSA","typ":"JWT"}"#,
         &json!({"exp": now() + 60}),
     );
     assert_eq!(admin_upload(&kbs, &eddsa, "eddsa").await, 401);
-    assert!(!stored.exists());
+    assert!(stored().is_none());
 }

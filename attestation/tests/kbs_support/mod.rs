@@ -203,8 +203,8 @@ pub async fn start(opts: Options) -> TestKbs {
     );
     let mut config: Config = toml::from_str(&toml).unwrap();
     let db = store_is_postgres().then(|| {
-        let pg = pg::Postgres::shared();
-        let db = pg.create_db();
+        let pg = pg::shared();
+        let db = pg.create_db().unwrap();
         config.store.backend = coffer_attestation::kbs::server::config::StoreBackend::Postgres;
         config.store.postgres.connection = Some(pg.connection(&db));
         config.store.postgres.password_file = Some(pg.password_file());
@@ -265,20 +265,39 @@ impl TestKbs {
     /// Stores a resource directly in the broker's store (its directory or its database).
     pub fn put(&self, path: &str, bytes: &[u8]) {
         if let Some(db) = &self.db {
-            pg::Postgres::shared().psql(
-                db,
-                &format!(
-                    "{} INSERT INTO kbs_resources (path, value) VALUES ('{path}', '\\x{}') \
+            pg::shared()
+                .psql(
+                    db,
+                    &format!(
+                        "{} INSERT INTO kbs_resources (path, value) VALUES ('{path}', '\\x{}') \
                      ON CONFLICT (path) DO UPDATE SET value = EXCLUDED.value",
-                    coffer_attestation::kbs::server::pg::SCHEMA,
-                    hex::encode(bytes)
-                ),
-            );
+                        coffer_attestation::kbs::server::pg::SCHEMA,
+                        hex::encode(bytes)
+                    ),
+                )
+                .unwrap();
             return;
         }
         let file = self.dir.path().join("resources").join(path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, bytes).unwrap();
+    }
+
+    /// A resource as stored (its file or its database row); `None` when absent.
+    pub fn stored(&self, path: &str) -> Option<Vec<u8>> {
+        if let Some(db) = &self.db {
+            let hex = pg::shared()
+                .psql(
+                    db,
+                    &format!(
+                        "{} SELECT encode(value, 'hex') FROM kbs_resources WHERE path = '{path}'",
+                        coffer_attestation::kbs::server::pg::SCHEMA,
+                    ),
+                )
+                .unwrap();
+            return (!hex.is_empty()).then(|| hex::decode(hex).unwrap());
+        }
+        std::fs::read(self.dir.path().join("resources").join(path)).ok()
     }
 
     pub fn admin_token(&self) -> String {

@@ -1,0 +1,224 @@
+//! A throwaway PostgreSQL cluster for tests of the broker's shared store, from Debian's package:
+//! `initdb` and `pg_ctl` run as the unprivileged `nobody` (when the caller is root) in a new
+//! temporary directory, listening on a Unix socket in that directory only (no TCP), with
+//! password (SCRAM) authentication from a password file, as a mounted Secret would hold it.
+//! Missing binaries are an error naming the fix (`tests/setup.sh`: `apt-get install -y
+//! postgresql`), never a skip. Stopped (immediate) and removed on drop.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand_core::{OsRng, RngCore};
+
+const NOBODY: u32 = 65534;
+/// The cluster's superuser.
+pub const USER: &str = "coffer";
+const PORT: &str = "5432";
+
+/// Failures starting or using the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// The server binaries are not installed.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) are missing under /usr/lib/postgresql: run \
+         tests/setup.sh (apt-get install -y postgresql postgresql-client)"
+    )]
+    Missing,
+    /// A file or directory operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command failed.
+    #[error("{what} failed: {output}")]
+    Command {
+        /// The command.
+        what: &'static str,
+        /// Its status and output.
+        output: String,
+    },
+}
+
+/// A running cluster. `Drop` stops it and removes its directory.
+#[derive(Debug)]
+pub struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    password: String,
+    next_db: AtomicUsize,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PostgresError {
+    let path = path.to_path_buf();
+    move |source| PostgresError::Io { op, path, source }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The newest installed server's `bin` directory.
+fn server_bin() -> Result<PathBuf, PostgresError> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("initdb").is_file() && b.join("pg_ctl").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().ok_or(PostgresError::Missing)
+}
+
+/// Runs `cmd` (as `nobody` when `unprivileged` and root); its output, or an error with it.
+fn run(mut cmd: Command, what: &'static str, unprivileged: bool) -> Result<Output, PostgresError> {
+    if unprivileged && is_root() {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    let out = cmd.output().map_err(|e| PostgresError::Command {
+        what,
+        output: format!("cannot run: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(PostgresError::Command {
+            what,
+            output: format!(
+                "{}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(out)
+}
+
+impl Postgres {
+    /// Creates and starts a cluster in a new temporary directory.
+    pub fn start() -> Result<Self, PostgresError> {
+        let bin = server_bin()?;
+        let mut suffix = [0u8; 6];
+        OsRng.fill_bytes(&mut suffix);
+        let dir = std::env::temp_dir().join(format!("coffer-pg-{}", hex::encode(suffix)));
+        std::fs::create_dir(&dir).map_err(io("create", &dir))?;
+        let mut password = [0u8; 16];
+        OsRng.fill_bytes(&mut password);
+        let pg = Self {
+            dir,
+            bin,
+            password: hex::encode(password),
+            next_db: AtomicUsize::new(0),
+        };
+        let pwfile = pg.password_file();
+        std::fs::write(&pwfile, format!("{}\n", pg.password)).map_err(io("write", &pwfile))?;
+        if is_root() {
+            for path in [&pg.dir, &pwfile] {
+                std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY))
+                    .map_err(io("chown", path))?;
+            }
+        }
+        let mut initdb = Command::new(pg.bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(pg.data())
+            .args(["-U", USER, "--auth=scram-sha-256", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .env("LC_ALL", "C");
+        run(initdb, "initdb", true)?;
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c port={PORT} \
+             -c max_connections=400 -c fsync=off -c synchronous_commit=off",
+            pg.dir.display()
+        );
+        let mut ctl = Command::new(pg.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(pg.data())
+            .args(["-w", "-t", "60", "-o", &options, "-l"])
+            .arg(pg.dir.join("postgres.log"))
+            .arg("start");
+        run(ctl, "pg_ctl start", true)?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The directory (it holds the Unix socket).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file holding the superuser's password.
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("password")
+    }
+
+    /// A connection string (no password) for `db` as the superuser.
+    pub fn connection(&self, db: &str) -> String {
+        format!(
+            "host={} port={PORT} user={USER} dbname={db}",
+            self.dir.display()
+        )
+    }
+
+    /// Runs `sql` with `psql` against `db`; its unaligned, tuples-only output, trimmed.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, PostgresError> {
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args(["-p", PORT, "-U", USER, "-d", db, "-c", sql])
+            .env("PGPASSWORD", &self.password);
+        let out = run(cmd, "psql", false)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A new, empty database; its name.
+    pub fn create_db(&self) -> Result<String, PostgresError> {
+        let name = format!(
+            "kbs_{}_{}",
+            std::process::id(),
+            self.next_db.fetch_add(1, Ordering::Relaxed)
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(name)
+    }
+
+    /// Stops the server at once, as a crash would (the directory stays until drop).
+    pub fn stop(&self) -> Result<(), PostgresError> {
+        let mut ctl = Command::new(self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(ctl, "pg_ctl stop", true).map(drop)
+    }
+
+    /// A shell command that, once process `pid` has exited, stops this cluster and removes its
+    /// directory: for a cluster held in a `static`, which is never dropped.
+    pub fn reaper_script(&self, pid: u32) -> String {
+        format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             kill -QUIT $(head -n1 '{data}/postmaster.pid') 2>/dev/null; sleep 2; rm -rf '{dir}'",
+            data = self.data().display(),
+            dir = self.dir.display(),
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.data().join("postmaster.pid").exists() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
