@@ -950,7 +950,7 @@ fn kbs_serves_its_probe(work: &Path) -> anyhow::Result<()> {
         } else if let Some(n) = volume["secret"]["secretName"].as_str() {
             ("Secret", n)
         } else {
-            continue; // the resource volume: an empty directory
+            continue; // any other volume: an empty directory
         };
         let source = docs
             .iter()
