@@ -16,12 +16,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use coffer_attestation::kbs::client::KeyKind;
-use coffer_attestation::kbs::jwt::TokenSigner;
 use coffer_attestation::kbs::load::{LoadConfig, run};
 use coffer_attestation::testing::postgres::Postgres;
-use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+#[path = "../tests/kbs_support/keys.rs"]
+mod keys;
 
 const CONCURRENCY: usize = 32;
 const SECONDS: u64 = 15;
@@ -36,15 +36,22 @@ impl Drop for Replica {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit(')').next()?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User + system CPU ticks of a process, and its parent.
+fn ticks_and_parent(pid: u32) -> Option<(u64, u32)> {
+    let f = stat_fields(pid)?;
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((ticks, f.get(1)?.parse().ok()?))
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    ticks_and_parent(pid).map_or(0, |(t, _)| t)
 }
 
 /// CPU ticks of the PostgreSQL server: the postmaster and its children (the backends).
@@ -58,26 +65,15 @@ fn postgres_ticks(pg: &Postgres) -> u64 {
         .trim()
         .parse()
         .unwrap();
-    let mut total = cpu_ticks(postmaster);
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster) {
-            total +=
-                fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-        }
-    }
-    total
+    let children: u64 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(ticks_and_parent)
+        .filter(|(_, parent)| *parent == postmaster)
+        .map(|(t, _)| t)
+        .sum();
+    cpu_ticks(postmaster) + children
 }
 
 fn write_config(dir: &Path, name: &str, listen: SocketAddr, store: &str) -> std::path::PathBuf {
@@ -124,28 +120,7 @@ async fn bench() {
     let pg = Postgres::start().expect("postgresql");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let admin = TokenSigner::generate().unwrap();
-    std::fs::write(
-        d.join("admin.pub"),
-        admin
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap(),
-    )
-    .unwrap();
-    let token = p256::SecretKey::random(&mut rand_core::OsRng);
-    std::fs::write(
-        d.join("token.key"),
-        token.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let mut key = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
-    std::fs::write(
-        d.join("session.key"),
-        base64::engine::general_purpose::STANDARD.encode(key),
-    )
-    .unwrap();
+    let admin = keys::write_shared_keys(d, &["session"]);
     std::fs::write(d.join("policy.rego"), ALLOW_ALL).unwrap();
     let http = reqwest::Client::new();
     println!(

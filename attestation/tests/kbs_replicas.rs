@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use coffer_attestation::attester::AttesterKind;
 use coffer_attestation::attester::{Attester, SampleAttester};
-use coffer_attestation::kbs::client::{ClientConfig, KbsClient};
+use coffer_attestation::kbs::client::{AuthMode, ClientConfig, KbsClient, fetch_resource};
 use coffer_attestation::kbs::jwe::TeeKeyPair;
 use coffer_attestation::kbs::jwt::TokenSigner;
 use coffer_attestation::kbs::probe::{self, Credential, Probe};
@@ -26,7 +27,6 @@ use coffer_attestation::kbs::server::config::Config;
 use coffer_attestation::kbs::server::{Broker, bind, serve};
 use kbs_support::ALLOW_ALL;
 use kbs_support::pg::Postgres;
-use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback proxy: connection `i` goes to replica `i mod n` (no affinity). A replica that
@@ -96,27 +96,8 @@ struct Shared {
 impl Shared {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let admin = TokenSigner::generate().unwrap();
         let p = dir.path();
-        std::fs::write(
-            p.join("admin.pub"),
-            admin
-                .verifying_key()
-                .to_public_key_pem(LineEnding::LF)
-                .unwrap(),
-        )
-        .unwrap();
-        let token = p256::SecretKey::random(&mut rand_core::OsRng);
-        std::fs::write(
-            p.join("token.key"),
-            token.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-        )
-        .unwrap();
-        for (name, byte) in [("k1", 1u8), ("k2", 2u8)] {
-            let mut key = [byte; 32];
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key[1..]);
-            std::fs::write(p.join(format!("{name}.key")), B64.encode(key)).unwrap();
-        }
+        let admin = kbs_support::keys::write_shared_keys(p, &["k1", "k2"]);
         std::fs::write(p.join("policy.rego"), ALLOW_ALL).unwrap();
         std::fs::create_dir_all(p.join("resources")).unwrap();
         Self { dir, admin }
@@ -525,14 +506,8 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
     );
     let mut attested = 0;
     for r in &replicas {
-        let text = http
-            .get(format!("{}/metrics", r.url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let reply = http.get(format!("{}/metrics", r.url())).send().await;
+        let text = reply.unwrap().text().await.unwrap();
         let ok: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("coffer_kbs_attest_ok_total "))
@@ -551,6 +526,27 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
         .parse()
         .unwrap();
     assert!(used >= HANDSHAKES, "{used} used challenges recorded");
+
+    // `coffer kbs get-resource`'s library entry point, unchanged (its defaults: keep-alive, cookie
+    // or bearer), and with every request on a new connection (so on the next replica).
+    for (auth, fresh) in [
+        (AuthMode::Cookie, false),
+        (AuthMode::Bearer, false),
+        (AuthMode::Cookie, true),
+        (AuthMode::Bearer, true),
+    ] {
+        let mut config = ClientConfig::new(&url);
+        config.auth = auth;
+        config.fresh_connections = fresh;
+        let got = fetch_resource(config, AttesterKind::Sample, "ha/key/7")
+            .await
+            .unwrap();
+        assert_eq!(
+            got.expose(),
+            b"value-7",
+            "{auth:?}, fresh connections {fresh}"
+        );
+    }
 
     // The store goes away: every replica reports not ready and refuses rather than answer stale.
     pg.stop().unwrap();
