@@ -136,12 +136,13 @@ impl Shared {
     }
 }
 
-/// An in-process replica on the directory store.
-async fn in_process(
+/// An in-process replica on the directory store, or the store `store` names.
+async fn in_process_on(
     shared: &Shared,
     keys: &[&str],
+    store: &str,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let text = shared.config("127.0.0.1:0".parse().unwrap(), keys, "");
+    let text = shared.config("127.0.0.1:0".parse().unwrap(), keys, store);
     let config: Config = toml::from_str(&text).unwrap();
     let broker = Broker::from_config(&config).unwrap();
     let listener = bind(&config.http).unwrap();
@@ -151,6 +152,14 @@ async fn in_process(
         let _ = rx.await;
     }));
     (addr, tx)
+}
+
+/// An in-process replica on the directory store.
+async fn in_process(
+    shared: &Shared,
+    keys: &[&str],
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    in_process_on(shared, keys, "").await
 }
 
 fn client(url: &str, attempts: u32) -> KbsClient {
@@ -564,4 +573,83 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
         .handshake_and_fetch(&"ha/key/0".parse().unwrap())
         .await;
     assert!(down.is_err(), "a resource served without the store");
+}
+
+/// A self-signed CA and a server certificate for 127.0.0.1 it issued: (CA PEM, cert PEM, key PEM).
+fn tls_pair() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Over TCP the broker reaches PostgreSQL only with TLS, and only to a server whose certificate
+/// chains to `tls_ca` and names the host: with the right CA it is ready and serves resources;
+/// with another CA it is not ready and serves nothing; a TCP host without `tls_ca` (and without
+/// the explicit plaintext opt-in) is a configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tcp_needs_tls_verified_against_the_configured_ca() {
+    let (ca, cert, key) = tls_pair();
+    let (other_ca, _, _) = tls_pair();
+    let pg = Postgres::start_tls(cert.as_bytes(), key.as_bytes()).unwrap();
+    let db = pg.create_db().unwrap();
+    let shared = Shared::new();
+    std::fs::write(shared.path("db-ca.pem"), &ca).unwrap();
+    std::fs::write(shared.path("other-ca.pem"), &other_ca).unwrap();
+    let store = |ca: Option<&str>| {
+        let tls = ca.map_or(String::new(), |c| {
+            format!("tls_ca = {:?}\n", shared.path(c))
+        });
+        format!(
+            "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = {conn:?}\npassword_file = {pw:?}\ntimeout_ms = 1000\n{tls}",
+            conn = pg.tcp_connection(&db).unwrap(),
+            pw = pg.password_file(),
+        )
+    };
+    let http = reqwest::Client::new();
+    let ready = |addr: SocketAddr| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{addr}/ready"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    let (good, _g) = in_process_on(&shared, &["k1"], &store(Some("db-ca.pem"))).await;
+    assert_eq!(ready(good).await, 200);
+    admin_put(
+        &http,
+        &format!("http://{good}"),
+        &shared.admin_token(),
+        "tls/key/1",
+        b"over-tls",
+    )
+    .await;
+    let got = client(&format!("http://{good}"), 1)
+        .get_resource(&"tls/key/1".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got.expose(), b"over-tls");
+
+    let (wrong, _w) = in_process_on(&shared, &["k1"], &store(Some("other-ca.pem"))).await;
+    assert_eq!(ready(wrong).await, 503);
+    let refused = client(&format!("http://{wrong}"), 1)
+        .get_resource(&"tls/key/1".parse().unwrap())
+        .await;
+    assert!(refused.is_err(), "served without a verified store");
+
+    let text = shared.config("127.0.0.1:0".parse().unwrap(), &["k1"], &store(None));
+    let config: Config = toml::from_str(&text).unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("tls_ca"), "{err}");
 }

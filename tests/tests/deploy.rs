@@ -184,6 +184,23 @@ fn kbs_with_secrets(work: &Path) -> anyhow::Result<PathBuf> {
         run(Command::new("openssl").args(["rand", "-base64", "-out", &s(key), "32"]))?;
     }
     run(Command::new("openssl").args(["rand", "-hex", "-out", &s("db-password"), "16"]))?;
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=coffer-kbs-postgres",
+        "-keyout",
+        &s("db-ca.key"),
+        "-out",
+        &s("db-ca.crt"),
+    ]))?;
     Ok(dir)
 }
 
@@ -1192,6 +1209,13 @@ fn kbs_is_highly_available(work: &Path) -> anyhow::Result<()> {
     ensure!(
         password_file.starts_with(&format!("{db}/")),
         "password_file {password_file} is not in the db Secret ({db})"
+    );
+    let tls_ca = config["store"]["postgres"]["tls_ca"]
+        .as_str()
+        .context("store.postgres.tls_ca: the database is reached over TCP")?;
+    ensure!(
+        tls_ca.starts_with(&format!("{db}/")),
+        "tls_ca {tls_ca} is not in the db Secret ({db})"
     );
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! temporary directory, listening on a Unix socket in that directory only (no TCP), with
 //! password (SCRAM) authentication from a password file, as a mounted Secret would hold it.
 //! Missing binaries are an error naming the fix (`tests/setup.sh`: `apt-get install -y
-//! postgresql`), never a skip. Stopped (immediate) and removed on drop.
+//! postgresql`), never a skip. Stopped (immediate) and removed on drop. [`Postgres::start_tls`]
+//! also listens on 127.0.0.1 with TLS (a given certificate and key).
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ pub enum PostgresError {
 #[derive(Debug)]
 pub struct Postgres {
     dir: PathBuf,
+    /// The TCP port on 127.0.0.1 (TLS), when listening there.
+    tcp_port: Option<u16>,
     bin: PathBuf,
     password: String,
     next_db: AtomicUsize,
@@ -103,8 +106,18 @@ fn run(mut cmd: Command, what: &'static str, unprivileged: bool) -> Result<Outpu
 }
 
 impl Postgres {
-    /// Creates and starts a cluster in a new temporary directory.
+    /// Creates and starts a cluster in a new temporary directory (Unix socket only).
     pub fn start() -> Result<Self, PostgresError> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Self::start`], also listening on 127.0.0.1 with TLS: `cert_pem` (the chain) and
+    /// `key_pem` (its key); see [`Self::tcp_connection`].
+    pub fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, PostgresError> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&[u8], &[u8])>) -> Result<Self, PostgresError> {
         let bin = server_bin()?;
         let mut suffix = [0u8; 6];
         OsRng.fill_bytes(&mut suffix);
@@ -112,8 +125,18 @@ impl Postgres {
         std::fs::create_dir(&dir).map_err(io("create", &dir))?;
         let mut password = [0u8; 16];
         OsRng.fill_bytes(&mut password);
+        let tcp_port = match tls {
+            Some(_) => Some(
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map_err(io("bind", &dir))?
+                    .port(),
+            ),
+            None => None,
+        };
         let pg = Self {
             dir,
+            tcp_port,
             bin,
             password: hex::encode(password),
             next_db: AtomicUsize::new(0),
@@ -134,11 +157,35 @@ impl Postgres {
             .arg(format!("--pwfile={}", pwfile.display()))
             .env("LC_ALL", "C");
         run(initdb, "initdb", true)?;
-        let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c port={PORT} \
-             -c max_connections=400 -c fsync=off -c synchronous_commit=off",
+        let mut options = format!(
+            "-c unix_socket_directories='{}' -c max_connections=400 -c fsync=off \
+             -c synchronous_commit=off",
             pg.dir.display()
         );
+        match (tls, pg.tcp_port) {
+            (Some((cert, key)), Some(port)) => {
+                for (name, bytes) in [("server.crt", cert), ("server.key", key)] {
+                    let path = pg.dir.join(name);
+                    std::fs::write(&path, bytes).map_err(io("write", &path))?;
+                    std::fs::set_permissions(
+                        &path,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .map_err(io("chmod", &path))?;
+                    if is_root() {
+                        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))
+                            .map_err(io("chown", &path))?;
+                    }
+                }
+                options += &format!(
+                    " -c listen_addresses='127.0.0.1' -c port={port} -c ssl=on \
+                     -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                    pg.dir.join("server.crt").display(),
+                    pg.dir.join("server.key").display()
+                );
+            }
+            _ => options += &format!(" -c listen_addresses='' -c port={PORT}"),
+        }
         let mut ctl = Command::new(pg.bin.join("pg_ctl"));
         ctl.arg("-D")
             .arg(pg.data())
@@ -166,9 +213,22 @@ impl Postgres {
     /// A connection string (no password) for `db` as the superuser.
     pub fn connection(&self, db: &str) -> String {
         format!(
-            "host={} port={PORT} user={USER} dbname={db}",
-            self.dir.display()
+            "host={} port={} user={USER} dbname={db}",
+            self.dir.display(),
+            self.port()
         )
+    }
+
+    /// The port (the Unix socket's name carries it too).
+    fn port(&self) -> String {
+        self.tcp_port
+            .map_or_else(|| PORT.to_owned(), |p| p.to_string())
+    }
+
+    /// A connection string (no password) for `db` over TCP to 127.0.0.1 (TLS), when listening.
+    pub fn tcp_connection(&self, db: &str) -> Option<String> {
+        self.tcp_port
+            .map(|port| format!("host=127.0.0.1 port={port} user={USER} dbname={db}"))
     }
 
     /// Runs `sql` with `psql` against `db`; its unaligned, tuples-only output, trimmed.
@@ -176,7 +236,7 @@ impl Postgres {
         let mut cmd = Command::new("psql");
         cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args(["-p", PORT, "-U", USER, "-d", db, "-c", sql])
+            .args(["-p", &self.port(), "-U", USER, "-d", db, "-c", sql])
             .env("PGPASSWORD", &self.password);
         let out = run(cmd, "psql", false)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -236,6 +236,12 @@ pub struct PostgresConfig {
     /// Milliseconds allowed to connect and to each request; a store slower than this is
     /// unreachable (requests fail, `/ready` answers 503). Default 2000; 100..=60000.
     pub timeout_ms: u64,
+    /// PEM CA certificate(s) the database's TLS certificate must chain to (its name must be the
+    /// connection's host): required for a TCP host. Unix-socket hosts never use TLS. Default none.
+    pub tls_ca: Option<PathBuf>,
+    /// Connect to a TCP host without TLS (resources then cross the network in clear).
+    /// Default false (development only, logged loudly).
+    pub insecure_plaintext_tcp: bool,
 }
 
 impl Default for PostgresConfig {
@@ -245,8 +251,19 @@ impl Default for PostgresConfig {
             password_file: None,
             pool_size: 4,
             timeout_ms: 2000,
+            tls_ca: None,
+            insecure_plaintext_tcp: false,
         }
     }
+}
+
+/// Whether a PostgreSQL connection string names a TCP host (else Unix sockets only).
+pub fn postgres_over_tcp(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().is_empty()
+        || config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)))
 }
 
 /// `[resources]`
@@ -466,6 +483,15 @@ impl Config {
                         "store.postgres.connection must not hold a password: use password_file",
                     );
                 }
+                Ok(c)
+                    if postgres_over_tcp(&c)
+                        && pg.tls_ca.is_none()
+                        && !pg.insecure_plaintext_tcp =>
+                {
+                    return invalid(
+                        "store.postgres: a TCP host needs tls_ca (or insecure_plaintext_tcp = true, development only)",
+                    );
+                }
                 Ok(_) => {}
                 Err(_) => return invalid("store.postgres.connection is not a connection string"),
             }
@@ -616,6 +642,7 @@ mod tests {
             "[store]\nbackend = \"postgres\"",
             "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = \"host=/tmp user=k password=secret\"",
             "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = \"host=/tmp\"\npool_size = 0",
+            "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = \"host=db.example port=5432\"",
         ] {
             let text = format!("{bad}\n").replacen("[http]\n", "[http]\ninsecure_http = true\n", 1);
             let text = if text.starts_with("[sessions]") || text.starts_with("[store]") {

@@ -26,6 +26,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod pg;
+mod pg_tls;
 pub mod policy;
 pub mod seal;
 pub mod session;
@@ -725,9 +726,11 @@ impl Broker {
             .read(&path)
             .await
             .map_err(|source| match source {
-                StoreError::TooLarge { .. } | StoreError::Io { .. } => KbsError::Internal {
-                    reason: source.to_string(),
-                },
+                StoreError::TooLarge { .. } | StoreError::Io { .. } | StoreError::Tls { .. } => {
+                    KbsError::Internal {
+                        reason: source.to_string(),
+                    }
+                }
                 source => KbsError::StoreUnavailable { source },
             })?
             .ok_or(KbsError::ResourceNotFound)?;

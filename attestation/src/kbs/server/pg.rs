@@ -15,18 +15,21 @@
 //! Connections: a fixed pool of `pool_size` pipelined clients, each reconnected on first use
 //! after it closed; connecting and every query are bounded by `timeout_ms`. The password comes
 //! from a file (a mounted Secret), never from the configuration text, and is never logged.
-//! Plain TCP or a Unix socket: no TLS to the database (see deploy/README.md).
+//! A TCP host is reached over TLS, its certificate checked against `tls_ca` and the host name
+//! ([`super::pg_tls`]); plain TCP only with `insecure_plaintext_tcp`; a Unix socket without TLS.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Socket};
 use zeroize::Zeroizing;
 
-use super::config::PostgresConfig;
+use super::config::{PostgresConfig, postgres_over_tcp};
 use super::metrics::Metrics;
+use super::pg_tls::RustlsConnect;
 use super::store::StoreError;
 use crate::kbs::path::ResourcePath;
 
@@ -62,6 +65,8 @@ struct Slot {
 /// The PostgreSQL store. `Debug` shows no connection parameters.
 pub struct PgStore {
     config: tokio_postgres::Config,
+    /// TLS for TCP hosts; none: Unix sockets (or, explicitly, plain TCP).
+    tls: Option<RustlsConnect>,
     slots: Vec<Slot>,
     next: AtomicUsize,
     timeout: Duration,
@@ -108,8 +113,26 @@ impl PgStore {
         }
         let timeout = Duration::from_millis(config.timeout_ms);
         pg.connect_timeout(timeout);
+        let tls = match (&config.tls_ca, postgres_over_tcp(&pg)) {
+            (Some(ca), true) => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(RustlsConnect::new(ca)?)
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "store.postgres: PLAIN TCP to the database (insecure_plaintext_tcp)"
+                );
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            (_, false) => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         Ok(Self {
             config: pg,
+            tls,
             slots: (0..config.pool_size.max(1))
                 .map(|_| Slot::default())
                 .collect(),
@@ -138,7 +161,26 @@ impl PgStore {
         if let Some(c) = live(slot) {
             return Ok(c);
         }
-        let (client, connection) = tokio::time::timeout(self.timeout, self.config.connect(NoTls))
+        let client = match &self.tls {
+            Some(tls) => self.connect_with(tls.clone()).await?,
+            None => self.connect_with(NoTls).await?,
+        };
+        tokio::time::timeout(self.timeout, client.batch_execute(SCHEMA))
+            .await
+            .map_err(|_| StoreError::Timeout { op: "schema" })?
+            .map_err(db("schema"))?;
+        let client = Arc::new(client);
+        *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Connects with `tls` and runs the connection in a task of its own.
+    async fn connect_with<T>(&self, tls: T) -> Result<Client, StoreError>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = tokio::time::timeout(self.timeout, self.config.connect(tls))
             .await
             .map_err(|_| StoreError::Timeout { op: "connect" })?
             .map_err(db("connect"))?;
@@ -147,12 +189,6 @@ impl PgStore {
                 tracing::warn!(error = %e, "store connection closed");
             }
         });
-        tokio::time::timeout(self.timeout, client.batch_execute(SCHEMA))
-            .await
-            .map_err(|_| StoreError::Timeout { op: "schema" })?
-            .map_err(db("schema"))?;
-        let client = Arc::new(client);
-        *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         Ok(client)
     }
 

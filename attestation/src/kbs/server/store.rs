@@ -38,6 +38,12 @@ pub enum StoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The TLS configuration for the database is unusable.
+    #[error("store tls: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
     /// A database request did not finish within `timeout_ms`.
     #[error("store {op} timed out")]
     Timeout {
