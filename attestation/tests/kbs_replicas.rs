@@ -653,3 +653,96 @@ async fn postgres_over_tcp_needs_tls_verified_against_the_configured_ca() {
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("tls_ca"), "{err}");
 }
+
+/// A proxy to `backend` that closes the first `cut` connections carrying `POST /kbs/v0/attest`
+/// after the client sent the request and before the broker sees it (a replica dying mid-step);
+/// counts the cuts and the `/auth` requests.
+async fn cutting_proxy(
+    backend: SocketAddr,
+    cut: usize,
+) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let auths = Arc::new(AtomicUsize::new(0));
+    let (counter, auth_counter) = (cuts.clone(), auths.clone());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (counter, auth_counter) = (counter.clone(), auth_counter.clone());
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 64];
+                let mut len = 0;
+                while len < head.len() && !head[..len].contains(&b'\n') {
+                    match inbound.read(&mut head[len..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => len += n,
+                    }
+                }
+                if head.starts_with(b"POST /kbs/v0/auth ") {
+                    auth_counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if head.starts_with(b"POST /kbs/v0/attest")
+                    && counter
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            (n < cut).then_some(n + 1)
+                        })
+                        .is_ok()
+                {
+                    return; // dropped: the client sees its connection closed mid-request
+                }
+                let Ok(mut outbound) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                if outbound.write_all(&head[..len]).await.is_err() {
+                    return;
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound),
+                )
+                .await;
+            });
+        }
+    });
+    (url, cuts, auths)
+}
+
+/// The client's retry (#23): a handshake whose `/attest` connection dies is started again from
+/// `/auth` on a new connection and succeeds; the abandoned attempt leaves nothing on the broker
+/// (one used challenge: the retried handshake's). With one attempt allowed the same failure is
+/// reported, so the bound is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_cut_at_attest_restarts_from_auth_and_leaves_no_second_session() {
+    let kbs = kbs_support::start(kbs_support::Options::default()).await;
+    kbs.put("default/key/1", b"after-a-retry");
+    let backend: SocketAddr = kbs.url.trim_start_matches("http://").parse().unwrap();
+    let path = "default/key/1".parse().unwrap();
+
+    let (url, cuts, auths) = cutting_proxy(backend, 1).await;
+    let got = client(&url, 3).handshake_and_fetch(&path).await.unwrap();
+    assert_eq!(got.expose(), b"after-a-retry");
+    assert_eq!(cuts.load(Ordering::Relaxed), 1, "the first /attest was cut");
+    assert_eq!(
+        auths.load(Ordering::Relaxed),
+        2,
+        "the handshake started again at /auth"
+    );
+    assert_eq!(kbs.broker.session_stats().used, 1);
+
+    let (url, cuts, _) = cutting_proxy(backend, 1).await;
+    let failed = client(&url, 1).handshake_and_fetch(&path).await;
+    assert!(
+        matches!(
+            failed,
+            Err(coffer_attestation::kbs::client::KbsClientError::Transport { .. })
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(cuts.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        kbs.broker.session_stats().used,
+        1,
+        "the cut attest reached nothing"
+    );
+}
