@@ -671,7 +671,7 @@ async fn cutting_proxy(
         while let Ok((mut inbound, _)) = listener.accept().await {
             let (counter, auth_counter) = (counter.clone(), auth_counter.clone());
             tokio::spawn(async move {
-                let mut head = vec![0u8; 64];
+                let mut head = [0u8; 64];
                 let mut len = 0;
                 while len < head.len() && !head[..len].contains(&b'\n') {
                     match inbound.read(&mut head[len..]).await {
