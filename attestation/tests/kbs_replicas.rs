@@ -478,7 +478,10 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
                     }
                     let n = i % RESOURCES;
                     let path = format!("ha/key/{n}").parse().unwrap();
-                    match client(&url, 5).handshake_and_fetch(&path).await {
+                    // Up to 8 attempts 50 ms apart, doubling: they span 6 s, longer than the
+                    // replica is down, so a request fails only if every attempt inside the
+                    // window is sent to the dead replica (1 in 3 each).
+                    match client(&url, 8).handshake_and_fetch(&path).await {
                         Ok(r) if r.expose() == format!("value-{n}").as_bytes() => {}
                         Ok(_) => failures.push(format!("{i}: another resource's value")),
                         Err(e) => failures.push(format!("{i}: {e:#}")),
