@@ -749,3 +749,64 @@ async fn a_handshake_cut_at_attest_restarts_from_auth_and_leaves_no_second_sessi
         "the cut attest reached nothing"
     );
 }
+
+/// The admin key set lives in the shared store too: a new set uploaded through replica A
+/// (`POST /kbs/v0/admin-keys`, signed with a configured key) is the one replica B accepts at
+/// once, and the configured key no longer is; empty and malformed sets are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_set_stored_through_one_replica_is_the_one_every_replica_accepts() {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let pg = Postgres::start().unwrap();
+    let db = pg.create_db().unwrap();
+    let shared = Shared::new();
+    let store = format!(
+        "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = {:?}\npassword_file = {:?}\n",
+        pg.connection(&db),
+        pg.password_file(),
+    );
+    let (a, _sa) = in_process_on(&shared, &["k1"], &store).await;
+    let (b, _sb) = in_process_on(&shared, &["k1"], &store).await;
+    let http = reqwest::Client::new();
+    let (a, b) = (format!("http://{a}"), format!("http://{b}"));
+    let put = |url: &str, token: &str| {
+        http.post(format!("{url}/kbs/v0/resource/admin/key/1"))
+            .header("authorization", format!("Bearer {token}"))
+            .body("v")
+            .send()
+    };
+    let configured = shared.admin_token();
+    assert_eq!(put(&b, &configured).await.unwrap().status(), 200);
+
+    let upload = |keys: serde_json::Value, token: &str| {
+        http.post(format!("{a}/kbs/v0/admin-keys"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(serde_json::json!({ "keys": keys }).to_string())
+            .send()
+    };
+    for bad in [serde_json::json!([]), serde_json::json!(["not a key"])] {
+        let r = upload(bad.clone(), &configured).await.unwrap();
+        assert_eq!(r.status(), 401, "{bad}");
+    }
+    let next = TokenSigner::generate().unwrap();
+    let next_pem = next
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    // Without a valid admin token nothing is stored.
+    let r = upload(serde_json::json!([next_pem]), "forged")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(put(&b, &configured).await.unwrap().status(), 200);
+
+    let r = upload(serde_json::json!([next_pem]), &configured)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let next_token = next
+        .sign(&serde_json::json!({"iat": kbs_support::now(), "exp": kbs_support::now() + 60}))
+        .unwrap();
+    assert_eq!(put(&b, &next_token).await.unwrap().status(), 200);
+    assert_eq!(put(&b, &configured).await.unwrap().status(), 401);
+    assert_eq!(put(&a, &configured).await.unwrap().status(), 401);
+}

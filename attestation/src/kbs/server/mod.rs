@@ -6,7 +6,9 @@
 //! when explicitly enabled):
 //! `POST /kbs/v0/resource/<repo>/<type>/<tag>` (raw bytes), `POST /kbs/v0/resource-policy`
 //! (`{"policy": base64url(rego)}`, as Trustee's client sends), `POST /kbs/v0/reference-values`
-//! (`{"snp_measurements": [hex]}`); `GET /health` (liveness), `GET /ready` (readiness: the store
+//! (`{"snp_measurements": [hex]}`), `POST /kbs/v0/admin-keys` (Coffer's extension: `{"keys":
+//! [SPKI PEM]}`, the P-256 and Ed25519 keys that verify admin tokens from then on, replacing the
+//! configured ones); `GET /health` (liveness), `GET /ready` (readiness: the store
 //! answers), `GET /metrics` (Prometheus).
 //!
 //! Replicas: sessions travel sealed in the cookie ([`seal`]) and, on the PostgreSQL store
@@ -131,8 +133,9 @@ struct Inner {
     store: Store,
     /// The revision of each shared setting this broker applied (PostgreSQL store).
     applied: Mutex<HashMap<String, i64>>,
-    /// Keys that verify admin tokens (none: admin disabled unless anonymous).
-    admin_keys: Vec<VerificationKey>,
+    /// Keys that verify admin tokens (none: admin disabled unless anonymous): the configured
+    /// ones until an admin key set is stored (`POST /kbs/v0/admin-keys`).
+    admin_keys: RwLock<Vec<VerificationKey>>,
     admin_anonymous: bool,
     metrics: Arc<Metrics>,
     max_body: usize,
@@ -287,7 +290,7 @@ impl Broker {
                 policy: RwLock::new(policy),
                 store,
                 applied: Mutex::new(HashMap::new()),
-                admin_keys,
+                admin_keys: RwLock::new(admin_keys),
                 admin_anonymous: config.admin.insecure_allow_anonymous,
                 metrics,
                 max_body: config.http.max_body_bytes,
@@ -327,6 +330,7 @@ impl Broker {
             .route("/kbs/v0/identity", post(identity::issue_identity))
             .route("/kbs/v0/resource-policy", post(set_policy))
             .route("/kbs/v0/reference-values", post(set_reference_values))
+            .route("/kbs/v0/admin-keys", post(set_admin_keys))
             .route("/health", get(health))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
@@ -506,6 +510,12 @@ impl Broker {
                 .map_err(|e| e.to_string()),
             SETTING_SNP => measurements().map(|m| b.verifier.set_snp_measurements(m)),
             SETTING_TDX => measurements().map(|m| b.verifier.set_tdx_mr_td(m)),
+            SETTING_ADMIN_KEYS => serde_json::from_str::<Vec<String>>(value)
+                .map_err(|e| e.to_string())
+                .and_then(|pems| admin_key_set(&pems))
+                .map(|keys| {
+                    *b.admin_keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+                }),
             _ => Ok(()),
         };
         match outcome {
@@ -541,6 +551,25 @@ impl Broker {
 const SETTING_POLICY: &str = "resource-policy";
 const SETTING_SNP: &str = "snp-measurements";
 const SETTING_TDX: &str = "tdx-mr-td";
+const SETTING_ADMIN_KEYS: &str = "admin-keys";
+/// Admin keys in one set at most.
+const MAX_ADMIN_KEYS: usize = 16;
+
+/// Parses an admin key set: 1 to [`MAX_ADMIN_KEYS`] SPKI PEM keys, each P-256 (ES256) or
+/// Ed25519 (EdDSA).
+fn admin_key_set(pems: &[String]) -> Result<Vec<VerificationKey>, String> {
+    if pems.is_empty() || pems.len() > MAX_ADMIN_KEYS {
+        return Err(format!("1 to {MAX_ADMIN_KEYS} admin keys"));
+    }
+    pems.iter()
+        .enumerate()
+        .map(|(i, pem)| {
+            VerificationKey::es256_from_pem(pem)
+                .or_else(|_| VerificationKey::ed25519_from_pem(pem))
+                .map_err(|_| format!("key {i} is not a P-256 or Ed25519 SPKI PEM key"))
+        })
+        .collect()
+}
 
 /// A successful appraisal, before the session is recorded.
 struct Appraised {
@@ -662,9 +691,17 @@ impl Broker {
         })
     }
 
-    fn admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
+    /// Authenticates an admin request against the current admin key set (the shared one, on the
+    /// PostgreSQL store, read first).
+    async fn admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
+        self.sync_settings().await?;
         let b = &self.inner;
-        let result = match (bearer(headers), b.admin_keys.as_slice()) {
+        let keys = b
+            .admin_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let result = match (bearer(headers), keys.as_slice()) {
             (Some(token), keys @ [_, ..]) => jwt::verify(token, keys, now_unix(), None)
                 .map(|_| ())
                 .map_err(|e| KbsError::AdminAuth {
@@ -748,7 +785,7 @@ async fn set_resource(
     uri: Uri,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    broker.admin(&headers)?;
+    broker.admin(&headers).await?;
     let path = resource_path(&uri)?;
     broker
         .inner
@@ -776,7 +813,7 @@ async fn set_policy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    broker.admin(&headers)?;
+    broker.admin(&headers).await?;
     let upload: PolicyUpload = parse("resource-policy", &body)?;
     let source = B64URL
         .decode(upload.policy.trim_end_matches('='))
@@ -811,7 +848,7 @@ async fn set_reference_values(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    broker.admin(&headers)?;
+    broker.admin(&headers).await?;
     let upload: ReferenceValuesUpload = parse("reference-values", &body)?;
     let decode = |list: &Option<Vec<String>>, name: &str| {
         list.as_ref()
@@ -845,6 +882,32 @@ async fn set_reference_values(
             );
         }
     }
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminKeysUpload {
+    keys: Vec<String>,
+}
+
+/// `POST /kbs/v0/admin-keys`: replaces the admin key set (every replica, on the PostgreSQL store).
+/// Checked before it is stored; a set without the caller's own key locks that key out at once.
+async fn set_admin_keys(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, KbsError> {
+    broker.admin(&headers).await?;
+    let upload: AdminKeysUpload = parse("admin-keys", &body)?;
+    let count = admin_key_set(&upload.keys)
+        .map_err(|reason| KbsError::AdminRequest { reason })?
+        .len();
+    let text = serde_json::to_string(&upload.keys).map_err(|e| KbsError::Internal {
+        reason: format!("admin keys: {e}"),
+    })?;
+    broker.put_setting(SETTING_ADMIN_KEYS, &text).await?;
+    tracing::info!(count, "admin key set replaced");
     Ok(StatusCode::OK.into_response())
 }
 
