@@ -141,25 +141,30 @@ fn kbs_with_secrets(work: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     let s = |name: &str| dir.join("secrets").join(name).display().to_string();
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
+    // A self-signed P-256 certificate `name`.crt with its key `name`.key.
+    let self_signed = |name: &str, subject: &str, extra: &[&str]| {
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                subject,
+            ])
+            .args(extra)
+            .args(["-keyout", &s(&format!("{name}.key")), "-out"])
+            .arg(s(&format!("{name}.crt"))))
+    };
+    self_signed(
+        "tls",
         "/CN=coffer-kbs",
-        "-addext",
-        "subjectAltName=DNS:coffer-kbs.coffer-kbs.svc,IP:127.0.0.1",
-        "-keyout",
-        &s("tls.key"),
-        "-out",
-        &s("tls.crt"),
-    ]))?;
+        &[
+            "-addext",
+            "subjectAltName=DNS:coffer-kbs.coffer-kbs.svc,IP:127.0.0.1",
+        ],
+    )?;
     for key in ["token.key", "admin.key"] {
         run(Command::new("openssl").args([
             "genpkey",
@@ -184,23 +189,7 @@ fn kbs_with_secrets(work: &Path) -> anyhow::Result<PathBuf> {
         run(Command::new("openssl").args(["rand", "-base64", "-out", &s(key), "32"]))?;
     }
     run(Command::new("openssl").args(["rand", "-hex", "-out", &s("db-password"), "16"]))?;
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=coffer-kbs-postgres",
-        "-keyout",
-        &s("db-ca.key"),
-        "-out",
-        &s("db-ca.crt"),
-    ]))?;
+    self_signed("db-ca", "/CN=coffer-kbs-postgres", &[])?;
     Ok(dir)
 }
 
