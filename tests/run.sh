@@ -20,6 +20,13 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The broker suites again on the PostgreSQL store (a cluster per test binary, see
+# attestation/tests/kbs_support/pg.rs); the first run used the directory store.
+echo "== cargo test (coffer-kbs on PostgreSQL)"
+COFFER_KBS_STORE=postgres cargo test -p coffer-attestation --locked --no-fail-fast \
+    --test kbs_handshake --test kbs_security --test kbs_identity --test kbs_check \
+    --test kbs_testing_chain --test kbs_availability 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The README's main job, end to end: its output must be the decrypted message, from the guest.
 echo "== demo.sh"
 demo_log=$(mktemp)

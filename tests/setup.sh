@@ -25,6 +25,10 @@ command -v socat >/dev/null || need_apt+=(socat)
 { command -v ip >/dev/null && command -v tc >/dev/null; } || need_apt+=(iproute2)
 # The mesh suite's init-container image: Debian's iptables (iptables-nft) copied into a layer.
 [ -x /usr/sbin/xtables-nft-multi ] || need_apt+=(iptables)
+# The key broker's shared store: attestation tests start a throwaway PostgreSQL cluster (initdb,
+# pg_ctl as nobody in a temporary directory) and use psql.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 
 # QEMU 10 (bookworm-backports): it knows sev-snp-guest, so the confidential launch argv is run by a
 # real QEMU; Debian 12's 7.2 does not. The VM suites run on it too.

@@ -107,6 +107,15 @@ async fn token_claims(kbs: &TestKbs, attester: &ForgingAttester) -> serde_json::
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.summary());
+    // The attested session travels sealed in the cookie (#23): with SNP and TDX claims it must
+    // still fit the 8 KiB request-header buffers of common proxies and ingresses.
+    let cookie = reply.cookie.as_deref().unwrap();
+    eprintln!("{tee}: attested session cookie {} bytes", cookie.len());
+    assert!(
+        cookie.len() < 7 * 1024,
+        "{tee} session cookie {} bytes",
+        cookie.len()
+    );
     probe::token_claims(reply.json()["token"].as_str().unwrap())
 }
 

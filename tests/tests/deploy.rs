@@ -141,25 +141,30 @@ fn kbs_with_secrets(work: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     let s = |name: &str| dir.join("secrets").join(name).display().to_string();
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
+    // A self-signed P-256 certificate `name`.crt with its key `name`.key.
+    let self_signed = |name: &str, subject: &str, extra: &[&str]| {
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                subject,
+            ])
+            .args(extra)
+            .args(["-keyout", &s(&format!("{name}.key")), "-out"])
+            .arg(s(&format!("{name}.crt"))))
+    };
+    self_signed(
+        "tls",
         "/CN=coffer-kbs",
-        "-addext",
-        "subjectAltName=DNS:coffer-kbs.coffer-kbs.svc,IP:127.0.0.1",
-        "-keyout",
-        &s("tls.key"),
-        "-out",
-        &s("tls.crt"),
-    ]))?;
+        &[
+            "-addext",
+            "subjectAltName=DNS:coffer-kbs.coffer-kbs.svc,IP:127.0.0.1",
+        ],
+    )?;
     for key in ["token.key", "admin.key"] {
         run(Command::new("openssl").args([
             "genpkey",
@@ -179,6 +184,12 @@ fn kbs_with_secrets(work: &Path) -> anyhow::Result<PathBuf> {
         "-out",
         &s("admin.pub"),
     ]))?;
+    // The replicas' session keys and the database password.
+    for key in ["session-1.key", "session-2.key"] {
+        run(Command::new("openssl").args(["rand", "-base64", "-out", &s(key), "32"]))?;
+    }
+    run(Command::new("openssl").args(["rand", "-hex", "-out", &s("db-password"), "16"]))?;
+    self_signed("db-ca", "/CN=coffer-kbs-postgres", &[])?;
     Ok(dir)
 }
 
@@ -235,7 +246,9 @@ fn manifests_validate(work: &Path) -> anyhow::Result<()> {
                 "ConfigMap",
                 "Deployment",
                 "Namespace",
-                "PersistentVolumeClaim",
+                "PodDisruptionBudget",
+                "Secret",
+                "Secret",
                 "Secret",
                 "Secret",
                 "Service"
@@ -943,7 +956,7 @@ fn kbs_serves_its_probe(work: &Path) -> anyhow::Result<()> {
         } else if let Some(n) = volume["secret"]["secretName"].as_str() {
             ("Secret", n)
         } else {
-            continue; // the resource volume: an empty directory
+            continue; // any other volume: an empty directory
         };
         let source = docs
             .iter()
@@ -1007,6 +1020,32 @@ fn kbs_serves_its_probe(work: &Path) -> anyhow::Result<()> {
             "\"/var/lib/coffer-kbs/",
             &format!("\"{}/var/lib/coffer-kbs/", mnt.display()),
         );
+    // The store: a throwaway PostgreSQL cluster with the role and database the configuration
+    // names, the role's password from the db Secret, reached on its Unix socket.
+    let pg = coffer_attestation::testing::postgres::Postgres::start()?;
+    let connection = settings["store"]["postgres"]["connection"]
+        .as_str()
+        .context("store.postgres.connection")?;
+    let field = |name: &str| {
+        connection
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .with_context(|| format!("store.postgres.connection has no {name}"))
+    };
+    let (role, db) = (field("user")?, field("dbname")?);
+    let password = std::fs::read_to_string(mnt.join("etc/coffer-kbs/db/password"))?;
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{}'",
+            password.trim_end_matches('\n')
+        ),
+    )?;
+    pg.psql("postgres", &format!("CREATE DATABASE {db} OWNER {role}"))?;
+    let text = text.replace(
+        &format!("host={} port={}", field("host")?, field("port")?),
+        &format!("host={} port=5432", pg.dir().display()),
+    );
     let local_config = work.join("kbs-local.toml");
     std::fs::write(&local_config, text)?;
     let mut broker = Command::new(bin("coffer-kbs"))
@@ -1051,11 +1090,123 @@ fn kbs_serves_its_probe(work: &Path) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // Without its store the broker is alive but not ready: the readiness probe takes it out
+        // of the Service instead of letting it answer stale.
+        pg.stop()?;
+        let status = |path: &str| -> anyhow::Result<String> {
+            let url = format!("https://127.0.0.1:{free}{path}");
+            let out = Command::new("curl")
+                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let ready = container["readinessProbe"]["httpGet"]["path"]
+            .as_str()
+            .context("readiness path")?;
+        let live = container["livenessProbe"]["httpGet"]["path"]
+            .as_str()
+            .context("liveness path")?;
+        ensure!(status(ready)? == "503", "{ready} answers without the store");
+        ensure!(status(live)? == "200", "{live} fails without the store");
         Ok(())
     })();
     let _ = broker.kill();
     let _ = broker.wait();
     result
+}
+
+/// The broker's Deployment is the HA set-up deploy/README.md describes: three replicas spread
+/// over nodes, a PodDisruptionBudget leaving two, a Service without session affinity, readiness
+/// on the store (`/ready`) and liveness on the process (`/health`), session keys and database
+/// password from Secrets, no volume of its own, and the configuration agreeing with the mounts.
+fn kbs_is_highly_available(work: &Path) -> anyhow::Result<()> {
+    let (_, kbs) = rendered(work)?;
+    let docs = yaml_docs(&kbs)?;
+    let deployment = find(&docs, "Deployment", "coffer-kbs")?;
+    let replicas = deployment["spec"]["replicas"]
+        .as_u64()
+        .context("replicas")?;
+    ensure!(replicas >= 3, "{replicas} replicas");
+    let labels = &deployment["spec"]["selector"]["matchLabels"];
+    let pdb = find(&docs, "PodDisruptionBudget", "coffer-kbs")?;
+    let min = pdb["spec"]["minAvailable"]
+        .as_u64()
+        .context("minAvailable")?;
+    ensure!(
+        min >= 2 && min < replicas && pdb["spec"]["selector"]["matchLabels"] == *labels,
+        "pdb {}",
+        pdb["spec"]
+    );
+    let service = find(&docs, "Service", "coffer-kbs")?;
+    ensure!(
+        service["spec"]["sessionAffinity"]
+            .as_str()
+            .unwrap_or("None")
+            == "None",
+        "service session affinity {}",
+        service["spec"]["sessionAffinity"]
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    ensure!(container["readinessProbe"]["httpGet"]["path"] == "/ready");
+    ensure!(container["livenessProbe"]["httpGet"]["path"] == "/health");
+    let volumes = pod["volumes"].as_array().context("volumes")?;
+    ensure!(
+        volumes
+            .iter()
+            .all(|v| v.get("persistentVolumeClaim").is_none()),
+        "a replica has a volume of its own"
+    );
+    let mount_of_secret = |prefix: &str| -> anyhow::Result<String> {
+        let volume = volumes
+            .iter()
+            .find(|v| {
+                v["secret"]["secretName"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .with_context(|| format!("no volume of Secret {prefix}*"))?;
+        let mount = container["volumeMounts"]
+            .as_array()
+            .context("volumeMounts")?
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .with_context(|| format!("Secret {prefix}* not mounted"))?;
+        Ok(mount["mountPath"].as_str().context("mountPath")?.to_owned())
+    };
+    let sessions = mount_of_secret("coffer-kbs-sessions")?;
+    let db = mount_of_secret("coffer-kbs-db")?;
+    let config = toml_json(&deploy().join("kbs/coffer-kbs.toml"))?;
+    let keys: Vec<&str> = config["sessions"]["keys"]
+        .as_array()
+        .context("sessions.keys")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        keys.len() == 2 && keys.iter().all(|k| k.starts_with(&format!("{sessions}/"))),
+        "sessions.keys {keys:?} are not the two keys of the sessions Secret ({sessions})"
+    );
+    ensure!(
+        config["store"]["backend"] == "postgres",
+        "store {}",
+        config["store"]
+    );
+    let password_file = config["store"]["postgres"]["password_file"]
+        .as_str()
+        .context("store.postgres.password_file")?;
+    ensure!(
+        password_file.starts_with(&format!("{db}/")),
+        "password_file {password_file} is not in the db Secret ({db})"
+    );
+    let tls_ca = config["store"]["postgres"]["tls_ca"]
+        .as_str()
+        .context("store.postgres.tls_ca: the database is reached over TCP")?;
+    ensure!(
+        tls_ca.starts_with(&format!("{db}/")),
+        "tls_ca {tls_ca} is not in the db Secret ({db})"
+    );
+    Ok(())
 }
 
 /// The shell scripts are shellcheck-clean.
@@ -1116,6 +1267,7 @@ fn main() -> ExitCode {
         "kbs_config_serves_its_probes",
         kbs_serves_its_probe(w)
     );
+    case!(suite, "kbs_is_highly_available", kbs_is_highly_available(w));
     case!(suite, "scripts_pass_shellcheck", scripts_lint());
     suite.finish()
 }

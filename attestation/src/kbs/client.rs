@@ -166,12 +166,19 @@ pub struct ClientConfig {
     pub auth: AuthMode,
     /// Initdata to send in `attest`.
     pub init_data: Option<InitData>,
-    /// Attempts per HTTP request (transport errors and 5xx), at least 1. Default 3.
+    /// Attempts per HTTP request (transport errors and 5xx), at least 1; also the attempts at a
+    /// whole handshake: a handshake whose step failed that way starts again from `/auth` on a
+    /// fresh connection (behind a Service, likely another replica). The abandoned attempt leaves
+    /// no session on any broker (sessions are sealed in the cookie; at most its used challenge
+    /// is remembered until it expires). Default 3.
     pub max_attempts: u32,
     /// First retry delay, doubled each retry up to 5 s. Default 200 ms.
     pub initial_backoff: Duration,
     /// Per-request timeout. Default 30 s.
     pub timeout: Duration,
+    /// Send every request on a new connection (no keep-alive pool), so that behind a balancer
+    /// each request may reach another replica. Default false.
+    pub fresh_connections: bool,
     /// A TEE key generated ahead of time (e.g. in the background at boot, since RSA keygen is
     /// slow); used instead of generating one per handshake, and overrides `key`. Default none.
     pub pregenerated_key: Option<Arc<TeeKeyPair>>,
@@ -189,6 +196,7 @@ impl ClientConfig {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(200),
             timeout: Duration::from_secs(30),
+            fresh_connections: false,
             pregenerated_key: None,
         }
     }
@@ -261,6 +269,9 @@ impl KbsClient {
             .tls_built_in_root_certs(false)
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none());
+        if config.fresh_connections {
+            builder = builder.pool_max_idle_per_host(0);
+        }
         if let Some(pem) = &config.ca_cert_pem {
             for cert in
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| KbsClientError::Config {
@@ -357,7 +368,7 @@ impl KbsClient {
         loop {
             let session = self.session(fresh).await?;
             let reply = self
-                .send("identity", || {
+                .send("identity", false, || {
                     self.authorized(self.http.post(&url), &session)
                         .header(CONTENT_TYPE, "application/json")
                         .body(body.clone())
@@ -416,9 +427,28 @@ impl KbsClient {
             return Ok(s.clone());
         }
         *guard = None;
-        let session = Arc::new(self.handshake().await?);
+        let session = Arc::new(self.handshake_retrying().await?);
         *guard = Some(session.clone());
         Ok(session)
+    }
+
+    /// [`Self::handshake`], started again from `/auth` when a step failed in transport or with
+    /// a server error (bounded by `max_attempts`, with backoff); refusals are final.
+    async fn handshake_retrying(&self) -> Result<Session, KbsClientError> {
+        let attempts = self.config.max_attempts.max(1);
+        let mut delay = self.config.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.handshake().await {
+                Err(e) if attempt < attempts && retryable(&e) => {
+                    tracing::debug!(error = %e, attempt, "handshake failed, starting again");
+                }
+                other => return other,
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
+            attempt += 1;
+        }
     }
 
     async fn handshake(&self) -> Result<Session, KbsClientError> {
@@ -430,7 +460,7 @@ impl KbsClient {
         let url = format!("{}/kbs/v0/auth", self.base);
         let body = to_json("auth", &request)?;
         let reply = self
-            .send("auth", || {
+            .send("auth", true, || {
                 self.http
                     .post(&url)
                     .header(CONTENT_TYPE, "application/json")
@@ -477,7 +507,7 @@ impl KbsClient {
         let url = format!("{}/kbs/v0/attest", self.base);
         let body = to_json("attest", &attestation)?;
         let reply = self
-            .send("attest", || {
+            .send("attest", false, || {
                 let mut req = self
                     .http
                     .post(&url)
@@ -489,12 +519,14 @@ impl KbsClient {
                 req
             })
             .await?;
+        // The attested session's cookie (a broker that keeps sessions may answer the same value).
+        let attested = session_cookie(&reply);
         let token: AttestationToken = expect_json("attest", reply).await?;
         let expires_at = token_expiry(&token.token).saturating_sub(EXPIRY_MARGIN_SECS);
         Ok(Session {
             key,
             token: Zeroizing::new(token.token),
-            cookie,
+            cookie: attested.or(cookie),
             expires_at,
         })
     }
@@ -502,7 +534,9 @@ impl KbsClient {
     async fn fetch(&self, session: &Session, path: &ResourcePath) -> Result<Fetch, KbsClientError> {
         let url = format!("{}/kbs/v0/resource/{path}", self.base);
         let reply = self
-            .send("resource", || self.authorized(self.http.get(&url), session))
+            .send("resource", true, || {
+                self.authorized(self.http.get(&url), session)
+            })
             .await?;
         match reply.status() {
             StatusCode::OK => Ok(Fetch::Ok(parse_json(
@@ -524,10 +558,12 @@ impl KbsClient {
         }
     }
 
-    /// Sends with bounded retries on transport errors and 5xx replies.
+    /// Sends with bounded retries on 5xx replies and transport errors: any, when the request
+    /// is `idempotent`; else only those before the request was sent (connect) or timeouts.
     async fn send(
         &self,
         stage: &'static str,
+        idempotent: bool,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, KbsClientError> {
         let attempts = self.config.max_attempts.max(1);
@@ -539,7 +575,9 @@ impl KbsClient {
                     tracing::debug!(stage, status = %r.status(), attempt, "server error, retrying");
                 }
                 Ok(r) => return Ok(r),
-                Err(e) if attempt < attempts && (e.is_connect() || e.is_timeout()) => {
+                Err(e)
+                    if attempt < attempts && (idempotent || e.is_connect() || e.is_timeout()) =>
+                {
                     tracing::debug!(stage, error = %e, attempt, "transport error, retrying");
                 }
                 Err(source) => return Err(KbsClientError::Transport { stage, source }),
@@ -548,6 +586,17 @@ impl KbsClient {
             delay = (delay * 2).min(MAX_BACKOFF);
             attempt += 1;
         }
+    }
+}
+
+/// Whether a failed handshake may be started again: transport failures and server errors (a
+/// broker whose store is unreachable answers 503), never a refusal.
+fn retryable(e: &KbsClientError) -> bool {
+    match e {
+        KbsClientError::Transport { .. } => true,
+        KbsClientError::AttestationRefused { info, .. } => info.kind() == "InternalError",
+        KbsClientError::Protocol { reason, .. } => reason.starts_with("http status 5"),
+        _ => false,
     }
 }
 

@@ -70,6 +70,9 @@ pub enum LoadError {
 pub struct LoadConfig {
     /// Broker base URL.
     pub url: String,
+    /// More replicas of the broker: worker `i` sends its handshakes to URL `i mod n` of `url`
+    /// and these (a client-side spread, like a Service's per-connection balancing).
+    pub also_urls: Vec<String>,
     /// CA certificate(s) for HTTPS.
     pub ca_cert_pem: Option<Vec<u8>>,
     /// The resource each handshake fetches.
@@ -456,11 +459,16 @@ pub async fn run(
     });
     let start = Instant::now();
     let deadline = config.duration.map(|d| start + d);
+    let urls: Vec<String> = std::iter::once(config.url.clone())
+        .chain(config.also_urls.iter().cloned())
+        .collect();
     let workers: Vec<_> = (0..config.concurrency)
-        .map(|_| {
+        .map(|i| {
+            let mut client_config = client_config.clone();
+            client_config.url = urls[i % urls.len()].clone();
             tokio::spawn(worker(
                 config.clone(),
-                client_config.clone(),
+                client_config,
                 attester.clone(),
                 tally.clone(),
                 deadline,
@@ -630,6 +638,9 @@ pub struct LoadArgs {
     /// Broker base URL (http:// or https://).
     #[arg(long = "kbs-url", alias = "url", value_name = "URL")]
     pub url: String,
+    /// Another replica's base URL (repeatable): workers are spread over all URLs.
+    #[arg(long = "also-url", value_name = "URL")]
+    pub also_urls: Vec<String>,
     /// Concurrent clients.
     #[arg(short = 'c', long, default_value_t = 64)]
     pub concurrency: usize,
@@ -680,6 +691,7 @@ impl LoadArgs {
             .transpose()?;
         Ok(LoadConfig {
             url: self.url.clone(),
+            also_urls: self.also_urls.clone(),
             ca_cert_pem,
             resource: self.resource.parse().map_err(|e: super::path::PathError| {
                 LoadError::Argument {

@@ -33,6 +33,8 @@ use crate::snp::{AmdRoots, Generation, SnpError};
 #[cfg(feature = "testing")]
 mod attester;
 #[cfg(feature = "testing")]
+pub mod postgres;
+#[cfg(feature = "testing")]
 pub mod snp;
 #[cfg(feature = "testing")]
 pub mod tdx;

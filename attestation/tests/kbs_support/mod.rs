@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
+pub mod pg;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,7 +25,6 @@ pub struct Options {
     pub allow_sample: bool,
     pub policy: Option<&'static str>,
     pub ttl_secs: u64,
-    pub max_sessions: usize,
     pub max_body: usize,
     pub anonymous_admin: bool,
     /// Configure `admin.public_key` (the P-256 key in `TestKbs::admin`).
@@ -44,7 +46,6 @@ impl Default for Options {
             allow_sample: true,
             policy: Some(ALLOW_ALL),
             ttl_secs: 300,
-            max_sessions: 10_000,
             max_body: 1024 * 1024,
             anonymous_admin: false,
             es256_admin: true,
@@ -56,8 +57,20 @@ impl Default for Options {
     }
 }
 
+/// Which store the test brokers use: `COFFER_KBS_STORE=postgres` runs a suite against
+/// PostgreSQL (a cluster per test binary, a database per broker); default the directory.
+pub fn store_is_postgres() -> bool {
+    match std::env::var("COFFER_KBS_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("directory") | Err(_) => false,
+        Ok(other) => panic!("COFFER_KBS_STORE={other}: directory or postgres"),
+    }
+}
+
 pub struct TestKbs {
     pub url: String,
+    /// The broker's database, when on PostgreSQL.
+    pub db: Option<String>,
     pub broker: Broker,
     pub dir: tempfile::TempDir,
     pub ca_pem: Option<Vec<u8>>,
@@ -176,7 +189,7 @@ pub async fn start(opts: Options) -> TestKbs {
         "[http]\nlisten = \"127.0.0.1:0\"\ninsecure_http = {insecure}\nmax_body_bytes = {max_body}\n{http_lines}\
          [token]\nsigning_key = {token:?}\n\
          [admin]\n{admin_lines}insecure_allow_anonymous = {anon}\n\
-         [sessions]\nmax = {max}\nttl_secs = {ttl}\n\
+         [sessions]\nttl_secs = {ttl}\n\
          [resources]\ndir = {res:?}\n{policy_line}\
          [attestation]\nallow_sample = {sample}\n{identity_lines}{extra}",
         insecure = !opts.tls,
@@ -184,13 +197,20 @@ pub async fn start(opts: Options) -> TestKbs {
         http_lines = opts.http_lines,
         token = dir.path().join("token.key"),
         anon = opts.anonymous_admin,
-        max = opts.max_sessions,
         ttl = opts.ttl_secs,
         res = dir.path().join("resources"),
         sample = opts.allow_sample,
         extra = opts.extra,
     );
     let mut config: Config = toml::from_str(&toml).unwrap();
+    let db = store_is_postgres().then(|| {
+        let pg = pg::shared();
+        let db = pg.create_db().unwrap();
+        config.store.backend = coffer_attestation::kbs::server::config::StoreBackend::Postgres;
+        config.store.postgres.connection = Some(pg.connection(&db));
+        config.store.postgres.password_file = Some(pg.password_file());
+        db
+    });
     if opts.tls {
         config.http.tls_cert = Some(dir.path().join("tls.crt"));
         config.http.tls_key = Some(dir.path().join("tls.key"));
@@ -215,6 +235,7 @@ pub async fn start(opts: Options) -> TestKbs {
     }));
     TestKbs {
         url: format!("{scheme}://127.0.0.1:{port}"),
+        db,
         broker,
         dir,
         ca_pem,
@@ -242,11 +263,42 @@ impl TestKbs {
         KbsClient::new(self.client_config(key, auth), attester).unwrap()
     }
 
-    /// Stores a resource directly in the broker's directory.
+    /// Stores a resource directly in the broker's store (its directory or its database).
     pub fn put(&self, path: &str, bytes: &[u8]) {
+        if let Some(db) = &self.db {
+            pg::shared()
+                .psql(
+                    db,
+                    &format!(
+                        "{} INSERT INTO kbs_resources (path, value) VALUES ('{path}', '\\x{}') \
+                     ON CONFLICT (path) DO UPDATE SET value = EXCLUDED.value",
+                        coffer_attestation::kbs::server::pg::SCHEMA,
+                        hex::encode(bytes)
+                    ),
+                )
+                .unwrap();
+            return;
+        }
         let file = self.dir.path().join("resources").join(path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, bytes).unwrap();
+    }
+
+    /// A resource as stored (its file or its database row); `None` when absent.
+    pub fn stored(&self, path: &str) -> Option<Vec<u8>> {
+        if let Some(db) = &self.db {
+            let hex = pg::shared()
+                .psql(
+                    db,
+                    &format!(
+                        "{} SELECT encode(value, 'hex') FROM kbs_resources WHERE path = '{path}'",
+                        coffer_attestation::kbs::server::pg::SCHEMA,
+                    ),
+                )
+                .unwrap();
+            return (!hex.is_empty()).then(|| hex::decode(hex).unwrap());
+        }
+        std::fs::read(self.dir.path().join("resources").join(path)).ok()
     }
 
     pub fn admin_token(&self) -> String {

@@ -48,8 +48,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Session store.
     pub sessions: SessionConfig,
-    /// Resource storage.
+    /// Resource storage (the directory store).
     pub resources: ResourceConfig,
+    /// Which store holds resources, policy, reference values and used challenges.
+    pub store: StoreConfig,
     /// Resource policy.
     pub policy: PolicyConfig,
     /// Evidence verification.
@@ -171,15 +173,10 @@ pub struct SessionConfig {
     /// Seconds between `/auth` and the `/attest` that answers it (never more than `ttl_secs`).
     /// The challenge travels sealed in the cookie: no broker memory. Default 30; 1..=300.
     pub challenge_ttl_secs: u64,
-    /// Lifetime of an attested cookie session in seconds (never longer than its token).
+    /// Lifetime of an attested cookie session in seconds (never longer than its token). The
+    /// session travels sealed in the cookie `/attest` sets: no broker memory, any replica.
     /// Default 300; 1..=86400.
     pub ttl_secs: u64,
-    /// Attested cookie sessions held at once; when full, the oldest is dropped (its client
-    /// attests again; its bearer token stays valid). Never a refusal. Default 10000.
-    pub max: usize,
-    /// Memory budget of the attested sessions (their claims) in bytes; the oldest are dropped
-    /// beyond it. Default 64 MiB.
-    pub max_bytes: usize,
     /// Challenges answered by a successful `/attest` that are remembered until they expire, so
     /// each nonce is used once. When more are live, the closest to expiry are forgotten and every
     /// challenge expiring no later is refused. At most 40 bytes each. Default 262144 (10 MiB;
@@ -187,9 +184,30 @@ pub struct SessionConfig {
     pub max_used_challenges: usize,
     /// Files holding the keys (base64 of 32 random bytes each) that seal session cookies: the
     /// first seals, every one opens (rotation: put the new key first, drop the old one after
-    /// `challenge_ttl_secs`). Replicas sharing a key accept each other's cookies. Default none:
-    /// a fresh key per start.
+    /// `ttl_secs`). Replicas sharing a key set accept each other's cookies: replicas must share
+    /// it (a Kubernetes Secret). Default none: a fresh key per start (one broker only).
     pub keys: Vec<PathBuf>,
+    /// Removed (#23: attested sessions travel in their cookie, the broker keeps no table).
+    /// Accepted and ignored, with a warning at start, for one release so existing files load.
+    #[serde(rename = "max")]
+    pub removed_max: Option<u64>,
+    /// Removed with `max`; accepted and ignored, with a warning, for one release.
+    #[serde(rename = "max_bytes")]
+    pub removed_max_bytes: Option<u64>,
+}
+
+impl SessionConfig {
+    /// The removed keys this file still sets, for the start-up warning.
+    pub fn removed_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.removed_max.is_some() {
+            keys.push("sessions.max");
+        }
+        if self.removed_max_bytes.is_some() {
+            keys.push("sessions.max_bytes");
+        }
+        keys
+    }
 }
 
 impl Default for SessionConfig {
@@ -197,12 +215,79 @@ impl Default for SessionConfig {
         Self {
             challenge_ttl_secs: 30,
             ttl_secs: 300,
-            max: 10_000,
-            max_bytes: 64 * 1024 * 1024,
             max_used_challenges: 262_144,
             keys: Vec::new(),
+            removed_max: None,
+            removed_max_bytes: None,
         }
     }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `directory` (default: `[resources] dir` on this machine; the policy and reference values
+    /// in this broker's memory) or `postgres` (`[store.postgres]`: shared by every replica).
+    pub backend: StoreBackend,
+    /// `[store.postgres]`
+    pub postgres: PostgresConfig,
+}
+
+/// The store backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Files under `[resources] dir`.
+    #[default]
+    Directory,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// `[store.postgres]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// libpq-style connection string (`host=/run/postgresql user=kbs dbname=kbs` or
+    /// `postgresql://kbs@db:5432/kbs`) without a password. Required with `backend = "postgres"`.
+    pub connection: Option<String>,
+    /// File holding the database password (a mounted Secret); trailing newlines are ignored.
+    /// Default none (trust or peer authentication).
+    pub password_file: Option<PathBuf>,
+    /// Connections kept (each pipelines concurrent requests). Default 4; 1..=64.
+    pub pool_size: usize,
+    /// Milliseconds allowed to connect and to each request; a store slower than this is
+    /// unreachable (requests fail, `/ready` answers 503). Default 2000; 100..=60000.
+    pub timeout_ms: u64,
+    /// PEM CA certificate(s) the database's TLS certificate must chain to (its name must be the
+    /// connection's host): required for a TCP host. Unix-socket hosts never use TLS. Default none.
+    pub tls_ca: Option<PathBuf>,
+    /// Connect to a TCP host without TLS (resources then cross the network in clear).
+    /// Default false (development only, logged loudly).
+    pub insecure_plaintext_tcp: bool,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            connection: None,
+            password_file: None,
+            pool_size: 4,
+            timeout_ms: 2000,
+            tls_ca: None,
+            insecure_plaintext_tcp: false,
+        }
+    }
+}
+
+/// Whether a PostgreSQL connection string names a TCP host (else Unix sockets only).
+pub fn postgres_over_tcp(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().is_empty()
+        || config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)))
 }
 
 /// `[resources]`
@@ -413,11 +498,37 @@ impl Config {
         if !(1..=300).contains(&s.challenge_ttl_secs) || !(1..=86400).contains(&s.ttl_secs) {
             return invalid("sessions: challenge_ttl_secs in 1..=300, ttl_secs in 1..=86400");
         }
-        if s.max == 0 || s.max > 10_000_000 {
-            return invalid("sessions.max must be in 1..=10000000");
-        }
-        if s.max_bytes < 1024 * 1024 || s.max_bytes > 16 * 1024 * 1024 * 1024 {
-            return invalid("sessions.max_bytes must be in 1 MiB..=16 GiB");
+        let pg = &self.store.postgres;
+        if self.store.backend == StoreBackend::Postgres {
+            let Some(connection) = pg.connection.as_deref() else {
+                return invalid(
+                    "store.postgres.connection is required with backend = \"postgres\"",
+                );
+            };
+            match connection.parse::<tokio_postgres::Config>() {
+                Ok(c) if c.get_password().is_some() => {
+                    return invalid(
+                        "store.postgres.connection must not hold a password: use password_file",
+                    );
+                }
+                Ok(c)
+                    if postgres_over_tcp(&c)
+                        && pg.tls_ca.is_none()
+                        && !pg.insecure_plaintext_tcp =>
+                {
+                    return invalid(
+                        "store.postgres: a TCP host needs tls_ca (or insecure_plaintext_tcp = true, development only)",
+                    );
+                }
+                Ok(_) => {}
+                Err(_) => return invalid("store.postgres.connection is not a connection string"),
+            }
+            if pg.pool_size == 0 || pg.pool_size > 64 {
+                return invalid("store.postgres.pool_size must be in 1..=64");
+            }
+            if !(100..=60_000).contains(&pg.timeout_ms) {
+                return invalid("store.postgres.timeout_ms must be in 100..=60000");
+            }
         }
         if s.max_used_challenges < 1024 || s.max_used_challenges > 100_000_000 {
             return invalid("sessions.max_used_challenges must be in 1024..=100000000");
@@ -554,13 +665,15 @@ mod tests {
             "[sessions]\nchallenge_ttl_secs = 0",
             "[sessions]\nchallenge_ttl_secs = 301",
             "[sessions]\nttl_secs = 0",
-            "[sessions]\nmax = 0",
-            "[sessions]\nmax_bytes = 1000",
             "[sessions]\nmax_used_challenges = 10",
             "[sessions]\nkeys = [\"a\", \"b\", \"c\", \"d\", \"e\"]",
+            "[store]\nbackend = \"postgres\"",
+            "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = \"host=/tmp user=k password=secret\"",
+            "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = \"host=/tmp\"\npool_size = 0",
+            "[store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = \"host=db.example port=5432\"",
         ] {
             let text = format!("{bad}\n").replacen("[http]\n", "[http]\ninsecure_http = true\n", 1);
-            let text = if text.starts_with("[sessions]") {
+            let text = if text.starts_with("[sessions]") || text.starts_with("[store]") {
                 format!("[http]\ninsecure_http = true\n{text}")
             } else {
                 text
@@ -569,6 +682,13 @@ mod tests {
             assert!(c.validate().is_err(), "{bad} accepted");
         }
         assert!(toml::from_str::<Config>("[sessions]\nmax_session = 1\n").is_err());
+        // The keys #23 removed still load (ignored, warned about) for one release.
+        let old: Config =
+            toml::from_str("[sessions]\nmax = 100000\nmax_bytes = 67108864\n").unwrap();
+        assert_eq!(
+            old.sessions.removed_keys(),
+            ["sessions.max", "sessions.max_bytes"]
+        );
     }
 
     #[test]

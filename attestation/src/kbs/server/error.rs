@@ -91,6 +91,13 @@ pub enum KbsError {
     /// An identity request was refused after authentication.
     #[error("identity refused")]
     Identity(#[source] super::identity::IdentityRefusal),
+    /// The store did not answer (or failed): the broker serves nothing stale instead.
+    #[error("store unavailable")]
+    StoreUnavailable {
+        /// Cause (logged, not sent).
+        #[source]
+        source: super::store::StoreError,
+    },
     /// Storage or encryption failed on the broker side.
     #[error("internal error")]
     Internal {
@@ -123,7 +130,33 @@ impl KbsError {
             Self::Identity(super::identity::IdentityRefusal::Csr(_))
             | Self::Identity(super::identity::IdentityRefusal::Lifetime { .. }) => "InvalidRequest",
             Self::Identity(_) => "IdentityRefused",
-            Self::Internal { .. } => "InternalError",
+            Self::Internal { .. } | Self::StoreUnavailable { .. } => "InternalError",
+        }
+    }
+
+    /// A short, fixed name for the refusal's cause (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::Version { .. } => "version",
+            Self::TeeDisabled { .. } => "tee_disabled",
+            Self::TooManySessions => "too_many_sessions",
+            Self::NoChallenge => "no_challenge",
+            Self::NonceMismatch => "nonce_mismatch",
+            Self::TeeKey(_) => "tee_key",
+            Self::InitData { .. } => "init_data",
+            Self::Verify(_) => "evidence",
+            Self::TokenNotFound => "no_session",
+            Self::Token(_) => "token",
+            Self::PolicyDeny => "policy_deny",
+            Self::Path(_) => "path",
+            Self::ResourceNotFound => "not_found",
+            Self::AdminAuth { .. } => "admin_auth",
+            Self::AdminRequest { .. } => "admin_request",
+            Self::IdentityDisabled => "identity_disabled",
+            Self::Identity(_) => "identity",
+            Self::StoreUnavailable { .. } => "store_unavailable",
+            Self::Internal { .. } => "internal",
         }
     }
 
@@ -146,6 +179,9 @@ impl IntoResponse for KbsError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal { reason } => tracing::error!(%reason, "kbs internal error"),
+            Self::StoreUnavailable { source } => {
+                tracing::error!(error = %error_chain(source), "kbs store unavailable");
+            }
             other => {
                 let chain = error_chain(other);
                 tracing::info!(kind = other.kind(), error = %chain, "kbs request refused");
@@ -153,6 +189,8 @@ impl IntoResponse for KbsError {
         }
         let status = match self {
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            // Not a refusal: the client retries (on another replica).
+            Self::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
         json_response(status, &self.info())

@@ -636,11 +636,14 @@ pub(super) async fn issue_identity(
     body: Bytes,
 ) -> Result<Response, KbsError> {
     let m = &broker.inner.metrics;
-    Metrics::outcome(
-        broker.identity(&headers, &body),
-        &m.identity_issued,
-        &m.identity_refused,
-    )
+    let result = match broker.sync_settings().await {
+        Ok(()) => broker.identity(&headers, &body),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        m.refused("identity", e.reason());
+    }
+    Metrics::outcome(result, &m.identity_issued, &m.identity_refused)
 }
 
 impl Broker {

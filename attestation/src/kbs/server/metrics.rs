@@ -1,7 +1,12 @@
-//! Prometheus counters for the broker, rendered in the text exposition format.
+//! Prometheus counters for the broker, rendered in the text exposition format. Every figure is
+//! this replica's own (Prometheus sums replicas by their `instance` label); none depends on
+//! another replica's memory.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::session::Stats;
 
@@ -34,6 +39,23 @@ pub struct Metrics {
     pub connections_timed_out: AtomicU64,
     /// Requests answered 408 because their body did not arrive in time.
     pub body_timeouts: AtomicU64,
+    /// Refusals by request kind and reason.
+    refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Store request latency.
+    store: Mutex<StoreLatency>,
+}
+
+/// Upper bounds (seconds) of the store latency histogram's buckets.
+const STORE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Default)]
+struct StoreLatency {
+    buckets: [u64; STORE_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+    errors: u64,
 }
 
 impl Metrics {
@@ -52,9 +74,69 @@ impl Metrics {
         result
     }
 
+    /// Counts a refusal of a `kind` request (`attest`, `resource`, ...) for `reason`.
+    pub fn refused(&self, kind: &'static str, reason: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((kind, reason))
+            .or_default() += 1;
+    }
+
+    /// Records one store request that took `elapsed` (and failed unless `ok`).
+    pub fn store_observe(&self, elapsed: Duration, ok: bool) {
+        let secs = elapsed.as_secs_f64();
+        let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        for (bound, count) in STORE_BUCKETS.iter().zip(s.buckets.iter_mut()) {
+            if secs <= *bound {
+                *count += 1;
+            }
+        }
+        s.count += 1;
+        s.sum += secs;
+        if !ok {
+            s.errors += 1;
+        }
+    }
+
+    fn render_labelled(&self, out: &mut String) {
+        let name = "coffer_kbs_refusals_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Refused requests by kind and reason.\n# TYPE {name} counter"
+        );
+        for ((kind, reason), n) in self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\",reason=\"{reason}\"}} {n}");
+        }
+        let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let name = "coffer_kbs_store_request_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Latency of store (database) requests.\n# TYPE {name} histogram"
+        );
+        for (bound, count) in STORE_BUCKETS.iter().zip(s.buckets.iter()) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", s.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", s.sum, s.count);
+        let name = "coffer_kbs_store_errors_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Failed or timed-out store requests.\n# TYPE {name} counter\n{name} {}",
+            s.errors
+        );
+    }
+
     /// The exposition text, with the session counts as gauges and counters.
     pub fn render(&self, sessions: &Stats) -> String {
         let mut out = String::new();
+        self.render_labelled(&mut out);
         let counters = [
             ("coffer_kbs_auth_total", "Challenges issued.", &self.auth),
             (
@@ -120,18 +202,11 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let evicted = [
-            (
-                "coffer_kbs_sessions_evicted_total",
-                "Attested sessions dropped before expiry to stay within sessions.max/max_bytes.",
-                sessions.evicted,
-            ),
-            (
-                "coffer_kbs_used_challenges_forgotten_total",
-                "Used challenges forgotten before expiry (sessions.max_used_challenges); challenges expiring no later are refused.",
-                sessions.used_forgotten,
-            ),
-        ];
+        let evicted = [(
+            "coffer_kbs_used_challenges_forgotten_total",
+            "Used challenges forgotten before expiry (sessions.max_used_challenges); challenges expiring no later are refused.",
+            sessions.used_forgotten,
+        )];
         for (name, help, value) in evicted {
             let _ = writeln!(
                 out,
@@ -139,16 +214,6 @@ impl Metrics {
             );
         }
         let gauges = [
-            (
-                "coffer_kbs_sessions",
-                "Attested sessions held.",
-                sessions.sessions as u64,
-            ),
-            (
-                "coffer_kbs_session_bytes",
-                "Bytes accounted to attested sessions.",
-                sessions.bytes as u64,
-            ),
             (
                 "coffer_kbs_used_challenges",
                 "Used challenges remembered until they expire.",

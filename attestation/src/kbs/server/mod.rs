@@ -6,7 +6,15 @@
 //! when explicitly enabled):
 //! `POST /kbs/v0/resource/<repo>/<type>/<tag>` (raw bytes), `POST /kbs/v0/resource-policy`
 //! (`{"policy": base64url(rego)}`, as Trustee's client sends), `POST /kbs/v0/reference-values`
-//! (`{"snp_measurements": [hex]}`); `GET /health`, `GET /metrics` (Prometheus).
+//! (`{"snp_measurements": [hex]}`), `POST /kbs/v0/admin-keys` (Coffer's extension: `{"keys":
+//! [SPKI PEM]}`, the P-256 and Ed25519 keys that verify admin tokens from then on, replacing the
+//! configured ones); `GET /health` (liveness), `GET /ready` (readiness: the store
+//! answers), `GET /metrics` (Prometheus).
+//!
+//! Replicas: sessions travel sealed in the cookie ([`seal`]) and, on the PostgreSQL store
+//! ([`pg`]), resources, policy, reference values and used challenges live in the database, read
+//! on each request: any replica serves any step of any handshake, and an admin write on one is
+//! served by all at once.
 //!
 //! Request path: decode (bounded body) → validate into typed values → authenticate (session /
 //! token / admin key) → authorize (verifier, resource policy) → act. Every refusal is one
@@ -19,6 +27,8 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod pg;
+mod pg_tls;
 pub mod policy;
 pub mod seal;
 pub mod session;
@@ -26,8 +36,9 @@ pub mod store;
 pub mod throttle;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -43,14 +54,14 @@ use p256::ecdsa::VerifyingKey;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-use self::config::{Config, HttpConfig, parse_measurements};
+use self::config::{Config, HttpConfig, StoreBackend, parse_measurements};
 use self::error::{KbsError, json_response};
 use self::http::HttpLimits;
 use self::metrics::Metrics;
 use self::policy::ResourcePolicy;
 use self::seal::SessionKeys;
 use self::session::{Attested, LiveChallenge, Sessions};
-use self::store::ResourceStore;
+use self::store::{ResourceStore, Store, StoreError};
 use self::verify::{EvidenceVerifier, SnpSettings, TdxSettings, digest_init_data};
 use super::binding;
 use super::jwe;
@@ -99,6 +110,9 @@ pub enum BrokerError {
     /// The `[testing]` test chain cannot be loaded.
     #[error("[testing] ca_dir")]
     Testing(#[source] crate::testing::TestChainError),
+    /// The store cannot be set up.
+    #[error("store")]
+    Store(#[from] StoreError),
     /// TLS certificate or key rejected.
     #[error("tls configuration: {reason}")]
     Tls {
@@ -116,9 +130,12 @@ struct Inner {
     issuer: String,
     token_lifetime: u64,
     policy: RwLock<ResourcePolicy>,
-    store: ResourceStore,
-    /// Keys that verify admin tokens (none: admin disabled unless anonymous).
-    admin_keys: Vec<VerificationKey>,
+    store: Store,
+    /// The revision of each shared setting this broker applied (PostgreSQL store).
+    applied: Mutex<HashMap<String, i64>>,
+    /// Keys that verify admin tokens (none: admin disabled unless anonymous): the configured
+    /// ones until an admin key set is stored (`POST /kbs/v0/admin-keys`).
+    admin_keys: RwLock<Vec<VerificationKey>>,
     admin_anonymous: bool,
     metrics: Arc<Metrics>,
     max_body: usize,
@@ -186,6 +203,13 @@ impl Broker {
         if config.admin.insecure_allow_anonymous {
             tracing::warn!("admin API accepts ANONYMOUS requests (insecure_allow_anonymous)");
         }
+        for key in config.sessions.removed_keys() {
+            tracing::warn!(
+                key,
+                "ignored: attested sessions travel sealed in their cookie, the broker keeps no \
+                 session table; remove the key (it will be refused in the next release)"
+            );
+        }
         let policy = match &config.policy.file {
             Some(path) => ResourcePolicy::new(&read_file(path)?),
             None => ResourcePolicy::default_policy(),
@@ -243,11 +267,21 @@ impl Broker {
                 // A challenge never outlives the session it opens.
                 challenge_ttl: Duration::from_secs(s.challenge_ttl_secs.min(s.ttl_secs)),
                 session_ttl: Duration::from_secs(s.ttl_secs),
-                max_sessions: s.max,
-                max_bytes: s.max_bytes,
                 max_used: s.max_used_challenges,
             },
         );
+        let metrics = Arc::new(Metrics::default());
+        let store = match config.store.backend {
+            StoreBackend::Directory => Store::Directory(ResourceStore::new(
+                &config.resources.dir,
+                config.http.max_body_bytes,
+            )),
+            StoreBackend::Postgres => Store::Postgres(Box::new(pg::PgStore::new(
+                &config.store.postgres,
+                config.http.max_body_bytes,
+                metrics.clone(),
+            )?)),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 sessions,
@@ -261,10 +295,11 @@ impl Broker {
                 issuer: config.token.issuer.clone(),
                 token_lifetime: config.token.lifetime_secs,
                 policy: RwLock::new(policy),
-                store: ResourceStore::new(&config.resources.dir, config.http.max_body_bytes),
-                admin_keys,
+                store,
+                applied: Mutex::new(HashMap::new()),
+                admin_keys: RwLock::new(admin_keys),
                 admin_anonymous: config.admin.insecure_allow_anonymous,
-                metrics: Arc::new(Metrics::default()),
+                metrics,
                 max_body: config.http.max_body_bytes,
                 http: HttpLimits::from_config(&config.http),
                 identity,
@@ -285,12 +320,7 @@ impl Broker {
             .map(identity::IdentityCa::ca_pem)
     }
 
-    /// Number of attested sessions held.
-    pub fn session_count(&self) -> usize {
-        self.inner.sessions.stats().sessions
-    }
-
-    /// Session counts (attested sessions, their bytes, evictions, used challenges).
+    /// Session counts (used challenges remembered and forgotten).
     pub fn session_stats(&self) -> session::Stats {
         self.inner.sessions.stats()
     }
@@ -307,7 +337,9 @@ impl Broker {
             .route("/kbs/v0/identity", post(identity::issue_identity))
             .route("/kbs/v0/resource-policy", post(set_policy))
             .route("/kbs/v0/reference-values", post(set_reference_values))
+            .route("/kbs/v0/admin-keys", post(set_admin_keys))
             .route("/health", get(health))
+            .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .layer(DefaultBodyLimit::max(self.inner.max_body))
             .with_state(self.clone())
@@ -384,36 +416,166 @@ async fn attest(
     body: Bytes,
 ) -> Result<Response, KbsError> {
     let b = &broker.inner;
-    let outcome = cookie(&headers)
-        .ok_or(KbsError::NoChallenge)
-        .and_then(|value| Ok((value, b.sessions.live_challenge(value)?)))
-        .and_then(|(value, challenge)| {
-            let appraised = broker.appraise(&challenge, &body)?;
-            // The atomic single-use check: of two attests racing on one challenge, one wins.
-            let expires = b.sessions.complete(
-                &challenge,
-                &appraised.claims,
-                appraised.tee_pubkey,
-                appraised.expires,
-            )?;
-            tracing::debug!(tee = %challenge.tee(), status = appraised.status, "attested");
-            Ok((value, appraised.token, expires))
-        });
-    match outcome {
+    match broker.attest(&headers, &body).await {
         Ok((value, token, expires)) => {
             Metrics::inc(&b.metrics.attest_ok);
             let mut reply = json_response(StatusCode::OK, &AttestationToken { token });
-            // The same cookie value, as Trustee answers: it now names the attested session.
-            if let Some(v) = set_cookie(value, expires) {
+            // The attested session, sealed: it authenticates resource requests on any replica.
+            if let Some(v) = set_cookie(&value, expires) {
                 reply.headers_mut().insert(SET_COOKIE, v);
             }
             Ok(reply)
         }
         Err(e) => {
             Metrics::inc(&b.metrics.attest_refused);
+            b.metrics.refused("attest", e.reason());
             Err(e)
         }
     }
+}
+
+impl Broker {
+    /// One `/attest`: the live challenge → appraisal → the single-use claim → the sealed session
+    /// (its cookie value), the token and the session's expiry.
+    async fn attest(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(String, String, SystemTime), KbsError> {
+        let b = &self.inner;
+        let value = cookie(headers).ok_or(KbsError::NoChallenge)?;
+        let challenge = b.sessions.live_challenge(value)?;
+        self.sync_settings().await?;
+        let appraised = self.appraise(&challenge, body)?;
+        // The atomic single-use check: of two attests racing on one challenge, one wins — in this
+        // process, and across replicas in the shared store.
+        if let Some(pg) = b.store.shared() {
+            let claimed = pg
+                .claim_challenge(&challenge.id(), challenge.expires_ms())
+                .await
+                .map_err(|source| KbsError::StoreUnavailable { source })?;
+            if !claimed {
+                return Err(KbsError::NoChallenge);
+            }
+        }
+        if !b.sessions.claim_local(&challenge) {
+            return Err(KbsError::NoChallenge);
+        }
+        let (sealed, expires) = b.sessions.seal_attested(
+            &challenge,
+            appraised.claims,
+            appraised.tee_pubkey,
+            appraised.expires,
+        )?;
+        tracing::debug!(tee = %challenge.tee(), status = appraised.status, "attested");
+        Ok((sealed, appraised.token, expires))
+    }
+
+    /// Applies the shared settings (resource policy, reference values) another replica changed
+    /// since this one last looked; a no-op on the directory store. Fails, serving nothing stale,
+    /// when the store does not answer.
+    pub(crate) async fn sync_settings(&self) -> Result<(), KbsError> {
+        let b = &self.inner;
+        let Some(pg) = b.store.shared() else {
+            return Ok(());
+        };
+        let unavailable = |source| KbsError::StoreUnavailable { source };
+        let revisions = pg.revisions().await.map_err(unavailable)?;
+        for (name, rev) in revisions {
+            if self.applied_rev(&name) >= Some(rev) {
+                continue;
+            }
+            if let Some((value, rev)) = pg.setting(&name).await.map_err(unavailable)? {
+                self.apply_setting(&name, &value, rev);
+            }
+        }
+        Ok(())
+    }
+
+    fn applied_rev(&self, name: &str) -> Option<i64> {
+        let applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+        applied.get(name).copied()
+    }
+
+    /// Applies revision `rev` of a shared setting unless a later one is applied already.
+    fn apply_setting(&self, name: &str, value: &str, rev: i64) {
+        let b = &self.inner;
+        let mut applied = b.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.get(name).is_some_and(|&have| have >= rev) {
+            return;
+        }
+        let measurements = || {
+            serde_json::from_str::<Vec<String>>(value)
+                .map_err(|e| e.to_string())
+                .and_then(|list| parse_measurements(&list))
+        };
+        let outcome = match name {
+            SETTING_POLICY => ResourcePolicy::new(value)
+                .map(|policy| {
+                    *b.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+                })
+                .map_err(|e| e.to_string()),
+            SETTING_SNP => measurements().map(|m| b.verifier.set_snp_measurements(m)),
+            SETTING_TDX => measurements().map(|m| b.verifier.set_tdx_mr_td(m)),
+            SETTING_ADMIN_KEYS => serde_json::from_str::<Vec<String>>(value)
+                .map_err(|e| e.to_string())
+                .and_then(|pems| admin_key_set(&pems))
+                .map(|keys| {
+                    *b.admin_keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+                }),
+            _ => Ok(()),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(setting = name, rev, "shared setting applied");
+                applied.insert(name.to_owned(), rev);
+            }
+            // Validated before it was stored; a bad row keeps the previous value and says so.
+            Err(reason) => tracing::error!(setting = name, rev, %reason, "shared setting invalid"),
+        }
+    }
+
+    /// Stores a setting (shared store) and applies it here; on the directory store only applies.
+    async fn put_setting(&self, name: &str, value: &str) -> Result<(), KbsError> {
+        match self.inner.store.shared() {
+            Some(pg) => {
+                let rev = pg
+                    .put_setting(name, value)
+                    .await
+                    .map_err(|source| KbsError::StoreUnavailable { source })?;
+                self.apply_setting(name, value, rev);
+            }
+            None => {
+                let next = self.applied_rev(name).unwrap_or(0).saturating_add(1);
+                self.apply_setting(name, value, next);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Shared setting names (the `kbs_settings` rows).
+const SETTING_POLICY: &str = "resource-policy";
+const SETTING_SNP: &str = "snp-measurements";
+const SETTING_TDX: &str = "tdx-mr-td";
+const SETTING_ADMIN_KEYS: &str = "admin-keys";
+/// Admin keys in one set at most.
+const MAX_ADMIN_KEYS: usize = 16;
+
+/// Parses an admin key set: 1 to [`MAX_ADMIN_KEYS`] SPKI PEM keys, each P-256 (ES256) or
+/// Ed25519 (EdDSA).
+fn admin_key_set(pems: &[String]) -> Result<Vec<VerificationKey>, String> {
+    if pems.is_empty() || pems.len() > MAX_ADMIN_KEYS {
+        return Err(format!("1 to {MAX_ADMIN_KEYS} admin keys"));
+    }
+    pems.iter()
+        .enumerate()
+        .map(|(i, pem)| {
+            VerificationKey::es256_from_pem(pem)
+                .or_else(|_| VerificationKey::ed25519_from_pem(pem))
+                .map_err(|_| format!("key {i} is not a P-256 or Ed25519 SPKI PEM key"))
+        })
+        .collect()
 }
 
 /// A successful appraisal, before the session is recorded.
@@ -536,9 +698,17 @@ impl Broker {
         })
     }
 
-    fn admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
+    /// Authenticates an admin request against the current admin key set (the shared one, on the
+    /// PostgreSQL store, read first).
+    async fn admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
+        self.sync_settings().await?;
         let b = &self.inner;
-        let result = match (bearer(headers), b.admin_keys.as_slice()) {
+        let keys = b
+            .admin_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let result = match (bearer(headers), keys.as_slice()) {
             (Some(token), keys @ [_, ..]) => jwt::verify(token, keys, now_unix(), None)
                 .map(|_| ())
                 .map_err(|e| KbsError::AdminAuth {
@@ -573,18 +743,19 @@ async fn get_resource(
     uri: Uri,
 ) -> Result<Response, KbsError> {
     let m = &broker.inner.metrics;
-    Metrics::outcome(
-        broker.release(&headers, &uri),
-        &m.resource_released,
-        &m.resource_refused,
-    )
+    let result = broker.release(&headers, &uri).await;
+    if let Err(e) = &result {
+        m.refused("resource", e.reason());
+    }
+    Metrics::outcome(result, &m.resource_released, &m.resource_refused)
 }
 
 impl Broker {
-    fn release(&self, headers: &HeaderMap, uri: &Uri) -> Result<Response, KbsError> {
+    async fn release(&self, headers: &HeaderMap, uri: &Uri) -> Result<Response, KbsError> {
         let b = &self.inner;
         let path = resource_path(uri)?;
         let requester = self.requester(headers)?;
+        self.sync_settings().await?;
         let allowed = b
             .policy
             .read()
@@ -597,8 +768,14 @@ impl Broker {
         let plaintext = b
             .store
             .read(&path)
-            .map_err(|e| KbsError::Internal {
-                reason: e.to_string(),
+            .await
+            .map_err(|source| match source {
+                StoreError::TooLarge { .. } | StoreError::Io { .. } | StoreError::Tls { .. } => {
+                    KbsError::Internal {
+                        reason: source.to_string(),
+                    }
+                }
+                source => KbsError::StoreUnavailable { source },
             })?
             .ok_or(KbsError::ResourceNotFound)?;
         let jwe =
@@ -615,14 +792,18 @@ async fn set_resource(
     uri: Uri,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    broker.admin(&headers)?;
+    broker.admin(&headers).await?;
     let path = resource_path(&uri)?;
     broker
         .inner
         .store
         .write(&path, &body)
-        .map_err(|e| KbsError::AdminRequest {
-            reason: e.to_string(),
+        .await
+        .map_err(|source| match source {
+            StoreError::TooLarge { .. } | StoreError::Io { .. } => KbsError::AdminRequest {
+                reason: source.to_string(),
+            },
+            source => KbsError::StoreUnavailable { source },
         })?;
     tracing::info!(%path, "resource set");
     Ok(StatusCode::OK.into_response())
@@ -639,7 +820,7 @@ async fn set_policy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    broker.admin(&headers)?;
+    broker.admin(&headers).await?;
     let upload: PolicyUpload = parse("resource-policy", &body)?;
     let source = B64URL
         .decode(upload.policy.trim_end_matches('='))
@@ -649,14 +830,11 @@ async fn set_policy(
         .ok_or_else(|| KbsError::AdminRequest {
             reason: "policy is not base64 of utf-8 rego".into(),
         })?;
-    let policy = ResourcePolicy::new(&source).map_err(|e| KbsError::AdminRequest {
+    // Compiled before it is stored: a bad policy changes nothing on any replica.
+    ResourcePolicy::new(&source).map_err(|e| KbsError::AdminRequest {
         reason: e.to_string(),
     })?;
-    *broker
-        .inner
-        .policy
-        .write()
-        .unwrap_or_else(|p| p.into_inner()) = policy;
+    broker.put_setting(SETTING_POLICY, &source).await?;
     tracing::info!("resource policy replaced");
     Ok(StatusCode::OK.into_response())
 }
@@ -677,7 +855,7 @@ async fn set_reference_values(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, KbsError> {
-    broker.admin(&headers)?;
+    broker.admin(&headers).await?;
     let upload: ReferenceValuesUpload = parse("reference-values", &body)?;
     let decode = |list: &Option<Vec<String>>, name: &str| {
         list.as_ref()
@@ -695,21 +873,76 @@ async fn set_reference_values(
             reason: "no reference values (snp_measurements, tdx_mr_td)".into(),
         });
     }
-    if let Some(measurements) = snp {
-        let count = measurements.len();
-        broker.inner.verifier.set_snp_measurements(measurements);
-        tracing::info!(count, "snp reference measurements replaced");
-    }
-    if let Some(mr_td) = tdx {
-        let count = mr_td.len();
-        broker.inner.verifier.set_tdx_mr_td(mr_td);
-        tracing::info!(count, "tdx MRTD reference values replaced");
+    for (name, list, parsed) in [
+        (SETTING_SNP, &upload.snp_measurements, snp),
+        (SETTING_TDX, &upload.tdx_mr_td, tdx),
+    ] {
+        if let (Some(list), Some(parsed)) = (list, parsed) {
+            let text = serde_json::to_string(list).map_err(|e| KbsError::Internal {
+                reason: format!("reference values: {e}"),
+            })?;
+            broker.put_setting(name, &text).await?;
+            tracing::info!(
+                setting = name,
+                count = parsed.len(),
+                "reference values replaced"
+            );
+        }
     }
     Ok(StatusCode::OK.into_response())
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminKeysUpload {
+    keys: Vec<String>,
+}
+
+/// `POST /kbs/v0/admin-keys`: replaces the admin key set (every replica, on the PostgreSQL store).
+/// Checked before it is stored; a set without the caller's own key locks that key out at once.
+async fn set_admin_keys(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, KbsError> {
+    broker.admin(&headers).await?;
+    let upload: AdminKeysUpload = parse("admin-keys", &body)?;
+    let count = admin_key_set(&upload.keys)
+        .map_err(|reason| KbsError::AdminRequest { reason })?
+        .len();
+    let text = serde_json::to_string(&upload.keys).map_err(|e| KbsError::Internal {
+        reason: format!("admin keys: {e}"),
+    })?;
+    broker.put_setting(SETTING_ADMIN_KEYS, &text).await?;
+    tracing::info!(count, "admin key set replaced");
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Liveness: the process serves requests.
 async fn health() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// Readiness: the store answers and this broker has applied its shared settings; 503 otherwise,
+/// so a load balancer sends no handshake to a broker that could only fail it or answer stale.
+async fn ready(State(broker): State<Broker>) -> Response {
+    let checked = match broker.inner.store.shared() {
+        Some(pg) => match pg.ping().await {
+            Ok(()) => broker.sync_settings().await,
+            Err(source) => Err(KbsError::StoreUnavailable { source }),
+        },
+        None => Ok(()),
+    };
+    match checked {
+        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(error = %error::error_chain(&e), "not ready");
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable", "reason": e.reason()}),
+            )
+        }
+    }
 }
 
 async fn metrics(State(broker): State<Broker>) -> Response {
@@ -768,11 +1001,20 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 let stats = broker.inner.sessions.sweep();
-                tracing::debug!(
-                    sessions = stats.sessions,
-                    used = stats.used,
-                    "expired sessions swept"
-                );
+                if let Some(pg) = broker.inner.store.shared() {
+                    let now_ms = u64::try_from(
+                        SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis(),
+                    )
+                    .unwrap_or(u64::MAX);
+                    match pg.prune(now_ms).await {
+                        Ok(pruned) => tracing::debug!(pruned, "expired shared challenges pruned"),
+                        Err(e) => tracing::warn!(error = %error::error_chain(&e), "prune failed"),
+                    }
+                }
+                tracing::debug!(used = stats.used, "expired sessions swept");
             }
         })
     };

@@ -1,17 +1,23 @@
-//! Sealed session cookies: the `kbs-session-id` value is the session's challenge, sealed by the
-//! broker, so `/auth` keeps nothing in memory and any broker holding the key can open it.
+//! Sealed session cookies: the `kbs-session-id` value carries the session itself, sealed by the
+//! broker, so no broker keeps sessions in memory and any replica holding the key set opens it.
+//!
+//! Two kinds of value, told apart by their version byte (which the additional data binds, so one
+//! cannot be passed off as the other):
+//! - **challenge** (`/auth`, version 1): `tee (1) ‖ expires (8, big-endian Unix milliseconds) ‖
+//!   nonce (32)`; the session's id is the nonce's first 16 bytes.
+//! - **attested session** (`/attest`, version 2): the challenge's fields, then the TEE public key
+//!   and the token's claims as JSON ([`SealedSession`]): what `/resource` and `/identity` need.
+//!   At most [`MAX_SESSION_PLAIN`] bytes.
 //!
 //! Value: base64url (no padding) of `version (1) ‖ kid (4) ‖ salt (16) ‖ AES-256-GCM ciphertext
 //! ‖ tag (16)`. Each cookie is sealed under its own key, HKDF-SHA256(ikm = the broker key, salt,
 //! info = [`HKDF_INFO`]), with a zero GCM nonce: a random 128-bit salt per cookie takes the place
 //! of the 96-bit nonce, whose random choice would bound a key to 2^32 cookies (an `/auth` flood
-//! reaches that in a day). The additional data binds version and kid. The plaintext is
-//! `tee (1) ‖ expires (8, big-endian Unix milliseconds) ‖ nonce (32)`; the session's id is the
-//! nonce's first 16 bytes.
+//! reaches that in a day). The additional data binds version and kid.
 //!
 //! A [`SessionKeys`] set seals with its first key and opens with any (the kid picks one):
 //! rotation is "new key first, old key second", then the old key is dropped once every cookie it
-//! sealed has expired.
+//! sealed has expired (`sessions.ttl_secs`).
 
 use std::path::Path;
 
@@ -25,8 +31,12 @@ use zeroize::Zeroizing;
 
 use crate::kbs::types::Tee;
 
-/// Cookie format version.
+/// Cookie format version of a challenge.
 const VERSION: u8 = 1;
+/// Cookie format version of an attested session.
+const VERSION_SESSION: u8 = 2;
+/// Largest plaintext of an attested session cookie (key and claims JSON).
+pub const MAX_SESSION_PLAIN: usize = 48 * 1024;
 const KID_LEN: usize = 4;
 const SALT_LEN: usize = 16;
 const TAG_LEN: usize = 16;
@@ -41,8 +51,10 @@ const HEADER_LEN: usize = 1 + KID_LEN + SALT_LEN;
 const SEALED_LEN: usize = HEADER_LEN + PLAIN_LEN + TAG_LEN;
 /// HKDF `info` of the per-cookie key.
 const HKDF_INFO: &[u8] = b"coffer-kbs session cookie v1";
-/// Upper bound on a cookie value we try to open (base64 of [`SEALED_LEN`]).
+/// Upper bound on a challenge cookie value (base64 of [`SEALED_LEN`]).
 const MAX_COOKIE_LEN: usize = SEALED_LEN.div_ceil(3) * 4;
+/// Upper bound on any cookie value we try to open.
+const MAX_SESSION_COOKIE_LEN: usize = (HEADER_LEN + MAX_SESSION_PLAIN + TAG_LEN).div_ceil(3) * 4;
 
 /// A session id: the first [`ID_LEN`] bytes of the challenge nonce.
 pub type SessionId = [u8; ID_LEN];
@@ -110,6 +122,29 @@ impl Opened {
     /// The nonce as sent in the challenge (standard base64, padded).
     pub fn nonce_b64(&self) -> String {
         B64.encode(self.nonce)
+    }
+}
+
+/// What an attested session cookie says: the challenge it answered, when it expires, and what
+/// resource and identity requests need. `Debug` leaves out the claims.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedSession {
+    /// The session's expiry, Unix milliseconds (never after the token's).
+    pub expires_ms: u64,
+    /// The answered challenge's nonce prefix (the session id).
+    pub id: SessionId,
+    /// The key resources are encrypted to (JWK).
+    pub tee_pubkey: crate::kbs::types::TeePubKey,
+    /// The token's claims (the resource policy's input).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for SealedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSession")
+            .field("expires_ms", &self.expires_ms)
+            .field("id", &hex::encode(self.id))
+            .finish_non_exhaustive()
     }
 }
 
@@ -215,49 +250,36 @@ impl SessionKeys {
             .map(LessSafeKey::new)
     }
 
-    /// Seals a fresh challenge for `tee` expiring at `expires_ms` (Unix milliseconds): returns
-    /// the cookie value and what it says. `None` only if the crypto library fails.
-    pub fn seal(&self, tee: Tee, expires_ms: u64) -> Option<(String, Opened)> {
+    /// Seals `plain` as a cookie value of `version` under the sealing key.
+    fn seal_bytes(&self, version: u8, mut plain: Vec<u8>) -> Option<String> {
         let key = self.keys.first()?;
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(SEALED_LEN);
-        out.push(VERSION);
-        out.extend_from_slice(&key.kid);
         let mut salt = [0u8; SALT_LEN];
         OsRng.fill_bytes(&mut salt);
+        let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + TAG_LEN);
+        out.push(version);
+        out.extend_from_slice(&key.kid);
         out.extend_from_slice(&salt);
-        let header = out.clone();
-        out.push(tee_byte(tee));
-        out.extend_from_slice(&expires_ms.to_be_bytes());
-        out.extend_from_slice(&nonce);
         let sealing = Self::cookie_key(&key.secret, &salt)?;
         let tag = sealing
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key([0u8; 12]),
-                Aad::from(&header),
-                &mut out[HEADER_LEN..],
+                Aad::from(&out),
+                &mut plain,
             )
             .ok()?;
+        out.extend_from_slice(&plain);
         out.extend_from_slice(tag.as_ref());
-        Some((
-            B64URL.encode(&out),
-            Opened {
-                tee,
-                expires_ms,
-                nonce,
-            },
-        ))
+        Some(B64URL.encode(&out))
     }
 
-    /// Opens a cookie value this key set sealed; `None` for anything else (wrong length,
-    /// version, unknown kid, tampered bytes). Expiry is the caller's check.
-    pub fn open(&self, value: &str) -> Option<Opened> {
-        if value.len() > MAX_COOKIE_LEN {
+    /// Opens a cookie value of `version` this key set sealed (at most `max_len` characters);
+    /// `None` for anything else (wrong length, version, unknown kid, tampered bytes).
+    fn open_bytes(&self, version: u8, value: &str, max_len: usize) -> Option<Zeroizing<Vec<u8>>> {
+        if value.len() > max_len {
             return None;
         }
-        let mut bytes = B64URL.decode(value).ok()?;
-        if bytes.len() != SEALED_LEN || bytes[0] != VERSION {
+        let mut bytes = Zeroizing::new(B64URL.decode(value).ok()?);
+        if bytes.len() < HEADER_LEN + TAG_LEN || bytes[0] != version {
             return None;
         }
         let key = self.keys.iter().find(|k| k.kid == bytes[1..=KID_LEN])?;
@@ -270,6 +292,33 @@ impl SessionKeys {
                 body,
             )
             .ok()?;
+        Some(Zeroizing::new(plain.to_vec()))
+    }
+
+    /// Seals a fresh challenge for `tee` expiring at `expires_ms` (Unix milliseconds): returns
+    /// the cookie value and what it says. `None` only if the crypto library fails.
+    pub fn seal(&self, tee: Tee, expires_ms: u64) -> Option<(String, Opened)> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let mut plain = Vec::with_capacity(PLAIN_LEN + TAG_LEN);
+        plain.push(tee_byte(tee));
+        plain.extend_from_slice(&expires_ms.to_be_bytes());
+        plain.extend_from_slice(&nonce);
+        let value = self.seal_bytes(VERSION, plain)?;
+        Some((
+            value,
+            Opened {
+                tee,
+                expires_ms,
+                nonce,
+            },
+        ))
+    }
+
+    /// Opens a challenge cookie this key set sealed; `None` for anything else (an attested
+    /// session cookie included). Expiry is the caller's check.
+    pub fn open(&self, value: &str) -> Option<Opened> {
+        let plain = self.open_bytes(VERSION, value, MAX_COOKIE_LEN)?;
         if plain.len() != PLAIN_LEN {
             return None;
         }
@@ -283,6 +332,23 @@ impl SessionKeys {
             expires_ms: u64::from_be_bytes(expires),
             nonce,
         })
+    }
+
+    /// Seals an attested session; `None` when it is larger than [`MAX_SESSION_PLAIN`] or the
+    /// crypto library fails.
+    pub fn seal_session(&self, session: &SealedSession) -> Option<String> {
+        let plain = serde_json::to_vec(session).ok()?;
+        if plain.len() > MAX_SESSION_PLAIN {
+            return None;
+        }
+        self.seal_bytes(VERSION_SESSION, plain)
+    }
+
+    /// Opens an attested session cookie this key set sealed; `None` for anything else (a
+    /// challenge cookie included). Expiry is the caller's check.
+    pub fn open_session(&self, value: &str) -> Option<SealedSession> {
+        let plain = self.open_bytes(VERSION_SESSION, value, MAX_SESSION_COOKIE_LEN)?;
+        serde_json::from_slice(&plain).ok()
     }
 }
 
@@ -348,6 +414,59 @@ mod tests {
             SessionKeys::from_secrets(vec![secret(3), secret(3)]),
             Err(KeyError::Duplicate)
         ));
+    }
+
+    fn sealed_session(expires_ms: u64) -> SealedSession {
+        let mut claims = serde_json::Map::new();
+        claims.insert("exp".into(), serde_json::Value::from(9));
+        SealedSession {
+            expires_ms,
+            id: [7u8; ID_LEN],
+            tee_pubkey: crate::kbs::jwe::TeeKeyPair::generate_ec().public_jwk(),
+            claims,
+        }
+    }
+
+    #[test]
+    fn attested_sessions_round_trip_across_key_sets_and_never_pass_as_challenges() {
+        let a = SessionKeys::from_secrets(vec![secret(1)]).unwrap();
+        // Another replica with the same key; one mid-rotation with a new key first.
+        let b = SessionKeys::from_secrets(vec![secret(1)]).unwrap();
+        let rolled = SessionKeys::from_secrets(vec![secret(2), secret(1)]).unwrap();
+        let session = sealed_session(1_700_000_000_000);
+        let value = a.seal_session(&session).unwrap();
+        assert_eq!(b.open_session(&value), Some(session.clone()));
+        assert_eq!(rolled.open_session(&value), Some(session.clone()));
+        let new = rolled.seal_session(&session).unwrap();
+        assert!(a.open_session(&new).is_none());
+        // A session is not a challenge and a challenge is not a session.
+        assert!(a.open(&value).is_none());
+        let (challenge, _) = a.seal(Tee::Sample, 1).unwrap();
+        assert!(a.open_session(&challenge).is_none());
+        // Every flipped byte is refused.
+        let raw = B64URL.decode(&value).unwrap();
+        for i in (0..raw.len()).step_by(7) {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x80;
+            assert!(a.open_session(&B64URL.encode(&bad)).is_none(), "byte {i}");
+        }
+        // The key and claims do not show in Debug.
+        let shown = format!("{session:?}");
+        assert!(
+            !shown.contains("claims") && !shown.contains("tee_pubkey"),
+            "{shown}"
+        );
+        // Oversized sessions are not sealed.
+        let mut big = session;
+        big.claims.insert(
+            "pad".into(),
+            serde_json::Value::String("x".repeat(MAX_SESSION_PLAIN)),
+        );
+        assert!(a.seal_session(&big).is_none());
+        assert!(
+            a.open_session(&"A".repeat(MAX_SESSION_COOKIE_LEN + 1))
+                .is_none()
+        );
     }
 
     #[test]

@@ -13,30 +13,28 @@
 //!   beyond it the group closest to expiry is forgotten and the *horizon* moves past it, so every
 //!   challenge expiring no later is refused from then on: the bound may shorten a challenge's
 //!   life under extreme load, never reopen a nonce.
-//! - **Attested session**: after `/attest`, the same cookie (Trustee's clients keep it, and some
-//!   never read the `/attest` reply's `Set-Cookie`) authenticates resource and identity requests.
-//!   The broker keeps what those need (the token's claims as JSON bytes and the TEE key) for
-//!   `ttl_secs`, never beyond the token's `exp`. Bounded by `max` sessions and `max_bytes` of
-//!   claims: the oldest (the first to expire) are dropped to make room, so the bound costs a
-//!   client that returns after the table turned over one more handshake (its resource request
-//!   gets 401 and our client and Trustee's attest again; a bearer token stays valid), and never
-//!   refuses a handshake.
+//!   The record is this process's; a broker on the PostgreSQL store also claims each challenge
+//!   in the store's shared record (`store::Store::claim_challenge`), so a nonce works once across
+//!   replicas.
+//! - **Attested session**: `/attest` answers with a new `kbs-session-id` value, the attested
+//!   session sealed ([`super::seal::SealedSession`]: TEE key, claims, expiry), which
+//!   authenticates resource and identity requests on any replica holding the key set. Nothing is
+//!   kept: the session lives `ttl_secs`, never beyond the token's `exp`. Trustee's clients keep
+//!   cookies in a jar and send the new value; a client that sent the challenge cookie again gets
+//!   401 and attests again (ours and Trustee's do).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
 use super::error::KbsError;
-use super::seal::{Opened, SessionId, SessionKeys};
+use super::seal::{Opened, SealedSession, SessionId, SessionKeys};
 use crate::kbs::types::{Tee, TeePubKey};
 
 pub use super::seal::NONCE_LEN;
-
-/// Accounted per attested session besides its claims: map and queue slots, the key.
-const ENTRY_OVERHEAD: usize = 256;
 
 /// What an attested session holds: what resource and identity requests need.
 #[derive(Debug, Clone)]
@@ -54,10 +52,6 @@ pub struct Limits {
     pub challenge_ttl: Duration,
     /// Attested session lifetime (capped by the token's).
     pub session_ttl: Duration,
-    /// Attested sessions held at most.
-    pub max_sessions: usize,
-    /// Bytes of attested sessions held at most.
-    pub max_bytes: usize,
     /// Used challenges remembered at most.
     pub max_used: usize,
 }
@@ -89,17 +83,21 @@ impl LiveChallenge {
     pub fn nonce(&self) -> String {
         self.opened.nonce_b64()
     }
+
+    /// The session id (the nonce's prefix).
+    pub fn id(&self) -> SessionId {
+        self.opened.id()
+    }
+
+    /// When the challenge expires, Unix milliseconds.
+    pub fn expires_ms(&self) -> u64 {
+        self.opened.expires_ms
+    }
 }
 
 /// Counters for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Attested sessions held.
-    pub sessions: usize,
-    /// Bytes accounted to them.
-    pub bytes: usize,
-    /// Attested sessions dropped before their expiry to stay in bounds.
-    pub evicted: u64,
     /// Used challenges remembered.
     pub used: usize,
     /// Used challenges forgotten before their expiry (the horizon moved).
@@ -182,68 +180,12 @@ impl UsedChallenges {
     }
 }
 
-#[derive(Debug)]
-struct Entry {
-    expires: Instant,
-    claims: Box<[u8]>,
-    tee_pubkey: TeePubKey,
-    size: usize,
-}
-
-/// Attested sessions, oldest first (all share one lifetime, so oldest is first to expire).
-#[derive(Debug, Default)]
-struct AttestedTable {
-    map: HashMap<SessionId, Arc<Entry>, IdBuild>,
-    order: VecDeque<(SessionId, Instant)>,
-    bytes: usize,
-    evicted: u64,
-}
-
-impl AttestedTable {
-    fn pop_oldest(&mut self) -> bool {
-        let Some((id, _)) = self.order.pop_front() else {
-            return false;
-        };
-        if let Some(e) = self.map.remove(&id) {
-            self.bytes -= e.size;
-        }
-        true
-    }
-
-    fn drop_expired(&mut self, now: Instant) {
-        while self.order.front().is_some_and(|(_, exp)| *exp <= now) {
-            self.pop_oldest();
-        }
-    }
-
-    fn insert(&mut self, id: SessionId, entry: Entry, limits: &Limits, now: Instant) -> bool {
-        self.drop_expired(now);
-        if entry.size > limits.max_bytes {
-            return false;
-        }
-        while self.map.len() >= limits.max_sessions || self.bytes + entry.size > limits.max_bytes {
-            if !self.pop_oldest() {
-                break;
-            }
-            self.evicted += 1;
-        }
-        self.bytes += entry.size;
-        self.order.push_back((id, entry.expires));
-        if let Some(old) = self.map.insert(id, Arc::new(entry)) {
-            // Unreachable (a challenge is claimed once), kept consistent anyway.
-            self.bytes -= old.size;
-        }
-        true
-    }
-}
-
-/// The session model: sealed challenges, the used-challenge record, the attested sessions.
+/// The session model: sealed challenges, the used-challenge record, sealed attested sessions.
 #[derive(Debug)]
 pub struct Sessions {
     keys: SessionKeys,
     limits: Limits,
     used: Mutex<UsedChallenges>,
-    attested: Mutex<AttestedTable>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -258,7 +200,6 @@ impl Sessions {
             keys,
             limits,
             used: Mutex::new(UsedChallenges::default()),
-            attested: Mutex::new(AttestedTable::default()),
         }
     }
 
@@ -270,10 +211,6 @@ impl Sessions {
     fn lock_used(&self) -> std::sync::MutexGuard<'_, UsedChallenges> {
         // A poisoned lock only means another request panicked; the record stays consistent.
         self.used.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_attested(&self) -> std::sync::MutexGuard<'_, AttestedTable> {
-        self.attested.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new challenge for `tee` (stores nothing).
@@ -303,95 +240,68 @@ impl Sessions {
         Ok(LiveChallenge { opened })
     }
 
-    /// Records a successful attestation of `challenge`: claims its nonce (false when another
-    /// `/attest` already did: refuse) and keeps the attested session until `expires` (at most
-    /// the session lifetime). Returns the session's expiry.
-    pub fn complete(
+    /// Marks `challenge` used in this process's record (KBS-01): false when it already was
+    /// (refuse), or has expired.
+    pub fn claim_local(&self, challenge: &LiveChallenge) -> bool {
+        let now_ms = unix_ms(SystemTime::now());
+        let expires_ms = challenge.opened.expires_ms;
+        expires_ms > now_ms
+            && self
+                .lock_used()
+                .claim(challenge.id(), expires_ms, now_ms, self.limits.max_used)
+    }
+
+    /// Seals the attested session opened by `challenge` (claimed already): the new cookie value
+    /// and the session's expiry (the session lifetime, never beyond `token_expires`).
+    pub fn seal_attested(
         &self,
         challenge: &LiveChallenge,
-        claims: &Map<String, Value>,
+        claims: Map<String, Value>,
         tee_pubkey: TeePubKey,
         token_expires: SystemTime,
-    ) -> Result<SystemTime, KbsError> {
-        let now_sys = SystemTime::now();
-        let now_ms = unix_ms(now_sys);
-        let id = challenge.opened.id();
-        let expires_ms = challenge.opened.expires_ms;
-        if expires_ms <= now_ms
-            || !self
-                .lock_used()
-                .claim(id, expires_ms, now_ms, self.limits.max_used)
-        {
-            return Err(KbsError::NoChallenge);
-        }
+    ) -> Result<(String, SystemTime), KbsError> {
+        let now = SystemTime::now();
         let lifetime = self
             .limits
             .session_ttl
-            .min(token_expires.duration_since(now_sys).unwrap_or_default());
-        let claims = serde_json::to_vec(claims)
-            .map_err(|e| KbsError::Internal {
-                reason: format!("session claims: {e}"),
-            })?
-            .into_boxed_slice();
-        let key_size = serde_json::to_vec(&tee_pubkey).map_or(0, |v| v.len());
-        let entry = Entry {
-            expires: Instant::now() + lifetime,
-            size: claims.len() + key_size + ENTRY_OVERHEAD,
-            claims,
+            .min(token_expires.duration_since(now).unwrap_or_default());
+        let expires = now + lifetime;
+        let session = SealedSession {
+            expires_ms: unix_ms(expires),
+            id: challenge.id(),
             tee_pubkey,
+            claims,
         };
-        if !self
-            .lock_attested()
-            .insert(id, entry, &self.limits, Instant::now())
-        {
-            tracing::warn!(
-                max_bytes = self.limits.max_bytes,
-                "attested session larger than sessions.max_bytes: cookie not usable, bearer token is"
-            );
-        }
-        Ok(now_sys + lifetime)
+        let value = self.keys.seal_session(&session).ok_or(KbsError::Internal {
+            reason: "attested session too large to seal (or sealing failed)".into(),
+        })?;
+        Ok((value, expires))
     }
 
-    /// The attested session named by `cookie`, if it is held and live.
+    /// The attested session in `cookie`, if it opens and has not expired.
     pub fn attested(&self, cookie: &str) -> Option<Attested> {
-        let opened = self.keys.open(cookie)?;
-        let entry = {
-            let table = self.lock_attested();
-            table.map.get(&opened.id())?.clone()
-        };
-        if entry.expires <= Instant::now() {
+        let session = self.keys.open_session(cookie)?;
+        if session.expires_ms <= unix_ms(SystemTime::now()) {
             return None;
         }
-        let claims: Map<String, Value> = serde_json::from_slice(&entry.claims).ok()?;
         Some(Attested {
-            claims: Arc::new(claims),
-            tee_pubkey: entry.tee_pubkey.clone(),
+            claims: Arc::new(session.claims),
+            tee_pubkey: session.tee_pubkey,
         })
     }
 
-    /// Drops expired entries.
+    /// Drops expired used challenges.
     pub fn sweep(&self) -> Stats {
-        self.lock_attested().drop_expired(Instant::now());
         self.lock_used().drop_expired(unix_ms(SystemTime::now()));
         self.stats()
     }
 
     /// Current counts.
     pub fn stats(&self) -> Stats {
-        let (sessions, bytes, evicted) = {
-            let t = self.lock_attested();
-            (t.map.len(), t.bytes, t.evicted)
-        };
-        let (used, used_forgotten) = {
-            let u = self.lock_used();
-            (u.len, u.forgotten)
-        };
+        let u = self.lock_used();
         Stats {
-            sessions,
-            bytes,
-            evicted,
-            used,
-            used_forgotten,
+            used: u.len,
+            used_forgotten: u.forgotten,
         }
     }
 }
@@ -404,8 +314,6 @@ mod tests {
         Limits {
             challenge_ttl: Duration::from_secs(30),
             session_ttl: Duration::from_secs(300),
-            max_sessions: 3,
-            max_bytes: 1 << 20,
             max_used: 1024,
         }
     }
@@ -424,6 +332,14 @@ mod tests {
         SystemTime::now() + Duration::from_secs(300)
     }
 
+    fn attest(s: &Sessions, c: &NewChallenge, n: usize, exp: SystemTime) -> Option<String> {
+        let live = s.live_challenge(&c.cookie).ok()?;
+        if !s.claim_local(&live) {
+            return None;
+        }
+        Some(s.seal_attested(&live, claims(n), key(), exp).unwrap().0)
+    }
+
     #[test]
     fn challenge_is_single_use_and_stores_nothing_until_attested_kbs01() {
         let s = Sessions::new(SessionKeys::generate(), limits());
@@ -432,24 +348,32 @@ mod tests {
         let live = s.live_challenge(&c.cookie).unwrap();
         assert_eq!(live.nonce(), c.nonce);
         assert_eq!(live.tee(), Tee::Sample);
-        // Two attests raced past live_challenge: exactly one completes.
+        // Two attests raced past live_challenge: exactly one claims.
         let again = s.live_challenge(&c.cookie).unwrap();
-        s.complete(&live, &claims(1), key(), token_exp()).unwrap();
-        assert!(matches!(
-            s.complete(&again, &claims(1), key(), token_exp()),
-            Err(KbsError::NoChallenge)
-        ));
+        assert!(s.claim_local(&live));
+        assert!(!s.claim_local(&again));
         assert!(matches!(
             s.live_challenge(&c.cookie),
             Err(KbsError::NoChallenge)
         ));
-        let attested = s.attested(&c.cookie).unwrap();
+        let (session, _) = s
+            .seal_attested(&live, claims(1), key(), token_exp())
+            .unwrap();
+        let attested = s.attested(&session).unwrap();
         assert_eq!(attested.claims.get("n"), Some(&Value::from(1)));
-        assert_eq!(s.stats().sessions, 1);
         assert_eq!(s.stats().used, 1);
-        // A challenge that was never attested authenticates nothing.
-        let other = s.challenge(Tee::Sample).unwrap();
-        assert!(s.attested(&other.cookie).is_none());
+        // A challenge cookie, attested or not, authenticates nothing.
+        assert!(s.attested(&c.cookie).is_none());
+        // Another broker with the same keys serves the session; one with other keys does not.
+        let keys = |b: u8| SessionKeys::from_secrets(vec![zeroize::Zeroizing::new([b; 32])]);
+        let a = Sessions::new(keys(5).unwrap(), limits());
+        let b = Sessions::new(keys(5).unwrap(), limits());
+        let other = Sessions::new(keys(6).unwrap(), limits());
+        let c = a.challenge(Tee::Sample).unwrap();
+        let session = attest(&b, &c, 2, token_exp()).unwrap();
+        assert!(a.attested(&session).is_some());
+        assert!(other.attested(&session).is_none());
+        assert!(other.live_challenge(&c.cookie).is_err());
     }
 
     #[test]
@@ -467,61 +391,16 @@ mod tests {
     }
 
     #[test]
-    fn full_table_drops_the_oldest_session_never_refuses_kbs10() {
-        let s = Sessions::new(SessionKeys::generate(), limits());
-        let mut cookies = Vec::new();
-        for n in 0..10 {
-            let c = s.challenge(Tee::Sample).unwrap();
-            let live = s.live_challenge(&c.cookie).unwrap();
-            s.complete(&live, &claims(n), key(), token_exp()).unwrap();
-            cookies.push(c.cookie);
-        }
-        let stats = s.stats();
-        assert_eq!(stats.sessions, 3);
-        assert_eq!(stats.evicted, 7);
-        assert!(s.attested(&cookies[6]).is_none());
-        for (n, c) in cookies.iter().enumerate().skip(7) {
-            assert_eq!(
-                s.attested(c).unwrap().claims.get("n"),
-                Some(&Value::from(n))
-            );
-        }
-        // Evicted sessions' challenges stay used.
-        assert!(s.live_challenge(&cookies[0]).is_err());
-    }
-
-    #[test]
-    fn byte_budget_bounds_the_table_kbs10() {
-        let s = Sessions::new(
-            SessionKeys::generate(),
-            Limits {
-                max_sessions: 1000,
-                max_bytes: 4 * (ENTRY_OVERHEAD + 600),
-                ..limits()
-            },
-        );
-        let mut big = Map::new();
-        big.insert("pad".into(), Value::String("x".repeat(300)));
-        for _ in 0..20 {
-            let c = s.challenge(Tee::Sample).unwrap();
-            let live = s.live_challenge(&c.cookie).unwrap();
-            s.complete(&live, &big, key(), token_exp()).unwrap();
-        }
-        let stats = s.stats();
-        assert!(stats.bytes <= 4 * (ENTRY_OVERHEAD + 600), "{stats:?}");
-        assert!(stats.sessions >= 3 && stats.sessions < 20, "{stats:?}");
-    }
-
-    #[test]
     fn session_never_outlives_its_token() {
         let s = Sessions::new(SessionKeys::generate(), limits());
         let c = s.challenge(Tee::Sample).unwrap();
         let live = s.live_challenge(&c.cookie).unwrap();
-        let expires = s
-            .complete(&live, &claims(0), key(), SystemTime::now())
+        assert!(s.claim_local(&live));
+        let (session, expires) = s
+            .seal_attested(&live, claims(0), key(), SystemTime::now())
             .unwrap();
         assert!(expires <= SystemTime::now());
-        assert!(s.attested(&c.cookie).is_none());
+        assert!(s.attested(&session).is_none());
     }
 
     #[test]

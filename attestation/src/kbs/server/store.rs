@@ -1,4 +1,9 @@
-//! Resources stored as files `<dir>/<repo>/<type>/<tag>`. Paths are [`ResourcePath`]s (three
+//! The broker's store: [`Store::Directory`], resources as files on one machine (the embedded
+//! default: the resource policy and reference values then live in the broker's memory, set from
+//! its configuration and the admin API), or [`Store::Postgres`], everything replicas share
+//! ([`super::pg`]).
+//!
+//! Directory: resources stored as files `<dir>/<repo>/<type>/<tag>`. Paths are [`ResourcePath`]s (three
 //! validated segments, no dot-leading names), so nothing resolves outside `dir` (KBS-09).
 //! Writes are atomic: a dot-named temporary file in the target directory, fsync, rename.
 
@@ -24,6 +29,33 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A database request failed (connection, query, schema).
+    #[error("store {op}")]
+    Database {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The TLS configuration for the database is unusable.
+    #[error("store tls: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A database request did not finish within `timeout_ms`.
+    #[error("store {op} timed out")]
+    Timeout {
+        /// Operation.
+        op: &'static str,
+    },
+    /// A statement that returns a row returned none.
+    #[error("store {op} returned no row")]
+    NoRow {
+        /// Operation.
+        op: &'static str,
+    },
     /// The resource is larger than allowed.
     #[error("resource {path} is larger than {limit} bytes")]
     TooLarge {
@@ -32,6 +64,44 @@ pub enum StoreError {
         /// Limit.
         limit: usize,
     },
+}
+
+/// Where the broker's state lives.
+#[derive(Debug)]
+pub enum Store {
+    /// Resource files in one directory (one machine).
+    Directory(ResourceStore),
+    /// PostgreSQL, shared by replicas.
+    Postgres(Box<super::pg::PgStore>),
+}
+
+impl Store {
+    /// Reads a resource; `Ok(None)` when it does not exist.
+    pub async fn read(
+        &self,
+        path: &ResourcePath,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        match self {
+            Self::Directory(d) => d.read(path),
+            Self::Postgres(pg) => pg.read(path).await,
+        }
+    }
+
+    /// Writes a resource (atomically).
+    pub async fn write(&self, path: &ResourcePath, bytes: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Self::Directory(d) => d.write(path, bytes),
+            Self::Postgres(pg) => pg.write(path, bytes).await,
+        }
+    }
+
+    /// The shared store, if this is one.
+    pub fn shared(&self) -> Option<&super::pg::PgStore> {
+        match self {
+            Self::Directory(_) => None,
+            Self::Postgres(pg) => Some(pg),
+        }
+    }
 }
 
 /// The resource directory.
