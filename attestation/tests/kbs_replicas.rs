@@ -363,7 +363,8 @@ async fn admin_put(http: &reqwest::Client, url: &str, token: &str, path: &str, v
 
 /// Three `coffer-kbs` processes on loopback sharing a PostgreSQL cluster (Debian's, run as an
 /// unprivileged user in a temporary directory, Unix socket only) and one key set; 1,000
-/// handshakes + resource fetches through the no-affinity proxy, 16 at a time, while replica 2 is
+/// handshakes + resource fetches, 16 at a time, each client through its own no-affinity proxy (so
+/// every request of a handshake reaches another replica than the one before), while replica 2 is
 /// killed (SIGKILL) and restarted: every one succeeds within the client's bounded retries and
 /// every resource is the one stored. An admin write (resource, policy) through replica 1 is served
 /// by replica 3 at once; with the database down, replicas report not ready and refuse with 503.
@@ -460,15 +461,24 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
         b"value-0"
     );
 
-    // 1,000 handshakes, every request to the next replica; replica 2 killed and restarted.
-    let proxy = RoundRobin::start(replicas.iter().map(|r| r.addr).collect()).await;
-    let url = proxy.url();
+    // 1,000 handshakes, every request to the next replica; replica 2 killed and restarted. Each
+    // worker has its own proxy (its replicas rotated by the worker's number) and sends one request
+    // at a time, each on a new connection: a handshake's /auth, /attest and /resource, and any
+    // retry, each reach another replica than the request before.
+    let mut proxies = Vec::new();
+    for w in 0..16 {
+        let mut backends: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+        let first = w % backends.len();
+        backends.rotate_left(first);
+        proxies.push(RoundRobin::start(backends).await);
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let (url, next, done) = (url.clone(), next.clone(), done.clone());
+    let workers: Vec<_> = proxies
+        .iter()
+        .map(|proxy| {
+            let (url, next, done) = (proxy.url(), next.clone(), done.clone());
             tokio::spawn(async move {
                 let mut failures = Vec::new();
                 loop {
@@ -478,9 +488,9 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
                     }
                     let n = i % RESOURCES;
                     let path = format!("ha/key/{n}").parse().unwrap();
-                    // Up to 8 attempts 50 ms apart, doubling: they span 6 s, longer than the
-                    // replica is down, so a request fails only if every attempt inside the
-                    // window is sent to the dead replica (1 in 3 each).
+                    // Up to 8 attempts 50 ms apart, doubling (6 s in all, longer than the
+                    // replica is down); an attempt that met the dead replica is followed by one
+                    // sent to the next replica.
                     match client(&url, 8).handshake_and_fetch(&path).await {
                         Ok(r) if r.expose() == format!("value-{n}").as_bytes() => {}
                         Ok(_) => failures.push(format!("{i}: another resource's value")),
@@ -506,7 +516,10 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
         failures.extend(w.await.unwrap());
     }
     let elapsed = started.elapsed();
-    let refused = proxy.refused.load(Ordering::Relaxed);
+    let refused: u64 = proxies
+        .iter()
+        .map(|p| p.refused.load(Ordering::Relaxed))
+        .sum();
     eprintln!(
         "{HANDSHAKES} handshakes through 3 replicas in {elapsed:?}; replica 2 SIGKILLed after {killed_at}, ready again after {restarted_at}; {refused} connections refused while it was down (retried by the clients); {} failed",
         failures.len()
@@ -547,7 +560,7 @@ async fn three_processes_on_postgres_no_lost_handshake_through_sigkill_and_share
         (AuthMode::Cookie, true),
         (AuthMode::Bearer, true),
     ] {
-        let mut config = ClientConfig::new(&url);
+        let mut config = ClientConfig::new(proxies[0].url());
         config.auth = auth;
         config.fresh_connections = fresh;
         let got = fetch_resource(config, AttesterKind::Sample, "ha/key/7")
