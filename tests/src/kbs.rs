@@ -181,3 +181,215 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// Three `coffer-kbs` processes on one throwaway PostgreSQL cluster (Unix socket), sharing one
+/// key set and no memory, behind a loopback proxy that sends each connection to the next replica
+/// (no affinity). Everything is stopped on drop.
+#[derive(Debug)]
+pub struct Replicas {
+    brokers: Vec<Child>,
+    proxy: Proxy,
+    admin: coffer_attestation::kbs::jwt::TokenSigner,
+    /// The replicas' own base URLs.
+    pub urls: Vec<String>,
+    // Declared last: the brokers stop before their database.
+    _pg: coffer_attestation::testing::postgres::Postgres,
+}
+
+impl Replicas {
+    /// Starts the database, the three replicas (sample evidence enabled, `policy` Rego as the
+    /// resource policy, admin tokens from [`Replicas::admin_token`]) and the proxy. With
+    /// `close_after_each_request` the proxy asks the replica to close the connection after its
+    /// answer (`Connection: close`), so a keep-alive client such as `coffer kbs get-resource`
+    /// also sends each request of its handshake to another replica.
+    pub fn start(dir: &Path, policy: &str, close_after_each_request: bool) -> anyhow::Result<Self> {
+        let pg = coffer_attestation::testing::postgres::Postgres::start()?;
+        let db = pg.create_db()?;
+        let admin = coffer_attestation::testing::replicas::write_shared_keys(dir, &["session"])?;
+        std::fs::write(dir.join("policy.rego"), policy)?;
+        let mut brokers = Vec::new();
+        let mut urls = Vec::new();
+        for i in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let config = dir.join(format!("replica{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[http]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\n\
+                     [token]\nsigning_key = {token:?}\n[admin]\npublic_key = {admin:?}\n\
+                     [sessions]\nkeys = [{session:?}]\n[policy]\nfile = {policy:?}\n\
+                     [attestation]\nallow_sample = true\n\
+                     [store]\nbackend = \"postgres\"\n[store.postgres]\nconnection = {conn:?}\n\
+                     password_file = {pw:?}\n",
+                    token = dir.join("token.key"),
+                    admin = dir.join("admin.pub"),
+                    session = dir.join("session.key"),
+                    policy = dir.join("policy.rego"),
+                    conn = pg.connection(&db),
+                    pw = pg.password_file(),
+                ),
+            )?;
+            let log = std::fs::File::create(dir.join(format!("replica{i}.log")))?;
+            brokers.push(
+                Command::new(crate::bin("coffer-kbs"))
+                    .arg("--config")
+                    .arg(&config)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .context("starting coffer-kbs")?,
+            );
+            urls.push(format!("http://127.0.0.1:{port}"));
+        }
+        let ports: Vec<u16> = urls
+            .iter()
+            .filter_map(|u| u.rsplit(':').next()?.parse().ok())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in &ports {
+            while !ready(*port) {
+                ensure!(
+                    Instant::now() < deadline,
+                    "replica on port {port} not ready"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let proxy = Proxy::start(ports, close_after_each_request)?;
+        Ok(Self {
+            brokers,
+            proxy,
+            admin,
+            urls,
+            _pg: pg,
+        })
+    }
+
+    /// The proxy's URL: the replicated set as a Service without session affinity shows it.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy.port)
+    }
+
+    /// Connections the proxy has handed to a replica.
+    pub fn connections(&self) -> usize {
+        self.proxy.next.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An admin token (ES256) every replica accepts, valid for ten minutes.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        Ok(self
+            .admin
+            .sign(&serde_json::json!({"iat": now, "exp": now + 600}))?)
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in &mut self.brokers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.proxy.stop();
+    }
+}
+
+/// `GET /ready` on 127.0.0.1:`port` answers 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: kbs\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
+/// Round robin over loopback ports, one thread pair per connection.
+#[derive(Debug)]
+struct Proxy {
+    port: u16,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(backends: Vec<u16>, close: bool) -> anyhow::Result<Self> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let next = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, s) = (next.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(inbound) = inbound else { continue };
+                let backend = backends[n.fetch_add(1, Ordering::Relaxed) % backends.len()];
+                std::thread::spawn(move || {
+                    let _ = relay(inbound, backend, close);
+                });
+            }
+        });
+        Ok(Self { port, next, stop })
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Relays one connection to `backend`; with `close`, the first request's head gets
+/// `Connection: close` (the replica answers once and closes).
+fn relay(mut inbound: std::net::TcpStream, backend: u16, close: bool) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = Some(Duration::from_secs(60));
+    inbound.set_read_timeout(timeout)?;
+    let mut outbound = std::net::TcpStream::connect(("127.0.0.1", backend))?;
+    outbound.set_read_timeout(timeout)?;
+    if close {
+        // Read up to the end of the request line (bounded), then insert the header after it.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            ensure_io(line.len() < 65536, "request line too long")?;
+            if inbound.read(&mut byte)? == 0 {
+                return Ok(());
+            }
+            line.push(byte[0]);
+        }
+        outbound.write_all(&line)?;
+        outbound.write_all(b"Connection: close\r\n")?;
+    }
+    let (mut up_in, mut up_out) = (inbound.try_clone()?, outbound.try_clone()?);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut up_in, &mut up_out);
+        let _ = up_out.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut outbound, &mut inbound);
+    let _ = inbound.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+    Ok(())
+}
+
+fn ensure_io(ok: bool, what: &str) -> std::io::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(what.to_owned()))
+    }
+}

@@ -177,6 +177,62 @@ fn main() -> ExitCode {
 
     case!(
         suite,
+        "replicated_broker_serves_the_cli_unchanged",
+        (|| {
+            // #23: three coffer-kbs processes on one PostgreSQL, no session affinity. The check
+            // sends one request per connection, so through the round-robin proxy every step of
+            // every handshake (and its admin write) reaches another replica than the one before.
+            let set_dir = dir.join("replicated");
+            std::fs::create_dir_all(&set_dir)?;
+            let set = coffer_tests::kbs::Replicas::start(
+                &set_dir,
+                coffer_tests::kbs::ALLOW_SAMPLE_POLICY,
+                false,
+            )?;
+            let token_file = set_dir.join("admin.jwt");
+            std::fs::write(&token_file, set.admin_token()?)?;
+            let token_arg = token_file.display().to_string();
+            let out = check(&set.url(), &["--allow-sample", "--admin-token", &token_arg])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(out.status.code() == Some(0), "{out:?}\n{text}");
+            ensure!(
+                text.contains("16 passed, 0 failed, 1 not applicable"),
+                "{text}"
+            );
+            ensure!(set.connections() > 30, "{} connections", set.connections());
+            // coffer kbs get-resource, a keep-alive client, unchanged: the proxy makes each
+            // replica close after one answer, so its /auth, /attest and /resource go to three
+            // replicas in turn; with the cookie and with the token as bearer.
+            let closing_dir = set_dir.join("closing");
+            std::fs::create_dir_all(&closing_dir)?;
+            let closing = coffer_tests::kbs::Replicas::start(
+                &closing_dir,
+                coffer_tests::kbs::ALLOW_SAMPLE_POLICY,
+                true,
+            )?;
+            let probe = closing_probe_write(&closing)?;
+            for extra in [&[][..], &["--bearer"][..]] {
+                let before = closing.connections();
+                let out = Command::new(coffer())
+                    .args(["kbs", "get-resource", "--kbs-url", &closing.url()])
+                    .args(["--path", "coffer-check/probe/1", "--kbs-evidence", "sample"])
+                    .args(extra)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "{extra:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ensure!(out.stdout == probe, "{extra:?}: another resource's value");
+                let used = closing.connections() - before;
+                ensure!(used >= 3, "{extra:?}: {used} connections for a handshake");
+            }
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
         "load_prints_the_figures",
         (|| {
             let broker = coffer_tests::kbs::Broker::start(
@@ -377,6 +433,31 @@ const CASES: [&str; 17] = [
     "oversized-body",
     "admin-without-token",
 ];
+
+/// Writes the check's probe resource through `set` (`coffer kbs check --admin-token` against
+/// it, which also fetches it back) and returns what the check wrote there.
+fn closing_probe_write(set: &coffer_tests::kbs::Replicas) -> anyhow::Result<Vec<u8>> {
+    let token = tempfile::NamedTempFile::new()?;
+    std::fs::write(token.path(), set.admin_token()?)?;
+    let token_arg = token.path().display().to_string();
+    let out = check(
+        &set.url(),
+        &["--allow-sample", "--admin-token", &token_arg, "--json"],
+    )?;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+    // The value the check writes is fixed by the check; read it back through a replica.
+    let replica = &set.urls[2];
+    let out = Command::new(coffer())
+        .args(["kbs", "get-resource", "--kbs-url", replica])
+        .args(["--path", "coffer-check/probe/1", "--kbs-evidence", "sample"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
 
 /// `coffer kbs check --url URL ARGS`.
 fn check(url: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {

@@ -35,6 +35,8 @@ mod attester;
 #[cfg(feature = "testing")]
 pub mod postgres;
 #[cfg(feature = "testing")]
+pub mod replicas;
+#[cfg(feature = "testing")]
 pub mod snp;
 #[cfg(feature = "testing")]
 pub mod tdx;
