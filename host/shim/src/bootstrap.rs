@@ -29,7 +29,6 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::protos::ttrpc::r#async::Server;
 use containerd_shim::protos::ttrpc::r#async::transport::Listener;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Flags, api};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -210,15 +209,11 @@ async fn serve(flags: Flags, logs: Arc<LogSink>) -> anyhow::Result<()> {
     };
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")
         .context("TTRPC_ADDRESS (containerd's event address) is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
+    let events = Events::connect(&ttrpc_address, flags.namespace.clone())
         .await
         .with_context(|| format!("connecting to containerd at {ttrpc_address}"))?;
     let exit = Arc::new(ExitSignal::default());
-    let pod = Arc::new(Pod::new(
-        Events::new(publisher, flags.namespace.clone()),
-        logs,
-        exit.clone(),
-    ));
+    let pod = Arc::new(Pod::new(events, logs, exit.clone()));
     let mut services = create_task(Arc::new(TaskService::new(pod.clone())));
     for (name, service) in create_task(Arc::new(TaskService::new(pod.clone()))) {
         services.insert(name.replace(".task.v3.", ".task.v2."), service);
