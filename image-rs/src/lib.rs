@@ -34,6 +34,7 @@ mod pull;
 pub mod registry;
 pub mod sign;
 pub mod store;
+mod tar_headers;
 pub mod unpack;
 
 pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};
@@ -49,4 +50,5 @@ pub use pull::{
 };
 pub use sign::{CosignKey, SignError, SignOptions, Signed, sign_image};
 pub use store::BlobStore;
+pub use tar_headers::{HeaderRefusal, MAX_LONG_NAME_BYTES, MAX_PAX_BYTES};
 pub use unpack::{DevicePolicy, UnpackError, UnpackPolicy};

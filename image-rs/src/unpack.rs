@@ -23,13 +23,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pathrs::{Handle, Root};
+
+use crate::tar_headers::{HeaderGuard, HeaderRefusal, refusal_in};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 use rustix::fs::{Gid, Uid};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Longest path accepted (Linux `PATH_MAX`).
-const PATH_MAX: usize = 4096;
+pub const PATH_MAX: usize = 4096;
 /// Longest single name accepted (Linux `NAME_MAX`).
 const NAME_MAX: usize = 255;
 
@@ -82,10 +84,14 @@ pub enum UnpackError {
     /// Non-zero bytes follow the end-of-archive marker.
     #[error("non-zero data after the end-of-archive marker")]
     TrailingData,
+    /// An extension header (GNU long name or link, PAX) declared more than its limit, or a GNU
+    /// sparse member: refused before its body was read.
+    #[error("tar header refused")]
+    Header(#[source] HeaderRefusal),
     /// A name that cannot be placed safely.
-    #[error("illegal entry name {name:?}: {reason}")]
+    #[error("illegal entry name \"{name}\": {reason}")]
     IllegalName {
-        /// The raw name, lossily decoded.
+        /// An escaped prefix of the raw name ([`quoted`]).
         name: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -97,19 +103,19 @@ pub enum UnpackError {
         limit: u64,
     },
     /// A device node, FIFO or socket under [`DevicePolicy::Reject`].
-    #[error("device node, fifo or socket {path:?} refused")]
+    #[error("device node, fifo or socket \"{}\" refused", quoted_path(.path))]
     Device {
         /// Entry path.
         path: PathBuf,
     },
     /// A GNU sparse file.
-    #[error("sparse file {path:?} refused")]
+    #[error("sparse file \"{}\" refused", quoted_path(.path))]
     Sparse {
         /// Entry path.
         path: PathBuf,
     },
     /// An entry type this unpacker does not know.
-    #[error("unsupported entry type {kind:#x} for {path:?}")]
+    #[error("unsupported entry type {kind:#x} for \"{}\"", quoted_path(.path))]
     UnsupportedType {
         /// Entry path.
         path: PathBuf,
@@ -117,7 +123,7 @@ pub enum UnpackError {
         kind: u8,
     },
     /// A uid/gid outside the 32-bit range.
-    #[error("owner id {id} of {path:?} is out of range")]
+    #[error("owner id {id} of \"{}\" is out of range", quoted_path(.path))]
     IdOutOfRange {
         /// Entry path.
         path: PathBuf,
@@ -125,13 +131,17 @@ pub enum UnpackError {
         id: u64,
     },
     /// A PAX record that does not parse.
-    #[error("malformed pax header on {path:?}")]
+    #[error("malformed pax header on \"{}\"", quoted_path(.path))]
     Pax {
         /// Entry path (as far as known).
         path: PathBuf,
     },
     /// A hard link whose target is not a file of this layer.
-    #[error("hard link {path:?} -> {target:?} refused: {reason}")]
+    #[error(
+        "hard link \"{}\" -> \"{}\" refused: {reason}",
+        quoted_path(.path),
+        quoted_path(.target)
+    )]
     HardLink {
         /// Entry path.
         path: PathBuf,
@@ -147,7 +157,7 @@ pub enum UnpackError {
         limit: u64,
     },
     /// A path could not be resolved inside the root.
-    #[error("resolving {path:?} inside the root")]
+    #[error("resolving \"{}\" inside the root", quoted_path(.path))]
     Resolve {
         /// The path.
         path: PathBuf,
@@ -156,7 +166,7 @@ pub enum UnpackError {
         source: pathrs::error::Error,
     },
     /// A filesystem operation failed.
-    #[error("{op} {path:?}")]
+    #[error("{op} \"{}\"", quoted_path(.path))]
     Io {
         /// What was being done.
         op: &'static str,
@@ -169,6 +179,27 @@ pub enum UnpackError {
     /// The destination exists and is not an empty directory.
     #[error("destination {0:?} exists and is not empty")]
     DestinationExists(PathBuf),
+}
+
+/// Most bytes of an attacker-controlled name an error quotes.
+pub const QUOTED_BYTES: usize = 96;
+
+/// An escaped prefix of the raw bytes `raw`, as errors quote names from an archive: at most
+/// [`QUOTED_BYTES`] bytes of it (`<[u8]>::escape_ascii`), and `…` when it was longer. (The host's
+/// `coffer_log::escaped_prefix` does the same for `&str`, but this crate is part of the guest and
+/// never depends on host crates; names here are bytes, not text.)
+pub fn quoted(raw: &[u8]) -> String {
+    let mut out = raw[..raw.len().min(QUOTED_BYTES)]
+        .escape_ascii()
+        .to_string();
+    if raw.len() > QUOTED_BYTES {
+        out.push('…');
+    }
+    out
+}
+
+fn quoted_path(path: &Path) -> String {
+    quoted(path.as_os_str().as_bytes())
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
@@ -399,7 +430,7 @@ impl<R: Read> Read for Counting<'_, R> {
 /// A validated entry name: root-relative, normal components only.
 fn normalize(raw: &[u8], max_depth: usize) -> Result<PathBuf, UnpackError> {
     let bad = |reason| UnpackError::IllegalName {
-        name: String::from_utf8_lossy(raw).into_owned(),
+        name: quoted(raw),
         reason,
     };
     if raw.contains(&0) {
@@ -539,7 +570,7 @@ impl LayerState<'_> {
         let target = name.strip_prefix(WHITEOUT_PREFIX).unwrap_or(name);
         if target.is_empty() || target == b"." || target == b".." {
             return Err(UnpackError::IllegalName {
-                name: String::from_utf8_lossy(name).into_owned(),
+                name: quoted(name),
                 reason: "whiteout of an invalid name",
             });
         }
@@ -659,6 +690,10 @@ pub fn apply_layer<R: Read>(
         inner: reader,
         count: 0,
     };
+    let archive_err = |e: io::Error| match refusal_in(&e) {
+        Some(refusal) => UnpackError::Header(refusal),
+        None => UnpackError::Archive(e),
+    };
     let mut state = LayerState {
         root,
         created: HashSet::new(),
@@ -671,9 +706,10 @@ pub fn apply_layer<R: Read>(
     let mut end_of_last = 0u64;
     let mut seen = 0u64;
     {
-        let mut archive = tar::Archive::new(&mut counting);
-        for entry in archive.entries().map_err(UnpackError::Archive)? {
-            let mut entry = entry.map_err(UnpackError::Archive)?;
+        // Extension headers are held to their limits before `tar` reads their bodies.
+        let mut archive = tar::Archive::new(HeaderGuard::new(&mut counting));
+        for entry in archive.entries().map_err(archive_err)? {
+            let mut entry = entry.map_err(archive_err)?;
             seen += 1;
             if seen > policy.max_entries {
                 return Err(UnpackError::TooManyEntries {
@@ -705,6 +741,13 @@ fn apply_entry<R: Read>(
         return Ok(());
     }
     let raw = entry.path_bytes().into_owned();
+    if raw.is_empty() {
+        // Also an empty PAX `path` record, which `tar` takes as the name.
+        return Err(UnpackError::IllegalName {
+            name: String::new(),
+            reason: "empty name",
+        });
+    }
     let path = normalize(&raw, policy.max_depth)?;
     if path.as_os_str().is_empty() {
         // The root itself ("./"): its metadata stays ours.
@@ -793,13 +836,13 @@ fn apply_entry<R: Read>(
             let target = entry
                 .link_name_bytes()
                 .ok_or_else(|| UnpackError::IllegalName {
-                    name: String::from_utf8_lossy(&raw).into_owned(),
+                    name: quoted(&raw),
                     reason: "symlink without a target",
                 })?
                 .into_owned();
             if target.is_empty() || target.contains(&0) || target.len() > PATH_MAX {
                 return Err(UnpackError::IllegalName {
-                    name: String::from_utf8_lossy(&raw).into_owned(),
+                    name: quoted(&raw),
                     reason: "invalid symlink target",
                 });
             }
@@ -825,7 +868,7 @@ fn apply_entry<R: Read>(
             let raw_target = entry
                 .link_name_bytes()
                 .ok_or_else(|| UnpackError::IllegalName {
-                    name: String::from_utf8_lossy(&raw).into_owned(),
+                    name: quoted(&raw),
                     reason: "hard link without a target",
                 })?
                 .into_owned();
