@@ -427,7 +427,8 @@ pub async fn pull(
         return Err(PolicyError::Missing.into());
     }
     let parsed = parse_reference(reference)?;
-    let registry = Registry::new(options.registries.clone(), options.credentials.clone())?;
+    let registry = Registry::new(options.registries.clone(), options.credentials.clone())?
+        .with_stall(options.limits.stall);
     let limits = &options.limits;
     let emit = |event: ProgressEvent| {
         if let Some(sink) = &options.progress {
