@@ -37,6 +37,20 @@ pub mod store;
 mod tar_headers;
 pub mod unpack;
 
+/// Peak resident memory of a `coffer image pull` process, whatever its layers contain, not
+/// counting the decompressor's window (gzip: 32 KiB; zstd: at most 128 MiB, `window_log_max(27)`).
+/// It covers the process itself (runtime, TLS, HTTP client), the downloads in flight
+/// (`Limits::max_parallel_downloads`), the bounded chunk queues between the decrypt, decompress
+/// and unpack stages (`DECODE_QUEUE` × `DECODE_CHUNK` each), the copy buffer, and the tar headers
+/// the unpacker holds ([`MAX_PAX_BYTES`], [`MAX_LONG_NAME_BYTES`], read only after their size was
+/// checked). Measured by the `image_cli` suite's hostile-layer cases (peak RSS of the real CLI,
+/// debug build: about 45–50 MiB; without the header limits a PAX header inflated to the layer's
+/// ratio limit took the same pull past 150 MiB).
+///
+/// Not yet within it: the per-layer sets of created paths and their parents (whiteout and hard
+/// link bookkeeping) grow with the entries of a layer, up to `UnpackPolicy::max_entries`.
+pub const PULL_MEMORY_BOUND: u64 = 96 << 20;
+
 pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};
 pub use decrypt::{
     BrokerKeyUnwrapper, DecryptError, Decryptor, EncryptError, EncryptedManifest, KeyUnwrapper,

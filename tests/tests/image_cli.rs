@@ -2,7 +2,10 @@
 //! Coffer for a JWE recipient and a broker-held key is pushed with skopeo, inspected, and pulled
 //! with either key into a root equal to the plaintext image's; without a key nothing is created.
 //! `coffer image encrypt` also works registry to registry (decrypted by Coffer and by skopeo) and
-//! refuses a tampered or missing source without pushing anything.
+//! refuses a tampered or missing source without pushing anything. Pulls of hostile layers (#21:
+//! inflating to oversized PAX or long-name headers or to a decompression bomb, and a same-size
+//! substitute for a pinned layer) fail with the right error and a peak RSS under
+//! `coffer_image::PULL_MEMORY_BOUND`.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -12,6 +15,9 @@ use std::process::{Command, ExitCode, Output};
 use anyhow::{Context, ensure};
 use coffer_tests::registry::Registry;
 use coffer_tests::{Suite, case, coffer};
+
+#[path = "image_cli/hostile.rs"]
+mod hostile;
 
 fn vectors() -> PathBuf {
     coffer_tests::vectors_dir().join("ocicrypt")
@@ -819,6 +825,104 @@ fn main() -> ExitCode {
             );
             let out = skopeo_inspect(&format!("{host}/demo/tamper-enc:v1"))?;
             ensure!(!out.status.success(), "the destination tag exists");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        // #21: the tar reader would hold an oversized extension header whole; the decompressor
+        // would inflate a bomb: the pull stays under the documented bound and names the refusal.
+        "hostile_layers_pull_within_the_memory_bound",
+        (|| {
+            let bound = coffer_image::PULL_MEMORY_BOUND;
+            for (name, bomb, expected) in [
+                ("pax", hostile::Bomb::Pax, "PAX extension header of"),
+                (
+                    "longname",
+                    hostile::Bomb::LongName,
+                    "GNU long name header of",
+                ),
+                ("file", hostile::Bomb::File, "decompresses beyond"),
+            ] {
+                let blob = hostile::gzip_layer(bomb)?;
+                let layout = hostile::layout(
+                    &dir.join(format!("bomb-{name}")),
+                    &blob,
+                    &coffer_image::Digest::of(name.as_bytes()),
+                )?;
+                registry.push(&layout, &format!("demo/bomb-{name}:v1"))?;
+                let dest = dir.join(format!("bomb-{name}-root"));
+                let m = hostile::pull_measured(
+                    &format!("{host}/demo/bomb-{name}:v1"),
+                    &dest,
+                    &store,
+                    &host,
+                )?;
+                println!(
+                    "  {name}: {} KiB gzip'd, peak RSS {} KiB (bound {} KiB)",
+                    blob.len() >> 10,
+                    m.max_rss_bytes >> 10,
+                    bound >> 10
+                );
+                ensure!(!m.success, "{name}: the pull succeeded");
+                ensure!(m.stderr.contains(expected), "{name}: {}", m.stderr);
+                ensure!(
+                    m.max_rss_bytes < bound,
+                    "{name}: peak RSS {} bytes, bound {bound}",
+                    m.max_rss_bytes
+                );
+                ensure!(!dest.exists(), "{name}: a destination was left");
+            }
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        // #21: a registry serves a same-size substitute for a layer pinned by digest; the
+        // substitute inflates to an oversized PAX header. The pull reports the digest mismatch
+        // (the download's verdict comes first) and stays under the bound.
+        "pinned_layer_substitute_fails_the_digest_within_the_memory_bound",
+        (|| {
+            let bound = coffer_image::PULL_MEMORY_BOUND;
+            let (blob, diff_id) = hostile::honest_layer(&hostile::noise(2 << 20, 21))?;
+            let layout = hostile::layout(&dir.join("pinned"), &blob, &diff_id)?;
+            let digest = registry.push(&layout, "demo/pinned:v1")?;
+            let layer = coffer_image::Digest::of(&blob).to_string();
+            let mut substitute = hostile::gzip_layer(hostile::Bomb::Pax)?;
+            ensure!(
+                substitute.len() <= blob.len(),
+                "the substitute ({} bytes) does not fit in {} bytes",
+                substitute.len(),
+                blob.len()
+            );
+            substitute.resize(blob.len(), 0);
+            std::fs::write(registry.blob_file(&layer), &substitute)?;
+            let dest = dir.join("pinned-root");
+            let m = hostile::pull_measured(
+                &format!("{host}/demo/pinned@{digest}"),
+                &dest,
+                &dir.join("pinned-store"),
+                &host,
+            )?;
+            println!(
+                "  substitute: peak RSS {} KiB (bound {} KiB)",
+                m.max_rss_bytes >> 10,
+                bound >> 10
+            );
+            ensure!(!m.success, "the substitute was accepted");
+            ensure!(
+                m.stderr.contains("blob digest mismatch") && m.stderr.contains(&layer),
+                "{}",
+                m.stderr
+            );
+            ensure!(
+                m.max_rss_bytes < bound,
+                "peak RSS {} bytes, bound {bound}",
+                m.max_rss_bytes
+            );
+            ensure!(!dest.exists(), "a destination was left");
             Ok(())
         })()
     );
