@@ -275,10 +275,13 @@ impl Staging {
             .file_name()
             .ok_or_else(|| UnpackError::DestinationExists(dest.to_owned()))?;
         let parent = dest.parent().unwrap_or(Path::new("."));
-        let mut staged = OsString::from(".");
-        staged.push(name);
+        let mut prefix = OsString::from(".");
+        prefix.push(name);
+        prefix.push(".partial-");
+        sweep_staging(parent, &prefix);
+        let mut staged = prefix;
         staged.push(format!(
-            ".partial-{}-{}",
+            "{}-{}",
             std::process::id(),
             STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
@@ -330,6 +333,29 @@ impl Drop for Staging {
             && let Err(err) = std::fs::remove_dir_all(&self.dir)
         {
             tracing::warn!(dir = %self.dir.display(), error = %err, "removing staging directory");
+        }
+    }
+}
+
+/// Removes the staging directories `<parent>/<prefix><pid>-<seq>` of processes that are gone
+/// (killed or crashed mid-pull); those of live processes are left alone. Best effort: a failure
+/// is logged, and the new staging directory has a name of its own anyway.
+fn sweep_staging(parent: &Path, prefix: &OsStr) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.as_bytes().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let pid = rest.split(|b| *b == b'-').next().unwrap_or_default();
+        let pid = std::str::from_utf8(pid).unwrap_or_default();
+        if crate::store::owner_gone(pid) {
+            let path = entry.path();
+            if let Err(err) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(dir = %path.display(), error = %err, "removing a stale staging directory");
+            }
         }
     }
 }

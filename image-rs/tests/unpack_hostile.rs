@@ -949,3 +949,30 @@ fn errors_quote_a_short_escaped_prefix_of_names() {
     assert!(text.contains('…'), "{text}");
     println!("{} bytes: {text}", text.len());
 }
+
+#[test]
+fn staging_directories_of_processes_that_are_gone_are_swept() {
+    let s = Scene::new();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = s.outer.path().join(format!(".root.partial-{dead}-0"));
+    let live = s
+        .outer
+        .path()
+        .join(format!(".root.partial-{}-999", std::process::id()));
+    for dir in [&stale, &live] {
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        std::fs::write(dir.join("usr/bin/half"), b"written").unwrap();
+    }
+    s.unpack(&[Tar::new().file("f", b"1").done()]).unwrap();
+    assert!(
+        !stale.exists(),
+        "a dead process's staging directory was kept"
+    );
+    assert!(
+        live.exists(),
+        "a live process's staging directory was removed"
+    );
+    assert_eq!(read(&s.dest(), "f"), b"1");
+}

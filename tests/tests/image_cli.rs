@@ -927,5 +927,102 @@ fn main() -> ExitCode {
         })()
     );
 
+    case!(
+        suite,
+        // #21: SIGTERM (and SIGINT) mid-pull cancel it: no staging directory, no temporary blob,
+        // no destination. A SIGKILL leaves both; the next pull with the same store and
+        // destination removes them (their process is gone) and succeeds.
+        "interrupted_pull_leaves_nothing_and_the_next_pull_sweeps_a_crash",
+        (|| {
+            use nix::sys::signal::{Signal, kill};
+            use nix::unistd::Pid;
+            let layout = hostile::big_layout(&dir.join("big"), 192 << 20)?;
+            registry.push(&layout, "demo/big:v1")?;
+            let reference = format!("{host}/demo/big:v1");
+            let start = |dest: &Path, store: &Path| {
+                Command::new(coffer())
+                    .args(["image", "pull", &reference, "--dest"])
+                    .arg(dest)
+                    .arg("--store")
+                    .arg(store)
+                    .args(["--insecure-registry", &host])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .context("starting coffer image pull")
+            };
+            // Waits (bounded) until the pull has both a staging directory and a temporary blob.
+            let mid_pull = |dest: &Path, store: &Path| -> anyhow::Result<()> {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    let left = hostile::debris(dest, store)?;
+                    let staging = left.iter().any(|p| p.parent() == Some(dir));
+                    let blob = left.iter().any(|p| p.starts_with(store.join("tmp")));
+                    if staging && blob {
+                        return Ok(());
+                    }
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the pull never got mid-way: {left:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            };
+            for signal in [Signal::SIGTERM, Signal::SIGINT] {
+                let dest = dir.join(format!("big-{signal}"));
+                let store = dir.join(format!("big-store-{signal}"));
+                let child = start(&dest, &store)?;
+                mid_pull(&dest, &store)?;
+                kill(Pid::from_raw(i32::try_from(child.id())?), signal)?;
+                let out = child.wait_with_output()?;
+                let stderr = text(&out.stderr);
+                println!("  {signal}: {}", stderr.lines().last().unwrap_or_default());
+                ensure!(!out.status.success(), "{signal}: the pull succeeded");
+                ensure!(
+                    stderr.contains(&format!("interrupted by {signal}")),
+                    "{signal}: {stderr}"
+                );
+                let left = hostile::debris(&dest, &store)?;
+                ensure!(left.is_empty(), "{signal}: left {left:?}");
+                ensure!(!dest.exists(), "{signal}: a destination was left");
+            }
+
+            let dest = dir.join("big-killed");
+            let store = dir.join("big-store-killed");
+            let mut child = start(&dest, &store)?;
+            mid_pull(&dest, &store)?;
+            child.kill()?;
+            child.wait()?;
+            let crashed = hostile::debris(&dest, &store)?;
+            ensure!(!crashed.is_empty(), "SIGKILL left nothing to sweep");
+            let out = run(&[
+                "image",
+                "pull",
+                &reference,
+                "--dest",
+                &p(&dest),
+                "--store",
+                &p(&store),
+                "--insecure-registry",
+                &host,
+            ])?;
+            ensure!(
+                out.status.success(),
+                "pull after a crash: {}",
+                text(&out.stderr)
+            );
+            let left = hostile::debris(&dest, &store)?;
+            ensure!(
+                left.is_empty(),
+                "the crash's debris {crashed:?} is still there: {left:?}"
+            );
+            println!(
+                "  SIGKILL left {} paths; the next pull removed them",
+                crashed.len()
+            );
+            Ok(())
+        })()
+    );
+
     suite.finish()
 }

@@ -101,6 +101,20 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> anyhow::Result<Digest> {
 
 /// An OCI layout at `layout` with one gzip'd layer `blob` (`diff_id` as the config states it).
 pub fn layout(layout: &Path, blob: &[u8], diff_id: &Digest) -> anyhow::Result<PathBuf> {
+    layout_with(
+        layout,
+        blob,
+        diff_id,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    )
+}
+
+fn layout_with(
+    layout: &Path,
+    blob: &[u8],
+    diff_id: &Digest,
+    media_type: &str,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(layout)?;
     std::fs::write(
         layout.join("oci-layout"),
@@ -124,7 +138,7 @@ pub fn layout(layout: &Path, blob: &[u8], diff_id: &Digest) -> anyhow::Result<Pa
             "size": config.len(),
         },
         "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "mediaType": media_type,
             "digest": layer.to_string(),
             "size": blob.len(),
         }],
@@ -189,4 +203,54 @@ pub fn pull_measured(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         max_rss_bytes: kib * 1024,
     })
+}
+
+/// An OCI layout at `layout` with one uncompressed layer: one file of `len` noise bytes (big
+/// enough that a pull takes a while, to be interrupted).
+pub fn big_layout(layout: &Path, len: usize) -> anyhow::Result<PathBuf> {
+    let data = noise(len, 7);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    tar.append_data(&mut h, "noise", &data[..])?;
+    let tar = tar.into_inner()?;
+    let diff_id = Digest::of(&tar);
+    self::layout_with(
+        layout,
+        &tar,
+        &diff_id,
+        "application/vnd.oci.image.layer.v1.tar",
+    )
+}
+
+/// What an interrupted pull left: staging directories beside `dest`, temporary blobs in `store`.
+pub fn debris(dest: &Path, store: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let name = dest
+        .file_name()
+        .context("destination without a name")?
+        .to_string_lossy()
+        .into_owned();
+    let parent = dest.parent().context("destination without a parent")?;
+    for entry in std::fs::read_dir(parent)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!(".{name}.partial-"))
+        {
+            out.push(entry.path());
+        }
+    }
+    let tmp = store.join("tmp");
+    if tmp.exists() {
+        for entry in std::fs::read_dir(tmp)? {
+            out.push(entry?.path());
+        }
+    }
+    Ok(out)
 }
