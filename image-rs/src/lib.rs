@@ -47,8 +47,10 @@ pub mod unpack;
 /// debug build: about 45–50 MiB; without the header limits a PAX header inflated to the layer's
 /// ratio limit took the same pull past 150 MiB).
 ///
-/// Not yet within it: the per-layer sets of created paths and their parents (whiteout and hard
-/// link bookkeeping) grow with the entries of a layer, up to `UnpackPolicy::max_entries`.
+/// Besides the decompressor's window, one more term grows with the policy, not with the bytes of
+/// a layer: the per-layer sets of created paths and their parents (whiteout and hard-link
+/// bookkeeping) hold at most `2 × UnpackPolicy::max_entries` paths of at most
+/// [`unpack::TRACKED_PATH_BYTES`] each (96 MiB at the default 1,000,000 entries).
 pub const PULL_MEMORY_BOUND: u64 = 96 << 20;
 
 pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};

@@ -102,6 +102,13 @@ pub enum UnpackError {
         /// The limit.
         limit: u64,
     },
+    /// The layer names more distinct paths, with their parent directories, than the per-layer
+    /// bookkeeping holds (`2 × UnpackPolicy::max_entries`).
+    #[error("more than {limit} distinct paths and parent directories in one layer")]
+    TooManyPaths {
+        /// The limit.
+        limit: usize,
+    },
     /// A device node, FIFO or socket under [`DevicePolicy::Reject`].
     #[error("device node, fifo or socket \"{}\" refused", quoted_path(.path))]
     Device {
@@ -491,13 +498,37 @@ fn split_leaf(path: &Path) -> (&Path, &OsStr) {
     (parent, name)
 }
 
+/// A path as the per-layer sets hold it: the first 128 bits of its SHA-256, so a set's memory
+/// per path is fixed ([`TRACKED_PATH_BYTES`]) whatever the names' lengths. A collision (2^64 work
+/// to find one) could only make a whiteout spare a path or let a hard link name one of a lower
+/// layer, which stays inside the root either way.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PathKey([u8; 16]);
+
+impl PathKey {
+    fn of(path: &Path) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(path.as_os_str().as_bytes());
+        let mut key = [0; 16];
+        key.copy_from_slice(&digest[..16]);
+        Self(key)
+    }
+}
+
+/// Upper bound of the memory one tracked path costs in the per-layer sets (16-byte key, control
+/// byte, load factor and a table being resized next to its successor). At most
+/// `2 × UnpackPolicy::max_entries` paths are tracked per layer: 96 MiB at the defaults.
+pub const TRACKED_PATH_BYTES: u64 = 48;
+
 /// Per-layer bookkeeping for whiteouts and hard links.
 struct LayerState<'r> {
     root: &'r Root,
     /// Paths this layer created (whiteouts never remove them; hard links may point only here).
-    created: HashSet<PathBuf>,
+    created: HashSet<PathKey>,
     /// Ancestors of created paths (opaque markers keep them).
-    ancestors: HashSet<PathBuf>,
+    ancestors: HashSet<PathKey>,
+    /// Most paths `created` and `ancestors` may hold together.
+    max_tracked: usize,
     /// Last resolved parent; dropped whenever something is removed or a symlink appears.
     parent_cache: Option<(PathBuf, Handle)>,
     is_root: bool,
@@ -528,19 +559,27 @@ impl LayerState<'_> {
         }
     }
 
-    fn mark_created(&mut self, path: &Path) {
+    fn mark_created(&mut self, path: &Path) -> Result<(), UnpackError> {
+        // Bounded by the path's depth (`UnpackPolicy::max_depth`).
         let mut ancestor = path.parent();
         while let Some(a) = ancestor {
-            if a.as_os_str().is_empty() || !self.ancestors.insert(a.to_owned()) {
+            if a.as_os_str().is_empty() || !self.ancestors.insert(PathKey::of(a)) {
                 break;
             }
             ancestor = a.parent();
         }
-        self.created.insert(path.to_owned());
+        self.created.insert(PathKey::of(path));
+        if self.created.len() + self.ancestors.len() > self.max_tracked {
+            return Err(UnpackError::TooManyPaths {
+                limit: self.max_tracked,
+            });
+        }
+        Ok(())
     }
 
     fn kept(&self, path: &Path) -> bool {
-        self.created.contains(path) || self.ancestors.contains(path)
+        let key = PathKey::of(path);
+        self.created.contains(&key) || self.ancestors.contains(&key)
     }
 
     /// Removes `parent/name` (recursively for directories) if it exists, without following it.
@@ -724,6 +763,7 @@ pub fn apply_layer<R: Read>(
         root,
         created: HashSet::new(),
         ancestors: HashSet::new(),
+        max_tracked: usize::try_from(policy.max_entries.saturating_mul(2)).unwrap_or(usize::MAX),
         parent_cache: None,
         is_root: rustix::process::geteuid().is_root(),
         copy_buf: vec![0; COPY_BUFFER],
@@ -907,7 +947,7 @@ fn apply_entry<R: Read>(
             if target.as_os_str().is_empty() || target == path {
                 return Err(refuse("target is the root or the link itself"));
             }
-            if !state.created.contains(&target) {
+            if !state.created.contains(&PathKey::of(&target)) {
                 return Err(refuse("target is not a file created earlier in this layer"));
             }
             state.remove_existing(&path)?;
@@ -930,7 +970,7 @@ fn apply_entry<R: Read>(
         }
         _ => {}
     }
-    state.mark_created(&path);
+    state.mark_created(&path)?;
     stats.entries += 1;
     Ok(())
 }

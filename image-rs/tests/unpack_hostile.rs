@@ -976,3 +976,33 @@ fn staging_directories_of_processes_that_are_gone_are_swept() {
     );
     assert_eq!(read(&s.dest(), "f"), b"1");
 }
+
+#[test]
+fn paths_and_parents_tracked_per_layer_are_bounded() {
+    // Three files, each under its own chain of ten implicit directories: 33 tracked paths.
+    let mut layer = Tar::new();
+    for chain in ["a", "b", "c"] {
+        let name = format!("{}f", format!("{chain}/").repeat(10));
+        layer = layer.file(&name, b"");
+    }
+    let layer = layer.done();
+    let policy = UnpackPolicy {
+        max_entries: 16,
+        ..UnpackPolicy::default()
+    };
+    let s = Scene::new();
+    let err = s
+        .unpack_with(std::slice::from_ref(&layer), &policy, QUOTA)
+        .unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooManyPaths { limit: 32 }),
+        "{err:?}"
+    );
+    s.assert_nothing_left();
+    let policy = UnpackPolicy {
+        max_entries: 17,
+        ..UnpackPolicy::default()
+    };
+    let s = Scene::new();
+    s.unpack_with(&[layer], &policy, QUOTA).unwrap();
+}
