@@ -74,8 +74,8 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
-/// An honest gzip'd layer: one file of `data`; returns the blob and its diff_id.
-pub fn honest_layer(data: &[u8]) -> anyhow::Result<(Vec<u8>, Digest)> {
+/// A tar of one file `noise` holding `data`.
+fn one_file_tar(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(data.len() as u64);
@@ -84,7 +84,12 @@ pub fn honest_layer(data: &[u8]) -> anyhow::Result<(Vec<u8>, Digest)> {
     h.set_gid(0);
     h.set_mtime(0);
     tar.append_data(&mut h, "noise", data)?;
-    let tar = tar.into_inner()?;
+    Ok(tar.into_inner()?)
+}
+
+/// An honest gzip'd layer: one file of `data`; returns the blob and its diff_id.
+pub fn honest_layer(data: &[u8]) -> anyhow::Result<(Vec<u8>, Digest)> {
+    let tar = one_file_tar(data)?;
     let diff_id = Digest::of(&tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar)?;
@@ -208,16 +213,7 @@ pub fn pull_measured(
 /// An OCI layout at `layout` with one uncompressed layer: one file of `len` noise bytes (big
 /// enough that a pull takes a while, to be interrupted).
 pub fn big_layout(layout: &Path, len: usize) -> anyhow::Result<PathBuf> {
-    let data = noise(len, 7);
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    tar.append_data(&mut h, "noise", &data[..])?;
-    let tar = tar.into_inner()?;
+    let tar = one_file_tar(&noise(len, 7))?;
     let diff_id = Digest::of(&tar);
     self::layout_with(
         layout,
