@@ -315,6 +315,8 @@ pub struct Limits {
     pub ratio_floor_bytes: u64,
     /// Layers downloaded at once. Default 4.
     pub max_parallel_downloads: usize,
+    /// When a blob download counts as stalled and is cut off. Default: fewer than 1 KiB in 60 s.
+    pub stall: crate::registry::Stall,
 }
 
 impl Default for Limits {
@@ -328,6 +330,7 @@ impl Default for Limits {
             max_ratio: 200,
             ratio_floor_bytes: 64 << 20,
             max_parallel_downloads: 4,
+            stall: crate::registry::Stall::default(),
         }
     }
 }

@@ -161,7 +161,8 @@ pub async fn encrypt_image(
         return Err(EncryptError::NoRecipients.into());
     }
     let registry = Registry::new(options.registries.clone(), options.credentials.clone())
-        .map_err(|e| EncryptImageError::Source(e.into()))?;
+        .map_err(|e| EncryptImageError::Source(e.into()))?
+        .with_stall(options.limits.stall);
     // The destination is checked before anything is fetched.
     let target = match to {
         ImageLocation::Registry(reference) => {

@@ -34,7 +34,24 @@ mod pull;
 pub mod registry;
 pub mod sign;
 pub mod store;
+mod tar_headers;
 pub mod unpack;
+
+/// Peak resident memory of a `coffer image pull` process, whatever its layers contain, not
+/// counting the decompressor's window (gzip: 32 KiB; zstd: at most 128 MiB, `window_log_max(27)`).
+/// It covers the process itself (runtime, TLS, HTTP client), the downloads in flight
+/// (`Limits::max_parallel_downloads`), the bounded chunk queues between the decrypt, decompress
+/// and unpack stages (`DECODE_QUEUE` × `DECODE_CHUNK` each), the copy buffer, and the tar headers
+/// the unpacker holds ([`MAX_PAX_BYTES`], [`MAX_LONG_NAME_BYTES`], read only after their size was
+/// checked). Measured by the `image_cli` suite's hostile-layer cases (peak RSS of the real CLI,
+/// debug build: about 45–50 MiB; without the header limits a PAX header inflated to the layer's
+/// ratio limit took the same pull past 150 MiB).
+///
+/// Besides the decompressor's window, one more term grows with the policy, not with the bytes of
+/// a layer: the per-layer sets of created paths and their parents (whiteout and hard-link
+/// bookkeeping) hold at most `2 × UnpackPolicy::max_entries` paths of at most
+/// [`unpack::TRACKED_PATH_BYTES`] each (96 MiB at the default 1,000,000 entries).
+pub const PULL_MEMORY_BOUND: u64 = 96 << 20;
 
 pub use config::{ConfigError, Credential, Credentials, Limits, RegistriesConfig};
 pub use decrypt::{
@@ -49,4 +66,5 @@ pub use pull::{
 };
 pub use sign::{CosignKey, SignError, SignOptions, Signed, sign_image};
 pub use store::BlobStore;
+pub use tar_headers::{HeaderRefusal, MAX_LONG_NAME_BYTES, MAX_PAX_BYTES};
 pub use unpack::{DevicePolicy, UnpackError, UnpackPolicy};

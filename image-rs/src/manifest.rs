@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::digest::Digest;
+use crate::unpack::quoted;
 
 /// OCI image manifest media type.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -34,7 +35,7 @@ pub enum ManifestError {
     #[error("unsupported schema version {0}")]
     SchemaVersion(u32),
     /// A media type this crate does not handle.
-    #[error("unsupported media type {0:?}")]
+    #[error("unsupported media type \"{}\"", quoted(.0.as_bytes()))]
     MediaType(String),
     /// The index lists no `linux/amd64` image.
     #[error("the image index has no linux/amd64 manifest")]
@@ -56,7 +57,11 @@ pub enum ManifestError {
         layers: usize,
     },
     /// The config is not for linux/amd64.
-    #[error("image is for {os}/{architecture}, not linux/amd64")]
+    #[error(
+        "image is for \"{}/{}\", not linux/amd64",
+        quoted(os.as_bytes()),
+        quoted(architecture.as_bytes())
+    )]
     Platform {
         /// The config's `os`.
         os: String,
@@ -291,5 +296,24 @@ mod tests {
             ManifestDoc::parse(br#"{"schemaVersion":1}"#),
             Err(ManifestError::SchemaVersion(1))
         ));
+    }
+
+    #[test]
+    fn errors_quote_a_short_escaped_prefix_of_registry_strings() {
+        let hostile = "\x1b[2J".repeat(100_000);
+        for err in [
+            ManifestError::MediaType(hostile.clone()),
+            ManifestError::Platform {
+                os: hostile.clone(),
+                architecture: hostile.clone(),
+            },
+        ] {
+            let text = err.to_string();
+            assert!(text.len() < 1024, "{} bytes", text.len());
+            assert!(
+                !text.contains('\x1b') && text.contains("\\x1b[2J"),
+                "{text}"
+            );
+        }
     }
 }

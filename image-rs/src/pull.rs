@@ -427,7 +427,8 @@ pub async fn pull(
         return Err(PolicyError::Missing.into());
     }
     let parsed = parse_reference(reference)?;
-    let registry = Registry::new(options.registries.clone(), options.credentials.clone())?;
+    let registry = Registry::new(options.registries.clone(), options.credentials.clone())?
+        .with_stall(options.limits.stall);
     let limits = &options.limits;
     let emit = |event: ProgressEvent| {
         if let Some(sink) = &options.progress {
@@ -498,10 +499,13 @@ pub async fn pull(
         limits.max_parallel_downloads,
         options.progress.clone(),
     );
-    let (mut tasks, readies): (Vec<_>, Vec<_>) = downloads
+    let (tasks, readies): (Vec<_>, Vec<_>) = downloads
         .into_iter()
         .map(|d| (Some(d.task), d.ready))
         .unzip();
+    // A pull dropped mid-way (cancelled, e.g. by a signal) aborts its downloads: each removes
+    // its temporary blob, and the layer being applied then fails and drops the staging root.
+    let mut tasks = AbortOnDrop(tasks);
 
     // Layer i is applied while it downloads (from a reader that ends only once the blob is
     // verified) or from the store, after layer i-1; syncing blobs to disk overlaps the next
@@ -607,6 +611,30 @@ pub async fn pull(
         layers,
         root: dest.to_owned(),
     })
+}
+
+/// Download tasks aborted when dropped (a `JoinHandle` alone would let them run on).
+struct AbortOnDrop(Vec<Option<Download>>);
+
+impl std::ops::Deref for AbortOnDrop {
+    type Target = Vec<Option<Download>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AbortOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in self.0.iter().flatten() {
+            task.abort();
+        }
+    }
 }
 
 /// The error of layer `index`'s download task, which failed (or [`PullError::Download`] if it

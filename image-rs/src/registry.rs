@@ -98,6 +98,24 @@ pub enum RegistryError {
         /// What the bytes hash to.
         actual: Digest,
     },
+    /// A blob download made too little progress: fewer than [`Stall::min_bytes`] arrived within
+    /// one [`Stall::window`] (a slow or silent registry, REG-07).
+    #[error(
+        "download of {digest} from {registry} stalled: fewer than {min_bytes} bytes in {window:?} \
+         ({received} bytes received)"
+    )]
+    Stalled {
+        /// The registry host (`host[:port]`) that served it.
+        registry: String,
+        /// The blob.
+        digest: Digest,
+        /// The stall window.
+        window: Duration,
+        /// The least progress per window.
+        min_bytes: u64,
+        /// Bytes of the blob received before the cut-off.
+        received: u64,
+    },
     /// Storing the blob failed (includes digest and size mismatches).
     #[error("storing blob")]
     Store(#[from] StoreError),
@@ -194,6 +212,59 @@ pub struct Registry {
     tokens: Arc<Mutex<HashMap<String, Option<String>>>>,
     config: Arc<RegistriesConfig>,
     credentials: Arc<Credentials>,
+    stall: Stall,
+}
+
+/// When a blob download counts as stalled: fewer than `min_bytes` bytes arrive within `window`
+/// (the response headers within one window too). A registry that sends nothing, or trickles a
+/// byte now and then (each read on its own would meet a per-read timeout), is cut off after one
+/// window; a download keeps going as long as every window brings `min_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// The window. Default 60 s.
+    pub window: Duration,
+    /// Least bytes per window. Default 1 KiB.
+    pub min_bytes: u64,
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            min_bytes: 1024,
+        }
+    }
+}
+
+/// The progress of one download against its [`Stall`] bound.
+struct StallWatch {
+    stall: Stall,
+    window_start: tokio::time::Instant,
+    window_bytes: u64,
+}
+
+impl StallWatch {
+    fn new(stall: Stall) -> Self {
+        Self {
+            stall,
+            window_start: tokio::time::Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    /// When the current window ends.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.window_start + self.stall.window
+    }
+
+    /// Counts `bytes`; a window that reached the minimum starts the next one.
+    fn observe(&mut self, bytes: usize) {
+        self.window_bytes = self.window_bytes.saturating_add(bytes as u64);
+        if self.window_bytes >= self.stall.min_bytes {
+            self.window_start = tokio::time::Instant::now();
+            self.window_bytes = 0;
+        }
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -261,7 +332,51 @@ impl Registry {
             tokens: Arc::default(),
             config: Arc::new(config),
             credentials: Arc::new(credentials),
+            stall: Stall::default(),
         })
+    }
+
+    /// Replaces the blob downloads' stall bound.
+    pub fn with_stall(mut self, stall: Stall) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    fn stalled(&self, source: &Source, digest: &Digest, received: u64) -> RegistryError {
+        RegistryError::Stalled {
+            registry: source.reference.resolve_registry().to_owned(),
+            digest: digest.clone(),
+            window: self.stall.window,
+            min_bytes: self.stall.min_bytes,
+            received,
+        }
+    }
+
+    /// The next chunk of a blob download, or [`RegistryError::Stalled`] when `watch`'s window
+    /// ends first.
+    async fn next_chunk<S, B>(
+        &self,
+        stream: &mut S,
+        watch: &mut StallWatch,
+        source: &Source,
+        digest: &Digest,
+        received: u64,
+    ) -> Result<Option<B>, RegistryError>
+    where
+        S: futures::Stream<Item = Result<B, std::io::Error>> + Unpin,
+        B: AsRef<[u8]>,
+    {
+        let next = tokio::time::timeout_at(watch.deadline(), stream.next())
+            .await
+            .map_err(|_| self.stalled(source, digest, received))?;
+        match next {
+            None => Ok(None),
+            Some(chunk) => {
+                let chunk = chunk.map_err(|source| stream_error(digest, source))?;
+                watch.observe(chunk.as_ref().len());
+                Ok(Some(chunk))
+            }
+        }
     }
 
     /// The HTTP client for manifests and lookaside signature storage (same extra CAs).
@@ -438,10 +553,19 @@ impl Registry {
         if descriptor.size > limit {
             return Err(RegistryError::TooLarge { what, limit });
         }
+        let mut watch = StallWatch::new(self.stall);
         let mut stream = self.blob_stream(source, descriptor, what).await?;
         let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| stream_error(&descriptor.digest, source))?;
+        while let Some(chunk) = self
+            .next_chunk(
+                &mut stream,
+                &mut watch,
+                source,
+                &descriptor.digest,
+                out.len() as u64,
+            )
+            .await?
+        {
             if (out.len() + chunk.len()) as u64 > descriptor.size {
                 return Err(StoreError::SizeMismatch {
                     digest: descriptor.digest.clone(),
@@ -479,14 +603,18 @@ impl Registry {
         self.client
             .store_auth_if_needed(source.reference.resolve_registry(), &source.auth)
             .await;
-        self.client
-            .pull_blob_stream(&source.reference, &desc)
-            .await
-            .map_err(|err| RegistryError::Request {
-                what,
-                reference: source.reference.whole(),
-                source: err,
-            })
+        // The response headers, too, must come within one stall window.
+        tokio::time::timeout(
+            self.stall.window,
+            self.client.pull_blob_stream(&source.reference, &desc),
+        )
+        .await
+        .map_err(|_| self.stalled(source, &descriptor.digest, 0))?
+        .map_err(|err| RegistryError::Request {
+            what,
+            reference: source.reference.whole(),
+            source: err,
+        })
     }
 
     /// Uploads one blob to `target`'s repository (its digest is sent for the registry to check).
@@ -556,12 +684,21 @@ impl Registry {
             }
             Slot::Vacant(writer) => writer,
         };
+        let mut watch = StallWatch::new(self.stall);
         let mut stream = self.blob_stream(source, descriptor, "layer").await?;
         if let Some(ready) = ready {
             let _ = ready.send(LayerBlob::Downloading(writer.follower().await?));
         }
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| stream_error(&descriptor.digest, source))?;
+        while let Some(chunk) = self
+            .next_chunk(
+                &mut stream,
+                &mut watch,
+                source,
+                &descriptor.digest,
+                writer.written(),
+            )
+            .await?
+        {
             writer.write(&chunk).await?;
             progress(BlobProgress::Received(writer.written()));
         }

@@ -81,15 +81,24 @@ pub enum Slot {
 }
 
 impl BlobStore {
-    /// Opens (creating) a store at `dir`, removing temporary files left by an earlier crash.
+    /// Opens (creating) a store at `dir`, removing temporary files left by processes that are
+    /// gone (a crash, a kill): a temporary blob is named `<hex>.<pid>.<seq>` by its writer, so
+    /// the downloads of live pulls sharing the store are left alone.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err("creating store", &blobs))?;
         let tmp = dir.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io_err("cleaning store tmp", &tmp))?;
-        }
         std::fs::create_dir_all(&tmp).map_err(io_err("creating store tmp", &tmp))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io_err("cleaning store tmp", &tmp))? {
+            let entry = entry.map_err(io_err("cleaning store tmp", &tmp))?;
+            let name = entry.file_name();
+            let owner = name.to_str().and_then(|n| n.split('.').nth(1));
+            if owner.is_none_or(owner_gone) {
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .map_err(io_err("removing stale temporary blob", &path))?;
+            }
+        }
         Ok(Arc::new(Self {
             dir: dir.to_owned(),
             locks: Mutex::new(HashMap::new()),
@@ -406,6 +415,26 @@ impl io::Read for FollowReader {
     }
 }
 
+/// Whether the process `pid` (decimal, as written in a temporary name) is gone, so what it left
+/// behind can be removed. A pid that does not parse counts as gone; this process and a live
+/// process (even one of another user, or an unrelated one that reused the pid) do not.
+pub(crate) fn owner_gone(pid: &str) -> bool {
+    let Some(pid) = pid
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return true;
+    };
+    if pid.as_raw_nonzero().get() == i32::try_from(std::process::id()).unwrap_or(0) {
+        return false;
+    }
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
 /// Whether an I/O error chain holds [`DownloadFailed`].
 pub(crate) fn download_failed_in(err: &io::Error) -> bool {
     io_chain_holds::<DownloadFailed>(err)
@@ -463,5 +492,28 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn open_removes_temporary_blobs_of_processes_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let hex = "ab".repeat(32);
+        let stale = tmp.join(format!("{hex}.{dead}.0"));
+        let garbled = tmp.join("not-ours");
+        let live = tmp.join(format!("{hex}.{}.7", std::process::id()));
+        let init = tmp.join(format!("{hex}.1.3"));
+        for path in [&stale, &garbled, &live, &init] {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        BlobStore::open(dir.path()).unwrap();
+        assert!(!stale.exists(), "a dead process's blob was kept");
+        assert!(!garbled.exists());
+        assert!(live.exists(), "this process's blob was removed");
+        assert!(init.exists(), "a live process's blob was removed");
     }
 }

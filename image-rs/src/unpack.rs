@@ -23,13 +23,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pathrs::{Handle, Root};
+
+use crate::tar_headers::{HeaderGuard, HeaderRefusal, refusal_in};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 use rustix::fs::{Gid, Uid};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Longest path accepted (Linux `PATH_MAX`).
-const PATH_MAX: usize = 4096;
+pub const PATH_MAX: usize = 4096;
 /// Longest single name accepted (Linux `NAME_MAX`).
 const NAME_MAX: usize = 255;
 
@@ -82,10 +84,14 @@ pub enum UnpackError {
     /// Non-zero bytes follow the end-of-archive marker.
     #[error("non-zero data after the end-of-archive marker")]
     TrailingData,
+    /// An extension header (GNU long name or link, PAX) declared more than its limit, or a GNU
+    /// sparse member: refused before its body was read.
+    #[error("tar header refused")]
+    Header(#[source] HeaderRefusal),
     /// A name that cannot be placed safely.
-    #[error("illegal entry name {name:?}: {reason}")]
+    #[error("illegal entry name \"{name}\": {reason}")]
     IllegalName {
-        /// The raw name, lossily decoded.
+        /// An escaped prefix of the raw name ([`quoted`]).
         name: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -96,20 +102,27 @@ pub enum UnpackError {
         /// The limit.
         limit: u64,
     },
+    /// The layer names more distinct paths, with their parent directories, than the per-layer
+    /// bookkeeping holds (`2 × UnpackPolicy::max_entries`).
+    #[error("more than {limit} distinct paths and parent directories in one layer")]
+    TooManyPaths {
+        /// The limit.
+        limit: usize,
+    },
     /// A device node, FIFO or socket under [`DevicePolicy::Reject`].
-    #[error("device node, fifo or socket {path:?} refused")]
+    #[error("device node, fifo or socket \"{}\" refused", quoted_path(.path))]
     Device {
         /// Entry path.
         path: PathBuf,
     },
     /// A GNU sparse file.
-    #[error("sparse file {path:?} refused")]
+    #[error("sparse file \"{}\" refused", quoted_path(.path))]
     Sparse {
         /// Entry path.
         path: PathBuf,
     },
     /// An entry type this unpacker does not know.
-    #[error("unsupported entry type {kind:#x} for {path:?}")]
+    #[error("unsupported entry type {kind:#x} for \"{}\"", quoted_path(.path))]
     UnsupportedType {
         /// Entry path.
         path: PathBuf,
@@ -117,7 +130,7 @@ pub enum UnpackError {
         kind: u8,
     },
     /// A uid/gid outside the 32-bit range.
-    #[error("owner id {id} of {path:?} is out of range")]
+    #[error("owner id {id} of \"{}\" is out of range", quoted_path(.path))]
     IdOutOfRange {
         /// Entry path.
         path: PathBuf,
@@ -125,13 +138,17 @@ pub enum UnpackError {
         id: u64,
     },
     /// A PAX record that does not parse.
-    #[error("malformed pax header on {path:?}")]
+    #[error("malformed pax header on \"{}\"", quoted_path(.path))]
     Pax {
         /// Entry path (as far as known).
         path: PathBuf,
     },
     /// A hard link whose target is not a file of this layer.
-    #[error("hard link {path:?} -> {target:?} refused: {reason}")]
+    #[error(
+        "hard link \"{}\" -> \"{}\" refused: {reason}",
+        quoted_path(.path),
+        quoted_path(.target)
+    )]
     HardLink {
         /// Entry path.
         path: PathBuf,
@@ -147,7 +164,7 @@ pub enum UnpackError {
         limit: u64,
     },
     /// A path could not be resolved inside the root.
-    #[error("resolving {path:?} inside the root")]
+    #[error("resolving \"{}\" inside the root", quoted_path(.path))]
     Resolve {
         /// The path.
         path: PathBuf,
@@ -156,7 +173,7 @@ pub enum UnpackError {
         source: pathrs::error::Error,
     },
     /// A filesystem operation failed.
-    #[error("{op} {path:?}")]
+    #[error("{op} \"{}\"", quoted_path(.path))]
     Io {
         /// What was being done.
         op: &'static str,
@@ -169,6 +186,27 @@ pub enum UnpackError {
     /// The destination exists and is not an empty directory.
     #[error("destination {0:?} exists and is not empty")]
     DestinationExists(PathBuf),
+}
+
+/// Most bytes of an attacker-controlled name an error quotes.
+pub const QUOTED_BYTES: usize = 96;
+
+/// An escaped prefix of the raw bytes `raw`, as errors quote names from an archive: at most
+/// [`QUOTED_BYTES`] bytes of it (`<[u8]>::escape_ascii`), and `…` when it was longer. (The host's
+/// `coffer_log::escaped_prefix` does the same for `&str`, but this crate is part of the guest and
+/// never depends on host crates; names here are bytes, not text.)
+pub fn quoted(raw: &[u8]) -> String {
+    let mut out = raw[..raw.len().min(QUOTED_BYTES)]
+        .escape_ascii()
+        .to_string();
+    if raw.len() > QUOTED_BYTES {
+        out.push('…');
+    }
+    out
+}
+
+fn quoted_path(path: &Path) -> String {
+    quoted(path.as_os_str().as_bytes())
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
@@ -244,10 +282,13 @@ impl Staging {
             .file_name()
             .ok_or_else(|| UnpackError::DestinationExists(dest.to_owned()))?;
         let parent = dest.parent().unwrap_or(Path::new("."));
-        let mut staged = OsString::from(".");
-        staged.push(name);
+        let mut prefix = OsString::from(".");
+        prefix.push(name);
+        prefix.push(".partial-");
+        sweep_staging(parent, &prefix);
+        let mut staged = prefix;
         staged.push(format!(
-            ".partial-{}-{}",
+            "{}-{}",
             std::process::id(),
             STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
@@ -299,6 +340,29 @@ impl Drop for Staging {
             && let Err(err) = std::fs::remove_dir_all(&self.dir)
         {
             tracing::warn!(dir = %self.dir.display(), error = %err, "removing staging directory");
+        }
+    }
+}
+
+/// Removes the staging directories `<parent>/<prefix><pid>-<seq>` of processes that are gone
+/// (killed or crashed mid-pull); those of live processes are left alone. Best effort: a failure
+/// is logged, and the new staging directory has a name of its own anyway.
+fn sweep_staging(parent: &Path, prefix: &OsStr) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.as_bytes().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let pid = rest.split(|b| *b == b'-').next().unwrap_or_default();
+        let pid = std::str::from_utf8(pid).unwrap_or_default();
+        if crate::store::owner_gone(pid) {
+            let path = entry.path();
+            if let Err(err) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(dir = %path.display(), error = %err, "removing a stale staging directory");
+            }
         }
     }
 }
@@ -399,7 +463,7 @@ impl<R: Read> Read for Counting<'_, R> {
 /// A validated entry name: root-relative, normal components only.
 fn normalize(raw: &[u8], max_depth: usize) -> Result<PathBuf, UnpackError> {
     let bad = |reason| UnpackError::IllegalName {
-        name: String::from_utf8_lossy(raw).into_owned(),
+        name: quoted(raw),
         reason,
     };
     if raw.contains(&0) {
@@ -434,13 +498,37 @@ fn split_leaf(path: &Path) -> (&Path, &OsStr) {
     (parent, name)
 }
 
+/// A path as the per-layer sets hold it: the first 128 bits of its SHA-256, so a set's memory
+/// per path is fixed ([`TRACKED_PATH_BYTES`]) whatever the names' lengths. A collision (2^64 work
+/// to find one) could only make a whiteout spare a path or let a hard link name one of a lower
+/// layer, which stays inside the root either way.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PathKey([u8; 16]);
+
+impl PathKey {
+    fn of(path: &Path) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(path.as_os_str().as_bytes());
+        let mut key = [0; 16];
+        key.copy_from_slice(&digest[..16]);
+        Self(key)
+    }
+}
+
+/// Upper bound of the memory one tracked path costs in the per-layer sets (16-byte key, control
+/// byte, load factor and a table being resized next to its successor). At most
+/// `2 × UnpackPolicy::max_entries` paths are tracked per layer: 96 MiB at the defaults.
+pub const TRACKED_PATH_BYTES: u64 = 48;
+
 /// Per-layer bookkeeping for whiteouts and hard links.
 struct LayerState<'r> {
     root: &'r Root,
     /// Paths this layer created (whiteouts never remove them; hard links may point only here).
-    created: HashSet<PathBuf>,
+    created: HashSet<PathKey>,
     /// Ancestors of created paths (opaque markers keep them).
-    ancestors: HashSet<PathBuf>,
+    ancestors: HashSet<PathKey>,
+    /// Most paths `created` and `ancestors` may hold together.
+    max_tracked: usize,
     /// Last resolved parent; dropped whenever something is removed or a symlink appears.
     parent_cache: Option<(PathBuf, Handle)>,
     is_root: bool,
@@ -471,19 +559,27 @@ impl LayerState<'_> {
         }
     }
 
-    fn mark_created(&mut self, path: &Path) {
+    fn mark_created(&mut self, path: &Path) -> Result<(), UnpackError> {
+        // Bounded by the path's depth (`UnpackPolicy::max_depth`).
         let mut ancestor = path.parent();
         while let Some(a) = ancestor {
-            if a.as_os_str().is_empty() || !self.ancestors.insert(a.to_owned()) {
+            if a.as_os_str().is_empty() || !self.ancestors.insert(PathKey::of(a)) {
                 break;
             }
             ancestor = a.parent();
         }
-        self.created.insert(path.to_owned());
+        self.created.insert(PathKey::of(path));
+        if self.created.len() + self.ancestors.len() > self.max_tracked {
+            return Err(UnpackError::TooManyPaths {
+                limit: self.max_tracked,
+            });
+        }
+        Ok(())
     }
 
     fn kept(&self, path: &Path) -> bool {
-        self.created.contains(path) || self.ancestors.contains(path)
+        let key = PathKey::of(path);
+        self.created.contains(&key) || self.ancestors.contains(&key)
     }
 
     /// Removes `parent/name` (recursively for directories) if it exists, without following it.
@@ -539,7 +635,7 @@ impl LayerState<'_> {
         let target = name.strip_prefix(WHITEOUT_PREFIX).unwrap_or(name);
         if target.is_empty() || target == b"." || target == b".." {
             return Err(UnpackError::IllegalName {
-                name: String::from_utf8_lossy(name).into_owned(),
+                name: quoted(name),
                 reason: "whiteout of an invalid name",
             });
         }
@@ -659,10 +755,15 @@ pub fn apply_layer<R: Read>(
         inner: reader,
         count: 0,
     };
+    let archive_err = |e: io::Error| match refusal_in(&e) {
+        Some(refusal) => UnpackError::Header(refusal),
+        None => UnpackError::Archive(e),
+    };
     let mut state = LayerState {
         root,
         created: HashSet::new(),
         ancestors: HashSet::new(),
+        max_tracked: usize::try_from(policy.max_entries.saturating_mul(2)).unwrap_or(usize::MAX),
         parent_cache: None,
         is_root: rustix::process::geteuid().is_root(),
         copy_buf: vec![0; COPY_BUFFER],
@@ -671,9 +772,10 @@ pub fn apply_layer<R: Read>(
     let mut end_of_last = 0u64;
     let mut seen = 0u64;
     {
-        let mut archive = tar::Archive::new(&mut counting);
-        for entry in archive.entries().map_err(UnpackError::Archive)? {
-            let mut entry = entry.map_err(UnpackError::Archive)?;
+        // Extension headers are held to their limits before `tar` reads their bodies.
+        let mut archive = tar::Archive::new(HeaderGuard::new(&mut counting));
+        for entry in archive.entries().map_err(archive_err)? {
+            let mut entry = entry.map_err(archive_err)?;
             seen += 1;
             if seen > policy.max_entries {
                 return Err(UnpackError::TooManyEntries {
@@ -705,6 +807,13 @@ fn apply_entry<R: Read>(
         return Ok(());
     }
     let raw = entry.path_bytes().into_owned();
+    if raw.is_empty() {
+        // Also an empty PAX `path` record, which `tar` takes as the name.
+        return Err(UnpackError::IllegalName {
+            name: String::new(),
+            reason: "empty name",
+        });
+    }
     let path = normalize(&raw, policy.max_depth)?;
     if path.as_os_str().is_empty() {
         // The root itself ("./"): its metadata stays ours.
@@ -793,13 +902,13 @@ fn apply_entry<R: Read>(
             let target = entry
                 .link_name_bytes()
                 .ok_or_else(|| UnpackError::IllegalName {
-                    name: String::from_utf8_lossy(&raw).into_owned(),
+                    name: quoted(&raw),
                     reason: "symlink without a target",
                 })?
                 .into_owned();
             if target.is_empty() || target.contains(&0) || target.len() > PATH_MAX {
                 return Err(UnpackError::IllegalName {
-                    name: String::from_utf8_lossy(&raw).into_owned(),
+                    name: quoted(&raw),
                     reason: "invalid symlink target",
                 });
             }
@@ -825,7 +934,7 @@ fn apply_entry<R: Read>(
             let raw_target = entry
                 .link_name_bytes()
                 .ok_or_else(|| UnpackError::IllegalName {
-                    name: String::from_utf8_lossy(&raw).into_owned(),
+                    name: quoted(&raw),
                     reason: "hard link without a target",
                 })?
                 .into_owned();
@@ -838,7 +947,7 @@ fn apply_entry<R: Read>(
             if target.as_os_str().is_empty() || target == path {
                 return Err(refuse("target is the root or the link itself"));
             }
-            if !state.created.contains(&target) {
+            if !state.created.contains(&PathKey::of(&target)) {
                 return Err(refuse("target is not a file created earlier in this layer"));
             }
             state.remove_existing(&path)?;
@@ -861,7 +970,7 @@ fn apply_entry<R: Read>(
         }
         _ => {}
     }
-    state.mark_created(&path);
+    state.mark_created(&path)?;
     stats.entries += 1;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! A hostile registry (REG-03, REG-07): a manifest that never ends, one whose `Content-Length`
-//! is beyond the limit, a redirect loop, and a redirect from HTTPS down to plain HTTP. The
+//! is beyond the limit, a redirect loop, a redirect from HTTPS down to plain HTTP, and a layer
+//! trickled a byte at a time (slowloris). The
 //! registry is a raw HTTP/1.1 server in this file; its HTTPS face is socat with a certificate from
 //! a test CA. Each pull fails with a typed error, reads no more than it must, and leaves nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,17 +10,71 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use coffer_image::registry::RegistryError;
-use coffer_image::{BlobStore, PullError, PullOptions, RegistriesConfig, pull};
+use coffer_image::registry::Stall;
+use coffer_image::{BlobStore, Digest, PullError, PullOptions, RegistriesConfig, pull};
 use common::registry::make_certs;
 use common::require_tool;
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CHUNK: usize = 64 << 10;
+
+/// An image whose one layer the registry trickles (`/v2/slow/...`).
+struct SlowImage {
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    config_digest: Digest,
+    layer: Vec<u8>,
+    layer_digest: Digest,
+}
+
+/// Between two bytes of the trickled layer.
+const TRICKLE: Duration = Duration::from_millis(100);
+
+static SLOW: LazyLock<SlowImage> = LazyLock::new(|| {
+    // 8 KiB of noise in a gzip'd tar: too much to trickle within the test's stall window.
+    let mut noise = Vec::with_capacity(8192);
+    let mut x = 0x2545_f491_u32;
+    for _ in 0..8192 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.push(x as u8);
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(noise.len() as u64);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "noise", &noise[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let layer = gz.finish().unwrap();
+    let layer_digest = Digest::of(&layer);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}},"config":{{}}}}"#,
+        Digest::of(&tar)
+    )
+    .into_bytes();
+    let config_digest = Digest::of(&config);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    )
+    .into_bytes();
+    SlowImage {
+        manifest,
+        config,
+        config_digest,
+        layer,
+        layer_digest,
+    }
+});
 
 /// What the hostile registry saw and sent.
 #[derive(Default)]
@@ -127,6 +182,42 @@ fn serve(stream: TcpStream, port: u16, seen: &Seen) {
                 )
                 .as_bytes(),
             ),
+            "/v2/slow/manifests/v1" => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST_TYPE}\r\nContent-Length: {}\r\n\r\n",
+                    SLOW.manifest.len()
+                );
+                out.write_all(head.as_bytes())
+                    .and_then(|()| out.write_all(&SLOW.manifest))
+            }
+            p if p == format!("/v2/slow/blobs/{}", SLOW.config_digest) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    SLOW.config.len()
+                );
+                out.write_all(head.as_bytes())
+                    .and_then(|()| out.write_all(&SLOW.config))
+            }
+            // The layer, one byte per `TRICKLE`: every read sees progress, the download never
+            // ends in reasonable time.
+            p if p == format!("/v2/slow/blobs/{}", SLOW.layer_digest) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    SLOW.layer.len()
+                );
+                let mut result = out.write_all(head.as_bytes());
+                for byte in &SLOW.layer {
+                    if result.is_err() {
+                        break;
+                    }
+                    result = out.write_all(&[*byte]).and_then(|()| out.flush());
+                    if result.is_ok() {
+                        seen.body_bytes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(TRICKLE);
+                }
+                return;
+            }
             "/v2/plain/manifests/v1" => {
                 seen.plain_hits.fetch_add(1, Ordering::SeqCst);
                 out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
@@ -301,4 +392,54 @@ async fn reg07_redirect_loops_and_https_downgrades_are_refused() {
         0,
         "followed the redirect to plain HTTP"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reg07_a_trickled_layer_is_cut_off_after_the_stall_window() {
+    let registry = Hostile::start();
+    let reference = format!("{}/slow:v1", registry.host());
+    let work = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(&work.path().join("store")).unwrap();
+    let dest = work.path().join("root");
+    let mut options = PullOptions::new(store).with_registries(insecure(&registry.host()));
+    // 10 bytes a second against a bound of 64 bytes in 2 s.
+    options.limits.stall = Stall {
+        window: Duration::from_secs(2),
+        min_bytes: 64,
+    };
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), pull(&reference, &dest, &options))
+        .await
+        .expect("the pull ends")
+        .unwrap_err();
+    let took = started.elapsed();
+    let err = registry_error(err);
+    match &err {
+        RegistryError::Stalled {
+            registry: host,
+            digest,
+            window,
+            min_bytes: 64,
+            received,
+        } => {
+            assert_eq!(host, &registry.host());
+            assert_eq!(digest, &SLOW.layer_digest);
+            assert_eq!(*window, Duration::from_secs(2));
+            assert!(*received < 64, "{received} bytes received");
+        }
+        other => panic!("expected a stall, got {other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(10),
+        "cut off only after {took:?}"
+    );
+    let sent = registry.seen.body_bytes.load(Ordering::SeqCst);
+    assert!(sent < SLOW.layer.len() as u64, "the whole layer was sent");
+    assert!(!dest.exists());
+    let left: Vec<_> = common::tree(work.path())
+        .into_iter()
+        .filter(|(_, node)| !matches!(node, common::Node::Dir { .. }))
+        .collect();
+    assert!(left.is_empty(), "left {left:?}");
+    println!("cut off after {took:?}: {err}");
 }

@@ -783,3 +783,226 @@ fn destination_must_be_absent_or_empty() {
     assert!(matches!(err, UnpackError::DestinationExists(_)), "{err:?}");
     assert!(!s.dest().join("b").exists());
 }
+
+/// The error and its sources, as a CLI prints them.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// Counts the bytes the unpacker takes from a layer.
+struct Counted<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+#[test]
+fn extension_headers_over_their_limits_are_refused_before_their_bodies_are_read() {
+    use std::io::Read as _;
+    const HUGE: u64 = 60 << 20;
+    for (kind, name, what, limit) in [
+        (
+            tar::EntryType::GNULongName,
+            &b"././@LongLink"[..],
+            "GNU long name",
+            coffer_image::MAX_LONG_NAME_BYTES,
+        ),
+        (
+            tar::EntryType::GNULongLink,
+            b"././@LongLink",
+            "GNU long link",
+            coffer_image::MAX_LONG_NAME_BYTES,
+        ),
+        (
+            tar::EntryType::XHeader,
+            b"PaxHeader",
+            "PAX extension",
+            coffer_image::MAX_PAX_BYTES,
+        ),
+        (
+            tar::EntryType::XGlobalHeader,
+            b"GlobalHead",
+            "PAX global extension",
+            coffer_image::MAX_PAX_BYTES,
+        ),
+    ] {
+        // One header declaring 60 MiB, then 60 MiB of name bytes, streamed (never in memory here).
+        let mut h = header(kind, HUGE);
+        raw_name(&mut h, name);
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let layer = Counted {
+            inner: std::io::Cursor::new(h.as_bytes().to_vec())
+                .chain(std::io::repeat(b'a').take(HUGE))
+                .chain(std::io::repeat(0).take(1024)),
+            read: read.clone(),
+        };
+        let s = Scene::new();
+        let err = unpack_layers([layer], &s.dest(), &UnpackPolicy::default(), QUOTA)
+            .expect_err("oversized extension header accepted");
+        s.assert_nothing_left();
+        match &err {
+            UnpackError::Header(coffer_image::HeaderRefusal::TooLarge {
+                kind: k,
+                size,
+                limit: l,
+            }) => assert_eq!((*k, *size, *l), (what, HUGE, limit)),
+            other => panic!("{what}: {other:?}"),
+        }
+        // The refusal came at the header: (almost) none of the 60 MiB body was read.
+        let text = chain(&err);
+        assert!(text.len() < 1024, "{what}: {} bytes of error", text.len());
+        assert!(read.get() < 1 << 20, "{what}: {} bytes read", read.get());
+        println!("{what}: refused with {text:?} ({} bytes)", text.len());
+    }
+}
+
+#[test]
+fn long_names_and_pax_records_within_the_limits_unpack() {
+    // A GNU long name just under PATH_MAX (19 components of 200 bytes).
+    let long = format!("{}f", format!("{}/", "d".repeat(200)).repeat(19));
+    assert!(long.len() > 3800 && long.len() < 4096);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Regular, 3);
+    b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+    // A PAX header of ~60 KiB (an extended attribute, never applied) with a path and a size.
+    let mut layer = b.into_inner().unwrap();
+    layer.truncate(layer.len() - 1024);
+    let xattr = vec![b'x'; 60 * 1024];
+    let mut carrier = header(tar::EntryType::Regular, 0);
+    raw_name(&mut carrier, b"ustar-name");
+    let mut tail = Tar::new()
+        .pax(&[
+            ("SCHILY.xattr.user.big", &xattr[..]),
+            ("path", b"from-pax"),
+            ("size", b"4"),
+        ])
+        .raw(&carrier, b"")
+        .done();
+    // The ustar header says 0 bytes, the PAX size 4: four data bytes (one block) follow it.
+    tail.truncate(tail.len() - 1024);
+    let mut block = [0u8; 512];
+    block[..4].copy_from_slice(b"wxyz");
+    tail.extend_from_slice(&block);
+    tail.extend_from_slice(&Tar::new().file("after", b"ok").done());
+    layer.extend_from_slice(&tail);
+    let s = Scene::new();
+    s.unpack(&[layer]).unwrap();
+    assert_eq!(read(&s.dest(), &long), b"abc");
+    assert_eq!(read(&s.dest(), "from-pax"), b"wxyz");
+    assert_eq!(read(&s.dest(), "after"), b"ok");
+    assert!(!s.dest().join("ustar-name").exists());
+}
+
+#[test]
+fn an_empty_pax_path_is_refused() {
+    let s = Scene::new();
+    let layer = Tar::new()
+        .pax(&[("path", b"")])
+        .file("carrier", b"data")
+        .done();
+    let err = s.refuse(&[layer]);
+    assert!(
+        matches!(
+            err,
+            UnpackError::IllegalName {
+                reason: "empty name",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    println!("empty PAX path: {}", chain(&err));
+}
+
+#[test]
+fn errors_quote_a_short_escaped_prefix_of_names() {
+    // A 60 KiB PAX path (within the PAX limit, beyond PATH_MAX) full of escape sequences.
+    let name = b"\x1b[31m/".repeat(10 * 1024);
+    let s = Scene::new();
+    let layer = Tar::new()
+        .pax(&[("path", &name[..])])
+        .file("carrier", b"")
+        .done();
+    let err = s.refuse(&[layer]);
+    assert!(matches!(err, UnpackError::IllegalName { .. }), "{err:?}");
+    let text = chain(&err);
+    assert!(text.len() < 1024, "{} bytes of error", text.len());
+    assert!(
+        !text.contains('\x1b'),
+        "unescaped control character: {text:?}"
+    );
+    assert!(text.contains("\\x1b[31m"), "{text}");
+    assert!(text.contains('…'), "{text}");
+    println!("{} bytes: {text}", text.len());
+}
+
+#[test]
+fn staging_directories_of_processes_that_are_gone_are_swept() {
+    let s = Scene::new();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = s.outer.path().join(format!(".root.partial-{dead}-0"));
+    let live = s
+        .outer
+        .path()
+        .join(format!(".root.partial-{}-999", std::process::id()));
+    for dir in [&stale, &live] {
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        std::fs::write(dir.join("usr/bin/half"), b"written").unwrap();
+    }
+    s.unpack(&[Tar::new().file("f", b"1").done()]).unwrap();
+    assert!(
+        !stale.exists(),
+        "a dead process's staging directory was kept"
+    );
+    assert!(
+        live.exists(),
+        "a live process's staging directory was removed"
+    );
+    assert_eq!(read(&s.dest(), "f"), b"1");
+}
+
+#[test]
+fn paths_and_parents_tracked_per_layer_are_bounded() {
+    // Three files, each under its own chain of ten implicit directories: 33 tracked paths.
+    let mut layer = Tar::new();
+    for chain in ["a", "b", "c"] {
+        let name = format!("{}f", format!("{chain}/").repeat(10));
+        layer = layer.file(&name, b"");
+    }
+    let layer = layer.done();
+    let policy = UnpackPolicy {
+        max_entries: 16,
+        ..UnpackPolicy::default()
+    };
+    let s = Scene::new();
+    let err = s
+        .unpack_with(std::slice::from_ref(&layer), &policy, QUOTA)
+        .unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooManyPaths { limit: 32 }),
+        "{err:?}"
+    );
+    s.assert_nothing_left();
+    let policy = UnpackPolicy {
+        max_entries: 17,
+        ..UnpackPolicy::default()
+    };
+    let s = Scene::new();
+    s.unpack_with(&[layer], &policy, QUOTA).unwrap();
+}

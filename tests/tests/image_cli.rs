@@ -2,7 +2,10 @@
 //! Coffer for a JWE recipient and a broker-held key is pushed with skopeo, inspected, and pulled
 //! with either key into a root equal to the plaintext image's; without a key nothing is created.
 //! `coffer image encrypt` also works registry to registry (decrypted by Coffer and by skopeo) and
-//! refuses a tampered or missing source without pushing anything.
+//! refuses a tampered or missing source without pushing anything. Pulls of hostile layers (#21:
+//! inflating to oversized PAX or long-name headers or to a decompression bomb, and a same-size
+//! substitute for a pinned layer) fail with the right error and a peak RSS under
+//! `coffer_image::PULL_MEMORY_BOUND`.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -12,6 +15,9 @@ use std::process::{Command, ExitCode, Output};
 use anyhow::{Context, ensure};
 use coffer_tests::registry::Registry;
 use coffer_tests::{Suite, case, coffer};
+
+#[path = "image_cli/hostile.rs"]
+mod hostile;
 
 fn vectors() -> PathBuf {
     coffer_tests::vectors_dir().join("ocicrypt")
@@ -819,6 +825,201 @@ fn main() -> ExitCode {
             );
             let out = skopeo_inspect(&format!("{host}/demo/tamper-enc:v1"))?;
             ensure!(!out.status.success(), "the destination tag exists");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        // #21: the tar reader would hold an oversized extension header whole; the decompressor
+        // would inflate a bomb: the pull stays under the documented bound and names the refusal.
+        "hostile_layers_pull_within_the_memory_bound",
+        (|| {
+            let bound = coffer_image::PULL_MEMORY_BOUND;
+            for (name, bomb, expected) in [
+                ("pax", hostile::Bomb::Pax, "PAX extension header of"),
+                (
+                    "longname",
+                    hostile::Bomb::LongName,
+                    "GNU long name header of",
+                ),
+                ("file", hostile::Bomb::File, "decompresses beyond"),
+            ] {
+                let blob = hostile::gzip_layer(bomb)?;
+                let layout = hostile::layout(
+                    &dir.join(format!("bomb-{name}")),
+                    &blob,
+                    &coffer_image::Digest::of(name.as_bytes()),
+                )?;
+                registry.push(&layout, &format!("demo/bomb-{name}:v1"))?;
+                let dest = dir.join(format!("bomb-{name}-root"));
+                let m = hostile::pull_measured(
+                    &format!("{host}/demo/bomb-{name}:v1"),
+                    &dest,
+                    &store,
+                    &host,
+                )?;
+                println!(
+                    "  {name}: {} KiB gzip'd, peak RSS {} KiB (bound {} KiB)",
+                    blob.len() >> 10,
+                    m.max_rss_bytes >> 10,
+                    bound >> 10
+                );
+                ensure!(!m.success, "{name}: the pull succeeded");
+                ensure!(m.stderr.contains(expected), "{name}: {}", m.stderr);
+                ensure!(
+                    m.max_rss_bytes < bound,
+                    "{name}: peak RSS {} bytes, bound {bound}",
+                    m.max_rss_bytes
+                );
+                ensure!(!dest.exists(), "{name}: a destination was left");
+            }
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        // #21: a registry serves a same-size substitute for a layer pinned by digest; the
+        // substitute inflates to an oversized PAX header. The pull reports the digest mismatch
+        // (the download's verdict comes first) and stays under the bound.
+        "pinned_layer_substitute_fails_the_digest_within_the_memory_bound",
+        (|| {
+            let bound = coffer_image::PULL_MEMORY_BOUND;
+            let (blob, diff_id) = hostile::honest_layer(&hostile::noise(2 << 20, 21))?;
+            let layout = hostile::layout(&dir.join("pinned"), &blob, &diff_id)?;
+            let digest = registry.push(&layout, "demo/pinned:v1")?;
+            let layer = coffer_image::Digest::of(&blob).to_string();
+            let mut substitute = hostile::gzip_layer(hostile::Bomb::Pax)?;
+            ensure!(
+                substitute.len() <= blob.len(),
+                "the substitute ({} bytes) does not fit in {} bytes",
+                substitute.len(),
+                blob.len()
+            );
+            substitute.resize(blob.len(), 0);
+            std::fs::write(registry.blob_file(&layer), &substitute)?;
+            let dest = dir.join("pinned-root");
+            let m = hostile::pull_measured(
+                &format!("{host}/demo/pinned@{digest}"),
+                &dest,
+                &dir.join("pinned-store"),
+                &host,
+            )?;
+            println!(
+                "  substitute: peak RSS {} KiB (bound {} KiB)",
+                m.max_rss_bytes >> 10,
+                bound >> 10
+            );
+            ensure!(!m.success, "the substitute was accepted");
+            ensure!(
+                m.stderr.contains("blob digest mismatch") && m.stderr.contains(&layer),
+                "{}",
+                m.stderr
+            );
+            ensure!(
+                m.max_rss_bytes < bound,
+                "peak RSS {} bytes, bound {bound}",
+                m.max_rss_bytes
+            );
+            ensure!(!dest.exists(), "a destination was left");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
+        // #21: SIGTERM (and SIGINT) mid-pull cancel it: no staging directory, no temporary blob,
+        // no destination. A SIGKILL leaves both; the next pull with the same store and
+        // destination removes them (their process is gone) and succeeds.
+        "interrupted_pull_leaves_nothing_and_the_next_pull_sweeps_a_crash",
+        (|| {
+            use nix::sys::signal::{Signal, kill};
+            use nix::unistd::Pid;
+            let layout = hostile::big_layout(&dir.join("big"), 192 << 20)?;
+            registry.push(&layout, "demo/big:v1")?;
+            let reference = format!("{host}/demo/big:v1");
+            let start = |dest: &Path, store: &Path| {
+                Command::new(coffer())
+                    .args(["image", "pull", &reference, "--dest"])
+                    .arg(dest)
+                    .arg("--store")
+                    .arg(store)
+                    .args(["--insecure-registry", &host])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .context("starting coffer image pull")
+            };
+            // Waits (bounded) until the pull has both a staging directory and a temporary blob.
+            let mid_pull = |dest: &Path, store: &Path| -> anyhow::Result<()> {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    let left = hostile::debris(dest, store)?;
+                    let staging = left.iter().any(|p| p.parent() == Some(dir));
+                    let blob = left.iter().any(|p| p.starts_with(store.join("tmp")));
+                    if staging && blob {
+                        return Ok(());
+                    }
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the pull never got mid-way: {left:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            };
+            for signal in [Signal::SIGTERM, Signal::SIGINT] {
+                let dest = dir.join(format!("big-{signal}"));
+                let store = dir.join(format!("big-store-{signal}"));
+                let child = start(&dest, &store)?;
+                mid_pull(&dest, &store)?;
+                kill(Pid::from_raw(i32::try_from(child.id())?), signal)?;
+                let out = child.wait_with_output()?;
+                let stderr = text(&out.stderr);
+                println!("  {signal}: {}", stderr.lines().last().unwrap_or_default());
+                ensure!(!out.status.success(), "{signal}: the pull succeeded");
+                ensure!(
+                    stderr.contains(&format!("interrupted by {signal}")),
+                    "{signal}: {stderr}"
+                );
+                let left = hostile::debris(&dest, &store)?;
+                ensure!(left.is_empty(), "{signal}: left {left:?}");
+                ensure!(!dest.exists(), "{signal}: a destination was left");
+            }
+
+            let dest = dir.join("big-killed");
+            let store = dir.join("big-store-killed");
+            let mut child = start(&dest, &store)?;
+            mid_pull(&dest, &store)?;
+            child.kill()?;
+            child.wait()?;
+            let crashed = hostile::debris(&dest, &store)?;
+            ensure!(!crashed.is_empty(), "SIGKILL left nothing to sweep");
+            let out = run(&[
+                "image",
+                "pull",
+                &reference,
+                "--dest",
+                &p(&dest),
+                "--store",
+                &p(&store),
+                "--insecure-registry",
+                &host,
+            ])?;
+            ensure!(
+                out.status.success(),
+                "pull after a crash: {}",
+                text(&out.stderr)
+            );
+            let left = hostile::debris(&dest, &store)?;
+            ensure!(
+                left.is_empty(),
+                "the crash's debris {crashed:?} is still there: {left:?}"
+            );
+            println!(
+                "  SIGKILL left {} paths; the next pull removed them",
+                crashed.len()
+            );
             Ok(())
         })()
     );

@@ -283,6 +283,12 @@ impl Progress {
 }
 
 pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
+    // SIGINT and SIGTERM cancel the pull instead of killing the process, so its guards remove
+    // the staging root and temporary blobs (#21).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     let (registries, _) = args.registry.load()?;
     let mut decryptor = Decryptor::default();
     for path in &args.decryption_keys {
@@ -354,9 +360,15 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
     });
     let sink = Arc::clone(&progress);
     options.progress = Some(Arc::new(move |event| sink.event(event)));
-    let image = pull(&args.reference, &args.dest, &options)
-        .await
-        .with_context(|| format!("pulling {}", args.reference))?;
+    // On a signal the pull future is dropped: its downloads are aborted and the staging root
+    // goes with the layer being applied (the runtime waits for that before the process exits).
+    let image = tokio::select! {
+        result = pull(&args.reference, &args.dest, &options) => {
+            result.with_context(|| format!("pulling {}", args.reference))?
+        }
+        _ = sigterm.recv() => bail!("pulling {}: interrupted by SIGTERM", args.reference),
+        _ = sigint.recv() => bail!("pulling {}: interrupted by SIGINT", args.reference),
+    };
     println!(
         "{}@{}: {} layers → {}",
         image.reference,
