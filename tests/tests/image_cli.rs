@@ -977,7 +977,11 @@ fn main() -> ExitCode {
                 let out = child.wait_with_output()?;
                 let stderr = text(&out.stderr);
                 println!("  {signal}: {}", stderr.lines().last().unwrap_or_default());
-                ensure!(!out.status.success(), "{signal}: the pull succeeded");
+                ensure!(
+                    out.status.code() == Some(130),
+                    "{signal}: exit status {:?}, not 130 (interrupted)",
+                    out.status.code()
+                );
                 ensure!(
                     stderr.contains(&format!("interrupted by {signal}")),
                     "{signal}: {stderr}"

@@ -282,6 +282,13 @@ impl Progress {
     }
 }
 
+/// An interrupted pull, as `sandbox run` reports one: a line on stderr and exit status 130 (the
+/// pull future is dropped by then, and with it the staging root and temporary blobs).
+fn interrupted(reference: &str, signal: &str) -> u8 {
+    eprintln!("coffer: pulling {reference}: interrupted by {signal}");
+    crate::EXIT_INTERRUPTED
+}
+
 pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
     // SIGINT and SIGTERM cancel the pull instead of killing the process, so its guards remove
     // the staging root and temporary blobs (#21).
@@ -366,8 +373,8 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
         result = pull(&args.reference, &args.dest, &options) => {
             result.with_context(|| format!("pulling {}", args.reference))?
         }
-        _ = sigterm.recv() => bail!("pulling {}: interrupted by SIGTERM", args.reference),
-        _ = sigint.recv() => bail!("pulling {}: interrupted by SIGINT", args.reference),
+        _ = sigterm.recv() => return Ok(interrupted(&args.reference, "SIGTERM")),
+        _ = sigint.recv() => return Ok(interrupted(&args.reference, "SIGINT")),
     };
     println!(
         "{}@{}: {} layers → {}",
