@@ -216,15 +216,9 @@ fn not_applicable<T>(reason: impl Into<String>) -> Result<T, Stop> {
     Err(Stop::NotApplicable(reason.into()))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// An error and its causes on one line, each once.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    coffer_log::error_line(e)
 }
 
 /// An opened session: its nonce and cookie.

@@ -210,14 +210,8 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
     }
 }
 
-/// `error: cause: cause` for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// `error: cause: cause` for logs and refusal details, each cause once (the CLI's rule:
+/// [`coffer_log::error_line`]).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    coffer_log::error_line(e)
 }
