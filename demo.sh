@@ -17,8 +17,11 @@ cd "$(dirname "$0")"
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 bash tests/setup.sh
-cargo build --workspace --locked
-bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/debug
+# Release builds: the host tools, and the guest agent by its own cargo invocation (guest/build.sh:
+# only the guest's features, LTO). A second run rebuilds nothing.
+cargo build --release --locked -p coffer-cli -p coffer-attestation --bin coffer --bin coffer-kbs
+agent=$(bash guest/build.sh)
+bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 image_dir=${COFFER_IMAGE_DIR:-/var/lib/coffer/guest}
 
 work=$(mktemp -d /tmp/coffer-demo.XXXXXX)
@@ -48,7 +51,7 @@ wait_port() {
     return 1
 }
 
-"$bin/coffer" image build --out "$image_dir" >/dev/null
+"$bin/coffer" image build --agent "$agent" --out "$image_dir" >/dev/null
 step "guest image ($image_dir)"
 
 # The broker's TLS certificate, from a CA made for this run.

@@ -63,12 +63,79 @@ pub fn require_tool(name: &str) {
     assert!(found, "{name} is not installed: run tests/setup.sh");
 }
 
-/// Builds (or reuses, keyed by its inputs) the guest image for this build's agent, in
-/// `<profile>/coffer-test-image`.
+/// The guest agent as guests run it: `guest/build.sh`'s build (its own cargo invocation with only
+/// the guest's features, the `guest` profile) in this build's target directory. Panics if it is
+/// missing or older than a source it is built from (tests/run.sh builds it after the workspace),
+/// so a suite never boots a stale agent or the workspace build's (whose features are unified
+/// with the broker's). A test does not run cargo itself: a cargo inside `cargo test`/`cargo
+/// bench` waits on the outer one's jobserver.
+pub fn guest_agent() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    // target/<triple>/<profile> → target/<triple>/guest
+    let agent = bin_dir()
+        .parent()
+        .expect("target directory")
+        .join("guest/coffer-agent");
+    let built = std::fs::metadata(&agent)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `bash guest/build.sh` (tests/run.sh does)",
+                agent.display()
+            )
+        });
+    let sources = [
+        "Cargo.toml",
+        "Cargo.lock",
+        "guest",
+        "image-rs/src",
+        "attestation/src",
+        "policies",
+        "initdata/src",
+    ];
+    if let Some(newer) = sources
+        .iter()
+        .filter_map(|s| newest_file(&root.join(s)))
+        .find(|(_, modified)| *modified > built)
+    {
+        panic!(
+            "{} is older than {}: run `bash guest/build.sh` (tests/run.sh does)",
+            agent.display(),
+            newer.0.display()
+        );
+    }
+    agent
+}
+
+/// The most recently modified file under `path` (itself if a file), skipping what the agent
+/// binary is not built from (documentation, tests, benches, examples).
+fn newest_file(path: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        if path.extension().is_some_and(|e| e == "md") {
+            return None;
+        }
+        return Some((path.to_path_buf(), meta.modified().ok()?));
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if matches!(name, "tests" | "benches" | "examples" | "testdata" | "fuzz") {
+        return None;
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| newest_file(&e.path()))
+        .max_by_key(|(_, m)| *m)
+}
+
+/// Builds (or reuses, keyed by its inputs) the guest image for the guest build of the agent
+/// ([`guest_agent`]), in `<profile>/coffer-test-image`.
 pub fn guest_image() -> GuestImage {
     require_tool("qemu-system-x86_64");
     require_tool("vhost-device-vsock");
-    let spec = GuestImageSpec::detect(bin("coffer-agent"))
+    let spec = GuestImageSpec::detect(guest_agent())
         .expect("no guest kernel: run tests/setup.sh (installs linux-image-amd64)");
     let out = bin_dir().join("coffer-test-image");
     image::build(&spec, &out).expect("building the guest image")

@@ -1,19 +1,19 @@
-//! PID 1 duties in the guest: leave the initramfs for a tmpfs root (so containers can
+//! PID 1 duties in the guest: leave the initial root for a bind mount of it (so containers can
 //! `pivot_root`), mount the kernel filesystems, load the kernel modules the image lists, and power
 //! the VM off when the agent is done. All of it runs before the async runtime starts, except the
 //! netfilter modules, which the agent loads on demand ([`load_netfilter_modules`]), and the NIC
 //! driver, which it loads when `CreateSandbox` describes a network ([`load_network_modules`]).
 
 use std::ffi::CString;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 use thiserror::Error;
 
-/// Written into the new root so the re-executed init knows it already switched.
-const SWITCHED_MARKER: &str = "/.coffer-root";
+use crate::boot_times::{self, Step};
+
+/// Where the initial root is bind-mounted before that mount is moved onto `/`.
+const NEW_ROOT: &str = "/newroot";
 /// The image's module load order, one absolute path per line.
 const MODULE_LIST: &str = "/etc/coffer/modules";
 /// The netfilter modules (iptables-nft: nf_tables, NAT, the xtables targets) in load order, loaded
@@ -38,21 +38,18 @@ pub enum InitError {
         #[source]
         source: nix::Error,
     },
-    /// Copying the initramfs into the tmpfs root failed.
-    #[error("copy {path}: {source}")]
-    Copy {
+    /// Creating a directory failed.
+    #[error("mkdir {path}: {source}")]
+    Mkdir {
         /// Path.
         path: PathBuf,
         /// Cause.
         #[source]
         source: std::io::Error,
     },
-    /// switch_root failed.
+    /// Leaving the initial root failed.
     #[error("switch root: {0}")]
     SwitchRoot(#[source] nix::Error),
-    /// Re-executing init failed.
-    #[error("re-exec /init: {0}")]
-    Exec(#[source] std::io::Error),
     /// Loading a kernel module failed.
     #[error("load module {module}: {source}")]
     Module {
@@ -90,12 +87,12 @@ fn do_mount(
     })
 }
 
-/// Brings the guest up as PID 1. On the first run (inside the initramfs) it copies the root into a
-/// tmpfs and re-executes itself there, so it only returns in the second run.
+/// Brings the guest up as PID 1: leaves the initial root for a bind mount of it, mounts the kernel
+/// filesystems and loads the image's boot modules.
 pub fn boot() -> Result<(), InitError> {
-    if !Path::new(SWITCHED_MARKER).exists() {
-        switch_to_tmpfs()?;
-    }
+    boot_times::mark(Step::Init);
+    leave_initial_root()?;
+    boot_times::mark(Step::RootSwitched);
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     do_mount("proc", "/proc", "proc", nosuid, None)?;
     do_mount("sysfs", "/sys", "sysfs", nosuid, None)?;
@@ -129,81 +126,40 @@ pub fn boot() -> Result<(), InitError> {
         Some("mode=1777"),
     )?;
     do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
+    boot_times::mark(Step::ModulesStart);
     load_modules()?;
+    boot_times::mark(Step::ModulesDone);
+    boot_times::mark(Step::InitDone);
     Ok(())
 }
 
-fn copy_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
-    move |source| InitError::Copy {
-        path: path.to_path_buf(),
+/// Leaves the initial root for a bind mount of itself. pivot_root(2) refuses to move the mount
+/// namespace's first mount (the initramfs), and every container start pivots; a bind mount of
+/// that root, moved onto `/`, is an ordinary mount with a parent, so containers can. The files
+/// stay where the kernel unpacked them (a tmpfs, as the command line names no `root=`): nothing
+/// is copied, no memory is doubled, and the agent keeps running without a re-exec.
+fn leave_initial_root() -> Result<(), InitError> {
+    let new_root = Path::new(NEW_ROOT);
+    std::fs::create_dir_all(new_root).map_err(|source| InitError::Mkdir {
+        path: new_root.to_path_buf(),
         source,
-    }
-}
-
-/// Copies `src` (a directory) into `dst`, preserving modes, ownership and symlinks.
-fn copy_tree(src: &Path, dst: &Path, skip: &[&Path]) -> Result<(), InitError> {
-    for entry in std::fs::read_dir(src).map_err(copy_err(src))? {
-        let entry = entry.map_err(copy_err(src))?;
-        let from = entry.path();
-        if skip.contains(&from.as_path()) {
-            continue;
-        }
-        let to = dst.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&from).map_err(copy_err(&from))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&to).map_err(copy_err(&to))?;
-            copy_tree(&from, &to, skip)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&from).map_err(copy_err(&from))?;
-            std::os::unix::fs::symlink(&target, &to).map_err(copy_err(&to))?;
-        } else if ft.is_file() {
-            std::fs::copy(&from, &to).map_err(copy_err(&to))?;
-            // Free the initramfs copy as we go.
-            let _ = std::fs::remove_file(&from);
-        } else {
-            continue;
-        }
-        if !ft.is_symlink() {
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(copy_err(&to))?;
-            let _ = std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()));
-        }
-    }
-    Ok(())
-}
-
-fn switch_to_tmpfs() -> Result<(), InitError> {
-    let new_root = Path::new("/newroot");
-    do_mount(
-        "tmpfs",
-        "/newroot",
-        "tmpfs",
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )?;
-    let skip = [
+    })?;
+    mount(
+        Some("/"),
         new_root,
-        Path::new("/proc"),
-        Path::new("/sys"),
-        Path::new("/dev"),
-    ];
-    copy_tree(Path::new("/"), new_root, &skip)?;
-    for dir in ["proc", "sys", "dev", "run", "tmp"] {
-        let path = new_root.join(dir);
-        std::fs::create_dir_all(&path).map_err(copy_err(&path))?;
-    }
-    let marker = new_root.join(SWITCHED_MARKER.trim_start_matches('/'));
-    std::fs::write(&marker, b"").map_err(copy_err(&marker))?;
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(InitError::SwitchRoot)?;
     nix::unistd::chdir(new_root).map_err(InitError::SwitchRoot)?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(InitError::SwitchRoot)?;
     nix::unistd::chroot(".").map_err(InitError::SwitchRoot)?;
     nix::unistd::chdir("/").map_err(InitError::SwitchRoot)?;
-    let err = std::process::Command::new("/init")
-        .args(std::env::args_os().skip(1))
-        .exec();
-    Err(InitError::Exec(err))
+    // The mount point, seen through the bind mount: an empty directory.
+    let _ = std::fs::remove_dir(new_root);
+    Ok(())
 }
 
 /// `name.param=value` entries of the kernel command line for module `name`, as modprobe passes them.

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod boot_times;
 pub mod cgroup;
 pub mod error;
 pub mod host;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use coffer_agent::boot_times::{self, Step};
 use coffer_agent::initdata::{self, Tee};
 use coffer_agent::policy::{Gate, RegoPolicy};
 use coffer_agent::reaper::Reaper;
@@ -162,9 +163,14 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
                 let listener = tokio_vsock::VsockListener::bind(addr)
                     .with_context(|| format!("binding vsock port {port}"))?;
                 tracing::info!(port, "listening on vsock");
+                boot_times::mark(Step::Listening);
                 eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
                 // The host connects only after this (PROTOCOL.md, "Start-up").
-                tokio::spawn(coffer_agent::ready::announce());
+                tokio::spawn(async {
+                    if coffer_agent::ready::announce().await {
+                        boot_times::mark(Step::Announced);
+                    }
+                });
                 coffer_agent::serve(agent, listener.incoming(), shutdown).await?;
             }
             Listen::Unix(path) => {

@@ -332,6 +332,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         s = Sandbox::start(&qemu, config) => {
             let sandbox = s.context("starting the sandbox")?;
             timings.phase("boot (VM launch to agent ready)");
+            for line in sandbox.boot_phases().lines() {
+                timings.detail(&line);
+            }
             sandbox
         }
         _ = &mut interrupted => {
@@ -443,6 +446,13 @@ impl Timings {
     fn report(&self, what: &str, ms: u64) {
         if self.enabled {
             eprintln!("coffer: {what}: {ms} ms");
+        }
+    }
+
+    /// Prints one line of a phase's breakdown, indented under it.
+    fn detail(&self, line: &str) {
+        if self.enabled {
+            eprintln!("coffer:   {line}");
         }
     }
 

@@ -57,6 +57,17 @@ pub async fn connect_once(uds: PathBuf) -> Result<AgentClient, tonic::transport:
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// An agent that answered.
+#[derive(Debug)]
+pub struct Connected {
+    /// The connection.
+    pub client: AgentClient,
+    /// Its first answer.
+    pub details: pb::GuestDetails,
+    /// When its start-up announcement arrived.
+    pub announced: Instant,
+}
+
 /// Waits for the agent's start-up announcement on `ready`, then connects to it, retrying every
 /// 50 ms until it answers `GetGuestDetails` or `deadline`. Nothing connects into the guest before
 /// the announcement (see [`crate::vsock`] for why).
@@ -64,7 +75,7 @@ pub async fn connect(
     uds: PathBuf,
     ready: ReadyListener,
     deadline: Instant,
-) -> Result<(AgentClient, pb::GuestDetails), ConnectError> {
+) -> Result<Connected, ConnectError> {
     let started = Instant::now();
     if tokio::time::timeout_at(deadline.into(), ready.announced())
         .await
@@ -78,6 +89,7 @@ pub async fn connect(
         });
     }
     drop(ready);
+    let announced = Instant::now();
     let mut last: String;
     loop {
         match connect_once(uds.clone()).await {
@@ -85,7 +97,13 @@ pub async fn connect(
                 .get_guest_details(pb::GetGuestDetailsRequest {})
                 .await
             {
-                Ok(details) => return Ok((client, details.into_inner())),
+                Ok(details) => {
+                    return Ok(Connected {
+                        client,
+                        details: details.into_inner(),
+                        announced,
+                    });
+                }
                 Err(status) => last = format!("GetGuestDetails: {}", status.message()),
             },
             Err(err) => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hypervisor::probe_cache;
 use crate::hypervisor::qemu::QemuConfig;
 use crate::publish::PublishedPort;
 use crate::sandbox::{InitdataDisk, SandboxConfig};
@@ -253,13 +254,14 @@ impl RuntimeConfig {
         }
     }
 
-    /// The QEMU backend's settings, with the KVM probe's verdict cached in the state directory
-    /// unless `qemu.probe_cache` names another file: a probe that cannot boot waits out its
-    /// deadline, which must be paid once per host, not once per pod.
+    /// The QEMU backend's settings, with the KVM probe's verdicts cached host-wide
+    /// ([`probe_cache::DEFAULT_PATH`], keyed by what decides them) unless `qemu.probe_cache`
+    /// names another file: a probe that cannot boot waits out its deadline, which must be paid
+    /// once per host, not once per pod, run or state directory.
     pub fn qemu_backend(&self) -> crate::hypervisor::qemu::QemuConfig {
         let mut qemu = self.qemu.clone();
         if qemu.probe_cache.is_none() {
-            qemu.probe_cache = Some(self.state_dir.join("accel-probe"));
+            qemu.probe_cache = Some(probe_cache::DEFAULT_PATH.into());
         }
         qemu
     }
@@ -318,11 +320,11 @@ mod tests {
     }
 
     #[test]
-    fn the_kvm_probe_is_cached_in_the_state_dir_unless_configured() {
+    fn the_kvm_probe_is_cached_host_wide_unless_configured() {
         let config = RuntimeConfig::parse("state_dir = \"/run/x\"", Path::new("x")).unwrap();
         assert_eq!(
             config.qemu_backend().probe_cache.as_deref(),
-            Some(Path::new("/run/x/accel-probe"))
+            Some(Path::new("/var/cache/coffer/accel-probe"))
         );
         let config =
             RuntimeConfig::parse("[qemu]\nprobe_cache = \"/var/cache/p\"", Path::new("x")).unwrap();

@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent_client;
+pub mod boot_phases;
 pub mod config;
 pub mod gc;
 pub mod hypervisor;

@@ -28,6 +28,7 @@ use coffer_initdata::{Digest, Initdata, device as initdata_device};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent_client::{self, AgentClient};
+use crate::boot_phases::BootPhases;
 use crate::gc;
 use crate::hypervisor::{DiskSpec, Hypervisor, HypervisorError, NicSpec, Vm, VmSpec};
 use crate::network::{self, AttachedNetwork, NetworkConfig, NetworkError};
@@ -192,6 +193,7 @@ pub struct Sandbox {
     dir: PathBuf,
     agent: AgentClient,
     details: pb::GuestDetails,
+    boot: BootPhases,
     state: watch::Receiver<SandboxState>,
     commands: mpsc::Sender<Command>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -442,6 +444,7 @@ impl Sandbox {
             nics,
             confidential,
         };
+        let launch_started = Instant::now();
         let launched = hypervisor.launch(&spec).await;
         // The VMM has its copies of the taps (or failed): ours close now.
         drop(spec);
@@ -492,8 +495,20 @@ impl Sandbox {
             r = agent_client::connect(vm.vsock_socket().to_path_buf(), ready, deadline) => Some(r),
             _ = vm.wait_exit() => None,
         };
-        let (mut agent, details) = match connected {
-            Some(Ok(c)) => c,
+        let (mut agent, details, boot) = match connected {
+            Some(Ok(c)) => {
+                let times = vm.launch_times();
+                // The guest's part runs from the VMM being up (the launch's end) to the
+                // announcement.
+                let vmm_up = launch_started + times.accel_probe + times.backend + times.vmm;
+                let boot = BootPhases::new(
+                    times,
+                    c.announced.saturating_duration_since(vmm_up),
+                    c.announced.elapsed(),
+                    c.details.boot.as_ref(),
+                );
+                (c.client, c.details, boot)
+            }
             Some(Err(agent_client::ConnectError::Timeout { last, .. })) => {
                 vm.shutdown().await;
                 let console = setup.abandon(&console, true).await;
@@ -513,7 +528,7 @@ impl Sandbox {
                 });
             }
         };
-        tracing::info!(sandbox_id = %id, ready_ms = launched.elapsed().as_millis() as u64, kernel = %details.kernel_release, "agent ready");
+        tracing::info!(sandbox_id = %id, ready_ms = boot.total().as_millis() as u64, kernel = %details.kernel_release, "agent ready");
         if let Err(status) = agent
             .create_sandbox(pb::CreateSandboxRequest {
                 sandbox_id: id.clone(),
@@ -612,6 +627,7 @@ impl Sandbox {
             dir,
             agent,
             details,
+            boot,
             state,
             commands,
             task: Some(task),
@@ -636,6 +652,11 @@ impl Sandbox {
     /// What the agent reported when it came up.
     pub fn guest_details(&self) -> &pb::GuestDetails {
         &self.details
+    }
+
+    /// How the launch's time was spent, phase by phase (`--timings`, the boot benchmark).
+    pub fn boot_phases(&self) -> &BootPhases {
+        &self.boot
     }
 
     /// Watches the sandbox state (changes to `Failed` the moment the VM dies).

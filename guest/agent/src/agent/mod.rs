@@ -470,6 +470,7 @@ impl Agent {
                 Phase::Created(id) => id.to_string(),
                 Phase::None | Phase::Creating => String::new(),
             },
+            boot: self.config.is_init.then(crate::boot_times::snapshot),
         }
     }
 }

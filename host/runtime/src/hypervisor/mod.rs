@@ -1,6 +1,7 @@
 //! The hypervisor abstraction: a backend launches a VM from a [`VmSpec`] and hands back a [`Vm`]
 //! the sandbox owns. QEMU ([`qemu`]) is the backend today; TEE launch configuration plugs in here.
 
+pub mod probe_cache;
 pub mod qemu;
 pub mod qmp;
 
@@ -8,6 +9,7 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -131,6 +133,17 @@ pub trait Hypervisor: Send + Sync {
 }
 
 /// A running VM.
+/// How long the host's steps of a launch took, as the backend measured them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaunchTimes {
+    /// The accelerator probe (zero when its verdict was cached or none was needed).
+    pub accel_probe: Duration,
+    /// The vsock backend: started until its socket exists.
+    pub backend: Duration,
+    /// The VMM: started until its monitor and console are connected.
+    pub vmm: Duration,
+}
+
 pub trait Vm: Send + 'static {
     /// The hybrid-vsock unix socket leading to guest vsock ports.
     fn vsock_socket(&self) -> &Path;
@@ -144,4 +157,8 @@ pub trait Vm: Send + 'static {
     fn status(&mut self) -> impl Future<Output = Result<String, HypervisorError>> + Send;
     /// Stops the VM (gracefully, then forcibly) and every helper process; idempotent.
     fn shutdown(&mut self) -> impl Future<Output = VmExit> + Send;
+    /// How long the launch's host steps took (zero where a backend does not measure them).
+    fn launch_times(&self) -> LaunchTimes {
+        LaunchTimes::default()
+    }
 }

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
+use super::probe_cache::{self, ProbeKey};
 use super::qmp::Qmp;
-use super::{Hypervisor, HypervisorError, Vm, VmExit, VmSpec};
+use super::{Hypervisor, HypervisorError, LaunchTimes, Vm, VmExit, VmSpec};
 use crate::sys::ChildSetup;
 use crate::tee::TeeKind;
 use crate::tee::detect::{self, QemuInfo};
@@ -102,7 +103,9 @@ pub struct QemuConfig {
     pub machine: Machine,
     /// Accelerator (default auto).
     pub accel: AccelMode,
-    /// Where the KVM probe result is cached (default: none, probe every time).
+    /// Where the KVM probe's verdicts are cached, per host kernel, `/dev/kvm`, QEMU binary and
+    /// guest kernel ([`probe_cache`]); none: probe on every launch. The runtime's configuration
+    /// defaults it to the host-wide [`probe_cache::DEFAULT_PATH`].
     pub probe_cache: Option<PathBuf>,
     /// How long a launch step (backend socket, QMP) may take.
     pub launch_timeout_secs: u64,
@@ -374,24 +377,15 @@ impl Qemu {
         if !kvm_openable() {
             return Ok(Accel::Tcg);
         }
-        let key = format!("{}|{}", self.config.binary.display(), spec.kernel.display());
-        let cached = self
-            .config
-            .probe_cache
-            .as_ref()
-            .and_then(|cache| std::fs::read_to_string(cache).ok())
-            .and_then(|text| {
-                text.strip_prefix(&format!("{key}\n"))
-                    .map(|found| found.trim().to_owned())
-            });
+        let key = ProbeKey::current(&self.config.binary, &spec.kernel);
         let cache = self.config.probe_cache.as_deref();
-        match cached.as_deref() {
-            Some("kvm") => return Ok(Accel::Kvm),
-            Some("tcg") => {
+        match cache.and_then(|cache| probe_cache::lookup(cache, &key)) {
+            Some(Accel::Kvm) => return Ok(Accel::Kvm),
+            Some(Accel::Tcg) => {
                 tcg_despite_kvm(cache, true);
                 return Ok(Accel::Tcg);
             }
-            _ => {}
+            None => {}
         }
         tracing::info!(
             "probing KVM: one boot of the guest under KVM, up to {} s, then cached",
@@ -404,8 +398,10 @@ impl Qemu {
             Accel::Tcg
         };
         tracing::info!(accel = accel.name(), "accelerator probe finished");
-        if let Some(cache) = cache {
-            let _ = std::fs::write(cache, format!("{key}\n{}\n", accel.name()));
+        if let Some(cache) = cache
+            && let Err(err) = probe_cache::store(cache, &key, accel)
+        {
+            tracing::warn!(cache = %cache.display(), %err, "the accelerator probe's verdict was not cached");
         }
         Ok(accel)
     }
@@ -558,6 +554,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn launch(&self, spec: &VmSpec) -> Result<QemuVm, HypervisorError> {
+        let probe_started = Instant::now();
         let accel = match &spec.confidential {
             Some(tee) => {
                 // Before anything is started: a confidential launch on a host that cannot give
@@ -567,6 +564,11 @@ impl Hypervisor for Qemu {
             }
             None => self.resolve_accel(spec).await?,
         };
+        let mut times = LaunchTimes {
+            accel_probe: probe_started.elapsed(),
+            ..LaunchTimes::default()
+        };
+        let backend_started = Instant::now();
         let paths = VmPaths::new(&spec.dir);
         let mut vhost = Command::new(&self.config.vhost_vsock_binary);
         vhost
@@ -596,6 +598,9 @@ impl Hypervisor for Qemu {
             &paths.vhost_log,
         )
         .await?;
+
+        times.backend = backend_started.elapsed();
+        let vmm_started = Instant::now();
 
         // What QEMU gets between fork and exec: the taps, at numbers held until it runs.
         let mut child = ChildSetup::new();
@@ -669,6 +674,7 @@ impl Hypervisor for Qemu {
                 tracing::debug!(%err, "console copy ended");
             }
         });
+        times.vmm = vmm_started.elapsed();
         tracing::info!(sandbox_id = %spec.id, ?accel, pid = qemu.id(), "qemu started");
         Ok(QemuVm {
             qemu,
@@ -677,6 +683,7 @@ impl Hypervisor for Qemu {
             paths,
             exit: None,
             accel,
+            times,
         })
     }
 }
@@ -725,6 +732,7 @@ pub struct QemuVm {
     paths: VmPaths,
     exit: Option<VmExit>,
     accel: Accel,
+    times: LaunchTimes,
 }
 
 impl QemuVm {
@@ -745,6 +753,10 @@ impl Vm for QemuVm {
 
     fn emulated(&self) -> bool {
         self.accel == Accel::Tcg
+    }
+
+    fn launch_times(&self) -> LaunchTimes {
+        self.times
     }
 
     async fn wait_exit(&mut self) -> VmExit {

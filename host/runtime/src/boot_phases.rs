@@ -1,0 +1,187 @@
+//! A launch broken into phases, from the VMM backend's start to the agent answering: what the
+//! host measured (backend, VMM, announcement to first answer) and what the guest reported on its
+//! own clock (`GuestDetails.boot`). The guest's numbers serve this printout only: they are
+//! believed for nothing else.
+
+use std::time::Duration;
+
+use coffer_agent_protocol::v1 as pb;
+
+use crate::hypervisor::LaunchTimes;
+
+/// The phases of one launch, in the order they ran. Their durations add up to the launch's
+/// total (the firmware's share is what the others leave of the guest's part).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPhases {
+    /// The accelerator probe this launch paid (zero when its verdict was cached or not needed);
+    /// not part of the boot.
+    pub accel_probe: Duration,
+    /// `(phase, duration)`.
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+impl BootPhases {
+    /// Breaks a launch into phases. `launch` is the backend's account of its steps, `guest_part`
+    /// the time from the VMM being up to the agent's announcement arriving, `host_connect` from
+    /// the announcement to the agent's first answer, `guest` the agent's own record.
+    pub fn new(
+        launch: LaunchTimes,
+        guest_part: Duration,
+        host_connect: Duration,
+        guest: Option<&pb::BootTimes>,
+    ) -> Self {
+        let mut phases = vec![
+            ("backend start", launch.backend),
+            ("QEMU start", launch.vmm),
+        ];
+        match guest.and_then(GuestSteps::from_report) {
+            Some(steps) => {
+                let in_guest = steps.announced - steps.init;
+                phases.push(("firmware and kernel", guest_part.saturating_sub(in_guest)));
+                phases.push(("agent init", steps.init_done - steps.init - steps.modules));
+                phases.push(("modules", steps.modules));
+                phases.push(("server up", steps.listening - steps.init_done));
+                phases.push(("announce", steps.announced - steps.listening));
+            }
+            None => phases.push(("guest (to the announcement)", guest_part)),
+        }
+        phases.push(("host connect", host_connect));
+        Self {
+            accel_probe: launch.accel_probe,
+            phases,
+        }
+    }
+
+    /// The launch's total: every phase but the probe.
+    pub fn total(&self) -> Duration {
+        self.phases.iter().map(|(_, d)| *d).sum()
+    }
+
+    /// One `phase: N ms` line per phase, then the total.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(name, d)| format!("{name}: {} ms", d.as_millis()))
+            .collect();
+        if !self.accel_probe.is_zero() {
+            lines.insert(
+                0,
+                format!(
+                    "accelerator probe (once per host, before the boot): {} ms",
+                    self.accel_probe.as_millis()
+                ),
+            );
+        }
+        lines.push(format!(
+            "launch to agent ready: {} ms",
+            self.total().as_millis()
+        ));
+        lines
+    }
+}
+
+/// The guest's steps as durations, when its record is whole and in order.
+struct GuestSteps {
+    init: Duration,
+    modules: Duration,
+    init_done: Duration,
+    listening: Duration,
+    announced: Duration,
+}
+
+impl GuestSteps {
+    fn from_report(t: &pb::BootTimes) -> Option<Self> {
+        let us = Duration::from_micros;
+        let ordered = [t.init_us, t.init_done_us, t.listening_us, t.announced_us];
+        if ordered[0] == 0 || ordered.windows(2).any(|w| w[0] > w[1]) {
+            return None;
+        }
+        let modules = t.modules_done_us.saturating_sub(t.modules_start_us);
+        if t.init_us + modules > t.init_done_us {
+            return None;
+        }
+        Some(Self {
+            init: us(t.init_us),
+            modules: us(modules),
+            init_done: us(t.init_done_us),
+            listening: us(t.listening_us),
+            announced: us(t.announced_us),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn phases_add_up_to_the_launch() {
+        let launch = LaunchTimes {
+            accel_probe: ms(0),
+            backend: ms(20),
+            vmm: ms(80),
+        };
+        let guest = pb::BootTimes {
+            init_us: 1_500_000,
+            root_switched_us: 1_700_000,
+            modules_start_us: 1_750_000,
+            modules_done_us: 1_850_000,
+            init_done_us: 1_900_000,
+            listening_us: 2_000_000,
+            announced_us: 2_050_000,
+        };
+        let phases = BootPhases::new(launch, ms(2_600), ms(40), Some(&guest));
+        let names: Vec<_> = phases.phases.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "backend start",
+                "QEMU start",
+                "firmware and kernel",
+                "agent init",
+                "modules",
+                "server up",
+                "announce",
+                "host connect"
+            ]
+        );
+        let get = |name: &str| phases.phases.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(get("firmware and kernel"), ms(2_050));
+        assert_eq!(get("agent init"), ms(300));
+        assert_eq!(get("modules"), ms(100));
+        assert_eq!(get("server up"), ms(100));
+        assert_eq!(get("announce"), ms(50));
+        assert_eq!(phases.total(), ms(20 + 80 + 2_600 + 40));
+        assert_eq!(
+            phases.lines().last().unwrap(),
+            "launch to agent ready: 2740 ms"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_disordered_guest_record_is_one_phase() {
+        let launch = LaunchTimes {
+            accel_probe: ms(15_000),
+            backend: ms(1),
+            vmm: ms(2),
+        };
+        let disordered = pb::BootTimes {
+            init_us: 5,
+            init_done_us: 3,
+            listening_us: 9,
+            announced_us: 10,
+            ..Default::default()
+        };
+        for guest in [None, Some(&disordered), Some(&pb::BootTimes::default())] {
+            let phases = BootPhases::new(launch, ms(700), ms(3), guest);
+            assert_eq!(phases.phases[2], ("guest (to the announcement)", ms(700)));
+            assert_eq!(phases.total(), ms(706));
+            assert!(phases.lines()[0].starts_with("accelerator probe"));
+        }
+    }
+}
