@@ -75,6 +75,17 @@ async fn handshake_http_rsa_bearer() {
     full_handshake(false, KeyKind::Rsa, AuthMode::Bearer).await;
 }
 
+/// A P-521 TEE key (Trustee's other ECDH-ES+A256KW curve), end to end through the broker.
+#[tokio::test]
+async fn handshake_http_p521_cookie() {
+    full_handshake(false, KeyKind::EcP521, AuthMode::Cookie).await;
+}
+
+#[tokio::test]
+async fn handshake_https_p521_bearer() {
+    full_handshake(true, KeyKind::EcP521, AuthMode::Bearer).await;
+}
+
 #[tokio::test]
 async fn https_client_without_the_ca_is_refused() {
     let kbs = start(Options {

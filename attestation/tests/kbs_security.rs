@@ -189,6 +189,42 @@ async fn kbs02_swapped_tee_pubkey_and_tampered_report_data_refused() {
     assert_refused(&r, "AttestationError");
 }
 
+/// Trustee's ECDH-ES+A256KW curves are P-256 and P-521: a P-521 key is accepted and the
+/// resource comes back wrapped to it; a key on any other curve is refused at `/attest`, with a
+/// detail naming the curve, before anything is bound to it.
+#[tokio::test]
+async fn p521_tee_key_accepted_and_other_curves_refused_at_attest() {
+    let kbs = open_kbs(Options::default()).await;
+    let key = TeeKeyPair::generate_ec_p521();
+    let a = auth(&kbs, "sample").await;
+    let body = attest_body(&nonce(&a), &key);
+    assert_eq!(body["runtime-data"]["tee-pubkey"]["crv"], "P-521");
+    let r = attest(&kbs, a.cookie.as_deref(), body.to_string()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookie = r.cookie.clone().or(a.cookie.clone());
+    let reply = get(&kbs, "default/key/1", cookie.as_deref(), None).await;
+    assert!(reply.is_jwe(), "{reply:?}");
+    let jwe: coffer_attestation::kbs::types::Response =
+        serde_json::from_slice(&reply.body).unwrap();
+    let header: Value = serde_json::from_slice(&B64URL.decode(&jwe.protected).unwrap()).unwrap();
+    assert_eq!(header["epk"]["crv"], "P-521", "{header}");
+    assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);
+
+    for crv in ["P-384", "secp256k1"] {
+        let b = auth(&kbs, "sample").await;
+        let mut body = attest_body(&nonce(&b), &TeeKeyPair::generate_ec_p521());
+        body["runtime-data"]["tee-pubkey"]["crv"] = json!(crv);
+        let r = attest(&kbs, b.cookie.as_deref(), body.to_string()).await;
+        assert_refused(&r, "AttestationError");
+        let detail = r.problem().unwrap().detail;
+        println!("{crv}: {detail}");
+        assert!(
+            detail.contains(&format!("ec curve \"{crv}\" is not supported")),
+            "{detail}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn kbs02_key_order_and_whitespace_do_not_change_the_binding() {
     let kbs = open_kbs(Options::default()).await;

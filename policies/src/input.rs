@@ -732,7 +732,10 @@ pub fn note_started(ever_started: &mut Vec<String>, id: &str) {
 pub struct ContainerState {
     /// Container id.
     pub id: String,
-    /// Digest of the image its rootfs came from, when known.
+    /// For a container whose rootfs the guest pulled (`rootfs.source = "image"`): the digest
+    /// (`sha256:<64 hex>`) of the image manifest the guest itself resolved, checked against the
+    /// signature policy and unpacked — for a reference pinned to an image index, the linux/amd64
+    /// manifest's digest, not the index's. `null` for an uploaded rootfs.
     pub image_digest: Option<String>,
     /// Whether it has been started.
     pub started: bool,

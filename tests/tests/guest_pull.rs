@@ -432,6 +432,34 @@ fn main() -> ExitCode {
 
     case!(
         suite,
+        // #22: the policy input's state.containers[].image_digest is the manifest digest the
+        // guest pulled and verified: a policy that starts only that digest runs the container,
+        // one expecting another digest refuses it (and its reason shows the digest it saw).
+        "the_policy_sees_the_pulled_image_digest",
+        (|| {
+            ensure!(!pinned.is_empty(), "needs the pushed image");
+            let digest = pinned.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+            let policy_for = |expected: &str| {
+                format!(
+                    "{}\ndenials contains msg if {{\n\tkind == \"StartContainer\"\n\tsome c in input.state.containers\n\tc.id == input.request.container_id\n\tc.image_digest != \"{expected}\"\n\tmsg := sprintf(\"StartContainer: image_digest %s\", [c.image_digest])\n}}\n",
+                    coffer_policies::SANDBOX_POLICY
+                )
+            };
+            let same = ctx.initdata("digest-same", &[(Entry::Policy, &policy_for(digest))])?;
+            let out = ctx.run(&pinned, &same, true, &["/bin/cat", "/pulled.txt"])?;
+            ctx.printed(out, "pulled in the guest\n")?;
+            let other_digest = format!("sha256:{}", "0".repeat(64));
+            let other = ctx.initdata(
+                "digest-other",
+                &[(Entry::Policy, &policy_for(&other_digest))],
+            )?;
+            let out = ctx.run(&pinned, &other, true, &["/bin/true"])?;
+            ctx.refused(out, &format!("StartContainer: image_digest {digest}"))
+        })()
+    );
+
+    case!(
+        suite,
         // REG-05: an image the initdata signature policy does not admit is never unpacked.
         "signature_policy_refuses_unsigned_image",
         (|| {

@@ -139,6 +139,8 @@ pub enum KeyKind {
     /// EC P-256 with `ECDH-ES+A256KW` (default).
     #[default]
     Ec,
+    /// EC P-521 with `ECDH-ES+A256KW` (Trustee's brokers accept it too).
+    EcP521,
     /// RSA-3072 with `RSA-OAEP-256`.
     Rsa,
 }
@@ -473,6 +475,7 @@ impl KbsClient {
         let key = match (&self.config.pregenerated_key, self.config.key) {
             (Some(key), _) => key.clone(),
             (None, KeyKind::Ec) => Arc::new(TeeKeyPair::generate_ec()),
+            (None, KeyKind::EcP521) => Arc::new(TeeKeyPair::generate_ec_p521()),
             (None, KeyKind::Rsa) => Arc::new(
                 tokio::task::spawn_blocking(|| TeeKeyPair::generate_rsa(RSA_GENERATED_BITS))
                     .await

@@ -1,8 +1,10 @@
-//! JWE (RFC 7516, flattened JSON) for resource replies: `ECDH-ES+A256KW` (P-256) or
-//! `RSA-OAEP-256`, content encrypted with `A256GCM`, AAD = ASCII of the protected header as sent.
-//! Only well-kept primitives are used: RustCrypto (p256, rsa, concat-kdf, aes-kw, aes-gcm) and,
-//! for the broker's single-use ECDH-ES half, ring's ephemeral agreement; this module only lays
-//! out their inputs as RFC 7518 §4.6 and §5.3 prescribe.
+//! JWE (RFC 7516, flattened JSON) for resource replies: `ECDH-ES+A256KW` (P-256 or P-521, as
+//! Trustee accepts) or `RSA-OAEP-256`, content encrypted with `A256GCM`, AAD = ASCII of the
+//! protected header as sent. Only well-kept primitives are used: RustCrypto (p256, p521, rsa,
+//! concat-kdf, aes-kw, aes-gcm) and, for the broker's single-use ECDH-ES half on P-256, ring's
+//! ephemeral agreement (ring has no P-521: that half is RustCrypto's `p521::ecdh`); this module
+//! only lays out their inputs as RFC 7518 §4.6 and §5.3 prescribe. The `epk` is always on the
+//! TEE key's curve; any other curve is [`JweError::UnsupportedCurve`].
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -26,7 +28,14 @@ use super::types::{
 pub const RSA_GENERATED_BITS: usize = 3072;
 /// Smallest RSA modulus accepted from a peer (Trustee's own attester uses 2048-bit keys).
 pub const RSA_MIN_ACCEPTED_BITS: usize = 2048;
-const CURVE_P256: &str = "P-256";
+/// JWK `crv` of a P-256 TEE key (the one this crate generates by default).
+pub const CURVE_P256: &str = "P-256";
+/// JWK `crv` of a P-521 TEE key (Trustee's other `ECDH-ES+A256KW` curve).
+pub const CURVE_P521: &str = "P-521";
+/// Coordinate length of a P-256 point.
+const P256_COORD_LEN: usize = 32;
+/// Coordinate length of a P-521 point (521 bits, big-endian, left-padded).
+const P521_COORD_LEN: usize = 66;
 const CEK_LEN: usize = 32;
 const IV_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -55,6 +64,13 @@ pub enum JweError {
         enc: String,
         /// What the key requires.
         expected: &'static str,
+    },
+    /// An EC key (JWK or `epk`) names a curve `ECDH-ES+A256KW` is not done on here: only
+    /// [`CURVE_P256`] and [`CURVE_P521`] are, as with Trustee.
+    #[error("ec curve {crv:?} is not supported for ECDH-ES+A256KW (P-256 or P-521)")]
+    UnsupportedCurve {
+        /// The `crv` received.
+        crv: String,
     },
     /// A public key (JWK or `epk`) is not a valid key of the stated type.
     #[error("invalid public key: {reason}")]
@@ -86,6 +102,8 @@ pub enum JweError {
 pub enum TeeKeyPair {
     /// P-256, used with `ECDH-ES+A256KW`.
     Ec(p256::SecretKey),
+    /// P-521, used with `ECDH-ES+A256KW`.
+    EcP521(p521::SecretKey),
     /// RSA, used with `RSA-OAEP-256`.
     Rsa(Box<RsaPrivateKey>),
 }
@@ -94,6 +112,7 @@ impl std::fmt::Debug for TeeKeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Ec(_) => f.write_str("TeeKeyPair::Ec([REDACTED])"),
+            Self::EcP521(_) => f.write_str("TeeKeyPair::EcP521([REDACTED])"),
             Self::Rsa(k) => write!(f, "TeeKeyPair::Rsa({} bits, [REDACTED])", k.size() * 8),
         }
     }
@@ -103,6 +122,11 @@ impl TeeKeyPair {
     /// A fresh P-256 key from the OS CSPRNG.
     pub fn generate_ec() -> Self {
         Self::Ec(p256::SecretKey::random(&mut OsRng))
+    }
+
+    /// A fresh P-521 key from the OS CSPRNG.
+    pub fn generate_ec_p521() -> Self {
+        Self::EcP521(p521::SecretKey::random(&mut OsRng))
     }
 
     /// A fresh RSA key of [`RSA_GENERATED_BITS`] (or more) bits.
@@ -146,6 +170,17 @@ impl TeeKeyPair {
                     y: coord(point.y()),
                 }
             }
+            Self::EcP521(k) => {
+                let point = k.public_key().to_encoded_point(false);
+                let coord =
+                    |c: Option<&p521::FieldBytes>| c.map(|b| B64URL.encode(b)).unwrap_or_default();
+                TeePubKey::Ec {
+                    crv: CURVE_P521.to_owned(),
+                    alg: ALG_ECDH_ES_A256KW.to_owned(),
+                    x: coord(point.x()),
+                    y: coord(point.y()),
+                }
+            }
             Self::Rsa(k) => TeePubKey::Rsa {
                 alg: ALG_RSA_OAEP_256.to_owned(),
                 n: B64URL.encode(k.n().to_bytes_be()),
@@ -161,7 +196,7 @@ impl TeeKeyPair {
         let header: ProtectedHeader =
             serde_json::from_slice(&header_json).map_err(JweError::Header)?;
         let expected = match self {
-            Self::Ec(_) => ALG_ECDH_ES_A256KW,
+            Self::Ec(_) | Self::EcP521(_) => ALG_ECDH_ES_A256KW,
             Self::Rsa(_) => ALG_RSA_OAEP_256,
         };
         if header.alg != expected || header.enc != ENC_A256GCM {
@@ -173,14 +208,32 @@ impl TeeKeyPair {
         }
         let encrypted_key = decode("encrypted_key", &jwe.encrypted_key)?;
         let cek: Zeroizing<Vec<u8>> = match self {
-            Self::Ec(secret) => {
+            Self::Ec(_) | Self::EcP521(_) => {
                 let epk = header.epk.as_ref().ok_or_else(|| JweError::PublicKey {
                     reason: "ecdh-es header without epk".into(),
                 })?;
-                let peer = ec_public_key(&epk.crv, &epk.x, &epk.y)?;
-                let shared =
-                    p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
-                let kek = derive_kek(shared.raw_secret_bytes(), &header)?;
+                // The sender's ephemeral key must be on this key's curve.
+                let kek = match (self, ec_public_key(&epk.crv, &epk.x, &epk.y)?) {
+                    (Self::Ec(secret), EcPublicKey::P256(peer)) => {
+                        let shared = p256::ecdh::diffie_hellman(
+                            secret.to_nonzero_scalar(),
+                            peer.as_affine(),
+                        );
+                        derive_kek(shared.raw_secret_bytes(), &header)?
+                    }
+                    (Self::EcP521(secret), EcPublicKey::P521(peer)) => {
+                        let shared = p521::ecdh::diffie_hellman(
+                            secret.to_nonzero_scalar(),
+                            peer.as_affine(),
+                        );
+                        derive_kek(shared.raw_secret_bytes(), &header)?
+                    }
+                    _ => {
+                        return Err(JweError::PublicKey {
+                            reason: format!("epk curve {} is not the tee key's curve", epk.crv),
+                        });
+                    }
+                };
                 let kw = aes_kw::KekAes256::from(*kek);
                 Zeroizing::new(
                     kw.unwrap_vec(&encrypted_key)
@@ -236,46 +289,17 @@ pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweE
                     expected: ALG_ECDH_ES_A256KW,
                 });
             }
-            let peer = ec_public_key(crv, x, y)?.to_encoded_point(false);
-            // The broker's half of ECDH-ES is single-use: ring's ephemeral agreement fits it.
-            let rng = SystemRandom::new();
-            let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
-                .map_err(|_| JweError::Encrypt {
-                stage: "ephemeral key",
-            })?;
-            let epk = ephemeral
-                .compute_public_key()
-                .map_err(|_| JweError::Encrypt {
-                    stage: "ephemeral key",
-                })?;
-            // Uncompressed SEC1: 0x04 || x (32) || y (32).
-            let (epk_x, epk_y) = match epk.as_ref() {
-                [0x04, xy @ ..] if xy.len() == 64 => xy.split_at(32),
-                _ => {
-                    return Err(JweError::Encrypt {
-                        stage: "ephemeral key",
-                    });
-                }
+            let (epk, z) = match ec_public_key(crv, x, y)? {
+                EcPublicKey::P256(peer) => agree_p256(&peer)?,
+                EcPublicKey::P521(peer) => agree_p521(&peer)?,
             };
             let header = ProtectedHeader {
                 alg: ALG_ECDH_ES_A256KW.into(),
                 enc: ENC_A256GCM.into(),
-                epk: Some(EphemeralKey {
-                    crv: CURVE_P256.into(),
-                    kty: "EC".into(),
-                    x: B64URL.encode(epk_x),
-                    y: B64URL.encode(epk_y),
-                }),
+                epk: Some(epk),
                 ..ProtectedHeader::default()
             };
-            let kek = agreement::agree_ephemeral(
-                ephemeral,
-                &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer.as_bytes()),
-                |z| derive_kek(z, &header),
-            )
-            .map_err(|_| JweError::PublicKey {
-                reason: "ecdh with the tee key failed".into(),
-            })??;
+            let kek = derive_kek(&z, &header)?;
             let wrapped = aes_kw::KekAes256::from(*kek)
                 .wrap_vec(cek.as_ref())
                 .map_err(|_| JweError::Encrypt { stage: "key wrap" })?;
@@ -355,27 +379,108 @@ fn decode(field: &'static str, value: &str) -> Result<Vec<u8>, JweError> {
         .map_err(|source| JweError::Base64 { field, source })
 }
 
-fn ec_public_key(crv: &str, x: &str, y: &str) -> Result<p256::PublicKey, JweError> {
-    if crv != CURVE_P256 {
-        return Err(JweError::PublicKey {
-            reason: format!("curve {crv} is not P-256"),
-        });
-    }
+/// An EC public key on one of the curves `ECDH-ES+A256KW` is done on.
+enum EcPublicKey {
+    P256(p256::PublicKey),
+    P521(p521::PublicKey),
+}
+
+/// Parses a JWK's (or `epk`'s) `crv`, `x`, `y`: coordinates of exactly the curve's length, a
+/// point on the curve (the identity cannot be encoded in affine coordinates).
+fn ec_public_key(crv: &str, x: &str, y: &str) -> Result<EcPublicKey, JweError> {
+    let len = match crv {
+        CURVE_P256 => P256_COORD_LEN,
+        CURVE_P521 => P521_COORD_LEN,
+        _ => {
+            return Err(JweError::UnsupportedCurve {
+                crv: crv.to_owned(),
+            });
+        }
+    };
     let x = decode("x", x)?;
     let y = decode("y", y)?;
-    if x.len() != 32 || y.len() != 32 {
+    if x.len() != len || y.len() != len {
         return Err(JweError::PublicKey {
-            reason: "p-256 coordinates must be 32 bytes".into(),
+            reason: format!("{crv} coordinates must be {len} bytes"),
         });
     }
-    let point = p256::EncodedPoint::from_affine_coordinates(
-        p256::FieldBytes::from_slice(&x),
-        p256::FieldBytes::from_slice(&y),
-        false,
-    );
-    Option::from(p256::PublicKey::from_encoded_point(&point)).ok_or_else(|| JweError::PublicKey {
-        reason: "point is not on p-256".into(),
-    })
+    let not_on_curve = || JweError::PublicKey {
+        reason: format!("point is not on {crv}"),
+    };
+    if crv == CURVE_P256 {
+        let point = p256::EncodedPoint::from_affine_coordinates(
+            p256::FieldBytes::from_slice(&x),
+            p256::FieldBytes::from_slice(&y),
+            false,
+        );
+        Option::from(p256::PublicKey::from_encoded_point(&point))
+            .map(EcPublicKey::P256)
+            .ok_or_else(not_on_curve)
+    } else {
+        let point = p521::EncodedPoint::from_affine_coordinates(
+            p521::FieldBytes::from_slice(&x),
+            p521::FieldBytes::from_slice(&y),
+            false,
+        );
+        Option::from(p521::PublicKey::from_encoded_point(&point))
+            .map(EcPublicKey::P521)
+            .ok_or_else(not_on_curve)
+    }
+}
+
+/// The broker's ephemeral half on P-256 (ring: single-use keys): the `epk` and the shared
+/// secret Z.
+fn agree_p256(peer: &p256::PublicKey) -> Result<(EphemeralKey, Zeroizing<Vec<u8>>), JweError> {
+    let peer = peer.to_encoded_point(false);
+    let rng = SystemRandom::new();
+    let ephemeral_failed = || JweError::Encrypt {
+        stage: "ephemeral key",
+    };
+    let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| ephemeral_failed())?;
+    let public = ephemeral
+        .compute_public_key()
+        .map_err(|_| ephemeral_failed())?;
+    // Uncompressed SEC1: 0x04 || x (32) || y (32).
+    let (epk_x, epk_y) = match public.as_ref() {
+        [0x04, xy @ ..] if xy.len() == 2 * P256_COORD_LEN => xy.split_at(P256_COORD_LEN),
+        _ => return Err(ephemeral_failed()),
+    };
+    let epk = EphemeralKey {
+        crv: CURVE_P256.into(),
+        kty: "EC".into(),
+        x: B64URL.encode(epk_x),
+        y: B64URL.encode(epk_y),
+    };
+    let z = agreement::agree_ephemeral(
+        ephemeral,
+        &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer.as_bytes()),
+        |z| Zeroizing::new(z.to_vec()),
+    )
+    .map_err(|_| JweError::PublicKey {
+        reason: "ecdh with the tee key failed".into(),
+    })?;
+    Ok((epk, z))
+}
+
+/// The broker's ephemeral half on P-521 (RustCrypto; ring has no P-521 agreement): the `epk`
+/// and the shared secret Z (66 bytes).
+fn agree_p521(peer: &p521::PublicKey) -> Result<(EphemeralKey, Zeroizing<Vec<u8>>), JweError> {
+    let ephemeral = p521::ecdh::EphemeralSecret::random(&mut OsRng);
+    let point = ephemeral.public_key().to_encoded_point(false);
+    let (Some(epk_x), Some(epk_y)) = (point.x(), point.y()) else {
+        return Err(JweError::Encrypt {
+            stage: "ephemeral key",
+        });
+    };
+    let epk = EphemeralKey {
+        crv: CURVE_P521.into(),
+        kty: "EC".into(),
+        x: B64URL.encode(epk_x),
+        y: B64URL.encode(epk_y),
+    };
+    let shared = ephemeral.diffie_hellman(peer);
+    Ok((epk, Zeroizing::new(shared.raw_secret_bytes().to_vec())))
 }
 
 fn rsa_public_key(n: &str, e: &str) -> Result<RsaPublicKey, JweError> {
@@ -436,5 +541,146 @@ mod tests {
     fn debug_redacts_key() {
         let key = TeeKeyPair::generate_ec();
         assert_eq!(format!("{key:?}"), "TeeKeyPair::Ec([REDACTED])");
+        let key = TeeKeyPair::generate_ec_p521();
+        assert_eq!(format!("{key:?}"), "TeeKeyPair::EcP521([REDACTED])");
+    }
+
+    fn header_of(jwe: &Response) -> ProtectedHeader {
+        serde_json::from_slice(&B64URL.decode(&jwe.protected).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn p521_jwk_has_66_byte_coordinates_and_is_accepted() {
+        let jwk = TeeKeyPair::generate_ec_p521().public_jwk();
+        let TeePubKey::Ec { crv, alg, x, y } = &jwk else {
+            panic!("not an ec jwk: {jwk:?}");
+        };
+        assert_eq!(
+            (crv.as_str(), alg.as_str()),
+            (CURVE_P521, ALG_ECDH_ES_A256KW)
+        );
+        assert_eq!(B64URL.decode(x).unwrap().len(), 66);
+        assert_eq!(B64URL.decode(y).unwrap().len(), 66);
+        validate_tee_pubkey(&jwk).unwrap();
+    }
+
+    #[test]
+    fn p521_wrap_unwrap_round_trip_and_tamper() {
+        let key = TeeKeyPair::generate_ec_p521();
+        let jwe = encrypt(&key.public_jwk(), b"p-521 secret").unwrap();
+        // The broker's ephemeral key is on the TEE key's curve, as Trustee sends it.
+        let epk = header_of(&jwe).epk.unwrap();
+        assert_eq!((epk.crv.as_str(), epk.kty.as_str()), (CURVE_P521, "EC"));
+        assert_eq!(B64URL.decode(&epk.x).unwrap().len(), 66);
+        // A256KW of a 32-byte CEK: 40 bytes.
+        assert_eq!(B64URL.decode(&jwe.encrypted_key).unwrap().len(), 40);
+        assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), b"p-521 secret");
+
+        let mut bad = jwe.clone();
+        bad.ciphertext = B64URL.encode(b"tampered....");
+        assert!(matches!(
+            key.decrypt(&bad),
+            Err(JweError::Decrypt { stage: "a256gcm" })
+        ));
+        let mut bad = jwe.clone();
+        let mut wrapped = B64URL.decode(&jwe.encrypted_key).unwrap();
+        wrapped[0] ^= 1;
+        bad.encrypted_key = B64URL.encode(wrapped);
+        assert!(matches!(
+            key.decrypt(&bad),
+            Err(JweError::Decrypt {
+                stage: "key unwrap"
+            })
+        ));
+        // Another P-521 key, and a P-256 key, cannot open it.
+        assert!(TeeKeyPair::generate_ec_p521().decrypt(&jwe).is_err());
+        assert!(matches!(
+            TeeKeyPair::generate_ec().decrypt(&jwe),
+            Err(JweError::PublicKey { .. })
+        ));
+    }
+
+    #[test]
+    fn p256_key_refuses_a_p521_epk_and_p521_key_a_p256_epk() {
+        let p256 = TeeKeyPair::generate_ec();
+        let p521 = TeeKeyPair::generate_ec_p521();
+        let to_p256 = encrypt(&p256.public_jwk(), b"x").unwrap();
+        let to_p521 = encrypt(&p521.public_jwk(), b"x").unwrap();
+        for (key, jwe) in [(&p521, &to_p256), (&p256, &to_p521)] {
+            let err = key.decrypt(jwe).unwrap_err();
+            assert!(
+                err.to_string().contains("is not the tee key's curve"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_curves_are_refused_with_a_typed_error() {
+        let p521 = TeeKeyPair::generate_ec_p521().public_jwk();
+        let TeePubKey::Ec { x, y, .. } = p521 else {
+            panic!()
+        };
+        for crv in ["P-384", "secp256k1", "X25519", "p-521", ""] {
+            let jwk = TeePubKey::Ec {
+                crv: crv.into(),
+                alg: ALG_ECDH_ES_A256KW.into(),
+                x: x.clone(),
+                y: y.clone(),
+            };
+            for err in [
+                validate_tee_pubkey(&jwk).unwrap_err(),
+                encrypt(&jwk, b"x").unwrap_err(),
+            ] {
+                assert!(
+                    matches!(&err, JweError::UnsupportedCurve { crv: c } if c == crv),
+                    "{crv}: {err:?}"
+                );
+            }
+        }
+        assert_eq!(
+            JweError::UnsupportedCurve {
+                crv: "P-384".into()
+            }
+            .to_string(),
+            "ec curve \"P-384\" is not supported for ECDH-ES+A256KW (P-256 or P-521)"
+        );
+    }
+
+    #[test]
+    fn p521_points_off_the_curve_or_of_the_wrong_length_are_refused() {
+        let TeePubKey::Ec { x, y, .. } = TeeKeyPair::generate_ec_p521().public_jwk() else {
+            panic!()
+        };
+        let mut y_bytes = B64URL.decode(&y).unwrap();
+        y_bytes[65] ^= 1;
+        let off_curve = TeePubKey::Ec {
+            crv: CURVE_P521.into(),
+            alg: ALG_ECDH_ES_A256KW.into(),
+            x: x.clone(),
+            y: B64URL.encode(&y_bytes),
+        };
+        let err = validate_tee_pubkey(&off_curve).unwrap_err();
+        assert!(err.to_string().contains("not on P-521"), "{err}");
+        // P-256-sized coordinates under crv P-521 (and the reverse) are refused by length.
+        let TeePubKey::Ec {
+            x: x256, y: y256, ..
+        } = TeeKeyPair::generate_ec().public_jwk()
+        else {
+            panic!()
+        };
+        for (crv, x, y) in [(CURVE_P521, &x256, &y256), (CURVE_P256, &x, &y)] {
+            let jwk = TeePubKey::Ec {
+                crv: crv.into(),
+                alg: ALG_ECDH_ES_A256KW.into(),
+                x: x.clone(),
+                y: y.clone(),
+            };
+            let err = validate_tee_pubkey(&jwk).unwrap_err();
+            assert!(
+                err.to_string().contains("coordinates must be"),
+                "{crv}: {err}"
+            );
+        }
     }
 }

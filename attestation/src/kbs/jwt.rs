@@ -1,6 +1,7 @@
 //! JSON Web Tokens (RFC 7519 compact JWS): ES256 for attestation tokens (signed and verified
-//! here), ES256 or EdDSA (Ed25519, RFC 8037) for admin requests (verified only; Trustee's
-//! `kbs-client` signs its admin tokens with Ed25519).
+//! here), ES256 or EdDSA (Ed25519, RFC 8037) for admin requests (verified only; the `kbs-client`
+//! of Trustee releases with the `simple` admin backend signs its admin tokens with Ed25519, current
+//! Trustee forwards a token from an external identity provider instead).
 //!
 //! Verification trusts exactly the keys chosen by the caller, each bound to one algorithm: the
 //! header's `alg` selects the key of that algorithm, so `none`, `HS256`, every other algorithm
@@ -140,7 +141,7 @@ impl VerificationKey {
     }
 
     /// An EdDSA key from an Ed25519 SPKI PEM (RFC 8410, `-----BEGIN PUBLIC KEY-----`), as
-    /// Trustee's `kbs-client` admin key pairs are written.
+    /// the admin key pairs of Trustee's `simple` admin backend are written.
     pub fn ed25519_from_pem(pem: &str) -> Result<Self, JwtError> {
         use x509_cert::der::DecodePem as _;
         let key_err = |reason: String| JwtError::Key {
@@ -374,8 +375,8 @@ mod tests {
         spki.to_pem(x509_cert::der::pem::LineEnding::LF).unwrap()
     }
 
-    /// A compact JWS with `header` over `claims`, signed by `pair` (as Trustee's kbs-client
-    /// signs admin tokens: `{"alg":"EdDSA","typ":"JWT"}`).
+    /// A compact JWS with `header` over `claims`, signed by `pair` (as the kbs-client of Trustee's
+    /// `simple` admin backend signs admin tokens: `{"alg":"EdDSA","typ":"JWT"}`).
     fn eddsa_token(header: &str, claims: &Value, pair: &Ed25519KeyPair) -> String {
         let input = format!(
             "{}.{}",

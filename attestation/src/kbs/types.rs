@@ -11,7 +11,7 @@ pub const PROTOCOL_VERSION: &str = "0.4.0";
 pub const SESSION_COOKIE: &str = "kbs-session-id";
 /// Prefix of the `type` URI in every problem JSON ([`ErrorInformation`]).
 pub const ERROR_TYPE_PREFIX: &str = "https://github.com/confidential-containers/kbs/errors/";
-/// JWE key-management algorithm for EC P-256 TEE keys.
+/// JWE key-management algorithm for EC TEE keys (P-256 or P-521).
 pub const ALG_ECDH_ES_A256KW: &str = "ECDH-ES+A256KW";
 /// JWE key-management algorithm for RSA TEE keys.
 pub const ALG_RSA_OAEP_256: &str = "RSA-OAEP-256";
@@ -83,7 +83,7 @@ pub enum TeePubKey {
         /// Public exponent, base64url without padding.
         e: String,
     },
-    /// EC key (`crv` = `P-256`, `alg` = `ECDH-ES+A256KW`).
+    /// EC key (`crv` = `P-256` or `P-521`, `alg` = `ECDH-ES+A256KW`).
     #[serde(rename = "EC")]
     Ec {
         /// Curve name.

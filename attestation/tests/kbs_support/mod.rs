@@ -76,7 +76,7 @@ pub struct TestKbs {
     pub ca_pem: Option<Vec<u8>>,
     /// Holds the admin private key.
     pub admin: TokenSigner,
-    /// Holds the Ed25519 admin private key (EdDSA tokens, as Trustee's kbs-client signs).
+    /// Holds the Ed25519 admin private key (EdDSA tokens, as the kbs-client of Trustee's `simple` admin backend signs).
     pub admin_ed25519: ring::signature::Ed25519KeyPair,
     /// Holds the broker's token signing key (to forge tokens in tests).
     pub token_key: p256::SecretKey,

@@ -2,8 +2,10 @@
 //! anything happens; the dispatcher only accepts a [`Permit`], which nothing else can construct.
 //!
 //! The policy is Rego evaluated by `coffer-policies` ([`RegoPolicy`]) on a typed input built from the
-//! request and the sandbox state; any evaluation problem is a denial. Sandbox mode defaults to the
-//! shipped `sandbox.rego`; confidential mode will take its policy from measured initdata (issue #5).
+//! request and the sandbox state; any evaluation problem is a denial. The agent enforces exactly one
+//! policy (`select_policy` in `main.rs`): the `policy.rego` of the measured initdata (with its
+//! `policy-data.json`), else an explicit `--policy` file (never both), else the mode's shipped default:
+//! `confidential.rego` in a TEE (no container without policy data), `sandbox.rego` outside one.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -164,10 +164,11 @@ impl KbsError {
     pub fn info(&self) -> ErrorInformation {
         ErrorInformation {
             error_type: format!("{ERROR_TYPE_PREFIX}{}", self.kind()),
-            // Identity refusals name their cause (CSR, initdata, lifetime: nothing secret);
+            // Identity refusals name their cause (CSR, initdata, lifetime: nothing secret), as
+            // do TEE key refusals (the client's own key: its curve, length or algorithm);
             // evidence refusals the check that failed (the field), without broker paths.
             detail: match self {
-                Self::Identity(_) => error_chain(self),
+                Self::Identity(_) | Self::TeeKey(_) => error_chain(self),
                 Self::Verify(e) => format!("{self}: {}", e.detail()),
                 _ => self.to_string(),
             },

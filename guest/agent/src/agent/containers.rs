@@ -54,14 +54,19 @@ impl Agent {
             };
             match outcome {
                 Ok(image) => {
+                    let manifest_digest = image.manifest_digest.to_string();
                     let done = pb::PullDone {
-                        manifest_digest: image.manifest_digest.to_string(),
+                        manifest_digest: manifest_digest.clone(),
                         timings: Some(report.finish()),
                     };
-                    state
-                        .lock()
-                        .pulled
-                        .insert(id, PrePulled { reference, root });
+                    state.lock().pulled.insert(
+                        id,
+                        PrePulled {
+                            reference,
+                            root,
+                            manifest_digest,
+                        },
+                    );
                     let _ = tx.send(Ok(pb::PullEvent {
                         event: Some(pb::pull_event::Event::Done(done)),
                     }));
@@ -223,7 +228,9 @@ impl Agent {
         record: crate::policy::Record,
     ) -> Result<Container, AgentError> {
         let rootfs_dir = bundle.join("rootfs");
-        match rootfs {
+        // The digest of the image manifest the guest itself resolved, verified and unpacked (the
+        // policy input's `state.containers[].image_digest`); none for an uploaded rootfs.
+        let image_digest = match rootfs {
             RootfsSource::Uploaded => {
                 let upload = self.upload_dir(id);
                 if !upload.is_dir() {
@@ -234,25 +241,30 @@ impl Agent {
                 std::fs::create_dir_all(bundle).map_err(|e| AgentError::io("create", bundle, e))?;
                 std::fs::rename(&upload, &rootfs_dir)
                     .map_err(|e| AgentError::io("rename", &rootfs_dir, e))?;
+                None
             }
             RootfsSource::Image(reference) => {
                 let images = self.config.images.as_ref().ok_or_else(|| {
                     AgentError::FailedPrecondition("guest pull is not configured".into())
                 })?;
                 std::fs::create_dir_all(bundle).map_err(|e| AgentError::io("create", bundle, e))?;
-                match self.take_pulled(id, &reference) {
-                    Some(root) => std::fs::rename(&root, &rootfs_dir).map_err(|e| {
-                        let _ = std::fs::remove_dir_all(&root);
-                        AgentError::io("rename", &rootfs_dir, e)
-                    })?,
-                    None => {
-                        images
-                            .pull_into(id.as_str(), &reference, &rootfs_dir, None)
-                            .await?;
+                let digest = match self.take_pulled(id, &reference) {
+                    Some((root, digest)) => {
+                        std::fs::rename(&root, &rootfs_dir).map_err(|e| {
+                            let _ = std::fs::remove_dir_all(&root);
+                            AgentError::io("rename", &rootfs_dir, e)
+                        })?;
+                        digest
                     }
-                }
+                    None => images
+                        .pull_into(id.as_str(), &reference, &rootfs_dir, None)
+                        .await?
+                        .manifest_digest
+                        .to_string(),
+                };
+                Some(digest)
             }
-        }
+        };
         // After the policy admitted the request as the host sent it: sealed references become
         // their secrets and the agent's typed mounts binds of the files it made, inside the guest
         // only. Everything else runs as authorized.
@@ -308,6 +320,7 @@ impl Agent {
             started: false.into(),
             execs: StdMutex::new(HashMap::new()),
             record,
+            image_digest,
         })
     }
 

@@ -90,6 +90,9 @@ pub(crate) struct Container {
     pub(crate) execs: StdMutex<HashMap<Id, Arc<Process>>>,
     /// What the policy recorded when it admitted the container.
     pub(crate) record: crate::policy::Record,
+    /// The manifest digest of the image the guest pulled and verified for it (`sha256:…`);
+    /// `None` for an uploaded rootfs.
+    pub(crate) image_digest: Option<String>,
 }
 
 impl Container {
@@ -427,12 +430,12 @@ impl Agent {
         }
     }
 
-    /// The image pulled ahead for `id`, when it was pulled from exactly `reference`; a pull of
-    /// another reference is discarded.
-    fn take_pulled(&self, id: &Id, reference: &str) -> Option<PathBuf> {
+    /// The image pulled ahead for `id` and its manifest digest, when it was pulled from exactly
+    /// `reference`; a pull of another reference is discarded.
+    fn take_pulled(&self, id: &Id, reference: &str) -> Option<(PathBuf, String)> {
         let removed = self.state.lock().pulled.remove(id);
         match removed {
-            Some(pre) if pre.reference == reference => Some(pre.root),
+            Some(pre) if pre.reference == reference => Some((pre.root, pre.manifest_digest)),
             Some(pre) => {
                 let _ = std::fs::remove_dir_all(&pre.root);
                 None

@@ -24,6 +24,8 @@ use crate::request::{AgentRequest, Id};
 pub(super) struct PrePulled {
     pub(super) reference: String,
     pub(super) root: PathBuf,
+    /// The manifest digest the guest resolved, verified and unpacked.
+    pub(super) manifest_digest: String,
 }
 
 /// Where the sandbox is in its life.
@@ -67,7 +69,7 @@ impl State {
             .values()
             .map(|c| pol::ContainerState {
                 id: c.id.to_string(),
-                image_digest: None,
+                image_digest: c.image_digest.clone(),
                 started: c.started.load(std::sync::atomic::Ordering::SeqCst),
                 record: c.record.clone(),
             })
