@@ -162,6 +162,53 @@ fn leave_initial_root() -> Result<(), InitError> {
     Ok(())
 }
 
+/// The virtio devices the loaded transports found (`virtio_pci`, `virtio_mmio` come first in the
+/// image's list), each with its device id in `device`.
+const VIRTIO_DEVICES: &str = "/sys/bus/virtio/devices";
+
+/// The virtio device id a boot-list driver serves, for drivers worth skipping when the VM has no
+/// such device: the block driver serves only the initdata disk, which a VM without initdata does
+/// not have (~20 ms of a TCG boot).
+fn virtio_driver_device(module: &str) -> Option<u32> {
+    match module {
+        "virtio_blk" => Some(2),
+        _ => None,
+    }
+}
+
+/// Platform devices: where ACPI's virtio-mmio devices (`LNRO0005`) appear.
+const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
+
+/// Whether the VM describes a virtio-mmio device (a `microvm`): on the kernel command line
+/// (`virtio_mmio.device=`, QEMU's way without ACPI) or as an ACPI platform device. A `q35` VM's
+/// virtio devices are PCI, and its boot skips the MMIO transport.
+fn virtio_mmio_described(cmdline: &str, platform_devices: &Path) -> bool {
+    if cmdline
+        .split_whitespace()
+        .any(|w| w.starts_with("virtio_mmio.device="))
+    {
+        return true;
+    }
+    std::fs::read_dir(platform_devices).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("LNRO0005"))
+    })
+}
+
+/// Whether a virtio device with id `device` is on the bus listed at `devices`.
+fn virtio_device_present(devices: &Path, device: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir(devices) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        std::fs::read_to_string(entry.path().join("device"))
+            .ok()
+            .and_then(|id| u32::from_str_radix(id.trim().trim_start_matches("0x"), 16).ok())
+            == Some(device)
+    })
+}
+
 /// `name.param=value` entries of the kernel command line for module `name`, as modprobe passes them.
 fn module_params(cmdline: &str, module: &str) -> String {
     let prefix = format!("{module}.");
@@ -206,6 +253,16 @@ fn load_module_list(list: &Path) -> Result<(), InitError> {
             .and_then(|n| n.strip_suffix(".ko"))
             .unwrap_or(path)
             .replace('-', "_");
+        if let Some(device) = virtio_driver_device(&name)
+            && !virtio_device_present(Path::new(VIRTIO_DEVICES), device)
+        {
+            tracing::debug!(module = %name, "no virtio device for this driver; not loaded");
+            continue;
+        }
+        if name == "virtio_mmio" && !virtio_mmio_described(&cmdline, Path::new(PLATFORM_DEVICES)) {
+            tracing::debug!("no virtio-mmio device described; virtio_mmio not loaded");
+            continue;
+        }
         let params = module_params(&cmdline, &name);
         let module_err = |source: std::io::Error| InitError::Module {
             module: path.into(),
@@ -246,6 +303,38 @@ pub fn power_off() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mmio_transport_is_loaded_only_for_described_devices() {
+        let platform = tempfile::tempdir().unwrap();
+        assert!(!virtio_mmio_described(
+            "console=ttyS0 quiet",
+            platform.path()
+        ));
+        assert!(virtio_mmio_described(
+            "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12",
+            platform.path()
+        ));
+        std::fs::create_dir(platform.path().join("serial8250")).unwrap();
+        assert!(!virtio_mmio_described("", platform.path()));
+        std::fs::create_dir(platform.path().join("LNRO0005:00")).unwrap();
+        assert!(virtio_mmio_described("", platform.path()));
+    }
+
+    #[test]
+    fn a_virtio_driver_is_loaded_only_for_its_device() {
+        let bus = tempfile::tempdir().unwrap();
+        assert_eq!(virtio_driver_device("virtio_blk"), Some(2));
+        assert_eq!(virtio_driver_device("vmw_vsock_virtio_transport"), None);
+        assert!(!virtio_device_present(&bus.path().join("absent"), 2));
+        // The vsock device (0x0013) alone: no block device.
+        std::fs::create_dir(bus.path().join("virtio0")).unwrap();
+        std::fs::write(bus.path().join("virtio0/device"), "0x0013\n").unwrap();
+        assert!(!virtio_device_present(bus.path(), 2));
+        std::fs::create_dir(bus.path().join("virtio1")).unwrap();
+        std::fs::write(bus.path().join("virtio1/device"), "0x0002\n").unwrap();
+        assert!(virtio_device_present(bus.path(), 2));
+    }
 
     #[test]
     fn module_params_come_from_the_cmdline() {

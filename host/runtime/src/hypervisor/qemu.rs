@@ -487,7 +487,9 @@ impl Qemu {
             if Instant::now() > deadline {
                 return Err(HypervisorError::Timeout(what));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The backend's and QEMU's sockets appear within milliseconds; a coarse poll would
+            // add its period to every launch.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Ok(())
     }

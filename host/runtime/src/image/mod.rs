@@ -59,15 +59,15 @@ pub use error::ImageError;
 pub use initramfs::{INIT, MODULES_LIST, NETFILTER_MODULES_LIST, NETWORK_MODULES_LIST};
 use modules::{ModuleFile, ModuleIndex};
 
-/// The modules the agent needs: virtio transports (MMIO for `microvm`, PCI for `q35`), the virtio
-/// vsock transport to reach the host, virtio-blk for the initdata disk, and overlayfs for container
-/// root filesystems.
+/// The modules the agent needs at boot: virtio transports (MMIO for `microvm`, PCI for `q35`), the
+/// virtio vsock transport to reach the host, and virtio-blk for the initdata disk. (overlayfs was
+/// loaded too until nothing in the guest used it: at 355 KB the largest module, ~15 % of the
+/// boot's module time under TCG.)
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_pci",
     "vmw_vsock_virtio_transport",
     "virtio_blk",
-    "overlay",
 ];
 
 /// Modules added when the kernel has them: the TEE guest drivers (`/dev/sev-guest`,

@@ -81,7 +81,12 @@ impl Fixture {
         fs::write(&kernel, fake_bzimage(payload, Some(RELEASE))).unwrap();
         let agent = root.join("coffer-agent");
         fs::write(&agent, b"\x7fELF static agent").unwrap();
-        let modules = DEFAULT_MODULES.iter().map(|m| (*m).to_owned()).collect();
+        // The default selection and one xz-compressed module, as Debian ships them.
+        let modules = DEFAULT_MODULES
+            .iter()
+            .chain(&["overlay"])
+            .map(|m| (*m).to_owned())
+            .collect();
         Self {
             spec: GuestImageSpec {
                 kernel,
