@@ -112,7 +112,9 @@ impl Corpus {
 
 /// Edits of a CreateContainer's process a hostile host could make (the deny tables' cases and
 /// more), each applied to both policies' well-formed request.
-fn process_edits() -> Vec<(&'static str, Box<dyn Fn(&mut Process)>)> {
+type Edit<T> = (&'static str, Box<dyn Fn(&mut T)>);
+
+fn process_edits() -> Vec<Edit<Process>> {
     vec![
         ("as is", Box::new(|_| {})),
         ("root user", Box::new(|p| p.user.uid = 0)),
@@ -187,7 +189,7 @@ fn rlimit(kind: &str, soft: u64, hard: u64) -> coffer_policies::Rlimit {
 }
 
 /// Edits of a CreateContainer outside its process.
-fn container_edits() -> Vec<(&'static str, Box<dyn Fn(&mut CreateContainer)>)> {
+fn container_edits() -> Vec<Edit<CreateContainer>> {
     vec![
         ("hooks", Box::new(|c| c.hooks_present = true)),
         (
