@@ -5,13 +5,17 @@ Usage: python differential.py CORPUS.json RESULTS.json
 
 CORPUS.json: {"policies": {name: {"source": rego, "data": object or null}},
               "cases": [{"policy": name, "input": object}]}
-RESULTS.json: {"engine": version, "rewrites": {name: count},
+RESULTS.json: {"engine": version, "rewrites": {name: {"some_key_value": n, "sort": n}},
                "results": [{"value": decision} | {"undefined": true} | {"error": message}]}
 
-rego-cpp 1.5 refuses `some k, v in coll` in the body of a set or array comprehension ("Invalid
-collection": it reads the comma as an element separator); OPA and regorus accept it. Each such
-`some k, v in ref` is rewritten to `some k; v := ref[k]`, the same bindings for arrays, sets and
-objects, and the count of rewrites is reported. Nothing else in a policy is changed.
+Two constructs of our policies rego-cpp 1.5 gets wrong are rewritten, and the rewrites counted:
+- it refuses `some k, v in coll` in the body of a set or array comprehension ("Invalid
+  collection": it reads the comma as an element separator); OPA and regorus accept it. Each
+  `some k, v in ref` becomes `some k; v := ref[k]`, the same bindings for arrays, sets and
+  objects;
+- its `sort` of a set returns a set, where OPA's returns an array (see `sort_arrays`).
+Nothing else in a policy is changed. The decision's strings are read base64-encoded (`DECISION`),
+and regopy's own result parser is bypassed (`query`).
 
 The engine is set up as coffer-policies sets up regorus: strict builtin errors, the policy data,
 then the value of `data.coffer.policy.data_index` (evaluated once with an empty input) added as
