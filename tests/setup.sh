@@ -65,10 +65,11 @@ if ! command -v vhost-device-vsock >/dev/null; then
 fi
 
 # The launch-measurement reference (sev-snp-measure, Debian 12 and 13 OVMF), containerd, and the
-# manifest validator (kubernetes-validate) for deploy/.
+# manifest validator (kubernetes-validate) for deploy/, rego-cpp for the policy differential test.
 bash "$(dirname "$0")/setup-measure.sh"
 bash "$(dirname "$0")/setup-containerd.sh"
 bash "$(dirname "$0")/setup-deploy.sh"
+bash "$(dirname "$0")/setup-policies.sh"
 
 for tool in qemu-system-x86_64 protoc vhost-device-vsock; do
     command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }

@@ -281,6 +281,36 @@ mod tests {
         ));
     }
 
+    /// REG-04: the guest's pull reads only the platform and diff IDs of a config. A config
+    /// whose run fields are hostile (host-path `Volumes`, labels naming Coffer's and Kata's
+    /// annotations, `User: "0:0"`, environment entries with a NUL, a newline or no `=`) parses
+    /// to the same value as one without them, even where the fields have types no runtime
+    /// would accept: nothing in the guest mounts, runs as or exports what they say (the
+    /// process comes from the CreateContainer spec the policy judged).
+    #[test]
+    fn reg04_run_config_fields_are_not_read() {
+        let diff_id = format!("sha256:{}", "a".repeat(64));
+        let plain = serde_json::json!({
+            "os": "linux",
+            "architecture": "amd64",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        });
+        let mut hostile = plain.clone();
+        hostile["config"] = serde_json::json!({
+            "User": "0:0",
+            "Env": ["LD_PRELOAD=/tmp/x.so", "MODE=prod\nLD_PRELOAD=/x", "A=b\u{0}c", "NOEQUALS"],
+            "Volumes": {"/etc/shadow": {}, "/host": {}, "../../../../": {}},
+            "Labels": {"coffer.dev/allow-logs": "true", "io.katacontainers.config.agent.policy": "x"},
+            "Entrypoint": ["/bin/sh"],
+        });
+        hostile["container_config"] = serde_json::json!({"Volumes": "not even an object"});
+        let parse = |v: &serde_json::Value| {
+            let config = ImageConfig::parse(&serde_json::to_vec(v).unwrap(), 1).unwrap();
+            (config.os, config.architecture, config.rootfs.diff_ids)
+        };
+        assert_eq!(parse(&hostile), parse(&plain));
+    }
+
     #[test]
     fn media_types() {
         assert!(

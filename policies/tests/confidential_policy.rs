@@ -12,40 +12,9 @@ use coffer_policies::{
     Limits, Namespace, NamespaceType, PolicyInput, Process, Request, Rootfs, RootfsSource,
     SandboxState,
 };
+use common::confidential::{IMAGE, SIDECAR, app, app_process, data, state};
 use common::{mount, one_of_each};
 use serde_json::json;
-
-const IMAGE: &str =
-    "registry.example/app@sha256:1111111111111111111111111111111111111111111111111111111111111111";
-const SIDECAR: &str =
-    "registry.example/side@sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-fn data() -> serde_json::Value {
-    json!({
-        "containers": [
-            {
-                "name": "app",
-                "image": IMAGE,
-                "args": ["/app/server", "--port", "8080"],
-                "env": ["PATH=/usr/bin:/bin", "MODE=prod"],
-                "env_names_any_value": ["HOSTNAME"],
-                "cwd": "/app",
-                "user": {"uid": 1000, "gid": 1000},
-                "capabilities": ["CAP_SYS_NICE"],
-                "mounts": [{"destination": "/data", "source": "tmpfs", "type": "tmpfs", "options": ["nosuid", "size=1m"]}],
-                "exec": [["/app/health", "--ready"], ["sh", "-c", "echo ok"]],
-                "logs": true
-            },
-            {
-                "name": "side",
-                "image": SIDECAR,
-                "args": ["/side"],
-                "cwd": "/",
-                "user": {"uid": 0, "gid": 0}
-            }
-        ]
-    })
-}
 
 fn engine_with(data: &serde_json::Value) -> Engine {
     Engine::new(
@@ -54,41 +23,6 @@ fn engine_with(data: &serde_json::Value) -> Engine {
         Limits::default(),
     )
     .unwrap()
-}
-
-fn app_process() -> Process {
-    let mut p = common::process(&["/app/server", "--port", "8080"]);
-    p.env = vec![
-        "PATH=/usr/bin:/bin".into(),
-        "MODE=prod".into(),
-        "HOSTNAME=pod-7".into(),
-    ];
-    p.cwd = "/app".into();
-    p.capabilities.bounding = vec!["CAP_CHOWN".into(), "CAP_SYS_NICE".into()];
-    p
-}
-
-/// The CreateContainer containerd would send for the `app` entry.
-fn app() -> CreateContainer {
-    common::image_container(IMAGE, app_process())
-}
-
-/// A sandbox where `c1` was admitted as `app` and `c2` exists without a record.
-fn state() -> SandboxState {
-    common::sandbox(vec![
-        ContainerState {
-            id: "c1".into(),
-            image_digest: None,
-            started: true,
-            record: BTreeMap::from([("entry".to_owned(), "app".to_owned())]),
-        },
-        ContainerState {
-            id: "c2".into(),
-            image_digest: None,
-            started: true,
-            record: BTreeMap::new(),
-        },
-    ])
 }
 
 fn decide(request: Request) -> Decision {

@@ -334,11 +334,31 @@ fn decode_process_object(mut p: Object) -> Result<pol::Process, SpecError> {
         }
     };
     let user = decode_user(p.object("user")?)?;
+    let args_field = p.field("args");
     let args = p.strings("args")?;
     if args.first().is_none_or(String::is_empty) {
-        return Err(invalid(&p.field("args"), "must name a program"));
+        return Err(invalid(&args_field, "must name a program"));
     }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(
+            &format!("{args_field}[{i}]"),
+            "contains a NUL byte",
+        ));
+    }
+    // The environment is passed to the process as this exact list (REG-04): entries execve
+    // cannot carry as they are (a NUL ends the string early) or that name no variable are
+    // refused rather than read one way by the policy and another by the process.
+    let env_field = p.field("env");
     let env = p.strings("env")?;
+    for (i, var) in env.iter().enumerate() {
+        let problem = match var.split_once('=') {
+            _ if var.contains('\0') => "contains a NUL byte",
+            None => "must be NAME=VALUE",
+            Some(("", _)) => "names no variable (empty before =)",
+            Some(_) => continue,
+        };
+        return Err(invalid(&format!("{env_field}[{i}]"), problem));
+    }
     let cwd_field = p.field("cwd");
     let cwd = p.required_string("cwd")?;
     if !cwd.starts_with('/') {

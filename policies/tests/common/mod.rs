@@ -1,6 +1,8 @@
 //! Builders shared by the integration tests: one well-formed request per RPC.
 #![allow(dead_code)]
 
+pub mod confidential;
+
 use std::collections::BTreeMap;
 
 use coffer_policies::{

@@ -680,3 +680,70 @@ fn exec_processes_are_closed_too() {
         }
     );
 }
+
+/// REG-04 (`Env` injection): the environment an image config or the host supplies reaches the
+/// process as the exact list the policy judged. Entries execve cannot pass as they are (a NUL
+/// would cut the entry, `A=b\0LD_PRELOAD=…` read as `A=b` by the process) or that name no
+/// variable are refused by field, for containers and exec'd processes; newlines, `=` in values
+/// and duplicate names are legal bytes of an entry and are rendered exactly, in order.
+#[test]
+fn reg04_environment_is_validated_and_passed_as_the_exact_list() {
+    let refused: &[(&str, Value, &str)] = &[
+        (
+            "process.env",
+            json!(["PATH=/bin", "LD_PRELOAD"]),
+            "process.env[1] must be NAME=VALUE",
+        ),
+        (
+            "process.env",
+            json!(["=/tmp/x.so"]),
+            "process.env[0] names no variable",
+        ),
+        (
+            "process.env",
+            json!(["MODE=prod\u{0}LD_PRELOAD=/tmp/x.so"]),
+            "process.env[0] contains a NUL byte",
+        ),
+        (
+            "process.env",
+            json!(["\u{0}=x"]),
+            "process.env[0] contains a NUL byte",
+        ),
+        (
+            "process.args",
+            json!(["/bin/sh", "-c\u{0}id"]),
+            "process.args[1] contains a NUL byte",
+        ),
+    ];
+    for (path, value, expected) in refused {
+        let mut spec = cri_spec();
+        set(&mut spec, path, value.clone());
+        let err = decode(&spec).unwrap_err().to_string();
+        assert!(err.contains(expected), "{value}: {err}");
+        // The same process document through ExecProcess.
+        let process = serde_json::to_vec(&spec["process"]).unwrap();
+        let err = decode_process(&process).unwrap_err().to_string();
+        assert!(err.contains(expected), "exec {value}: {err}");
+    }
+
+    let exact = vec![
+        "MODE=prod\nLD_PRELOAD=/tmp/x.so".to_owned(),
+        "A=b=c".to_owned(),
+        "EMPTY=".to_owned(),
+        "MODE=prod".to_owned(),
+        "MODE=debug".to_owned(),
+        "PATH=/usr/bin:/bin".to_owned(),
+    ];
+    let mut spec = cri_spec();
+    set(&mut spec, "process.env", json!(exact));
+    let authorized = decode(&spec).unwrap();
+    assert_eq!(authorized.process.env, exact);
+    let rendered = render_container(&authorized, "/run/coffer/c1/rootfs", "coffer/c1");
+    let runtime: oci_spec::runtime::Spec =
+        serde_json::from_slice(&serde_json::to_vec(&rendered).unwrap()).unwrap();
+    let seen = runtime.process().as_ref().and_then(|p| p.env().clone());
+    assert_eq!(seen, Some(exact.clone()), "what the runtime reads");
+    let process: oci_spec::runtime::Process =
+        serde_json::from_value(render_process(&authorized.process)).unwrap();
+    assert_eq!(process.env().clone(), Some(exact), "an exec's environment");
+}
