@@ -14,9 +14,9 @@ use coffer_agent_protocol::v1 as pb;
 use coffer_initdata::{Algorithm, Entry, Initdata};
 use coffer_runtime::agent_client::AgentClient;
 use coffer_runtime::hypervisor::qemu::{Qemu, QemuConfig};
+use coffer_runtime::sandbox::Sandbox;
 use coffer_runtime::sandbox::{InitdataDisk, SandboxConfig};
 use coffer_runtime::spec::{self, ProcessOptions};
-use coffer_runtime::sandbox::Sandbox;
 use coffer_tests::{
     Suite, agent, assert_nothing_left, assert_stopped_sandbox_gone, busybox_rootfs, case,
     guest_image, vm_config,
@@ -523,6 +523,60 @@ fn main() -> ExitCode {
             ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
             env.remove("streams-a").await?;
             env.remove("streams-b").await?;
+            Ok(())
+        }.await);
+
+        case!(suite, "load04_exec_storm_with_background_children_keeps_the_agent_whole", async {
+            // LOAD-04: twenty execs in quick succession into one container, each leaving a
+            // background child that holds its stdout open (an exec probe that forks: the pattern
+            // behind hung exec probes). Each exec's wait returns when its own process exits, its
+            // output arrives while the pipe stays open, the agent keeps answering, and removing
+            // the container ends the children and with them every stream.
+            env.create("storm", spec::container(&opts(&["sleep", "600"]), "coffer")).await?;
+            env.start("storm").await?;
+            let mut held = Vec::new();
+            for i in 0..20 {
+                let exec = format!("bg{i}");
+                let process = ProcessOptions {
+                    args: vec!["sh".into(), "-c".into(), format!("sleep 600 & echo {i}")],
+                    ..Default::default()
+                };
+                env.agent.clone().exec_process(pb::ExecProcessRequest {
+                    container_id: "storm".into(),
+                    exec_id: exec.clone(),
+                    oci_process_json: serde_json::to_vec(&spec::process(&process))?,
+                }).await.context("ExecProcess")?;
+                let mut stream = env.agent.clone()
+                    .read_stdout(pb::ReadOutputRequest { container_id: "storm".into(), exec_id: exec.clone() })
+                    .await?
+                    .into_inner();
+                let status = tokio::time::timeout(Duration::from_secs(30), env.wait("storm", &exec))
+                    .await
+                    .with_context(|| format!("{exec}: its wait did not return while its child runs"))??;
+                ensure!(status == 0, "{exec}: status {status}");
+                let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .with_context(|| format!("{exec}: no output while its child holds the pipe"))??
+                    .with_context(|| format!("{exec}: the stream ended before its output"))?;
+                ensure!(first.data == format!("{i}\n").as_bytes(), "{exec}: {:?}", first.data);
+                held.push((exec, stream));
+            }
+            let (out, status) = agent::exec(&env.agent, "storm", "alive", &["echo", "alive"]).await?;
+            ensure!(out == "alive\n" && status == 0, "an exec after the storm: {out:?} {status}");
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                env.agent.clone().get_guest_details(pb::GetGuestDetailsRequest {}),
+            )
+            .await
+            .context("GetGuestDetails after the storm")??;
+            env.remove("storm").await?;
+            for (exec, mut stream) in held {
+                let ended = tokio::time::timeout(Duration::from_secs(20), async {
+                    while let Ok(Some(_)) = stream.message().await {}
+                })
+                .await;
+                ensure!(ended.is_ok(), "{exec}: its stream outlived the container");
+            }
             Ok(())
         }.await);
 

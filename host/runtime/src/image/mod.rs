@@ -371,9 +371,11 @@ pub fn build(spec: &GuestImageSpec, out_dir: &Path) -> Result<GuestImage, ImageE
     })?;
     json.push(b'\n');
 
-    write_atomic(&manifest.image.vmlinux, &vmlinux)?;
-    write_atomic(&manifest.image.vmlinuz, &inputs.bzimage)?;
-    write_atomic(&manifest.image.initramfs, &initramfs)?;
+    // A file whose bytes are already there is left alone: the accelerator probe's cache knows a
+    // guest kernel by path, size and mtime, and a new agent must not cost another probe.
+    write_if_changed(&manifest.image.vmlinux, &vmlinux)?;
+    write_if_changed(&manifest.image.vmlinuz, &inputs.bzimage)?;
+    write_if_changed(&manifest.image.initramfs, &initramfs)?;
     write_atomic(&manifest_path, &json)?;
     // Make the renames durable (best effort: not every filesystem supports syncing a directory).
     if let Err(error) = File::open(out_dir).and_then(|dir| dir.sync_all()) {
@@ -424,6 +426,16 @@ pub fn load(out_dir: &Path) -> Result<GuestImage, ImageError> {
 
 /// Returns the recorded image if the manifest matches `inputs_digest` and both artifacts still hash
 /// to the recorded digests. Any mismatch or unreadable file means "rebuild".
+/// Writes `bytes` to `path` (atomically) unless the file already holds exactly them.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let same = fs::metadata(path).is_ok_and(|m| m.len() == bytes.len() as u64)
+        && sha256_file(path).is_ok_and(|h| h == sha256_hex(bytes));
+    if same {
+        return Ok(());
+    }
+    write_atomic(path, bytes)
+}
+
 fn reuse(manifest: &Path, out_dir: &Path, inputs_digest: &str) -> Option<GuestImage> {
     let bytes = fs::read(manifest).ok()?;
     let recorded: Manifest = serde_json::from_slice(&bytes).ok()?;

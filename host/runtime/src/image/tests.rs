@@ -302,10 +302,16 @@ fn reuses_up_to_date_artifacts_and_rebuilds_otherwise() {
     );
 
     // Changed inputs change the initramfs but not the kernel.
+    let kernel_written = fs::metadata(&first.vmlinux).unwrap().modified().unwrap();
     fs::write(&fixture.spec.agent, b"another agent").unwrap();
     let second = build(&fixture.spec, &out).unwrap();
     assert_ne!(second.initramfs_sha256, first.initramfs_sha256);
     assert_eq!(second.vmlinux_sha256, first.vmlinux_sha256);
+    // The unchanged kernel is not rewritten (the accelerator probe's cache keys on its mtime).
+    assert_eq!(
+        fs::metadata(&second.vmlinux).unwrap().modified().unwrap(),
+        kernel_written
+    );
 
     // So does a different module selection.
     fixture.spec.modules = vec!["overlay".to_owned()];
