@@ -64,7 +64,8 @@ impl BootPhases {
             .iter()
             .map(|(name, d)| format!("{name}: {} ms", d.as_millis()))
             .collect();
-        if !self.accel_probe.is_zero() {
+        // Below a millisecond it was the cache's answer, not a probe.
+        if self.accel_probe >= Duration::from_millis(1) {
             lines.insert(
                 0,
                 format!(
