@@ -70,44 +70,46 @@ fn is_json(bytes: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 // agent_request and policy_input
 
-/// A spec as containerd's CRI plugin writes it for a Kubernetes container.
+/// A pod container's spec in the shape containerd's CRI plugin gives the shim, asking for the
+/// agent's three guest-side mounts (a pod file, a sealed secret, the workload identity).
 fn cri_spec() -> Value {
+    let mount = |destination: &str, kind: &str, source: &str, options: &[&str]| json!({"destination": destination, "type": kind, "source": source, "options": options});
     json!({
-        "ociVersion": "1.0.2-dev",
+        "ociVersion": "1.1.0",
+        "root": {"path": "rootfs", "readonly": false},
         "process": {
-            "user": {"uid": 0, "gid": 0, "additionalGids": [0, 10]},
-            "args": ["/app/server", "--port", "8080"],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=pod"],
-            "cwd": "/",
+            "args": ["/usr/bin/web", "--listen", ":8443"],
+            "env": ["PATH=/usr/bin:/bin", "TZ=UTC"],
+            "cwd": "/srv",
+            "user": {"uid": 101, "gid": 101, "additionalGids": [101]},
             "capabilities": {
-                "bounding": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
-                "effective": ["CAP_CHOWN", "CAP_KILL"],
-                "permitted": ["CAP_KILL", "CAP_CHOWN"]
+                "bounding": ["CAP_NET_BIND_SERVICE", "CAP_KILL"],
+                "effective": ["CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_NET_BIND_SERVICE"]
             },
             "noNewPrivileges": true,
-            "oomScoreAdj": 1000
+            "oomScoreAdj": 999
         },
-        "root": {"path": "rootfs"},
         "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/etc/hosts", "type": "pod", "source": "hosts", "options": []}
+            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "mode=755", "size=65536k"]),
+            mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "size=65536k"]),
+            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+            mount("/etc/hostname", "pod", "hostname", &[]),
+            mount("/run/secrets/db", "sealed", "kbs:///web/db/password", &[]),
+            mount("/run/spiffe", "identity", "spiffe", &[])
         ],
-        "annotations": {
-            "io.kubernetes.cri.container-type": "container",
-            "io.kubernetes.cri.sandbox-id": "p1"
-        },
+        "annotations": {"io.kubernetes.cri.container-name": "web"},
         "linux": {
+            "cgroupsPath": "kubepods-burstable-podweb.slice:cri-containerd:web",
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
             "resources": {
                 "devices": [{"allow": false, "access": "rwm"}],
-                "memory": {"limit": 67108864, "swap": 67108864},
-                "cpu": {"shares": 2, "quota": 50000, "period": 100000}
+                "memory": {"limit": 134217728},
+                "cpu": {"shares": 512, "quota": 100000, "period": 100000}
             },
-            "cgroupsPath": "kubepods-besteffort-pod1.slice:cri-containerd:c1",
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore"],
-            "readonlyPaths": ["/proc/bus", "/proc/sys"]
+            "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
         }
     })
 }
@@ -244,7 +246,7 @@ fn agent_seeds() -> Vec<(String, u8, Vec<u8>)> {
             }],
             routes: vec![
                 pb::NetworkRoute {
-                    destination: "default".into(),
+                    destination: "0.0.0.0/0".into(),
                     gateway: "10.0.0.1".into(),
                     device: "eth0".into(),
                     source: String::new(),
@@ -716,7 +718,13 @@ fn main() {
     for (name, kind, bytes) in &agent {
         seed("agent_request", name, Some(*kind), bytes);
     }
-    for (name, json) in policy_inputs(&agent) {
+    let inputs = policy_inputs(&agent);
+    eprintln!(
+        "agent_request: {} seeds, {} accepted by the agent",
+        agent.len(),
+        inputs.len() / 2
+    );
+    for (name, json) in inputs {
         seed(
             "policy_input",
             &format!("{name}-confidential"),
