@@ -31,15 +31,20 @@ use tower::ServiceExt as _;
 struct Harness {
     runtime: tokio::runtime::Runtime,
     router: Router,
-    _dir: tempfile::TempDir,
 }
 
+/// The broker's resource directory and policy file: one directory under the build directory,
+/// made afresh by each process (a static is never dropped, so a temporary directory would be
+/// left behind by every run).
+const STATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/kbs_request-broker");
+
 static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let resources = dir.path().join("resources");
+    let dir = std::path::Path::new(STATE);
+    let _ = std::fs::remove_dir_all(dir);
+    let resources = dir.join("resources");
     std::fs::create_dir_all(resources.join("fuzz/key")).expect("resource directory");
     std::fs::write(resources.join("fuzz/key/1"), [7u8; 32]).expect("resource");
-    let policy = dir.path().join("policy.rego");
+    let policy = dir.join("policy.rego");
     std::fs::write(
         &policy,
         "package policy\nimport rego.v1\ndefault allow := false\n\
@@ -65,11 +70,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         .build()
         .expect("runtime");
     let router = runtime.block_on(async { Broker::from_config(&config).expect("broker").router() });
-    Harness {
-        runtime,
-        router,
-        _dir: dir,
-    }
+    Harness { runtime, router }
 });
 
 async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Option<String>, Vec<u8>) {
