@@ -7,7 +7,7 @@
 #
 # Needs the nightly toolchain and cargo-fuzz (see README.md). Each run's log and a summary line
 # (executions, exec/s, coverage, corpus, peak RSS) go to $FUZZ_LOG_DIR (default
-# fuzz/target/fuzz-logs). Temporary roots (tar_unpack, kbs_request) go to $TMPDIR, /dev/shm by
+# fuzz/target/fuzz-logs). Temporary roots (tar_unpack) go to $TMPDIR, /dev/shm by
 # default when it exists: on a disk-backed /tmp, tar_unpack runs about five times slower.
 set -euo pipefail
 cd "$(dirname "$0")"
