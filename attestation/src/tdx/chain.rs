@@ -83,8 +83,7 @@ pub fn verify_pck_chain_in(
     now: SystemTime,
     testing_root: Option<&[u8]>,
 ) -> Result<(VerifyingKey, PckInfo), TdxError> {
-    let pem = trim_pem(&quote.pck_chain_pem);
-    let certs = Certificate::load_pem_chain(pem).map_err(|e| format_err(CertRole::Pck, e))?;
+    let certs = pck_chain(&quote.pck_chain_pem)?;
     let (leaf, ca, carried_root) = match certs.as_slice() {
         [leaf, ca] => (leaf, ca, None),
         [leaf, ca, root] => (leaf, ca, Some(root)),
@@ -198,6 +197,16 @@ fn check_qe_binding(quote: &TdQuote) -> Result<(), TdxError> {
 }
 
 /// The PEM bytes without trailing NULs or whitespace (quotes pad the chain with a NUL).
+/// The certificates of a quote's PEM PCK chain (NUL padding and trailing whitespace trimmed).
+fn pck_chain(pem: &[u8]) -> Result<Vec<Certificate>, TdxError> {
+    let pem = trim_pem(pem);
+    // x509-cert 0.2's `load_pem_chain` computes `len - 1`: an empty chain would overflow there.
+    if pem.is_empty() {
+        return Err(format_err(CertRole::Pck, "the quote carries no PCK chain"));
+    }
+    Certificate::load_pem_chain(pem).map_err(|e| format_err(CertRole::Pck, e))
+}
+
 fn trim_pem(pem: &[u8]) -> &[u8] {
     let end = pem
         .iter()
@@ -330,5 +339,21 @@ mod tests {
     fn pem_padding_is_trimmed() {
         assert_eq!(trim_pem(b"abc\n\0\0"), b"abc");
         assert_eq!(trim_pem(b"\0"), b"");
+    }
+
+    /// Found by the `tdx_quote` fuzz target: a quote whose PCK chain is only padding or
+    /// whitespace reached x509-cert's `load_pem_chain` empty, which overflows (`len - 1`; a panic
+    /// with overflow checks, as in tests and fuzzing) instead of refusing the quote.
+    #[test]
+    fn empty_pck_chain_is_a_format_error_not_a_panic() {
+        for pem in [&b""[..], b"\0\0\0", b"\n\r\n", b" \0\n"] {
+            assert!(matches!(
+                pck_chain(pem),
+                Err(TdxError::CertificateFormat {
+                    role: CertRole::Pck,
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -84,7 +84,8 @@ impl Mac {
             )
         };
         let bytes = raw.as_bytes();
-        if bytes.len() != 17 {
+        // ASCII first: the octets are sliced by byte offset below.
+        if bytes.len() != 17 || !raw.is_ascii() {
             return Err(malformed());
         }
         let mut mac = [0u8; 6];
@@ -891,6 +892,21 @@ pub(crate) mod tests {
             |n| n.interfaces[1].mac = "02:42:ac:11:00:05".into(),
             "network.interfaces[1].mac: 02:42:ac:11:00:05 is an earlier interface's MAC too",
         );
+    }
+
+    /// Found by the `agent_request` fuzz target: 17 bytes with a multi-byte character where an
+    /// octet's two digits are sliced panicked the agent (`end byte index 2 is not a char
+    /// boundary`) instead of refusing the request.
+    #[test]
+    fn non_ascii_macs_are_refused_not_a_panic() {
+        for bad in ["0\u{3be}00:00:00:00:01", "02:42:ac:11:0\u{3be}:5"] {
+            assert_eq!(bad.len(), 17);
+            refused(
+                |n| n.interfaces[0].mac = bad.into(),
+                "network.interfaces[0].mac: ",
+            );
+            refused(|n| n.interfaces[0].mac = bad.into(), "is not a MAC address");
+        }
     }
 
     #[test]
