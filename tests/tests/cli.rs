@@ -119,7 +119,9 @@ fn wait_for_console(state: &Path, marker: &str, limit: Duration) -> anyhow::Resu
 
 fn image_digests(out: &Path) -> anyhow::Result<(String, String)> {
     let o = Command::new(coffer())
-        .args(["image", "build", "--json", "--out"])
+        .args(["image", "build", "--json", "--agent"])
+        .arg(coffer_tests::guest_agent())
+        .arg("--out")
         .arg(out)
         .output()?;
     ensure!(

@@ -711,8 +711,8 @@ fn setup(work: &Path, registry: &Registry) -> anyhow::Result<Ctx> {
         image: format!("{host}/crash/busybox@{digest}"),
         initdata,
     };
-    // One full run: it probes the accelerator once and caches the verdict in the state
-    // directory, so only the probe phase's runs (given caches of their own) probe again.
+    // One full run: it probes the accelerator once (if this host has not yet) and caches the
+    // verdict host-wide, so only the probe phase's runs (given caches of their own) probe again.
     let run = Run::start(ctx.rootfs_run(&[], "echo ready"), &ctx.state)?;
     let (status, out, err) = run.finish(Duration::from_secs(300))?;
     ensure!(
@@ -720,8 +720,8 @@ fn setup(work: &Path, registry: &Registry) -> anyhow::Result<Ctx> {
         "{status}: {out:?} {err}"
     );
     ensure!(
-        ctx.state.join("accel-probe").exists(),
-        "no probe verdict cached in the state directory"
+        std::path::Path::new(coffer_runtime::hypervisor::probe_cache::DEFAULT_PATH).exists(),
+        "no probe verdict cached host-wide"
     );
     assert_nothing_left(&ctx.state)?;
     Ok(ctx)
