@@ -217,62 +217,73 @@ impl Engine {
         data_json: Option<&str>,
         limits: Limits,
     ) -> Result<Self, PolicyError> {
-        let max_policy_bytes = check_sizes(policy_rego, data_json, &limits)?;
-        let mut engine = interpreter(&limits, max_policy_bytes);
-        engine.set_strict_builtin_errors(true);
-
-        let package = engine
-            .add_policy(POLICY_SOURCE_NAME.to_owned(), policy_rego.to_owned())
-            .map_err(|e| PolicyError::Parse {
-                message: e.to_string(),
-            })?;
-        if package != format!("data.{POLICY_PACKAGE}") {
-            return Err(PolicyError::WrongPackage {
-                found: package,
-                expected: POLICY_PACKAGE,
-            });
-        }
-        // The shipped policies' function call graphs are checked once, by the unit test
-        // `shipped_policies_have_no_recursion`: a load of one of them skips the AST walk (a
-        // third of a load's time, paid at every guest boot). Any other source is walked.
-        if !is_shipped(policy_rego) {
-            reject_recursion(&engine)?;
-        }
-        let declared = engine
-            .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "decision")
-            .map_err(|e| PolicyError::Compile {
-                message: e.to_string(),
-            })?;
-        if !declared {
-            return Err(PolicyError::NoDecisionRule);
-        }
+        let mut engine = parsed(policy_rego, data_json, &limits)?;
         if let Some(data) = data_json {
             engine.add_data_json(data).map_err(|e| PolicyError::Data {
                 message: e.to_string(),
             })?;
         }
+        // regorus analyses and schedules the whole policy again after any change to `data`, and
+        // the index is data: for the shipped confidential policy the index is computed here,
+        // before the one analysis, and checked below against the policy's own rule.
+        let precomputed = if policy_rego == crate::CONFIDENTIAL_POLICY {
+            shipped_data_index(data_json)
+        } else {
+            None
+        };
+        if let Some(index) = &precomputed {
+            reserve_data_index(data_json)?;
+            add_index_to_data(&mut engine, index.clone())?;
+        }
         // Analyse and schedule the policy once; decisions reuse prepared interpreters.
-        engine
-            .eval_query("true".to_owned(), false)
-            .map_err(|e| PolicyError::Compile {
-                message: e.to_string(),
-            })?;
+        prepare(&mut engine)?;
         check_data(&mut engine)?;
-        if add_data_index(&mut engine, data_json)? {
+        let index_in_data = match precomputed {
+            Some(index) if eval_data_index(&mut engine)? == index => true,
+            Some(_) => {
+                // Never expected (`the_shipped_index_is_the_rules_value` compares the two): the
+                // policy's rule is the authority, so start again the general way.
+                return Self::new_indexed_after_analysis(policy_rego, data_json, limits);
+            }
+            None => false,
+        };
+        if !index_in_data && add_data_index(&mut engine, data_json)? {
             // Schedule again with the index in `data`, once, before interpreters are copied.
-            engine
-                .eval_query("true".to_owned(), false)
-                .map_err(|e| PolicyError::Compile {
-                    message: e.to_string(),
-                })?;
+            prepare(&mut engine)?;
         }
 
-        Ok(Self {
+        Ok(Self::from_prepared(engine, limits))
+    }
+
+    /// An engine deciding with copies of `engine`, prepared.
+    fn from_prepared(engine: regorus::Engine, limits: Limits) -> Self {
+        Self {
             prepared: Arc::new(engine),
             idle: Arc::new(Mutex::new(Vec::new())),
             limits,
             memo: Arc::new(Mutex::new(HashMap::new())),
-        })
+        }
+    }
+
+    /// [`Engine::new`] without a precomputed index: the policy's `data_index` rule evaluated
+    /// after a first analysis, its value added to `data`, the policy analysed again.
+    fn new_indexed_after_analysis(
+        policy_rego: &str,
+        data_json: Option<&str>,
+        limits: Limits,
+    ) -> Result<Self, PolicyError> {
+        let mut engine = parsed(policy_rego, data_json, &limits)?;
+        if let Some(data) = data_json {
+            engine.add_data_json(data).map_err(|e| PolicyError::Data {
+                message: e.to_string(),
+            })?;
+        }
+        prepare(&mut engine)?;
+        check_data(&mut engine)?;
+        if add_data_index(&mut engine, data_json)? {
+            prepare(&mut engine)?;
+        }
+        Ok(Self::from_prepared(engine, limits))
     }
 
     /// The limits this engine enforces.
@@ -399,20 +410,106 @@ fn json_value(tree: serde_json::Value) -> Value {
     }
 }
 
-/// Evaluates [`DATA_INDEX_RULE`], if the policy declares it, and adds its value to the data as
-/// [`DATA_INDEX_KEY`]. Whether it did.
-fn add_data_index(
-    engine: &mut regorus::Engine,
+/// The interpreter for `policy_rego`: its and `data_json`'s sizes checked, parsed, in package [`POLICY_PACKAGE`], no
+/// recursive function, a `decision` rule declared; no data yet, not analysed.
+fn parsed(
+    policy_rego: &str,
     data_json: Option<&str>,
-) -> Result<bool, PolicyError> {
+    limits: &Limits,
+) -> Result<regorus::Engine, PolicyError> {
+    let max_policy_bytes = check_sizes(policy_rego, data_json, limits)?;
+    let mut engine = interpreter(limits, max_policy_bytes);
+    engine.set_strict_builtin_errors(true);
+
+    let package = engine
+        .add_policy(POLICY_SOURCE_NAME.to_owned(), policy_rego.to_owned())
+        .map_err(|e| PolicyError::Parse {
+            message: e.to_string(),
+        })?;
+    if package != format!("data.{POLICY_PACKAGE}") {
+        return Err(PolicyError::WrongPackage {
+            found: package,
+            expected: POLICY_PACKAGE,
+        });
+    }
+    // The shipped policies' function call graphs are checked once, by the unit test
+    // `shipped_policies_have_no_recursion`: a load of one of them skips the AST walk (a
+    // third of a load's time, paid at every guest boot). Any other source is walked.
+    if !is_shipped(policy_rego) {
+        reject_recursion(&engine)?;
+    }
     let declared = engine
-        .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "data_index")
+        .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "decision")
         .map_err(|e| PolicyError::Compile {
             message: e.to_string(),
         })?;
     if !declared {
-        return Ok(false);
+        return Err(PolicyError::NoDecisionRule);
     }
+    Ok(engine)
+}
+
+/// Analyses and schedules the policy with the current data (regorus does it again after any
+/// change to the data).
+fn prepare(engine: &mut regorus::Engine) -> Result<(), PolicyError> {
+    engine
+        .eval_query("true".to_owned(), false)
+        .map(drop)
+        .map_err(|e| PolicyError::Compile {
+            message: e.to_string(),
+        })
+}
+
+/// The value the shipped confidential policy's `data_index` rule gives for `data_json`, computed
+/// without the interpreter: `by_image` maps each entry's image to the entries naming it (in data
+/// order), `by_name` each entry's name to the entry. `None` where the rule's value is not this
+/// simple (no `containers` array, an entry not an object, a name given twice to different
+/// entries): those loads take the general way, and most fail the data checks anyway.
+fn shipped_data_index(data_json: Option<&str>) -> Option<Value> {
+    let data: serde_json::Value = serde_json::from_str(data_json?).ok()?;
+    let entries = data.get("containers")?.as_array()?;
+    let mut by_image: Vec<(&serde_json::Value, Vec<serde_json::Value>)> = Vec::new();
+    let mut by_name = BTreeMap::new();
+    for entry in entries {
+        let fields = entry.as_object()?;
+        if let Some(image) = fields.get("image")
+            && !by_image.iter().any(|(known, _)| *known == image)
+        {
+            let naming = entries
+                .iter()
+                .filter(|e| e.get("image") == Some(image))
+                .cloned()
+                .collect();
+            by_image.push((image, naming));
+        }
+        if let Some(name) = fields.get("name") {
+            let name = json_value(name.clone());
+            let value = json_value(entry.clone());
+            match by_name.get(&name) {
+                Some(known) if *known != value => return None,
+                _ => {
+                    by_name.insert(name, value);
+                }
+            }
+        }
+    }
+    let by_image = by_image
+        .into_iter()
+        .map(|(image, naming)| {
+            (
+                json_value(image.clone()),
+                Value::from(naming.into_iter().map(json_value).collect::<Vec<_>>()),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    Some(Value::from(BTreeMap::from([
+        (Value::from("by_image"), Value::from(by_image)),
+        (Value::from("by_name"), Value::from(by_name)),
+    ])))
+}
+
+/// Refuses data that uses [`DATA_INDEX_KEY`] itself.
+fn reserve_data_index(data_json: Option<&str>) -> Result<(), PolicyError> {
     let reserved = data_json
         .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
         .is_some_and(|d| d.get(DATA_INDEX_KEY).is_some());
@@ -421,6 +518,11 @@ fn add_data_index(
             message: format!("{DATA_INDEX_KEY} is reserved for the policy's data index"),
         });
     }
+    Ok(())
+}
+
+/// The value of [`DATA_INDEX_RULE`] (an object).
+fn eval_data_index(engine: &mut regorus::Engine) -> Result<Value, PolicyError> {
     engine.set_input(Value::new_object());
     let index = engine
         .eval_rule(DATA_INDEX_RULE.to_owned())
@@ -435,6 +537,11 @@ fn add_data_index(
             ),
         });
     }
+    Ok(index)
+}
+
+/// Adds `index` to the data as [`DATA_INDEX_KEY`].
+fn add_index_to_data(engine: &mut regorus::Engine, index: Value) -> Result<(), PolicyError> {
     let mut wrapper = Value::new_object();
     wrapper
         .as_object_mut()
@@ -444,7 +551,26 @@ fn add_data_index(
         .insert(Value::from(DATA_INDEX_KEY), index);
     engine.add_data(wrapper).map_err(|e| PolicyError::Data {
         message: e.to_string(),
-    })?;
+    })
+}
+
+/// Evaluates [`DATA_INDEX_RULE`], if the policy declares it, and adds its value to the data as
+/// [`DATA_INDEX_KEY`]. Whether it did.
+fn add_data_index(
+    engine: &mut regorus::Engine,
+    data_json: Option<&str>,
+) -> Result<bool, PolicyError> {
+    let declared = engine
+        .has_declared_rule_rooted_at(POLICY_SOURCE_NAME, "data_index")
+        .map_err(|e| PolicyError::Compile {
+            message: e.to_string(),
+        })?;
+    if !declared {
+        return Ok(false);
+    }
+    reserve_data_index(data_json)?;
+    let index = eval_data_index(engine)?;
+    add_index_to_data(engine, index)?;
     Ok(true)
 }
 
@@ -712,6 +838,95 @@ pub(crate) fn truncate(mut reason: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index [`Engine::new`] computes for the shipped confidential policy is the value of the
+    /// policy's own `data_index` rule: entries sharing an image, names, entries without an image,
+    /// non-string images and names, no entries; and where it declines, the general way decides.
+    #[test]
+    fn the_shipped_index_is_the_rules_value() {
+        let entry = |name: serde_json::Value, image: Option<serde_json::Value>, n: u64| {
+            let mut e = serde_json::json!({"name": name, "args": ["/app", n.to_string()]});
+            if let Some(image) = image {
+                e["image"] = image;
+            }
+            e
+        };
+        let img =
+            |c: char| serde_json::json!(format!("r.example/a@sha256:{}", c.to_string().repeat(64)));
+        let docs = [
+            serde_json::json!({"containers": []}),
+            serde_json::json!({"containers": [entry("a".into(), Some(img('a')), 1)]}),
+            serde_json::json!({"containers": [
+                entry("a".into(), Some(img('a')), 1),
+                entry("b".into(), Some(img('b')), 2),
+                entry("c".into(), Some(img('a')), 3),
+                entry("d".into(), None, 4),
+                entry(7.into(), Some(8.into()), 5),
+                entry("e".into(), Some(serde_json::json!({"k": [1, 2.5, null]})), 6),
+            ], "other": {"x": 1}}),
+            // The same entry twice: one name, listed twice under its image.
+            serde_json::json!({"containers": [entry("a".into(), Some(img('a')), 1), entry("a".into(), Some(img('a')), 1)]}),
+        ];
+        for doc in &docs {
+            let json = doc.to_string();
+            let ours = shipped_data_index(Some(&json)).expect("a simple index");
+            let mut engine =
+                parsed(crate::CONFIDENTIAL_POLICY, Some(&json), &Limits::default()).unwrap();
+            engine.add_data_json(&json).unwrap();
+            prepare(&mut engine).unwrap();
+            assert_eq!(eval_data_index(&mut engine).unwrap(), ours, "{json}");
+        }
+        // Declined: no data, no containers array, an entry not an object, one name for two
+        // different entries (the rule's own conflict).
+        for json in [
+            None,
+            Some(r#"{"containers": {"a": {}}}"#),
+            Some(r#"{"containers": [1]}"#),
+            Some(r#"{"containers": [{"name": "a", "args": []}, {"name": "a", "args": ["x"]}]}"#),
+        ] {
+            assert_eq!(shipped_data_index(json), None, "{json:?}");
+        }
+        // Valid data loads the same through either way and decides alike.
+        let json = docs[2].to_string();
+        let fast = Engine::new(crate::CONFIDENTIAL_POLICY, Some(&json), Limits::default());
+        let general = Engine::new_indexed_after_analysis(
+            crate::CONFIDENTIAL_POLICY,
+            Some(&json),
+            Limits::default(),
+        );
+        assert_eq!(fast.is_ok(), general.is_ok());
+        let valid =
+            serde_json::json!({"containers": [entry("a".into(), Some(img('a')), 1)]}).to_string();
+        let fast =
+            Engine::new(crate::CONFIDENTIAL_POLICY, Some(&valid), Limits::default()).unwrap();
+        let general = Engine::new_indexed_after_analysis(
+            crate::CONFIDENTIAL_POLICY,
+            Some(&valid),
+            Limits::default(),
+        )
+        .unwrap();
+        let pull = |image: &str| {
+            serde_json::json!({"version": 1, "request": {"kind": "PullImage", "image": image}, "state": {"containers": []}}).to_string()
+        };
+        for image in [img('a'), img('b')] {
+            let input = pull(image.as_str().unwrap());
+            assert_eq!(
+                fast.decide_json(&input),
+                general.decide_json(&input),
+                "{input}"
+            );
+        }
+        // The reserved key is refused on both ways.
+        let reserved = r#"{"containers": [], "coffer_index": {}}"#;
+        assert!(matches!(
+            Engine::new(
+                crate::CONFIDENTIAL_POLICY,
+                Some(reserved),
+                Limits::default()
+            ),
+            Err(PolicyError::Data { .. })
+        ));
+    }
 
     #[test]
     fn shipped_policies_have_no_recursion() {

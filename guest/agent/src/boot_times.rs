@@ -12,7 +12,7 @@ use coffer_agent_protocol::v1 as pb;
 pub enum Step {
     /// `/init` started in the initramfs: the kernel's part is over.
     Init = 0,
-    /// The agent runs again from the tmpfs root it copied itself into.
+    /// The initramfs root is mounted over `/` and the agent runs in it.
     RootSwitched,
     /// Module loading began.
     ModulesStart,
@@ -24,9 +24,13 @@ pub enum Step {
     Listening,
     /// The host took the start-up announcement.
     Announced,
+    /// Initdata is found, read and checked (or known to be absent).
+    InitdataLoaded,
+    /// The policy is parsed, compiled and its data checked.
+    PolicyLoaded,
 }
 
-const STEPS: usize = 7;
+const STEPS: usize = 9;
 
 static TIMES: [AtomicU64; STEPS] = [const { AtomicU64::new(0) }; STEPS];
 
@@ -62,6 +66,8 @@ pub fn snapshot() -> pb::BootTimes {
         init_done_us: at(Step::InitDone),
         listening_us: at(Step::Listening),
         announced_us: at(Step::Announced),
+        initdata_loaded_us: at(Step::InitdataLoaded),
+        policy_loaded_us: at(Step::PolicyLoaded),
     }
 }
 

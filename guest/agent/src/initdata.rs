@@ -27,6 +27,8 @@ pub const CMDLINE_PARAM: &str = "coffer.initdata";
 
 /// How long to wait for the disk to appear after the drivers are loaded.
 const DEVICE_WAIT: Duration = Duration::from_secs(3);
+/// How often the scan looks again while it waits for the disk.
+const DEVICE_POLL: Duration = Duration::from_millis(2);
 
 /// Why initdata could not be accepted.
 #[derive(Debug, Error)]
@@ -224,7 +226,9 @@ fn find_device(required: bool) -> Result<Option<PathBuf>, LoadError> {
     loop {
         let found = scan_block_devices(Path::new("/sys/block"), Path::new("/dev"));
         match found.len() {
-            0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            // The disk appears while virtio_blk probes it, just after the module loads: a
+            // short poll finds it as soon as it is there.
+            0 if Instant::now() < deadline => std::thread::sleep(DEVICE_POLL),
             0 => return Ok(None),
             1 => return Ok(found.into_iter().next()),
             _ => return Err(LoadError::Ambiguous(found)),

@@ -124,8 +124,10 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         // service, never a fallback policy.
         let tee = detect_tee(is_init);
         let initdata = load_initdata(&cli, is_init, tee).context("initdata")?;
+        boot_times::mark(Step::InitdataLoaded);
         let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
             .context("loading the agent policy")?;
+        boot_times::mark(Step::PolicyLoaded);
         tracing::info!(policy = policy.name(), "policy loaded");
         // Guest pull takes its registries, signature policy and broker from initdata only; a
         // document whose entries do not load means the agent does not serve (INV-1).

@@ -40,7 +40,14 @@ impl BootPhases {
                 phases.push(("firmware and kernel", guest_part.saturating_sub(in_guest)));
                 phases.push(("agent init", steps.init_done - steps.init - steps.modules));
                 phases.push(("modules", steps.modules));
-                phases.push(("server up", steps.listening - steps.init_done));
+                match steps.loaded {
+                    Some((initdata, policy)) => {
+                        phases.push(("initdata", initdata - steps.init_done));
+                        phases.push(("policy load", policy - initdata));
+                        phases.push(("server up", steps.listening - policy));
+                    }
+                    None => phases.push(("server up", steps.listening - steps.init_done)),
+                }
                 phases.push(("announce", steps.announced - steps.listening));
             }
             None => phases.push(("guest (to the announcement)", guest_part)),
@@ -89,6 +96,8 @@ struct GuestSteps {
     init_done: Duration,
     listening: Duration,
     announced: Duration,
+    /// Initdata loaded and policy loaded, when the agent reports both in order.
+    loaded: Option<(Duration, Duration)>,
 }
 
 impl GuestSteps {
@@ -102,12 +111,22 @@ impl GuestSteps {
         if t.init_us + modules > t.init_done_us {
             return None;
         }
+        let loaded = [
+            t.init_done_us,
+            t.initdata_loaded_us,
+            t.policy_loaded_us,
+            t.listening_us,
+        ]
+        .windows(2)
+        .all(|w| w[0] <= w[1])
+        .then(|| (us(t.initdata_loaded_us), us(t.policy_loaded_us)));
         Some(Self {
             init: us(t.init_us),
             modules: us(modules),
             init_done: us(t.init_done_us),
             listening: us(t.listening_us),
             announced: us(t.announced_us),
+            loaded,
         })
     }
 }
@@ -135,6 +154,9 @@ mod tests {
             init_done_us: 1_900_000,
             listening_us: 2_000_000,
             announced_us: 2_050_000,
+            // An agent that does not report them: one server-up phase.
+            initdata_loaded_us: 0,
+            policy_loaded_us: 0,
         };
         let phases = BootPhases::new(launch, ms(2_600), ms(40), Some(&guest));
         let names: Vec<_> = phases.phases.iter().map(|(n, _)| *n).collect();
@@ -162,6 +184,39 @@ mod tests {
             phases.lines().last().unwrap(),
             "launch to agent ready: 2740 ms"
         );
+    }
+
+    #[test]
+    fn initdata_and_policy_load_split_server_up_when_reported_in_order() {
+        let launch = LaunchTimes {
+            accel_probe: ms(0),
+            backend: ms(5),
+            vmm: ms(90),
+        };
+        let mut guest = pb::BootTimes {
+            init_us: 1_500_000,
+            root_switched_us: 1_510_000,
+            modules_start_us: 1_520_000,
+            modules_done_us: 1_600_000,
+            init_done_us: 1_620_000,
+            initdata_loaded_us: 1_700_000,
+            policy_loaded_us: 1_900_000,
+            listening_us: 1_950_000,
+            announced_us: 1_960_000,
+        };
+        let phases = BootPhases::new(launch, ms(2_400), ms(30), Some(&guest));
+        let get =
+            |p: &BootPhases, name: &str| p.phases.iter().find(|(n, _)| *n == name).map(|x| x.1);
+        assert_eq!(get(&phases, "initdata"), Some(ms(80)));
+        assert_eq!(get(&phases, "policy load"), Some(ms(200)));
+        assert_eq!(get(&phases, "server up"), Some(ms(50)));
+        assert_eq!(phases.total(), ms(5 + 90 + 2_400 + 30));
+        // Out of order (a clock read gone wrong): one server-up phase, the same total.
+        guest.policy_loaded_us = 1_650_000;
+        let phases = BootPhases::new(launch, ms(2_400), ms(30), Some(&guest));
+        assert_eq!(get(&phases, "policy load"), None);
+        assert_eq!(get(&phases, "server up"), Some(ms(330)));
+        assert_eq!(phases.total(), ms(5 + 90 + 2_400 + 30));
     }
 
     #[test]
