@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
         let accel = qemu.resolve_accel(&spec).await?;
         println!("accelerator: {accel:?} (auto-detected), {runs} interleaved pairs");
         let (mut coffer, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let mut phases: Vec<(&'static str, Vec<Duration>)> = Vec::new();
+        let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
         for i in 0..runs {
             // Alternate which goes first, so a drift in the machine's load hits both alike.
             let bare_first = i % 2 == 1;
@@ -147,10 +147,19 @@ fn main() -> anyhow::Result<()> {
                 b.as_millis(),
                 took.as_secs_f64() / b.as_secs_f64()
             );
-            for (name, d) in &breakdown.phases {
-                match phases.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, v)) => v.push(*d),
-                    None => phases.push((name, vec![*d])),
+            let beside = breakdown
+                .concurrent
+                .iter()
+                .map(|(name, d)| (format!("{name} (beside the connect)"), *d));
+            for (name, d) in breakdown
+                .phases
+                .iter()
+                .map(|(name, d)| ((*name).to_owned(), *d))
+                .chain(beside)
+            {
+                match phases.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => v.push(d),
+                    None => phases.push((name, vec![d])),
                 }
             }
             ratios.push(took.as_secs_f64() / b.as_secs_f64());
@@ -159,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!("median phases of the coffer launches:");
         for (name, v) in phases {
-            println!("  {name:<28} {:>6} ms", median(v).as_millis());
+            println!("  {name:<36} {:>6} ms", median(v).as_millis());
         }
         let (c, b) = (median(coffer), median(plain));
         println!("median coffer launch->agent-ready: {} ms", c.as_millis());

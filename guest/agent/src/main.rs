@@ -120,30 +120,38 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
         if !is_init {
             nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
         }
-        // Initdata and the policy are settled before anything listens: any failure means no
+        // On vsock the listener is bound and the host told first, so that the host's side of
+        // connecting (the hop through its vsock backend, the HTTP/2 preface, the first request)
+        // overlaps the loading below: its connection waits in the listen backlog, and nothing
+        // is accepted, let alone served, before the policy is in place. A unix socket (tools and
+        // tests on the same machine) appears only once the agent can serve.
+        let listen = cli.listen.clone();
+        let early = match &listen {
+            Listen::Vsock(_) => {
+                let listener = Listener::bind(&listen).await?;
+                boot_times::mark(Step::Listening);
+                // The host connects only after this (PROTOCOL.md, "Start-up").
+                tokio::spawn(async {
+                    if coffer_agent::ready::announce().await {
+                        boot_times::mark(Step::Announced);
+                    }
+                });
+                Some(listener)
+            }
+            Listen::Unix(_) => None,
+        };
+        // Initdata and the policy are settled before anything is served: any failure means no
         // service, never a fallback policy.
-        let tee = detect_tee(is_init);
-        let initdata = load_initdata(&cli, is_init, tee).context("initdata")?;
-        boot_times::mark(Step::InitdataLoaded);
-        let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
-            .context("loading the agent policy")?;
-        boot_times::mark(Step::PolicyLoaded);
-        tracing::info!(policy = policy.name(), "policy loaded");
-        // Guest pull takes its registries, signature policy and broker from initdata only; a
-        // document whose entries do not load means the agent does not serve (INV-1).
-        let images =
-            coffer_agent::images::Images::from_initdata(&cli.state_dir, initdata.as_ref(), tee)
-                .context("guest pull configuration")?;
-        let config = AgentConfig {
-            state_dir: cli.state_dir,
-            helper_exe: std::env::current_exe().context("locating the agent binary")?,
-            is_init,
-            max_rootfs_bytes: cli.max_rootfs_bytes,
-            images: Some(std::sync::Arc::new(images)),
+        let settled = tokio::task::spawn_blocking(move || settle(cli, is_init))
+            .await
+            .context("loading initdata and the policy")??;
+        let listener = match early {
+            Some(listener) => listener,
+            None => Listener::bind(&listen).await?,
         };
         let agent = Agent::new(
-            config,
-            Gate::new(Box::new(policy)),
+            settled.config,
+            Gate::new(Box::new(settled.policy)),
             reaper,
             std::sync::Arc::new(coffer_agent::host::GuestHost::new(is_init)),
         )?;
@@ -159,33 +167,77 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        match cli.listen {
-            Listen::Vsock(port) => {
-                let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
-                let listener = tokio_vsock::VsockListener::bind(addr)
-                    .with_context(|| format!("binding vsock port {port}"))?;
-                tracing::info!(port, "listening on vsock");
-                boot_times::mark(Step::Listening);
-                eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
-                // The host connects only after this (PROTOCOL.md, "Start-up").
-                tokio::spawn(async {
-                    if coffer_agent::ready::announce().await {
-                        boot_times::mark(Step::Announced);
-                    }
-                });
+        eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
+        match listener {
+            Listener::Vsock(listener) => {
                 coffer_agent::serve(agent, listener.incoming(), shutdown).await?;
             }
-            Listen::Unix(path) => {
-                let _ = std::fs::remove_file(&path);
-                let listener = tokio::net::UnixListener::bind(&path)
-                    .with_context(|| format!("binding {}", path.display()))?;
-                tracing::info!(path = %path.display(), "listening on unix socket");
-                eprintln!("{} (uptime {})", init::READY_MARKER, init::uptime());
+            Listener::Unix(listener) => {
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
                 coffer_agent::serve(agent, incoming, shutdown).await?;
             }
         }
         Ok(())
+    })
+}
+
+/// The agent's bound listener.
+enum Listener {
+    Vsock(tokio_vsock::VsockListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn bind(listen: &Listen) -> anyhow::Result<Self> {
+        match listen {
+            Listen::Vsock(port) => {
+                let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
+                let listener = tokio_vsock::VsockListener::bind(addr)
+                    .with_context(|| format!("binding vsock port {port}"))?;
+                tracing::info!(port, "listening on vsock");
+                Ok(Self::Vsock(listener))
+            }
+            Listen::Unix(path) => {
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path)
+                    .with_context(|| format!("binding {}", path.display()))?;
+                tracing::info!(path = %path.display(), "listening on unix socket");
+                Ok(Self::Unix(listener))
+            }
+        }
+    }
+}
+
+/// What the agent serves with, settled from initdata and the command line.
+struct Settled {
+    config: AgentConfig,
+    policy: RegoPolicy,
+}
+
+/// Loads initdata, the policy and the guest-pull configuration (blocking: the disk scan, the
+/// policy's analysis).
+fn settle(cli: Cli, is_init: bool) -> anyhow::Result<Settled> {
+    let tee = detect_tee(is_init);
+    let initdata = load_initdata(&cli, is_init, tee).context("initdata")?;
+    boot_times::mark(Step::InitdataLoaded);
+    let policy = select_policy(cli.policy.as_deref(), initdata.as_ref(), tee)
+        .context("loading the agent policy")?;
+    boot_times::mark(Step::PolicyLoaded);
+    tracing::info!(policy = policy.name(), "policy loaded");
+    // Guest pull takes its registries, signature policy and broker from initdata only; a
+    // document whose entries do not load means the agent does not serve (INV-1).
+    let images =
+        coffer_agent::images::Images::from_initdata(&cli.state_dir, initdata.as_ref(), tee)
+            .context("guest pull configuration")?;
+    Ok(Settled {
+        config: AgentConfig {
+            state_dir: cli.state_dir,
+            helper_exe: std::env::current_exe().context("locating the agent binary")?,
+            is_init,
+            max_rootfs_bytes: cli.max_rootfs_bytes,
+            images: Some(std::sync::Arc::new(images)),
+        },
+        policy,
     })
 }
 

@@ -18,6 +18,9 @@ pub struct BootPhases {
     pub accel_probe: Duration,
     /// `(phase, duration)`.
     pub phases: Vec<(&'static str, Duration)>,
+    /// Guest steps that ran beside the phases from the listener on (announce, host connect):
+    /// the agent loads initdata and its policy while the host connects. Not part of the total.
+    pub concurrent: Vec<(&'static str, Duration)>,
 }
 
 impl BootPhases {
@@ -34,6 +37,7 @@ impl BootPhases {
             ("backend start", launch.backend),
             ("QEMU start", launch.vmm),
         ];
+        let mut concurrent = Vec::new();
         match guest.and_then(GuestSteps::from_report) {
             Some(steps) => {
                 let in_guest = steps.announced - steps.init;
@@ -41,10 +45,15 @@ impl BootPhases {
                 phases.push(("agent init", steps.init_done - steps.init - steps.modules));
                 phases.push(("modules", steps.modules));
                 match steps.loaded {
-                    Some((initdata, policy)) => {
+                    Some(Loaded::BeforeListening { initdata, policy }) => {
                         phases.push(("initdata", initdata - steps.init_done));
                         phases.push(("policy load", policy - initdata));
                         phases.push(("server up", steps.listening - policy));
+                    }
+                    Some(Loaded::AfterListening { initdata, policy }) => {
+                        phases.push(("server up", steps.listening - steps.init_done));
+                        concurrent.push(("initdata", initdata - steps.listening));
+                        concurrent.push(("policy load", policy - initdata));
                     }
                     None => phases.push(("server up", steps.listening - steps.init_done)),
                 }
@@ -56,6 +65,7 @@ impl BootPhases {
         Self {
             accel_probe: launch.accel_probe,
             phases,
+            concurrent,
         }
     }
 
@@ -81,6 +91,12 @@ impl BootPhases {
                 ),
             );
         }
+        lines.extend(self.concurrent.iter().map(|(name, d)| {
+            format!(
+                "{name} (beside announce and host connect): {} ms",
+                d.as_millis()
+            )
+        }));
         lines.push(format!(
             "launch to agent ready: {} ms",
             self.total().as_millis()
@@ -96,8 +112,22 @@ struct GuestSteps {
     init_done: Duration,
     listening: Duration,
     announced: Duration,
-    /// Initdata loaded and policy loaded, when the agent reports both in order.
-    loaded: Option<(Duration, Duration)>,
+    /// When initdata and the policy were loaded, if the agent reports both in an order it runs.
+    loaded: Option<Loaded>,
+}
+
+/// When the agent loaded initdata and its policy: before binding its listener (agents up to
+/// #22) or after (it loads them while the host connects).
+#[derive(Debug, Clone, Copy)]
+enum Loaded {
+    BeforeListening {
+        initdata: Duration,
+        policy: Duration,
+    },
+    AfterListening {
+        initdata: Duration,
+        policy: Duration,
+    },
 }
 
 impl GuestSteps {
@@ -111,15 +141,23 @@ impl GuestSteps {
         if t.init_us + modules > t.init_done_us {
             return None;
         }
-        let loaded = [
-            t.init_done_us,
-            t.initdata_loaded_us,
-            t.policy_loaded_us,
-            t.listening_us,
-        ]
-        .windows(2)
-        .all(|w| w[0] <= w[1])
-        .then(|| (us(t.initdata_loaded_us), us(t.policy_loaded_us)));
+        let ordered = |steps: &[u64]| steps.windows(2).all(|w| w[0] <= w[1]);
+        let (initdata, policy) = (t.initdata_loaded_us, t.policy_loaded_us);
+        let loaded = if initdata == 0 || policy == 0 {
+            None
+        } else if ordered(&[t.init_done_us, initdata, policy, t.listening_us]) {
+            Some(Loaded::BeforeListening {
+                initdata: us(initdata),
+                policy: us(policy),
+            })
+        } else if ordered(&[t.listening_us, initdata, policy]) {
+            Some(Loaded::AfterListening {
+                initdata: us(initdata),
+                policy: us(policy),
+            })
+        } else {
+            None
+        };
         Some(Self {
             init: us(t.init_us),
             modules: us(modules),
@@ -184,6 +222,40 @@ mod tests {
             phases.lines().last().unwrap(),
             "launch to agent ready: 2740 ms"
         );
+    }
+
+    #[test]
+    fn initdata_and_policy_loaded_after_listening_run_beside_the_connection() {
+        let launch = LaunchTimes {
+            accel_probe: ms(0),
+            backend: ms(5),
+            vmm: ms(90),
+        };
+        let guest = pb::BootTimes {
+            init_us: 1_500_000,
+            root_switched_us: 1_510_000,
+            modules_start_us: 1_520_000,
+            modules_done_us: 1_600_000,
+            init_done_us: 1_620_000,
+            listening_us: 1_640_000,
+            announced_us: 1_660_000,
+            initdata_loaded_us: 1_700_000,
+            policy_loaded_us: 1_850_000,
+        };
+        let phases = BootPhases::new(launch, ms(2_400), ms(230), Some(&guest));
+        let names: Vec<_> = phases.phases.iter().map(|(n, _)| *n).collect();
+        assert!(!names.contains(&"policy load"), "{names:?}");
+        assert_eq!(
+            phases.concurrent,
+            [("initdata", ms(60)), ("policy load", ms(150))]
+        );
+        assert_eq!(phases.total(), ms(5 + 90 + 2_400 + 230));
+        let lines = phases.lines();
+        assert_eq!(
+            lines[lines.len() - 2],
+            "policy load (beside announce and host connect): 150 ms"
+        );
+        assert_eq!(lines.last().unwrap(), "launch to agent ready: 2725 ms");
     }
 
     #[test]
