@@ -27,7 +27,7 @@ use self::state::{Phase, Reservation, Shared};
 use self::stdio::ProcessHandle;
 use crate::error::AgentError;
 use crate::host::Host;
-use crate::oci::OciRuntime;
+use crate::oci::{ContainerRuntime, OciRuntime};
 use crate::policy::{Gate, Permit};
 use crate::process::{OutputStream, Process};
 use crate::reaper::Reaper;
@@ -106,7 +106,8 @@ impl Container {
 pub struct Agent {
     config: AgentConfig,
     gate: Gate,
-    oci: OciRuntime,
+    /// The container runtime.
+    oci: Arc<dyn ContainerRuntime>,
     /// The guest machine's operations.
     host: Arc<dyn Host>,
     /// The sandbox state, its one owner.
@@ -121,23 +122,33 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Builds the agent; `reaper` must already be running.
+    /// Builds the agent on the OCI runtime helper; `reaper` must already be running.
     pub fn new(
         config: AgentConfig,
         gate: Gate,
         reaper: Reaper,
         host: Arc<dyn Host>,
     ) -> Result<Arc<Self>, AgentError> {
-        for dir in ["containers", "uploads", "pulls", "oci", "scratch"] {
-            let path = config.state_dir.join(dir);
-            std::fs::create_dir_all(&path).map_err(|e| AgentError::io("create", &path, e))?;
-        }
-        let oci = OciRuntime::new(
+        let oci = Arc::new(OciRuntime::new(
             config.helper_exe.clone(),
             config.state_dir.join("oci"),
             config.state_dir.join("scratch"),
             reaper,
-        );
+        ));
+        Self::with_runtime(config, gate, oci, host)
+    }
+
+    /// Builds the agent on the container runtime `oci`.
+    pub fn with_runtime(
+        config: AgentConfig,
+        gate: Gate,
+        oci: Arc<dyn ContainerRuntime>,
+        host: Arc<dyn Host>,
+    ) -> Result<Arc<Self>, AgentError> {
+        for dir in ["containers", "uploads", "pulls", "oci", "scratch"] {
+            let path = config.state_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| AgentError::io("create", &path, e))?;
+        }
         let (oom, _) = broadcast::channel(64);
         let identities =
             crate::identity::Identities::new(config.images.as_ref().and_then(|i| i.broker()));
@@ -259,7 +270,7 @@ impl Agent {
                     let c = self.container(&process.container)?;
                     self.oci.kill_all(c.id.as_str(), signal as i32).await?;
                 } else {
-                    self.process(&process)?.signal(signal)?;
+                    self.process(&process)?.signal(self.oci.as_ref(), signal)?;
                 }
                 Ok(Reply::Empty)
             }
