@@ -217,8 +217,7 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     /// Starts container `id`.
     async fn start(&self, id: &str) -> Result<(), AgentError>;
     /// Executes the process described by `process_json` in container `id`; returns its pid.
-    async fn exec(&self, id: &str, process_json: &Path, stdio: ChildIo)
-    -> Result<u32, AgentError>;
+    async fn exec(&self, id: &str, process_json: &Path, stdio: ChildIo) -> Result<u32, AgentError>;
     /// Sends `signal` to every process of container `id`.
     async fn kill_all(&self, id: &str, signal: i32) -> Result<(), AgentError>;
     /// Deletes container `id`'s runtime state and cgroup.
@@ -300,7 +299,6 @@ impl OciRuntime {
             ))),
         }
     }
-
 }
 
 #[async_trait::async_trait]
@@ -316,12 +314,7 @@ impl ContainerRuntime for OciRuntime {
         self.run(&["start", "--id", id], None).await.map(|_| ())
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        process_json: &Path,
-        stdio: ChildIo,
-    ) -> Result<u32, AgentError> {
+    async fn exec(&self, id: &str, process_json: &Path, stdio: ChildIo) -> Result<u32, AgentError> {
         let process = process_json.to_string_lossy();
         self.run(&["exec", "--id", id, "--process", &process], Some(stdio))
             .await?
@@ -444,7 +437,11 @@ pub mod fake {
                 let _ = tx.send(exit);
             }
             let container = process.container.clone();
-            if self.containers.get(&container).is_some_and(|c| c.init == pid) {
+            if self
+                .containers
+                .get(&container)
+                .is_some_and(|c| c.init == pid)
+            {
                 for other in self.pids_of(&container) {
                     self.end(other, Exit::Signal(Signal::SIGKILL as i32));
                 }
@@ -536,12 +533,7 @@ pub mod fake {
 
     #[async_trait::async_trait]
     impl ContainerRuntime for FakeRuntime {
-        async fn create(
-            &self,
-            id: &str,
-            bundle: &Path,
-            stdio: ChildIo,
-        ) -> Result<u32, AgentError> {
+        async fn create(&self, id: &str, bundle: &Path, stdio: ChildIo) -> Result<u32, AgentError> {
             let fault = self.before("create")?;
             if !bundle.join("config.json").is_file() || !bundle.join("rootfs").is_dir() {
                 return Err(AgentError::Runtime(format!("bundle of {id} is incomplete")));

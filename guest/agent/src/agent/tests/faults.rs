@@ -13,10 +13,10 @@ use coffer_agent_protocol::v1 as pb;
 use futures::FutureExt;
 
 use super::create_sandbox;
-use crate::error::AgentError;
 use crate::agent::{Agent, AgentConfig, Reply};
-use crate::host::fake::{FaultKind, Faults, RecordingHost};
+use crate::error::AgentError;
 use crate::host::Host;
+use crate::host::fake::{FaultKind, Faults, RecordingHost};
 use crate::oci::ContainerRuntime;
 use crate::oci::fake::FakeRuntime;
 use crate::policy::{Gate, RegoPolicy};
@@ -58,30 +58,77 @@ impl Rng {
 
 #[derive(Debug, Clone)]
 enum Op {
-    CreateSandbox { network: bool },
+    CreateSandbox {
+        network: bool,
+    },
     DestroySandbox,
-    CreateContainer { id: &'static str, uploaded: bool, net_admin: bool },
-    Start { id: &'static str },
-    Exec { id: &'static str, exec: &'static str },
-    Signal { id: &'static str, exec: Option<&'static str>, signal: i32, all: bool },
+    CreateContainer {
+        id: &'static str,
+        uploaded: bool,
+        net_admin: bool,
+    },
+    Start {
+        id: &'static str,
+    },
+    Exec {
+        id: &'static str,
+        exec: &'static str,
+    },
+    Signal {
+        id: &'static str,
+        exec: Option<&'static str>,
+        signal: i32,
+        all: bool,
+    },
     /// The workload ends on its own.
-    Exit { id: &'static str, exec: Option<&'static str>, code: i32 },
-    Wait { id: &'static str, exec: Option<&'static str> },
-    Write { id: &'static str, exec: Option<&'static str> },
-    CloseStdin { id: &'static str, exec: Option<&'static str> },
-    Read { id: &'static str, exec: Option<&'static str>, stderr: bool },
-    Resize { id: &'static str, exec: Option<&'static str> },
-    Stats { id: &'static str },
-    Remove { id: &'static str, force: bool },
+    Exit {
+        id: &'static str,
+        exec: Option<&'static str>,
+        code: i32,
+    },
+    Wait {
+        id: &'static str,
+        exec: Option<&'static str>,
+    },
+    Write {
+        id: &'static str,
+        exec: Option<&'static str>,
+    },
+    CloseStdin {
+        id: &'static str,
+        exec: Option<&'static str>,
+    },
+    Read {
+        id: &'static str,
+        exec: Option<&'static str>,
+        stderr: bool,
+    },
+    Resize {
+        id: &'static str,
+        exec: Option<&'static str>,
+    },
+    Stats {
+        id: &'static str,
+    },
+    Remove {
+        id: &'static str,
+        force: bool,
+    },
     Details,
 }
 
 impl Op {
     fn random(rng: &mut Rng) -> Self {
         let id = CONTAINERS[rng.below(CONTAINERS.len())];
-        let exec = if rng.chance(50) { Some(EXECS[rng.below(EXECS.len())]) } else { None };
+        let exec = if rng.chance(50) {
+            Some(EXECS[rng.below(EXECS.len())])
+        } else {
+            None
+        };
         match rng.below(100) {
-            0..=4 => Self::CreateSandbox { network: rng.chance(50) },
+            0..=4 => Self::CreateSandbox {
+                network: rng.chance(50),
+            },
             5..=7 => Self::DestroySandbox,
             8..=22 => Self::CreateContainer {
                 id,
@@ -89,21 +136,35 @@ impl Op {
                 net_admin: rng.chance(20),
             },
             23..=32 => Self::Start { id },
-            33..=42 => Self::Exec { id, exec: rng.pick(&EXECS) },
+            33..=42 => Self::Exec {
+                id,
+                exec: rng.pick(&EXECS),
+            },
             43..=50 => Self::Signal {
                 id,
                 exec,
                 signal: [9, 15, 10][rng.below(3)],
                 all: exec.is_none() && rng.chance(50),
             },
-            51..=55 => Self::Exit { id, exec, code: rng.below(4) as i32 },
+            51..=55 => Self::Exit {
+                id,
+                exec,
+                code: rng.below(4) as i32,
+            },
             56..=63 => Self::Wait { id, exec },
             64..=67 => Self::Write { id, exec },
             68..=70 => Self::CloseStdin { id, exec },
-            71..=74 => Self::Read { id, exec, stderr: rng.chance(50) },
+            71..=74 => Self::Read {
+                id,
+                exec,
+                stderr: rng.chance(50),
+            },
             75..=76 => Self::Resize { id, exec },
             77..=79 => Self::Stats { id },
-            80..=94 => Self::Remove { id, force: rng.chance(70) },
+            80..=94 => Self::Remove {
+                id,
+                force: rng.chance(70),
+            },
             _ => Self::Details,
         }
     }
@@ -192,14 +253,22 @@ impl Run {
                 )),
             }
             .decode(),
-            Op::Start { id } => pb::StartContainerRequest { container_id: (*id).into() }.decode(),
+            Op::Start { id } => pb::StartContainerRequest {
+                container_id: (*id).into(),
+            }
+            .decode(),
             Op::Exec { id, exec } => pb::ExecProcessRequest {
                 container_id: (*id).into(),
                 exec_id: (*exec).into(),
                 oci_process_json: process_json(),
             }
             .decode(),
-            Op::Signal { id, exec, signal, all } => {
+            Op::Signal {
+                id,
+                exec,
+                signal,
+                all,
+            } => {
                 let (container_id, exec_id) = process(id, *exec);
                 pb::SignalProcessRequest {
                     container_id,
@@ -211,27 +280,56 @@ impl Run {
             }
             Op::Wait { id, exec } => {
                 let (container_id, exec_id) = process(id, *exec);
-                pb::WaitProcessRequest { container_id, exec_id }.decode()
+                pb::WaitProcessRequest {
+                    container_id,
+                    exec_id,
+                }
+                .decode()
             }
             Op::Write { id, exec } => {
                 let (container_id, exec_id) = process(id, *exec);
-                pb::WriteStdinRequest { container_id, exec_id, data: b"x\n".to_vec() }.decode()
+                pb::WriteStdinRequest {
+                    container_id,
+                    exec_id,
+                    data: b"x\n".to_vec(),
+                }
+                .decode()
             }
             Op::CloseStdin { id, exec } => {
                 let (container_id, exec_id) = process(id, *exec);
-                pb::CloseStdinRequest { container_id, exec_id }.decode()
+                pb::CloseStdinRequest {
+                    container_id,
+                    exec_id,
+                }
+                .decode()
             }
             Op::Read { id, exec, stderr } => {
                 let (container_id, exec_id) = process(id, *exec);
-                let request = pb::ReadOutputRequest { container_id, exec_id };
-                let kind = if *stderr { OutputKind::Stderr } else { OutputKind::Stdout };
+                let request = pb::ReadOutputRequest {
+                    container_id,
+                    exec_id,
+                };
+                let kind = if *stderr {
+                    OutputKind::Stderr
+                } else {
+                    OutputKind::Stdout
+                };
                 crate::request::decode_read_output(request, kind)
             }
             Op::Resize { id, exec } => {
                 let (container_id, exec_id) = process(id, *exec);
-                pb::TtyWinResizeRequest { container_id, exec_id, rows: 24, columns: 80 }.decode()
+                pb::TtyWinResizeRequest {
+                    container_id,
+                    exec_id,
+                    rows: 24,
+                    columns: 80,
+                }
+                .decode()
             }
-            Op::Stats { id } => pb::StatsContainerRequest { container_id: (*id).into() }.decode(),
+            Op::Stats { id } => pb::StatsContainerRequest {
+                container_id: (*id).into(),
+            }
+            .decode(),
             Op::Remove { id, force } => pb::RemoveContainerRequest {
                 container_id: (*id).into(),
                 force: *force,
@@ -248,7 +346,10 @@ impl Run {
         match exec {
             None => Some((c.init.pid, c.init.exited().is_some())),
             Some(e) => {
-                let execs = c.execs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let execs = c
+                    .execs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 execs
                     .iter()
                     .find(|(k, _)| k.as_str() == e)
@@ -265,7 +366,10 @@ impl Run {
             }
             return Ok(());
         }
-        if let Op::CreateContainer { id, uploaded: true, .. } = op {
+        if let Op::CreateContainer {
+            id, uploaded: true, ..
+        } = op
+        {
             // What a finished UploadRootfs leaves (the stream itself is `upload_rootfs`'s tests').
             let upload = self.dir.path().join("uploads").join(id);
             std::fs::create_dir_all(upload.join("bin")).map_err(|e| e.to_string())?;
@@ -278,7 +382,8 @@ impl Run {
             Op::Remove { id, .. } => self.pid(id, None).is_some_and(|(_, exited)| !exited),
             _ => false,
         };
-        let request = Self::request(op).map_err(|e| format!("the fuzz built a bad request: {e}"))?;
+        let request =
+            Self::request(op).map_err(|e| format!("the fuzz built a bad request: {e}"))?;
         self.faults.arm(fault);
         let result = match op {
             // A wait on a running process must not end; on an ended one it must, with its status.
@@ -286,18 +391,33 @@ impl Run {
                 let ended = waited.and_then(|pid| self.runtime.exit_of(pid));
                 let handled = self.agent.handle(request);
                 match ended {
-                    Some(exit) => match tokio::time::timeout(std::time::Duration::from_secs(5), handled).await {
-                        Err(_) => return Err(format!("a wait on an ended process ({exit:?}) did not end")),
-                        Ok(Ok(Reply::Exited(got))) if got.exit_status == exit.status() => Ok(()),
-                        Ok(Ok(other)) => return Err(format!("wait answered {other:?}, the process ended {exit:?}")),
-                        Ok(Err(e)) => Err(e),
-                    },
+                    Some(exit) => {
+                        match tokio::time::timeout(std::time::Duration::from_secs(5), handled).await
+                        {
+                            Err(_) => {
+                                return Err(format!(
+                                    "a wait on an ended process ({exit:?}) did not end"
+                                ));
+                            }
+                            Ok(Ok(Reply::Exited(got))) if got.exit_status == exit.status() => {
+                                Ok(())
+                            }
+                            Ok(Ok(other)) => {
+                                return Err(format!(
+                                    "wait answered {other:?}, the process ended {exit:?}"
+                                ));
+                            }
+                            Ok(Err(e)) => Err(e),
+                        }
+                    }
                     None => match handled.now_or_never() {
                         None => Ok(()),
                         Some(Ok(reply)) if waited.is_some() => {
                             return Err(format!("a wait on a running process answered {reply:?}"));
                         }
-                        Some(Ok(reply)) => return Err(format!("a wait on no process answered {reply:?}")),
+                        Some(Ok(reply)) => {
+                            return Err(format!("a wait on no process answered {reply:?}"));
+                        }
                         Some(Err(e)) => Err(e),
                     },
                 }
@@ -319,7 +439,9 @@ impl Run {
             // A failed kill of a container whose init is gone is no failure of its removal.
             let tolerated = matches!(op, Op::Remove { .. }) && what == "kill_all" && !was_running;
             if !tolerated {
-                return Err(format!("the injected failure of {what} was reported as success"));
+                return Err(format!(
+                    "the injected failure of {what} was reported as success"
+                ));
             }
         }
         self.effects(op, result.is_ok())?;
@@ -337,8 +459,16 @@ impl Run {
             Op::CreateContainer { id, .. } if !registered(id) => {
                 Err(format!("created {id} is not registered"))
             }
-            Op::Remove { id, .. } if registered(id) => Err(format!("removed {id} is still registered")),
-            Op::Start { id } if !self.runtime.containers().get(*id).is_some_and(|c| c.started) => {
+            Op::Remove { id, .. } if registered(id) => {
+                Err(format!("removed {id} is still registered"))
+            }
+            Op::Start { id }
+                if !self
+                    .runtime
+                    .containers()
+                    .get(*id)
+                    .is_some_and(|c| c.started) =>
+            {
                 Err(format!("started {id} did not start in the runtime"))
             }
             Op::DestroySandbox if state.has_sandbox() || !state.containers.is_empty() => {
@@ -353,7 +483,10 @@ impl Run {
         {
             let state = self.agent.state.lock();
             if !state.busy.is_empty() {
-                return Err(format!("ids reserved with no request in flight: {:?}", state.busy));
+                return Err(format!(
+                    "ids reserved with no request in flight: {:?}",
+                    state.busy
+                ));
             }
             if state.phase == crate::agent::state::Phase::Creating {
                 return Err("a sandbox left half created".into());
@@ -385,7 +518,9 @@ impl Run {
             }
             for (pid, container) in self.runtime.live_processes() {
                 if !held.contains(&container) {
-                    return Err(format!("process {pid} of the gone container {container} runs"));
+                    return Err(format!(
+                        "process {pid} of the gone container {container} runs"
+                    ));
                 }
             }
             let bundles: BTreeSet<String> = std::fs::read_dir(self.dir.path().join("containers"))
@@ -406,7 +541,8 @@ impl Run {
     /// Destroys the sandbox with no fault armed; the fakes and the state directory must be empty.
     async fn teardown(&mut self) -> Result<(), String> {
         if !self.agent.state.lock().has_sandbox() {
-            self.step(&Op::CreateSandbox { network: false }, None).await?;
+            self.step(&Op::CreateSandbox { network: false }, None)
+                .await?;
         }
         self.step(&Op::DestroySandbox, None).await?;
         if !self.runtime.containers().is_empty() || !self.runtime.live_processes().is_empty() {
@@ -441,11 +577,19 @@ async fn run_seed(seed: u64, ops: usize, fired: &mut Fired) -> Result<(), (Vec<S
     for _ in 0..ops {
         let op = Op::random(&mut rng);
         let fault = rng.chance(35).then(|| {
-            let kind = if rng.chance(30) { FaultKind::After } else { FaultKind::Before };
+            let kind = if rng.chance(30) {
+                FaultKind::After
+            } else {
+                FaultKind::Before
+            };
             (rng.below(3) as u64, kind)
         });
         let outcome = run.step(&op, fault).await;
-        if let Some(what) = run.steps.last().and_then(|s| s.split("fired=Some(\"").nth(1)) {
+        if let Some(what) = run
+            .steps
+            .last()
+            .and_then(|s| s.split("fired=Some(\"").nth(1))
+        {
             let what = what.split('"').next().unwrap_or("");
             *fired.entry(leak(what)).or_default() += 1;
         }
@@ -458,10 +602,20 @@ async fn run_seed(seed: u64, ops: usize, fired: &mut Fired) -> Result<(), (Vec<S
 
 /// The fault names are a handful of literals; intern them for the summary.
 fn leak(what: &str) -> &'static str {
-    ["set_hostname", "apply_network", "load_netfilter", "create", "start", "exec", "kill_all", "delete", "signal"]
-        .into_iter()
-        .find(|k| *k == what)
-        .unwrap_or("other")
+    [
+        "set_hostname",
+        "apply_network",
+        "load_netfilter",
+        "create",
+        "start",
+        "exec",
+        "kill_all",
+        "delete",
+        "signal",
+    ]
+    .into_iter()
+    .find(|k| *k == what)
+    .unwrap_or("other")
 }
 
 /// LOAD-05 (agent core): 200 seeds × 300 requests with failures injected into the host's and the
@@ -491,7 +645,19 @@ async fn load05_injected_failures_leave_no_half_state() {
         started.elapsed()
     );
     // Every call site was reached by a fault.
-    for call in ["set_hostname", "apply_network", "create", "start", "exec", "kill_all", "delete", "signal"] {
-        assert!(fired.contains_key(call) || seeds.len() < 10, "no fault hit {call}: {fired:?}");
+    for call in [
+        "set_hostname",
+        "apply_network",
+        "create",
+        "start",
+        "exec",
+        "kill_all",
+        "delete",
+        "signal",
+    ] {
+        assert!(
+            fired.contains_key(call) || seeds.len() < 10,
+            "no fault hit {call}: {fired:?}"
+        );
     }
 }
