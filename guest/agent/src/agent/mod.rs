@@ -390,6 +390,7 @@ impl Agent {
             }
             state.containers.keys().cloned().collect()
         };
+        let mut kept = Vec::new();
         for id in ids {
             let removed = match self.state.claim(&id) {
                 Ok(reservation) => self.remove_container(id.clone(), true, reservation).await,
@@ -397,7 +398,13 @@ impl Agent {
             };
             if let Err(err) = removed {
                 tracing::warn!(container_id = %id, %err, "removing container during destroy");
+                kept.push(id.to_string());
             }
+        }
+        // The sandbox stays with what could not be removed, so the host can try again: a
+        // destroyed sandbox never leaves a container running into the next one.
+        if !kept.is_empty() {
+            return Err(AgentError::DestroyIncomplete { containers: kept });
         }
         // Pulled images and rootfs uploads never claimed by a container go too.
         let pulled: Vec<Id> = self.state.lock().pulled.keys().cloned().collect();
