@@ -493,8 +493,13 @@ pub mod fake {
 
         fn before(&self, what: &'static str) -> Result<Option<FaultKind>, AgentError> {
             match self.faults.next(what) {
-                Some(FaultKind::Before) => Err(Faults::error(what)),
-                other => Ok(other),
+                // Only a create or exec helper is modelled dying after it acted; the others fail
+                // before they act.
+                Some(FaultKind::After) if matches!(what, "create" | "exec") => {
+                    Ok(Some(FaultKind::After))
+                }
+                Some(_) => Err(Faults::error(what)),
+                None => Ok(None),
             }
         }
 

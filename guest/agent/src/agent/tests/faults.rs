@@ -22,7 +22,7 @@ use crate::oci::fake::FakeRuntime;
 use crate::policy::{Gate, RegoPolicy};
 use crate::request::{AgentRequest, Decode, OutputKind};
 
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 50;
 const DEFAULT_OPS: usize = 300;
 const CONTAINERS: [&str; 3] = ["c0", "c1", "c2"];
 const EXECS: [&str; 2] = ["e0", "e1"];
@@ -618,7 +618,7 @@ fn leak(what: &str) -> &'static str {
     .unwrap_or("other")
 }
 
-/// LOAD-05 (agent core): 200 seeds × 300 requests with failures injected into the host's and the
+/// LOAD-05 (agent core): 50 seeds × 300 requests (200 × 300 with `COFFER_LOAD05_SEEDS=200`, 90 s here) with failures injected into the host's and the
 /// runtime's calls at every phase; the invariants hold after every step and the teardown leaves
 /// the fakes and the state directory empty.
 #[tokio::test]
