@@ -7,15 +7,19 @@
 //! network's attach fail on their own inputs (a file where the `sandboxes` directory goes, a
 //! namespace that does not exist: attaching a real one needs root, see `tests/network.rs`).
 //!
-//! After every step: a failed start leaves no sandbox directory, no process naming it, nothing for
-//! the GC; a live sandbox answers and keeps its directory; a stop (also of a sandbox whose VM
-//! died, and whose `DestroySandbox` failed) leaves nothing.
+//! After every step: a failed start reports its phase's typed error naming the injected cause,
+//! keeps the console log of a boot that failed in the guest, and leaves no sandbox directory, no
+//! process naming it, nothing for the GC; a live sandbox answers and keeps its directory; a stop
+//! (also of a sandbox whose VM died, and whose `DestroySandbox` failed) leaves nothing. A run of at
+//! least the default size fails unless every fault was injected at least once.
 //!
-//! `COFFER_LOAD05_HOST_SEEDS` / `COFFER_LOAD05_HOST_OPS` raise the counts; `COFFER_LOAD05_HOST_SEED`
-//! replays one seed.
+//! 30 seeds × 40 steps by default (about 9 s here: the guest-timeout faults wait out a 150 ms boot
+//! deadline; a start meant to come up gets 10 s, which it does not wait out).
+//! `COFFER_LOAD05_HOST_SEEDS` / `COFFER_LOAD05_HOST_OPS` raise the counts (200 × 40 passes in
+//! 60 s); `COFFER_LOAD05_HOST_SEED` replays one seed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -32,9 +36,13 @@ use coffer_runtime::vsock::host_socket;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tonic::{Request, Response, Status, Streaming};
 
-const DEFAULT_SEEDS: u64 = 20;
-const DEFAULT_OPS: usize = 30;
-const BOOT_TIMEOUT: Duration = Duration::from_millis(400);
+const DEFAULT_SEEDS: u64 = 30;
+const DEFAULT_OPS: usize = 40;
+/// The boot deadline of a start that is meant to come up: generous, a success does not wait it out.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The boot deadline of a start whose guest never answers (it is waited out): long enough for the
+/// announcement and a first connection to arrive, so the timeout names the injected cause.
+const FAILING_BOOT_TIMEOUT: Duration = Duration::from_millis(150);
 const SLOTS: [&str; 2] = ["s0", "s1"];
 const CONTAINERS: [&str; 2] = ["c0", "c1"];
 
@@ -435,6 +443,42 @@ impl Hypervisor for FaultyHypervisor {
     }
 }
 
+/// How often each kind of step did something (a step on an empty slot does nothing), so the run
+/// can show that every fault it claims to inject was injected.
+#[derive(Debug, Default)]
+struct Tally(BTreeMap<String, usize>);
+
+impl Tally {
+    fn saw(&mut self, kind: String) {
+        *self.0.entry(kind).or_default() += 1;
+    }
+
+    fn add(&mut self, other: Tally) {
+        for (kind, n) in other.0 {
+            *self.0.entry(kind).or_default() += n;
+        }
+    }
+
+    /// The kinds every default run must have exercised.
+    fn required() -> Vec<String> {
+        let mut kinds: Vec<String> = START_FAULTS.iter().map(|f| format!("start {f:?}")).collect();
+        for call in ["create", "remove"] {
+            kinds.push(format!("{call} ok"));
+            kinds.push(format!("{call} injected failure"));
+        }
+        kinds.extend(
+            [
+                "VMM dies",
+                "stop",
+                "stop, DestroySandbox fails",
+                "stop after the VMM died",
+            ]
+            .map(String::from),
+        );
+        kinds
+    }
+}
+
 /// A sandbox the run holds, with its guest.
 struct Live {
     sandbox: Sandbox,
@@ -448,10 +492,11 @@ struct Run {
     root: tempfile::TempDir,
     live: [Option<Live>; 2],
     steps: Vec<String>,
+    tally: Tally,
 }
 
 impl Run {
-    fn config(&self, id: &str) -> SandboxConfig {
+    fn config(&self, id: &str, timeout_fault: bool) -> SandboxConfig {
         SandboxConfig {
             id: id.into(),
             state_root: self.root.path().to_path_buf(),
@@ -459,7 +504,11 @@ impl Run {
             initrd: "/nonexistent/initrd".into(),
             vcpus: 1,
             memory_mib: 128,
-            boot_timeout: Some(BOOT_TIMEOUT),
+            boot_timeout: Some(if timeout_fault {
+                FAILING_BOOT_TIMEOUT
+            } else {
+                BOOT_TIMEOUT
+            }),
             initdata: None,
             kernel_params: Vec::new(),
             tee: None,
@@ -468,6 +517,12 @@ impl Run {
             network: None,
             hostname: None,
         }
+    }
+
+    /// Where a sandbox that failed in the guest keeps its console log; removed before a step that
+    /// may keep one, so an older one does not stand in for it.
+    fn kept_console(&self, id: &str) -> PathBuf {
+        self.root.path().join("logs").join(format!("{id}-console.log"))
     }
 
     /// Nothing of sandbox `id` is left: no directory, no process naming it, nothing to collect.
@@ -506,7 +561,12 @@ impl Run {
         }
         let guest = Shared::default();
         guest.lock().unwrap().fault = Some(fault);
-        let mut config = self.config(id);
+        let _ = std::fs::remove_file(self.kept_console(id));
+        let timeout_fault = matches!(
+            fault,
+            StartFault::NoAnnouncement | StartFault::ConnectRefused | StartFault::DetailsFail
+        );
+        let mut config = self.config(id, timeout_fault);
         let launches = *self.hypervisor.launches.lock().unwrap();
         let claim_blocker = tempfile::tempdir().map_err(|e| e.to_string())?;
         match fault {
@@ -531,15 +591,23 @@ impl Run {
         };
         self.steps
             .push(format!("start {id} {fault:?} -> {outcome}"));
+        // The phase's typed error, naming the injected cause where the error carries one.
         let expected = match (fault, &started) {
-            (StartFault::None, Ok(_)) => true,
-            (StartFault::Launch, Err(SandboxError::Launch(_)))
-            | (StartFault::DiesDuringBoot, Err(SandboxError::DiedDuringBoot { .. }))
-            | (
-                StartFault::NoAnnouncement | StartFault::ConnectRefused | StartFault::DetailsFail,
-                Err(SandboxError::AgentTimeout { .. }),
-            )
-            | (StartFault::CreateSandboxFails, Err(SandboxError::Agent { .. })) => true,
+            (StartFault::None, Ok(_))
+            | (StartFault::Launch, Err(SandboxError::Launch(_)))
+            | (StartFault::DiesDuringBoot, Err(SandboxError::DiedDuringBoot { .. })) => true,
+            (StartFault::NoAnnouncement, Err(SandboxError::AgentTimeout { last, .. })) => {
+                last.contains("no start-up announcement")
+            }
+            (StartFault::ConnectRefused, Err(SandboxError::AgentTimeout { last, .. })) => {
+                last.contains("refused")
+            }
+            (StartFault::DetailsFail, Err(SandboxError::AgentTimeout { last, .. })) => {
+                last.contains("injected GetGuestDetails failure")
+            }
+            (StartFault::CreateSandboxFails, Err(SandboxError::Agent { call, message })) => {
+                *call == "CreateSandbox" && message.contains("injected")
+            }
             (StartFault::Claim, Err(SandboxError::Claim(_)))
             | (StartFault::Network, Err(SandboxError::Network(_))) => !launched,
             _ => false,
@@ -547,6 +615,15 @@ impl Run {
         if !expected {
             return Err(format!("a start with {fault:?} ended {outcome}"));
         }
+        // A boot that failed in the guest keeps its console log for the diagnosis.
+        if let Err(
+            SandboxError::DiedDuringBoot { console, .. } | SandboxError::AgentTimeout { console, .. },
+        ) = &started
+            && !console.is_file()
+        {
+            return Err(format!("{} was not kept", console.display()));
+        }
+        self.tally.saw(format!("start {fault:?}"));
         match started {
             Ok(sandbox) => {
                 if !sandbox.dir().join("vm.vsock").exists() || !guest.lock().unwrap().sandbox {
@@ -603,6 +680,11 @@ impl Run {
             result.as_ref().map(drop).map_err(|s| s.code())
         ));
         let ready = *live.sandbox.state().borrow() == SandboxState::Ready;
+        if ready {
+            let call = if create { "create" } else { "remove" };
+            let how = if fail { "injected failure" } else { "ok" };
+            self.tally.saw(format!("{call} {how}"));
+        }
         if result.is_ok() {
             if fail {
                 return Err("an injected RPC failure reached the host as success".into());
@@ -632,8 +714,17 @@ impl Run {
         let Some(live) = self.live[slot].as_ref() else {
             return Ok(());
         };
+        if *live.sandbox.state().borrow() != SandboxState::Ready {
+            return Ok(());
+        }
         let dir = live.sandbox.dir().to_path_buf();
-        for pid in gc::processes_of(&dir) {
+        let kept = self.kept_console(SLOTS[slot]);
+        let _ = std::fs::remove_file(&kept);
+        let vmm = gc::processes_of(&dir);
+        if vmm.is_empty() {
+            return Err("a ready sandbox has no VMM process".into());
+        }
+        for pid in vmm {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -647,15 +738,10 @@ impl Run {
         if dir.exists() {
             return Err("a failed sandbox kept its directory".into());
         }
-        if !self
-            .root
-            .path()
-            .join("logs")
-            .join(format!("{}-console.log", SLOTS[slot]))
-            .exists()
-        {
+        if !kept.is_file() {
             return Err("a failed sandbox kept no console log".into());
         }
+        self.tally.saw("VMM dies".into());
         Ok(())
     }
 
@@ -675,17 +761,26 @@ impl Run {
             return Err("stop did not destroy the guest's sandbox".into());
         }
         drop(guest);
+        self.tally.saw(
+            match (ready, fail_destroy) {
+                (false, _) => "stop after the VMM died",
+                (true, false) => "stop",
+                (true, true) => "stop, DestroySandbox fails",
+            }
+            .into(),
+        );
         self.nothing_left(SLOTS[slot]).await
     }
 }
 
-async fn run_seed(seed: u64, ops: usize) -> Result<(), (Vec<String>, String)> {
+async fn run_seed(seed: u64, ops: usize) -> Result<Tally, (Vec<String>, String)> {
     let mut rng = Rng(seed);
     let mut run = Run {
         hypervisor: FaultyHypervisor::default(),
         root: tempfile::tempdir().expect("tempdir"),
         live: [None, None],
         steps: Vec::new(),
+        tally: Tally::default(),
     };
     for _ in 0..ops {
         let slot = rng.below(SLOTS.len());
@@ -693,8 +788,13 @@ async fn run_seed(seed: u64, ops: usize) -> Result<(), (Vec<String>, String)> {
         let fail = rng.below(100) < 30;
         let outcome = match rng.below(10) {
             0..=2 => {
-                run.start(slot, START_FAULTS[rng.below(START_FAULTS.len())])
-                    .await
+                // Half the starts come up, so the steps after them have sandboxes to act on.
+                let fault = if rng.below(2) == 0 {
+                    StartFault::None
+                } else {
+                    START_FAULTS[1 + rng.below(START_FAULTS.len() - 1)]
+                };
+                run.start(slot, fault).await
             }
             3..=4 => run.container(slot, true, fail, cid).await,
             5..=6 => run.container(slot, false, fail, cid).await,
@@ -714,7 +814,7 @@ async fn run_seed(seed: u64, ops: usize) -> Result<(), (Vec<String>, String)> {
     if !left.is_empty() {
         return Err((run.steps.clone(), format!("left after the run: {left:?}")));
     }
-    Ok(())
+    Ok(run.tally)
 }
 
 /// LOAD-05 (host runtime): seeds × steps of starts with a fault in one phase, container RPCs that
@@ -728,18 +828,32 @@ async fn load05_sandbox_faults_leave_nothing_behind() {
     };
     let ops = from_env("COFFER_LOAD05_HOST_OPS").unwrap_or(DEFAULT_OPS);
     let started = Instant::now();
+    let mut tally = Tally::default();
     for seed in &seeds {
-        if let Err((steps, violation)) = run_seed(*seed, ops).await {
-            panic!(
+        match run_seed(*seed, ops).await {
+            Ok(seen) => tally.add(seen),
+            Err((steps, violation)) => panic!(
                 "seed {seed} (replay: COFFER_LOAD05_HOST_SEED={seed} COFFER_LOAD05_HOST_OPS={ops}) broke an invariant at step {}: {violation}\n{}",
                 steps.len(),
                 steps.join("\n")
-            );
+            ),
         }
     }
     eprintln!(
-        "load05 host: {} seeds × {ops} steps in {:?}",
+        "load05 host: {} seeds × {ops} steps in {:?}; steps that acted: {:?}",
         seeds.len(),
-        started.elapsed()
+        started.elapsed(),
+        tally.0
     );
+    // A run of at least the default size injects every fault (a replay of one seed need not).
+    if seeds.len() as u64 * ops as u64 >= DEFAULT_SEEDS * DEFAULT_OPS as u64 {
+        let missing: Vec<_> = Tally::required()
+            .into_iter()
+            .filter(|kind| !tally.0.contains_key(kind))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the run never exercised {missing:?}: the faults it claims are not injected"
+        );
+    }
 }
