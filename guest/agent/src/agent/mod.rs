@@ -383,13 +383,15 @@ impl Agent {
     }
 
     async fn destroy_sandbox(&self, power_off: bool) -> Result<Reply, AgentError> {
-        let ids: Vec<Id> = {
+        let mut ids: Vec<Id> = {
             let state = self.state.lock();
             if !state.has_sandbox() {
                 return Err(AgentError::NoSandbox);
             }
             state.containers.keys().cloned().collect()
         };
+        // In id order, not the map's (random) one: the same state tears down the same way.
+        ids.sort();
         let mut kept = Vec::new();
         for id in ids {
             let removed = match self.state.claim(&id) {
