@@ -358,8 +358,37 @@ impl Run {
         }
     }
 
+    /// Lets the agent's exit watchers catch up with the runtime: every process the runtime ended
+    /// is seen as ended by the agent before the next request, so a seed replays the same steps
+    /// whatever the scheduling (bounded: a watcher that never reports is a violation).
+    async fn settle(&self) -> Result<(), String> {
+        const YIELDS: usize = 10_000;
+        for _ in 0..YIELDS {
+            let behind = {
+                let state = self.agent.state.lock();
+                state.containers.values().any(|c| {
+                    let execs = c
+                        .execs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    std::iter::once(&c.init)
+                        .chain(execs.values().map(|p| &**p))
+                        .any(|p| p.exited().is_none() && self.runtime.exit_of(p.pid).is_some())
+                })
+            };
+            if !behind {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(format!(
+            "the agent did not see an ended process end within {YIELDS} yields"
+        ))
+    }
+
     /// Runs `op` with `fault` armed; returns whether it succeeded and what the fault hit.
     async fn step(&mut self, op: &Op, fault: Option<(u64, FaultKind)>) -> Result<(), String> {
+        self.settle().await?;
         if let Op::Exit { id, exec, code } = op {
             if let Some((pid, _)) = self.pid(id, *exec) {
                 self.runtime.exit(pid, *code);
