@@ -690,3 +690,68 @@ async fn load05_injected_failures_leave_no_half_state() {
         );
     }
 }
+
+/// The bug LOAD-05 found (seed 1, step 103): a `DestroySandbox` whose removal of a container failed
+/// reported success with the container registered and its init running. It fails now, naming the
+/// container, keeps the sandbox and the container for another attempt, and that attempt succeeds
+/// once the fault is gone. Both calls a forced removal makes of a running container fail in turn:
+/// the kill (index 0) and the delete (index 1).
+#[tokio::test]
+async fn destroy_sandbox_with_a_container_that_cannot_be_removed_fails_and_keeps_it() {
+    for (at, call) in [(0, "kill_all"), (1, "delete")] {
+        let mut run = Run::new();
+        for op in [
+            Op::CreateSandbox { network: false },
+            Op::CreateContainer {
+                id: "c0",
+                uploaded: true,
+                net_admin: false,
+            },
+            Op::Start { id: "c0" },
+        ] {
+            run.step(&op, None).await.expect("set-up");
+        }
+        let init = run.runtime.containers()["c0"].init;
+
+        run.faults.arm(Some((at, FaultKind::Before)));
+        let destroyed = run
+            .agent
+            .handle(AgentRequest::DestroySandbox { power_off: false })
+            .await;
+        assert_eq!(run.faults.fired(), Some(call));
+        run.faults.arm(None);
+        match destroyed {
+            Err(AgentError::DestroyIncomplete { containers }) => {
+                assert_eq!(containers, ["c0"], "{call}");
+            }
+            other => panic!("a failed {call} during DestroySandbox answered {other:?}"),
+        }
+        {
+            let state = run.agent.state.lock();
+            assert!(state.has_sandbox(), "{call}: the sandbox went");
+            assert!(
+                state.containers.keys().any(|k| k.as_str() == "c0"),
+                "{call}: c0 was unregistered"
+            );
+        }
+        // What the agent keeps is what the runtime still has: the container, and its init when
+        // the kill was what failed (a failed delete comes after the kill did its work).
+        assert!(
+            run.runtime.containers().contains_key("c0"),
+            "{call}: the runtime lost c0, yet the agent keeps it"
+        );
+        assert_eq!(
+            run.runtime.live_processes().contains_key(&init),
+            call == "kill_all",
+            "{call}: the init of c0"
+        );
+        run.invariants().await.expect("invariants after the failed destroy");
+
+        run.step(&Op::DestroySandbox, None)
+            .await
+            .expect("the retry");
+        assert!(!run.agent.state.lock().has_sandbox(), "{call}");
+        assert!(run.runtime.containers().is_empty(), "{call}");
+        assert!(run.runtime.live_processes().is_empty(), "{call}");
+    }
+}
