@@ -461,7 +461,10 @@ impl Tally {
 
     /// The kinds every default run must have exercised.
     fn required() -> Vec<String> {
-        let mut kinds: Vec<String> = START_FAULTS.iter().map(|f| format!("start {f:?}")).collect();
+        let mut kinds: Vec<String> = START_FAULTS
+            .iter()
+            .map(|f| format!("start {f:?}"))
+            .collect();
         for call in ["create", "remove"] {
             kinds.push(format!("{call} ok"));
             kinds.push(format!("{call} injected failure"));
@@ -522,7 +525,10 @@ impl Run {
     /// Where a sandbox that failed in the guest keeps its console log; removed before a step that
     /// may keep one, so an older one does not stand in for it.
     fn kept_console(&self, id: &str) -> PathBuf {
-        self.root.path().join("logs").join(format!("{id}-console.log"))
+        self.root
+            .path()
+            .join("logs")
+            .join(format!("{id}-console.log"))
     }
 
     /// Nothing of sandbox `id` is left: no directory, no process naming it, nothing to collect.
@@ -617,7 +623,8 @@ impl Run {
         }
         // A boot that failed in the guest keeps its console log for the diagnosis.
         if let Err(
-            SandboxError::DiedDuringBoot { console, .. } | SandboxError::AgentTimeout { console, .. },
+            SandboxError::DiedDuringBoot { console, .. }
+            | SandboxError::AgentTimeout { console, .. },
         ) = &started
             && !console.is_file()
         {
@@ -756,11 +763,10 @@ impl Run {
             "stop {} fail_destroy={fail_destroy} ready={ready}",
             SLOTS[slot]
         ));
-        let guest = live.guest.lock().unwrap();
-        if ready && !fail_destroy && guest.sandbox {
+        let guest_sandbox = live.guest.lock().unwrap().sandbox;
+        if ready && !fail_destroy && guest_sandbox {
             return Err("stop did not destroy the guest's sandbox".into());
         }
-        drop(guest);
         self.tally.saw(
             match (ready, fail_destroy) {
                 (false, _) => "stop after the VMM died",

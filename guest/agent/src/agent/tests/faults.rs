@@ -745,7 +745,9 @@ async fn destroy_sandbox_with_a_container_that_cannot_be_removed_fails_and_keeps
             call == "kill_all",
             "{call}: the init of c0"
         );
-        run.invariants().await.expect("invariants after the failed destroy");
+        run.invariants()
+            .await
+            .expect("invariants after the failed destroy");
 
         run.step(&Op::DestroySandbox, None)
             .await
