@@ -647,9 +647,10 @@ fn leak(what: &str) -> &'static str {
     .unwrap_or("other")
 }
 
-/// LOAD-05 (agent core): 50 seeds × 300 requests (200 × 300 with `COFFER_LOAD05_SEEDS=200`, 90 s here) with failures injected into the host's and the
-/// runtime's calls at every phase; the invariants hold after every step and the teardown leaves
-/// the fakes and the state directory empty.
+/// LOAD-05 (agent core): 50 seeds × 300 requests by default (8–21 s alone on this shared 2-core
+/// host; 200 × 300 with `COFFER_LOAD05_SEEDS=200`, 77–90 s) with failures injected into the
+/// host's and the runtime's calls at every phase; the invariants hold after every step and the
+/// teardown leaves the fakes and the state directory empty.
 #[tokio::test]
 async fn load05_injected_failures_leave_no_half_state() {
     let seeds: Vec<u64> = match from_env::<u64>("COFFER_LOAD05_SEED") {
