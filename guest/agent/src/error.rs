@@ -89,6 +89,12 @@ pub enum AgentError {
     /// The OCI runtime (libcontainer, in the helper process) failed.
     #[error("container runtime: {0}")]
     Runtime(String),
+    /// `DestroySandbox` could not remove these containers; the sandbox stays for another attempt.
+    #[error("sandbox not destroyed: containers {} could not be removed", containers.join(", "))]
+    DestroyIncomplete {
+        /// The containers still there.
+        containers: Vec<String>,
+    },
     /// A local I/O operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -138,7 +144,9 @@ impl From<AgentError> for tonic::Status {
             AgentError::Secret { .. } | AgentError::Identity { .. } => {
                 Status::failed_precondition(err.to_string())
             }
-            AgentError::Runtime(_) | AgentError::Modules(_) => Status::internal(err.to_string()),
+            AgentError::Runtime(_)
+            | AgentError::Modules(_)
+            | AgentError::DestroyIncomplete { .. } => Status::internal(err.to_string()),
             // The guest does not have what the host described (a NIC with that MAC, IPv6).
             AgentError::Network(
                 crate::network_setup::NetworkSetupError::NoLink { .. }

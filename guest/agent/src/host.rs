@@ -121,13 +121,74 @@ pub mod fake {
         PowerOff,
     }
 
+    /// How an injected failure behaves.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FaultKind {
+        /// The call fails having done nothing.
+        Before,
+        /// The call does its work, then reports a failure (a helper that dies after acting).
+        After,
+    }
+
+    #[derive(Debug, Default)]
+    struct FaultState {
+        calls: u64,
+        armed: Option<(u64, FaultKind)>,
+        fired: Option<&'static str>,
+    }
+
+    /// Failure injection shared by the fakes of one agent: the privileged calls are counted from
+    /// [`arm`](Self::arm), and the one at the armed index fails.
+    #[derive(Debug, Default)]
+    pub struct Faults(Mutex<FaultState>);
+
+    impl Faults {
+        fn lock(&self) -> std::sync::MutexGuard<'_, FaultState> {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// Counts calls from zero again; the one at index `at` (if any) fails as `kind`.
+        pub fn arm(&self, at: Option<(u64, FaultKind)>) {
+            *self.lock() = FaultState {
+                armed: at,
+                ..FaultState::default()
+            };
+        }
+
+        /// The call that failed since [`arm`](Self::arm), if the armed index was reached.
+        pub fn fired(&self) -> Option<&'static str> {
+            self.lock().fired
+        }
+
+        /// Counts the call `what`; `Some` when it is the one to fail.
+        pub fn next(&self, what: &'static str) -> Option<FaultKind> {
+            let mut state = self.lock();
+            let index = state.calls;
+            state.calls += 1;
+            match state.armed {
+                Some((at, kind)) if at == index => {
+                    state.fired = Some(what);
+                    Some(kind)
+                }
+                _ => None,
+            }
+        }
+
+        /// The error an injected failure of `what` returns.
+        pub fn error(what: &'static str) -> AgentError {
+            AgentError::Runtime(format!("injected failure of {what}"))
+        }
+    }
+
     /// The recording host. `network_gate`, when set, holds `apply_network` until notified;
-    /// `network_fails` makes it fail.
+    /// `network_fails` makes it fail; `faults` fails the call it is armed for (before it acts:
+    /// the host's calls are each one step).
     #[derive(Debug, Default)]
     pub struct RecordingHost {
         pub calls: Mutex<Vec<Call>>,
         pub network_gate: Option<Arc<tokio::sync::Notify>>,
         pub network_fails: bool,
+        pub faults: Arc<Faults>,
     }
 
     impl RecordingHost {
@@ -137,6 +198,13 @@ pub mod fake {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone()
+        }
+
+        fn check(&self, what: &'static str) -> Result<(), AgentError> {
+            match self.faults.next(what) {
+                Some(_) => Err(Faults::error(what)),
+                None => Ok(()),
+            }
         }
 
         fn record(&self, call: Call) {
@@ -150,11 +218,13 @@ pub mod fake {
     #[async_trait]
     impl Host for RecordingHost {
         fn set_hostname(&self, name: &str) -> Result<(), AgentError> {
+            self.check("set_hostname")?;
             self.record(Call::SetHostname(name.to_owned()));
             Ok(())
         }
 
         async fn apply_network(&self, network: Option<&PodNetwork>) -> Result<(), AgentError> {
+            self.check("apply_network")?;
             self.record(Call::ApplyNetwork(
                 network.map(|n| n.interfaces.iter().map(|i| i.name.to_string()).collect()),
             ));
@@ -170,6 +240,7 @@ pub mod fake {
         }
 
         async fn load_netfilter(&self) -> Result<(), AgentError> {
+            self.check("load_netfilter")?;
             self.record(Call::LoadNetfilter);
             Ok(())
         }

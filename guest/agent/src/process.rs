@@ -247,19 +247,15 @@ impl Process {
         (*exit).ok_or_else(|| AgentError::Internal("process exit missing".into()))
     }
 
-    /// Sends `signal` unless the process has already exited.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), AgentError> {
+    /// Sends `signal` through `runtime` unless the process has already exited.
+    pub fn signal(
+        &self,
+        runtime: &dyn crate::oci::ContainerRuntime,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<(), AgentError> {
         if self.exited().is_some() {
             return Err(AgentError::FailedPrecondition("process has exited".into()));
         }
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
-        match nix::sys::signal::kill(pid, signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(AgentError::io(
-                "signal",
-                format!("pid {}", self.pid),
-                e.into(),
-            )),
-        }
+        runtime.signal(self.pid, signal)
     }
 }

@@ -310,7 +310,7 @@ impl Agent {
                 return Err(err);
             }
         };
-        let exited = self.oci_reaper_watch(pid);
+        let exited = self.oci.watch(pid);
         // On failure the caller deletes the container, which kills the waiting init.
         let io = pending.ready().await?;
         Ok(Container {
@@ -351,10 +351,6 @@ impl Agent {
             ChildIo::Console(path.clone()),
             PendingIo::Console { path, master },
         ))
-    }
-
-    fn oci_reaper_watch(&self, pid: u32) -> tokio::sync::oneshot::Receiver<crate::reaper::Exit> {
-        self.oci.reaper().watch(pid)
     }
 
     /// `StartContainer`: the reservation checked that it was not started and noted the start
@@ -412,14 +408,11 @@ impl Agent {
                 return Err(err);
             }
         };
-        let exited = self.oci_reaper_watch(pid);
+        let exited = self.oci.watch(pid);
         let io = match pending.ready().await {
             Ok(io) => io,
             Err(err) => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = self.oci.signal(pid, nix::sys::signal::Signal::SIGKILL);
                 return Err(err);
             }
         };
@@ -427,7 +420,7 @@ impl Agent {
         let mut execs = c.execs.lock().unwrap_or_else(PoisonError::into_inner);
         if execs.contains_key(&exec) {
             // Lost a race with an identical request: ours is already running, so stop it.
-            let _ = proc.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = proc.signal(self.oci.as_ref(), nix::sys::signal::Signal::SIGKILL);
             return Err(AgentError::AlreadyExists {
                 kind: "process",
                 id: r.to_string(),

@@ -27,7 +27,7 @@ use self::state::{Phase, Reservation, Shared};
 use self::stdio::ProcessHandle;
 use crate::error::AgentError;
 use crate::host::Host;
-use crate::oci::OciRuntime;
+use crate::oci::{ContainerRuntime, OciRuntime};
 use crate::policy::{Gate, Permit};
 use crate::process::{OutputStream, Process};
 use crate::reaper::Reaper;
@@ -106,7 +106,8 @@ impl Container {
 pub struct Agent {
     config: AgentConfig,
     gate: Gate,
-    oci: OciRuntime,
+    /// The container runtime.
+    oci: Arc<dyn ContainerRuntime>,
     /// The guest machine's operations.
     host: Arc<dyn Host>,
     /// The sandbox state, its one owner.
@@ -121,23 +122,33 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Builds the agent; `reaper` must already be running.
+    /// Builds the agent on the OCI runtime helper; `reaper` must already be running.
     pub fn new(
         config: AgentConfig,
         gate: Gate,
         reaper: Reaper,
         host: Arc<dyn Host>,
     ) -> Result<Arc<Self>, AgentError> {
-        for dir in ["containers", "uploads", "pulls", "oci", "scratch"] {
-            let path = config.state_dir.join(dir);
-            std::fs::create_dir_all(&path).map_err(|e| AgentError::io("create", &path, e))?;
-        }
-        let oci = OciRuntime::new(
+        let oci = Arc::new(OciRuntime::new(
             config.helper_exe.clone(),
             config.state_dir.join("oci"),
             config.state_dir.join("scratch"),
             reaper,
-        );
+        ));
+        Self::with_runtime(config, gate, oci, host)
+    }
+
+    /// Builds the agent on the container runtime `oci`.
+    pub fn with_runtime(
+        config: AgentConfig,
+        gate: Gate,
+        oci: Arc<dyn ContainerRuntime>,
+        host: Arc<dyn Host>,
+    ) -> Result<Arc<Self>, AgentError> {
+        for dir in ["containers", "uploads", "pulls", "oci", "scratch"] {
+            let path = config.state_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| AgentError::io("create", &path, e))?;
+        }
         let (oom, _) = broadcast::channel(64);
         let identities =
             crate::identity::Identities::new(config.images.as_ref().and_then(|i| i.broker()));
@@ -259,7 +270,7 @@ impl Agent {
                     let c = self.container(&process.container)?;
                     self.oci.kill_all(c.id.as_str(), signal as i32).await?;
                 } else {
-                    self.process(&process)?.signal(signal)?;
+                    self.process(&process)?.signal(self.oci.as_ref(), signal)?;
                 }
                 Ok(Reply::Empty)
             }
@@ -372,13 +383,16 @@ impl Agent {
     }
 
     async fn destroy_sandbox(&self, power_off: bool) -> Result<Reply, AgentError> {
-        let ids: Vec<Id> = {
+        let mut ids: Vec<Id> = {
             let state = self.state.lock();
             if !state.has_sandbox() {
                 return Err(AgentError::NoSandbox);
             }
             state.containers.keys().cloned().collect()
         };
+        // In id order, not the map's (random) one: the same state tears down the same way.
+        ids.sort();
+        let mut kept = Vec::new();
         for id in ids {
             let removed = match self.state.claim(&id) {
                 Ok(reservation) => self.remove_container(id.clone(), true, reservation).await,
@@ -386,7 +400,13 @@ impl Agent {
             };
             if let Err(err) = removed {
                 tracing::warn!(container_id = %id, %err, "removing container during destroy");
+                kept.push(id.to_string());
             }
+        }
+        // The sandbox stays with what could not be removed, so the host can try again: a
+        // destroyed sandbox never leaves a container running into the next one.
+        if !kept.is_empty() {
+            return Err(AgentError::DestroyIncomplete { containers: kept });
         }
         // Pulled images and rootfs uploads never claimed by a container go too.
         let pulled: Vec<Id> = self.state.lock().pulled.keys().cloned().collect();

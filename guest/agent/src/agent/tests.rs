@@ -11,6 +11,8 @@ use crate::host::fake::{Call, RecordingHost};
 use crate::policy::RegoPolicy;
 use crate::request::Decode;
 
+mod faults;
+
 struct Core {
     agent: Arc<Agent>,
     host: Arc<RecordingHost>,
@@ -39,7 +41,7 @@ fn core(host: RecordingHost) -> Core {
     }
 }
 
-fn create_sandbox(hostname: &str, network: bool) -> AgentRequest {
+pub(super) fn create_sandbox(hostname: &str, network: bool) -> AgentRequest {
     pb::CreateSandboxRequest {
         sandbox_id: "sb".into(),
         hostname: hostname.into(),
