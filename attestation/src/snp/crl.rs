@@ -113,13 +113,15 @@ fn format_err(reason: impl fmt::Display) -> SnpError {
     }
 }
 
-/// At most [`MAX_QUOTED_NAME`] characters of `text`, escaped (names come from files and
-/// certificates, not from this crate).
+/// At most [`MAX_QUOTED_NAME`] characters of `text`, escaped (`char::escape_debug`), and `…`
+/// when it was longer: names come from CRL files and certificates. (The host's
+/// `coffer_log::escaped_prefix` does the same, but the guest builds this module, and guest builds
+/// never depend on host crates.)
 fn quoted(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(MAX_QUOTED_NAME)
-        .flat_map(char::escape_default)
+        .flat_map(char::escape_debug)
         .collect();
     if text.chars().count() > MAX_QUOTED_NAME {
         out.push('…');
