@@ -17,7 +17,7 @@ use coffer_attestation::kbs::client::{ClientConfig, KbsClient, KbsClientError};
 use coffer_attestation::kbs::jwe::TeeKeyPair;
 use coffer_attestation::kbs::probe::{self, Probe};
 use coffer_attestation::tdx::TdAttributes;
-use coffer_attestation::testing::snp::{POLICY_DEBUG, SnpFields, SnpTestChain, Tcb};
+use coffer_attestation::testing::snp::{CrlSpec, POLICY_DEBUG, SnpFields, SnpTestChain, Tcb};
 use coffer_attestation::testing::tdx::{TEE_TCB_SVN_OUT_OF_DATE, TdxFields, TdxTestChain};
 use coffer_attestation::testing::{self, ForgingAttester, TDX_COLLATERAL_DIR};
 use kbs_support::{Options, TestKbs, start};
@@ -40,6 +40,11 @@ fn chain_dir() -> &'static Path {
 /// A broker with reference values for both TEEs, the shipped default policy (affirming,
 /// non-sample evidence only), TDX collateral from the test chain, and `[testing]` when asked.
 async fn broker(trust_test_chain: bool) -> TestKbs {
+    broker_with(trust_test_chain, "").await
+}
+
+/// [`broker`] with `more` appended to its configuration.
+async fn broker_with(trust_test_chain: bool, more: &str) -> TestKbs {
     let dir = chain_dir();
     let m = hex::encode(MEASUREMENT);
     let testing = if trust_test_chain {
@@ -53,7 +58,7 @@ async fn broker(trust_test_chain: bool) -> TestKbs {
         extra: format!(
             "[attestation.snp]\nmeasurements = [\"{m}\"]\n\
              [attestation.snp.min_reported_tcb]\nbootloader = 4\ntee = 0\nsnp = 22\nmicrocode = 213\n\
-             [attestation.tdx]\nmr_td = [\"{m}\"]\ncollateral = {:?}\n{testing}",
+             [attestation.tdx]\nmr_td = [\"{m}\"]\ncollateral = {:?}\n{testing}{more}",
             dir.join(TDX_COLLATERAL_DIR).display().to_string()
         ),
         ..Options::default()
@@ -292,4 +297,68 @@ async fn a_broker_without_the_testing_section_refuses_the_same_evidence_at_the_c
         detail.contains("is not a trusted root (the embedded Intel SGX Root CA)"),
         "{detail}"
     );
+}
+
+/// KBS-05 through the broker: `[attestation.snp.crl]` with a CRL (signed by the test chain's ARK)
+/// revoking one chip's VCEK. That chip is refused at `/attest` with a reason naming the VCEK and
+/// its serial, another chip gets the resource; the CRL file is read again for each evidence, so
+/// replacing it with an expired one refuses every chip, and an unusable one is reported to the
+/// client without the broker's path.
+#[tokio::test]
+async fn kbs05_broker_refuses_a_revoked_vcek_at_attestation_naming_it() {
+    let chain = SnpTestChain::load(chain_dir()).unwrap();
+    let good = SnpFields {
+        measurement: MEASUREMENT,
+        ..SnpFields::default()
+    };
+    let revoked = SnpFields {
+        chip_id: [0xD0; 64],
+        ..good.clone()
+    };
+    let serial = SnpTestChain::vcek_serial(&revoked);
+    let crl_dir = tempfile::tempdir().unwrap();
+    let crl_file = crl_dir.path().join("milan.crl");
+    let crl = chain
+        .issue_crl(&CrlSpec {
+            revoked: vec![serial.clone()],
+            ..CrlSpec::default()
+        })
+        .unwrap();
+    std::fs::write(&crl_file, crl).unwrap();
+    let kbs = broker_with(
+        true,
+        &format!(
+            "[attestation.snp.crl]\ndir = {:?}\nrequire = true\n",
+            crl_dir.path().display().to_string()
+        ),
+    )
+    .await;
+    assert_eq!(fetch(&kbs, snp(good.clone())).await.unwrap(), SECRET);
+    let detail = refusal(&kbs, snp(revoked)).await;
+    assert!(
+        detail.contains(&format!(
+            "VCEK certificate serial {} is revoked by the Milan VCEK CRL",
+            hex::encode(&serial)
+        )),
+        "{detail}"
+    );
+
+    let now = std::time::SystemTime::now();
+    let hour = std::time::Duration::from_secs(3600);
+    let expired = chain
+        .issue_crl(&CrlSpec {
+            revoked: Vec::new(),
+            this_update: now - 48 * hour,
+            next_update: Some(now - hour),
+        })
+        .unwrap();
+    std::fs::write(&crl_file, expired).unwrap();
+    let detail = refusal(&kbs, snp(good.clone())).await;
+    assert!(detail.contains("Milan VCEK CRL is not current"), "{detail}");
+
+    std::fs::write(&crl_file, b"not a CRL").unwrap();
+    let detail = refusal(&kbs, snp(good)).await;
+    assert!(detail.contains("no usable CRL"), "{detail}");
+    let dir = crl_dir.path().display().to_string();
+    assert!(!detail.contains(&dir), "the broker's path leaked: {detail}");
 }

@@ -670,6 +670,7 @@ fn main() -> ExitCode {
                 ("snp/ark.pem", None),
                 ("snp/ask.pem", None),
                 ("snp/ask-key.pem", Some(0o600)),
+                ("snp/ark-key.pem", Some(0o600)),
                 ("tdx/root.der", None),
                 ("tdx/pck-chain.pem", None),
                 ("tdx/pck-key.pem", Some(0o600)),

@@ -10,9 +10,11 @@ use rsa::pkcs1::{DecodeRsaPublicKey, RsaPssParams};
 use rsa::signature::Verifier;
 use sha2::Sha384;
 use x509_cert::Certificate;
-use x509_cert::der::asn1::{ObjectIdentifier, OctetStringRef};
+use x509_cert::der::asn1::{BitString, ObjectIdentifier, OctetStringRef};
 use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::spki::AlgorithmIdentifierOwned;
 
+use super::crl::CrlSet;
 use super::error::SnpError;
 use super::report::Generation;
 
@@ -151,6 +153,11 @@ impl AmdRoots {
         })
     }
 
+    /// The ARK (self-signed; checked by [`Self::verify_path`]).
+    pub(super) fn ark(&self) -> &Certificate {
+        &self.ark
+    }
+
     /// Whether these are a test chain's roots.
     pub fn is_testing(&self) -> bool {
         self.testing
@@ -228,11 +235,24 @@ pub fn verify_endorsement_key(
 }
 
 /// [`verify_endorsement_key`] trusting the test chains `testing` too, after AMD's roots: one
-/// code path, only the set of roots differs.
+/// code path, only the set of roots differs. No revocation check: see
+/// [`verify_endorsement_key_with`].
 pub fn verify_endorsement_key_in(
     leaf_der: &[u8],
     now: SystemTime,
     testing: &[AmdRoots],
+) -> Result<EndorsementKey, SnpError> {
+    verify_endorsement_key_with(leaf_der, now, testing, &CrlSet::default())
+}
+
+/// [`verify_endorsement_key_in`] and then the chain's revocation status against `crls` at `now`
+/// ([`CrlSet`]): the intermediate (ASK/ASVK) and the VCEK/VLEK must not be listed by the CRL of
+/// the chain's product, issued and signed by the chain's ARK and current at `now`.
+pub fn verify_endorsement_key_with(
+    leaf_der: &[u8],
+    now: SystemTime,
+    testing: &[AmdRoots],
+    crls: &CrlSet,
 ) -> Result<EndorsementKey, SnpError> {
     let leaf = Certificate::from_der(leaf_der).map_err(|e| format_err(CertRole::Vcek, e))?;
     let issuer = &leaf.tbs_certificate.issuer;
@@ -253,6 +273,7 @@ pub fn verify_endorsement_key_in(
         roots.verify_path(intermediate_role, now)?;
         check_validity(&leaf, role, now)?;
         verify_signed_by(&leaf, role, intermediate, intermediate_role)?;
+        crls.check(roots, (intermediate, intermediate_role), (&leaf, role), now)?;
         return endorsement_key(&leaf, role, roots.generation, roots.testing);
     }
     Err(SnpError::UnknownIssuer {
@@ -350,59 +371,92 @@ fn verify_signed_by(
     issuer: &Certificate,
     issuer_role: CertRole,
 ) -> Result<(), SnpError> {
-    let alg = &cert.signature_algorithm;
-    if alg.oid != OID_RSASSA_PSS || *alg != cert.tbs_certificate.signature {
-        return Err(format_err(
-            role,
-            format!("signature algorithm {} is not RSASSA-PSS", alg.oid),
-        ));
-    }
-    let params_der = alg
-        .parameters
-        .as_ref()
-        .ok_or_else(|| format_err(role, "RSASSA-PSS without parameters"))?
+    let tbs = cert
+        .tbs_certificate
         .to_der()
         .map_err(|e| format_err(role, e))?;
-    let params = RsaPssParams::from_der(&params_der).map_err(|e| format_err(role, e))?;
+    verify_pss(
+        &tbs,
+        &cert.signature_algorithm,
+        &cert.tbs_certificate.signature,
+        &cert.signature,
+        issuer,
+    )
+    .map_err(|failure| match failure {
+        PssFailure::Format(reason) => format_err(role, reason),
+        PssFailure::IssuerKey(reason) => format_err(issuer_role, reason),
+        PssFailure::Mismatch => SnpError::CertificateSignature {
+            role,
+            issuer: issuer_role,
+        },
+    })
+}
+
+/// Why [`verify_pss`] refused; each caller maps it to its own [`SnpError`] variant.
+pub(super) enum PssFailure {
+    /// The signed object's algorithm or signature encoding is not AMD's.
+    Format(String),
+    /// The issuer's key is not a usable RSA key.
+    IssuerKey(String),
+    /// The signature does not verify.
+    Mismatch,
+}
+
+/// Verifies an RSASSA-PSS (SHA-384, MGF1-SHA-384, salt 48) signature over `signed` (the DER of a
+/// certificate's or CRL's to-be-signed part) with `issuer`'s RSA key. `outer` and `inner` are the
+/// object's two algorithm identifiers (outside and inside the signed part), which must agree.
+pub(super) fn verify_pss(
+    signed: &[u8],
+    outer: &AlgorithmIdentifierOwned,
+    inner: &AlgorithmIdentifierOwned,
+    signature: &BitString,
+    issuer: &Certificate,
+) -> Result<(), PssFailure> {
+    let format = |reason: &dyn fmt::Display| PssFailure::Format(reason.to_string());
+    if outer.oid != OID_RSASSA_PSS || outer != inner {
+        return Err(format(&format_args!(
+            "signature algorithm {} is not RSASSA-PSS",
+            outer.oid
+        )));
+    }
+    let params_der = outer
+        .parameters
+        .as_ref()
+        .ok_or_else(|| format(&"RSASSA-PSS without parameters"))?
+        .to_der()
+        .map_err(|e| format(&e))?;
+    let params = RsaPssParams::from_der(&params_der).map_err(|e| format(&e))?;
     let mgf_hash = params.mask_gen.parameters.map(|p| p.oid);
     if params.hash.oid != OID_SHA384
         || params.mask_gen.oid != OID_MGF1
         || mgf_hash != Some(OID_SHA384)
         || params.salt_len != 48
     {
-        return Err(format_err(
-            role,
-            "RSASSA-PSS parameters are not SHA-384/MGF1-SHA-384/48",
+        return Err(format(
+            &"RSASSA-PSS parameters are not SHA-384/MGF1-SHA-384/48",
         ));
     }
     let spki = &issuer.tbs_certificate.subject_public_key_info;
     if spki.algorithm.oid != OID_RSA_ENCRYPTION && spki.algorithm.oid != OID_RSASSA_PSS {
-        return Err(format_err(issuer_role, "public key is not RSA"));
+        return Err(PssFailure::IssuerKey("public key is not RSA".to_owned()));
     }
     let key = rsa::RsaPublicKey::from_pkcs1_der(spki.subject_public_key.raw_bytes())
-        .map_err(|e| format_err(issuer_role, e))?;
+        .map_err(|e| PssFailure::IssuerKey(e.to_string()))?;
     let verifier = rsa::pss::VerifyingKey::<Sha384>::new_with_salt_len(key, 48);
-    let signature_bytes = cert
-        .signature
+    let signature_bytes = signature
         .as_bytes()
-        .ok_or_else(|| format_err(role, "signature has unused bits"))?;
-    let signature =
-        rsa::pss::Signature::try_from(signature_bytes).map_err(|e| format_err(role, e))?;
-    let tbs = cert
-        .tbs_certificate
+        .ok_or_else(|| format(&"signature has unused bits"))?;
+    let parsed = rsa::pss::Signature::try_from(signature_bytes).map_err(|e| format(&e))?;
+    let spki_der = spki
         .to_der()
-        .map_err(|e| format_err(role, e))?;
-    let spki_der = spki.to_der().map_err(|e| format_err(issuer_role, e))?;
-    let memo_key = signature_memo_key(&tbs, signature_bytes, &spki_der);
+        .map_err(|e| PssFailure::IssuerKey(e.to_string()))?;
+    let memo_key = signature_memo_key(signed, signature_bytes, &spki_der);
     if VERIFIED_SIGNATURES.contains(&memo_key) {
         return Ok(());
     }
     verifier
-        .verify(&tbs, &signature)
-        .map_err(|_| SnpError::CertificateSignature {
-            role,
-            issuer: issuer_role,
-        })?;
+        .verify(signed, &parsed)
+        .map_err(|_| PssFailure::Mismatch)?;
     VERIFIED_SIGNATURES.insert(memo_key);
     Ok(())
 }

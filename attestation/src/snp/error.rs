@@ -1,8 +1,10 @@
 //! The single error type of SEV-SNP verification.
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::certs::CertRole;
+use super::crl::CrlKind;
 use super::report::{Generation, SigningKey};
 
 /// Why SEV-SNP evidence was rejected. Every variant names the check that failed.
@@ -155,6 +157,108 @@ pub enum SnpError {
     MeasurementNotAllowed {
         /// Hex of the measurement.
         found: String,
+    },
+    /// A certificate of the chain is listed by its product's CRL.
+    #[error("{role} certificate serial {serial} is revoked by the {generation:?} {kind} CRL")]
+    Revoked {
+        /// Which certificate (ASK, ASVK, VCEK or VLEK).
+        role: CertRole,
+        /// Hex of its serial number (at most 20 bytes quoted).
+        serial: String,
+        /// The chain's product.
+        generation: Generation,
+        /// Which of the product's CRLs.
+        kind: CrlKind,
+    },
+    /// A CRL is required but none is configured for the chain's product and kind.
+    #[error("no {generation:?} {kind} CRL configured, and one is required")]
+    CrlMissing {
+        /// The chain's product.
+        generation: Generation,
+        /// Which of the product's CRLs.
+        kind: CrlKind,
+    },
+    /// The product's configured CRLs are none of them issued by the chain's ARK.
+    #[error("the {generation:?} {kind} CRL is issued by {issuer}, not by this chain's ARK {ark}")]
+    CrlIssuer {
+        /// The chain's product.
+        generation: Generation,
+        /// Which of the product's CRLs.
+        kind: CrlKind,
+        /// The configured CRL's issuer (escaped, bounded).
+        issuer: String,
+        /// The chain's ARK (escaped, bounded).
+        ark: String,
+    },
+    /// A CRL configured for a product does not name that product's ARK as its issuer.
+    #[error(
+        "a CRL configured as the {generation:?} {kind} CRL is issued by {issuer}, not a {generation:?} ARK"
+    )]
+    CrlProduct {
+        /// The product it was configured for.
+        generation: Generation,
+        /// Which of the product's CRLs.
+        kind: CrlKind,
+        /// Its issuer (escaped, bounded).
+        issuer: String,
+    },
+    /// The CRL's signature does not verify with the chain's ARK key.
+    #[error("the {generation:?} {kind} CRL signature does not verify with the ARK key")]
+    CrlSignature {
+        /// The chain's product.
+        generation: Generation,
+        /// Which of the product's CRLs.
+        kind: CrlKind,
+    },
+    /// The CRL is not current at the given time (before `thisUpdate` or after `nextUpdate`).
+    #[error(
+        "the {generation:?} {kind} CRL is not current at {now:?} (this update {this_update:?}, next update {next_update:?})"
+    )]
+    CrlValidity {
+        /// The chain's product.
+        generation: Generation,
+        /// Which of the product's CRLs.
+        kind: CrlKind,
+        /// Time checked.
+        now: SystemTime,
+        /// `thisUpdate`.
+        this_update: SystemTime,
+        /// `nextUpdate`.
+        next_update: SystemTime,
+    },
+    /// A CRL could not be parsed or uses what this verifier does not support.
+    #[error("CRL is malformed: {reason}")]
+    CrlFormat {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A CRL file could not be read.
+    #[error("cannot read CRL {path}")]
+    CrlRead {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CRL file is larger than [`super::MAX_CRL_LEN`].
+    #[error("CRL {path} has {len} bytes, more than {limit}")]
+    CrlTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A CRL file is malformed or another product's.
+    #[error("CRL {path} is unusable")]
+    CrlFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<SnpError>,
     },
     /// `report_data` differs from the expected 64 bytes.
     #[error("report_data mismatch: expected {expected}, found {found}")]

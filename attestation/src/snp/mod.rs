@@ -10,7 +10,8 @@
 //! 4. **Guest policy**: DEBUG and MIGRATE_MA refused unless allowed; optional SMT / single-socket rules.
 //! 5. **Chain**: the embedded ARK is self-signed and signs the ASK/ASVK; the ASK signs the VCEK
 //!    (the ASVK signs a VLEK); every certificate is valid at `now`. Only the embedded roots are
-//!    trusted, so a guest- or host-supplied ARK is never used.
+//!    trusted, so a guest- or host-supplied ARK is never used. Then revocation, when CRLs are
+//!    given (below).
 //! 6. **Key kind**: the report's `KEY_INFO.SIGNING_KEY` matches the certificate (VCEK vs VLEK),
 //!    VLEK only if allowed, and a v3 report's CPUID generation matches the chain's.
 //! 7. **Signature**: ECDSA P-384 / SHA-384 over bytes 0x000..0x2A0 (r, s little-endian at 0x2A0).
@@ -23,17 +24,26 @@
 //! ([`SnpVerifier::trusting_testing_roots`]), a test chain's ([`AmdRoots::testing`], made by
 //! `coffer attestation testing-ca`): every other step is the same for both.
 //!
-//! Not done here: fetching VCEKs from AMD KDS and CRL (revocation) checks.
+//! **Revocation** ([`crl`], step 5, KBS-05 "revoked VCEK"): with a [`CrlSet`]
+//! ([`SnpVerifier::with_crls`]) the chain's ASK/ASVK and VCEK/VLEK must not be listed by the CRL
+//! of its product (AMD KDS `/vcek/v1/{product}/crl`, `/vlek/v1/{product}/crl`), which must be
+//! issued and signed by the chain's ARK and current at `now`. The CRLs are input (files an
+//! operator fetches): without one for the product the evidence passes unchecked, unless the set
+//! is [`CrlSet::required`], which production brokers should set.
+//!
+//! Not done here: fetching VCEKs or CRLs from AMD KDS (the broker has no internet).
 
 mod certs;
+pub mod crl;
 mod error;
 mod report;
 mod verifier;
 
 pub use certs::{
     AmdRoots, CertRole, CertTcb, EndorsementKey, oids, verify_endorsement_key,
-    verify_endorsement_key_in,
+    verify_endorsement_key_in, verify_endorsement_key_with,
 };
+pub use crl::{AmdCrl, CrlKind, CrlSet, MAX_CRL_LEN};
 pub use error::SnpError;
 pub use report::{
     Cpuid, Generation, GuestPolicy, REPORT_LEN, Report, SIG_ALGO_ECDSA_P384_SHA384, SIGNED_LEN,

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 use p384::ecdsa::Signature;
 use ring::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 
-use super::certs::{AmdRoots, CertRole, EndorsementKey, verify_endorsement_key_in};
+use super::certs::{AmdRoots, CertRole, EndorsementKey, verify_endorsement_key_with};
+use super::crl::CrlSet;
 use super::error::{SnpError, to_hex};
 use super::report::{
     Generation, Report, SIG_ALGO_ECDSA_P384_SHA384, SIGNED_LEN, SigningKey, TcbVersion,
@@ -121,6 +122,7 @@ pub struct VerifiedReport {
 pub struct SnpVerifier {
     policy: SnpPolicy,
     testing_roots: Vec<AmdRoots>,
+    crls: CrlSet,
 }
 
 impl SnpVerifier {
@@ -129,7 +131,16 @@ impl SnpVerifier {
         Self {
             policy,
             testing_roots: Vec::new(),
+            crls: CrlSet::default(),
         }
+    }
+
+    /// The same verifier checking every chain's revocation status against `crls` (after the
+    /// chain, before the key kind): see [`super::crl`]. Without it (an empty, not required set)
+    /// revocation is not checked.
+    pub fn with_crls(mut self, crls: CrlSet) -> Self {
+        self.crls = crls;
+        self
     }
 
     /// The same verifier trusting the test chains `roots` too (development and CI only): reports
@@ -146,7 +157,7 @@ impl SnpVerifier {
     }
 
     /// Runs every check, in this order: parse; version; VMPL; guest policy; certificate chain at
-    /// `now`; key kind and generation; report signature; TCB and chip_id binding; minimum TCB;
+    /// `now`; revocation (when CRLs are given); key kind and generation; report signature; TCB and chip_id binding; minimum TCB;
     /// measurement; report_data; host_data. The first failure is returned.
     pub fn verify(
         &self,
@@ -157,7 +168,8 @@ impl SnpVerifier {
     ) -> Result<VerifiedReport, SnpError> {
         let report = Report::parse(report_bytes)?;
         self.check_fields(&report)?;
-        let key = verify_endorsement_key_in(endorsement_key_der, now, &self.testing_roots)?;
+        let key =
+            verify_endorsement_key_with(endorsement_key_der, now, &self.testing_roots, &self.crls)?;
         self.check_key_kind(&report, &key)?;
         verify_report_signature(report_bytes, &report, &key)?;
         check_tcb_binding(&report, &key)?;

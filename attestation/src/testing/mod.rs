@@ -22,6 +22,7 @@
 //! | `TESTING-ONLY` | what this directory is |
 //! | `snp/ark.pem`, `snp/ask.pem` | the SNP test ARK (self-signed) and ASK, RSA-3072, RSASSA-PSS/SHA-384, shaped like AMD's Milan chain |
 //! | `snp/ask-key.pem` | the ASK's private key (PKCS#8, mode 0600): issues a VCEK per forged report, for its TCB and chip id |
+//! | `snp/ark-key.pem` | the ARK's private key (PKCS#8, mode 0600): signs CRLs shaped like AMD KDS's (tests of revocation, KBS-05) |
 //! | `tdx/root.der`, `tdx/root.pem` | the TDX test root CA (P-256) |
 //! | `tdx/pck-chain.pem`, `tdx/pck-key.pem` | a PCK certificate (with the Intel SGX extension: FMSPC, CPUSVN, PCESVN) and PCK CA, and the PCK key |
 //! | `tdx/collateral/<FMSPC>.json` | collateral signed by the test chain: TCB info (an `UpToDate` and an `OutOfDate` level), QE identity, the root's and the PCK CA's CRLs |
@@ -52,6 +53,8 @@ pub const SNP_ARK: &str = "snp/ark.pem";
 pub const SNP_ASK: &str = "snp/ask.pem";
 /// SNP test ASK private key (PKCS#8 PEM).
 pub const SNP_ASK_KEY: &str = "snp/ask-key.pem";
+/// SNP test ARK private key (PKCS#8 PEM): signs CRLs ([`snp::SnpTestChain::issue_crl`]).
+pub const SNP_ARK_KEY: &str = "snp/ark-key.pem";
 /// TDX test root (DER).
 pub const TDX_ROOT_DER: &str = "tdx/root.der";
 /// TDX test root (PEM).

@@ -6,6 +6,11 @@
 //! chip id (the TCB extensions and hwID a real VCEK carries, as AMD's KDS issues one per TCB), an
 //! ECDSA P-384 key that signs the report. The report is the 0x4A0-byte ABI layout, version 3
 //! with a Milan CPUID, signed over bytes 0x000..0x2A0.
+//!
+//! The VCEK's serial is derived from the chip id and TCB ([`SnpTestChain::vcek_serial`]: one
+//! VCEK per chip and TCB, as KDS issues them), so a test can revoke the VCEK of evidence before
+//! forging it; [`SnpTestChain::issue_crl`] signs a CRL with the ARK, shaped like the ones AMD KDS
+//! serves (`/vcek/v1/{product}/crl`: X.509 v2, issuer the ARK, RSASSA-PSS/SHA-384, DER).
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -22,6 +27,7 @@ use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
 use serde_json::{Value, json};
 use sha2::Sha384;
 use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::der::asn1::{BitString, ObjectIdentifier, OctetString, UtcTime};
 use x509_cert::der::pem::LineEnding;
 use x509_cert::der::{Any, Decode as _, DecodePem as _, Encode as _, EncodePem as _};
@@ -32,7 +38,9 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
 
-use super::{MARKER, MARKER_TEXT, SNP_ARK, SNP_ASK, SNP_ASK_KEY, TestChainError, read, write};
+use super::{
+    MARKER, MARKER_TEXT, SNP_ARK, SNP_ARK_KEY, SNP_ASK, SNP_ASK_KEY, TestChainError, read, write,
+};
 use crate::snp::{REPORT_LEN, SIGNED_LEN, oids};
 
 /// RSA modulus size of the test ARK and ASK (AMD's are 4096 bits; the verifier accepts any).
@@ -41,6 +49,7 @@ const OID_RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.1
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const OID_SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+const OID_CRL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.20");
 /// GUID of the VCEK entry in an extended report's certificate table (63da758d-e664-4564-adc5-f4b93be8accd).
 const VCEK_GUID: [u8; 16] = [
     0x8d, 0x75, 0xda, 0x63, 0x64, 0xe6, 0x64, 0x45, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd,
@@ -197,11 +206,37 @@ impl ForgedSnp {
     }
 }
 
-/// The SNP test chain: ARK and ASK certificates, the ASK's key.
+/// A CRL for [`SnpTestChain::issue_crl`]. `Default`: nothing revoked, issued an hour ago, next
+/// update in a week.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSpec {
+    /// Serial numbers revoked (as [`SnpTestChain::vcek_serial`] and [`SnpTestChain::ask_serial`]
+    /// return them).
+    pub revoked: Vec<Vec<u8>>,
+    /// `thisUpdate`.
+    pub this_update: SystemTime,
+    /// `nextUpdate`; `None` leaves it out.
+    pub next_update: Option<SystemTime>,
+}
+
+impl Default for CrlSpec {
+    fn default() -> Self {
+        let now = SystemTime::now();
+        Self {
+            revoked: Vec::new(),
+            this_update: now - Duration::from_secs(3600),
+            next_update: Some(now + Duration::from_secs(7 * 86_400)),
+        }
+    }
+}
+
+/// The SNP test chain: ARK and ASK certificates, the ASK's key and the ARK's (which signs CRLs).
 pub struct SnpTestChain {
     ark: Certificate,
     ask: Certificate,
     ask_key: RsaPrivateKey,
+    /// Absent from a chain written before the ARK key was kept: it cannot issue CRLs.
+    ark_key: Option<RsaPrivateKey>,
 }
 
 impl std::fmt::Debug for SnpTestChain {
@@ -265,6 +300,7 @@ fn extension(
 fn sign_certificate(
     subject: &str,
     issuer: &str,
+    serial_number: Option<SerialNumber>,
     spki: SubjectPublicKeyInfoOwned,
     extensions: Vec<Extension>,
     days: u32,
@@ -272,7 +308,10 @@ fn sign_certificate(
 ) -> Result<Certificate, TestChainError> {
     let tbs = TbsCertificate {
         version: Version::V3,
-        serial_number: serial()?,
+        serial_number: match serial_number {
+            Some(serial) => serial,
+            None => serial()?,
+        },
         signature: pss()?,
         issuer: name(issuer)?,
         validity: validity(days)?,
@@ -319,6 +358,7 @@ impl SnpTestChain {
         let ark = sign_certificate(
             ARK_NAME,
             ARK_NAME,
+            None,
             rsa_spki(&ark_key)?,
             ca_extensions()?,
             days,
@@ -327,15 +367,22 @@ impl SnpTestChain {
         let ask = sign_certificate(
             ASK_NAME,
             ARK_NAME,
+            None,
             rsa_spki(&ask_key)?,
             ca_extensions()?,
             days,
             &ark_key,
         )?;
-        Ok(Self { ark, ask, ask_key })
+        Ok(Self {
+            ark,
+            ask,
+            ask_key,
+            ark_key: Some(ark_key),
+        })
     }
 
-    /// Writes `snp/ark.pem`, `snp/ask.pem` and `snp/ask-key.pem` (0600) under `dir`.
+    /// Writes `snp/ark.pem`, `snp/ask.pem`, `snp/ask-key.pem` and `snp/ark-key.pem` (0600)
+    /// under `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), TestChainError> {
         let pem = |c: &Certificate| {
             c.to_pem(LineEnding::LF)
@@ -344,28 +391,100 @@ impl SnpTestChain {
         write(dir, MARKER, MARKER_TEXT.as_bytes(), false)?;
         write(dir, SNP_ARK, pem(&self.ark)?.as_bytes(), false)?;
         write(dir, SNP_ASK, pem(&self.ask)?.as_bytes(), false)?;
-        let key = self
-            .ask_key
-            .to_pkcs8_der()
-            .map_err(|e| invalid("rsa key", e))?;
-        let key_pem =
-            x509_cert::der::pem::encode_string("PRIVATE KEY", LineEnding::LF, key.as_bytes())
-                .map_err(|e| invalid("rsa key", e))?;
-        write(dir, SNP_ASK_KEY, key_pem.as_bytes(), true)
+        let key_pem = |key: &RsaPrivateKey| {
+            let der = key.to_pkcs8_der().map_err(|e| invalid("rsa key", e))?;
+            x509_cert::der::pem::encode_string("PRIVATE KEY", LineEnding::LF, der.as_bytes())
+                .map_err(|e| invalid("rsa key", e))
+        };
+        write(dir, SNP_ASK_KEY, key_pem(&self.ask_key)?.as_bytes(), true)?;
+        if let Some(ark_key) = &self.ark_key {
+            write(dir, SNP_ARK_KEY, key_pem(ark_key)?.as_bytes(), true)?;
+        }
+        Ok(())
     }
 
     /// Loads the chain `write` wrote.
     pub fn load(dir: &Path) -> Result<Self, TestChainError> {
         let cert =
             |file| Certificate::from_pem(read(dir, file)?).map_err(|e| invalid("certificate", e));
-        let key_pem = read(dir, SNP_ASK_KEY)?;
-        let (_, key_der) =
-            x509_cert::der::pem::decode_vec(&key_pem).map_err(|e| invalid("ask key", e))?;
+        let key = |file, what| -> Result<RsaPrivateKey, TestChainError> {
+            let (_, der) =
+                x509_cert::der::pem::decode_vec(&read(dir, file)?).map_err(|e| invalid(what, e))?;
+            RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| invalid(what, e))
+        };
+        let ark_key = if dir.join(SNP_ARK_KEY).exists() {
+            Some(key(SNP_ARK_KEY, "ark key")?)
+        } else {
+            None
+        };
         Ok(Self {
             ark: cert(SNP_ARK)?,
             ask: cert(SNP_ASK)?,
-            ask_key: RsaPrivateKey::from_pkcs8_der(&key_der).map_err(|e| invalid("ask key", e))?,
+            ask_key: key(SNP_ASK_KEY, "ask key")?,
+            ark_key,
         })
+    }
+
+    /// The ASK's serial number (what a CRL lists to revoke it).
+    pub fn ask_serial(&self) -> Vec<u8> {
+        self.ask.tbs_certificate.serial_number.as_bytes().to_vec()
+    }
+
+    /// The serial number of the VCEK [`Self::forge`] issues for `fields`: derived from the chip id
+    /// and TCB, so the same for every report of that chip and TCB (what a CRL lists to revoke it).
+    pub fn vcek_serial(fields: &SnpFields) -> Vec<u8> {
+        use sha2::Digest as _;
+        let mut hasher = Sha384::new();
+        hasher.update(b"coffer test VCEK serial");
+        hasher.update(fields.chip_id);
+        hasher.update(fields.tcb.raw());
+        let digest = hasher.finalize();
+        let mut serial = digest[..16].to_vec();
+        // Positive and without a leading zero byte: the DER INTEGER is these 16 bytes as they are.
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        serial
+    }
+
+    /// A CRL issued and signed (RSASSA-PSS/SHA-384) by this chain's ARK, DER-encoded like AMD
+    /// KDS's: X.509 v2, a CRL number, the revoked serials of `spec`.
+    pub fn issue_crl(&self, spec: &CrlSpec) -> Result<Vec<u8>, TestChainError> {
+        let ark_key = self.ark_key.as_ref().ok_or_else(|| {
+            invalid(
+                "crl",
+                "this test chain has no ARK key (snp/ark-key.pem): recreate it with testing-ca",
+            )
+        })?;
+        let revoked = spec
+            .revoked
+            .iter()
+            .map(|serial| {
+                Ok(RevokedCert {
+                    serial_number: SerialNumber::new(serial).map_err(|e| invalid("crl", e))?,
+                    revocation_date: at(spec.this_update)?,
+                    crl_entry_extensions: None,
+                })
+            })
+            .collect::<Result<Vec<_>, TestChainError>>()?;
+        let crl_number = 1u32.to_der().map_err(|e| invalid("crl", e))?;
+        let tbs = TbsCertList {
+            version: Version::V2,
+            signature: pss()?,
+            issuer: self.ark.tbs_certificate.subject.clone(),
+            this_update: at(spec.this_update)?,
+            next_update: spec.next_update.map(at).transpose()?,
+            revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+            crl_extensions: Some(vec![extension(OID_CRL_NUMBER, false, crl_number)?]),
+        };
+        let tbs_der = tbs.to_der().map_err(|e| invalid("crl", e))?;
+        let signer = rsa::pss::SigningKey::<Sha384>::new_with_salt_len(ark_key.clone(), 48);
+        let signature = signer.sign_with_rng(&mut OsRng, &tbs_der).to_vec();
+        CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: pss()?,
+            signature: BitString::from_bytes(&signature).map_err(|e| invalid("crl", e))?,
+        }
+        .to_der()
+        .map_err(|e| invalid("crl", e))
     }
 
     /// The ARK and ASK (PEM), what a verifier trusts ([`crate::snp::AmdRoots::testing`]).
@@ -380,9 +499,9 @@ impl SnpTestChain {
     /// A VCEK for `tcb` and `chip_id`, and its signing key.
     fn issue_vcek(
         &self,
-        tcb: Tcb,
-        chip_id: &[u8; 64],
+        fields: &SnpFields,
     ) -> Result<(Vec<u8>, p384::ecdsa::SigningKey), TestChainError> {
+        let (tcb, chip_id) = (fields.tcb, &fields.chip_id);
         let key = p384::ecdsa::SigningKey::random(&mut OsRng);
         let point = key.verifying_key().to_encoded_point(false);
         let spki = SubjectPublicKeyInfoOwned {
@@ -406,14 +525,22 @@ impl SnpTestChain {
             // KDS puts the 64 raw bytes in the extension value.
             extension(hw_id, false, chip_id.to_vec())?,
         ];
-        let cert = sign_certificate(VCEK_NAME, ASK_NAME, spki, extensions, 365, &self.ask_key)?;
+        let cert = sign_certificate(
+            VCEK_NAME,
+            ASK_NAME,
+            Some(SerialNumber::new(&Self::vcek_serial(fields)).map_err(|e| invalid("vcek", e))?),
+            spki,
+            extensions,
+            365,
+            &self.ask_key,
+        )?;
         let der = cert.to_der().map_err(|e| invalid("vcek", e))?;
         Ok((der, key))
     }
 
     /// A report with `fields`, signed by a VCEK this chain issues for them.
     pub fn forge(&self, fields: &SnpFields) -> Result<ForgedSnp, TestChainError> {
-        let (vcek_der, key) = self.issue_vcek(fields.tcb, &fields.chip_id)?;
+        let (vcek_der, key) = self.issue_vcek(fields)?;
         let mut r = vec![0u8; REPORT_LEN];
         let mut put =
             |offset: usize, bytes: &[u8]| r[offset..offset + bytes.len()].copy_from_slice(bytes);

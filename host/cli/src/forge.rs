@@ -196,7 +196,7 @@ pub fn testing_ca(args: &TestingCaArgs) -> anyhow::Result<u8> {
     let collateral = dir.join(testing::TDX_COLLATERAL_DIR);
     println!(
         "wrote a TEST chain to {d} (development and CI only: whoever holds its keys can forge any measurement)\n\
-         \x20 SNP: {ark}, {ask}; private: {ask_key}\n\
+         \x20 SNP: {ark}, {ask}; private: {ask_key}, {ark_key} (signs CRLs)\n\
          \x20 TDX: {root}, {pck}; private: {pck_key}; collateral: {coll}/{fmspc}.json\n\
          a coffer-kbs trusts it only when its configuration says:\n\
          \x20 [testing]\n\x20 ca_dir = {dq:?}\n\
@@ -205,6 +205,7 @@ pub fn testing_ca(args: &TestingCaArgs) -> anyhow::Result<u8> {
         ark = dir.join(testing::SNP_ARK).display(),
         ask = dir.join(testing::SNP_ASK).display(),
         ask_key = dir.join(testing::SNP_ASK_KEY).display(),
+        ark_key = dir.join(testing::SNP_ARK_KEY).display(),
         root = dir.join(testing::TDX_ROOT_DER).display(),
         pck = dir.join(testing::TDX_PCK_CHAIN).display(),
         pck_key = dir.join(testing::TDX_PCK_KEY).display(),

@@ -345,6 +345,39 @@ pub struct SnpConfig {
     /// `[attestation.snp.min_reported_tcb]`: each component of the reported TCB (the one the
     /// VCEK certifies) must be at least this. Default none.
     pub min_reported_tcb: Option<MinTcbConfig>,
+    /// `[attestation.snp.crl]`: AMD's revocation lists. Default: none, revocation not checked.
+    pub crl: SnpCrlConfig,
+}
+
+/// `[attestation.snp.crl]`: the AMD KDS CRLs the SNP verifier checks every chain against
+/// (`crate::snp::crl`). The broker fetches nothing: an operator (or a job with internet access)
+/// puts the files in `dir` and refreshes them before their `nextUpdate`; they are read again for
+/// every SNP evidence, so a refresh needs no restart.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnpCrlConfig {
+    /// Directory of CRLs as AMD KDS serves them (DER, or PEM): `<product>.crl` from
+    /// `https://kdsintf.amd.com/vcek/v1/<Product>/crl` and `<product>-vlek.crl` from
+    /// `/vlek/v1/<Product>/crl`, product `milan`, `genoa` or `turin`. Missing files are skipped;
+    /// an unreadable, malformed or other product's file refuses the start (and, appearing
+    /// later, the evidence). Default none: revocation is not checked.
+    pub dir: Option<PathBuf>,
+    /// Refuse SNP evidence whose product and key kind (VCEK or VLEK) has no CRL in `dir`.
+    /// Default false (a broker without CRLs keeps accepting evidence, unchecked for
+    /// revocation); production brokers should set it, with `dir`.
+    pub require: bool,
+}
+
+impl SnpCrlConfig {
+    /// `require` needs `dir`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.require && self.dir.is_none() {
+            return Err(ConfigError::Invalid {
+                reason: "attestation.snp.crl.require needs attestation.snp.crl.dir".to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A minimum TCB: security patch levels per component. Missing components are 0.
@@ -385,6 +418,7 @@ impl Default for SnpConfig {
             allow_vlek: false,
             measurements: Vec::new(),
             min_reported_tcb: None,
+            crl: SnpCrlConfig::default(),
         }
     }
 }
@@ -540,6 +574,7 @@ impl Config {
             return invalid("token.lifetime_secs must be > 0 and token.issuer non-empty");
         }
         self.snp_measurements()?;
+        self.attestation.snp.crl.validate()?;
         self.tdx_mr_td()?;
         let id = &self.identity;
         if let Some(td) = &id.trust_domain {
@@ -641,6 +676,7 @@ mod tests {
         assert!(toml::from_str::<Config>("[testing]\nroots = 1\n").is_err());
         assert!(toml::from_str::<Config>("[attestation.snp.min_reported_tcb]\nbl = 1\n").is_err());
         // Off by default.
+        assert!(c.attestation.snp.crl.dir.is_none() && !c.attestation.snp.crl.require);
         let c: Config = toml::from_str("[http]\ninsecure_http = true\n").unwrap();
         assert!(c.testing.ca_dir.is_none());
     }
@@ -689,6 +725,21 @@ mod tests {
             old.sessions.removed_keys(),
             ["sessions.max", "sessions.max_bytes"]
         );
+    }
+
+    #[test]
+    fn kbs05_crl_section_validates() {
+        let c: Config = toml::from_str(
+            "[http]\ninsecure_http = true\n[attestation.snp.crl]\ndir = \"/var/lib/crl\"\nrequire = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.attestation.snp.crl.require);
+        let c: Config =
+            toml::from_str("[http]\ninsecure_http = true\n[attestation.snp.crl]\nrequire = true\n")
+                .unwrap();
+        assert!(c.validate().is_err(), "require without dir accepted");
+        assert!(toml::from_str::<Config>("[attestation.snp.crl]\nfiles = []\n").is_err());
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub enum BrokerError {
     /// The `[testing]` test chain cannot be loaded.
     #[error("[testing] ca_dir")]
     Testing(#[source] crate::testing::TestChainError),
+    /// A CRL in `[attestation.snp.crl] dir` is unusable.
+    #[error("[attestation.snp.crl] dir")]
+    SnpCrl(#[source] crate::snp::SnpError),
     /// The store cannot be set up.
     #[error("store")]
     Store(#[from] StoreError),
@@ -223,6 +226,10 @@ impl Broker {
             .transpose()
             .map_err(BrokerError::Testing)?;
         let snp = &config.attestation.snp;
+        if let Some(dir) = &snp.crl.dir {
+            verify::check_crl_dir(dir, snp.crl.require, SystemTime::now())
+                .map_err(BrokerError::SnpCrl)?;
+        }
         let snp_settings = SnpSettings {
             policy: crate::snp::SnpPolicy {
                 min_report_version: snp.min_report_version,
@@ -234,6 +241,8 @@ impl Broker {
                 ..crate::snp::SnpPolicy::default()
             },
             vcek_dir: snp.vcek_dir.clone(),
+            crl_dir: snp.crl.dir.clone(),
+            crl_required: snp.crl.require,
             testing_roots: testing
                 .as_ref()
                 .and_then(|t| t.snp.clone())

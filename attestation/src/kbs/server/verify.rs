@@ -8,8 +8,9 @@
 //!   carry `init_data` (hex, the stand-in for HOSTDATA): then it must be exactly the init-data
 //!   digest (or all zero without init-data); evidence without it leaves init-data unbound.
 //! - **snp**: [`crate::snp::SnpVerifier`] with the VCEK/VLEK from the evidence's certificate table
-//!   or the offline store (`<vcek_dir>/<chip_id hex>.der`); report_data = binding ‖ 16 zero bytes;
-//!   HOSTDATA exactly the SHA-256 init-data digest, or all zero without init-data (KBS-03).
+//!   or the offline store (`<vcek_dir>/<chip_id hex>.der`) and the AMD CRLs of `[attestation.snp.crl]
+//!   dir`, read for each evidence like TDX collateral (KBS-05); report_data = binding ‖ 16 zero
+//!   bytes; HOSTDATA exactly the SHA-256 init-data digest, or all zero without init-data (KBS-03).
 //! - **tdx**: [`crate::tdx::TdxVerifier`] with collateral from the configured file/directory;
 //!   MRCONFIGID exactly the SHA-384 init-data digest, or zero without init-data.
 //!
@@ -32,7 +33,9 @@ use serde_json::{Value, json};
 use super::throttle::Throttle;
 use crate::kbs::binding::BINDING_LEN;
 use crate::kbs::types::{InitData, Tee};
-use crate::snp::{AmdRoots, Expected as SnpExpected, Report, SnpError, SnpPolicy, SnpVerifier};
+use crate::snp::{
+    AmdRoots, CrlSet, Expected as SnpExpected, Report, SnpError, SnpPolicy, SnpVerifier,
+};
 use crate::tdx::{
     Collateral, Expected as TdxExpected, ReferenceValues, TdQuote, TdxError, TdxPolicy,
     TdxVerifier, verify_signatures_in,
@@ -124,6 +127,9 @@ impl VerifyError {
             Self::Tdx(TdxError::Collateral { .. }) => {
                 "tdx evidence rejected: no usable collateral for this platform".to_owned()
             }
+            Self::Snp(
+                SnpError::CrlRead { .. } | SnpError::CrlTooLarge { .. } | SnpError::CrlFile { .. },
+            ) => "snp evidence rejected: no usable CRL for this platform".to_owned(),
             other => super::error::error_chain(other),
         }
     }
@@ -212,6 +218,41 @@ pub struct SnpSettings {
     pub vcek_dir: Option<PathBuf>,
     /// A test chain's roots trusted after AMD's (`[testing]`; development and CI only).
     pub testing_roots: Vec<AmdRoots>,
+    /// AMD CRL directory (`[attestation.snp.crl] dir`), read for every evidence.
+    pub crl_dir: Option<PathBuf>,
+    /// Refuse evidence whose product has no CRL (`[attestation.snp.crl] require`).
+    pub crl_required: bool,
+}
+
+/// Loads `[attestation.snp.crl] dir` once at start, so that a malformed or misfiled CRL refuses
+/// the start rather than the first evidence, and says what it found: how many CRLs, which are
+/// already stale at `now` (their evidence will be refused until they are refreshed).
+pub fn check_crl_dir(
+    dir: &std::path::Path,
+    required: bool,
+    now: SystemTime,
+) -> Result<(), SnpError> {
+    let crls = CrlSet::load_dir(dir, required)?;
+    if crls.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(),
+            required,
+            "no AMD CRL in [attestation.snp.crl] dir (<product>.crl, <product>-vlek.crl)"
+        );
+    }
+    for (generation, kind, crl) in crls.iter() {
+        let stale = crl.next_update().is_none_or(|next| now > next);
+        if stale {
+            tracing::warn!(
+                generation = generation.name(),
+                %kind,
+                "AMD CRL is past its nextUpdate: evidence of this product is refused until it is refreshed"
+            );
+        } else {
+            tracing::info!(generation = generation.name(), %kind, "AMD CRL loaded");
+        }
+    }
+    Ok(())
 }
 
 /// TDX settings.
@@ -384,8 +425,13 @@ impl EvidenceVerifier {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let pinned = !policy.allowed_measurements.is_empty();
+        let crls = match &self.snp.crl_dir {
+            Some(dir) => CrlSet::load_dir(dir, self.snp.crl_required).map_err(VerifyError::Snp)?,
+            None => CrlSet::new(self.snp.crl_required),
+        };
         let verified = SnpVerifier::new(policy)
             .trusting_testing_roots(self.snp.testing_roots.clone())
+            .with_crls(crls)
             .verify(
                 &report_bytes,
                 &key_der,
@@ -582,6 +628,19 @@ fn padded_report_data(binding: &[u8; BINDING_LEN]) -> [u8; 64] {
 mod tests {
     use super::*;
     use sha2::{Digest as _, Sha256};
+
+    #[test]
+    fn kbs05_crl_dir_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        // Empty: the start goes on (warned), required or not.
+        check_crl_dir(dir.path(), true, SystemTime::now()).unwrap();
+        std::fs::write(dir.path().join("turin-vlek.crl"), b"garbage").unwrap();
+        let err = check_crl_dir(dir.path(), false, SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(&err, SnpError::CrlFile { path, .. } if path.ends_with("turin-vlek.crl")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn init_data_digest_and_refusals_kbs03() {
