@@ -160,12 +160,7 @@ async fn cosign_policy_admits_only_correctly_signed_images() {
     // credentials are sought only on a 401).
     let blobs = registry.blob_requests() - blobs;
     assert!(blobs >= 3, "config, layer and signature: {blobs}");
-    assert_eq!(
-        registry.api_root_gets() - probes,
-        0,
-        "{}",
-        registry.log()
-    );
+    assert_eq!(registry.api_root_gets() - probes, 0, "{}", registry.log());
     let anything = policy(r#"{"default":[{"type":"insecureAcceptAnything"}]}"#);
     pull(
         &format!("{host}/unsigned/hello:v1"),
