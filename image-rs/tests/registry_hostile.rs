@@ -384,6 +384,17 @@ impl TlsFront {
     }
 }
 
+impl TlsFront {
+    /// A configuration trusting the front's CA.
+    fn registries(&self) -> RegistriesConfig {
+        RegistriesConfig::from_toml(&format!(
+            "ca_files = [{:?}]\n",
+            self.dir.path().join("ca.pem")
+        ))
+        .unwrap()
+    }
+}
+
 impl Drop for TlsFront {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -508,11 +519,7 @@ async fn reg07_redirect_loops_and_https_downgrades_are_refused() {
     assert!((2..=6).contains(&hits), "followed the loop {hits} times");
 
     let front = TlsFront::start(registry.port);
-    let registries = RegistriesConfig::from_toml(&format!(
-        "ca_files = [{:?}]\n",
-        front.dir.path().join("ca.pem")
-    ))
-    .unwrap();
+    let registries = front.registries();
     let err = pull_fails(
         &format!("127.0.0.1:{}/downgrade:v1", front.port),
         registries,
@@ -671,11 +678,7 @@ async fn reg07_auth_challenge_loops_end_after_a_bounded_number_of_rounds() {
     // not sent there.
     seen.token_requests.store(0, Ordering::SeqCst);
     let front = TlsFront::start(registry.port);
-    let registries = RegistriesConfig::from_toml(&format!(
-        "ca_files = [{:?}]\n",
-        front.dir.path().join("ca.pem")
-    ))
-    .unwrap();
+    let registries = front.registries();
     let err = pull_fails(
         &format!("127.0.0.1:{}/tok-plain:v1", front.port),
         registries,
