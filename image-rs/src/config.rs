@@ -315,7 +315,8 @@ pub struct Limits {
     pub ratio_floor_bytes: u64,
     /// Layers downloaded at once. Default 4.
     pub max_parallel_downloads: usize,
-    /// When a blob download counts as stalled and is cut off. Default: fewer than 1 KiB in 60 s.
+    /// When a download (manifest, index, config, layer, token service answer) counts as stalled
+    /// and is cut off. Default: fewer than 1 KiB in 60 s, or no response headers in 60 s.
     pub stall: crate::registry::Stall,
 }
 

@@ -21,12 +21,14 @@
 #[path = "../tests/common/vectors.rs"]
 mod test_vectors;
 
+pub mod auth;
 pub mod config;
 mod decode;
 pub mod decrypt;
 pub mod digest;
 pub mod encrypt_image;
 pub mod gpg;
+mod http;
 pub mod logging;
 pub mod manifest;
 pub mod policy;

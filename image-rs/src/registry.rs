@@ -1,8 +1,12 @@
-//! Talking to registries through `oci-client`: source selection (mirrors, insecure hosts),
-//! authentication, bounded manifest/config fetches and streamed blob downloads into the store.
-//! Manifests are fetched with our own request (oci-client's token, our HTTP client) because
-//! oci-client reads a manifest's whole body before anyone can check its size (REG-03); that client
-//! follows at most five redirects and never one from HTTPS to plain HTTP (REG-07).
+//! Talking to registries: source selection (mirrors, insecure hosts), authentication, bounded
+//! manifest/config fetches and streamed blob downloads into the store.
+//!
+//! Pulls use our own HTTP client for every request — manifests, blobs and the token exchange
+//! ([`crate::auth`]) — because oci-client reads a manifest's whole body, and a token service's
+//! whole answer, before anyone can check its size (REG-03, REG-07). Every response's headers must
+//! come within one stall window and every body is cut off when it stalls ([`Stall`]); redirects
+//! are followed at most five times and never from HTTPS to plain HTTP. oci-client still uploads
+//! (signatures, encrypted images), with a push token obtained here and handed to it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,14 +15,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use crate::auth::{AuthError, Challenge, MAX_AUTH_ROUNDS, Token, fetch_token, parse_challenge};
 use crate::config::{Credential, Credentials, RegistriesConfig};
 use crate::digest::Digest;
+use crate::http::{HttpError, StallWatch, read_body, redirect_policy, send};
 use crate::manifest::{ACCEPTED_MANIFESTS, Descriptor};
 use crate::store::{BlobStore, FollowReader, Slot, StoreError};
+
+pub use crate::http::Stall;
 
 /// Why talking to a registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +59,7 @@ pub enum RegistryError {
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
-    /// The registry answered a manifest request with an error status.
+    /// The registry answered a manifest or blob request with an error status.
     #[error("registry answered {status} for the {what} of {reference}")]
     Status {
         /// What was fetched.
@@ -62,7 +69,7 @@ pub enum RegistryError {
         /// The HTTP status.
         status: u16,
     },
-    /// A manifest request failed in transport (connection, TLS, redirect, timeout).
+    /// A manifest or blob request failed in transport (connection, TLS, redirect).
     #[error("fetching the {what} of {reference} failed")]
     Transport {
         /// What was fetched.
@@ -98,23 +105,36 @@ pub enum RegistryError {
         /// What the bytes hash to.
         actual: Digest,
     },
-    /// A blob download made too little progress: fewer than [`Stall::min_bytes`] arrived within
-    /// one [`Stall::window`] (a slow or silent registry, REG-07).
+    /// A download made too little progress: fewer than [`Stall::min_bytes`] arrived within one
+    /// [`Stall::window`], or no response headers did (a slow or silent registry, REG-07).
     #[error(
-        "download of {digest} from {registry} stalled: fewer than {min_bytes} bytes in {window:?} \
-         ({received} bytes received)"
+        "the {what} of {reference} from {registry} stalled: fewer than {min_bytes} bytes in \
+         {window:?} ({received} bytes received)"
     )]
     Stalled {
         /// The registry host (`host[:port]`) that served it.
         registry: String,
-        /// The blob.
-        digest: Digest,
+        /// What was fetched (`manifest`, `config`, `layer`, …).
+        what: &'static str,
+        /// From where: the reference, or `registry/repository@digest` for a blob.
+        reference: String,
+        /// The blob's or the pinned manifest's digest, when known.
+        digest: Option<Digest>,
         /// The stall window.
         window: Duration,
         /// The least progress per window.
         min_bytes: u64,
-        /// Bytes of the blob received before the cut-off.
+        /// Bytes of the body received before the cut-off.
         received: u64,
+    },
+    /// Authenticating to the registry failed (token service, challenge, challenge loop).
+    #[error("authenticating for {reference}")]
+    Auth {
+        /// What was requested.
+        reference: String,
+        /// Why.
+        #[source]
+        source: AuthError,
     },
     /// Storing the blob failed (includes digest and size mismatches).
     #[error("storing blob")]
@@ -154,6 +174,13 @@ impl RegistryError {
                 other => plain_http(other),
             },
             Self::Transport { source, .. } => plain_http(source),
+            Self::Auth { source, .. } => match source {
+                AuthError::Status { status: 401, .. } | AuthError::ChallengeLoop { .. } => {
+                    Some(FailureCause::Unauthorized)
+                }
+                AuthError::Transport { source, .. } => plain_http(source),
+                _ => None,
+            },
             Self::AllSourcesFailed { source, .. } => source.cause(),
             _ => None,
         }
@@ -164,7 +191,9 @@ impl RegistryError {
         match self {
             Self::Request { reference, .. }
             | Self::Status { reference, .. }
-            | Self::Transport { reference, .. } => reference.split('/').next(),
+            | Self::Transport { reference, .. }
+            | Self::Auth { reference, .. } => reference.split('/').next(),
+            Self::Stalled { registry, .. } => Some(registry),
             Self::AllSourcesFailed { source, .. } => source.host(),
             _ => None,
         }
@@ -204,67 +233,29 @@ pub struct Source {
 /// A configured registry client.
 #[derive(Clone)]
 pub struct Registry {
+    /// Uploads only.
     client: Client,
+    /// Manifests, blobs and token services: no total timeout (a layer takes as long as it
+    /// takes), every read bounded by [`Stall`].
+    http: reqwest::Client,
+    /// Lookaside signature storage (small documents): a 60 s total timeout.
     lookaside: reqwest::Client,
     /// Hosts (`host[:port]`) reached over plain HTTP.
     insecure: Arc<Vec<String>>,
-    /// [`Registry::pull_token`]'s answers, per `registry/repository`.
-    tokens: Arc<Mutex<HashMap<String, Option<String>>>>,
+    /// Credentials that worked, per `registry/repository` and operation (`pull`, `pull,push`).
+    granted: Arc<Mutex<HashMap<String, Granted>>>,
     config: Arc<RegistriesConfig>,
     credentials: Arc<Credentials>,
     stall: Stall,
 }
 
-/// When a blob download counts as stalled: fewer than `min_bytes` bytes arrive within `window`
-/// (the response headers within one window too). A registry that sends nothing, or trickles a
-/// byte now and then (each read on its own would meet a per-read timeout), is cut off after one
-/// window; a download keeps going as long as every window brings `min_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stall {
-    /// The window. Default 60 s.
-    pub window: Duration,
-    /// Least bytes per window. Default 1 KiB.
-    pub min_bytes: u64,
-}
-
-impl Default for Stall {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(60),
-            min_bytes: 1024,
-        }
-    }
-}
-
-/// The progress of one download against its [`Stall`] bound.
-struct StallWatch {
-    stall: Stall,
-    window_start: tokio::time::Instant,
-    window_bytes: u64,
-}
-
-impl StallWatch {
-    fn new(stall: Stall) -> Self {
-        Self {
-            stall,
-            window_start: tokio::time::Instant::now(),
-            window_bytes: 0,
-        }
-    }
-
-    /// When the current window ends.
-    fn deadline(&self) -> tokio::time::Instant {
-        self.window_start + self.stall.window
-    }
-
-    /// Counts `bytes`; a window that reached the minimum starts the next one.
-    fn observe(&mut self, bytes: usize) {
-        self.window_bytes = self.window_bytes.saturating_add(bytes as u64);
-        if self.window_bytes >= self.stall.min_bytes {
-            self.window_start = tokio::time::Instant::now();
-            self.window_bytes = 0;
-        }
-    }
+/// What a registry accepted for a repository.
+#[derive(Debug)]
+enum Granted {
+    /// A token from its token service, until it expires.
+    Bearer(Arc<Token>),
+    /// The configured HTTP basic credentials.
+    Basic,
 }
 
 impl std::fmt::Debug for Registry {
@@ -289,6 +280,9 @@ impl Registry {
     /// Builds a client: HTTPS with the extra CAs, plain HTTP only for hosts marked insecure.
     pub fn new(config: RegistriesConfig, credentials: Credentials) -> Result<Self, RegistryError> {
         let mut extra = Vec::new();
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .redirect(redirect_policy());
         let mut lookaside = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(60))
@@ -303,6 +297,7 @@ impl Registry {
                     path: path.clone(),
                     source: std::io::Error::other(e),
                 })?;
+            http = http.add_root_certificate(cert.clone());
             lookaside = lookaside.add_root_certificate(cert);
             extra.push(Certificate {
                 encoding: CertificateEncoding::Pem,
@@ -321,59 +316,100 @@ impl Registry {
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
         });
-        let lookaside = lookaside.build().map_err(|e| RegistryError::CaFile {
-            path: std::path::PathBuf::new(),
-            source: std::io::Error::other(e),
-        })?;
+        let built = |builder: reqwest::ClientBuilder| {
+            builder.build().map_err(|e| RegistryError::CaFile {
+                path: std::path::PathBuf::new(),
+                source: std::io::Error::other(e),
+            })
+        };
         Ok(Self {
             client,
-            lookaside,
+            http: built(http)?,
+            lookaside: built(lookaside)?,
             insecure: Arc::new(insecure),
-            tokens: Arc::default(),
+            granted: Arc::default(),
             config: Arc::new(config),
             credentials: Arc::new(credentials),
             stall: Stall::default(),
         })
     }
 
-    /// Replaces the blob downloads' stall bound.
+    /// Replaces the stall bound of downloads (manifests, configs, layers, token answers).
     pub fn with_stall(mut self, stall: Stall) -> Self {
         self.stall = stall;
         self
     }
 
-    fn stalled(&self, source: &Source, digest: &Digest, received: u64) -> RegistryError {
+    /// `what` stalled. `blob`: the blob's digest (named `registry/repository@digest`), else
+    /// `reference` itself is what was fetched.
+    fn stalled(
+        &self,
+        what: &'static str,
+        reference: &Reference,
+        blob: Option<&Digest>,
+        received: u64,
+    ) -> RegistryError {
         RegistryError::Stalled {
-            registry: source.reference.resolve_registry().to_owned(),
-            digest: digest.clone(),
+            registry: reference.resolve_registry().to_owned(),
+            what,
+            reference: match blob {
+                Some(digest) => blob_name(reference, digest),
+                None => reference.whole(),
+            },
+            digest: blob
+                .cloned()
+                .or_else(|| reference.digest().and_then(|d| Digest::parse(d).ok())),
             window: self.stall.window,
             min_bytes: self.stall.min_bytes,
             received,
         }
     }
 
+    /// A failed bounded request or read of the `what` of `reference` (or of its `blob`) as a
+    /// [`RegistryError`].
+    fn http_error(
+        &self,
+        err: HttpError,
+        what: &'static str,
+        reference: &Reference,
+        blob: Option<&Digest>,
+    ) -> RegistryError {
+        match err {
+            HttpError::TooLarge { limit } => RegistryError::TooLarge { what, limit },
+            HttpError::Stalled { received } => self.stalled(what, reference, blob, received),
+            HttpError::Transport(source) => RegistryError::Transport {
+                what,
+                reference: match blob {
+                    Some(digest) => blob_name(reference, digest),
+                    None => reference.whole(),
+                },
+                source,
+            },
+        }
+    }
+
     /// The next chunk of a blob download, or [`RegistryError::Stalled`] when `watch`'s window
     /// ends first.
-    async fn next_chunk<S, B>(
+    async fn next_chunk(
         &self,
-        stream: &mut S,
+        stream: &mut BlobStream,
         watch: &mut StallWatch,
+        what: &'static str,
         source: &Source,
         digest: &Digest,
         received: u64,
-    ) -> Result<Option<B>, RegistryError>
-    where
-        S: futures::Stream<Item = Result<B, std::io::Error>> + Unpin,
-        B: AsRef<[u8]>,
-    {
+    ) -> Result<Option<bytes::Bytes>, RegistryError> {
         let next = tokio::time::timeout_at(watch.deadline(), stream.next())
             .await
-            .map_err(|_| self.stalled(source, digest, received))?;
+            .map_err(|_| self.stalled(what, &source.reference, Some(digest), received))?;
         match next {
             None => Ok(None),
             Some(chunk) => {
-                let chunk = chunk.map_err(|source| stream_error(digest, source))?;
-                watch.observe(chunk.as_ref().len());
+                let chunk = chunk.map_err(|source| RegistryError::Stream {
+                    digest: digest.clone(),
+                    source: std::io::Error::other(source),
+                })?;
+                watch.observe(chunk.len());
                 Ok(Some(chunk))
             }
         }
@@ -384,51 +420,221 @@ impl Registry {
         &self.lookaside
     }
 
-    /// The bearer token, if the registry wants one, for pulling from `reference`'s repository.
-    /// `Client::auth` goes back to the registry on every call, so its answer is kept per
-    /// repository for this client's life (one pull, signing or encryption: minutes at most).
-    async fn pull_token(
-        &self,
-        source: &Source,
-        reference: &Reference,
-    ) -> Result<Option<String>, oci_client::errors::OciDistributionError> {
-        let key = format!(
-            "{}/{}",
-            reference.resolve_registry(),
-            reference.repository()
-        );
-        if let Some(token) = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
-            return Ok(token);
-        }
-        let token = self
-            .client
-            .auth(reference, &source.auth, RegistryOperation::Pull)
-            .await?;
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(key, token.clone());
-        }
-        Ok(token)
-    }
-
-    /// The URL of `reference`'s manifest: HTTPS unless its host is configured insecure.
-    fn manifest_url(&self, reference: &Reference) -> String {
-        let host = reference.resolve_registry();
-        let scheme = if self.insecure.iter().any(|h| h == host) {
+    /// `http` or `https` for `host`: HTTPS unless it is configured insecure.
+    fn scheme(&self, host: &str) -> &'static str {
+        if self.insecure.iter().any(|h| h == host) {
             "http"
         } else {
             "https"
-        };
-        let tag_or_digest = reference
-            .digest()
-            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
+        }
+    }
+
+    /// The URL of `path` under `reference`'s repository (`manifests/…`, `blobs/…`).
+    fn repository_url(&self, reference: &Reference, path: &str) -> String {
+        let host = reference.resolve_registry();
         let ns = reference
             .namespace()
             .map(|ns| format!("?ns={ns}"))
             .unwrap_or_default();
         format!(
-            "{scheme}://{host}/v2/{}/manifests/{tag_or_digest}{ns}",
+            "{}://{host}/v2/{}/{path}{ns}",
+            self.scheme(host),
             reference.repository()
         )
+    }
+
+    /// The URL of `reference`'s manifest.
+    fn manifest_url(&self, reference: &Reference) -> String {
+        let tag_or_digest = reference
+            .digest()
+            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
+        self.repository_url(reference, &format!("manifests/{tag_or_digest}"))
+    }
+
+    /// The configured basic credentials for `auth`, if any.
+    fn basic(auth: &RegistryAuth) -> Option<(&str, &str)> {
+        match auth {
+            RegistryAuth::Basic(user, password) => Some((user, password)),
+            _ => None,
+        }
+    }
+
+    /// What `key` was granted, if it is still good.
+    fn granted(&self, key: &str) -> Option<Granted> {
+        let granted = self.granted.lock().ok()?;
+        match granted.get(key)? {
+            Granted::Bearer(token) if token.live() => Some(Granted::Bearer(Arc::clone(token))),
+            Granted::Bearer(_) => None,
+            Granted::Basic => Some(Granted::Basic),
+        }
+    }
+
+    fn grant(&self, key: String, granted: Granted) {
+        if let Ok(mut map) = self.granted.lock() {
+            map.insert(key, granted);
+        }
+    }
+
+    /// Answers the challenge of a 401 for `reference` and `scope` (`pull` or `pull,push`):
+    /// fetches a token or takes up the basic credentials. `None` when there is nothing new to
+    /// offer (no or an unknown challenge, a configured bearer token, basic credentials already
+    /// refused): the 401 stands.
+    async fn answer_challenge(
+        &self,
+        response: &reqwest::Response,
+        auth: &RegistryAuth,
+        reference: &Reference,
+        actions: &str,
+        sent_basic: bool,
+    ) -> Result<Option<Granted>, RegistryError> {
+        let registry = reference.resolve_registry();
+        let auth_error = |source| RegistryError::Auth {
+            reference: reference.whole(),
+            source,
+        };
+        let Some(header) = response.headers().get(reqwest::header::WWW_AUTHENTICATE) else {
+            return Ok(None);
+        };
+        if matches!(auth, RegistryAuth::Bearer(_)) {
+            return Ok(None);
+        }
+        match parse_challenge(registry, header.as_bytes()).map_err(auth_error)? {
+            Challenge::Bearer { realm, service } => {
+                if realm.scheme() == "http" && self.scheme(registry) == "https" {
+                    return Err(auth_error(AuthError::InsecureRealm {
+                        registry: registry.to_owned(),
+                        realm: crate::unpack::quoted(realm.as_str().as_bytes()),
+                    }));
+                }
+                let scope = format!("repository:{}:{actions}", reference.repository());
+                let token = fetch_token(
+                    &self.http,
+                    &realm,
+                    service.as_deref(),
+                    &scope,
+                    Self::basic(auth),
+                    self.stall,
+                )
+                .await
+                .map_err(auth_error)?;
+                Ok(Some(Granted::Bearer(Arc::new(token))))
+            }
+            Challenge::Basic if Self::basic(auth).is_some() && !sent_basic => {
+                Ok(Some(Granted::Basic))
+            }
+            Challenge::Basic | Challenge::Other => Ok(None),
+        }
+    }
+
+    /// GETs `url` (the `what` of `reference`) with the credentials the registry wants: sent
+    /// anonymously (or with what the repository was granted before), then again after each 401
+    /// that earns fresh credentials, at most [`MAX_AUTH_ROUNDS`] times. The response's headers
+    /// come within one stall window; its status is the caller's to judge.
+    async fn get(
+        &self,
+        source: &Source,
+        reference: &Reference,
+        url: &str,
+        accept: Option<&str>,
+        what: &'static str,
+        blob: Option<&Digest>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let key = format!(
+            "{}/{}:pull",
+            reference.resolve_registry(),
+            reference.repository()
+        );
+        let mut rounds = 0;
+        loop {
+            let mut request = self.http.get(url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            let granted = self.granted(&key);
+            request = match (&granted, &source.auth) {
+                (_, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+                (Some(Granted::Bearer(token)), _) => request.bearer_auth(token.value()),
+                (Some(Granted::Basic), RegistryAuth::Basic(user, password)) => {
+                    request.basic_auth(user, Some(password))
+                }
+                _ => request,
+            };
+            let response = send(request, self.stall)
+                .await
+                .map_err(|err| self.http_error(err, what, reference, blob))?;
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            if rounds == MAX_AUTH_ROUNDS {
+                return Err(RegistryError::Auth {
+                    reference: reference.whole(),
+                    source: AuthError::ChallengeLoop {
+                        registry: reference.resolve_registry().to_owned(),
+                        reference: reference.whole(),
+                        rounds,
+                    },
+                });
+            }
+            let sent_basic = matches!(granted, Some(Granted::Basic));
+            let Some(fresh) = self
+                .answer_challenge(&response, &source.auth, reference, "pull", sent_basic)
+                .await?
+            else {
+                return Ok(response);
+            };
+            rounds += 1;
+            self.grant(key.clone(), fresh);
+        }
+    }
+
+    /// Hands oci-client the credentials for uploading to `target`: a push token obtained here
+    /// (bounded, like every token) when the registry asks for one, else the configured ones.
+    async fn push_auth(&self, target: &Reference) -> Result<(), RegistryError> {
+        let registry = target.resolve_registry();
+        let configured = self.auth_for(target.registry());
+        let key = format!("{registry}/{}:pull,push", target.repository());
+        let token = match self.granted(&key) {
+            Some(Granted::Bearer(token)) => Some(token),
+            _ => {
+                let url = format!("{}://{registry}/v2/", self.scheme(registry));
+                let response = send(self.http.get(url), self.stall)
+                    .await
+                    .map_err(|err| self.http_error(err, "upload", target, None))?;
+                match self
+                    .answer_challenge(&response, &configured, target, "pull,push", true)
+                    .await?
+                {
+                    Some(Granted::Bearer(token)) => {
+                        self.grant(key, Granted::Bearer(Arc::clone(&token)));
+                        Some(token)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        match token {
+            Some(token) => {
+                let auth = RegistryAuth::Bearer(token.value().to_owned());
+                // oci-client keeps the first credentials given per registry, and a token per
+                // repository: with a bearer token it never goes to the network to authenticate.
+                self.client.store_auth_if_needed(registry, &auth).await;
+                self.client
+                    .auth(target, &auth, RegistryOperation::Push)
+                    .await
+                    .map(drop)
+                    .map_err(|source| RegistryError::Request {
+                        what: "upload",
+                        reference: target.whole(),
+                        source,
+                    })
+            }
+            None => {
+                self.client
+                    .store_auth_if_needed(registry, &configured)
+                    .await;
+                Ok(())
+            }
+        }
     }
 
     /// The lookaside base configured for `host`.
@@ -486,31 +692,16 @@ impl Registry {
         limit: u64,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
         const WHAT: &str = "manifest";
-        let transport = |source| RegistryError::Transport {
-            what: WHAT,
-            reference: reference.whole(),
-            source,
-        };
-        // oci-client does the token dance (and keeps the token for the blob requests); the
-        // manifest itself is fetched here so that its body is read only up to `limit`.
-        let token =
-            self.pull_token(source, reference)
-                .await
-                .map_err(|err| RegistryError::Request {
-                    what: WHAT,
-                    reference: reference.whole(),
-                    source: err,
-                })?;
-        let mut request = self
-            .lookaside
-            .get(self.manifest_url(reference))
-            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
-        request = match (&token, &source.auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, _) => request,
-        };
-        let mut response = request.send().await.map_err(transport)?;
+        let response = self
+            .get(
+                source,
+                reference,
+                &self.manifest_url(reference),
+                Some(&ACCEPTED_MANIFESTS.join(", ")),
+                WHAT,
+                None,
+            )
+            .await?;
         let status = response.status();
         if !status.is_success() {
             return Err(RegistryError::Status {
@@ -519,17 +710,9 @@ impl Registry {
                 status: status.as_u16(),
             });
         }
-        let too_large = RegistryError::TooLarge { what: WHAT, limit };
-        if response.content_length().is_some_and(|len| len > limit) {
-            return Err(too_large);
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(too_large);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_body(response, limit, self.stall)
+            .await
+            .map_err(|err| self.http_error(err, WHAT, reference, None))?;
         let actual = Digest::of(&bytes);
         if let Some(expected) = expected
             && *expected != actual
@@ -560,6 +743,7 @@ impl Registry {
             .next_chunk(
                 &mut stream,
                 &mut watch,
+                what,
                 source,
                 &descriptor.digest,
                 out.len() as u64,
@@ -587,34 +771,39 @@ impl Registry {
         Ok(out)
     }
 
+    /// The body of `descriptor`'s blob, its response headers within one stall window.
     async fn blob_stream(
         &self,
         source: &Source,
         descriptor: &Descriptor,
         what: &'static str,
-    ) -> Result<oci_client::client::SizedStream, RegistryError> {
-        let desc = OciDescriptor {
-            media_type: descriptor.media_type.clone(),
-            digest: descriptor.digest.to_string(),
-            size: i64::try_from(descriptor.size).unwrap_or(i64::MAX),
-            ..OciDescriptor::default()
-        };
-        // Make sure a token exists for this repository before the blob request.
-        self.client
-            .store_auth_if_needed(source.reference.resolve_registry(), &source.auth)
-            .await;
-        // The response headers, too, must come within one stall window.
-        tokio::time::timeout(
-            self.stall.window,
-            self.client.pull_blob_stream(&source.reference, &desc),
-        )
-        .await
-        .map_err(|_| self.stalled(source, &descriptor.digest, 0))?
-        .map_err(|err| RegistryError::Request {
-            what,
-            reference: source.reference.whole(),
-            source: err,
-        })
+    ) -> Result<BlobStream, RegistryError> {
+        let reference = &source.reference;
+        let digest = &descriptor.digest;
+        let url = self.repository_url(reference, &format!("blobs/{digest}"));
+        let response = self
+            .get(source, reference, &url, None, what, Some(digest))
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(RegistryError::Status {
+                what,
+                reference: blob_name(reference, digest),
+                status: status.as_u16(),
+            });
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > descriptor.size)
+        {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: descriptor.size,
+                actual: response.content_length().unwrap_or_default(),
+            }
+            .into());
+        }
+        Ok(Box::pin(response.bytes_stream()))
     }
 
     /// Uploads one blob to `target`'s repository (its digest is sent for the registry to check).
@@ -624,9 +813,7 @@ impl Registry {
         digest: &Digest,
         data: &[u8],
     ) -> Result<(), RegistryError> {
-        self.client
-            .store_auth_if_needed(target.resolve_registry(), &self.auth_for(target.registry()))
-            .await;
+        self.push_auth(target).await?;
         self.client
             .push_blob(target, data, &digest.to_string())
             .await
@@ -646,9 +833,7 @@ impl Registry {
         media_type: &'static str,
     ) -> Result<(), RegistryError> {
         let content_type = reqwest::header::HeaderValue::from_static(media_type);
-        self.client
-            .store_auth_if_needed(target.resolve_registry(), &self.auth_for(target.registry()))
-            .await;
+        self.push_auth(target).await?;
         self.client
             .push_manifest_raw(target, bytes, content_type)
             .await
@@ -693,6 +878,7 @@ impl Registry {
             .next_chunk(
                 &mut stream,
                 &mut watch,
+                "layer",
                 source,
                 &descriptor.digest,
                 writer.written(),
@@ -709,45 +895,18 @@ impl Registry {
     }
 }
 
-/// Most redirects one manifest or signature request follows.
-const MAX_REDIRECTS: usize = 5;
-
-/// Redirects are followed (registries send manifests and blobs to other hosts), but never from
-/// HTTPS to plain HTTP and at most [`MAX_REDIRECTS`] times (REG-07).
-fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let downgrade = attempt.url().scheme() == "http"
-            && attempt.previous().iter().any(|u| u.scheme() == "https");
-        if downgrade {
-            attempt.error("refusing a redirect from HTTPS to plain HTTP")
-        } else if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error("too many redirects")
-        } else {
-            attempt.follow()
-        }
-    })
+/// How errors name a blob: `registry/repository@digest`.
+fn blob_name(reference: &Reference, digest: &Digest) -> String {
+    format!(
+        "{}/{}@{digest}",
+        reference.resolve_registry(),
+        reference.repository()
+    )
 }
 
-/// A broken blob stream; the client's own digest check at the end of the stream becomes a
-/// digest mismatch.
-fn stream_error(digest: &Digest, source: std::io::Error) -> RegistryError {
-    use oci_client::errors::DigestError;
-    if let Some(DigestError::VerificationError { actual, .. }) = source
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<DigestError>())
-        && let Ok(actual) = Digest::parse(actual)
-    {
-        return StoreError::DigestMismatch {
-            expected: digest.clone(),
-            actual,
-        }
-        .into();
-    }
-    RegistryError::Stream {
-        digest: digest.clone(),
-        source,
-    }
-}
+/// A blob's body as it arrives.
+type BlobStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
 
 /// Where a layer blob can be read from.
 #[derive(Debug)]

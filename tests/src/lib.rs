@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod kbs;
+pub mod layout;
 pub mod netns;
 pub mod registry;
 pub mod scan;

@@ -317,25 +317,8 @@ fn sigstore_policy(repository: &str, public_pem: &str) -> String {
 /// ciphertext byte flipped; blob digests and the manifest are rewritten to match, so only the
 /// ocicrypt authentication can notice.
 fn tamper_ciphertext(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let out = Command::new("cp").arg("-a").arg(from).arg(to).output()?;
-    ensure!(out.status.success(), "cp: {}", text(&out.stderr));
-    let blob = |digest: &str| {
-        to.join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    };
-    let put = |bytes: &[u8]| -> anyhow::Result<String> {
-        let digest = coffer_image::Digest::of(bytes).to_string();
-        std::fs::write(blob(&digest), bytes)?;
-        Ok(digest)
-    };
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(to.join("index.json"))?)?;
-    let manifest_digest = index["manifests"][0]["digest"]
-        .as_str()
-        .context("index")?
-        .to_owned();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(&manifest_digest))?)?;
+    let layout = coffer_tests::layout::LayoutCopy::new(from, to)?;
+    let mut manifest = layout.manifest()?;
     let layers = manifest["layers"].as_array_mut().context("layers")?;
     let layer = layers
         .iter_mut()
@@ -345,14 +328,11 @@ fn tamper_ciphertext(from: &Path, to: &Path) -> anyhow::Result<()> {
                 .is_some_and(|m| m.ends_with("+encrypted"))
         })
         .context("no encrypted layer")?;
-    let mut bytes = std::fs::read(blob(layer["digest"].as_str().context("digest")?))?;
+    let mut bytes = std::fs::read(layout.blob(layer["digest"].as_str().context("digest")?))?;
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    layer["digest"] = put(&bytes)?.into();
-    let manifest_digest = put(&serde_json::to_vec(&manifest)?)?;
-    index["manifests"][0]["digest"] = manifest_digest.into();
-    std::fs::write(to.join("index.json"), serde_json::to_vec(&index)?)?;
-    Ok(())
+    layer["digest"] = layout.put(&bytes)?.into();
+    layout.set_manifest(&manifest)
 }
 
 /// The symmetric key of the layer whose descriptor carries `annotations` (from the encrypted

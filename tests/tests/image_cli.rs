@@ -1028,5 +1028,92 @@ fn main() -> ExitCode {
         })()
     );
 
+    case!(
+        suite,
+        // REG-07: `--stall-timeout` bounds how long a silent registry holds a pull. A registry
+        // that takes the request and never answers is cut off after the window given (2 s, not
+        // the default 60 s), naming the registry; nothing is left. Out-of-range values are usage
+        // errors, and --help documents the flag.
+        "reg07_stall_timeout_cuts_off_a_silent_registry",
+        (|| {
+            use std::io::Read;
+            use std::time::{Duration, Instant};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let silent = format!("127.0.0.1:{}", listener.local_addr()?.port());
+            // At most 8 connections, each held (request read, no answer) for at most 30 s.
+            std::thread::spawn(move || {
+                for stream in listener.incoming().take(8).flatten() {
+                    std::thread::spawn(move || {
+                        let mut stream = stream;
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut buf = [0u8; 4096];
+                        let _ = stream.read(&mut buf);
+                        std::thread::sleep(Duration::from_secs(30));
+                    });
+                }
+            });
+            let dest = dir.join("silent-dest");
+            let store = dir.join("silent-store");
+            let reference = format!("{silent}/demo/silent:v1");
+            let pull = |stall: &str| {
+                run(&[
+                    "image",
+                    "pull",
+                    &reference,
+                    "--dest",
+                    &p(&dest),
+                    "--store",
+                    &p(&store),
+                    "--insecure-registry",
+                    &silent,
+                    &format!("--stall-timeout={stall}"),
+                ])
+            };
+            let started = Instant::now();
+            let out = pull("2")?;
+            let took = started.elapsed();
+            let stderr = text(&out.stderr);
+            // The error line, after the log's warnings.
+            let error = stderr.lines().last().unwrap_or_default();
+            println!("  cut off after {took:?}: {error}");
+            ensure!(!out.status.success(), "the pull succeeded: {stderr}");
+            ensure!(
+                error.starts_with("coffer: pulling")
+                    && error.contains("stalled")
+                    && error.contains("in 2s")
+                    && error.contains(&silent),
+                "{stderr}"
+            );
+            ensure!(
+                took < Duration::from_secs(20),
+                "cut off only after {took:?}"
+            );
+            ensure!(!dest.exists(), "a destination was left");
+            let left = hostile::debris(&dest, &store)?;
+            ensure!(left.is_empty(), "left {left:?}");
+            for bad in ["0", "3601", "-1", "1.5", "soon"] {
+                let out = pull(bad)?;
+                ensure!(
+                    out.status.code() == Some(2),
+                    "--stall-timeout {bad}: exit status {:?}: {}",
+                    out.status.code(),
+                    text(&out.stderr)
+                );
+                ensure!(
+                    text(&out.stderr).contains("--stall-timeout"),
+                    "--stall-timeout {bad}: {}",
+                    text(&out.stderr)
+                );
+            }
+            let help = run(&["image", "pull", "--help"])?;
+            ensure!(
+                text(&help.stdout).contains("--stall-timeout <SECS>"),
+                "{}",
+                text(&help.stdout)
+            );
+            Ok(())
+        })()
+    );
+
     suite.finish()
 }

@@ -545,6 +545,64 @@ fn main() -> ExitCode {
 
     case!(
         suite,
+        // The guest agent refuses an environment entry without `=` at run time (REG-04); gen
+        // refuses an image whose config has one, naming the image and the entry, and writes
+        // nothing.
+        "reg07_gen_refuses_an_image_env_entry_without_equals",
+        (|| {
+            let registry = coffer_tests::registry::Registry::start()?;
+            let host = format!("127.0.0.1:{}", registry.port);
+            let layout = dir.join("badenv-layout");
+            let copy = coffer_tests::layout::LayoutCopy::new(
+                &coffer_tests::vectors_dir().join("ocicrypt/src"),
+                &layout,
+            )?;
+            let mut manifest = copy.manifest()?;
+            let mut config = copy.json(
+                manifest["config"]["digest"]
+                    .as_str()
+                    .context("config digest")?,
+            )?;
+            config["config"]["Env"] = json!(["FOO=bar", "NO_EQUALS\u{1b}[2J"]);
+            let config = serde_json::to_vec(&config)?;
+            manifest["config"]["digest"] = copy.put(&config)?.into();
+            manifest["config"]["size"] = config.len().into();
+            copy.set_manifest(&manifest)?;
+            registry.push(&layout, "peers/badenv:v1")?;
+
+            let pod = write(
+                dir,
+                "badenv.yaml",
+                &format!(
+                    "kind: Pod\nmetadata:\n  name: b\nspec:\n  containers:\n  - name: a\n    image: {host}/peers/badenv:v1\n    command: [\"/app/server\"]\n"
+                ),
+            );
+            let init_file = dir.join("badenv-initdata.toml");
+            let out = Command::new(coffer())
+                .args([
+                    "policy",
+                    "gen",
+                    &p(&pod),
+                    "--insecure-registry",
+                    &host,
+                    "-o",
+                    &p(&init_file),
+                ])
+                .output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(!out.status.success(), "policy gen admitted it: {err}");
+            ensure!(
+                err.contains(&format!("the config of image {host}/peers/badenv:v1"))
+                    && err.contains("its Env entry \"NO_EQUALS\\u{1b}[2J\" has no '='"),
+                "{err}"
+            );
+            ensure!(!init_file.exists(), "initdata was written");
+            Ok(())
+        })()
+    );
+
+    case!(
+        suite,
         "kata_mode_decides_genpolicy_shaped_policy",
         (|| {
             let rules = write(dir, "rules.rego", KATA_RULES);

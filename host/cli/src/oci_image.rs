@@ -201,9 +201,19 @@ pub struct PullArgs {
     /// Content-addressed blob store shared by pulls.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: PathBuf,
+    /// Cut a download off (manifest, index, config, layer or registry token) when fewer than
+    /// 1 KiB of it arrive within SECS seconds, or no answer does (1 to 3600).
+    #[arg(long = "stall-timeout", value_name = "SECS", default_value_t = DEFAULT_STALL_SECS, value_parser = clap::value_parser!(u64).range(1..=MAX_STALL_SECS))]
+    stall_timeout: u64,
     #[command(flatten)]
     registry: RegistryArgs,
 }
+
+/// `--stall-timeout`'s default: `coffer_image::registry::Stall`'s window.
+const DEFAULT_STALL_SECS: u64 = 60;
+
+/// Longest `--stall-timeout`: an hour without 1 KiB is a registry that is not serving.
+const MAX_STALL_SECS: u64 = 3600;
 
 fn parse_kek(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     let Some((kid, file)) = spec.split_once('=') else {
@@ -353,6 +363,7 @@ pub async fn pull_command(args: PullArgs) -> anyhow::Result<u8> {
     let mut options = PullOptions::new(store).with_registries(registries);
     options.decryptor = decryptor;
     options.credentials = credentials;
+    options.limits.stall.window = std::time::Duration::from_secs(args.stall_timeout);
     if let Some(path) = &args.policy {
         options.policy =
             Some(Arc::new(Policy::load(path).with_context(|| {
@@ -572,4 +583,15 @@ pub async fn sign_command(args: SignArgs) -> anyhow::Result<u8> {
     );
     println!("{}@{}", signed.identity, signed.digest);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stall_timeout_default_is_the_library_default() {
+        assert_eq!(
+            std::time::Duration::from_secs(super::DEFAULT_STALL_SECS),
+            coffer_image::registry::Stall::default().window
+        );
+    }
 }

@@ -505,12 +505,32 @@ fn check_container(c: &Container, pod: &PodSpec) -> anyhow::Result<()> {
 
 async fn resolve(registry: &Registry, image: &str) -> anyhow::Result<Resolved> {
     let fetched = crate::oci_image::fetch_image(registry, image).await?;
-    let file: ImageConfigFile =
-        serde_json::from_slice(&fetched.config).context("the image config is not valid JSON")?;
+    let run = run_config(&fetched.config).with_context(|| {
+        format!(
+            "the config of image {}",
+            coffer_log::escaped_prefix(image, 200)
+        )
+    })?;
     Ok(Resolved {
         pinned: format!("{}@{}", repository_of(image), fetched.digest),
-        run: file.config.unwrap_or_default(),
+        run,
     })
+}
+
+/// The run configuration of an image config, its `Env` checked as the guest agent checks it at
+/// run time (REG-04): an entry without `=` is refused here rather than pinned into a policy whose
+/// container could never start.
+fn run_config(config: &[u8]) -> anyhow::Result<ImageRunConfig> {
+    let file: ImageConfigFile =
+        serde_json::from_slice(config).context("the image config is not valid JSON")?;
+    let run = file.config.unwrap_or_default();
+    if let Some(bad) = run.env.iter().flatten().find(|var| !var.contains('=')) {
+        bail!(
+            "its Env entry \"{}\" has no '=' (NAME=VALUE); the guest refuses it at run time",
+            coffer_log::escaped_prefix(bad, 60)
+        );
+    }
+    Ok(run)
 }
 
 /// `host/repo:tag@sha256:…` → `host/repo` (the reference as written, without tag or digest).
@@ -581,8 +601,10 @@ fn entry(
 
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for var in image.run.env.iter().flatten() {
-        let (name, value) = var.split_once('=').unwrap_or((var, ""));
-        env.insert(name.to_owned(), value.to_owned());
+        // `run_config` refused entries without `=`.
+        if let Some((name, value)) = var.split_once('=') {
+            env.insert(name.to_owned(), value.to_owned());
+        }
     }
     let mut any_value: BTreeSet<String> =
         KUBELET_VARIABLES.iter().map(|v| (*v).to_owned()).collect();
@@ -854,6 +876,27 @@ mod tests {
         ] {
             let err = identity_dirs(&pod(annotation)).unwrap_err().to_string();
             assert!(err.contains(why), "{annotation}: {err}");
+        }
+    }
+
+    #[test]
+    fn reg07_image_env_entries_without_equals_are_refused() {
+        let config = |env: &str| format!(r#"{{"config":{{"Env":{env},"Cmd":["/app"]}}}}"#);
+        let run = run_config(config(r#"["A=1","B=","C=x=y"]"#).as_bytes()).unwrap();
+        assert_eq!(run.env.unwrap(), ["A=1", "B=", "C=x=y"]);
+        assert!(run_config(br#"{"config":{}}"#).unwrap().env.is_none());
+        let long = format!("\\u001b[31m{}", "N".repeat(500));
+        for (entry, quoted) in [
+            ("PATH", "\"PATH\""),
+            ("", "\"\""),
+            (long.as_str(), "\"\\u{1b}[31mNNN"),
+        ] {
+            let err = run_config(config(&format!(r#"["A=1","{entry}"]"#)).as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(quoted), "{err}");
+            assert!(err.contains("has no '='"), "{err}");
+            assert!(err.len() < 200, "{err}");
         }
     }
 
