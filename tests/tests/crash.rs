@@ -116,8 +116,9 @@ impl Phase {
         match self {
             // The probe's QEMU boots under emulation for seconds (see `SLOW_PROBE`).
             Self::Probe => 2000,
-            // Backend socket, QEMU up, QMP and the console socket: a few hundred ms.
-            Self::Launch => 150,
+            // Backend socket, QEMU up, QMP and the console socket: ~90 ms on a quiet host (a
+            // 150 ms window missed 3 kills of 4 there), longer under load.
+            Self::Launch => 60,
             // 5–12 s from the console's start to the agent.
             Self::Boot => 2500,
             // A one-layer busybox image from a loopback registry: 1–3 s.
