@@ -4,6 +4,8 @@
 //! Runs interleaved pairs (default 10, alternating which goes first), prints each pair, the
 //! median of each phase of the Coffer launches, both medians and the ratio. Run with
 //! `cargo bench -p coffer-tests --bench boot [-- PAIRS]`, after `bash guest/build.sh`.
+//! `COFFER_BENCH_IMAGE_DIR=DIR` boots a guest image built elsewhere (its `guest-image.json`)
+//! instead of the one built from this host's kernel, to compare kernels or initramfs variants.
 // Test harness code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -14,6 +16,7 @@ use coffer_runtime::hypervisor::VmSpec;
 use coffer_runtime::hypervisor::qemu::{
     Accel, Machine, Qemu, QemuConfig, VmPaths, argv, host_tsc_khz,
 };
+use coffer_runtime::image::GuestImage;
 use coffer_runtime::sandbox::{Sandbox, SandboxConfig};
 use coffer_tests::guest_image;
 
@@ -82,7 +85,16 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(10);
-    let image = guest_image();
+    let image: GuestImage = match std::env::var_os("COFFER_BENCH_IMAGE_DIR") {
+        Some(dir) => {
+            let manifest = std::path::Path::new(&dir).join("guest-image.json");
+            let text = std::fs::read_to_string(&manifest)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", manifest.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?
+        }
+        None => guest_image(),
+    };
     println!(
         "guest image: {} ({} bytes, uncompressed), kernel {}",
         image.initramfs.display(),
