@@ -217,42 +217,54 @@ impl Engine {
         data_json: Option<&str>,
         limits: Limits,
     ) -> Result<Self, PolicyError> {
-        let mut engine = parsed(policy_rego, data_json, &limits)?;
-        if let Some(data) = data_json {
-            engine.add_data_json(data).map_err(|e| PolicyError::Data {
-                message: e.to_string(),
-            })?;
-        }
         // regorus analyses and schedules the whole policy again after any change to `data`, and
-        // the index is data: for the shipped confidential policy the index is computed here,
-        // before the one analysis, and checked below against the policy's own rule.
-        let precomputed = if policy_rego == crate::CONFIDENTIAL_POLICY {
-            shipped_data_index(data_json)
-        } else {
-            None
-        };
-        if let Some(index) = &precomputed {
-            reserve_data_index(data_json)?;
-            add_index_to_data(&mut engine, index.clone())?;
+        // the index is data: for the shipped confidential policy the index is computed first, so
+        // the policy is analysed once, and checked against the policy's own rule.
+        if policy_rego == crate::CONFIDENTIAL_POLICY
+            && let Some(index) = shipped_data_index(data_json)
+            && let Some(engine) = Self::with_index(policy_rego, data_json, &limits, index)?
+        {
+            return Ok(engine);
         }
-        // Analyse and schedule the policy once; decisions reuse prepared interpreters.
+        Self::general(policy_rego, data_json, limits)
+    }
+
+    /// [`Engine::new`] for any policy: analysed with its data, then, if it declares
+    /// `data_index`, analysed again with the index in the data.
+    fn general(
+        policy_rego: &str,
+        data_json: Option<&str>,
+        limits: Limits,
+    ) -> Result<Self, PolicyError> {
+        let mut engine = with_data(policy_rego, data_json, &limits)?;
+        // Analyse and schedule the policy; decisions reuse prepared interpreters.
         prepare(&mut engine)?;
         check_data(&mut engine)?;
-        let index_in_data = match precomputed {
-            Some(index) if eval_data_index(&mut engine)? == index => true,
-            Some(_) => {
-                // Never expected (`the_shipped_index_is_the_rules_value` compares the two): the
-                // policy's rule is the authority, so start again the general way.
-                return Self::new_indexed_after_analysis(policy_rego, data_json, limits);
-            }
-            None => false,
-        };
-        if !index_in_data && add_data_index(&mut engine, data_json)? {
+        if add_data_index(&mut engine, data_json)? {
             // Schedule again with the index in `data`, once, before interpreters are copied.
             prepare(&mut engine)?;
         }
-
         Ok(Self::from_prepared(engine, limits))
+    }
+
+    /// [`Engine::new`] with `index` in the data before the one analysis; `None` when the
+    /// policy's `data_index` rule gives another value (never expected:
+    /// `the_shipped_index_is_the_rules_value` compares the two), for [`Engine::general`] to load.
+    fn with_index(
+        policy_rego: &str,
+        data_json: Option<&str>,
+        limits: &Limits,
+        index: Value,
+    ) -> Result<Option<Self>, PolicyError> {
+        let mut engine = with_data(policy_rego, data_json, limits)?;
+        reserve_data_index(data_json)?;
+        add_index_to_data(&mut engine, index.clone())?;
+        prepare(&mut engine)?;
+        check_data(&mut engine)?;
+        if eval_data_index(&mut engine)? != index {
+            return Ok(None);
+        }
+        Ok(Some(Self::from_prepared(engine, *limits)))
     }
 
     /// An engine deciding with copies of `engine`, prepared.
@@ -263,27 +275,6 @@ impl Engine {
             limits,
             memo: Arc::new(Mutex::new(HashMap::new())),
         }
-    }
-
-    /// [`Engine::new`] without a precomputed index: the policy's `data_index` rule evaluated
-    /// after a first analysis, its value added to `data`, the policy analysed again.
-    fn new_indexed_after_analysis(
-        policy_rego: &str,
-        data_json: Option<&str>,
-        limits: Limits,
-    ) -> Result<Self, PolicyError> {
-        let mut engine = parsed(policy_rego, data_json, &limits)?;
-        if let Some(data) = data_json {
-            engine.add_data_json(data).map_err(|e| PolicyError::Data {
-                message: e.to_string(),
-            })?;
-        }
-        prepare(&mut engine)?;
-        check_data(&mut engine)?;
-        if add_data_index(&mut engine, data_json)? {
-            prepare(&mut engine)?;
-        }
-        Ok(Self::from_prepared(engine, limits))
     }
 
     /// The limits this engine enforces.
@@ -445,6 +436,21 @@ fn parsed(
         })?;
     if !declared {
         return Err(PolicyError::NoDecisionRule);
+    }
+    Ok(engine)
+}
+
+/// [`parsed`] with `data_json` added as `data`.
+fn with_data(
+    policy_rego: &str,
+    data_json: Option<&str>,
+    limits: &Limits,
+) -> Result<regorus::Engine, PolicyError> {
+    let mut engine = parsed(policy_rego, data_json, limits)?;
+    if let Some(data) = data_json {
+        engine.add_data_json(data).map_err(|e| PolicyError::Data {
+            message: e.to_string(),
+        })?;
     }
     Ok(engine)
 }
@@ -889,22 +895,14 @@ mod tests {
         // Valid data loads the same through either way and decides alike.
         let json = docs[2].to_string();
         let fast = Engine::new(crate::CONFIDENTIAL_POLICY, Some(&json), Limits::default());
-        let general = Engine::new_indexed_after_analysis(
-            crate::CONFIDENTIAL_POLICY,
-            Some(&json),
-            Limits::default(),
-        );
+        let general = Engine::general(crate::CONFIDENTIAL_POLICY, Some(&json), Limits::default());
         assert_eq!(fast.is_ok(), general.is_ok());
         let valid =
             serde_json::json!({"containers": [entry("a".into(), Some(img('a')), 1)]}).to_string();
         let fast =
             Engine::new(crate::CONFIDENTIAL_POLICY, Some(&valid), Limits::default()).unwrap();
-        let general = Engine::new_indexed_after_analysis(
-            crate::CONFIDENTIAL_POLICY,
-            Some(&valid),
-            Limits::default(),
-        )
-        .unwrap();
+        let general =
+            Engine::general(crate::CONFIDENTIAL_POLICY, Some(&valid), Limits::default()).unwrap();
         let pull = |image: &str| {
             serde_json::json!({"version": 1, "request": {"kind": "PullImage", "image": image}, "state": {"containers": []}}).to_string()
         };
