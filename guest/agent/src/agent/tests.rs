@@ -19,17 +19,22 @@ struct Core {
     _dir: tempfile::TempDir,
 }
 
-fn core(host: RecordingHost) -> Core {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let host = Arc::new(host);
-    let config = AgentConfig {
-        state_dir: dir.path().to_path_buf(),
-        // No container operation runs in these tests: the helper is never started.
-        helper_exe: dir.path().join("no-helper"),
+/// The agent configuration of these tests, with its state in `dir`. No container operation runs
+/// the real helper here: it is never started.
+fn test_config(dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        state_dir: dir.to_path_buf(),
+        helper_exe: dir.join("no-helper"),
         is_init: false,
         max_rootfs_bytes: 1 << 20,
         images: None,
-    };
+    }
+}
+
+fn core(host: RecordingHost) -> Core {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = Arc::new(host);
+    let config = test_config(dir.path());
     let gate = Gate::new(Box::new(RegoPolicy::sandbox_default().expect("policy")));
     let reaper = Reaper::start().expect("reaper");
     let agent =

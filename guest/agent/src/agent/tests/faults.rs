@@ -13,7 +13,7 @@ use coffer_agent_protocol::v1 as pb;
 use futures::FutureExt;
 
 use super::create_sandbox;
-use crate::agent::{Agent, AgentConfig, Reply};
+use crate::agent::{Agent, Reply};
 use crate::error::AgentError;
 use crate::host::Host;
 use crate::host::fake::{FaultKind, Faults, RecordingHost};
@@ -215,13 +215,7 @@ impl Run {
             ..RecordingHost::default()
         });
         let runtime = Arc::new(FakeRuntime::new(Arc::clone(&faults)));
-        let config = AgentConfig {
-            state_dir: dir.path().to_path_buf(),
-            helper_exe: dir.path().join("no-helper"),
-            is_init: false,
-            max_rootfs_bytes: 1 << 20,
-            images: None,
-        };
+        let config = super::test_config(dir.path());
         let gate = Gate::new(Box::new(RegoPolicy::sandbox_default().expect("policy")));
         let agent = Agent::with_runtime(
             config,
