@@ -196,6 +196,23 @@ fn virtio_mmio_described(cmdline: &str, platform_devices: &Path) -> bool {
     })
 }
 
+/// The platform device a boot-list driver binds to, for drivers that only decline (ENODEV) without
+/// it: the kernel registers `sev-guest` only in an SEV-SNP guest (`snp_init_platform_device`), and
+/// the driver probes nothing else. Loading it anyway cost every non-SNP boot the module's load
+/// and unload under TCG.
+fn platform_driver_device(module: &str) -> Option<&'static str> {
+    match module {
+        "sev_guest" => Some("sev-guest"),
+        _ => None,
+    }
+}
+
+/// Whether `module` is worth loading as far as platform devices go: not a platform driver of
+/// [`platform_driver_device`], or its device is listed at `platform_devices`.
+fn platform_device_present(platform_devices: &Path, module: &str) -> bool {
+    platform_driver_device(module).is_none_or(|device| platform_devices.join(device).exists())
+}
+
 /// Whether a virtio device with id `device` is on the bus listed at `devices`.
 fn virtio_device_present(devices: &Path, device: u32) -> bool {
     let Ok(entries) = std::fs::read_dir(devices) else {
@@ -259,6 +276,10 @@ fn load_module_list(list: &Path) -> Result<(), InitError> {
             tracing::debug!(module = %name, "no virtio device for this driver; not loaded");
             continue;
         }
+        if !platform_device_present(Path::new(PLATFORM_DEVICES), &name) {
+            tracing::debug!(module = %name, "no platform device for this driver; not loaded");
+            continue;
+        }
         if name == "virtio_mmio" && !virtio_mmio_described(&cmdline, Path::new(PLATFORM_DEVICES)) {
             tracing::debug!("no virtio-mmio device described; virtio_mmio not loaded");
             continue;
@@ -272,8 +293,8 @@ fn load_module_list(list: &Path) -> Result<(), InitError> {
         let params = CString::new(params).map_err(|e| module_err(std::io::Error::other(e)))?;
         match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            // A driver for hardware this VM does not have (sev-guest outside SEV-SNP) declines
-            // with ENODEV; that is not a failure of the image.
+            // A driver for hardware this VM does not have (tdx-guest outside TDX) declines with
+            // ENODEV; that is not a failure of the image.
             Err(nix::errno::Errno::ENODEV) => {
                 tracing::debug!(module = %name, "no device for this module");
             }
@@ -334,6 +355,18 @@ mod tests {
         std::fs::create_dir(bus.path().join("virtio1")).unwrap();
         std::fs::write(bus.path().join("virtio1/device"), "0x0002\n").unwrap();
         assert!(virtio_device_present(bus.path(), 2));
+    }
+
+    #[test]
+    fn the_sev_guest_driver_is_loaded_only_where_the_kernel_registered_its_device() {
+        let platform = tempfile::tempdir().unwrap();
+        // The module file is sev-guest.ko; the loader compares names with `-` as `_`.
+        assert!(!platform_device_present(platform.path(), "sev_guest"));
+        assert!(platform_device_present(platform.path(), "virtio_pci"));
+        std::fs::create_dir(platform.path().join("serial8250")).unwrap();
+        assert!(!platform_device_present(platform.path(), "sev_guest"));
+        std::fs::create_dir(platform.path().join("sev-guest")).unwrap();
+        assert!(platform_device_present(platform.path(), "sev_guest"));
     }
 
     #[test]

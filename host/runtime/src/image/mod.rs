@@ -71,8 +71,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
 ];
 
 /// Modules added when the kernel has them: the TEE guest drivers (`/dev/sev-guest`,
-/// `/dev/tdx_guest`) the attester reads reports from. Outside their TEE they decline with ENODEV,
-/// which the agent tolerates; a kernel without them still gives a (sandbox-only) image.
+/// `/dev/tdx_guest`) the attester reads reports from. Outside their TEE the agent skips
+/// `sev-guest` (its platform device exists only in an SEV-SNP guest) and `tdx-guest` declines with
+/// ENODEV, which the agent tolerates; a kernel without them still gives a (sandbox-only) image.
 pub const TEE_MODULES: &[&str] = &["sev-guest", "tdx-guest"];
 
 /// Modules Debian's `iptables` (iptables-nft) needs inside the guest for an Istio-style mesh init
