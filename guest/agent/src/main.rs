@@ -141,10 +141,11 @@ fn run(cli: Cli, is_init: bool) -> anyhow::Result<()> {
             Listen::Unix(_) => None,
         };
         // Initdata and the policy are settled before anything is served: any failure means no
-        // service, never a fallback policy.
-        let settled = tokio::task::spawn_blocking(move || settle(cli, is_init))
-            .await
-            .context("loading initdata and the policy")??;
+        // service, never a fallback policy. They load here, on block_on's own thread (not a
+        // worker: the workers meanwhile announce, and the host's connection waits in the
+        // backlog), rather than on a blocking-pool thread whose creation would be paid for
+        // nothing (~10 ms of a TCG boot).
+        let settled = settle(cli, is_init)?;
         let listener = match early {
             Some(listener) => listener,
             None => Listener::bind(&listen).await?,
