@@ -55,6 +55,44 @@ bind_options := {"bind", "rbind"}
 
 kind := object.get(input, ["request", "kind"], "<missing kind>")
 
+# The members each kind of request always has: the input schema's (policies/src/input.rs), less
+# those it lets be absent. The agent's typed input carries them all; hand-written input
+# (`Engine::decide_json`) may not, and a check that reads an absent member is undefined, so its
+# denial would vanish and the request pass unchecked. A request missing one is denied.
+required_members := {
+	"CreateSandbox": {"sandbox_id", "hostname"},
+	"UploadRootfs": {"container_id"},
+	"PullImage": {"container_id", "image"},
+	"CreateContainer": {"container_id", "rootfs", "process", "namespaces", "mounts", "devices", "hooks_present", "sysctls", "masked_paths", "readonly_paths"},
+	"StartContainer": {"container_id"},
+	"RemoveContainer": {"container_id", "force"},
+	"StatsContainer": {"container_id"},
+	"ExecProcess": {"container_id", "exec_id", "process"},
+	"WaitProcess": {"container_id", "exec_id"},
+	"SignalProcess": {"container_id", "exec_id", "signal", "all"},
+	"WriteStdin": {"container_id", "exec_id"},
+	"CloseStdin": {"container_id", "exec_id"},
+	"ReadStdout": {"container_id", "exec_id"},
+	"ReadStderr": {"container_id", "exec_id"},
+	"TtyWinResize": {"container_id", "exec_id"},
+}
+
+# The same inside a request: its process (CreateContainer, ExecProcess) and root filesystem.
+required_process_members := {"args", "env", "cwd", "user", "terminal", "capabilities", "no_new_privileges"}
+
+missing_members := ({sprintf("request.%s", [m]) |
+	some m in object.get(required_members, kind, set())
+	not m in object.keys(input.request)
+} | {sprintf("request.process.%s", [m]) |
+	kind in {"CreateContainer", "ExecProcess"}
+	some m in required_process_members
+	not m in object.keys(object.get(input.request, "process", {}))
+}) | {sprintf("request.rootfs.%s", [m]) |
+	kind == "CreateContainer"
+	some m in {"source", "image"}
+	not m in object.keys(object.get(input.request, "rootfs", {}))
+}
+
 decision := {"allow": true, "reason": ""} if count(denials) == 0
 
 decision := {"allow": false, "reason": concat("; ", sort(denials))} if count(denials) > 0
@@ -62,6 +100,11 @@ decision := {"allow": false, "reason": concat("; ", sort(denials))} if count(den
 denials contains msg if {
 	not input.version == 1
 	msg := sprintf("unsupported policy input version %v, expected 1", [object.get(input, "version", null)])
+}
+
+denials contains msg if {
+	some member in missing_members
+	msg := sprintf("%s: the request has no %s (the input schema requires it)", [kind, member])
 }
 
 denials contains msg if {

@@ -4,7 +4,7 @@
 //! The first byte's bit 0 picks the shipped policy: the confidential default with a two-container
 //! policy-data document, or the sandbox default. Bit 1 picks the entry point:
 //! - clear: `serde_json` into `PolicyInput`, then `Engine::decide` (the agent's path);
-//! - set: `Engine::decide_json` on the text (the `coffer policy eval` path, no schema).
+//! - set: `Engine::decide_json` on the text (raw JSON, no schema: members may be missing).
 //!
 //! Every decision is evaluated in full by regorus (with the engine's memo of repeated inputs, as
 //! in the agent). Properties: `decide` never panics, and a denial always carries a reason.

@@ -331,9 +331,10 @@ impl Engine {
         decision
     }
 
-    /// Decides an input given as JSON text (for tools such as `coffer policy eval`; the agent uses
-    /// [`Engine::decide`]). The text is not checked against the [`PolicyInput`] schema: the policy
-    /// sees it as it is, so policies must deny what they do not recognise.
+    /// Decides an input given as JSON text (tests and tools holding raw JSON; the agent and
+    /// `coffer policy eval` use [`Engine::decide`] on the typed input). The text is not checked
+    /// against the [`PolicyInput`] schema: the policy sees it as it is, so policies must deny what
+    /// they do not recognise, a request missing a member included (the shipped ones do).
     pub fn decide_json(&self, json: &str) -> Decision {
         if json.len() > self.limits.max_input_bytes {
             return Decision::deny(format!(

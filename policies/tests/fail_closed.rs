@@ -231,3 +231,140 @@ fn agt_cc_reasons_do_not_dump_the_request() {
     assert!(!decision.reason.contains("hunter2"), "{}", decision.reason);
     assert!(!decision.reason.contains("PATH="), "{}", decision.reason);
 }
+
+/// Every path to a member of `value`'s objects (arrays are walked, their elements kept).
+fn member_paths(
+    value: &serde_json::Value,
+    prefix: &mut Vec<PathStep>,
+    out: &mut Vec<Vec<PathStep>>,
+) {
+    match value {
+        serde_json::Value::Object(members) => {
+            for (key, member) in members {
+                prefix.push(PathStep::Key(key.clone()));
+                out.push(prefix.clone());
+                member_paths(member, prefix, out);
+                prefix.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                prefix.push(PathStep::Index(i));
+                member_paths(item, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Debug, Clone)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+/// `value` with the member at `path` removed.
+fn without(value: &serde_json::Value, path: &[PathStep]) -> serde_json::Value {
+    let mut copy = value.clone();
+    let (last, parents) = path.split_last().expect("a member path is never empty");
+    let mut node = &mut copy;
+    for step in parents {
+        node = match step {
+            PathStep::Key(k) => &mut node[k.as_str()],
+            PathStep::Index(i) => &mut node[*i],
+        };
+    }
+    if let (PathStep::Key(k), Some(members)) = (last, node.as_object_mut()) {
+        members.remove(k);
+    }
+    copy
+}
+
+/// INV-5 / POL-01: a denial never depends on a field being present. Hand-written input (the
+/// untyped `Engine::decide_json`; the agent's typed input always carries every field) missing any
+/// one member of a denied request, at any depth, is still denied by the shipped policies: a
+/// denial whose message quoted the missing field used to vanish, and with it the denial (a
+/// PullImage of an unlisted image without `container_id` was allowed).
+#[test]
+fn inv5_a_missing_field_never_turns_a_denial_into_an_allow() {
+    let confidential_data = common::confidential::data().to_string();
+    let engines = [
+        (
+            "confidential (with data)",
+            Engine::new(
+                coffer_policies::CONFIDENTIAL_POLICY,
+                Some(&confidential_data),
+                Limits::default(),
+            )
+            .unwrap(),
+        ),
+        (
+            "confidential (no data)",
+            Engine::new(
+                coffer_policies::CONFIDENTIAL_POLICY,
+                None,
+                Limits::default(),
+            )
+            .unwrap(),
+        ),
+        (
+            "sandbox",
+            Engine::new(coffer_policies::SANDBOX_POLICY, None, Limits::default()).unwrap(),
+        ),
+    ];
+    let mut requests = common::one_of_each();
+    let mut hooked = common::create_container();
+    hooked.hooks_present = true;
+    requests.push(Request::CreateContainer(Box::new(hooked)));
+    requests.push(Request::CreateContainer(Box::new(
+        common::confidential::app(),
+    )));
+    requests.push(Request::ExecProcess {
+        container_id: "c1".into(),
+        exec_id: "e1".into(),
+        process: Box::new(common::confidential::app_process()),
+    });
+    let states = [common::state(), common::confidential::state()];
+    let (mut denied, mut checked, mut failures) = (0, 0, Vec::new());
+    for (name, engine) in &engines {
+        for request in &requests {
+            for state in &states {
+                let whole = serde_json::to_value(coffer_policies::PolicyInput::new(
+                    request.clone(),
+                    state.clone(),
+                ))
+                .unwrap();
+                if engine.decide_json(&whole.to_string()).allowed {
+                    continue;
+                }
+                denied += 1;
+                let mut paths = Vec::new();
+                member_paths(&whole, &mut Vec::new(), &mut paths);
+                for path in paths {
+                    checked += 1;
+                    let cut = without(&whole, &path);
+                    let decision = engine.decide_json(&cut.to_string());
+                    if decision.allowed || decision.reason.is_empty() {
+                        failures.push(format!(
+                            "{name}: {} {} without {path:?}",
+                            whole["request"]["kind"],
+                            if decision.allowed {
+                                "allowed"
+                            } else {
+                                "denied without a reason"
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    failures.dedup();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The corpus holds denials of every policy and a few hundred cut inputs at least.
+    assert!(
+        denied >= 20 && checked >= 500,
+        "{denied} denials, {checked} cuts"
+    );
+}
