@@ -93,32 +93,9 @@ missing_members := ({sprintf("request.%s", [m]) |
 	not m in object.keys(object.get(input.request, "rootfs", {}))
 }
 
-# Requests with nothing to check beyond their kind are decided without evaluating the denials
-# (as confidential.rego does): a guest's first request (GetGuestDetails) then runs a few lines of
-# the interpreter rather than every rule, which under emulation is boot time.
-decision := {"allow": true, "reason": ""} if {
-	input.version == 1
-	kind in {
-		"CreateSandbox",
-		"DestroySandbox",
-		"UploadRootfs",
-		"PullImage",
-		"StartContainer",
-		"RemoveContainer",
-		"StatsContainer",
-		"WaitProcess",
-		"SignalProcess",
-		"WriteStdin",
-		"CloseStdin",
-		"ReadStdout",
-		"ReadStderr",
-		"TtyWinResize",
-		"GetGuestDetails",
-		"GetOOMEvent",
-	}
-} else := {"allow": true, "reason": ""} if {
-	count(denials) == 0
-} else := {"allow": false, "reason": concat("; ", sort(denials))}
+decision := {"allow": true, "reason": ""} if count(denials) == 0
+
+decision := {"allow": false, "reason": concat("; ", sort(denials))} if count(denials) > 0
 
 denials contains msg if {
 	not input.version == 1
