@@ -368,3 +368,92 @@ fn inv5_a_missing_field_never_turns_a_denial_into_an_allow() {
         "{denied} denials, {checked} cuts"
     );
 }
+
+/// INV-5: the shipped policies' member lists (`required_members`, `required_process_members`
+/// and the root filesystem's) cover the input schema: every member of a request, of its process
+/// or of its root filesystem that the schema requires (the typed input does not deserialize
+/// without it) is named in a denial when absent. The lists may ask more than the schema (members
+/// it lets be absent but the agent always sends, such as a `null` exec id), never less. The
+/// kinds `confidential.rego` decides by kind alone are not checked there.
+#[test]
+fn inv5_the_member_guard_covers_the_input_schema() {
+    let confidential_data = common::confidential::data().to_string();
+    let confidential = Engine::new(
+        coffer_policies::CONFIDENTIAL_POLICY,
+        Some(&confidential_data),
+        Limits::default(),
+    )
+    .unwrap();
+    let sandbox = Engine::new(coffer_policies::SANDBOX_POLICY, None, Limits::default()).unwrap();
+    let by_kind_alone = [
+        "DestroySandbox",
+        "RemoveContainer",
+        "StatsContainer",
+        "WaitProcess",
+        "SignalProcess",
+        "TtyWinResize",
+        "GetGuestDetails",
+        "GetOOMEvent",
+    ];
+    let mut requests = common::one_of_each();
+    requests.push(Request::CreateContainer(Box::new(
+        common::confidential::app(),
+    )));
+    let (mut required, mut failures) = (0, Vec::new());
+    for request in requests {
+        let whole = serde_json::to_value(coffer_policies::PolicyInput::new(
+            request,
+            common::confidential::state(),
+        ))
+        .unwrap();
+        let kind = whole["request"]["kind"].as_str().unwrap().to_owned();
+        let mut paths: Vec<Vec<PathStep>> = Vec::new();
+        for (prefix, node) in [
+            (vec!["request"], &whole["request"]),
+            (vec!["request", "process"], &whole["request"]["process"]),
+            (vec!["request", "rootfs"], &whole["request"]["rootfs"]),
+        ] {
+            for key in node
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                if key == "kind" {
+                    continue;
+                }
+                let mut path: Vec<PathStep> = prefix
+                    .iter()
+                    .map(|k| PathStep::Key((*k).to_owned()))
+                    .collect();
+                path.push(PathStep::Key(key));
+                paths.push(path);
+            }
+        }
+        for path in paths {
+            let cut = without(&whole, &path);
+            if serde_json::from_value::<coffer_policies::PolicyInput>(cut.clone()).is_ok() {
+                continue;
+            }
+            required += 1;
+            let dotted = path
+                .iter()
+                .map(|step| match step {
+                    PathStep::Key(k) => k.clone(),
+                    PathStep::Index(i) => i.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            for (name, engine) in [("confidential", &confidential), ("sandbox", &sandbox)] {
+                if name == "confidential" && by_kind_alone.contains(&kind.as_str()) {
+                    continue;
+                }
+                let decision = engine.decide_json(&cut.to_string());
+                if decision.allowed || !decision.reason.contains(&format!("has no {dotted} ")) {
+                    failures.push(format!("{name}: {kind} without {dotted}: {decision:?}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(required >= 40, "only {required} required members seen");
+}
