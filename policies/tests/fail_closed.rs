@@ -275,9 +275,12 @@ fn without(value: &serde_json::Value, path: &[PathStep]) -> serde_json::Value {
             PathStep::Index(i) => &mut node[*i],
         };
     }
-    if let (PathStep::Key(k), Some(members)) = (last, node.as_object_mut()) {
-        members.remove(k);
-    }
+    // A cut that removed nothing would be the denied request itself and prove nothing.
+    let removed = match (last, node.as_object_mut()) {
+        (PathStep::Key(k), Some(members)) => members.remove(k).is_some(),
+        _ => false,
+    };
+    assert!(removed, "no member at {path:?}");
     copy
 }
 
